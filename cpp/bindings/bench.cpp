@@ -1,0 +1,51 @@
+#include <pybind11/stl.h>
+
+#include <chrono>
+#include <thread>
+#include <vector>
+
+#include "bindings.hpp"
+#include "driftgate/drift_tracker.hpp"
+
+namespace driftgate::bindings {
+
+// Baselines and native loops for benchmarks/: measured in the same run as the figures they
+// are compared with. Not part of the public API.
+void register_bench(py::module_& m) {
+    py::module_ bench = m.def_submodule("_bench", "Benchmark baselines; not public API.");
+
+    bench.def(
+        "noop_record", [](std::string_view, Verdict, Verdict) { return false; },
+        py::arg("policy_id"), py::arg("shadow"), py::arg("enforced"),
+        "An empty bound function with DriftTracker.record's argument types.");
+
+    bench.def(
+        "native_record",
+        [](DriftTracker& tracker, const std::vector<std::string>& policy_ids,
+           std::uint64_t records_per_thread, unsigned threads) {
+            if (policy_ids.empty() || threads == 0) {
+                throw py::value_error("native_record needs policy ids and threads >= 1");
+            }
+            py::gil_scoped_release release;
+            auto work = [&](unsigned offset) {
+                const std::size_t n = policy_ids.size();
+                std::size_t next = offset % n;
+                for (std::uint64_t i = 0; i < records_per_thread; ++i) {
+                    const Verdict enforced = (i & 63) == 0 ? Verdict::Fail : Verdict::Ok;
+                    tracker.record(policy_ids[next], Verdict::Ok, enforced);
+                    if (++next == n) next = 0;
+                }
+            };
+            const auto start = std::chrono::steady_clock::now();
+            std::vector<std::thread> pool;
+            for (unsigned t = 1; t < threads; ++t) pool.emplace_back(work, t);
+            work(0);
+            for (auto& thread : pool) thread.join();
+            return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        },
+        py::arg("tracker"), py::arg("policy_ids"), py::arg("records_per_thread"),
+        py::arg("threads") = 1,
+        "Seconds for `threads` native threads to record records_per_thread each.");
+}
+
+}  // namespace driftgate::bindings

@@ -1,0 +1,157 @@
+#include <pybind11/stl.h>
+
+#include "bindings.hpp"
+#include "driftgate/enforcer.hpp"
+#include "driftgate/sampling.hpp"
+
+namespace driftgate::bindings {
+
+namespace {
+
+/// A verdict argument of decide(): a verdict, or a zero-argument callable evaluated only when
+/// needed. A callable that raises an Exception, or returns something that is not a verdict,
+/// is a failed evaluation (FAIL). BaseExceptions such as KeyboardInterrupt propagate.
+VerdictSource verdict_source(py::handle value, const char* argument) {
+    if (auto verdict = try_verdict(value)) return *verdict;
+    if (!PyCallable_Check(value.ptr())) {
+        throw py::value_error(std::string("invalid verdict for ") + argument + ": " +
+                              short_repr(value) +
+                              "; expected a Verdict, 'ok'/'warn'/'fail', or a callable "
+                              "returning one");
+    }
+    return Evaluator(
+        [callable = py::reinterpret_borrow<py::object>(value)]() -> std::optional<Verdict> {
+            try {
+                return try_verdict(callable());
+            } catch (py::error_already_set& error) {
+                if (error.matches(PyExc_Exception)) return std::nullopt;
+                throw;
+            }
+        });
+}
+
+EnforceOptions make_options(bool enforce, double rollout_percent, double drift_max_ratio) {
+    EnforceOptions options{enforce, rollout_percent, drift_max_ratio};
+    options.validate();
+    return options;
+}
+
+}  // namespace
+
+void register_enforcer(py::module_& m) {
+    py::class_<EnforceOptions>(m, "EnforceOptions",
+                               "Whether to enforce, on what share of requests, and the drift "
+                               "the rollout tolerates. Immutable.")
+        .def(py::init(&make_options), py::arg("enforce") = false, py::arg("rollout_percent") = 0.0,
+             py::arg("drift_max_ratio") = 0.005)
+        .def_readonly("enforce", &EnforceOptions::enforce)
+        .def_readonly("rollout_percent", &EnforceOptions::rollout_percent)
+        .def_readonly("drift_max_ratio", &EnforceOptions::drift_max_ratio)
+        .def(
+            "replace",
+            [](const EnforceOptions& o, std::optional<bool> enforce,
+               std::optional<double> rollout_percent, std::optional<double> drift_max_ratio) {
+                return make_options(enforce.value_or(o.enforce),
+                                    rollout_percent.value_or(o.rollout_percent),
+                                    drift_max_ratio.value_or(o.drift_max_ratio));
+            },
+            py::kw_only(), py::arg("enforce") = py::none(), py::arg("rollout_percent") = py::none(),
+            py::arg("drift_max_ratio") = py::none(), "A copy with the given fields changed.")
+        .def("__eq__",
+             [](const EnforceOptions& a, const EnforceOptions& b) {
+                 return a.enforce == b.enforce && a.rollout_percent == b.rollout_percent &&
+                        a.drift_max_ratio == b.drift_max_ratio;
+             })
+        .def("__repr__", [](const EnforceOptions& o) {
+            return "EnforceOptions(enforce=" + std::string(o.enforce ? "True" : "False") +
+                   ", rollout_percent=" +
+                   py::repr(py::float_(o.rollout_percent)).cast<std::string>() +
+                   ", drift_max_ratio=" +
+                   py::repr(py::float_(o.drift_max_ratio)).cast<std::string>() + ")";
+        });
+
+    py::class_<VerdictPair>(m, "VerdictPair", "The two verdicts of one decision.")
+        .def_property_readonly("shadow",
+                               [](const VerdictPair& p) { return verdict_object(p.shadow); })
+        .def_property_readonly("enforced",
+                               [](const VerdictPair& p) { return verdict_object(p.enforced); })
+        .def_readonly("in_rollout", &VerdictPair::in_rollout)
+        .def_readonly("drift", &VerdictPair::drift)
+        .def("__repr__", [](const VerdictPair& p) {
+            return "VerdictPair(shadow=" + std::string(to_string(p.shadow)) +
+                   ", enforced=" + std::string(to_string(p.enforced)) +
+                   ", in_rollout=" + (p.in_rollout ? "True" : "False") +
+                   ", drift=" + (p.drift ? "True" : "False") + ")";
+        });
+
+    py::class_<Enforcer, std::shared_ptr<Enforcer>>(
+        m, "Enforcer",
+        "Puts a stable, hash-chosen share of keys in the enforced cohort and records every "
+        "decision. Thread-safe; options change atomically.")
+        .def(py::init([](EnforceOptions options, std::shared_ptr<DriftTracker> tracker,
+                         std::shared_ptr<MetricsRegistry> registry, std::uint32_t seed) {
+                 return std::make_shared<Enforcer>(options, std::move(tracker), std::move(registry),
+                                                   seed);
+             }),
+             py::arg("options"), py::arg("tracker"), py::arg("registry") = py::none(),
+             py::arg("seed") = 0)
+        .def(
+            "in_rollout",
+            [](const Enforcer& enforcer, py::handle key) {
+                return enforcer.in_rollout(text_arg(key, "key"));
+            },
+            py::arg("key"), "Whether the key (str or UTF-8 bytes) is in the enforced cohort.")
+        .def(
+            "decide",
+            [](Enforcer& enforcer, py::handle policy_id, py::handle key, py::handle shadow,
+               py::handle enforced) {
+                const std::string_view policy = text_arg(policy_id, "policy_id", false);
+                const std::string_view key_text = text_arg(key, "key");
+                return enforcer.decide(policy, key_text, verdict_source(shadow, "shadow"),
+                                       verdict_source(enforced, "enforced"));
+            },
+            py::arg("policy_id"), py::arg("key"), py::arg("shadow"), py::arg("enforced"),
+            "Decides one request: shadow and enforced are verdicts or zero-argument callables.")
+        .def_property_readonly("options", &Enforcer::options)
+        .def(
+            "set_options",
+            [](Enforcer& enforcer, std::optional<EnforceOptions> options,
+               std::optional<bool> enforce, std::optional<double> rollout_percent,
+               std::optional<double> drift_max_ratio) {
+                const EnforceOptions base = options.value_or(enforcer.options());
+                enforcer.set_options(make_options(enforce.value_or(base.enforce),
+                                                  rollout_percent.value_or(base.rollout_percent),
+                                                  drift_max_ratio.value_or(base.drift_max_ratio)));
+            },
+            py::arg("options") = py::none(), py::kw_only(), py::arg("enforce") = py::none(),
+            py::arg("rollout_percent") = py::none(), py::arg("drift_max_ratio") = py::none(),
+            "Replaces the options, whole or by field, atomically.")
+        .def(
+            "error_counts",
+            [](const Enforcer& enforcer, const std::string& window,
+               std::optional<std::string> policy_id) {
+                const WindowCounts counts = enforcer.error_counts(window, policy_id);
+                return py::make_tuple(counts.events, counts.total);
+            },
+            py::arg("window") = "60m", py::arg("policy_id") = py::none(),
+            "(failed enforced evaluations, enforced decisions) in a window.")
+        .def_property_readonly("seed", &Enforcer::seed)
+        .def_property_readonly("tracker", &Enforcer::tracker)
+        .def_property_readonly("registry", &Enforcer::registry);
+
+    m.def(
+        "murmur3_x86_32",
+        [](py::handle key, std::uint32_t seed) {
+            return murmur3_x86_32(text_arg(key, "key"), seed);
+        },
+        py::arg("key"), py::arg("seed") = 0, "MurmurHash3_x86_32 of a str (UTF-8) or bytes.");
+    m.def(
+        "sampling_bucket",
+        [](py::handle key, std::uint32_t seed) {
+            return sampling_bucket(text_arg(key, "key"), seed);
+        },
+        py::arg("key"), py::arg("seed") = 0,
+        "The key's bucket in [0, 10000): floor(murmur3_x86_32(key, seed) * 10000 / 2**32).");
+}
+
+}  // namespace driftgate::bindings

@@ -1,0 +1,52 @@
+#include "bindings.hpp"
+#include "driftgate/signature_lru.hpp"
+
+namespace driftgate::bindings {
+
+void register_signatures(py::module_& m) {
+    py::class_<SignatureLRU, std::shared_ptr<SignatureLRU>>(
+        m, "SignatureLRU",
+        "Is this solution signature new among the `capacity` most recent ones? Thread-safe.")
+        .def(py::init([](long long capacity, std::shared_ptr<MetricsRegistry> registry) {
+                 return std::make_shared<SignatureLRU>(size_arg(capacity, "capacity"),
+                                                       registry_or_default(std::move(registry)));
+             }),
+             py::arg("capacity") = 5000, py::arg("registry") = py::none())
+        .def(
+            "is_new",
+            // The GIL stays held: the lock guards O(1) work, cheaper than a release.
+            [](SignatureLRU& lru, py::handle signature) {
+                return lru.is_new(text_arg(signature, "signature"));
+            },
+            py::arg("signature"),
+            "True when the signature is not among the recent ones; marks it most recent.")
+        .def("__contains__",
+             [](const SignatureLRU& lru, py::handle signature) {
+                 return lru.contains(text_arg(signature, "signature"));
+             })
+        .def("__len__", &SignatureLRU::size)
+        .def("clear", &SignatureLRU::clear)
+        .def_property_readonly("capacity", &SignatureLRU::capacity);
+
+    py::class_<DeterminismProbe, std::shared_ptr<DeterminismProbe>>(
+        m, "DeterminismProbe",
+        "Checks that the same input gives the same solution signature. Thread-safe.")
+        .def(py::init([](long long capacity, std::shared_ptr<MetricsRegistry> registry) {
+                 return std::make_shared<DeterminismProbe>(
+                     size_arg(capacity, "capacity"), registry_or_default(std::move(registry)));
+             }),
+             py::arg("capacity") = 5000, py::arg("registry") = py::none())
+        .def(
+            "observe",
+            [](DeterminismProbe& probe, py::handle input_fingerprint, py::handle signature) {
+                return probe.observe(text_arg(input_fingerprint, "input_fingerprint"),
+                                     text_arg(signature, "signature"));
+            },
+            py::arg("input_fingerprint"), py::arg("signature"),
+            "False when the input was seen before with a different signature.")
+        .def("__len__", &DeterminismProbe::size)
+        .def("clear", &DeterminismProbe::clear)
+        .def_property_readonly("capacity", &DeterminismProbe::capacity);
+}
+
+}  // namespace driftgate::bindings

@@ -1,0 +1,74 @@
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "driftgate/clock.hpp"
+#include "driftgate/metrics_registry.hpp"
+#include "driftgate/policy_index.hpp"
+#include "driftgate/policy_windows.hpp"
+#include "driftgate/verdict.hpp"
+
+namespace driftgate {
+
+/// Counts, per policy and in rolling windows, how often the enforced verdict differs from the
+/// shadow verdict, and exports the counts to a MetricsRegistry.
+/// Thread-safe: `record` is lock-free and exact under any number of threads; reads may run
+/// concurrently with records.
+class DriftTracker {
+  public:
+    DriftTracker(std::vector<WindowSpec> windows = default_windows(),
+                 std::shared_ptr<const Clock> clock = nullptr,
+                 std::shared_ptr<MetricsRegistry> registry = nullptr,
+                 std::size_t max_policies = 256);
+
+    DriftTracker(const DriftTracker&) = delete;
+    DriftTracker& operator=(const DriftTracker&) = delete;
+
+    /// Records one request; true when it drifted. std::invalid_argument for a bad policy id,
+    /// with nothing recorded.
+    bool record(std::string_view policy_id, Verdict shadow, Verdict enforced);
+
+    /// Records pairs of verdict codes (0 ok, 1 warn, 2 fail) and returns the drift count. The
+    /// spans must be of equal length and every code valid, else std::invalid_argument naming
+    /// the first bad one, with nothing of the batch recorded.
+    std::uint64_t record_batch(std::string_view policy_id, std::span<const std::uint8_t> shadow,
+                               std::span<const std::uint8_t> enforced);
+
+    /// (drift, total) in a window, across all policies or for one. An unknown policy id has
+    /// (0, 0); one that arrived past max_policies reads the "__overflow__" counts.
+    WindowCounts counts(std::string_view window,
+                        std::optional<std::string_view> policy_id = std::nullopt) const;
+    double ratio(std::string_view window,
+                 std::optional<std::string_view> policy_id = std::nullopt) const;
+
+    /// Policy ids seen, in order of arrival, then "__overflow__" if the cap was hit.
+    std::vector<std::string> policies() const { return index_->ids(); }
+
+    /// Empties every window. Policy ids keep their slots, as their metric series do.
+    void reset() { windows_->reset(); }
+
+    const std::vector<WindowSpec>& windows() const { return windows_->windows(); }
+    const std::shared_ptr<const Clock>& clock() const { return windows_->clock(); }
+    const std::shared_ptr<MetricsRegistry>& registry() const { return registry_; }
+    /// Shared with the Enforcer, so both label the same ids the same way.
+    const std::shared_ptr<PolicyIndex>& index() const { return index_; }
+
+  private:
+    void add(std::uint32_t slot, std::uint64_t drift, std::uint64_t total);
+
+    class WindowExport;
+
+    std::shared_ptr<PolicyIndex> index_;
+    std::shared_ptr<PolicyWindows> windows_;
+    std::shared_ptr<MetricsRegistry> registry_;
+    SlotCounters drift_events_;
+    std::shared_ptr<WindowExport> export_;
+};
+
+}  // namespace driftgate

@@ -1,0 +1,109 @@
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string_view>
+#include <variant>
+
+#include "driftgate/drift_tracker.hpp"
+#include "driftgate/metrics_registry.hpp"
+#include "driftgate/policy_windows.hpp"
+#include "driftgate/verdict.hpp"
+
+namespace driftgate {
+
+/// Whether to enforce, on what share of requests, and the drift the rollout tolerates.
+struct EnforceOptions {
+    bool enforce = false;
+    /// In [0, 100], a whole number of hundredths.
+    double rollout_percent = 0.0;
+    /// In [0, 1].
+    double drift_max_ratio = 0.005;
+
+    /// Throws std::invalid_argument naming the bad field and value (NaN included).
+    void validate() const;
+    /// rollout_percent in hundredths of a percent, 0..10000.
+    std::uint32_t rollout_basis_points() const;
+};
+
+/// The two verdicts of one decision.
+struct VerdictPair {
+    Verdict shadow = Verdict::Ok;
+    Verdict enforced = Verdict::Ok;
+    bool in_rollout = false;
+    bool drift = false;
+};
+
+/// Evaluates a verdict on demand. nullopt reports a failed evaluation, which counts as an
+/// evaluation error and yields Verdict::Fail (fail-closed). Exceptions propagate, recording
+/// nothing.
+using Evaluator = std::function<std::optional<Verdict>()>;
+/// A verdict known up front, or one to evaluate only if needed.
+using VerdictSource = std::variant<Verdict, Evaluator>;
+
+/// Puts a stable, hash-chosen share of keys in the enforced cohort, evaluates the verdicts a
+/// decision needs, and records every decision in the DriftTracker and the metrics.
+/// Thread-safe: options change atomically while decisions run.
+class Enforcer {
+  public:
+    /// With no registry, the tracker's.
+    Enforcer(EnforceOptions options, std::shared_ptr<DriftTracker> tracker,
+             std::shared_ptr<MetricsRegistry> registry = nullptr, std::uint32_t seed = 0);
+
+    /// options.enforce and sampling_bucket(key, seed) < rollout percent.
+    bool in_rollout(std::string_view key) const noexcept;
+
+    /// Outside the cohort only `shadow` is evaluated and enforced = shadow; inside it both are.
+    /// std::invalid_argument for a bad policy id, before anything is evaluated.
+    VerdictPair decide(std::string_view policy_id, std::string_view key,
+                       const VerdictSource& shadow, const VerdictSource& enforced);
+
+    EnforceOptions options() const;
+    void set_options(const EnforceOptions& options);
+    /// Changes only the rollout percent: the lever a RolloutManager pulls.
+    void set_rollout_percent(double percent);
+
+    /// (failed enforced evaluations, decisions in the enforced cohort) in a tracker window,
+    /// across all policies or for one.
+    WindowCounts error_counts(std::string_view window,
+                              std::optional<std::string_view> policy_id = std::nullopt) const;
+
+    std::uint32_t seed() const { return seed_; }
+    const std::shared_ptr<DriftTracker>& tracker() const { return tracker_; }
+    const std::shared_ptr<MetricsRegistry>& registry() const { return registry_; }
+
+  private:
+    struct Evaluated {
+        Verdict verdict;
+        bool failed;
+    };
+    static Evaluated evaluate(const VerdictSource& source);
+    static std::uint32_t pack(const EnforceOptions& options);
+    void publish(const EnforceOptions& options);
+
+    std::shared_ptr<DriftTracker> tracker_;
+    std::shared_ptr<MetricsRegistry> registry_;
+    std::uint32_t seed_;
+
+    mutable std::mutex options_mutex_;  // serialises writers and whole-options reads
+    EnforceOptions options_;
+    // enforce flag (bit 31) and rollout basis points in one word, so a decision never sees one
+    // without the other.
+    std::atomic<std::uint32_t> cohort_;
+
+    PolicyWindows errors_;
+    SlotCounters requests_shadow_;
+    SlotCounters requests_enforced_;
+    SlotCounters errors_shadow_;
+    SlotCounters errors_enforced_;
+    SlotCounters enforcement_;
+    SlotCounters enforcement_failed_;
+    prometheus::Histogram& latency_;
+    prometheus::Gauge& rollout_percent_;
+};
+
+}  // namespace driftgate

@@ -1,0 +1,111 @@
+#pragma once
+
+#include <prometheus/counter.h>
+#include <prometheus/family.h>
+#include <prometheus/gauge.h>
+#include <prometheus/histogram.h>
+#include <prometheus/metric_family.h>
+#include <prometheus/registry.h>
+
+#include <atomic>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "driftgate/policy_index.hpp"
+#include "driftgate/rolling_window.hpp"
+
+namespace driftgate {
+
+/// A metric's name and help text; the names are the public contract.
+struct MetricName {
+    const char* name;
+    const char* help;
+};
+
+namespace metrics {
+inline constexpr MetricName kRolloutPercent{"adapt_enforce_rollout_percent",
+                                            "Percent of requests in the enforced cohort."};
+inline constexpr MetricName kRequests{"adapt_requests_total",
+                                      "Decisions by cohort mode and policy."};
+inline constexpr MetricName kDriftEvents{"adapt_drift_events_total",
+                                         "Requests whose shadow and enforced verdicts differed."};
+inline constexpr MetricName kDriftRatio{"adapt_drift_ratio",
+                                        "Drift events / requests in the rolling window."};
+inline constexpr MetricName kWindowRequests{"adapt_drift_window_requests",
+                                            "Requests in the rolling window."};
+inline constexpr MetricName kWindowEvents{"adapt_drift_window_events",
+                                          "Drift events in the rolling window."};
+inline constexpr MetricName kEvaluationErrors{"adapt_evaluation_errors_total",
+                                              "Verdict evaluations that raised; counted as FAIL."};
+inline constexpr MetricName kSelectionLatency{"adapt_selection_latency_seconds",
+                                              "Time spent in Enforcer.decide."};
+inline constexpr MetricName kEnforcement{"guardian_enforcement_total",
+                                         "Decisions in the enforced cohort."};
+inline constexpr MetricName kEnforcementFailed{
+    "guardian_enforcement_failed_total",
+    "Decisions in the enforced cohort whose enforced evaluation failed."};
+inline constexpr MetricName kSignatureRuns{"solver_signature_runs_total",
+                                           "Solution signatures checked for novelty."};
+inline constexpr MetricName kSignatureUnique{"solver_signature_unique_total",
+                                             "Solution signatures new among the recent ones."};
+inline constexpr MetricName kSignatureMismatch{
+    "solver_signature_mismatch_total", "Inputs seen again with a different solution signature."};
+}  // namespace metrics
+
+/// Something whose rolling windows are exported as the adapt_drift_window_* gauges.
+class WindowSource {
+  public:
+    virtual ~WindowSource() = default;
+    /// (window name, counts) for every window, read now.
+    virtual std::vector<std::pair<std::string, WindowCounts>> window_counts() const = 0;
+};
+
+/// A prometheus-cpp registry plus the gauges computed at scrape time, with text exposition.
+/// Thread-safe: components register and update metrics while others scrape.
+class MetricsRegistry {
+  public:
+    MetricsRegistry();
+
+    /// The process-wide registry that components use when given none.
+    static std::shared_ptr<MetricsRegistry> default_registry();
+
+    prometheus::Family<prometheus::Counter>& counter(const MetricName& metric);
+    prometheus::Family<prometheus::Gauge>& gauge(const MetricName& metric);
+    prometheus::Family<prometheus::Histogram>& histogram(const MetricName& metric);
+
+    /// Exported, summed over all live sources, as adapt_drift_ratio{window},
+    /// adapt_drift_window_requests{window} and adapt_drift_window_events{window}. The registry
+    /// holds the source weakly: a source that is gone stops being exported.
+    void add_window_source(std::weak_ptr<const WindowSource> source);
+
+    std::vector<prometheus::MetricFamily> collect() const;
+    /// The Prometheus text format (version 0.0.4) of everything registered.
+    std::string exposition() const;
+
+  private:
+    std::shared_ptr<prometheus::Registry> registry_;
+    mutable std::mutex sources_mutex_;
+    mutable std::vector<std::weak_ptr<const WindowSource>> window_sources_;
+};
+
+/// One counter of a family per policy slot, labelled with the slot's policy id, created on
+/// first use and then found without a lock. Thread-safe.
+class SlotCounters {
+  public:
+    SlotCounters(prometheus::Family<prometheus::Counter>& family,
+                 std::shared_ptr<const PolicyIndex> index, prometheus::Labels constant_labels = {});
+
+    prometheus::Counter& at(std::uint32_t slot);
+
+  private:
+    prometheus::Family<prometheus::Counter>& family_;
+    std::shared_ptr<const PolicyIndex> index_;
+    prometheus::Labels constant_labels_;
+    std::unique_ptr<std::atomic<prometheus::Counter*>[]> counters_;
+    std::mutex mutex_;
+};
+
+}  // namespace driftgate

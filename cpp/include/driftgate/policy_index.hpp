@@ -1,0 +1,67 @@
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace driftgate {
+
+/// Maps policy ids to dense slots 0..max_policies-1, and every id past the cap to one overflow
+/// slot labelled "__overflow__", so per-policy state and metric labels stay bounded.
+/// Thread-safe: lookups of known ids are lock-free; admitting a new id takes a mutex once.
+class PolicyIndex {
+  public:
+    static constexpr std::string_view kOverflowLabel = "__overflow__";
+    static constexpr std::size_t kMaxIdLength = 64;
+
+    /// `max_policies` must be in 1..65536.
+    explicit PolicyIndex(std::size_t max_policies);
+
+    PolicyIndex(const PolicyIndex&) = delete;
+    PolicyIndex& operator=(const PolicyIndex&) = delete;
+
+    /// Throws std::invalid_argument unless `id` is 1-64 characters of [A-Za-z0-9_.:-].
+    static void validate(std::string_view id);
+    static bool is_valid(std::string_view id) noexcept;
+
+    /// The slot of a valid id, admitting it while there is room; the overflow slot past the
+    /// cap. "__overflow__" itself names the overflow slot.
+    std::uint32_t slot_for(std::string_view id);
+
+    /// The slot where a valid id's records are counted, without admitting it: the overflow
+    /// slot for an id that did not fit, nullopt for an id not seen while there is room.
+    std::optional<std::uint32_t> find(std::string_view id) const;
+
+    std::string_view label(std::uint32_t slot) const;
+    std::uint32_t overflow_slot() const { return static_cast<std::uint32_t>(max_policies_); }
+    std::size_t slot_count() const { return max_policies_ + 1; }
+    std::size_t max_policies() const { return max_policies_; }
+
+    /// Admitted ids in the order they came, then "__overflow__" if anything overflowed.
+    std::vector<std::string> ids() const;
+
+  private:
+    struct Entry {
+        std::string id;
+        std::uint32_t slot;
+    };
+
+    const Entry* lookup(std::string_view id, std::size_t hash) const noexcept;
+    std::uint32_t mark_overflow() noexcept;
+
+    std::size_t max_policies_;
+    std::size_t table_mask_;
+    std::unique_ptr<std::atomic<const Entry*>[]> table_;
+    std::atomic<std::size_t> admitted_{0};
+    std::atomic<bool> overflowed_{false};
+    mutable std::mutex mutex_;  // guards entries_ growth
+    std::deque<Entry> entries_;
+};
+
+}  // namespace driftgate

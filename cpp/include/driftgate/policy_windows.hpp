@@ -1,0 +1,63 @@
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string_view>
+#include <vector>
+
+#include "driftgate/clock.hpp"
+#include "driftgate/rolling_window.hpp"
+
+namespace driftgate {
+
+/// Rolling windows of (events, total) per policy slot and across all policies, read against a
+/// clock under the bucket rule of rolling_window.hpp, with time that never runs backwards.
+/// Thread-safe and lock-free to write: each writing thread owns a shard of rings and is its only
+/// writer, so counts are exact under any number of threads; reads sum the shards.
+class PolicyWindows {
+  public:
+    PolicyWindows(std::vector<WindowSpec> windows, std::shared_ptr<const Clock> clock,
+                  std::size_t slot_count);
+    ~PolicyWindows();
+
+    PolicyWindows(const PolicyWindows&) = delete;
+    PolicyWindows& operator=(const PolicyWindows&) = delete;
+
+    /// Counts `total` requests of which `events` were events, for `slot` and globally, at the
+    /// clock's current time.
+    void add(std::uint32_t slot, std::uint64_t events, std::uint64_t total);
+
+    /// Across all policies.
+    WindowCounts counts(std::size_t window) const;
+    /// For one slot.
+    WindowCounts counts(std::size_t window, std::uint32_t slot) const;
+
+    /// The index of a window by name; std::invalid_argument naming the known ones otherwise.
+    std::size_t window_index(std::string_view name) const;
+    const std::vector<WindowSpec>& windows() const { return windows_; }
+    const std::shared_ptr<const Clock>& clock() const { return clock_; }
+
+    /// Empties every window. Records racing with the reset land before or after it.
+    void reset();
+
+  private:
+    struct Shard;
+    struct ShardPool;
+
+    Shard& local_shard();
+    /// The read or write bucket of `window` at clock reading `now`: max(k(now), highest k seen).
+    std::int64_t advance_to(std::size_t window, double now) const;
+    template <typename Visit>
+    WindowCounts sum_shards(std::size_t window, Visit&& rings_of) const;
+
+    std::vector<WindowSpec> windows_;
+    std::shared_ptr<const Clock> clock_;
+    std::size_t slot_count_;
+    std::uint64_t owner_id_;
+    std::unique_ptr<std::atomic<std::int64_t>[]> highest_bucket_;
+    std::atomic<std::uint32_t> generation_{0};
+    std::shared_ptr<ShardPool> pool_;
+};
+
+}  // namespace driftgate

@@ -1,0 +1,108 @@
+#include "driftgate/metrics_registry.hpp"
+
+#include <prometheus/text_serializer.h>
+
+#include <map>
+
+namespace driftgate {
+
+MetricsRegistry::MetricsRegistry() : registry_(std::make_shared<prometheus::Registry>()) {}
+
+std::shared_ptr<MetricsRegistry> MetricsRegistry::default_registry() {
+    static const auto registry = std::make_shared<MetricsRegistry>();
+    return registry;
+}
+
+prometheus::Family<prometheus::Counter>& MetricsRegistry::counter(const MetricName& metric) {
+    return prometheus::BuildCounter().Name(metric.name).Help(metric.help).Register(*registry_);
+}
+
+prometheus::Family<prometheus::Gauge>& MetricsRegistry::gauge(const MetricName& metric) {
+    return prometheus::BuildGauge().Name(metric.name).Help(metric.help).Register(*registry_);
+}
+
+prometheus::Family<prometheus::Histogram>& MetricsRegistry::histogram(const MetricName& metric) {
+    return prometheus::BuildHistogram().Name(metric.name).Help(metric.help).Register(*registry_);
+}
+
+void MetricsRegistry::add_window_source(std::weak_ptr<const WindowSource> source) {
+    std::lock_guard lock(sources_mutex_);
+    std::erase_if(window_sources_, [](const auto& s) { return s.expired(); });
+    window_sources_.push_back(std::move(source));
+}
+
+namespace {
+
+prometheus::MetricFamily gauge_family(const MetricName& metric) {
+    return {metric.name, metric.help, prometheus::MetricType::Gauge, {}};
+}
+
+void add_window_gauge(prometheus::MetricFamily& family, const std::string& window, double value) {
+    prometheus::ClientMetric sample;
+    sample.label = {{"window", window}};
+    sample.gauge.value = value;
+    family.metric.push_back(std::move(sample));
+}
+
+}  // namespace
+
+std::vector<prometheus::MetricFamily> MetricsRegistry::collect() const {
+    std::vector<prometheus::MetricFamily> families = registry_->Collect();
+
+    std::vector<std::shared_ptr<const WindowSource>> sources;
+    {
+        std::lock_guard lock(sources_mutex_);
+        std::erase_if(window_sources_, [](const auto& s) { return s.expired(); });
+        for (const auto& weak : window_sources_) {
+            if (auto source = weak.lock()) sources.push_back(std::move(source));
+        }
+    }
+    if (sources.empty()) return families;
+
+    // Summed, not averaged, so two trackers in one registry export one consistent ratio.
+    std::map<std::string, WindowCounts> sums;
+    for (const auto& source : sources) {
+        for (const auto& [window, counts] : source->window_counts()) sums[window] += counts;
+    }
+    auto ratio = gauge_family(metrics::kDriftRatio);
+    auto requests = gauge_family(metrics::kWindowRequests);
+    auto events = gauge_family(metrics::kWindowEvents);
+    for (const auto& [window, counts] : sums) {
+        add_window_gauge(ratio, window, counts.ratio());
+        add_window_gauge(requests, window, static_cast<double>(counts.total));
+        add_window_gauge(events, window, static_cast<double>(counts.events));
+    }
+    families.push_back(std::move(ratio));
+    families.push_back(std::move(requests));
+    families.push_back(std::move(events));
+    return families;
+}
+
+std::string MetricsRegistry::exposition() const {
+    return prometheus::TextSerializer().Serialize(collect());
+}
+
+SlotCounters::SlotCounters(prometheus::Family<prometheus::Counter>& family,
+                           std::shared_ptr<const PolicyIndex> index,
+                           prometheus::Labels constant_labels)
+    : family_(family),
+      index_(std::move(index)),
+      constant_labels_(std::move(constant_labels)),
+      counters_(std::make_unique<std::atomic<prometheus::Counter*>[]>(index_->slot_count())) {}
+
+prometheus::Counter& SlotCounters::at(std::uint32_t slot) {
+    if (prometheus::Counter* counter = counters_[slot].load(std::memory_order_acquire)) {
+        return *counter;
+    }
+    std::lock_guard lock(mutex_);
+    if (prometheus::Counter* counter = counters_[slot].load(std::memory_order_relaxed)) {
+        return *counter;
+    }
+    prometheus::Labels labels = constant_labels_;
+    labels.emplace("policy_id", std::string(index_->label(slot)));
+    prometheus::Counter& counter = family_.Add(labels);
+    counters_[slot].store(&counter, std::memory_order_release);
+    return counter;
+}
+
+}  // namespace driftgate

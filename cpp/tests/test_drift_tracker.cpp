@@ -1,0 +1,117 @@
+#include <catch2/catch.hpp>
+
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include "driftgate/drift_tracker.hpp"
+
+using driftgate::DriftTracker;
+using driftgate::ManualClock;
+using driftgate::MetricsRegistry;
+using driftgate::Verdict;
+
+namespace {
+
+struct Fixture {
+    std::shared_ptr<ManualClock> clock = std::make_shared<ManualClock>(0.0);
+    std::shared_ptr<MetricsRegistry> registry = std::make_shared<MetricsRegistry>();
+    DriftTracker tracker{driftgate::default_windows(), clock, registry, 3};
+};
+
+}  // namespace
+
+TEST_CASE("record reports drift and counts per policy", "[drift_tracker]") {
+    Fixture f;
+    CHECK(f.tracker.record("p1", Verdict::Ok, Verdict::Fail));
+    CHECK_FALSE(f.tracker.record("p1", Verdict::Ok, Verdict::Ok));
+    CHECK_FALSE(f.tracker.record("p2", Verdict::Warn, Verdict::Warn));
+    CHECK(f.tracker.counts("5m").events == 1);
+    CHECK(f.tracker.counts("5m").total == 3);
+    CHECK(f.tracker.counts("5m", "p1").total == 2);
+    CHECK(f.tracker.ratio("5m", "p1") == 0.5);
+    CHECK(f.tracker.ratio("60m", "p2") == 0.0);
+    CHECK(f.tracker.counts("5m", "never").total == 0);
+}
+
+TEST_CASE("the 5m window forgets after 300 s, the 60m one keeps", "[drift_tracker]") {
+    Fixture f;
+    f.tracker.record("p", Verdict::Ok, Verdict::Fail);
+    f.clock->advance(300.0);
+    CHECK(f.tracker.counts("5m").total == 0);
+    CHECK(f.tracker.counts("15m").total == 1);
+    CHECK(f.tracker.counts("60m").events == 1);
+}
+
+TEST_CASE("a bad policy id records nothing", "[drift_tracker]") {
+    Fixture f;
+    f.tracker.record("p", Verdict::Ok, Verdict::Ok);
+    CHECK_THROWS_WITH(f.tracker.record("has space", Verdict::Ok, Verdict::Ok),
+                      Catch::Contains("'has space'"));
+    CHECK(f.tracker.counts("5m").total == 1);
+    CHECK(f.tracker.policies() == std::vector<std::string>{"p"});
+}
+
+TEST_CASE("ids past max_policies count under __overflow__", "[drift_tracker]") {
+    Fixture f;  // max_policies = 3
+    for (const char* id : {"a", "b", "c", "d", "e"})
+        f.tracker.record(id, Verdict::Ok, Verdict::Warn);
+    CHECK(f.tracker.policies() == std::vector<std::string>{"a", "b", "c", "__overflow__"});
+    CHECK(f.tracker.counts("5m", "__overflow__").total == 2);
+    CHECK(f.tracker.counts("5m", "e").total == 2);  // where e's records went
+    CHECK(f.tracker.counts("5m").total == 5);
+}
+
+TEST_CASE("record_batch counts drift and rejects bad codes whole", "[drift_tracker]") {
+    Fixture f;
+    const std::vector<std::uint8_t> shadow{0, 1, 2, 0};
+    const std::vector<std::uint8_t> enforced{0, 2, 2, 1};
+    CHECK(f.tracker.record_batch("p", shadow, enforced) == 2);
+    CHECK(f.tracker.counts("5m").total == 4);
+
+    const std::vector<std::uint8_t> bad{0, 0, 3, 0};
+    CHECK_THROWS_WITH(f.tracker.record_batch("p", shadow, bad),
+                      Catch::Contains("code 3") && Catch::Contains("enforced[2]"));
+    const std::vector<std::uint8_t> short_one{0};
+    CHECK_THROWS_WITH(f.tracker.record_batch("p", shadow, short_one),
+                      Catch::Contains("equal length"));
+    CHECK(f.tracker.counts("5m").total == 4);
+    CHECK(f.tracker.counts("5m").events == 2);
+}
+
+TEST_CASE("unknown windows are rejected", "[drift_tracker]") {
+    Fixture f;
+    CHECK_THROWS_AS(f.tracker.counts("1h"), std::invalid_argument);
+}
+
+TEST_CASE("drift events and window gauges are exported", "[drift_tracker][metrics]") {
+    Fixture f;
+    f.tracker.record("p1", Verdict::Ok, Verdict::Fail);
+    f.tracker.record("p1", Verdict::Ok, Verdict::Ok);
+    const std::string text = f.registry->exposition();
+    CHECK_THAT(text, Catch::Contains("adapt_drift_events_total{policy_id=\"p1\"} 1"));
+    CHECK_THAT(text, Catch::Contains("adapt_drift_ratio{window=\"5m\"} 0.5"));
+    CHECK_THAT(text, Catch::Contains("adapt_drift_window_requests{window=\"60m\"} 2"));
+    CHECK_THAT(text, Catch::Contains("adapt_drift_window_events{window=\"15m\"} 1"));
+}
+
+TEST_CASE("record is exact under many threads", "[drift_tracker][threads]") {
+    Fixture f;
+    constexpr int kThreads = 8;
+    constexpr int kPerThread = 40000;
+    std::vector<std::thread> threads;
+    for (int t = 0; t < kThreads; ++t) {
+        threads.emplace_back([&, t] {
+            const std::string policy = "p" + std::to_string(t % 5);  // 5 ids, cap 3
+            for (int i = 0; i < kPerThread; ++i) {
+                f.tracker.record(policy, Verdict::Ok, i % 4 == 0 ? Verdict::Fail : Verdict::Ok);
+            }
+        });
+    }
+    for (auto& thread : threads) thread.join();
+    CHECK(f.tracker.counts("5m").total == kThreads * kPerThread);
+    CHECK(f.tracker.counts("5m").events == kThreads * kPerThread / 4);
+    std::uint64_t sum = 0;
+    for (const auto& id : f.tracker.policies()) sum += f.tracker.counts("5m", id).total;
+    CHECK(sum == kThreads * kPerThread);
+}

@@ -1,0 +1,62 @@
+#include <catch2/catch.hpp>
+
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "driftgate/policy_index.hpp"
+
+using driftgate::PolicyIndex;
+
+TEST_CASE("policy ids are 1-64 characters of [A-Za-z0-9_.:-]", "[policy_index]") {
+    CHECK(PolicyIndex::is_valid("lksg.v1"));
+    CHECK(PolicyIndex::is_valid("a:b-c_d.E9"));
+    CHECK(PolicyIndex::is_valid(std::string(64, 'x')));
+    CHECK_FALSE(PolicyIndex::is_valid(""));
+    CHECK_FALSE(PolicyIndex::is_valid(std::string(65, 'x')));
+    CHECK_FALSE(PolicyIndex::is_valid("user@example.com"));
+    CHECK_FALSE(PolicyIndex::is_valid("a b"));
+    CHECK_THROWS_WITH(PolicyIndex::validate("a b"), Catch::Contains("'a b'"));
+}
+
+TEST_CASE("ids get dense slots and overflow past the cap", "[policy_index]") {
+    PolicyIndex index(2);
+    CHECK(index.slot_for("a") == 0);
+    CHECK(index.slot_for("b") == 1);
+    CHECK(index.slot_for("a") == 0);
+    CHECK(index.slot_for("c") == index.overflow_slot());
+    CHECK(index.label(index.overflow_slot()) == "__overflow__");
+    CHECK(index.label(1) == "b");
+    CHECK(index.ids() == std::vector<std::string>{"a", "b", "__overflow__"});
+    CHECK(index.find("c") == index.overflow_slot());
+    CHECK(index.find("a") == 0u);
+}
+
+TEST_CASE("find does not admit an id", "[policy_index]") {
+    PolicyIndex index(4);
+    CHECK_FALSE(index.find("x").has_value());
+    CHECK(index.ids().empty());
+}
+
+TEST_CASE("max_policies outside 1..65536 is rejected", "[policy_index]") {
+    CHECK_THROWS_WITH(PolicyIndex(0), Catch::Contains("max_policies=0"));
+    CHECK_THROWS_AS(PolicyIndex(65537), std::invalid_argument);
+}
+
+TEST_CASE("concurrent admission gives every id one slot", "[policy_index][threads]") {
+    PolicyIndex index(100);
+    std::vector<std::thread> threads;
+    std::vector<std::vector<std::uint32_t>> seen(8);
+    for (int t = 0; t < 8; ++t) {
+        threads.emplace_back([&, t] {
+            for (int i = 0; i < 300; ++i)
+                seen[t].push_back(index.slot_for("p" + std::to_string(i)));
+        });
+    }
+    for (auto& thread : threads) thread.join();
+    for (int t = 1; t < 8; ++t) CHECK(seen[t] == seen[0]);
+    std::set<std::uint32_t> slots(seen[0].begin(), seen[0].end());
+    CHECK(slots.size() == 101);  // 100 admitted ids and the overflow slot
+    CHECK(index.ids().size() == 101);
+}

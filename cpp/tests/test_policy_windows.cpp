@@ -1,0 +1,103 @@
+#include <catch2/catch.hpp>
+
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include "driftgate/policy_windows.hpp"
+
+using driftgate::ManualClock;
+using driftgate::PolicyWindows;
+using driftgate::WindowSpec;
+
+namespace {
+
+struct Fixture {
+    std::shared_ptr<ManualClock> clock = std::make_shared<ManualClock>(1000.0);
+    PolicyWindows windows{std::vector<WindowSpec>{{"short", 3, 10.0}, {"long", 60, 60.0}}, clock,
+                          4};
+};
+
+}  // namespace
+
+TEST_CASE("counts follow the bucket rule against the clock", "[policy_windows]") {
+    Fixture f;
+    f.windows.add(0, 1, 2);  // t = 1000: bucket 100 of "short"
+    CHECK(f.windows.counts(0).total == 2);
+    f.clock->set(1029.9);  // bucket 102: still inside 3 buckets
+    CHECK(f.windows.counts(0).total == 2);
+    f.clock->set(1030.0);  // bucket 103: aged out
+    CHECK(f.windows.counts(0).total == 0);
+    CHECK(f.windows.counts(1).total == 2);
+    CHECK(f.windows.counts(1, 0).events == 1);
+    CHECK(f.windows.counts(1, 1).total == 0);
+}
+
+TEST_CASE("a clock that steps back neither loses nor double-counts", "[policy_windows]") {
+    Fixture f;
+    f.clock->set(1025.0);
+    f.windows.add(0, 0, 1);  // bucket 102
+    f.clock->set(900.0);     // backwards: the effective time stays at 1025
+    f.windows.add(0, 0, 1);  // counted in bucket 102, not 90
+    CHECK(f.windows.counts(0).total == 2);
+    f.clock->set(1030.0);  // bucket 103: both still in
+    CHECK(f.windows.counts(0).total == 2);
+    f.clock->set(1050.0);  // bucket 105: both out
+    CHECK(f.windows.counts(0).total == 0);
+}
+
+TEST_CASE("reset empties every window", "[policy_windows]") {
+    Fixture f;
+    f.windows.add(2, 3, 3);
+    f.windows.reset();
+    CHECK(f.windows.counts(0).total == 0);
+    CHECK(f.windows.counts(1, 2).total == 0);
+    f.windows.add(2, 0, 1);
+    CHECK(f.windows.counts(1, 2).total == 1);
+}
+
+TEST_CASE("unknown windows are named in the error", "[policy_windows]") {
+    Fixture f;
+    CHECK(f.windows.window_index("long") == 1);
+    CHECK_THROWS_WITH(f.windows.window_index("7m"),
+                      Catch::Contains("'7m'") && Catch::Contains("short, long"));
+}
+
+TEST_CASE("counts are exact under many writer threads", "[policy_windows][threads]") {
+    Fixture f;
+    constexpr int kThreads = 8;
+    constexpr int kPerThread = 50000;
+    std::vector<std::thread> threads;
+    for (int t = 0; t < kThreads; ++t) {
+        threads.emplace_back([&, t] {
+            for (int i = 0; i < kPerThread; ++i) {
+                f.windows.add(static_cast<std::uint32_t>(t % 4), i % 10 == 0 ? 1 : 0, 1);
+                // The clock moves while others write; all of it stays inside "long".
+                if (t == 0 && i % 1000 == 0) f.clock->advance(0.5);
+            }
+        });
+    }
+    // A reader racing the writers never sees more events than requests.
+    std::thread reader([&] {
+        for (int i = 0; i < 2000; ++i) {
+            const auto counts = f.windows.counts(1);
+            REQUIRE(counts.events <= counts.total);
+        }
+    });
+    for (auto& thread : threads) thread.join();
+    reader.join();
+    const auto counts = f.windows.counts(1);
+    CHECK(counts.total == kThreads * kPerThread);
+    CHECK(counts.events == kThreads * kPerThread / 10);
+    std::uint64_t per_slot = 0;
+    for (std::uint32_t slot = 0; slot < 4; ++slot) per_slot += f.windows.counts(1, slot).total;
+    CHECK(per_slot == kThreads * kPerThread);
+}
+
+TEST_CASE("a thread's shard is reused after the thread ends", "[policy_windows][threads]") {
+    Fixture f;
+    for (int round = 0; round < 20; ++round) {
+        std::thread([&] { f.windows.add(1, 0, 1); }).join();
+    }
+    CHECK(f.windows.counts(1, 1).total == 20);
+}

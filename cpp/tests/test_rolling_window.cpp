@@ -1,0 +1,85 @@
+#include <catch2/catch.hpp>
+
+#include "driftgate/rolling_window.hpp"
+
+using driftgate::bucket_index;
+using driftgate::RollingWindow;
+using driftgate::WindowCounts;
+using driftgate::WindowSpec;
+
+namespace {
+
+WindowCounts read(const RollingWindow& window, std::int64_t now_bucket,
+                  std::uint32_t generation = 0) {
+    WindowCounts out;
+    window.read_into(out, generation, now_bucket);
+    return out;
+}
+
+}  // namespace
+
+TEST_CASE("bucket index is floor(t / step), negatives included", "[window]") {
+    CHECK(bucket_index(0.0, 5.0) == 0);
+    CHECK(bucket_index(4.999, 5.0) == 0);
+    CHECK(bucket_index(5.0, 5.0) == 1);
+    CHECK(bucket_index(-0.1, 5.0) == -1);
+    CHECK(bucket_index(-5.0, 5.0) == -1);
+    CHECK(bucket_index(1e300, 1.0) == bucket_index(1e299, 1.0));
+}
+
+TEST_CASE("an event counts while 0 <= now - k < buckets", "[window]") {
+    RollingWindow window(3);
+    window.add(0, 10, 1, 4);
+    CHECK(read(window, 9).total == 0);  // before the event's bucket
+    CHECK(read(window, 10).total == 4);
+    CHECK(read(window, 12).total == 4);
+    CHECK(read(window, 12).events == 1);
+    CHECK(read(window, 13).total == 0);  // aged out
+}
+
+TEST_CASE("a recycled slot forgets its old bucket", "[window]") {
+    RollingWindow window(2);
+    window.add(0, 0, 1, 1);
+    window.add(0, 2, 0, 5);  // same slot as bucket 0
+    CHECK(read(window, 2).total == 5);
+    CHECK(read(window, 2).events == 0);
+    CHECK(read(window, 1).total == 0);  // bucket 0 is gone, bucket 2 is in the future
+}
+
+TEST_CASE("an idle gap longer than the window reads empty", "[window]") {
+    RollingWindow window(60);
+    for (int k = 0; k < 60; ++k) window.add(0, k, 1, 1);
+    CHECK(read(window, 59).total == 60);
+    CHECK(read(window, 1'000'000).total == 0);
+    window.add(0, 1'000'000, 0, 7);
+    CHECK(read(window, 1'000'000).total == 7);
+}
+
+TEST_CASE("another generation is invisible", "[window]") {
+    RollingWindow window(4);
+    window.add(0, 5, 2, 2);
+    CHECK(read(window, 5, 1).total == 0);
+    window.add(1, 5, 0, 3);
+    CHECK(read(window, 5, 1).total == 3);
+    CHECK(read(window, 5, 0).total == 0);
+}
+
+TEST_CASE("window specs are validated with the bad value named", "[window]") {
+    using driftgate::validate_windows;
+    CHECK_NOTHROW(validate_windows(driftgate::default_windows()));
+    CHECK_THROWS_WITH(validate_windows({}), Catch::Contains("at least one"));
+    CHECK_THROWS_WITH(validate_windows({{"bad name", 1, 1.0}}), Catch::Contains("'bad name'"));
+    CHECK_THROWS_WITH(validate_windows({{"a", 0, 1.0}}), Catch::Contains("buckets=0"));
+    CHECK_THROWS_WITH(validate_windows({{"a", 1, -2.0}}), Catch::Contains("step_seconds=-2"));
+    CHECK_THROWS_WITH(validate_windows({{"a", 1, 1.0}, {"a", 2, 1.0}}),
+                      Catch::Contains("duplicate"));
+}
+
+TEST_CASE("default windows are 5m, 15m and 60m of 60 buckets", "[window]") {
+    const auto windows = driftgate::default_windows();
+    REQUIRE(windows.size() == 3);
+    CHECK(windows[0].name == "5m");
+    CHECK(windows[0].span_seconds() == 300.0);
+    CHECK(windows[1].span_seconds() == 900.0);
+    CHECK(windows[2].span_seconds() == 3600.0);
+}

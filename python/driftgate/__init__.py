@@ -1,0 +1,55 @@
+"""Move a policy from shadow to enforced in stages, safely.
+
+driftgate measures how often the enforced verdict drifts from the shadow verdict, puts a
+stable, hash-chosen share of requests in the enforced cohort, and exports it all to
+Prometheus. The engine is C++ (``driftgate._core``); import everything from here.
+"""
+
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _version
+
+from driftgate._core import (
+    Clock,
+    DeterminismProbe,
+    DriftTracker,
+    EnforceOptions,
+    Enforcer,
+    ManualClock,
+    MetricsRegistry,
+    SignatureLRU,
+    SystemClock,
+    Verdict,
+    VerdictPair,
+    WindowSpec,
+    default_registry,
+    default_windows,
+    murmur3_x86_32,
+    parse_verdict,
+    sampling_bucket,
+)
+
+try:
+    __version__ = _version("driftgate")
+except PackageNotFoundError:  # running from a source tree without an install
+    __version__ = "0+unknown"
+
+__all__ = [
+    "Clock",
+    "DeterminismProbe",
+    "DriftTracker",
+    "EnforceOptions",
+    "Enforcer",
+    "ManualClock",
+    "MetricsRegistry",
+    "SignatureLRU",
+    "SystemClock",
+    "Verdict",
+    "VerdictPair",
+    "WindowSpec",
+    "__version__",
+    "default_registry",
+    "default_windows",
+    "murmur3_x86_32",
+    "parse_verdict",
+    "sampling_bucket",
+]
