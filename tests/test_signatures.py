@@ -1,6 +1,9 @@
 import threading
+from collections import OrderedDict
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import driftgate
 from driftgate import DeterminismProbe, SignatureLRU
@@ -109,3 +112,24 @@ def test_probe_forgets_beyond_capacity(registry):
     probe.observe("input-1", "sig-a")
     probe.observe("input-2", "sig-b")
     assert probe.observe("input-1", "sig-c") is True
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    capacity=st.integers(1, 20),
+    stream=st.lists(st.integers(0, 40).map(lambda i: f"sig-{i}"), max_size=300),
+)
+def test_is_new_agrees_with_an_ordered_dict_lru(capacity, stream):
+    lru = SignatureLRU(capacity, registry=driftgate.MetricsRegistry())
+    model: OrderedDict[str, None] = OrderedDict()
+    for signature in stream:
+        expected = signature not in model
+        if expected:
+            model[signature] = None
+            if len(model) > capacity:
+                model.popitem(last=False)
+        else:
+            model.move_to_end(signature)
+        assert lru.is_new(signature) is expected
+    assert len(lru) == len(model)
+    assert all(signature in lru for signature in model)

@@ -1,25 +1,34 @@
 #include "bindings.hpp"
+#include "fast_method.hpp"
 #include "driftgate/signature_lru.hpp"
 
 namespace driftgate::bindings {
 
+namespace {
+
+// The GIL stays held: the lock guards O(1) work, and a release would cost more than the wait.
+py::object is_new_fast(py::handle self, PyObject* const* args, Py_ssize_t nargs,
+                       PyObject* kwnames) {
+    SignatureLRU& lru = self_as<SignatureLRU>(self);
+    const auto [signature] = match_arguments<1>("is_new", {"signature"}, args, nargs, kwnames);
+    return py::bool_(lru.is_new(text_arg(signature, "signature")));
+}
+
+}  // namespace
+
 void register_signatures(py::module_& m) {
-    py::class_<SignatureLRU, std::shared_ptr<SignatureLRU>>(
+    py::class_<SignatureLRU, std::shared_ptr<SignatureLRU>> lru(
         m, "SignatureLRU",
-        "Is this solution signature new among the `capacity` most recent ones? Thread-safe.")
+        "Is this solution signature new among the `capacity` most recent ones? Thread-safe.");
+    def_fast<&is_new_fast>(lru, "is_new",
+                           "is_new(signature) -> bool\n\nTrue when the signature (str or bytes) "
+                           "is not among the recent ones; marks it most recent either way.");
+    lru
         .def(py::init([](long long capacity, std::shared_ptr<MetricsRegistry> registry) {
                  return std::make_shared<SignatureLRU>(size_arg(capacity, "capacity"),
                                                        registry_or_default(std::move(registry)));
              }),
              py::arg("capacity") = 5000, py::arg("registry") = py::none())
-        .def(
-            "is_new",
-            // The GIL stays held: the lock guards O(1) work, cheaper than a release.
-            [](SignatureLRU& lru, py::handle signature) {
-                return lru.is_new(text_arg(signature, "signature"));
-            },
-            py::arg("signature"),
-            "True when the signature is not among the recent ones; marks it most recent.")
         .def("__contains__",
              [](const SignatureLRU& lru, py::handle signature) {
                  return lru.contains(text_arg(signature, "signature"));

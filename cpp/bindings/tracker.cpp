@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "bindings.hpp"
+#include "fast_method.hpp"
 #include "driftgate/drift_tracker.hpp"
 
 namespace driftgate::bindings {
@@ -47,6 +48,19 @@ std::optional<std::string> policy_arg(const std::optional<py::handle>& policy_id
     return std::string(text_arg(*policy_id, "policy_id", false));
 }
 
+py::object record_fast(py::handle self, PyObject* const* args, Py_ssize_t nargs,
+                       PyObject* kwnames) {
+    // Arguments are converted by hand: no caster on the hot path, and a bad verdict is a
+    // ValueError that names it.
+    DriftTracker& tracker = self_as<DriftTracker>(self);
+    const auto [policy_id, shadow, enforced] = match_arguments<3>(
+        "record", {"policy_id", "shadow", "enforced"}, args, nargs, kwnames);
+    const std::string_view policy = text_arg(policy_id, "policy_id", false);
+    const Verdict s = verdict_arg(shadow, "shadow");
+    const Verdict e = verdict_arg(enforced, "enforced");
+    return py::bool_(tracker.record(policy, s, e));
+}
+
 py::tuple counts_tuple(const WindowCounts& counts) {
     return py::make_tuple(counts.events, counts.total);
 }
@@ -88,10 +102,11 @@ void register_tracker(py::module_& m) {
 
     m.def("default_windows", &default_windows, "5m = 60 x 5 s, 15m = 60 x 15 s, 60m = 60 x 60 s.");
 
-    py::class_<DriftTracker, std::shared_ptr<DriftTracker>>(
+    py::class_<DriftTracker, std::shared_ptr<DriftTracker>> tracker(
         m, "DriftTracker",
         "Counts, per policy and in rolling windows, how often the enforced verdict differs "
-        "from the shadow verdict. Thread-safe; record() is lock-free.")
+        "from the shadow verdict. Thread-safe; record() is lock-free.");
+    tracker
         .def(py::init([](std::optional<std::vector<WindowSpec>> windows,
                          std::shared_ptr<Clock> clock, std::shared_ptr<MetricsRegistry> registry,
                          long long max_policies) {
@@ -102,19 +117,6 @@ void register_tracker(py::module_& m) {
              }),
              py::arg("windows") = py::none(), py::arg("clock") = py::none(),
              py::arg("registry") = py::none(), py::arg("max_policies") = 256)
-        .def(
-            "record",
-            [](DriftTracker& tracker, py::handle policy_id, py::handle shadow,
-               py::handle enforced) {
-                // Arguments are plain handles, converted by hand: no pybind11 caster sits on
-                // the hot path, and a bad verdict is a ValueError that names it.
-                const std::string_view policy = text_arg(policy_id, "policy_id", false);
-                const Verdict s = verdict_arg(shadow, "shadow");
-                const Verdict e = verdict_arg(enforced, "enforced");
-                return tracker.record(policy, s, e);
-            },
-            py::arg("policy_id"), py::arg("shadow"), py::arg("enforced"),
-            "Records one request; True when it drifted.")
         .def(
             "record_batch",
             [](DriftTracker& tracker, py::handle policy_id, py::handle shadow,
@@ -170,6 +172,9 @@ void register_tracker(py::module_& m) {
             "clock",
             [](const DriftTracker& t) { return std::const_pointer_cast<Clock>(t.clock()); })
         .def_property_readonly("registry", &DriftTracker::registry);
+    def_fast<&record_fast>(tracker, "record",
+                           "record(policy_id, shadow, enforced) -> bool\n\n"
+                           "Records one request; True when it drifted.");
 }
 
 }  // namespace driftgate::bindings

@@ -44,7 +44,6 @@ void DriftTracker::add(std::uint32_t slot, std::uint64_t drift, std::uint64_t to
 }
 
 bool DriftTracker::record(std::string_view policy_id, Verdict shadow, Verdict enforced) {
-    PolicyIndex::validate(policy_id);
     const bool drift = shadow != enforced;
     add(index_->slot_for(policy_id), drift ? 1 : 0, 1);
     return drift;

@@ -92,9 +92,8 @@ Enforcer::Evaluated Enforcer::evaluate(const VerdictSource& source) {
 
 VerdictPair Enforcer::decide(std::string_view policy_id, std::string_view key,
                              const VerdictSource& shadow, const VerdictSource& enforced) {
-    PolicyIndex::validate(policy_id);
     const auto started = std::chrono::steady_clock::now();
-    const std::uint32_t slot = tracker_->index()->slot_for(policy_id);
+    const std::uint32_t slot = tracker_->index()->slot_for(policy_id);  // validates the id
 
     VerdictPair pair;
     pair.in_rollout = in_rollout(key);

@@ -31,7 +31,24 @@ void MetricsRegistry::add_window_source(std::weak_ptr<const WindowSource> source
     window_sources_.push_back(std::move(source));
 }
 
+
+void MetricsRegistry::add_scrape_hook(std::weak_ptr<ScrapeHook> hook) {
+    std::lock_guard lock(sources_mutex_);
+    std::erase_if(scrape_hooks_, [](const auto& h) { return h.expired(); });
+    scrape_hooks_.push_back(std::move(hook));
+}
+
 namespace {
+
+template <typename T>
+std::vector<std::shared_ptr<T>> live(std::vector<std::weak_ptr<T>>& weak_list) {
+    std::erase_if(weak_list, [](const auto& weak) { return weak.expired(); });
+    std::vector<std::shared_ptr<T>> out;
+    for (const auto& weak : weak_list) {
+        if (auto strong = weak.lock()) out.push_back(std::move(strong));
+    }
+    return out;
+}
 
 prometheus::MetricFamily gauge_family(const MetricName& metric) {
     return {metric.name, metric.help, prometheus::MetricType::Gauge, {}};
@@ -47,16 +64,17 @@ void add_window_gauge(prometheus::MetricFamily& family, const std::string& windo
 }  // namespace
 
 std::vector<prometheus::MetricFamily> MetricsRegistry::collect() const {
-    std::vector<prometheus::MetricFamily> families = registry_->Collect();
-
     std::vector<std::shared_ptr<const WindowSource>> sources;
+    std::vector<std::shared_ptr<ScrapeHook>> hooks;
     {
         std::lock_guard lock(sources_mutex_);
-        std::erase_if(window_sources_, [](const auto& s) { return s.expired(); });
-        for (const auto& weak : window_sources_) {
-            if (auto source = weak.lock()) sources.push_back(std::move(source));
-        }
+        sources = live(window_sources_);
+        hooks = live(scrape_hooks_);
     }
+    // Outside the lock: a hook takes its owner's lock, which its owner may hold while
+    // registering metrics.
+    for (const auto& hook : hooks) hook->before_scrape();
+    std::vector<prometheus::MetricFamily> families = registry_->Collect();
     if (sources.empty()) return families;
 
     // Summed, not averaged, so two trackers in one registry export one consistent ratio.

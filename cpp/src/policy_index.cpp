@@ -1,9 +1,10 @@
 #include "driftgate/policy_index.hpp"
 
 #include <array>
-#include <functional>
+#include <cstring>
 #include <stdexcept>
 
+#include "driftgate/hash.hpp"
 #include "format.hpp"
 
 namespace driftgate {
@@ -55,25 +56,30 @@ void PolicyIndex::validate(std::string_view id) {
 }
 
 const PolicyIndex::Entry* PolicyIndex::lookup(std::string_view id,
-                                              std::size_t hash) const noexcept {
+                                              std::uint64_t hash) const noexcept {
     for (std::size_t i = hash & table_mask_;; i = (i + 1) & table_mask_) {
         const Entry* entry = table_[i].load(std::memory_order_acquire);
-        if (entry == nullptr || entry->id == id) return entry;
+        if (entry == nullptr || (entry->hash == hash && equal_bytes(entry->id(), id))) return entry;
     }
 }
 
 std::uint32_t PolicyIndex::slot_for(std::string_view id) {
-    if (id == kOverflowLabel) return mark_overflow();
-    const std::size_t hash = std::hash<std::string_view>{}(id);
+    if (id.size() > kMaxIdLength) validate(id);  // never hash an unbounded string
+    const std::uint64_t hash = hash_bytes(id);
     if (const Entry* entry = lookup(id, hash)) return entry->slot;
+    validate(id);
+    if (id == kOverflowLabel) return mark_overflow();
     // Full for good: ids are never forgotten, so this needs no lock.
     if (admitted_.load(std::memory_order_acquire) >= max_policies_) return mark_overflow();
     std::lock_guard lock(mutex_);
     if (const Entry* entry = lookup(id, hash)) return entry->slot;
     const std::size_t admitted = admitted_.load(std::memory_order_relaxed);
     if (admitted >= max_policies_) return mark_overflow();
-    const Entry& entry =
-        entries_.emplace_back(Entry{std::string(id), static_cast<std::uint32_t>(admitted)});
+    Entry& entry = entries_.emplace_back();
+    entry.hash = hash;
+    entry.slot = static_cast<std::uint32_t>(admitted);
+    entry.length = static_cast<std::uint32_t>(id.size());
+    std::memcpy(entry.bytes, id.data(), id.size());
     std::size_t i = hash & table_mask_;
     while (table_[i].load(std::memory_order_relaxed) != nullptr) i = (i + 1) & table_mask_;
     table_[i].store(&entry, std::memory_order_release);
@@ -91,7 +97,7 @@ std::uint32_t PolicyIndex::mark_overflow() noexcept {
 
 std::optional<std::uint32_t> PolicyIndex::find(std::string_view id) const {
     if (id == kOverflowLabel) return overflow_slot();
-    if (const Entry* entry = lookup(id, std::hash<std::string_view>{}(id))) return entry->slot;
+    if (const Entry* entry = lookup(id, hash_bytes(id))) return entry->slot;
     if (admitted_.load(std::memory_order_acquire) >= max_policies_) return overflow_slot();
     return std::nullopt;
 }
@@ -101,7 +107,7 @@ std::string_view PolicyIndex::label(std::uint32_t slot) const {
     std::lock_guard lock(mutex_);
     if (slot >= entries_.size())
         throw std::out_of_range("no policy in slot " + std::to_string(slot));
-    return entries_[slot].id;
+    return entries_[slot].id();
 }
 
 std::vector<std::string> PolicyIndex::ids() const {
@@ -109,7 +115,7 @@ std::vector<std::string> PolicyIndex::ids() const {
     {
         std::lock_guard lock(mutex_);
         out.reserve(entries_.size() + 1);
-        for (const Entry& entry : entries_) out.push_back(entry.id);
+        for (const Entry& entry : entries_) out.emplace_back(entry.id());
     }
     if (overflowed_.load(std::memory_order_relaxed)) out.emplace_back(kOverflowLabel);
     return out;

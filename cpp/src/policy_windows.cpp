@@ -10,46 +10,74 @@
 
 namespace driftgate {
 
-using Rings = std::vector<RollingWindow>;  // one ring per window
-
 namespace {
-
-Rings make_rings(const std::vector<WindowSpec>& windows) {
-    Rings rings;
-    rings.reserve(windows.size());
-    for (const auto& w : windows) rings.emplace_back(w.buckets);
-    return rings;
-}
 
 std::atomic<std::uint64_t> next_owner_id{1};
 
+// Below every bucket a clock can produce (bucket_index clamps), so a fresh cursor never matches.
+constexpr std::int64_t kNoBucket = std::numeric_limits<std::int64_t>::min();
+
+/// Per window and writer: the bucket of the last clock reading, and where the last
+/// (generation, bucket) written lands, so a write in the same bucket divides nothing.
+struct WindowCursor {
+    explicit WindowCursor(double step_seconds) : clock(step_seconds) {}
+
+    /// Points the cursor at `bucket` of `generation` in a ring of `buckets` at `ring_offset`.
+    void move(std::int64_t to_bucket, std::uint32_t to_generation, std::uint32_t buckets,
+              std::uint32_t ring_offset) {
+        if (to_bucket == bucket && to_generation == generation) return;
+        const auto at = RollingWindow::position(buckets, to_generation, to_bucket);
+        bucket = to_bucket;
+        generation = to_generation;
+        block_slot = ring_offset + at.slot;
+        tag = at.tag;
+    }
+
+    BucketCursor clock;
+    std::int64_t bucket = kNoBucket;
+    std::uint32_t generation = 0;
+    std::uint32_t block_slot = 0;  // ring offset + slot within the ring
+    std::uint64_t tag = 0;
+};
+
 }  // namespace
 
-/// One thread's rings. Only the owning thread writes them; the pool hands a shard to one
-/// thread at a time, and back when that thread ends.
+/// One thread's rings: for the global count and for each policy slot it has written, one block
+/// holding every window's ring back to back. Only the owning thread writes them; the pool hands
+/// a shard to one thread at a time, and back when that thread ends.
 struct PolicyWindows::Shard {
-    Shard(const std::vector<WindowSpec>& windows, std::size_t slots)
-        : global(make_rings(windows)),
-          per_slot(std::make_unique<std::atomic<Rings*>[]>(slots)),
-          slot_count(slots) {}
+    Shard(const std::vector<WindowSpec>& windows, std::uint32_t block_slots, std::size_t slots)
+        : global(std::make_unique<BucketSlot[]>(block_slots)),
+          per_slot(std::make_unique<std::atomic<BucketSlot*>[]>(slots)),
+          slot_count(slots) {
+        cursors.reserve(windows.size());
+        for (const auto& w : windows) cursors.emplace_back(w.step_seconds);
+    }
 
     ~Shard() {
-        for (std::size_t i = 0; i < slot_count; ++i) delete per_slot[i].load();
+        for (std::size_t i = 0; i < slot_count; ++i) delete[] per_slot[i].load();
     }
 
-    Rings& rings_for(std::uint32_t slot, const std::vector<WindowSpec>& windows) {
-        Rings* rings = per_slot[slot].load(std::memory_order_relaxed);
-        if (rings == nullptr) {
+    BucketSlot* block_for(std::uint32_t slot, std::uint32_t block_slots) {
+        BucketSlot* block = per_slot[slot].load(std::memory_order_relaxed);
+        if (block == nullptr) {
             // Allocated on a slot's first record in this shard, so memory follows use.
-            rings = new Rings(make_rings(windows));
-            per_slot[slot].store(rings, std::memory_order_release);
+            block = new BucketSlot[block_slots];
+            per_slot[slot].store(block, std::memory_order_release);
         }
-        return *rings;
+        return block;
     }
 
-    Rings global;
-    std::unique_ptr<std::atomic<Rings*>[]> per_slot;
+    std::unique_ptr<BucketSlot[]> global;
+    std::unique_ptr<std::atomic<BucketSlot*>[]> per_slot;
     std::size_t slot_count;
+    std::vector<WindowCursor> cursors;
+    // Clock readings in [steady_low, steady_high) of generation steady_generation fall in every
+    // cursor's bucket, so a write there skips the per-window bucket arithmetic.
+    double steady_low = 0.0;
+    double steady_high = -1.0;
+    double steady_reading = std::numeric_limits<double>::quiet_NaN();  // a clock that stands still
+    std::uint32_t steady_generation = 0;
 };
 
 struct PolicyWindows::ShardPool {
@@ -76,8 +104,6 @@ struct ThreadShards {
         void (*release)(void* pool, void* shard);
     };
 
-    std::uint64_t last_owner_id = 0;
-    void* last_shard = nullptr;
     std::vector<Entry> entries;
 
     ~ThreadShards() {
@@ -88,6 +114,16 @@ struct ThreadShards {
 };
 
 thread_local ThreadShards this_thread_shards;
+
+// The last shard used, in one trivially destructible thread-local: reading it needs no
+// initialisation guard, unlike this_thread_shards. Initial-exec, so code in a shared library
+// (the Python extension) reads it at a fixed offset instead of calling __tls_get_addr; its 16
+// bytes fit the static TLS that glibc keeps for libraries loaded later.
+struct LastShard {
+    std::uint64_t owner_id = 0;
+    void* shard = nullptr;
+};
+thread_local LastShard last_used __attribute__((tls_model("initial-exec")));
 
 }  // namespace
 
@@ -100,21 +136,23 @@ PolicyWindows::PolicyWindows(std::vector<WindowSpec> windows, std::shared_ptr<co
       pool_(std::make_shared<ShardPool>()) {
     validate_windows(windows_);
     if (slot_count_ == 0) throw std::invalid_argument("PolicyWindows needs at least one slot");
-    highest_bucket_ = std::make_unique<std::atomic<std::int64_t>[]>(windows_.size());
-    for (std::size_t w = 0; w < windows_.size(); ++w) {
-        highest_bucket_[w].store(std::numeric_limits<std::int64_t>::min());
+    for (const auto& w : windows_) {
+        ring_offsets_.push_back(block_slots_);
+        block_slots_ += w.buckets;
     }
+    highest_bucket_ = std::make_unique<std::atomic<std::int64_t>[]>(windows_.size());
+    for (std::size_t w = 0; w < windows_.size(); ++w) highest_bucket_[w].store(kNoBucket);
 }
 
 PolicyWindows::~PolicyWindows() = default;
 
 PolicyWindows::Shard& PolicyWindows::local_shard() {
+    LastShard& last = last_used;
+    if (last.owner_id == owner_id_) return *static_cast<Shard*>(last.shard);
     ThreadShards& mine = this_thread_shards;
-    if (mine.last_owner_id == owner_id_) return *static_cast<Shard*>(mine.last_shard);
     for (const auto& entry : mine.entries) {
         if (entry.owner_id == owner_id_) {
-            mine.last_owner_id = owner_id_;
-            mine.last_shard = entry.shard;
+            last = {owner_id_, entry.shard};
             return *static_cast<Shard*>(entry.shard);
         }
     }
@@ -122,8 +160,9 @@ PolicyWindows::Shard& PolicyWindows::local_shard() {
     {
         std::lock_guard lock(pool_->mutex);
         if (pool_->idle.empty()) {
-            shard =
-                pool_->shards.emplace_back(std::make_unique<Shard>(windows_, slot_count_)).get();
+            shard = pool_->shards
+                        .emplace_back(std::make_unique<Shard>(windows_, block_slots_, slot_count_))
+                        .get();
         } else {
             shard = pool_->idle.back();
             pool_->idle.pop_back();
@@ -131,13 +170,15 @@ PolicyWindows::Shard& PolicyWindows::local_shard() {
     }
     std::erase_if(mine.entries, [](const auto& entry) { return entry.pool.expired(); });
     mine.entries.push_back({owner_id_, shard, pool_, &ShardPool::release});
-    mine.last_owner_id = owner_id_;
-    mine.last_shard = shard;
+    last = {owner_id_, shard};
     return *shard;
 }
 
 std::int64_t PolicyWindows::advance_to(std::size_t window, double now) const {
-    const std::int64_t bucket = bucket_index(now, windows_[window].step_seconds);
+    return advance_to_bucket(window, bucket_index(now, windows_[window].step_seconds));
+}
+
+std::int64_t PolicyWindows::advance_to_bucket(std::size_t window, std::int64_t bucket) const {
     std::atomic<std::int64_t>& highest = highest_bucket_[window];
     std::int64_t seen = highest.load(std::memory_order_relaxed);
     // max(k(now), highest k seen) equals k(max(now, highest time seen)): floor is monotone.
@@ -153,35 +194,66 @@ void PolicyWindows::add(std::uint32_t slot, std::uint64_t events, std::uint64_t 
     Shard& shard = local_shard();
     const std::uint32_t generation = generation_.load(std::memory_order_acquire);
     const double now = clock_->now();
-    Rings& rings = shard.rings_for(slot, windows_);
-    for (std::size_t w = 0; w < windows_.size(); ++w) {
-        const std::int64_t bucket = advance_to(w, now);
-        shard.global[w].add(generation, bucket, events, total);
-        rings[w].add(generation, bucket, events, total);
+    const bool steady = (now >= shard.steady_low && now < shard.steady_high) ||
+                        now == shard.steady_reading;
+    if (!steady || generation != shard.steady_generation) {
+        move_cursors(shard, now, generation);
+    }
+    BucketSlot* const global = shard.global.get();
+    BucketSlot* const policy = shard.block_for(slot, block_slots_);
+    WindowCursor* const cursors = shard.cursors.data();
+    const std::size_t window_count = windows_.size();
+    for (std::size_t w = 0; w < window_count; ++w) {
+        WindowCursor& cursor = cursors[w];
+        // Another thread may have moved the window on while this thread's clock lags.
+        if (highest_bucket_[w].load(std::memory_order_relaxed) != cursor.bucket) {
+            cursor.move(advance_to_bucket(w, cursor.clock.bucket_at(now)), generation,
+                        windows_[w].buckets, ring_offsets_[w]);
+        }
+        RollingWindow::add(global[cursor.block_slot], cursor.tag, events, total);
+        RollingWindow::add(policy[cursor.block_slot], cursor.tag, events, total);
     }
 }
 
+void PolicyWindows::move_cursors(Shard& shard, double now, std::uint32_t generation) const {
+    double low = -std::numeric_limits<double>::infinity();
+    double high = std::numeric_limits<double>::infinity();
+    for (std::size_t w = 0; w < windows_.size(); ++w) {
+        WindowCursor& cursor = shard.cursors[w];
+        cursor.move(advance_to_bucket(w, cursor.clock.bucket_at(now)), generation,
+                    windows_[w].buckets, ring_offsets_[w]);
+        low = std::max(low, cursor.clock.low());
+        high = std::min(high, cursor.clock.high());
+    }
+    shard.steady_low = low;
+    shard.steady_high = high;
+    shard.steady_reading = now;
+    shard.steady_generation = generation;
+}
+
 template <typename Visit>
-WindowCounts PolicyWindows::sum_shards(std::size_t window, Visit&& rings_of) const {
+WindowCounts PolicyWindows::sum_shards(std::size_t window, Visit&& block_of) const {
     if (window >= windows_.size()) throw std::out_of_range("window " + std::to_string(window));
     const std::uint32_t generation = generation_.load(std::memory_order_acquire);
     const std::int64_t bucket = advance_to(window, clock_->now());
     WindowCounts out;
     std::lock_guard lock(pool_->mutex);
     for (const auto& shard : pool_->shards) {
-        if (const Rings* rings = rings_of(*shard))
-            (*rings)[window].read_into(out, generation, bucket);
+        if (BucketSlot* block = block_of(*shard)) {
+            RollingWindow(block + ring_offsets_[window], windows_[window].buckets)
+                .read_into(out, generation, bucket);
+        }
     }
     return out;
 }
 
 WindowCounts PolicyWindows::counts(std::size_t window) const {
-    return sum_shards(window, [](const Shard& shard) { return &shard.global; });
+    return sum_shards(window, [](const Shard& shard) { return shard.global.get(); });
 }
 
 WindowCounts PolicyWindows::counts(std::size_t window, std::uint32_t slot) const {
     if (slot >= slot_count_) throw std::out_of_range("slot " + std::to_string(slot));
-    return sum_shards(window, [slot](const Shard& shard) -> const Rings* {
+    return sum_shards(window, [slot](const Shard& shard) {
         return shard.per_slot[slot].load(std::memory_order_acquire);
     });
 }

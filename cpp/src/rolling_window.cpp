@@ -11,14 +11,12 @@ namespace driftgate {
 
 namespace {
 
-// A bucket's tag packs (busy bit | 19-bit generation | 44-bit biased bucket index). The busy
-// bit marks a bucket being recycled, so a reader retries instead of reading a half-cleared pair.
+// A bucket's tag packs (busy bit | 19-bit generation | 44-bit biased bucket index).
 constexpr int kBucketBits = 44;
 constexpr std::int64_t kBucketBias = std::int64_t{1} << (kBucketBits - 1);
 constexpr std::int64_t kMaxBucket = kBucketBias - 1;
 constexpr std::int64_t kMinBucket = -kBucketBias;
 constexpr std::uint64_t kGenerationMask = (std::uint64_t{1} << 19) - 1;
-constexpr std::uint64_t kBusy = std::uint64_t{1} << 63;
 
 constexpr std::uint64_t make_tag(std::uint32_t generation, std::int64_t bucket) {
     return ((generation & kGenerationMask) << kBucketBits) |
@@ -80,34 +78,17 @@ std::int64_t bucket_index(double seconds, double step_seconds) noexcept {
     return static_cast<std::int64_t>(k);
 }
 
-RollingWindow::RollingWindow(std::uint32_t buckets)
-    : buckets_(buckets), slots_(std::make_unique<Slot[]>(buckets)) {}
-
-void RollingWindow::add(std::uint32_t generation, std::int64_t bucket, std::uint64_t events,
-                        std::uint64_t total) noexcept {
-    const std::uint64_t tag = make_tag(generation, bucket);
-    Slot& slot = slots_[static_cast<std::uint64_t>(bucket - kMinBucket) % buckets_];
-    // Only this thread writes the slot, so relaxed loads of its own stores are exact and the
-    // read-modify-writes need no lock prefix. Every store is a release, so a reader that sees a
-    // recycled count also sees the busy tag written before it and retries (a seqlock without
-    // fences, which ThreadSanitizer models exactly).
-    if (slot.tag.load(std::memory_order_relaxed) != tag) {
-        slot.tag.store(tag | kBusy, std::memory_order_relaxed);
-        slot.total.store(0, std::memory_order_release);
-        slot.events.store(0, std::memory_order_release);
-        slot.tag.store(tag, std::memory_order_release);
-    }
-    // total before events, so a reader that sees an event also sees its request.
-    slot.total.store(slot.total.load(std::memory_order_relaxed) + total, std::memory_order_release);
-    slot.events.store(slot.events.load(std::memory_order_relaxed) + events,
-                      std::memory_order_release);
+RollingWindow::Position RollingWindow::position(std::uint32_t buckets, std::uint32_t generation,
+                                                std::int64_t bucket) {
+    return {static_cast<std::uint32_t>(static_cast<std::uint64_t>(bucket - kMinBucket) % buckets),
+            make_tag(generation, bucket)};
 }
 
 void RollingWindow::read_into(WindowCounts& out, std::uint32_t generation,
                               std::int64_t now_bucket) const noexcept {
     const std::uint32_t wanted_generation = generation & kGenerationMask;
     for (std::uint32_t i = 0; i < buckets_; ++i) {
-        const Slot& slot = slots_[i];
+        const BucketSlot& slot = slots_[i];
         for (;;) {
             const std::uint64_t before = slot.tag.load(std::memory_order_acquire);
             if (before & kBusy) {

@@ -1,5 +1,7 @@
 #include <catch2/catch.hpp>
 
+#include <memory>
+
 #include "driftgate/rolling_window.hpp"
 
 using driftgate::bucket_index;
@@ -8,6 +10,18 @@ using driftgate::WindowCounts;
 using driftgate::WindowSpec;
 
 namespace {
+
+/// A ring with its own storage.
+struct OwnedWindow : RollingWindow {
+    explicit OwnedWindow(std::uint32_t buckets)
+        : OwnedWindow(std::make_unique<driftgate::BucketSlot[]>(buckets), buckets) {}
+
+private:
+    OwnedWindow(std::unique_ptr<driftgate::BucketSlot[]> slots, std::uint32_t buckets)
+        : RollingWindow(slots.get(), buckets), storage(std::move(slots)) {}
+
+    std::unique_ptr<driftgate::BucketSlot[]> storage;
+};
 
 WindowCounts read(const RollingWindow& window, std::int64_t now_bucket,
                   std::uint32_t generation = 0) {
@@ -28,7 +42,7 @@ TEST_CASE("bucket index is floor(t / step), negatives included", "[window]") {
 }
 
 TEST_CASE("an event counts while 0 <= now - k < buckets", "[window]") {
-    RollingWindow window(3);
+    OwnedWindow window(3);
     window.add(0, 10, 1, 4);
     CHECK(read(window, 9).total == 0);  // before the event's bucket
     CHECK(read(window, 10).total == 4);
@@ -38,7 +52,7 @@ TEST_CASE("an event counts while 0 <= now - k < buckets", "[window]") {
 }
 
 TEST_CASE("a recycled slot forgets its old bucket", "[window]") {
-    RollingWindow window(2);
+    OwnedWindow window(2);
     window.add(0, 0, 1, 1);
     window.add(0, 2, 0, 5);  // same slot as bucket 0
     CHECK(read(window, 2).total == 5);
@@ -47,7 +61,7 @@ TEST_CASE("a recycled slot forgets its old bucket", "[window]") {
 }
 
 TEST_CASE("an idle gap longer than the window reads empty", "[window]") {
-    RollingWindow window(60);
+    OwnedWindow window(60);
     for (int k = 0; k < 60; ++k) window.add(0, k, 1, 1);
     CHECK(read(window, 59).total == 60);
     CHECK(read(window, 1'000'000).total == 0);
@@ -56,7 +70,7 @@ TEST_CASE("an idle gap longer than the window reads empty", "[window]") {
 }
 
 TEST_CASE("another generation is invisible", "[window]") {
-    RollingWindow window(4);
+    OwnedWindow window(4);
     window.add(0, 5, 2, 2);
     CHECK(read(window, 5, 1).total == 0);
     window.add(1, 5, 0, 3);

@@ -15,7 +15,8 @@ class Clock {
     virtual double wall() const = 0;
 };
 
-/// The process clocks: steady_clock for `now()`, system_clock for `wall()`.
+/// The process clocks: CLOCK_MONOTONIC_COARSE for `now()` (a few milliseconds' resolution,
+/// read in nanoseconds), system_clock for `wall()`.
 /// Stateless, so thread-safe.
 class SystemClock final : public Clock {
   public:

@@ -1,102 +1,168 @@
 #pragma once
 
-#include <algorithm>
 #include <cstdint>
-#include <deque>
+#include <memory>
 #include <string>
 #include <string_view>
-#include <unordered_map>
 #include <utility>
+#include <vector>
+
+#include "driftgate/hash.hpp"
 
 namespace driftgate {
 
 /// A map from string keys to values that keeps only the `capacity` most recently used keys.
+/// Nodes live in fixed-size chunks (stable, found by shift and mask) on an intrusive recency
+/// list; an open-addressing table of (hash, node) pairs finds them with one cache line or two.
 /// Not thread-safe: its owners (SignatureLRU, DeterminismProbe) lock around it.
 template <typename Value>
 class LruMap {
-  public:
-    explicit LruMap(std::size_t capacity) : capacity_(capacity) {
-        index_.reserve(std::min<std::size_t>(capacity, kInitialReserve));
-    }
+public:
+    explicit LruMap(std::size_t capacity) : capacity_(capacity), table_(kMinTable) {}
 
     std::size_t capacity() const { return capacity_; }
-    std::size_t size() const { return index_.size(); }
+    std::size_t size() const { return size_; }
 
     /// The value of `key` without making it most recent; nullptr when absent.
     const Value* peek(std::string_view key) const {
-        auto it = index_.find(key);
-        return it == index_.end() ? nullptr : &nodes_[it->second].value;
+        const std::uint32_t node = find(key, hash_bytes(key));
+        return node == kNone ? nullptr : &at(node).value;
     }
 
     /// The value of `key`, made most recent; nullptr when absent.
-    Value* touch(std::string_view key) {
-        auto it = index_.find(key);
-        if (it == index_.end()) return nullptr;
-        move_to_front(it->second);
-        return &nodes_[it->second].value;
-    }
+    Value* touch(std::string_view key) { return touch(key, hash_bytes(key)); }
 
-    /// Inserts an absent key as most recent, evicting the least recent one when full.
-    void insert(std::string_view key, Value value) {
-        std::uint32_t node;
-        if (index_.size() < capacity_) {
-            node = static_cast<std::uint32_t>(nodes_.size());
-            nodes_.emplace_back();
-        } else {
-            node = tail_;
-            unlink(node);
-            index_.erase(nodes_[node].key);
-        }
-        nodes_[node].key.assign(key);
-        nodes_[node].value = std::move(value);
-        // The key view points into the node, whose address a deque never moves.
-        index_.emplace(nodes_[node].key, node);
-        link_front(node);
+    /// Touches `key` if present (returns its value), else inserts it as most recent with
+    /// `value`, evicting the least recent key when full (returns nullptr). One hash for both.
+    Value* touch_or_insert(std::string_view key, Value value) {
+        const std::uint64_t hash = hash_bytes(key);
+        if (Value* found = touch(key, hash)) return found;
+        insert(key, hash, std::move(value));
+        return nullptr;
     }
 
     void clear() {
-        index_.clear();
-        nodes_.clear();
+        chunks_.clear();
+        size_ = 0;
         head_ = tail_ = kNone;
+        table_.assign(kMinTable, Bucket{});
     }
 
-  private:
+private:
     static constexpr std::uint32_t kNone = UINT32_MAX;
-    // A huge capacity grows its index on demand instead of reserving it all up front.
-    static constexpr std::size_t kInitialReserve = std::size_t{1} << 16;
+    static constexpr std::size_t kChunkBits = 10;
+    static constexpr std::size_t kChunkSize = std::size_t{1} << kChunkBits;
+    static constexpr std::size_t kMinTable = 64;
 
     struct Node {
         std::string key;
         Value value{};
+        std::uint64_t hash = 0;
         std::uint32_t prev = kNone;
         std::uint32_t next = kNone;
     };
 
+    struct Bucket {
+        std::uint64_t hash = 0;
+        std::uint32_t node = kNone;
+    };
+
+    Node& at(std::uint32_t node) { return chunks_[node >> kChunkBits][node & (kChunkSize - 1)]; }
+    const Node& at(std::uint32_t node) const {
+        return chunks_[node >> kChunkBits][node & (kChunkSize - 1)];
+    }
+
+    std::size_t home(std::uint64_t hash) const { return hash & (table_.size() - 1); }
+
+    std::uint32_t find(std::string_view key, std::uint64_t hash) const {
+        for (std::size_t i = home(hash);; i = (i + 1) & (table_.size() - 1)) {
+            const Bucket& bucket = table_[i];
+            if (bucket.node == kNone) return kNone;
+            if (bucket.hash == hash && equal_bytes(at(bucket.node).key, key)) return bucket.node;
+        }
+    }
+
+    Value* touch(std::string_view key, std::uint64_t hash) {
+        const std::uint32_t node = find(key, hash);
+        if (node == kNone) return nullptr;
+        if (node != head_) {
+            unlink(node);
+            link_front(node);
+        }
+        return &at(node).value;
+    }
+
+    void insert(std::string_view key, std::uint64_t hash, Value value) {
+        std::uint32_t node;
+        if (size_ < capacity_) {
+            node = static_cast<std::uint32_t>(size_++);
+            if ((node >> kChunkBits) == chunks_.size()) {
+                chunks_.push_back(std::make_unique<Node[]>(kChunkSize));
+            }
+            // Grown at half full, so probe runs stay short.
+            if (2 * size_ > table_.size()) rehash(2 * table_.size());
+        } else {
+            node = tail_;
+            unlink(node);
+            erase_bucket(at(node).hash, node);
+        }
+        Node& n = at(node);
+        n.key.assign(key);
+        n.value = std::move(value);
+        n.hash = hash;
+        place(hash, node);
+        link_front(node);
+    }
+
+    void place(std::uint64_t hash, std::uint32_t node) {
+        std::size_t i = home(hash);
+        while (table_[i].node != kNone) i = (i + 1) & (table_.size() - 1);
+        table_[i] = {hash, node};
+    }
+
+    /// Removes a node's bucket and shifts its probe run back, so no tombstones pile up.
+    void erase_bucket(std::uint64_t hash, std::uint32_t node) {
+        const std::size_t mask = table_.size() - 1;
+        std::size_t i = home(hash);
+        while (table_[i].node != node) i = (i + 1) & mask;
+        for (std::size_t j = (i + 1) & mask; table_[j].node != kNone; j = (j + 1) & mask) {
+            const std::size_t want = home(table_[j].hash);
+            // Move j back to the hole at i unless its home lies cyclically in (i, j].
+            if (((j - want) & mask) >= ((j - i) & mask)) {
+                table_[i] = table_[j];
+                i = j;
+            }
+        }
+        table_[i] = Bucket{};
+    }
+
+    void rehash(std::size_t buckets) {
+        std::vector<Bucket> old = std::exchange(table_, std::vector<Bucket>(buckets));
+        for (const Bucket& bucket : old) {
+            if (bucket.node != kNone) place(bucket.hash, bucket.node);
+        }
+    }
+
     void unlink(std::uint32_t node) {
-        Node& n = nodes_[node];
-        (n.prev == kNone ? head_ : nodes_[n.prev].next) = n.next;
-        (n.next == kNone ? tail_ : nodes_[n.next].prev) = n.prev;
+        Node& n = at(node);
+        (n.prev == kNone ? head_ : at(n.prev).next) = n.next;
+        (n.next == kNone ? tail_ : at(n.next).prev) = n.prev;
         n.prev = n.next = kNone;
     }
 
     void link_front(std::uint32_t node) {
-        Node& n = nodes_[node];
+        Node& n = at(node);
         n.prev = kNone;
         n.next = head_;
-        if (head_ != kNone) nodes_[head_].prev = node;
+        if (head_ != kNone) at(head_).prev = node;
         head_ = node;
         if (tail_ == kNone) tail_ = node;
     }
 
-    void move_to_front(std::uint32_t node) {
-        if (node == head_) return;
-        unlink(node);
-        link_front(node);
-    }
-
     std::size_t capacity_;
-    std::deque<Node> nodes_;
-    std::unordered_map<std::string_view, std::uint32_t> index_;
+    std::size_t size_ = 0;
+    std::vector<std::unique_ptr<Node[]>> chunks_;
+    std::vector<Bucket> table_;
     std::uint32_t head_ = kNone;
     std::uint32_t tail_ = kNone;
 };

@@ -63,6 +63,14 @@ class WindowSource {
     virtual std::vector<std::pair<std::string, WindowCounts>> window_counts() const = 0;
 };
 
+/// Something that publishes counts it keeps itself (under its own lock, off the hot path's
+/// shared cache lines) into prometheus-cpp metrics just before each scrape.
+class ScrapeHook {
+public:
+    virtual ~ScrapeHook() = default;
+    virtual void before_scrape() = 0;
+};
+
 /// A prometheus-cpp registry plus the gauges computed at scrape time, with text exposition.
 /// Thread-safe: components register and update metrics while others scrape.
 class MetricsRegistry {
@@ -80,6 +88,8 @@ class MetricsRegistry {
     /// adapt_drift_window_requests{window} and adapt_drift_window_events{window}. The registry
     /// holds the source weakly: a source that is gone stops being exported.
     void add_window_source(std::weak_ptr<const WindowSource> source);
+    /// Runs before every collect; held weakly, like window sources.
+    void add_scrape_hook(std::weak_ptr<ScrapeHook> hook);
 
     std::vector<prometheus::MetricFamily> collect() const;
     /// The Prometheus text format (version 0.0.4) of everything registered.
@@ -87,8 +97,9 @@ class MetricsRegistry {
 
   private:
     std::shared_ptr<prometheus::Registry> registry_;
-    mutable std::mutex sources_mutex_;
+    mutable std::mutex sources_mutex_;  // guards window_sources_ and scrape_hooks_
     mutable std::vector<std::weak_ptr<const WindowSource>> window_sources_;
+    mutable std::vector<std::weak_ptr<ScrapeHook>> scrape_hooks_;
 };
 
 /// One counter of a family per policy slot, labelled with the slot's policy id, created on

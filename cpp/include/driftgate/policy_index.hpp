@@ -30,8 +30,9 @@ class PolicyIndex {
     static void validate(std::string_view id);
     static bool is_valid(std::string_view id) noexcept;
 
-    /// The slot of a valid id, admitting it while there is room; the overflow slot past the
-    /// cap. "__overflow__" itself names the overflow slot.
+    /// The slot of an id, admitting it while there is room; the overflow slot past the cap.
+    /// "__overflow__" itself names the overflow slot. Validates the id (std::invalid_argument)
+    /// unless it is already known: only valid ids are ever admitted, so a hit is valid.
     std::uint32_t slot_for(std::string_view id);
 
     /// The slot where a valid id's records are counted, without admitting it: the overflow
@@ -47,12 +48,17 @@ class PolicyIndex {
     std::vector<std::string> ids() const;
 
   private:
+    /// The id is stored inline, so a lookup reads one or two cache lines and no heap string.
     struct Entry {
-        std::string id;
+        std::uint64_t hash;
         std::uint32_t slot;
+        std::uint32_t length;
+        char bytes[kMaxIdLength];
+
+        std::string_view id() const { return {bytes, length}; }
     };
 
-    const Entry* lookup(std::string_view id, std::size_t hash) const noexcept;
+    const Entry* lookup(std::string_view id, std::uint64_t hash) const noexcept;
     std::uint32_t mark_overflow() noexcept;
 
     std::size_t max_policies_;

@@ -46,12 +46,18 @@ class PolicyWindows {
     struct ShardPool;
 
     Shard& local_shard();
+    /// Points a shard's cursors at the buckets of clock reading `now`.
+    void move_cursors(Shard& shard, double now, std::uint32_t generation) const;
     /// The read or write bucket of `window` at clock reading `now`: max(k(now), highest k seen).
     std::int64_t advance_to(std::size_t window, double now) const;
+    std::int64_t advance_to_bucket(std::size_t window, std::int64_t bucket) const;
     template <typename Visit>
-    WindowCounts sum_shards(std::size_t window, Visit&& rings_of) const;
+    WindowCounts sum_shards(std::size_t window, Visit&& block_of) const;
 
     std::vector<WindowSpec> windows_;
+    /// Where each window's ring starts in a policy's block of slots, and the block's size.
+    std::vector<std::uint32_t> ring_offsets_;
+    std::uint32_t block_slots_ = 0;
     std::shared_ptr<const Clock> clock_;
     std::size_t slot_count_;
     std::uint64_t owner_id_;

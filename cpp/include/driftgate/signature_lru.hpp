@@ -2,11 +2,8 @@
 
 #include <cstddef>
 #include <memory>
-#include <mutex>
-#include <string>
 #include <string_view>
 
-#include "driftgate/lru_map.hpp"
 #include "driftgate/metrics_registry.hpp"
 
 namespace driftgate {
@@ -18,49 +15,48 @@ void validate_signature_capacity(std::size_t capacity);
 
 /// Answers "is this solution signature new among the `capacity` most recently seen distinct
 /// signatures?" and counts solver_signature_runs_total / solver_signature_unique_total.
-/// Thread-safe: one mutex held for O(1) work.
+/// Thread-safe: one mutex held for O(1) work; the counts reach the registry at each scrape.
 class SignatureLRU {
-  public:
+public:
     explicit SignatureLRU(std::size_t capacity = 5000,
                           std::shared_ptr<MetricsRegistry> registry = nullptr);
+    ~SignatureLRU();
 
     /// True when `signature` is not among the recent ones; marks it most recent either way.
     bool is_new(std::string_view signature);
     /// Whether `signature` is among the recent ones, without marking it.
     bool contains(std::string_view signature) const;
     std::size_t size() const;
-    std::size_t capacity() const { return lru_.capacity(); }
+    std::size_t capacity() const;
     void clear();
 
-  private:
-    mutable std::mutex mutex_;
-    LruMap<bool> lru_;
+private:
+    struct State;
     std::shared_ptr<MetricsRegistry> registry_;
-    prometheus::Counter& runs_;
-    prometheus::Counter& unique_;
+    std::shared_ptr<State> state_;
 };
 
 /// Checks that the same input gives the same solution signature: remembers the first
 /// signature of each of the `capacity` most recent inputs and counts
 /// solver_signature_mismatch_total when an input comes back with another.
-/// Thread-safe: one mutex held for O(1) work.
+/// Thread-safe: one mutex held for O(1) work; the count reaches the registry at each scrape.
 class DeterminismProbe {
-  public:
+public:
     explicit DeterminismProbe(std::size_t capacity = 5000,
                               std::shared_ptr<MetricsRegistry> registry = nullptr);
+    ~DeterminismProbe();
 
     /// False when `input_fingerprint` was seen before with a different signature. The first
     /// signature seen stays the reference, so a flapping solver keeps being reported.
     bool observe(std::string_view input_fingerprint, std::string_view signature);
     std::size_t size() const;
-    std::size_t capacity() const { return lru_.capacity(); }
+    std::size_t capacity() const;
     void clear();
 
-  private:
-    mutable std::mutex mutex_;
-    LruMap<std::string> lru_;
+private:
+    struct State;
     std::shared_ptr<MetricsRegistry> registry_;
-    prometheus::Counter& mismatches_;
+    std::shared_ptr<State> state_;
 };
 
 }  // namespace driftgate

@@ -1,0 +1,68 @@
+"""Behaviour under Python threads: exact counts, and the GIL released around batches."""
+
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from driftgate import DriftTracker
+
+
+def test_records_from_many_threads_are_exact(tracker):
+    per_thread = 20_000
+
+    def work(t):
+        for i in range(per_thread):
+            tracker.record(f"p{t % 3}", "ok", "fail" if i % 10 == 0 else "ok")
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert tracker.counts("60m") == (6 * per_thread // 10, 6 * per_thread)
+    assert sum(tracker.counts("60m", p)[1] for p in tracker.policies()) == 6 * per_thread
+
+
+@pytest.fixture
+def short_switch_interval():
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-4)  # hand the GIL over quickly whenever it is free
+    yield
+    sys.setswitchinterval(old)
+
+
+def test_python_thread_progresses_inside_record_batch(clock, registry, short_switch_interval):
+    """While one thread is inside record_batch on 10 M pairs, another keeps running Python.
+
+    Without the release, the main thread could not run a single bytecode until the batch
+    returned, so none of its iterations would fall inside a batch call."""
+    tracker = DriftTracker(clock=clock, registry=registry)
+    shadow = np.zeros(10_000_000, dtype=np.uint8)
+    enforced = np.ones(10_000_000, dtype=np.uint8)
+    intervals: list[tuple[float, float]] = []
+    done = threading.Event()
+
+    def batches():
+        for _ in range(5):
+            start = time.perf_counter()
+            tracker.record_batch("p", shadow, enforced)
+            intervals.append((start, time.perf_counter()))
+        done.set()
+
+    ticks: list[float] = []
+    worker = threading.Thread(target=batches)
+    worker.start()
+    while not done.is_set():
+        ticks.append(time.perf_counter())
+    worker.join()
+
+    assert tracker.counts("5m", "p") == (50_000_000, 50_000_000)
+    # Only the middle of each call counts: its start and end run Python code of the worker.
+    inside = 0
+    for start, end in intervals:
+        margin = (end - start) * 0.2
+        inside += sum(1 for tick in ticks if start + margin < tick < end - margin)
+    assert inside >= 100, f"{inside} main-thread iterations ran inside record_batch calls"
