@@ -90,7 +90,7 @@ class CachetoolsLRU:
 
     def is_new(self, signature: str) -> bool:
         if signature in self._cache:
-            self._cache[signature]  # noqa: B018  (a read marks it most recent)
+            self._cache[signature]
             return False
         self._cache[signature] = True
         return True

@@ -11,7 +11,6 @@ import gc
 import os
 import platform
 import random
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -19,11 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from python_baselines import CachetoolsLRU, OrderedDictLRU, PyDriftTracker
 
 import driftgate
 from driftgate import DriftTracker, ManualClock, MetricsRegistry, SignatureLRU, Verdict
 from driftgate._core import _bench
+from python_baselines import CachetoolsLRU, OrderedDictLRU, PyDriftTracker
 
 
 @dataclass
@@ -173,7 +172,9 @@ def bench_batch(quick: bool) -> list[Figure]:
         return time.perf_counter() - start
 
     seconds = best_of(repeats, run)
-    numpy_seconds = best_of(repeats, lambda: _time(lambda: int(np.count_nonzero(shadow != enforced))))
+    numpy_seconds = best_of(
+        repeats, lambda: _time(lambda: int(np.count_nonzero(shadow != enforced)))
+    )
     return [
         Figure(
             "`record_batch` of 10 M pairs from Python",
@@ -236,7 +237,9 @@ def render(figures: list[Figure], command: str, seconds: float) -> str:
         "| what | measured | target | met |",
         "|---|---|---|---|",
     ]
-    lines += [f"| {f.name} | {f.value} | {f.target} | {'yes' if f.passed else 'NO'} |" for f in figures]
+    lines += [
+        f"| {f.name} | {f.value} | {f.target} | {'yes' if f.passed else 'NO'} |" for f in figures
+    ]
     lines += [
         "",
         "Notes:",
@@ -267,7 +270,8 @@ def main() -> int:
     for bench in (bench_record, bench_lru, bench_native, bench_batch, bench_memory):
         got = bench(args.quick)
         for figure in got:
-            print(f"{'ok ' if figure.passed else 'MISS'} {figure.name}: {figure.value} ({figure.target})")
+            verdict = "ok  " if figure.passed else "MISS"
+            print(f"{verdict} {figure.name}: {figure.value} ({figure.target})")
         figures += got
     command = "python benchmarks/run.py" + (" --quick" if args.quick else "")
     if args.output:

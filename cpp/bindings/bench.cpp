@@ -5,8 +5,8 @@
 #include <vector>
 
 #include "bindings.hpp"
-#include "fast_method.hpp"
 #include "driftgate/drift_tracker.hpp"
+#include "fast_method.hpp"
 
 namespace driftgate::bindings {
 
@@ -45,9 +45,9 @@ void register_bench(py::module_& m) {
         py::arg("policy_id"), py::arg("shadow"), py::arg("enforced"),
         "An empty bound function taking three objects: pybind11's cheapest call.");
 
-    py::class_<Noop, std::shared_ptr<Noop>> noop(bench, "Noop", "An object with empty bound methods.");
-    noop
-        .def(py::init<>())
+    py::class_<Noop, std::shared_ptr<Noop>> noop(bench, "Noop",
+                                                 "An object with empty bound methods.");
+    noop.def(py::init<>())
         .def(
             "record", [](Noop&, py::handle, py::handle, py::handle) { return false; },
             py::arg("policy_id"), py::arg("shadow"), py::arg("enforced"))

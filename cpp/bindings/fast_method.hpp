@@ -20,7 +20,8 @@ namespace py = pybind11;
 /// The positional and keyword arguments of a fast call, matched to `names` by position or
 /// keyword; every name is required. TypeError names what is missing, unknown or doubled.
 template <std::size_t N>
-std::array<PyObject*, N> match_arguments(const char* method, const std::array<const char*, N>& names,
+std::array<PyObject*, N> match_arguments(const char* method,
+                                         const std::array<const char*, N>& names,
                                          PyObject* const* args, Py_ssize_t nargs,
                                          PyObject* kwnames) {
     std::array<PyObject*, N> out{};
@@ -39,8 +40,8 @@ std::array<PyObject*, N> match_arguments(const char* method, const std::array<co
                 if (std::string_view(keyword) == names[i]) position = i;
             }
             if (position == N) {
-                throw py::type_error(std::string(method) + "() got an unexpected keyword argument '" +
-                                     keyword + "'");
+                throw py::type_error(std::string(method) +
+                                     "() got an unexpected keyword argument '" + keyword + "'");
             }
             if (out[position] != nullptr) {
                 throw py::type_error(std::string(method) + "() got multiple values for argument '" +
@@ -51,8 +52,8 @@ std::array<PyObject*, N> match_arguments(const char* method, const std::array<co
     }
     for (std::size_t i = 0; i < N; ++i) {
         if (out[i] == nullptr) {
-            throw py::type_error(std::string(method) + "() missing required argument '" +
-                                 names[i] + "'");
+            throw py::type_error(std::string(method) + "() missing required argument '" + names[i] +
+                                 "'");
         }
     }
     return out;
@@ -114,9 +115,9 @@ PyObject* fast_call(PyObject* self, PyObject* const* args, Py_ssize_t nargs,
 /// Installs `Body` on a pybind11 class as the METH_FASTCALL method `name` (a string literal).
 template <FastBody Body, typename Class>
 void def_fast(Class& cls, const char* name, const char* doc) {
-    static PyMethodDef def{name, reinterpret_cast<PyCFunction>(
-                                     reinterpret_cast<void (*)()>(&fast_call<Body>)),
-                           METH_FASTCALL | METH_KEYWORDS, doc};
+    static PyMethodDef def{
+        name, reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&fast_call<Body>)),
+        METH_FASTCALL | METH_KEYWORDS, doc};
     PyObject* descriptor = PyDescr_NewMethod(reinterpret_cast<PyTypeObject*>(cls.ptr()), &def);
     if (descriptor == nullptr) throw py::error_already_set();
     cls.attr(name) = py::reinterpret_steal<py::object>(descriptor);

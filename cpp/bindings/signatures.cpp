@@ -1,6 +1,6 @@
 #include "bindings.hpp"
-#include "fast_method.hpp"
 #include "driftgate/signature_lru.hpp"
+#include "fast_method.hpp"
 
 namespace driftgate::bindings {
 
@@ -23,12 +23,11 @@ void register_signatures(py::module_& m) {
     def_fast<&is_new_fast>(lru, "is_new",
                            "is_new(signature) -> bool\n\nTrue when the signature (str or bytes) "
                            "is not among the recent ones; marks it most recent either way.");
-    lru
-        .def(py::init([](long long capacity, std::shared_ptr<MetricsRegistry> registry) {
-                 return std::make_shared<SignatureLRU>(size_arg(capacity, "capacity"),
-                                                       registry_or_default(std::move(registry)));
-             }),
-             py::arg("capacity") = 5000, py::arg("registry") = py::none())
+    lru.def(py::init([](long long capacity, std::shared_ptr<MetricsRegistry> registry) {
+                return std::make_shared<SignatureLRU>(size_arg(capacity, "capacity"),
+                                                      registry_or_default(std::move(registry)));
+            }),
+            py::arg("capacity") = 5000, py::arg("registry") = py::none())
         .def("__contains__",
              [](const SignatureLRU& lru, py::handle signature) {
                  return lru.contains(text_arg(signature, "signature"));

@@ -3,8 +3,8 @@
 #include <cmath>
 
 #include "bindings.hpp"
-#include "fast_method.hpp"
 #include "driftgate/drift_tracker.hpp"
+#include "fast_method.hpp"
 
 namespace driftgate::bindings {
 
@@ -53,8 +53,8 @@ py::object record_fast(py::handle self, PyObject* const* args, Py_ssize_t nargs,
     // Arguments are converted by hand: no caster on the hot path, and a bad verdict is a
     // ValueError that names it.
     DriftTracker& tracker = self_as<DriftTracker>(self);
-    const auto [policy_id, shadow, enforced] = match_arguments<3>(
-        "record", {"policy_id", "shadow", "enforced"}, args, nargs, kwnames);
+    const auto [policy_id, shadow, enforced] =
+        match_arguments<3>("record", {"policy_id", "shadow", "enforced"}, args, nargs, kwnames);
     const std::string_view policy = text_arg(policy_id, "policy_id", false);
     const Verdict s = verdict_arg(shadow, "shadow");
     const Verdict e = verdict_arg(enforced, "enforced");

@@ -31,7 +31,6 @@ void MetricsRegistry::add_window_source(std::weak_ptr<const WindowSource> source
     window_sources_.push_back(std::move(source));
 }
 
-
 void MetricsRegistry::add_scrape_hook(std::weak_ptr<ScrapeHook> hook) {
     std::lock_guard lock(sources_mutex_);
     std::erase_if(scrape_hooks_, [](const auto& h) { return h.expired(); });

@@ -194,8 +194,8 @@ void PolicyWindows::add(std::uint32_t slot, std::uint64_t events, std::uint64_t 
     Shard& shard = local_shard();
     const std::uint32_t generation = generation_.load(std::memory_order_acquire);
     const double now = clock_->now();
-    const bool steady = (now >= shard.steady_low && now < shard.steady_high) ||
-                        now == shard.steady_reading;
+    const bool steady =
+        (now >= shard.steady_low && now < shard.steady_high) || now == shard.steady_reading;
     if (!steady || generation != shard.steady_generation) {
         move_cursors(shard, now, generation);
     }

@@ -115,13 +115,12 @@ struct DeterminismProbe::State : LockedLru<std::string, 1> {
     DeferredCount& mismatches() { return counts[0]; }
 };
 
-DeterminismProbe::DeterminismProbe(std::size_t capacity,
-                                   std::shared_ptr<MetricsRegistry> registry)
+DeterminismProbe::DeterminismProbe(std::size_t capacity, std::shared_ptr<MetricsRegistry> registry)
     : registry_(or_default(std::move(registry))),
       state_(registered(
-          std::make_shared<State>(checked_capacity(capacity),
-                                  std::array{DeferredCount(
-                                      registry_->counter(metrics::kSignatureMismatch).Add({}))}),
+          std::make_shared<State>(
+              checked_capacity(capacity),
+              std::array{DeferredCount(registry_->counter(metrics::kSignatureMismatch).Add({}))}),
           *registry_)) {}
 
 DeterminismProbe::~DeterminismProbe() { state_->before_scrape(); }

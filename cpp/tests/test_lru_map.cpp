@@ -13,7 +13,7 @@ namespace {
 
 /// The obvious LRU: a list, most recent first.
 class ReferenceLru {
-public:
+  public:
     explicit ReferenceLru(std::size_t capacity) : capacity_(capacity) {}
 
     bool touch_or_insert(const std::string& key) {
@@ -31,7 +31,7 @@ public:
         return std::find(keys_.begin(), keys_.end(), key) != keys_.end();
     }
 
-private:
+  private:
     std::size_t capacity_;
     std::list<std::string> keys_;
 };

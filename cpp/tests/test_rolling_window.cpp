@@ -16,7 +16,7 @@ struct OwnedWindow : RollingWindow {
     explicit OwnedWindow(std::uint32_t buckets)
         : OwnedWindow(std::make_unique<driftgate::BucketSlot[]>(buckets), buckets) {}
 
-private:
+  private:
     OwnedWindow(std::unique_ptr<driftgate::BucketSlot[]> slots, std::uint32_t buckets)
         : RollingWindow(slots.get(), buckets), storage(std::move(slots)) {}
 

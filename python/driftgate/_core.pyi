@@ -2,11 +2,9 @@
 
 import enum
 from collections.abc import Callable, Sequence
+from typing import TypeAlias
 
 from typing_extensions import Buffer
-
-VerdictLike = Verdict | str
-VerdictSource = VerdictLike | Callable[[], VerdictLike]
 
 class Clock:
     def now(self) -> float: ...
@@ -24,6 +22,9 @@ class Verdict(enum.Enum):
     OK = 0
     WARN = 1
     FAIL = 2
+
+VerdictLike: TypeAlias = Verdict | str
+VerdictSource: TypeAlias = VerdictLike | Callable[[], VerdictLike]
 
 def parse_verdict(value: VerdictLike) -> Verdict: ...
 
@@ -126,7 +127,9 @@ class Enforcer:
         rollout_percent: float | None = None,
         drift_max_ratio: float | None = None,
     ) -> None: ...
-    def error_counts(self, window: str = "60m", policy_id: str | None = None) -> tuple[int, int]: ...
+    def error_counts(
+        self, window: str = "60m", policy_id: str | None = None
+    ) -> tuple[int, int]: ...
     @property
     def seed(self) -> int: ...
     @property

@@ -17,7 +17,7 @@ namespace driftgate {
 /// Not thread-safe: its owners (SignatureLRU, DeterminismProbe) lock around it.
 template <typename Value>
 class LruMap {
-public:
+  public:
     explicit LruMap(std::size_t capacity) : capacity_(capacity), table_(kMinTable) {}
 
     std::size_t capacity() const { return capacity_; }
@@ -48,7 +48,7 @@ public:
         table_.assign(kMinTable, Bucket{});
     }
 
-private:
+  private:
     static constexpr std::uint32_t kNone = UINT32_MAX;
     static constexpr std::size_t kChunkBits = 10;
     static constexpr std::size_t kChunkSize = std::size_t{1} << kChunkBits;

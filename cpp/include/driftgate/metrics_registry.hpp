@@ -66,7 +66,7 @@ class WindowSource {
 /// Something that publishes counts it keeps itself (under its own lock, off the hot path's
 /// shared cache lines) into prometheus-cpp metrics just before each scrape.
 class ScrapeHook {
-public:
+  public:
     virtual ~ScrapeHook() = default;
     virtual void before_scrape() = 0;
 };

@@ -61,7 +61,7 @@ struct BucketSlot {
 /// Single writer: exactly one thread at a time may call `add`; any thread may call `read_into`
 /// concurrently with it (a seqlock per bucket keeps each bucket's pair consistent).
 class RollingWindow {
-public:
+  public:
     /// Where an add lands: the slot within the ring and the tag of (generation, bucket).
     /// Computing it costs a division, so writers compute it once per bucket and reuse it.
     struct Position {
@@ -107,7 +107,7 @@ public:
     void read_into(WindowCounts& out, std::uint32_t generation,
                    std::int64_t now_bucket) const noexcept;
 
-private:
+  private:
     /// Marks a bucket being recycled, so a reader retries instead of reading a half-cleared pair.
     static constexpr std::uint64_t kBusy = std::uint64_t{1} << 63;
 
@@ -119,7 +119,7 @@ private:
 /// the same bucket as the last one, needs no division. Exact: a reading close enough to a
 /// bucket edge for rounding to matter is always divided out.
 class BucketCursor {
-public:
+  public:
     explicit BucketCursor(double step_seconds) : step_(step_seconds) {}
 
     /// bucket_index(seconds, step_seconds).
@@ -140,10 +140,10 @@ public:
     double low() const noexcept { return low_; }
     double high() const noexcept { return high_; }
 
-private:
+  private:
     double step_;
     double low_ = 0.0;
-    double high_ = -1.0;  // empty until the first reading
+    double high_ = -1.0;                                      // empty until the first reading
     double last_ = std::numeric_limits<double>::quiet_NaN();  // equal to no reading
     std::int64_t bucket_ = 0;
 };

@@ -17,7 +17,7 @@ void validate_signature_capacity(std::size_t capacity);
 /// signatures?" and counts solver_signature_runs_total / solver_signature_unique_total.
 /// Thread-safe: one mutex held for O(1) work; the counts reach the registry at each scrape.
 class SignatureLRU {
-public:
+  public:
     explicit SignatureLRU(std::size_t capacity = 5000,
                           std::shared_ptr<MetricsRegistry> registry = nullptr);
     ~SignatureLRU();
@@ -30,7 +30,7 @@ public:
     std::size_t capacity() const;
     void clear();
 
-private:
+  private:
     struct State;
     std::shared_ptr<MetricsRegistry> registry_;
     std::shared_ptr<State> state_;
@@ -41,7 +41,7 @@ private:
 /// solver_signature_mismatch_total when an input comes back with another.
 /// Thread-safe: one mutex held for O(1) work; the count reaches the registry at each scrape.
 class DeterminismProbe {
-public:
+  public:
     explicit DeterminismProbe(std::size_t capacity = 5000,
                               std::shared_ptr<MetricsRegistry> registry = nullptr);
     ~DeterminismProbe();
@@ -53,7 +53,7 @@ public:
     std::size_t capacity() const;
     void clear();
 
-private:
+  private:
     struct State;
     std::shared_ptr<MetricsRegistry> registry_;
     std::shared_ptr<State> state_;

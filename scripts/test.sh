@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs what driftgate needs and runs every test: the C++ core's Catch2 tests through
+# ctest (a plain build, an ASan/UBSan build and a TSan build, all with -Werror), then pytest.
+source "$(dirname "$0")/setup.sh"
+cd "$DRIFTGATE_ROOT"
+
+install_debian_packages
+install_driftgate test
+
+jobs="$(nproc)"
+run_ctest() {
+    local name="$1" sanitize="$2"
+    local dir="build/ctest-$name"
+    echo "==> C++ tests ($name)"
+    cmake -S . -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DDRIFTGATE_BUILD_TESTS=ON \
+        -DDRIFTGATE_WERROR=ON -DDRIFTGATE_SANITIZE="$sanitize" >/dev/null
+    cmake --build "$dir" --parallel "$jobs"
+    ctest --test-dir "$dir" --output-on-failure --parallel "$jobs"
+}
+
+run_ctest plain ""
+ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 run_ctest asan "address,undefined"
+TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" run_ctest tsan thread
+
+echo "==> pytest"
+"$VENV_PYTHON" -m pytest
