@@ -299,6 +299,10 @@ def render(figures: list[Figure], command: str, seconds: float) -> str:
         "DriftTracker, locks included.",
         "- The native figures call `DriftTracker::record` in a C++ loop with the GIL released "
         "(`_bench.native_record`), cycling over 8 policy ids.",
+        "- This machine is a 2-vCPU virtual machine: absolute figures move by up to about 40 % "
+        "between runs as the host's load changes, and the two-thread ratio drops (1.1x was seen "
+        "once) when the second vCPU is busy elsewhere. Ratios against a same-run baseline move "
+        "much less; rerun before trusting a single odd figure.",
         "- That a Python thread keeps running while another is inside `record_batch` is a test, "
         "not a figure: `tests/test_threads.py::test_python_thread_progresses_inside_record_batch`.",
         "",
