@@ -53,6 +53,19 @@ inline constexpr MetricName kSignatureUnique{"solver_signature_unique_total",
                                              "Solution signatures new among the recent ones."};
 inline constexpr MetricName kSignatureMismatch{
     "solver_signature_mismatch_total", "Inputs seen again with a different solution signature."};
+inline constexpr MetricName kRolloutStage{"guardian_rollout_stage",
+                                          "Index of the current rollout stage (-1 while aborted)."};
+inline constexpr MetricName kRolloutErrorRate{"guardian_rollout_error_rate",
+                                              "Error rate at the last rollout evaluation."};
+inline constexpr MetricName kRolloutStageStartedAt{"guardian_rollout_stage_started_at",
+                                                   "Unix time the current stage started."};
+inline constexpr MetricName kRolloutAdvancements{"guardian_rollout_advancement_total",
+                                                 "Rollout advancements by target stage."};
+inline constexpr MetricName kRolloutRollbacks{"guardian_rollout_rollback_total",
+                                              "Rollout rollbacks by source and target stage."};
+inline constexpr MetricName kRolloutAnalysisErrors{
+    "guardian_rollout_analysis_errors_total",
+    "Rollout evaluations skipped because the error-rate source failed."};
 }  // namespace metrics
 
 /// Something whose rolling windows are exported as the adapt_drift_window_* gauges.
