@@ -9,5 +9,6 @@ PYBIND11_MODULE(_core, m) {
     register_tracker(m);
     register_enforcer(m);
     register_signatures(m);
+    register_rollout(m);
     register_bench(m);
 }

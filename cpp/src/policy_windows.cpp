@@ -116,14 +116,13 @@ struct ThreadShards {
 thread_local ThreadShards this_thread_shards;
 
 // The last shard used, in one trivially destructible thread-local: reading it needs no
-// initialisation guard, unlike this_thread_shards. Initial-exec, so code in a shared library
-// (the Python extension) reads it at a fixed offset instead of calling __tls_get_addr; its 16
-// bytes fit the static TLS that glibc keeps for libraries loaded later.
+// initialisation guard, unlike this_thread_shards. (Not initial-exec: a library loaded late
+// with static TLS can fail to load in a process that already used the surplus.)
 struct LastShard {
     std::uint64_t owner_id = 0;
     void* shard = nullptr;
 };
-thread_local LastShard last_used __attribute__((tls_model("initial-exec")));
+thread_local LastShard last_used;
 
 }  // namespace
 

@@ -3,11 +3,11 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <fstream>
 #include <nlohmann/json.hpp>
-#include <random>
 #include <sstream>
 
 #include "format.hpp"
@@ -41,11 +41,13 @@ bool write_all(int fd, const std::string& data) {
     return true;
 }
 
+/// A name no other writer uses: O_EXCL refuses a clash anyway. (No thread_local generator:
+/// the extension's thread-locals must stay small enough for glibc's static TLS.)
 std::string temp_name(const std::string& path) {
-    thread_local std::mt19937_64 random(std::random_device{}());
-    char suffix[40];
-    std::snprintf(suffix, sizeof suffix, ".tmp.%d.%016llx", static_cast<int>(::getpid()),
-                  static_cast<unsigned long long>(random()));
+    static std::atomic<std::uint64_t> counter{0};
+    char suffix[48];
+    std::snprintf(suffix, sizeof suffix, ".tmp.%d.%llu", static_cast<int>(::getpid()),
+                  static_cast<unsigned long long>(counter.fetch_add(1)));
     return path + suffix;
 }
 

@@ -27,6 +27,16 @@ from driftgate._core import (
     parse_verdict,
     sampling_bucket,
 )
+from driftgate.rollout import (
+    LocalErrorRate,
+    PrometheusErrorRate,
+    RolloutConfig,
+    RolloutManager,
+    RolloutStage,
+    StateError,
+    rollout_lifespan,
+    run_rollout_monitor,
+)
 
 try:
     __version__ = _version("driftgate")
@@ -39,9 +49,15 @@ __all__ = [
     "DriftTracker",
     "EnforceOptions",
     "Enforcer",
+    "LocalErrorRate",
     "ManualClock",
     "MetricsRegistry",
+    "PrometheusErrorRate",
+    "RolloutConfig",
+    "RolloutManager",
+    "RolloutStage",
     "SignatureLRU",
+    "StateError",
     "SystemClock",
     "Verdict",
     "VerdictPair",
@@ -51,5 +67,7 @@ __all__ = [
     "default_windows",
     "murmur3_x86_32",
     "parse_verdict",
+    "rollout_lifespan",
+    "run_rollout_monitor",
     "sampling_bucket",
 ]
