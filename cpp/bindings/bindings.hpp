@@ -25,6 +25,7 @@ void register_tracker(py::module_& m);
 void register_enforcer(py::module_& m);
 void register_signatures(py::module_& m);
 void register_rollout(py::module_& m);
+void register_gate(py::module_& m);
 void register_bench(py::module_& m);
 
 /// A Verdict member or "ok"/"warn"/"fail" in any case; nullopt for anything else.

@@ -1,13 +1,85 @@
+#include <prometheus/metric_family.h>
+
 #include "bindings.hpp"
 
 namespace driftgate::bindings {
+
+namespace {
+
+const char* type_name(prometheus::MetricType type) {
+    switch (type) {
+        case prometheus::MetricType::Counter:
+            return "counter";
+        case prometheus::MetricType::Gauge:
+            return "gauge";
+        case prometheus::MetricType::Histogram:
+            return "histogram";
+        case prometheus::MetricType::Summary:
+            return "summary";
+        default:
+            return "untyped";
+    }
+}
+
+/// (name, help, type, [(sample name, labels, value)]), the shape prometheus_client's
+/// Metric takes; histograms are spelled out as _bucket, _count and _sum samples.
+py::list families_as_python(const std::vector<prometheus::MetricFamily>& families) {
+    py::list out;
+    for (const auto& family : families) {
+        py::list samples;
+        for (const auto& metric : family.metric) {
+            py::dict labels;
+            for (const auto& label : metric.label) labels[py::str(label.name)] = label.value;
+            switch (family.type) {
+                case prometheus::MetricType::Counter:
+                    samples.append(py::make_tuple(family.name, labels, metric.counter.value));
+                    break;
+                case prometheus::MetricType::Gauge:
+                    samples.append(py::make_tuple(family.name, labels, metric.gauge.value));
+                    break;
+                case prometheus::MetricType::Histogram: {
+                    for (const auto& bucket : metric.histogram.bucket) {
+                        py::dict with_le = labels.attr("copy")();
+                        with_le["le"] = bucket.upper_bound;
+                        samples.append(
+                            py::make_tuple(family.name + "_bucket", with_le,
+                                           static_cast<double>(bucket.cumulative_count)));
+                    }
+                    samples.append(
+                        py::make_tuple(family.name + "_count", labels,
+                                       static_cast<double>(metric.histogram.sample_count)));
+                    samples.append(
+                        py::make_tuple(family.name + "_sum", labels, metric.histogram.sample_sum));
+                    break;
+                }
+                default:
+                    samples.append(py::make_tuple(family.name, labels, metric.untyped.value));
+            }
+        }
+        out.append(py::make_tuple(family.name, family.help, type_name(family.type), samples));
+    }
+    return out;
+}
+
+}  // namespace
 
 void register_metrics(py::module_& m) {
     py::class_<MetricsRegistry, std::shared_ptr<MetricsRegistry>>(
         m, "MetricsRegistry", "A prometheus-cpp registry with Prometheus text exposition.")
         .def(py::init<>())
         .def("exposition", &MetricsRegistry::exposition, py::call_guard<py::gil_scoped_release>(),
-             "Everything registered, in the Prometheus text format 0.0.4.");
+             "Everything registered, in the Prometheus text format 0.0.4.")
+        .def(
+            "collect",
+            [](const MetricsRegistry& registry) {
+                std::vector<prometheus::MetricFamily> families;
+                {
+                    py::gil_scoped_release release;
+                    families = registry.collect();
+                }
+                return families_as_python(families);
+            },
+            "[(name, help, type, [(sample name, labels, value)])] for every family.");
 
     m.def("default_registry", &MetricsRegistry::default_registry,
           "The process-wide registry that components use when given none.");

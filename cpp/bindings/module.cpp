@@ -10,5 +10,6 @@ PYBIND11_MODULE(_core, m) {
     register_enforcer(m);
     register_signatures(m);
     register_rollout(m);
+    register_gate(m);
     register_bench(m);
 }

@@ -42,6 +42,8 @@ inline constexpr MetricName kEvaluationErrors{"adapt_evaluation_errors_total",
                                               "Verdict evaluations that raised; counted as FAIL."};
 inline constexpr MetricName kSelectionLatency{"adapt_selection_latency_seconds",
                                               "Time spent in Enforcer.decide."};
+inline constexpr MetricName kReadinessGateOpen{
+    "adapt_readiness_gate_open", "1 while the drift readiness gate is open, 0 while closed."};
 inline constexpr MetricName kEnforcement{"guardian_enforcement_total",
                                          "Decisions in the enforced cohort."};
 inline constexpr MetricName kEnforcementFailed{

@@ -1,0 +1,108 @@
+#include <catch2/catch.hpp>
+
+#include <memory>
+
+#include "driftgate/readiness_gate.hpp"
+
+using driftgate::DriftTracker;
+using driftgate::GateConfig;
+using driftgate::ManualClock;
+using driftgate::MetricsRegistry;
+using driftgate::ReadinessGate;
+using driftgate::Verdict;
+
+namespace {
+
+struct Fixture {
+    std::shared_ptr<ManualClock> clock = std::make_shared<ManualClock>(0.0);
+    std::shared_ptr<MetricsRegistry> registry = std::make_shared<MetricsRegistry>();
+    std::shared_ptr<DriftTracker> tracker =
+        std::make_shared<DriftTracker>(driftgate::default_windows(), clock, registry);
+
+    void record(int requests, int drifts) {
+        for (int i = 0; i < requests; ++i) {
+            tracker->record("p", Verdict::Ok, i < drifts ? Verdict::Fail : Verdict::Ok);
+        }
+    }
+};
+
+GateConfig enabled(double max_ratio = 0.005) {
+    GateConfig config;
+    config.enabled = true;
+    config.max_ratio = max_ratio;
+    return config;
+}
+
+}  // namespace
+
+TEST_CASE("a disabled gate is always open", "[gate]") {
+    Fixture f;
+    f.record(200, 200);
+    ReadinessGate gate(GateConfig{}, f.tracker);
+    CHECK(gate.check() == std::pair<bool, std::string_view>{true, "OK"});
+}
+
+TEST_CASE("the gate closes above the limit once there is enough traffic", "[gate]") {
+    Fixture f;
+    ReadinessGate gate(enabled(), f.tracker);
+    f.record(99, 99);
+    CHECK(gate.check().first);  // 99 requests: below min_requests
+    f.record(1, 1);
+    CHECK(gate.check() == std::pair<bool, std::string_view>{false, "DRIFT_GATE"});
+    CHECK_THAT(f.registry->exposition(), Catch::Contains("adapt_readiness_gate_open 0"));
+}
+
+TEST_CASE("once closed it reopens only at the reopen ratio", "[gate]") {
+    Fixture f;
+    GateConfig config = enabled(0.10);
+    config.reopen_ratio = 0.05;
+    ReadinessGate gate(config, f.tracker);
+    f.record(100, 11);  // 11 %
+    CHECK_FALSE(gate.check().first);
+    f.record(100, 0);  // 5.5 %: below max, above reopen
+    CHECK_FALSE(gate.check().first);
+    f.record(20, 0);  // 11 / 220 = 5 %
+    CHECK(gate.check().first);
+}
+
+TEST_CASE("with confidence a handful of drifts cannot close it", "[gate]") {
+    Fixture f;
+    GateConfig config = enabled(0.01);
+    config.min_requests = 10;
+    config.confidence = 0.95;
+    ReadinessGate gate(config, f.tracker);
+    f.record(100, 2);  // 2 %, but the lower bound is below 1 %
+    CHECK(gate.check().first);
+    f.record(900, 48);  // 5 % of 1000
+    CHECK_FALSE(gate.check().first);
+}
+
+TEST_CASE("the window forgets and the gate follows", "[gate]") {
+    Fixture f;
+    ReadinessGate gate(enabled(), f.tracker);
+    f.record(200, 100);
+    CHECK_FALSE(gate.check().first);
+    f.clock->advance(301);
+    f.record(200, 0);
+    CHECK(gate.check().first);
+}
+
+TEST_CASE("bad gate configs are named", "[gate]") {
+    Fixture f;
+    GateConfig config = enabled(1.5);
+    CHECK_THROWS_WITH(ReadinessGate(config, f.tracker), Catch::Contains("max_ratio=1.5"));
+    config = enabled(0.1);
+    config.reopen_ratio = 0.2;
+    CHECK_THROWS_WITH(ReadinessGate(config, f.tracker), Catch::Contains("reopen_ratio=0.2"));
+    config = enabled(0.1);
+    config.window = "7m";
+    CHECK_THROWS_WITH(ReadinessGate(config, f.tracker), Catch::Contains("unknown window '7m'"));
+}
+
+TEST_CASE("the stateless check has no memory", "[gate]") {
+    Fixture f;
+    f.record(200, 2);  // 1 %
+    CHECK_FALSE(driftgate::readiness_gate_ok(enabled(), *f.tracker).first);
+    CHECK(driftgate::readiness_gate_ok(enabled(0.02), *f.tracker).first);
+    CHECK(driftgate::readiness_gate_ok(GateConfig{}, *f.tracker).first);
+}

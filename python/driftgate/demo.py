@@ -1,0 +1,189 @@
+"""The demo service: driftgate's router next to a `POST /verify` that decides with mock
+evaluators. `driftgate serve` runs it under uvicorn.
+
+The mock evaluators agree unless the request's context asks otherwise:
+- `"_demo_drift": true` makes the enforced evaluator answer FAIL where the shadow one says OK,
+  so requests in the enforced cohort drift;
+- `"_demo_error": true` makes the enforced evaluator raise (an evaluation error, FAIL).
+Requests outside the cohort never drift: only the shadow side runs there.
+"""
+
+import json
+import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from pydantic import BaseModel, Field, ValidationError
+
+from driftgate._core import (
+    DriftTracker,
+    Enforcer,
+    MetricsRegistry,
+    ReadinessGate,
+    StateError,
+    Verdict,
+)
+from driftgate.fastapi import create_router
+from driftgate.fastapi.auth import bearer_token_admin
+from driftgate.fastapi.router import ErrorBody, json_body_schema, read_body
+from driftgate.rollout import RolloutManager, run_rollout_monitor
+from driftgate.settings import Settings
+
+logger = logging.getLogger("driftgate.demo")
+
+
+class VerifyRequest(BaseModel):
+    model_config = {"extra": "forbid"}
+    policy_id: str = Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$", examples=["lksg.v1"])
+    context: dict[str, Any] = Field(
+        description="The facts to decide on. `_demo_drift: true` makes the enforced verdict "
+        "differ; `_demo_error: true` makes the enforced evaluator fail.",
+        examples=[{"subject_id": "supplier-17", "_demo_drift": False}],
+    )
+    backend: Literal["mock"] = "mock"
+
+
+class VerifyResult(BaseModel):
+    shadow: str
+    enforced: str
+    in_rollout: bool
+    drift: bool
+
+
+class VerifyResponse(BaseModel):
+    policy_id: str
+    verdict: str = Field(description="The verdict in force: the enforced one.")
+    result: VerifyResult
+
+
+def _cohort_key(context: dict[str, Any]) -> str:
+    """Who a request is about, for the sampling hash: `subject_id` when given, else the
+    canonical JSON of the context."""
+    subject = context.get("subject_id")
+    if isinstance(subject, str) and subject:
+        return subject
+    return json.dumps(context, sort_keys=True, separators=(",", ":"), default=str)
+
+
+async def _verify_request(request: Request) -> VerifyRequest:
+    body = await read_body(request)
+    try:
+        return VerifyRequest.model_validate_json(body)
+    except ValidationError as error:
+        raise HTTPException(
+            422,
+            "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors()),
+        ) from None
+
+
+def create_demo_app(settings: Settings | None = None) -> FastAPI:
+    """The demo service for `settings` (defaults: shadow only, no gate, no rollout)."""
+    settings = settings or Settings()
+    registry = MetricsRegistry()
+    tracker = DriftTracker(registry=registry)
+    enforcer = Enforcer(settings.enforce, tracker)
+    gate = ReadinessGate(settings.gate, tracker)
+    manager: RolloutManager | None = None
+    state_problem: list[str] = []
+    if settings.rollout is not None:
+        settings.state_path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            manager = RolloutManager(
+                settings.rollout,
+                enforcer=enforcer,
+                state_path=settings.state_path,
+                min_requests=settings.rollout_min_requests,
+            )
+        except StateError as error:
+            # Fail closed: keep serving shadow-only, report not-ready until someone looks.
+            logger.error("rollout disabled: %s", error)
+            enforcer.set_options(rollout_percent=0)
+            state_problem.append("STATE_FILE")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        import asyncio
+        import contextlib
+
+        task = None
+        if manager is not None:
+            task = asyncio.create_task(
+                run_rollout_monitor(manager, timedelta(seconds=settings.check_interval_seconds))
+            )
+        try:
+            yield
+        finally:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    app = FastAPI(
+        title="driftgate demo",
+        description="Shadow and enforced verdicts side by side, with drift gating and a "
+        "staged rollout.",
+        lifespan=lifespan,
+    )
+    token = os.environ.get(settings.admin_token_env) or None
+    app.include_router(
+        create_router(
+            tracker=tracker,
+            manager=manager,
+            gate=gate,
+            registry=registry,
+            admin=bearer_token_admin(token),
+            readiness_checks=[lambda: state_problem[0] if state_problem else None],
+        )
+    )
+
+    @app.post(
+        "/verify",
+        response_model=VerifyResponse,
+        responses={code: {"model": ErrorBody} for code in (400, 413, 422)},
+        name="demo:verify",
+        openapi_extra=json_body_schema(VerifyRequest, required=True),
+    )
+    def verify(body: Annotated[VerifyRequest, Depends(_verify_request)]) -> dict[str, Any]:
+        context = body.context
+
+        def shadow() -> Verdict:
+            return Verdict.OK
+
+        def enforced() -> Verdict:
+            if context.get("_demo_error") is True:
+                raise RuntimeError("mock enforced evaluator failed")
+            return Verdict.FAIL if context.get("_demo_drift") is True else Verdict.OK
+
+        pair = enforcer.decide(body.policy_id, _cohort_key(context), shadow, enforced)
+        return {
+            "policy_id": body.policy_id,
+            "verdict": pair.enforced.name.lower(),
+            "result": {
+                "shadow": pair.shadow.name.lower(),
+                "enforced": pair.enforced.name.lower(),
+                "in_rollout": pair.in_rollout,
+                "drift": pair.drift,
+            },
+        }
+
+    app.state.driftgate = {
+        "tracker": tracker,
+        "enforcer": enforcer,
+        "gate": gate,
+        "manager": manager,
+        "registry": registry,
+    }
+    return app
+
+
+def app_from_environment() -> FastAPI:
+    """For uvicorn's --factory: settings from DRIFTGATE_CONFIG (a values file), if set."""
+    from driftgate.settings import load_settings
+
+    path = os.environ.get("DRIFTGATE_CONFIG")
+    return create_demo_app(load_settings(Path(path) if path else None))

@@ -1,0 +1,238 @@
+"""create_router: the HTTP face of a tracker, a readiness gate and a rollout manager."""
+
+import os
+from collections.abc import Callable, Sequence
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field, ValidationError
+
+from driftgate._core import DriftTracker, MetricsRegistry, ReadinessGate, StateError
+from driftgate.exposition import render
+from driftgate.fastapi.auth import AdminDependency, bearer_token_admin
+from driftgate.rollout import RolloutManager
+
+MAX_BODY_BYTES = 1 << 20
+TOKEN_ENV = "DRIFTGATE_ADMIN_TOKEN"
+
+ReadinessCheck = Callable[[], str | None]
+
+
+class ErrorBody(BaseModel):
+    detail: str = Field(description="A fixed reason code or a message naming the bad value.")
+
+
+class HealthBody(BaseModel):
+    status: str = "ok"
+
+
+class ReadyBody(BaseModel):
+    status: str = Field(description="ready or not_ready")
+    reason: str | None = Field(None, description="A fixed reason code, e.g. DRIFT_GATE.")
+
+
+class StageBody(BaseModel):
+    name: str
+    percentage: float
+    max_error_rate: float
+    requires_approval: bool
+
+
+class TransitionBody(BaseModel):
+    time: str
+    actor: str
+    from_: str = Field(alias="from")
+    to: str
+    reason: str
+
+
+class StatusBody(BaseModel):
+    current_stage: StageBody
+    stage_index: int
+    total_stages: int
+    elapsed_time: str | None
+    min_duration: str
+    started_at: str | None
+    state: str
+    enforced_percentage: float
+    last_error_rate: float | None
+    version: int
+    transitions: list[TransitionBody]
+
+
+class MoveBody(BaseModel):
+    success: bool
+    message: str
+    new_stage: str
+    new_percentage: float
+
+
+class RollbackRequest(BaseModel):
+    model_config = {"extra": "forbid"}
+    reason: str | None = Field(None, max_length=200, description="Why, for the history.")
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody} for code in (400, 401, 403, 404, 413, 422, 503)
+}
+
+
+async def read_body(request: Request) -> bytes:
+    """The request body, refused with 413 past MAX_BODY_BYTES whether or not the client sent
+    a Content-Length."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise HTTPException(status.HTTP_400_BAD_REQUEST, "BAD_CONTENT_LENGTH")
+        if int(declared) > MAX_BODY_BYTES:
+            raise HTTPException(413, "BODY_TOO_LARGE")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            raise HTTPException(413, "BODY_TOO_LARGE")
+    return bytes(body)
+
+
+def json_body_schema(model: type[BaseModel], *, required: bool) -> dict[str, Any]:
+    """The OpenAPI request body of an endpoint that reads its JSON itself (to cap its size)."""
+    return {
+        "requestBody": {
+            "required": required,
+            "content": {"application/json": {"schema": model.model_json_schema()}},
+        }
+    }
+
+
+async def _rollback_request(request: Request) -> RollbackRequest:
+    body = await read_body(request)
+    if not body.strip():
+        return RollbackRequest()
+    try:
+        return RollbackRequest.model_validate_json(body)
+    except ValidationError as error:
+        raise HTTPException(
+            422,
+            "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors()),
+        ) from None
+
+
+def create_router(
+    *,
+    tracker: DriftTracker,
+    manager: RolloutManager | None = None,
+    gate: ReadinessGate | None = None,
+    registry: MetricsRegistry | None = None,
+    admin: AdminDependency | None = None,
+    include_process_metrics: bool = True,
+    readiness_checks: Sequence[ReadinessCheck] = (),
+) -> APIRouter:
+    """The driftgate endpoints as a bare APIRouter.
+
+    `admin` is a FastAPI dependency returning the actor's name; without one, a bearer token
+    from DRIFTGATE_ADMIN_TOKEN (read now, not at import) guards the admin endpoints, and with
+    neither they refuse every request. `readiness_checks` are extra callables returning a
+    reason code while the service must not be ready (e.g. "STATE_FILE"), None otherwise."""
+    registry = registry or tracker.registry
+    require_admin = admin or bearer_token_admin(os.environ.get(TOKEN_ENV) or None)
+    router = APIRouter()
+
+    @router.get("/api/v1/healthz", response_model=HealthBody, name="driftgate:healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    # Sync endpoints: the C++ calls release the GIL, so they run in the threadpool, never on
+    # the event loop.
+    @router.get(
+        "/api/v1/readyz",
+        response_model=ReadyBody,
+        response_model_exclude_none=True,
+        responses={503: {"model": ReadyBody}},
+        name="driftgate:readyz",
+    )
+    def readyz() -> Any:
+        for check in readiness_checks:
+            reason = check()
+            if reason is not None:
+                return JSONResponse({"status": "not_ready", "reason": reason}, status_code=503)
+        if gate is not None:
+            ready, reason = gate.check()
+            if not ready:
+                return JSONResponse({"status": "not_ready", "reason": reason}, status_code=503)
+        return {"status": "ready"}
+
+    @router.get(
+        "/api/v1/metrics",
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {}, "application/openmetrics-text": {}}}},
+        name="driftgate:metrics",
+    )
+    def metrics(request: Request) -> Response:
+        body, content_type = render(
+            registry, request.headers.get("accept"), include_process_metrics
+        )
+        return Response(body, media_type=content_type)
+
+    def require_manager() -> RolloutManager:
+        if manager is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, "NO_ROLLOUT")
+        return manager
+
+    @router.get(
+        "/api/guardian/rollout/status",
+        response_model=StatusBody,
+        responses=ERRORS,
+        name="driftgate:rollout_status",
+    )
+    def rollout_status(
+        rollout: Annotated[RolloutManager, Depends(require_manager)],
+    ) -> dict[str, Any]:
+        return rollout.get_status()
+
+    def moved(rollout: RolloutManager, success: bool, message: str) -> dict[str, Any]:
+        if not success:
+            raise HTTPException(status.HTTP_400_BAD_REQUEST, message)
+        stage = rollout.get_status(transitions=0)
+        return {
+            "success": True,
+            "message": message,
+            "new_stage": stage["current_stage"]["name"]
+            if stage["state"] != "aborted"
+            else "aborted",
+            "new_percentage": stage["enforced_percentage"],
+        }
+
+    @router.post(
+        "/api/guardian/rollout/advance",
+        response_model=MoveBody,
+        responses=ERRORS,
+        name="driftgate:rollout_advance",
+    )
+    def rollout_advance(
+        actor: Annotated[str, Depends(require_admin)],
+        rollout: Annotated[RolloutManager, Depends(require_manager)],
+    ) -> dict[str, Any]:
+        try:
+            return moved(rollout, *rollout.manual_advance(actor))
+        except StateError:
+            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "STATE_FILE") from None
+
+    @router.post(
+        "/api/guardian/rollout/rollback",
+        response_model=MoveBody,
+        responses=ERRORS,
+        name="driftgate:rollout_rollback",
+        openapi_extra=json_body_schema(RollbackRequest, required=False),
+    )
+    def rollout_rollback(
+        actor: Annotated[str, Depends(require_admin)],
+        rollout: Annotated[RolloutManager, Depends(require_manager)],
+        body: Annotated[RollbackRequest, Depends(_rollback_request)],
+    ) -> dict[str, Any]:
+        try:
+            return moved(rollout, *rollout.manual_rollback(actor, body.reason))
+        except StateError:
+            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "STATE_FILE") from None
+
+    return router

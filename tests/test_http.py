@@ -1,0 +1,295 @@
+"""The FastAPI router and the demo service, through FastAPI's test client."""
+
+import json
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+
+import driftgate
+from driftgate import (
+    DriftTracker,
+    EnforceOptions,
+    Enforcer,
+    GateConfig,
+    ManualClock,
+    ReadinessGate,
+    RolloutConfig,
+    RolloutManager,
+)
+from driftgate.demo import create_demo_app
+from driftgate.fastapi import MAX_BODY_BYTES, create_router
+from driftgate.settings import parse_settings
+
+TOKEN = "s3cret-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture
+def parts(tmp_path):
+    clock = ManualClock(1_700_000_000.0)
+    registry = driftgate.MetricsRegistry()
+    tracker = DriftTracker(clock=clock, registry=registry)
+    enforcer = Enforcer(EnforceOptions(enforce=True), tracker)
+    manager = RolloutManager(
+        RolloutConfig.default(),
+        enforcer=enforcer,
+        clock=clock,
+        state_path=tmp_path / "rollout.json",
+    )
+    gate = ReadinessGate(GateConfig(enabled=True, min_requests=10, max_ratio=0.1), tracker)
+    return {"tracker": tracker, "manager": manager, "gate": gate, "registry": registry}
+
+
+@pytest.fixture
+def client(parts, monkeypatch):
+    monkeypatch.setenv("DRIFTGATE_ADMIN_TOKEN", TOKEN)
+    app = FastAPI()
+    app.include_router(create_router(**parts))
+    return TestClient(app)
+
+
+def test_healthz(client):
+    response = client.get("/api/v1/healthz")
+    assert (response.status_code, response.json()) == (200, {"status": "ok"})
+
+
+def test_readyz_follows_the_gate(client, parts):
+    assert client.get("/api/v1/readyz").json() == {"status": "ready"}
+    for i in range(20):
+        parts["tracker"].record("p", "ok", "fail" if i < 5 else "ok")
+    response = client.get("/api/v1/readyz")
+    assert response.status_code == 503
+    assert response.json() == {"status": "not_ready", "reason": "DRIFT_GATE"}
+    for _ in range(40):
+        parts["tracker"].record("p", "ok", "ok")
+    assert client.get("/api/v1/readyz").status_code == 200
+
+
+def test_readyz_reports_extra_checks(parts):
+    app = FastAPI()
+    app.include_router(create_router(**parts, readiness_checks=[lambda: "STATE_FILE"]))
+    response = TestClient(app).get("/api/v1/readyz")
+    assert (response.status_code, response.json()["reason"]) == (503, "STATE_FILE")
+
+
+def test_metrics_is_one_valid_text_exposition(client, parts):
+    parts["tracker"].record("lksg.v1", "ok", "fail")
+    response = client.get("/api/v1/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+    samples = {
+        sample.name
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+    assert {"adapt_drift_events_total", "adapt_drift_ratio", "guardian_rollout_stage"} <= samples
+    assert "python_info" in samples  # prometheus_client's default registry, merged in
+    names = [line.split()[2] for line in response.text.splitlines() if line.startswith("# TYPE")]
+    assert len(names) == len(set(names)), "one TYPE line per family"
+
+
+def test_metrics_negotiates_openmetrics(client):
+    response = client.get(
+        "/api/v1/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"}
+    )
+    assert response.headers["content-type"].startswith("application/openmetrics-text")
+    assert response.text.rstrip().endswith("# EOF")
+
+
+def test_metrics_without_process_metrics(parts):
+    app = FastAPI()
+    app.include_router(create_router(**parts, include_process_metrics=False))
+    text = TestClient(app).get("/api/v1/metrics").text
+    assert "python_info" not in text
+    assert "guardian_rollout_stage" in text
+
+
+def test_rollout_status(client):
+    body = client.get("/api/guardian/rollout/status").json()
+    assert body["current_stage"]["name"] == "canary"
+    assert body["total_stages"] == 5
+    assert body["state"] == "active"
+    assert body["transitions"][0]["to"] == "canary"
+
+
+def test_rollout_status_without_a_manager(parts):
+    app = FastAPI()
+    app.include_router(create_router(tracker=parts["tracker"]))
+    response = TestClient(app).get("/api/guardian/rollout/status")
+    assert (response.status_code, response.json()) == (404, {"detail": "NO_ROLLOUT"})
+
+
+@pytest.mark.parametrize(
+    "path", ["/api/guardian/rollout/advance", "/api/guardian/rollout/rollback"]
+)
+def test_admin_needs_the_right_token(client, parts, path):
+    missing = client.post(path)
+    assert missing.status_code == 401
+    assert missing.headers["www-authenticate"] == "Bearer"
+    wrong = client.post(path, headers={"Authorization": "Bearer nope"})
+    assert (wrong.status_code, wrong.json()) == (403, {"detail": "INVALID_CREDENTIALS"})
+    basic = client.post(path, headers={"Authorization": f"Basic {TOKEN}"})
+    assert basic.status_code == 401
+    assert parts["manager"].get_status()["version"] == 1  # nothing moved
+
+
+def test_admin_endpoints_refuse_without_a_token(parts, monkeypatch):
+    monkeypatch.delenv("DRIFTGATE_ADMIN_TOKEN", raising=False)
+    app = FastAPI()
+    app.include_router(create_router(**parts))
+    response = TestClient(app).post("/api/guardian/rollout/advance", headers=AUTH)
+    assert (response.status_code, response.json()) == (403, {"detail": "ADMIN_DISABLED"})
+
+
+def test_advance_and_rollback_with_the_token(client, parts):
+    response = client.post("/api/guardian/rollout/advance", headers=AUTH)
+    assert response.status_code == 200
+    assert response.json() == {
+        "success": True,
+        "message": "Manually advanced to stage quarter",
+        "new_stage": "quarter",
+        "new_percentage": 25.0,
+    }
+    response = client.post(
+        "/api/guardian/rollout/rollback", headers=AUTH, json={"reason": "error spike"}
+    )
+    assert response.json()["new_stage"] == "canary"
+    history = parts["manager"].get_status()["transitions"]
+    assert history[-1]["actor"] == "admin-token"
+    assert history[-1]["reason"] == "error spike"
+    assert client.post("/api/guardian/rollout/rollback", headers=AUTH).json()["new_stage"] == (
+        "aborted"
+    )
+
+
+def test_advance_at_the_final_stage_is_400(client, parts):
+    for _ in range(4):
+        parts["manager"].manual_advance("ops")
+    response = client.post("/api/guardian/rollout/advance", headers=AUTH)
+    assert (response.status_code, response.json()) == (400, {"detail": "Already at final stage"})
+
+
+def test_custom_admin_dependency_names_the_actor(parts):
+    app = FastAPI()
+    app.include_router(create_router(**parts, admin=lambda: "alice.ops"))
+    TestClient(app).post("/api/guardian/rollout/advance")
+    assert parts["manager"].get_status()["transitions"][-1]["actor"] == "alice.ops"
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        (b"{not json", 422),
+        (b'{"reason": 5}', 422),
+        (b'{"reason": "ok", "extra": 1}', 422),
+        (json.dumps({"reason": "x" * 201}).encode(), 422),
+        (b"[]", 422),
+    ],
+)
+def test_bad_rollback_bodies_change_nothing(client, parts, body, code):
+    response = client.post(
+        "/api/guardian/rollout/rollback",
+        headers={**AUTH, "Content-Type": "application/json"},
+        content=body,
+    )
+    assert response.status_code == code
+    assert parts["manager"].get_status()["version"] == 1
+
+
+def test_oversized_body_is_413(client, parts):
+    response = client.post(
+        "/api/guardian/rollout/rollback",
+        headers={**AUTH, "Content-Type": "application/json"},
+        content=b'{"reason": "' + b"x" * MAX_BODY_BYTES + b'"}',
+    )
+    assert (response.status_code, response.json()) == (413, {"detail": "BODY_TOO_LARGE"})
+    assert parts["manager"].get_status()["version"] == 1
+
+
+def test_openapi_documents_errors(client):
+    schema = client.get("/openapi.json").json()
+    advance = schema["paths"]["/api/guardian/rollout/advance"]["post"]["responses"]
+    assert {"401", "403", "400"} <= set(advance)
+
+
+# -- the demo service ------------------------------------------------------------------------
+
+
+def demo(tmp_path, **values):
+    values.setdefault("rollout", {"enabled": False})
+    return TestClient(create_demo_app(parse_settings(values)))
+
+
+def test_verify_with_and_without_drift(tmp_path):
+    client = demo(
+        tmp_path,
+        enforce_enabled=True,
+        enforce_rollout_percent=100,
+        drift_max_ratio=0.1,
+        enforce_readiness_gate={"enabled": True, "min_requests": 10},
+    )
+    plain = client.post("/verify", json={"policy_id": "lksg.v1", "context": {"subject_id": "a"}})
+    assert plain.status_code == 200
+    assert plain.json()["result"] == {
+        "shadow": "ok",
+        "enforced": "ok",
+        "in_rollout": True,
+        "drift": False,
+    }
+    for i in range(10):
+        drifted = client.post(
+            "/verify",
+            json={"policy_id": "lksg.v1", "context": {"subject_id": f"s{i}", "_demo_drift": True}},
+        )
+        assert drifted.json()["result"]["drift"] is True
+        assert drifted.json()["verdict"] == "fail"
+    assert client.get("/api/v1/readyz").json() == {"status": "not_ready", "reason": "DRIFT_GATE"}
+    assert (
+        'adapt_drift_events_total{policy_id="lksg.v1"} 10.0' in client.get("/api/v1/metrics").text
+    )
+
+
+def test_verify_outside_the_cohort_never_drifts(tmp_path):
+    client = demo(tmp_path)  # shadow only
+    body = client.post("/verify", json={"policy_id": "p", "context": {"_demo_drift": True}}).json()
+    assert body["result"]["in_rollout"] is False
+    assert body["result"]["drift"] is False
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        ({"policy_id": "bad id!", "context": {}}, 422),
+        ({"policy_id": "p", "context": []}, 422),
+        ({"policy_id": "p", "context": {}, "backend": "sap"}, 422),
+        ({"policy_id": "p"}, 422),
+        ({"policy_id": "p", "context": {}, "surprise": 1}, 422),
+    ],
+)
+def test_bad_verify_bodies_count_nothing(tmp_path, body, code):
+    client = demo(tmp_path)
+    assert client.post("/verify", json=body).status_code == code
+    assert client.post("/verify", content=b"{broken").status_code == 422
+    assert "adapt_requests_total{" not in client.get("/api/v1/metrics").text
+
+
+def test_verify_body_over_a_mebibyte_is_413(tmp_path):
+    client = demo(tmp_path)
+    big = {"policy_id": "p", "context": {"blob": "x" * MAX_BODY_BYTES}}
+    assert client.post("/verify", json=big).status_code == 413
+
+
+def test_corrupt_state_file_makes_the_demo_not_ready(tmp_path, monkeypatch):
+    state = tmp_path / "rollout.json"
+    state.write_text("{corrupt")
+    client = demo(
+        tmp_path,
+        enforce_enabled=True,
+        rollout={"enabled": True, "state_path": str(state)},
+    )
+    response = client.get("/api/v1/readyz")
+    assert (response.status_code, response.json()["reason"]) == (503, "STATE_FILE")
+    assert state.read_text() == "{corrupt"
+    assert client.get("/api/guardian/rollout/status").status_code == 404
