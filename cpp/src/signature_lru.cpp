@@ -6,6 +6,7 @@
 #include <string>
 
 #include "driftgate/lru_map.hpp"
+#include "driftgate/spin_mutex.hpp"
 
 namespace driftgate {
 
@@ -30,7 +31,8 @@ struct DeferredCount {
     std::uint64_t published = 0;
 };
 
-/// An LruMap behind a mutex, with counts published before each scrape.
+/// An LruMap behind a spin mutex (its sections are O(1) and short), with counts published
+/// before each scrape.
 template <typename Value, std::size_t Counts>
 struct LockedLru : ScrapeHook {
     LockedLru(std::size_t capacity, std::array<DeferredCount, Counts> deferred)
@@ -41,7 +43,7 @@ struct LockedLru : ScrapeHook {
         for (auto& count : counts) count.publish();
     }
 
-    mutable std::mutex mutex;
+    mutable SpinMutex mutex;
     LruMap<Value> lru;
     std::array<DeferredCount, Counts> counts;
 };

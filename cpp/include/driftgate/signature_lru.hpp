@@ -15,7 +15,7 @@ void validate_signature_capacity(std::size_t capacity);
 
 /// Answers "is this solution signature new among the `capacity` most recently seen distinct
 /// signatures?" and counts solver_signature_runs_total / solver_signature_unique_total.
-/// Thread-safe: one mutex held for O(1) work; the counts reach the registry at each scrape.
+/// Thread-safe: a spin mutex held for O(1) work; the counts reach the registry at each scrape.
 class SignatureLRU {
   public:
     explicit SignatureLRU(std::size_t capacity = 5000,
@@ -39,7 +39,7 @@ class SignatureLRU {
 /// Checks that the same input gives the same solution signature: remembers the first
 /// signature of each of the `capacity` most recent inputs and counts
 /// solver_signature_mismatch_total when an input comes back with another.
-/// Thread-safe: one mutex held for O(1) work; the count reaches the registry at each scrape.
+/// Thread-safe: a spin mutex held for O(1) work; the count reaches the registry at each scrape.
 class DeterminismProbe {
   public:
     explicit DeterminismProbe(std::size_t capacity = 5000,
