@@ -24,6 +24,7 @@ import driftgate
 from driftgate import DriftTracker, ManualClock, MetricsRegistry, SignatureLRU, Verdict
 from driftgate._core import _bench
 from python_baselines import CachetoolsLRU, OrderedDictLRU, PyDriftTracker
+from report import write_section
 
 
 @dataclass
@@ -284,9 +285,7 @@ def bench_memory(quick: bool) -> list[Figure]:
 
 def render(figures: list[Figure], command: str, seconds: float) -> str:
     lines = [
-        "# Benchmarks",
-        "",
-        "Every figure is measured against a baseline in the same run, on the same machine.",
+        "## Core",
         "",
         f"- Command: `{command}`",
         f"- Machine: {platform.machine()}, {os.cpu_count()} cores, Python "
@@ -347,7 +346,7 @@ def main() -> int:
         command += f" --output {args.output}"
     text = render(figures, command, time.perf_counter() - started)
     if args.output:
-        args.output.write_text(text)
+        write_section(args.output, "core", text)
     return 0 if all(f.passed for f in figures) else 1
 
 

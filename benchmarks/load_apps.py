@@ -1,0 +1,45 @@
+"""The apps benchmarks/load.py puts under wrk: the demo service, and the same endpoints
+without driftgate (the baselines)."""
+
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI
+from fastapi.responses import JSONResponse
+
+from driftgate.demo import VerifyRequest, VerifyResponse, _verify_request, create_demo_app
+from driftgate.settings import parse_settings
+
+
+def demo() -> FastAPI:
+    """The demo service: enforcing on 50 % with the readiness gate on, no rollout."""
+    return create_demo_app(
+        parse_settings(
+            {
+                "enforce_enabled": True,
+                "enforce_rollout_percent": 50,
+                "drift_max_ratio": 0.5,
+                "enforce_readiness_gate": {"enabled": True, "min_requests": 100},
+            }
+        )
+    )
+
+
+def bare() -> FastAPI:
+    """The same routes doing the same HTTP work (body reading and validation, response model),
+    without driftgate."""
+    app = FastAPI()
+
+    @app.get("/api/v1/readyz")
+    def readyz() -> JSONResponse:
+        # Answered the way driftgate's readyz answers, so the figure is the gate's cost.
+        return JSONResponse({"status": "ready"})
+
+    @app.post("/verify", response_model=VerifyResponse)
+    def verify(body: Annotated[VerifyRequest, Depends(_verify_request)]) -> dict[str, Any]:
+        return {
+            "policy_id": body.policy_id,
+            "verdict": "ok",
+            "result": {"shadow": "ok", "enforced": "ok", "in_rollout": False, "drift": False},
+        }
+
+    return app

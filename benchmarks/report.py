@@ -1,0 +1,21 @@
+"""docs/benchmarks.md holds one section per benchmark script; each script rewrites only its
+own section, between `<!-- begin NAME -->` and `<!-- end NAME -->`."""
+
+from pathlib import Path
+
+TITLE = (
+    "# Benchmarks\n\n"
+    "Every figure is measured against a baseline in the same run, on the same machine.\n"
+)
+
+
+def write_section(path: Path, name: str, text: str) -> None:
+    begin, end = f"<!-- begin {name} -->", f"<!-- end {name} -->"
+    block = f"{begin}\n{text.rstrip()}\n{end}\n"
+    current = path.read_text() if path.exists() else TITLE
+    if begin in current and end in current:
+        head, rest = current.split(begin, 1)
+        tail = rest.split(end, 1)[1].lstrip("\n")
+        path.write_text(f"{head}{block}{tail}")
+    else:
+        path.write_text(f"{current.rstrip()}\n\n{block}")
