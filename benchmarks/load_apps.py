@@ -6,7 +6,7 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI
 from fastapi.responses import JSONResponse
 
-from driftgate.demo import VerifyRequest, VerifyResponse, _verify_request, create_demo_app
+from driftgate.demo import VerifyRequest, VerifyResponse, create_demo_app, verify_request
 from driftgate.settings import parse_settings
 
 
@@ -35,7 +35,7 @@ def bare() -> FastAPI:
         return JSONResponse({"status": "ready"})
 
     @app.post("/verify", response_model=VerifyResponse)
-    def verify(body: Annotated[VerifyRequest, Depends(_verify_request)]) -> dict[str, Any]:
+    def verify(body: Annotated[VerifyRequest, Depends(verify_request)]) -> dict[str, Any]:
         return {
             "policy_id": body.policy_id,
             "verdict": "ok",

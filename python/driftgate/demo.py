@@ -17,8 +17,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, HTTPException, Request
-from pydantic import BaseModel, Field, ValidationError
+from fastapi import Depends, FastAPI
+from pydantic import BaseModel, Field
 
 from driftgate._core import (
     DriftTracker,
@@ -30,7 +30,7 @@ from driftgate._core import (
 )
 from driftgate.fastapi import create_router
 from driftgate.fastapi.auth import bearer_token_admin
-from driftgate.fastapi.router import ErrorBody, json_body_schema, read_body
+from driftgate.fastapi.router import ErrorBody, json_body, json_body_schema
 from driftgate.rollout import RolloutManager, run_rollout_monitor
 from driftgate.settings import Settings
 
@@ -70,15 +70,7 @@ def _cohort_key(context: dict[str, Any]) -> str:
     return json.dumps(context, sort_keys=True, separators=(",", ":"), default=str)
 
 
-async def _verify_request(request: Request) -> VerifyRequest:
-    body = await read_body(request)
-    try:
-        return VerifyRequest.model_validate_json(body)
-    except ValidationError as error:
-        raise HTTPException(
-            422,
-            "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors()),
-        ) from None
+verify_request = json_body(VerifyRequest)
 
 
 def create_demo_app(settings: Settings | None = None) -> FastAPI:
@@ -148,7 +140,7 @@ def create_demo_app(settings: Settings | None = None) -> FastAPI:
         name="demo:verify",
         openapi_extra=json_body_schema(VerifyRequest, required=True),
     )
-    def verify(body: Annotated[VerifyRequest, Depends(_verify_request)]) -> dict[str, Any]:
+    def verify(body: Annotated[VerifyRequest, Depends(verify_request)]) -> dict[str, Any]:
         context = body.context
 
         def shadow() -> Verdict:

@@ -2,7 +2,7 @@
 
 import os
 from collections.abc import Callable, Sequence
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 from fastapi.responses import JSONResponse
@@ -18,6 +18,7 @@ READY = {"status": "ready"}
 TOKEN_ENV = "DRIFTGATE_ADMIN_TOKEN"
 
 ReadinessCheck = Callable[[], str | None]
+ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
 class ErrorBody(BaseModel):
@@ -106,17 +107,23 @@ def json_body_schema(model: type[BaseModel], *, required: bool) -> dict[str, Any
     }
 
 
-async def _rollback_request(request: Request) -> RollbackRequest:
-    body = await read_body(request)
-    if not body.strip():
-        return RollbackRequest()
-    try:
-        return RollbackRequest.model_validate_json(body)
-    except ValidationError as error:
-        raise HTTPException(
-            422,
-            "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors()),
-        ) from None
+def json_body(model: type[ModelT], *, optional: bool = False):
+    """A dependency that reads a request's JSON body (413 past MAX_BODY_BYTES) and validates
+    it as `model`: 422 naming each bad field. An `optional` body may be empty."""
+
+    async def parse(request: Request) -> ModelT:
+        body = await read_body(request)
+        if optional and not body.strip():
+            return model()
+        try:
+            return model.model_validate_json(body)
+        except ValidationError as error:
+            raise HTTPException(
+                422,
+                "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors()),
+            ) from None
+
+    return parse
 
 
 def create_router(
@@ -193,7 +200,11 @@ def create_router(
     ) -> dict[str, Any]:
         return rollout.get_status()
 
-    def moved(rollout: RolloutManager, success: bool, message: str) -> dict[str, Any]:
+    def moved(rollout: RolloutManager, move: Callable[[], tuple[bool, str]]) -> dict[str, Any]:
+        try:
+            success, message = move()
+        except StateError:
+            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "STATE_FILE") from None
         if not success:
             raise HTTPException(status.HTTP_400_BAD_REQUEST, message)
         stage = rollout.get_status(transitions=0)
@@ -216,10 +227,7 @@ def create_router(
         actor: Annotated[str, Depends(require_admin)],
         rollout: Annotated[RolloutManager, Depends(require_manager)],
     ) -> dict[str, Any]:
-        try:
-            return moved(rollout, *rollout.manual_advance(actor))
-        except StateError:
-            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "STATE_FILE") from None
+        return moved(rollout, lambda: rollout.manual_advance(actor))
 
     @router.post(
         "/api/guardian/rollout/rollback",
@@ -231,11 +239,8 @@ def create_router(
     def rollout_rollback(
         actor: Annotated[str, Depends(require_admin)],
         rollout: Annotated[RolloutManager, Depends(require_manager)],
-        body: Annotated[RollbackRequest, Depends(_rollback_request)],
+        body: Annotated[RollbackRequest, Depends(json_body(RollbackRequest, optional=True))],
     ) -> dict[str, Any]:
-        try:
-            return moved(rollout, *rollout.manual_rollback(actor, body.reason))
-        except StateError:
-            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "STATE_FILE") from None
+        return moved(rollout, lambda: rollout.manual_rollback(actor, body.reason))
 
     return router
