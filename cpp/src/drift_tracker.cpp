@@ -58,11 +58,19 @@ std::uint64_t DriftTracker::record_batch(std::string_view policy_id,
                                     std::to_string(shadow.size()) + " and enforced of " +
                                     std::to_string(enforced.size()));
     }
-    // Two branch-free passes the compiler vectorises: validate everything first, so a bad
-    // code records nothing, then count.
+    // One branch-free pass the compiler vectorises: byte-wide counters over blocks of 255
+    // (they cannot overflow), widened once per block. Nothing is recorded until the whole batch
+    // has been checked, so a bad code records nothing.
     std::uint8_t highest = 0;
-    for (std::size_t i = 0; i < shadow.size(); ++i) {
-        highest = std::max<std::uint8_t>(highest, shadow[i] | enforced[i]);
+    std::uint64_t drift = 0;
+    for (std::size_t base = 0; base < shadow.size(); base += 255) {
+        const std::size_t end = std::min(shadow.size(), base + 255);
+        std::uint8_t block_drift = 0;
+        for (std::size_t i = base; i < end; ++i) {
+            highest = std::max(highest, std::max(shadow[i], enforced[i]));
+            block_drift = static_cast<std::uint8_t>(block_drift + (shadow[i] != enforced[i]));
+        }
+        drift += block_drift;
     }
     if (highest >= kVerdictCodeLimit) {
         for (std::size_t i = 0; i < shadow.size(); ++i) {
@@ -76,8 +84,6 @@ std::uint64_t DriftTracker::record_batch(std::string_view policy_id,
             }
         }
     }
-    std::uint64_t drift = 0;
-    for (std::size_t i = 0; i < shadow.size(); ++i) drift += shadow[i] != enforced[i];
     if (!shadow.empty()) add(index_->slot_for(policy_id), drift, shadow.size());
     return drift;
 }
