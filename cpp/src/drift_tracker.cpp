@@ -1,16 +1,34 @@
 #include "driftgate/drift_tracker.hpp"
 
 #include <algorithm>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <utility>
 
 namespace driftgate {
 
-class DriftTracker::WindowExport final : public WindowSource {
+/// Exports the tracker at scrape time: the window gauges, and adapt_drift_events_total
+/// published from the shards' lifetime counts, so record() never writes a shared counter.
+class DriftTracker::WindowExport final : public WindowSource, public ScrapeHook {
   public:
-    explicit WindowExport(std::shared_ptr<const PolicyWindows> windows)
-        : windows_(std::move(windows)) {}
+    WindowExport(std::shared_ptr<const PolicyWindows> windows,
+                 std::shared_ptr<const PolicyIndex> index, MetricsRegistry& registry)
+        : windows_(std::move(windows)),
+          drift_events_(registry.counter(metrics::kDriftEvents), index),
+          published_(index->slot_count(), 0),
+          index_(std::move(index)) {}
+
+    void before_scrape() override {
+        std::lock_guard lock(mutex_);
+        for (std::uint32_t slot = 0; slot < published_.size(); ++slot) {
+            const std::uint64_t events = windows_->lifetime(slot).events;
+            if (events > published_[slot]) {
+                drift_events_.at(slot).Increment(static_cast<double>(events - published_[slot]));
+                published_[slot] = events;
+            }
+        }
+    }
 
     std::vector<std::pair<std::string, WindowCounts>> window_counts() const override {
         std::vector<std::pair<std::string, WindowCounts>> out;
@@ -24,6 +42,10 @@ class DriftTracker::WindowExport final : public WindowSource {
 
   private:
     std::shared_ptr<const PolicyWindows> windows_;
+    SlotCounters drift_events_;
+    std::mutex mutex_;  // two scrapes at once publish each count once
+    std::vector<std::uint64_t> published_;
+    std::shared_ptr<const PolicyIndex> index_;
 };
 
 DriftTracker::DriftTracker(std::vector<WindowSpec> windows, std::shared_ptr<const Clock> clock,
@@ -32,15 +54,17 @@ DriftTracker::DriftTracker(std::vector<WindowSpec> windows, std::shared_ptr<cons
       windows_(std::make_shared<PolicyWindows>(std::move(windows), std::move(clock),
                                                index_->slot_count())),
       registry_(registry ? std::move(registry) : MetricsRegistry::default_registry()),
-      drift_events_(registry_->counter(metrics::kDriftEvents), index_),
-      export_(std::make_shared<WindowExport>(windows_)) {
+      export_(std::make_shared<WindowExport>(windows_, index_, *registry_)) {
     registry_->add_window_source(export_);
+    registry_->add_scrape_hook(export_);
+}
+
+DriftTracker::~DriftTracker() {
+    export_->before_scrape();  // counts since the last scrape reach the registry
 }
 
 void DriftTracker::add(std::uint32_t slot, std::uint64_t drift, std::uint64_t total) {
     windows_->add(slot, drift, total);
-    // Drift is the rare case, so the shared counter is touched only then.
-    if (drift > 0) drift_events_.at(slot).Increment(static_cast<double>(drift));
 }
 
 bool DriftTracker::record(std::string_view policy_id, Verdict shadow, Verdict enforced) {

@@ -139,6 +139,8 @@ PolicyWindows::PolicyWindows(std::vector<WindowSpec> windows, std::shared_ptr<co
         ring_offsets_.push_back(block_slots_);
         block_slots_ += w.buckets;
     }
+    // One more slot after the rings: the block's lifetime counts, never recycled.
+    lifetime_slot_ = block_slots_++;
     highest_bucket_ = std::make_unique<std::atomic<std::int64_t>[]>(windows_.size());
     for (std::size_t w = 0; w < windows_.size(); ++w) highest_bucket_[w].store(kNoBucket);
 }
@@ -212,6 +214,22 @@ void PolicyWindows::add(std::uint32_t slot, std::uint64_t events, std::uint64_t 
         RollingWindow::add(global[cursor.block_slot], cursor.tag, events, total);
         RollingWindow::add(policy[cursor.block_slot], cursor.tag, events, total);
     }
+    // Lifetime counts: tag 0 forever, so this is two plain stores on the owner's own line.
+    RollingWindow::add(policy[lifetime_slot_], 0, events, total);
+}
+
+WindowCounts PolicyWindows::lifetime(std::uint32_t slot) const {
+    if (slot >= slot_count_) throw std::out_of_range("slot " + std::to_string(slot));
+    WindowCounts out;
+    std::lock_guard lock(pool_->mutex);
+    for (const auto& shard : pool_->shards) {
+        if (const BucketSlot* block = shard->per_slot[slot].load(std::memory_order_acquire)) {
+            const BucketSlot& counts = block[lifetime_slot_];
+            out.events += counts.events.load(std::memory_order_acquire);
+            out.total += counts.total.load(std::memory_order_acquire);
+        }
+    }
+    return out;
 }
 
 void PolicyWindows::move_cursors(Shard& shard, double now, std::uint32_t generation) const {

@@ -27,6 +27,8 @@ class DriftTracker {
                  std::shared_ptr<MetricsRegistry> registry = nullptr,
                  std::size_t max_policies = 256);
 
+    ~DriftTracker();
+
     DriftTracker(const DriftTracker&) = delete;
     DriftTracker& operator=(const DriftTracker&) = delete;
 
@@ -67,7 +69,6 @@ class DriftTracker {
     std::shared_ptr<PolicyIndex> index_;
     std::shared_ptr<PolicyWindows> windows_;
     std::shared_ptr<MetricsRegistry> registry_;
-    SlotCounters drift_events_;
     std::shared_ptr<WindowExport> export_;
 };
 

@@ -33,6 +33,9 @@ class PolicyWindows {
     /// For one slot.
     WindowCounts counts(std::size_t window, std::uint32_t slot) const;
 
+    /// Everything ever added for one slot: never reset, for monotonic counters.
+    WindowCounts lifetime(std::uint32_t slot) const;
+
     /// The index of a window by name; std::invalid_argument naming the known ones otherwise.
     std::size_t window_index(std::string_view name) const;
     const std::vector<WindowSpec>& windows() const { return windows_; }
@@ -58,6 +61,7 @@ class PolicyWindows {
     /// Where each window's ring starts in a policy's block of slots, and the block's size.
     std::vector<std::uint32_t> ring_offsets_;
     std::uint32_t block_slots_ = 0;
+    std::uint32_t lifetime_slot_ = 0;
     std::shared_ptr<const Clock> clock_;
     std::size_t slot_count_;
     std::uint64_t owner_id_;
