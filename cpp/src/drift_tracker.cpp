@@ -16,8 +16,7 @@ class DriftTracker::WindowExport final : public WindowSource, public ScrapeHook 
                  std::shared_ptr<const PolicyIndex> index, MetricsRegistry& registry)
         : windows_(std::move(windows)),
           drift_events_(registry.counter(metrics::kDriftEvents), index),
-          published_(index->slot_count(), 0),
-          index_(std::move(index)) {}
+          published_(index->slot_count(), 0) {}
 
     void before_scrape() override {
         std::lock_guard lock(mutex_);
@@ -45,7 +44,6 @@ class DriftTracker::WindowExport final : public WindowSource, public ScrapeHook 
     SlotCounters drift_events_;
     std::mutex mutex_;  // two scrapes at once publish each count once
     std::vector<std::uint64_t> published_;
-    std::shared_ptr<const PolicyIndex> index_;
 };
 
 DriftTracker::DriftTracker(std::vector<WindowSpec> windows, std::shared_ptr<const Clock> clock,
