@@ -21,13 +21,6 @@ py::object noop_record_fast(py::handle self, PyObject* const* args, Py_ssize_t n
     return py::bool_(false);
 }
 
-py::object noop_is_new_fast(py::handle self, PyObject* const* args, Py_ssize_t nargs,
-                            PyObject* kwnames) {
-    self_as<Noop>(self);
-    match_arguments<1>("is_new_fast", {"signature"}, args, nargs, kwnames);
-    return py::bool_(false);
-}
-
 }  // namespace
 
 // Baselines and native loops for benchmarks/: measured in the same run as the figures they
@@ -46,17 +39,10 @@ void register_bench(py::module_& m) {
         "An empty bound function taking three objects: pybind11's cheapest call.");
 
     py::class_<Noop, std::shared_ptr<Noop>> noop(bench, "Noop",
-                                                 "An object with empty bound methods.");
-    noop.def(py::init<>())
-        .def(
-            "record", [](Noop&, py::handle, py::handle, py::handle) { return false; },
-            py::arg("policy_id"), py::arg("shadow"), py::arg("enforced"))
-        .def(
-            "is_new", [](Noop&, py::handle) { return false; }, py::arg("signature"));
+                                                 "An object with an empty fast method.");
+    noop.def(py::init<>());
     def_fast<&noop_record_fast>(noop, "record_fast",
                                 "An empty fast method with record's signature and self lookup.");
-    def_fast<&noop_is_new_fast>(noop, "is_new_fast",
-                                "An empty fast method with is_new's signature and self lookup.");
 
     bench.def(
         "native_record",
