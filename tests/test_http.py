@@ -90,6 +90,18 @@ def test_metrics_is_one_valid_text_exposition(client, parts):
     assert len(names) == len(set(names)), "one TYPE line per family"
 
 
+def test_metrics_type_lines_name_the_samples(client, parts):
+    parts["tracker"].record("lksg.v1", "ok", "fail")
+    text = client.get("/api/v1/metrics").text
+    types = dict(line.split()[2:4] for line in text.splitlines() if line.startswith("# TYPE"))
+    assert types["adapt_drift_events_total"] == "counter"
+    assert types["adapt_selection_latency_seconds"] == "histogram"
+    assert not [name for name in types if name.endswith("_total_total")]
+    families = {family.name: family.type for family in text_string_to_metric_families(text)}
+    assert families["adapt_drift_events"] == "counter"
+    assert families["guardian_rollout_analysis_errors"] == "counter"
+
+
 def test_metrics_negotiates_openmetrics(client):
     response = client.get(
         "/api/v1/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"}

@@ -24,6 +24,9 @@ class CoreCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         for name, help_text, kind, samples in self._registry.collect():
+            # prometheus_client names a counter family without its `_total`; its samples keep it.
+            if kind == "counter":
+                name = name.removesuffix("_total")
             family = Metric(name, help_text, kind)
             for sample_name, labels, value in samples:
                 if "le" in labels:
