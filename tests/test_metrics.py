@@ -23,6 +23,7 @@ def test_exposition_parses_and_carries_the_seed_names(clock, registry):
     names = {name for name, _ in got}
     for expected in [
         "adapt_enforce_rollout_percent",
+        "adapt_drift_max_ratio",
         "adapt_requests_total",
         "adapt_drift_events_total",
         "adapt_drift_ratio",

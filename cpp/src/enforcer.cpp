@@ -63,7 +63,8 @@ Enforcer::Enforcer(EnforceOptions options, std::shared_ptr<DriftTracker> tracker
       enforcement_(registry_->counter(metrics::kEnforcement), tracker_->index()),
       enforcement_failed_(registry_->counter(metrics::kEnforcementFailed), tracker_->index()),
       latency_(registry_->histogram(metrics::kSelectionLatency).Add({}, latency_buckets())),
-      rollout_percent_(registry_->gauge(metrics::kRolloutPercent).Add({})) {
+      rollout_percent_(registry_->gauge(metrics::kRolloutPercent).Add({})),
+      drift_max_ratio_(registry_->gauge(metrics::kDriftMaxRatio).Add({})) {
     publish(options_);
 }
 
@@ -75,6 +76,8 @@ void Enforcer::publish(const EnforceOptions& options) {
     cohort_.store(pack(options), std::memory_order_release);
     // The gauge shows the share actually enforced: 0 while enforcement is off.
     rollout_percent_.Set(options.enforce ? options.rollout_percent : 0.0);
+    // Alert rules compare the fleet's drift with this, so they follow the service's setting.
+    drift_max_ratio_.Set(options.drift_max_ratio);
 }
 
 bool Enforcer::in_rollout(std::string_view key) const noexcept {

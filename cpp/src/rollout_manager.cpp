@@ -51,6 +51,7 @@ RolloutManager::RolloutManager(RolloutConfig config, Options options)
       advancements_(options_.registry->counter(metrics::kRolloutAdvancements)),
       rollbacks_(options_.registry->counter(metrics::kRolloutRollbacks)),
       analysis_errors_(options_.registry->counter(metrics::kRolloutAnalysisErrors).Add({})) {
+    declare_transition_counters();
     std::lock_guard lock(mutex_);
     if (options_.state_path) state_file_.emplace(*options_.state_path, config_.stages());
     const std::optional<PersistedRollout> saved = state_file_ ? state_file_->load() : std::nullopt;
@@ -71,6 +72,15 @@ RolloutManager::RolloutManager(RolloutConfig config, Options options)
         return;
     }
     publish_locked();
+}
+
+void RolloutManager::declare_transition_counters() {
+    const auto& stages = config_.stages();
+    for (std::size_t i = 0; i < stages.size(); ++i) {
+        advancements_.Add({{"to_stage", stages[i].name}});
+        const std::string to = i == 0 ? std::string(kAborted) : stages[i - 1].name;
+        rollbacks_.Add({{"from_stage", stages[i].name}, {"to_stage", to}});
+    }
 }
 
 double RolloutManager::percentage_of(std::size_t stage_index, RolloutState state) const {

@@ -146,6 +146,14 @@ TEST_CASE("bad options leave the old ones in force", "[enforcer]") {
     CHECK(enforcer.options().drift_max_ratio == 0.005);
 }
 
+TEST_CASE("the drift limit is exported and follows set_options", "[enforcer]") {
+    Fixture f;
+    Enforcer enforcer = f.make(true, 10.0);
+    CHECK_THAT(f.registry->exposition(), Catch::Contains("adapt_drift_max_ratio 0.005"));
+    enforcer.set_options(EnforceOptions{true, 10.0, 0.02});
+    CHECK_THAT(f.registry->exposition(), Catch::Contains("adapt_drift_max_ratio 0.02"));
+}
+
 TEST_CASE("options change atomically while decisions run", "[enforcer][threads]") {
     Fixture f;
     Enforcer enforcer = f.make(true, 0.0);

@@ -60,6 +60,19 @@ TEST_CASE("a fresh manager starts the first stage now and sets the enforcer", "[
     CHECK(std::filesystem::exists(f.dir + "/state.json"));
 }
 
+TEST_CASE("every reachable transition counter exists at 0 from the start", "[rollout]") {
+    Fixture f;
+    auto manager = f.make();
+    const auto text = f.registry->exposition();
+    CHECK_THAT(text, Catch::Contains("guardian_rollout_advancement_total{to_stage=\"canary\"} 0"));
+    CHECK_THAT(text, Catch::Contains("guardian_rollout_advancement_total{to_stage=\"full\"} 0"));
+    CHECK_THAT(text, Catch::Contains("guardian_rollout_rollback_total{from_stage=\"canary\","
+                                     "to_stage=\"aborted\"} 0"));
+    CHECK_THAT(text, Catch::Contains("guardian_rollout_rollback_total{from_stage=\"full\","
+                                     "to_stage=\"most\"} 0"));
+    CHECK_THAT(text, !Catch::Contains("from_stage=\"quarter\",to_stage=\"half\""));
+}
+
 TEST_CASE("auto-advance waits for the duration and stops before approval", "[rollout]") {
     Fixture f;
     auto manager = f.make();

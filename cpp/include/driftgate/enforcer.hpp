@@ -104,6 +104,7 @@ class Enforcer {
     SlotCounters enforcement_failed_;
     prometheus::Histogram& latency_;
     prometheus::Gauge& rollout_percent_;
+    prometheus::Gauge& drift_max_ratio_;
 };
 
 }  // namespace driftgate

@@ -28,6 +28,9 @@ struct MetricName {
 namespace metrics {
 inline constexpr MetricName kRolloutPercent{"adapt_enforce_rollout_percent",
                                             "Percent of requests in the enforced cohort."};
+inline constexpr MetricName kDriftMaxRatio{
+    "adapt_drift_max_ratio",
+    "The drift ratio this service accepts (EnforceOptions.drift_max_ratio)."};
 inline constexpr MetricName kRequests{"adapt_requests_total",
                                       "Decisions by cohort mode and policy."};
 inline constexpr MetricName kDriftEvents{"adapt_drift_events_total",

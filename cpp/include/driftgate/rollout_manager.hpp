@@ -92,6 +92,9 @@ class RolloutManager {
     /// write fails (and the StateError still raised), one that raises it is not.
     void commit_locked(const Move& move);
     void publish_locked();
+    /// Creates every transition counter this stage list can reach, at 0, so that increase()
+    /// sees the first advance or rollback as a step from 0 rather than a new series.
+    void declare_transition_counters();
     double percentage_of(std::size_t stage_index, RolloutState state) const;
     std::string position_name(std::size_t stage_index, RolloutState state) const;
 
