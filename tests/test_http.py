@@ -244,12 +244,9 @@ def test_verify_with_and_without_drift(tmp_path):
     )
     plain = client.post("/verify", json={"policy_id": "lksg.v1", "context": {"subject_id": "a"}})
     assert plain.status_code == 200
-    assert plain.json()["result"] == {
-        "shadow": "ok",
-        "enforced": "ok",
-        "in_rollout": True,
-        "drift": False,
-    }
+    result = plain.json()["result"]
+    assert len(result.pop("solution_signature")) == 32
+    assert result == {"shadow": "ok", "enforced": "ok", "in_rollout": True, "drift": False}
     for i in range(10):
         drifted = client.post(
             "/verify",
@@ -261,6 +258,44 @@ def test_verify_with_and_without_drift(tmp_path):
     assert (
         'adapt_drift_events_total{policy_id="lksg.v1"} 10.0' in client.get("/api/v1/metrics").text
     )
+
+
+def signature_metrics(client) -> dict[str, float]:
+    text = client.get("/api/v1/metrics").text
+    return {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name.startswith("solver_signature_")
+    }
+
+
+def test_verify_signature_is_stable_and_counted(tmp_path):
+    client = demo(tmp_path)
+    request = {"policy_id": "p", "context": {"subject_id": "a", "shift": 3}}
+    reordered = {"policy_id": "p", "context": {"shift": 3, "subject_id": "a"}}
+    first = client.post("/verify", json=request).json()["result"]["solution_signature"]
+    assert client.post("/verify", json=reordered).json()["result"]["solution_signature"] == first
+    other = {"policy_id": "p", "context": {"subject_id": "b", "shift": 3}}
+    assert client.post("/verify", json=other).json()["result"]["solution_signature"] != first
+    assert signature_metrics(client) == {
+        "solver_signature_runs_total": 3.0,
+        "solver_signature_unique_total": 2.0,
+        "solver_signature_mismatch_total": 0.0,
+    }
+
+
+def test_verify_unstable_signature_is_a_determinism_mismatch(tmp_path):
+    client = demo(tmp_path)
+    request = {"policy_id": "p", "context": {"subject_id": "a", "_demo_unstable": True}}
+    signatures = {
+        client.post("/verify", json=request).json()["result"]["solution_signature"]
+        for _ in range(3)
+    }
+    assert len(signatures) == 3
+    counts = signature_metrics(client)
+    assert counts["solver_signature_unique_total"] == 3.0
+    assert counts["solver_signature_mismatch_total"] == 2.0
 
 
 def test_verify_outside_the_cohort_never_drifts(tmp_path):

@@ -4,13 +4,21 @@ evaluators. `driftgate serve` runs it under uvicorn.
 The mock evaluators agree unless the request's context asks otherwise:
 - `"_demo_drift": true` makes the enforced evaluator answer FAIL where the shadow one says OK,
   so requests in the enforced cohort drift;
-- `"_demo_error": true` makes the enforced evaluator raise (an evaluation error, FAIL).
+- `"_demo_error": true` makes the enforced evaluator raise (an evaluation error, FAIL);
+- `"_demo_unstable": true` salts the solution signature at random, so the same request gets a
+  different signature each time (what `driftgate probe` and the determinism metrics catch).
 Requests outside the cohort never drift: only the shadow side runs there.
+
+Each answer carries a `solution_signature`: a digest of the request and its verdict, the same
+for the same request unless `_demo_unstable` is set. The service counts it in a SignatureLRU
+(is it new among the last 5000?) and a DeterminismProbe (did this input give another one?).
 """
 
+import hashlib
 import json
 import logging
 import os
+import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
@@ -21,10 +29,12 @@ from fastapi import Depends, FastAPI
 from pydantic import BaseModel, Field
 
 from driftgate._core import (
+    DeterminismProbe,
     DriftTracker,
     Enforcer,
     MetricsRegistry,
     ReadinessGate,
+    SignatureLRU,
     StateError,
     Verdict,
 )
@@ -53,6 +63,9 @@ class VerifyResult(BaseModel):
     enforced: str
     in_rollout: bool
     drift: bool
+    solution_signature: str = Field(
+        description="Digest of the request and its verdict: equal for equal requests."
+    )
 
 
 class VerifyResponse(BaseModel):
@@ -70,6 +83,14 @@ def _cohort_key(context: dict[str, Any]) -> str:
     return json.dumps(context, sort_keys=True, separators=(",", ":"), default=str)
 
 
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
+
+
+def _input_fingerprint(body: VerifyRequest) -> str:
+    return _digest(body.policy_id, json.dumps(body.context, sort_keys=True, default=str))
+
+
 verify_request = json_body(VerifyRequest)
 
 
@@ -80,6 +101,8 @@ def create_demo_app(settings: Settings | None = None) -> FastAPI:
     tracker = DriftTracker(registry=registry)
     enforcer = Enforcer(settings.enforce, tracker)
     gate = ReadinessGate(settings.gate, tracker)
+    signatures = SignatureLRU(5000, registry=registry)
+    determinism = DeterminismProbe(5000, registry=registry)
     manager: RolloutManager | None = None
     state_problem: list[str] = []
     if settings.rollout is not None:
@@ -152,6 +175,11 @@ def create_demo_app(settings: Settings | None = None) -> FastAPI:
             return Verdict.FAIL if context.get("_demo_drift") is True else Verdict.OK
 
         pair = enforcer.decide(body.policy_id, _cohort_key(context), shadow, enforced)
+        fingerprint = _input_fingerprint(body)
+        salt = secrets.token_hex(8) if context.get("_demo_unstable") is True else ""
+        signature = _digest(fingerprint, pair.enforced.name, salt)
+        signatures.is_new(signature)
+        determinism.observe(fingerprint, signature)
         return {
             "policy_id": body.policy_id,
             "verdict": pair.enforced.name.lower(),
@@ -160,6 +188,7 @@ def create_demo_app(settings: Settings | None = None) -> FastAPI:
                 "enforced": pair.enforced.name.lower(),
                 "in_rollout": pair.in_rollout,
                 "drift": pair.drift,
+                "solution_signature": signature,
             },
         }
 
@@ -169,6 +198,8 @@ def create_demo_app(settings: Settings | None = None) -> FastAPI:
         "gate": gate,
         "manager": manager,
         "registry": registry,
+        "signatures": signatures,
+        "determinism": determinism,
     }
     return app
 
