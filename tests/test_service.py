@@ -1,16 +1,10 @@
 """The real demo service under uvicorn on 127.0.0.1, driven over HTTP."""
 
-import os
-import socket
-import subprocess
-import sys
-import time
-
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-import driftgate
+from servers import cohort_keys, demo_service
 
 TOKEN = "service-test-token"
 VALUES = """
@@ -21,58 +15,14 @@ rollout: {enabled: true, check_interval_seconds: 3600}
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
     folder = tmp_path_factory.mktemp("service")
-    (folder / "values.yaml").write_text(VALUES)
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "driftgate.cli",
-            "serve",
-            "--config",
-            str(folder / "values.yaml"),
-            "--state-dir",
-            str(folder / "state"),
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-        ],
-        env={**os.environ, "DRIFTGATE_ADMIN_TOKEN": TOKEN},
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    with httpx.Client(base_url=base, timeout=5) as client:
-        while True:
-            try:
-                client.get("/api/v1/healthz")
-                break
-            except httpx.TransportError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("the service did not start") from None
-                time.sleep(0.05)
+    with (
+        demo_service(folder, VALUES, TOKEN) as base,
+        httpx.Client(base_url=base, timeout=5) as client,
+    ):
         yield client
-    process.terminate()
-    process.wait(10)
-
-
-def cohort_keys(count: int, percent: float = 10) -> list[str]:
-    """Subject ids in the canary cohort (seed 0), found with the published hash."""
-    keys, i = [], 0
-    while len(keys) < count:
-        if driftgate.sampling_bucket(f"subject-{i}") < percent * 100:
-            keys.append(f"subject-{i}")
-        i += 1
-    return keys
 
 
 def verify(client, subject, drift):

@@ -1,0 +1,161 @@
+"""Real servers for tests, started on 127.0.0.1 and stopped by the test: the demo service under
+uvicorn (`driftgate serve`) and Debian's Prometheus."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TypeVar
+
+import httpx
+import pytest
+
+import driftgate
+
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(check: Callable[[], T | None], what: str, timeout: float = 30.0) -> T:
+    """Polls `check` until it returns something other than None (a server coming up, a scrape
+    landing: real processes, so real time)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result is not None:
+            return result
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.1)
+
+
+def cohort_keys(count: int, percent: float = 10, prefix: str = "subject") -> list[str]:
+    """Subject ids inside a `percent` cohort (seed 0), found with the published hash."""
+    keys, i = [], 0
+    while len(keys) < count:
+        if driftgate.sampling_bucket(f"{prefix}-{i}") < percent * 100:
+            keys.append(f"{prefix}-{i}")
+        i += 1
+    return keys
+
+
+def _answers(url: str) -> bool | None:
+    try:
+        httpx.get(url, timeout=1)
+        return True
+    except httpx.TransportError:
+        return None
+
+
+@contextmanager
+def demo_service(folder: Path, values: str, token: str | None = None) -> Iterator[str]:
+    """`driftgate serve` with the given values file under uvicorn; yields its base URL."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "values.yaml").write_text(values)
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "DRIFTGATE_ADMIN_TOKEN"}
+    if token is not None:
+        env["DRIFTGATE_ADMIN_TOKEN"] = token
+    command = [
+        *(sys.executable, "-m", "driftgate.cli", "serve"),
+        *("--config", str(folder / "values.yaml"), "--state-dir", str(folder / "state")),
+        *("--port", str(port), "--log-level", "warning"),
+    ]
+    process = subprocess.Popen(command, env=env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(
+            lambda: process.poll() is not None or _answers(f"{base}/api/v1/healthz"),
+            "the demo service",
+        )
+        if process.poll() is not None:
+            raise RuntimeError(f"the demo service exited with {process.returncode}")
+        yield base
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def require_tool(name: str) -> str:
+    """The path of a Debian tool the test needs. Missing, it skips the test on a developer's
+    machine and fails it where DRIFTGATE_REQUIRE_PROMETHEUS=1 (as scripts/test.sh sets)."""
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} not found (Debian package: prometheus)"
+        if os.environ.get("DRIFTGATE_REQUIRE_PROMETHEUS") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+class Prometheus:
+    """A Prometheus server on 127.0.0.1 with its own config and storage, queried over HTTP."""
+
+    def __init__(self, folder: Path, targets: list[str], rule_files: list[Path]):
+        self.folder = folder
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        hosts = ", ".join(f'"{t.removeprefix("http://")}"' for t in targets)
+        rules = "".join(f"\n  - {path}" for path in rule_files)
+        # scrape and evaluate every second so a test waits seconds, not minutes
+        (folder / "prometheus.yml").write_text(
+            "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+            f"rule_files:{rules or ' []'}\n"
+            "scrape_configs:\n"
+            "  - job_name: verifier\n"
+            "    metrics_path: /api/v1/metrics\n"
+            f"    static_configs: [{{targets: [{hosts}]}}]\n"
+        )
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        binary = require_tool("prometheus")
+        self.process = subprocess.Popen(
+            [
+                binary,
+                f"--config.file={self.folder / 'prometheus.yml'}",
+                f"--storage.tsdb.path={self.folder / 'data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+                "--log.level=warn",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=(self.folder / "prometheus.log").open("wb"),
+        )
+        wait_for(lambda: True if self.ready() else None, "Prometheus")
+
+    def ready(self) -> bool:
+        if self.process is not None and self.process.poll() is not None:
+            log = (self.folder / "prometheus.log").read_text(errors="replace")
+            raise RuntimeError(f"prometheus exited with {self.process.returncode}:\n{log}")
+        try:
+            return httpx.get(f"{self.url}/-/ready", timeout=1).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(20)
+
+    def query(self, expr: str) -> list[dict]:
+        """The instant vector `expr` evaluates to now (a scalar comes back as one sample)."""
+        response = httpx.get(f"{self.url}/api/v1/query", params={"query": expr}, timeout=5)
+        body = response.json()
+        if body.get("status") != "success":
+            raise AssertionError(f"{expr!r}: {body.get('errorType')}: {body.get('error')}")
+        data = body["data"]
+        if data["resultType"] == "scalar":
+            return [{"metric": {}, "value": data["result"]}]
+        return data["result"]
