@@ -105,6 +105,7 @@ class Prometheus:
 
     def __init__(self, folder: Path, targets: list[str], rule_files: list[Path]):
         self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         hosts = ", ".join(f'"{t.removeprefix("http://")}"' for t in targets)
@@ -122,17 +123,18 @@ class Prometheus:
 
     def start(self) -> None:
         binary = require_tool("prometheus")
-        self.process = subprocess.Popen(
-            [
-                binary,
-                f"--config.file={self.folder / 'prometheus.yml'}",
-                f"--storage.tsdb.path={self.folder / 'data'}",
-                f"--web.listen-address=127.0.0.1:{self.port}",
-                "--log.level=warn",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=(self.folder / "prometheus.log").open("wb"),
-        )
+        with (self.folder / "prometheus.log").open("wb") as log:
+            self.process = subprocess.Popen(
+                [
+                    binary,
+                    f"--config.file={self.folder / 'prometheus.yml'}",
+                    f"--storage.tsdb.path={self.folder / 'data'}",
+                    f"--web.listen-address=127.0.0.1:{self.port}",
+                    "--log.level=warn",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
         wait_for(lambda: True if self.ready() else None, "Prometheus")
 
     def ready(self) -> bool:
@@ -148,6 +150,14 @@ class Prometheus:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             self.process.wait(20)
+
+    def value(self, expr: str) -> float | None:
+        """The single number `expr` gives now, or None while it gives no series."""
+        samples = self.query(expr)
+        if not samples:
+            return None
+        assert len(samples) == 1, f"{expr!r} gave {len(samples)} series"
+        return float(samples[0]["value"][1])
 
     def query(self, expr: str) -> list[dict]:
         """The instant vector `expr` evaluates to now (a scalar comes back as one sample)."""
