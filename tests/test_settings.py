@@ -48,6 +48,24 @@ def test_rollout_stages_from_values():
     assert str(settings.state_path) == "state/r.json"
 
 
+def test_rollout_error_rate_from_prometheus():
+    settings = parse_settings(
+        {
+            "rollout": {
+                "enabled": True,
+                "prometheus": {
+                    "url": "http://127.0.0.1:9090/",
+                    "query": "up",
+                    "timeout_seconds": 2,
+                },
+            }
+        }
+    )
+    source = settings.error_rate_source
+    assert (source.base_url, source.query, source.timeout) == ("http://127.0.0.1:9090", "up", 2)
+    assert parse_settings({"rollout": {"enabled": True}}).error_rate_source is None
+
+
 def test_the_example_values_file_loads():
     from pathlib import Path
 
@@ -75,6 +93,15 @@ def test_the_example_values_file_loads():
         ),
         ({"rollout": {"check_interval_seconds": 0}}, "check_interval_seconds: expected > 0"),
         ({"admin": {"token": "x"}}, "admin: unknown key 'token'"),
+        (
+            {"rollout": {"prometheus": {"url": "prometheus:9090", "query": "up"}}},
+            "rollout.prometheus: base_url='prometheus:9090': expected an http",
+        ),
+        (
+            {"rollout": {"prometheus": {"url": "http://p:9090"}}},
+            "rollout.prometheus: query must not be empty",
+        ),
+        ({"rollout": {"prometheus": {"uri": "http://p"}}}, "unknown key 'uri'"),
         ([1, 2], "values: expected a mapping"),
     ],
 )

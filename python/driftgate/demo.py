@@ -113,6 +113,7 @@ def create_demo_app(settings: Settings | None = None) -> FastAPI:
                 enforcer=enforcer,
                 state_path=settings.state_path,
                 min_requests=settings.rollout_min_requests,
+                error_rate_source=settings.error_rate_source,
             )
         except StateError as error:
             # Fail closed: keep serving shadow-only, report not-ready until someone looks.

@@ -9,6 +9,12 @@ rollout:
   state_path: driftgate-state/rollout.json
   check_interval_seconds: 900
   stages: [{name: canary, percentage: 10, duration_seconds: 86400, max_error_rate: 0.005}]
+  prometheus:           # error rate across replicas; without it, this process's own
+    url: http://prometheus:9090
+    query: >-
+      sum(rate(guardian_enforcement_failed_total[1h]))
+      / sum(rate(guardian_enforcement_total[1h]))
+    timeout_seconds: 5
 admin:
   token_env: DRIFTGATE_ADMIN_TOKEN
 """
@@ -21,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from driftgate._core import EnforceOptions, GateConfig, RolloutConfig, RolloutStage
+from driftgate.rollout import PrometheusErrorRate
 
 __all__ = ["Settings", "SettingsError", "load_settings"]
 
@@ -37,6 +44,7 @@ class Settings:
     state_path: Path = Path("driftgate-state/rollout.json")
     check_interval_seconds: float = 900.0
     rollout_min_requests: int = 0
+    error_rate_source: PrometheusErrorRate | None = None
     admin_token_env: str = "DRIFTGATE_ADMIN_TOKEN"
 
 
@@ -49,7 +57,15 @@ _TOP = {
     "admin",
 }
 _GATE = {"enabled", "window", "min_requests", "reopen_ratio", "confidence"}
-_ROLLOUT = {"enabled", "state_path", "check_interval_seconds", "min_requests", "stages"}
+_ROLLOUT = {
+    "enabled",
+    "state_path",
+    "check_interval_seconds",
+    "min_requests",
+    "stages",
+    "prometheus",
+}
+_PROMETHEUS = {"url", "query", "timeout_seconds"}
 _STAGE = {"name", "percentage", "duration_seconds", "max_error_rate", "requires_approval"}
 _ADMIN = {"token_env"}
 
@@ -148,6 +164,18 @@ def parse_settings(values: Any) -> Settings:
     min_requests = _typed(rollout_values, "min_requests", "rollout", (int,), 0)
     if min_requests < 0:
         raise SettingsError(f"rollout.min_requests: expected >= 0, got {min_requests!r}")
+    source = None
+    if rollout_values.get("prometheus") is not None:
+        key = "rollout.prometheus"
+        prometheus = _mapping(rollout_values["prometheus"], key, _PROMETHEUS)
+        source = _build(
+            key,
+            lambda: PrometheusErrorRate(
+                _typed(prometheus, "url", key, (str,), ""),
+                _typed(prometheus, "query", key, (str,), ""),
+                timeout=_typed(prometheus, "timeout_seconds", key, number, 5.0),
+            ),
+        )
     admin = _mapping(top.get("admin"), "admin", _ADMIN)
     return Settings(
         enforce=enforce,
@@ -158,6 +186,7 @@ def parse_settings(values: Any) -> Settings:
         ),
         check_interval_seconds=float(interval),
         rollout_min_requests=min_requests,
+        error_rate_source=source,
         admin_token_env=_typed(admin, "token_env", "admin", (str,), "DRIFTGATE_ADMIN_TOKEN"),
     )
 
