@@ -194,3 +194,40 @@ def test_dashboard_queries_name_only_exported_metrics(exposition):
         for name in re.findall(r"\b[a-z_][a-z0-9_]*\b", without_ranges):
             if name not in PROMQL_WORDS | LABELS:
                 assert name in exported, f"{title}: {name} is not a driftgate metric"
+
+
+# -- the docs --------------------------------------------------------------------------------
+
+
+def heading_anchors(markdown: str) -> set[str]:
+    """GitHub's anchors: lower case, punctuation dropped, spaces to hyphens."""
+    return {
+        re.sub(r"[^a-z0-9 _-]", "", line.lstrip("#").strip().lower()).replace(" ", "-")
+        for line in markdown.splitlines()
+        if line.startswith("#")
+    }
+
+
+def test_every_alert_links_to_a_runbook_section():
+    runbook = ROOT / "docs" / "runbook_rollout.md"
+    anchors = heading_anchors(runbook.read_text())
+    for rules in RULE_FILES:
+        for group in yaml.safe_load(rules.read_text())["groups"]:
+            for rule in group["rules"]:
+                if "alert" not in rule:
+                    continue
+                link = rule["annotations"]["runbook"]
+                path, _, anchor = link.partition("#")
+                assert ROOT / path == runbook, f"{rule['alert']}: {link}"
+                assert anchor in anchors, f"{rule['alert']}: no section #{anchor}"
+                if not rule["alert"].startswith("Solver"):
+                    assert f"`{rule['alert']}`" in runbook.read_text(), rule["alert"]
+
+
+def test_every_exported_metric_is_documented(exposition):
+    documented = (ROOT / "docs" / "metrics.md").read_text()
+    for family in text_string_to_metric_families(exposition):
+        if family.name.startswith(("process_", "python_")):
+            continue
+        name = family.name + ("_total" if family.type == "counter" else "")
+        assert f"| `{name}` |" in documented, name
