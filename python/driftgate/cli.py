@@ -1,14 +1,157 @@
-"""The `driftgate` command line."""
+"""The `driftgate` command line.
+
+    driftgate adapt --policy ID --context FILE [--enforce] [--rollout N] [--drift-max R] ...
+    driftgate serve [--config FILE] [--host H] [--port P]
+    driftgate status|advance|rollback --url URL [--json]
+    driftgate probe --url URL --body FILE [--field PATH] [--count N] [--interval S]
+
+Exit codes: 0 done (drift within the limit, signature stable); 1 the service refused the
+action; 2 bad flags or input, or a service that cannot be reached; 3 drift above the limit, or
+an unstable signature. Errors are one line on stderr, never a traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
+import os
 import sys
+import tempfile
+import time
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, NoReturn
 
 EXIT_OK = 0
+EXIT_REFUSED = 1
 EXIT_USAGE = 2
+EXIT_FAILED_CHECK = 3
+
+TOKEN_ENV = "DRIFTGATE_ADMIN_TOKEN"
+ENGINE_FLAGS = ("--ir", "--selector", "--weights")
+
+
+class CommandError(Exception):
+    """Ends a command with `code` and a one-line message on stderr."""
+
+    def __init__(self, message: str, code: int = EXIT_USAGE):
+        super().__init__(message)
+        self.code = code
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line naming the flag, then exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+# -- adapt -----------------------------------------------------------------------------------
+
+
+def _percent_text(ratio: float) -> str:
+    return f"{ratio:.3%}"
+
+
+def _adapt_summary(report: dict[str, Any], written: str) -> str:
+    options = report["options"]
+    requests = report["requests"]
+    cohort = report["cohort_size"]
+    windows = ", ".join(
+        f"{name} {_percent_text(w['ratio'])}" for name, w in report["windows"].items()
+    )
+    limit = options["drift_max_ratio"]
+    verdict = (
+        f"PASS: drift {_percent_text(report['drift_ratio'])} <= {_percent_text(limit)}"
+        if report["gate"] == "pass"
+        else f"FAIL: drift {_percent_text(report['drift_ratio'])} > {_percent_text(limit)}"
+    )
+    lines = [
+        f"policy {report['policy_id']}: enforce {'on' if options['enforce'] else 'off'}, "
+        f"rollout {options['rollout_percent']:g}%, drift-max {_percent_text(limit)}, "
+        f"seed {options['seed']}",
+        f"requests       {requests}",
+        f"cohort size    {cohort} ({_percent_text(cohort / requests)})",
+        f"drift events   {report['drift_events']}",
+        f"drift ratio    {_percent_text(report['drift_ratio'])} ({windows})",
+        f"disagreements  {report['disagreements']} (records whose verdicts differ: the drift at "
+        "100 % enforcement)",
+        f"gate           {verdict}",
+    ]
+    if written:
+        lines.append(f"report         {written}")
+    return "\n".join(lines)
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Temp file beside `path`, fsync, rename: a reader sees the old report or the new one."""
+    try:
+        descriptor, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    except OSError as error:
+        raise CommandError(f"-o {path}: cannot write ({error.strerror})") from None
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temp, path)
+    except OSError as error:
+        Path(temp).unlink(missing_ok=True)
+        raise CommandError(f"-o {path}: cannot write ({error.strerror})") from None
+
+
+def _enforce_options(args: argparse.Namespace):
+    from driftgate._core import EnforceOptions
+
+    flags = {"rollout_percent": "--rollout", "drift_max_ratio": "--drift-max"}
+    try:
+        return EnforceOptions(args.enforce, args.rollout, args.drift_max)
+    except ValueError as error:
+        message = str(error)
+        field = message.partition("=")[0]
+        raise CommandError(f"{flags.get(field, field)}: {message}") from None
+
+
+def _adapt(args: argparse.Namespace) -> int:
+    from driftgate._core import DriftTracker, MetricsRegistry
+    from driftgate.adapt import DecisionFileError, read_decisions, replay
+
+    for flag in ENGINE_FLAGS:
+        if getattr(args, flag[2:]) is not None:
+            raise CommandError(
+                f"{flag} needs a policy engine, which driftgate does not have: record both "
+                "verdicts (shadow, enforced) per request in the --context file instead"
+            )
+    try:  # the id rule of every tracker, checked before any file is read
+        DriftTracker(registry=MetricsRegistry()).counts("5m", args.policy)
+    except ValueError as error:
+        raise CommandError(f"--policy: {error}") from None
+    options = _enforce_options(args)
+    if not 0 <= args.seed < 2**32:
+        raise CommandError(f"--seed {args.seed}: expected an integer in [0, 2^32)")
+    try:
+        decisions = read_decisions(args.context)
+    except DecisionFileError as error:
+        raise CommandError(f"--context {error}") from None
+    report = replay(decisions, args.policy, options, seed=args.seed)
+    text = json.dumps(report, indent=2) + "\n"
+    written = ""
+    if args.output is not None:
+        if args.dry_run:
+            written = f"not written to {args.output} (--dry-run)"
+        else:
+            _write_atomically(args.output, text)
+            written = f"written to {args.output}"
+    if args.json:
+        print(text, end="")
+    else:
+        print(_adapt_summary(report, written))
+    return EXIT_OK if report["gate"] == "pass" else EXIT_FAILED_CHECK
+
+
+# -- serve -----------------------------------------------------------------------------------
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -18,16 +161,13 @@ def _serve(args: argparse.Namespace) -> int:
         from driftgate.demo import create_demo_app
         from driftgate.settings import SettingsError, load_settings
     except ImportError as error:
-        print(
-            f"driftgate serve needs the fastapi extra (pip install 'driftgate[fastapi]'): {error}",
-            file=sys.stderr,
-        )
-        return EXIT_USAGE
+        raise CommandError(
+            f"needs the fastapi extra (pip install 'driftgate[fastapi]'): {error}"
+        ) from None
     try:
         settings = load_settings(args.config)
     except SettingsError as error:
-        print(f"driftgate serve: --config {error}", file=sys.stderr)
-        return EXIT_USAGE
+        raise CommandError(f"--config {error}") from None
     if args.state_dir is not None:
         from dataclasses import replace
 
@@ -38,11 +178,197 @@ def _serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="driftgate", description="Move a policy from shadow to enforced, safely."
+# -- talking to a service --------------------------------------------------------------------
+
+
+def _url(value: str) -> str:
+    if not value.startswith(("http://", "https://")):
+        raise argparse.ArgumentTypeError(f"{value!r}: expected an http:// or https:// URL")
+    return value.rstrip("/")
+
+
+def _request(method: str, url: str, timeout: float, **kwargs: Any):
+    import httpx
+
+    try:
+        return httpx.request(method, url, timeout=timeout, **kwargs)
+    except httpx.TimeoutException:
+        raise CommandError(f"{url}: no answer within {timeout:g} s (--timeout)") from None
+    except httpx.TransportError as error:
+        raise CommandError(f"cannot reach {url} ({type(error).__name__})") from None
+
+
+def _json_answer(response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        raise CommandError(
+            f"{response.request.url} answered {response.status_code} without JSON"
+        ) from None
+
+
+def _refusal(response) -> CommandError:
+    """A non-2xx answer as an error: auth problems are the caller's (2), the rest the
+    service's refusal (1)."""
+    body = _json_answer(response)
+    detail = body.get("detail") if isinstance(body, dict) else None
+    code = EXIT_USAGE if response.status_code in (401, 403) else EXIT_REFUSED
+    hint = f" (is {TOKEN_ENV} right?)" if response.status_code in (401, 403) else ""
+    return CommandError(f"the service answered {response.status_code} {detail}{hint}", code)
+
+
+def _status_text(status: dict[str, Any]) -> str:
+    stage = status["current_stage"]
+    lines = [
+        f"stage      {stage['name']} ({status['stage_index'] + 1} of {status['total_stages']}), "
+        f"{status['state']}",
+        f"enforced   {status['enforced_percentage']:g}%",
+        f"started    {status['started_at']}",
+        f"elapsed    {status['elapsed_time']} (minimum {status['min_duration']})",
+        f"max error  {_percent_text(stage['max_error_rate'])}",
+    ]
+    if status.get("last_error_rate") is not None:
+        lines.append(f"last rate  {_percent_text(status['last_error_rate'])}")
+    transitions = status.get("transitions") or []
+    if transitions:
+        lines.append("last transitions:")
+        for move in transitions[-5:]:
+            origin = move["from"] or "-"
+            lines.append(
+                f"  {move['time']}  {origin} -> {move['to']}  by {move['actor']}: {move['reason']}"
+            )
+    return "\n".join(lines)
+
+
+def _status(args: argparse.Namespace) -> int:
+    response = _request("GET", f"{args.url}/api/guardian/rollout/status", args.timeout)
+    if response.status_code != 200:
+        raise _refusal(response)
+    status = _json_answer(response)
+    print(json.dumps(status, indent=2) if args.json else _status_text(status))
+    return EXIT_OK
+
+
+def _move(args: argparse.Namespace) -> int:
+    token = os.environ.get(TOKEN_ENV)
+    if not token:
+        raise CommandError(f"{TOKEN_ENV} is not set: the admin endpoints need its token")
+    body = {"reason": args.reason} if getattr(args, "reason", None) else None
+    response = _request(
+        "POST",
+        f"{args.url}/api/guardian/rollout/{args.command}",
+        args.timeout,
+        headers={"Authorization": f"Bearer {token}"},
+        json=body,
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    if response.status_code != 200:
+        raise _refusal(response)
+    answer = _json_answer(response)
+    if args.json:
+        print(json.dumps(answer, indent=2))
+    else:
+        print(f"{answer['message']}: now {answer['new_stage']} at {answer['new_percentage']:g}%")
+    return EXIT_OK
+
+
+# -- probe -----------------------------------------------------------------------------------
+
+
+def _field(answer: Any, path: str, attempt: int) -> str:
+    value = answer
+    for part in path.split("."):
+        if not isinstance(value, dict) or part not in value:
+            raise CommandError(f"answer {attempt} has no field {path!r}")
+        value = value[part]
+    if isinstance(value, (dict, list)) or value is None:
+        raise CommandError(f"answer {attempt}: field {path!r} is not a signature: {value!r}")
+    return str(value)
+
+
+def _probe(args: argparse.Namespace) -> int:
+    if args.count < 2:
+        raise CommandError(f"--count {args.count}: expected at least 2 (one answer cannot differ)")
+    if not (args.interval >= 0 and math.isfinite(args.interval)):
+        raise CommandError(f"--interval {args.interval}: expected seconds >= 0")
+    try:
+        body = json.loads(args.body.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CommandError(f"--body {args.body}: no such file") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise CommandError(f"--body {args.body}: cannot read ({error})") from None
+    except json.JSONDecodeError as error:
+        raise CommandError(
+            f"--body {args.body}:{error.lineno}: not valid JSON ({error.msg})"
+        ) from None
+    signatures: list[str] = []
+    for attempt in range(1, args.count + 1):
+        if attempt > 1 and args.interval:
+            time.sleep(args.interval)
+        response = _request("POST", args.url, args.timeout, json=body)
+        if not 200 <= response.status_code < 300:
+            raise CommandError(f"answer {attempt}: the service answered {response.status_code}")
+        signatures.append(_field(_json_answer(response), args.field, attempt))
+    counts = Counter(signatures)
+    stable = len(counts) == 1
+    if args.json:
+        report = {
+            "field": args.field,
+            "count": args.count,
+            "stable": stable,
+            "signatures": dict(counts),
+        }
+        print(json.dumps(report, indent=2))
+    elif stable:
+        print(f"stable: {args.count} of {args.count} answers gave {args.field} {signatures[0]}")
+    else:
+        seen = ", ".join(f"{signature} ({n}x)" for signature, n in counts.items())
+        print(f"UNSTABLE: {args.count} answers gave {len(counts)} different {args.field}: {seen}")
+    return EXIT_OK if stable else EXIT_FAILED_CHECK
+
+
+# -- the parser ------------------------------------------------------------------------------
+
+
+def _add_service_flags(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--url",
+        type=_url,
+        default=os.environ.get("DRIFTGATE_URL"),
+        required="DRIFTGATE_URL" not in os.environ,
+        help=f"{what} (default: $DRIFTGATE_URL)",
+    )
+    parser.add_argument("--timeout", type=float, default=10.0, help="seconds (default: 10)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="driftgate", description="Move a policy from shadow to enforced, safely.")
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_Parser
+    )
+
+    adapt = commands.add_parser(
+        "adapt",
+        help="replay recorded decisions: cohort, drift and the gate",
+        description="Replays decision records (JSON or JSON lines of {key, shadow, enforced}) "
+        "through an Enforcer with these options. Exit 0 when drift <= --drift-max, 3 when "
+        "above, 2 on bad flags or input.",
+    )
+    adapt.add_argument("--policy", required=True, help="policy id (1-64 of [A-Za-z0-9_.:-])")
+    adapt.add_argument("--context", required=True, type=Path, metavar="FILE", help="decisions")
+    adapt.add_argument("--enforce", action="store_true", help="enforce (default: shadow only)")
+    adapt.add_argument("--rollout", type=float, default=0.0, metavar="N", help="percent 0-100")
+    adapt.add_argument(
+        "--drift-max", type=float, default=0.005, metavar="R", help="ratio 0-1 (default: 0.005)"
+    )
+    adapt.add_argument("--seed", type=int, default=0, help="cohort hash seed (default: 0)")
+    adapt.add_argument("--dry-run", action="store_true", help="write nothing")
+    adapt.add_argument("-o", dest="output", type=Path, metavar="FILE", help="write the report")
+    adapt.add_argument("--json", action="store_true", help="print the report as JSON")
+    for flag in ENGINE_FLAGS:  # the seeds' engine flags: accepted only to be refused clearly
+        adapt.add_argument(flag, help=argparse.SUPPRESS)
+    adapt.set_defaults(run=_adapt)
+
     serve = commands.add_parser("serve", help="run the demo service under uvicorn")
     serve.add_argument("--config", type=Path, help="a Helm-style values file (YAML)")
     serve.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1")
@@ -54,12 +380,45 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
     )
     serve.set_defaults(run=_serve)
+
+    status = commands.add_parser("status", help="a service's rollout status")
+    _add_service_flags(status, "the service's base URL")
+    status.set_defaults(run=_status)
+    for name, text in (("advance", "enter the next stage"), ("rollback", "go back one stage")):
+        move = commands.add_parser(
+            name, help=f"{text} (admin; token from ${TOKEN_ENV})", description=f"{text}."
+        )
+        _add_service_flags(move, "the service's base URL")
+        if name == "rollback":
+            move.add_argument("--reason", help="why, for the transition history (<= 200 chars)")
+        move.set_defaults(run=_move)
+
+    probe = commands.add_parser(
+        "probe",
+        help="post one request several times: is the signature stable?",
+        description="The determinism canary: posts the same body --count times and checks "
+        "that --field is the same in every answer. Exit 0 when stable, 3 when not.",
+    )
+    _add_service_flags(probe, "the endpoint to POST to")
+    probe.add_argument("--body", required=True, type=Path, metavar="FILE", help="JSON body")
+    probe.add_argument(
+        "--field",
+        default="solution_signature",
+        help="dotted path of the signature in the answer (default: solution_signature)",
+    )
+    probe.add_argument("--count", type=int, default=3, help="posts (default: 3)")
+    probe.add_argument("--interval", type=float, default=0.0, help="seconds between posts")
+    probe.set_defaults(run=_probe)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.run(args)
+    try:
+        return args.run(args)
+    except CommandError as error:
+        print(f"driftgate {args.command}: {error}", file=sys.stderr)
+        return error.code
 
 
 if __name__ == "__main__":
