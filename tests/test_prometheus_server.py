@@ -93,7 +93,7 @@ def fleet(tmp_path_factory):
         assert a.client.post("/api/guardian/rollout/advance", headers=admin).status_code == 200
         assert a.client.post("/api/guardian/rollout/rollback", headers=admin).status_code == 200
 
-        rules = [ROOT / "prometheus" / "driftgate.rules.yml"]
+        rules = sorted((ROOT / "prometheus").glob("*.rules.yml"))  # the server loads them all
         prometheus = Prometheus(folder / "prometheus", [a_url, b_url], rules)
         prometheus.start()
         try:
@@ -116,6 +116,18 @@ def test_the_traffic_is_what_the_test_means(fleet):
     _, a, b = fleet
     assert (a.requests, a.enforced, a.drift, a.errors) == (82, 82, 16, 4)
     assert (b.requests, b.enforced, b.drift) == (100, 40, 0)
+
+
+def test_the_server_loaded_every_rule_group(fleet):
+    prometheus, _, _ = fleet
+    groups = httpx.get(f"{prometheus.url}/api/v1/rules", timeout=5).json()["data"]["groups"]
+    assert {group["name"] for group in groups} == {
+        "driftgate.recording",
+        "driftgate.alerts",
+        "solver.canary.guardrails",
+        "solver.canary.alerts",
+    }
+    assert all(rule["health"] == "ok" for group in groups for rule in group["rules"])
 
 
 def dashboard_queries() -> list[tuple[str, str]]:
@@ -224,6 +236,7 @@ def test_manager_holds_on_a_low_prometheus_rate(fleet, tmp_path):
 
 
 def test_with_prometheus_stopped_the_manager_holds_and_counts(fleet, tmp_path):
+    """Stops the module's Prometheus: keep this test last in the file."""
     prometheus, _, _ = fleet
     manager = manager_on(prometheus.url, ERROR_RATE, tmp_path)
     manager.manual_advance(actor="ops")

@@ -419,6 +419,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CommandError as error:
         print(f"driftgate {args.command}: {error}", file=sys.stderr)
         return error.code
+    except KeyboardInterrupt:
+        print(f"driftgate {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
