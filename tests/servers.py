@@ -1,18 +1,21 @@
 """Real servers for tests, started on 127.0.0.1 and stopped by the test: the demo service under
-uvicorn (`driftgate serve`) and Debian's Prometheus."""
+uvicorn (`driftgate serve`), Debian's Prometheus, and small JSON endpoints in a thread."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -86,6 +89,39 @@ def demo_service(folder: Path, values: str, token: str | None = None) -> Iterato
     finally:
         process.terminate()
         process.wait(10)
+
+
+@contextmanager
+def json_server(answer: Callable[[str, str, bytes], tuple[int, Any]]) -> Iterator[str]:
+    """An HTTP server on 127.0.0.1 that answers every GET and POST with JSON:
+    `answer(method, path, body)` gives (status, value). Yields its base URL."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def reply(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            status, value = answer(self.command, self.path, body)
+            payload = json.dumps(value).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        do_GET = do_POST = reply
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+    )
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def require_tool(name: str) -> str:

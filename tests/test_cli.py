@@ -3,19 +3,18 @@ independent computation of the cohort hash, every bad input exiting 2 with one l
 commands against the demo service under uvicorn, and the probe against stable and unstable
 endpoints."""
 
+import itertools
 import json
 import os
 import random
 import subprocess
 import sysconfig
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import mmh3
 import pytest
 
-from servers import demo_service
+from servers import demo_service, free_port, json_server
 
 DRIFTGATE = Path(sysconfig.get_path("scripts")) / "driftgate"
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -337,50 +336,30 @@ def test_service_commands_with_bad_urls(free_url):
 
 @pytest.fixture
 def free_url() -> str:
-    from servers import free_port
-
     return f"http://127.0.0.1:{free_port()}"
 
 
 # -- probe -------------------------------------------------------------------------------------
 
 
-class _Endpoints(BaseHTTPRequestHandler):
+@pytest.fixture(scope="module")
+def endpoints():
     """POST /stable answers the same signature every time, /unstable a new one each time,
-    /broken 500, /nested a signature under result."""
+    /nested a signature under result, /nothing none, anything else 500."""
+    calls = itertools.count(1)
 
-    calls = 0
-
-    def do_POST(self):
-        length = int(self.headers.get("Content-Length", 0))
-        body = json.loads(self.rfile.read(length))
-        _Endpoints.calls += 1
+    def reply(method: str, path: str, body: bytes) -> tuple[int, dict]:
+        seed = json.loads(body)["seed"]
         answers = {
-            "/stable": {"solution_signature": f"sig-{body['seed']}"},
-            "/unstable": {"solution_signature": f"sig-{_Endpoints.calls}"},
+            "/stable": {"solution_signature": f"sig-{seed}"},
+            "/unstable": {"solution_signature": f"sig-{next(calls)}"},
             "/nested": {"result": {"solution_signature": "deep"}},
             "/nothing": {"status": "done"},
         }
-        status, answer = (200, answers[self.path]) if self.path in answers else (500, {})
-        payload = json.dumps(answer).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
+        return (200, answers[path]) if path in answers else (500, {})
 
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture(scope="module")
-def endpoints():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Endpoints)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with json_server(reply) as url:
+        yield url
 
 
 @pytest.fixture

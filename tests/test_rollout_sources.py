@@ -1,15 +1,15 @@
 """PrometheusErrorRate against a small local server that answers in the query API's format."""
 
 import asyncio
-import json
+import contextlib
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
 import pytest
 
 import driftgate
 from driftgate import PrometheusErrorRate, RolloutConfig, RolloutManager
+from servers import json_server
 
 QUERY = (
     "sum(rate(guardian_enforcement_failed_total[1h])) / sum(rate(guardian_enforcement_total[1h]))"
@@ -24,34 +24,17 @@ class FakePrometheus:
         self.queries: list[str] = []
         self.release = threading.Event()
         self.stall = False
-        fake = self
+        self._server = contextlib.ExitStack()
+        self.url = self._server.enter_context(json_server(self._reply))
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):
-                url = urlparse(self.path)
-                if url.path != "/api/v1/query":
-                    self.send_error(404)
-                    return
-                fake.queries.append(parse_qs(url.query)["query"][0])
-                if fake.stall:
-                    fake.release.wait(5)
-                status, body = fake.answer
-                payload = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
-        )
-        self.thread.start()
+    def _reply(self, method: str, path: str, body: bytes) -> tuple[int, dict]:
+        url = urlparse(path)
+        if method != "GET" or url.path != "/api/v1/query":
+            return 404, {"status": "error", "error": "not found"}
+        self.queries.append(parse_qs(url.query)["query"][0])
+        if self.stall:
+            self.release.wait(5)
+        return self.answer
 
     def vector(self, value: str) -> None:
         self.answer = (
@@ -64,8 +47,7 @@ class FakePrometheus:
 
     def stop(self) -> None:
         self.release.set()
-        self.server.shutdown()
-        self.server.server_close()
+        self._server.close()
 
 
 @pytest.fixture
