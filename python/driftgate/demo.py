@@ -80,6 +80,10 @@ def _cohort_key(context: dict[str, Any]) -> str:
     subject = context.get("subject_id")
     if isinstance(subject, str) and subject:
         return subject
+    return _canonical_json(context)
+
+
+def _canonical_json(context: dict[str, Any]) -> str:
     return json.dumps(context, sort_keys=True, separators=(",", ":"), default=str)
 
 
@@ -88,7 +92,7 @@ def _digest(*parts: str) -> str:
 
 
 def _input_fingerprint(body: VerifyRequest) -> str:
-    return _digest(body.policy_id, json.dumps(body.context, sort_keys=True, default=str))
+    return _digest(body.policy_id, _canonical_json(body.context))
 
 
 verify_request = json_body(VerifyRequest)
