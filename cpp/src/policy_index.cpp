@@ -69,8 +69,13 @@ std::uint32_t PolicyIndex::slot_for(std::string_view id) {
     if (const Entry* entry = lookup(id, hash)) return entry->slot;
     validate(id);
     if (id == kOverflowLabel) return mark_overflow();
-    // Full for good: ids are never forgotten, so this needs no lock.
-    if (admitted_.load(std::memory_order_acquire) >= max_policies_) return mark_overflow();
+    // Full for good: ids are never forgotten, so this needs no lock. The id may have been
+    // admitted since the lookup above, though (it took the last slot): the acquire load makes
+    // every admitted entry visible, so a second lookup settles it.
+    if (admitted_.load(std::memory_order_acquire) >= max_policies_) {
+        if (const Entry* entry = lookup(id, hash)) return entry->slot;
+        return mark_overflow();
+    }
     std::lock_guard lock(mutex_);
     if (const Entry* entry = lookup(id, hash)) return entry->slot;
     const std::size_t admitted = admitted_.load(std::memory_order_relaxed);
@@ -97,9 +102,12 @@ std::uint32_t PolicyIndex::mark_overflow() noexcept {
 
 std::optional<std::uint32_t> PolicyIndex::find(std::string_view id) const {
     if (id == kOverflowLabel) return overflow_slot();
-    if (const Entry* entry = lookup(id, hash_bytes(id))) return entry->slot;
-    if (admitted_.load(std::memory_order_acquire) >= max_policies_) return overflow_slot();
-    return std::nullopt;
+    const std::uint64_t hash = hash_bytes(id);
+    if (const Entry* entry = lookup(id, hash)) return entry->slot;
+    if (admitted_.load(std::memory_order_acquire) < max_policies_) return std::nullopt;
+    // Full: look again, as slot_for does, in case the id took the last slot meanwhile.
+    if (const Entry* entry = lookup(id, hash)) return entry->slot;
+    return overflow_slot();
 }
 
 std::string_view PolicyIndex::label(std::uint32_t slot) const {

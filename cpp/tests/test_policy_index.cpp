@@ -1,5 +1,7 @@
 #include <catch2/catch.hpp>
 
+#include <atomic>
+
 #include <set>
 #include <string>
 #include <thread>
@@ -42,6 +44,29 @@ TEST_CASE("find does not admit an id", "[policy_index]") {
 TEST_CASE("max_policies outside 1..65536 is rejected", "[policy_index]") {
     CHECK_THROWS_WITH(PolicyIndex(0), Catch::Contains("max_policies=0"));
     CHECK_THROWS_AS(PolicyIndex(65537), std::invalid_argument);
+}
+
+TEST_CASE("an id admitted while others race for the last slot is never overflow",
+          "[policy_index][threads]") {
+    // Every thread asks for the same id when one slot is left: the losers of the admission
+    // must find the winner's slot, even when they missed it on their first lookup.
+    constexpr int kThreads = 3;
+    for (int round = 0; round < 1000; ++round) {
+        PolicyIndex index(1);
+        std::atomic<int> ready{0};
+        std::vector<std::uint32_t> slots(kThreads);
+        std::vector<std::thread> threads;
+        for (int t = 0; t < kThreads; ++t) {
+            threads.emplace_back([&, t] {
+                ready.fetch_add(1);
+                while (ready.load() < kThreads) std::this_thread::yield();
+                slots[t] = index.slot_for("last");
+            });
+        }
+        for (auto& thread : threads) thread.join();
+        for (std::uint32_t slot : slots) REQUIRE(slot == 0);
+        REQUIRE(index.find("last") == std::optional<std::uint32_t>(0));
+    }
 }
 
 TEST_CASE("concurrent admission gives every id one slot", "[policy_index][threads]") {
