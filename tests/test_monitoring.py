@@ -139,6 +139,11 @@ def panel_expressions() -> list[tuple[str, str]]:
 
 def test_dashboard_is_importable_grafana_json():
     board = dashboard()
+    classic_model = {"id", "uid", "title", "tags", "timezone", "editable", "graphTooltip",
+                     "panels", "time", "timepicker", "templating", "annotations", "refresh",
+                     "schemaVersion", "version", "links"}  # fmt: skip
+    assert classic_model <= set(board)
+    assert board["id"] is None  # Grafana assigns one on import
     assert board["uid"] == "driftgate-verifier"
     assert isinstance(board["schemaVersion"], int) and board["schemaVersion"] >= 36
     ids = [panel["id"] for panel in board["panels"]]
