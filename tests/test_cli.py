@@ -9,6 +9,7 @@ import os
 import random
 import subprocess
 import sysconfig
+import time
 from pathlib import Path
 
 import mmh3
@@ -405,6 +406,18 @@ def test_probe_errors_exit_2(endpoints, body, path, flags, fragments):
     assert_usage_error(
         run("probe", "--url", f"{endpoints}{path}", "--body", body, *flags), *fragments
     )
+
+
+def test_a_slow_service_hits_the_timeout(body):
+    def slow(method: str, path: str, _: bytes) -> tuple[int, dict]:
+        time.sleep(1.0)
+        return 200, {"solution_signature": "late"}
+
+    with json_server(slow) as url:
+        for command in (["status", "--url", url], ["probe", "--url", url, "--body", body]):
+            result = run(*command, "--timeout", 0.2)
+            assert_usage_error(result, "no answer within 0.2 s (--timeout)")
+    assert_usage_error(run("status", "--url", url, "--timeout", 0), "--timeout: '0': expected")
 
 
 def test_probe_bad_body_files(endpoints, tmp_path):

@@ -187,6 +187,13 @@ def _url(value: str) -> str:
     return value.rstrip("/")
 
 
+def _seconds(value: str) -> float:
+    seconds = float(value)
+    if not (seconds > 0 and math.isfinite(seconds)):
+        raise argparse.ArgumentTypeError(f"{value!r}: expected seconds > 0")
+    return seconds
+
+
 def _request(method: str, url: str, timeout: float, **kwargs: Any):
     import httpx
 
@@ -337,7 +344,7 @@ def _add_service_flags(parser: argparse.ArgumentParser, what: str) -> None:
         required="DRIFTGATE_URL" not in os.environ,
         help=f"{what} (default: $DRIFTGATE_URL)",
     )
-    parser.add_argument("--timeout", type=float, default=10.0, help="seconds (default: 10)")
+    parser.add_argument("--timeout", type=_seconds, default=10.0, help="seconds (default: 10)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
 
 
