@@ -335,6 +335,12 @@ def test_service_commands_with_bad_urls(free_url):
     assert_usage_error(run("status"), "required: --url")
 
 
+def test_service_commands_without_httpx_say_what_to_install(tmp_path, free_url):
+    (tmp_path / "httpx.py").write_text("raise ImportError('httpx is not installed')\n")
+    result = run("status", "--url", free_url, env={"PYTHONPATH": str(tmp_path)})
+    assert_usage_error(result, "needs httpx: pip install 'driftgate[fastapi]'")
+
+
 @pytest.fixture
 def free_url() -> str:
     return f"http://127.0.0.1:{free_port()}"

@@ -195,7 +195,10 @@ def _seconds(value: str) -> float:
 
 
 def _request(method: str, url: str, timeout: float, **kwargs: Any):
-    import httpx
+    try:
+        import httpx
+    except ImportError:
+        raise CommandError("needs httpx: pip install 'driftgate[fastapi]'") from None
 
     try:
         return httpx.request(method, url, timeout=timeout, **kwargs)
