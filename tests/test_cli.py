@@ -50,14 +50,17 @@ def in_cohort(key: str, seed: int, enforce: bool, percent: float) -> bool:
 
 
 def expected_report(records, enforce: bool, percent: float, seed: int) -> dict:
+    def differ(record) -> bool:
+        return record["shadow"].lower() != record["enforced"].lower()
+
     cohort = [r for r in records if in_cohort(r["key"], seed, enforce, percent)]
-    drift = sum(r["shadow"].lower() != r["enforced"].lower() for r in cohort)
+    drift = sum(map(differ, cohort))
     return {
         "requests": len(records),
         "cohort_size": len(cohort),
         "drift_events": drift,
         "drift_ratio": drift / len(records),
-        "disagreements": sum(r["shadow"].lower() != r["enforced"].lower() for r in records),
+        "disagreements": sum(map(differ, records)),
     }
 
 

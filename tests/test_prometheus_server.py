@@ -8,6 +8,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from driftgate import (
     DriftTracker,
@@ -57,13 +58,14 @@ class Replica:
 
     def window_counts(self) -> tuple[float, float]:
         """(events, requests) in its 5m window, as the replica itself exports them."""
-        lines = self.client.get("/api/v1/metrics").text.splitlines()
-
-        def value(name: str) -> float:
-            prefix = f'{name}{{window="5m"}} '
-            return float(next(line for line in lines if line.startswith(prefix)).split()[-1])
-
-        return value("adapt_drift_window_events"), value("adapt_drift_window_requests")
+        text = self.client.get("/api/v1/metrics").text
+        values = {
+            sample.name: sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.labels.get("window") == "5m"
+        }
+        return values["adapt_drift_window_events"], values["adapt_drift_window_requests"]
 
 
 @pytest.fixture(scope="module")
