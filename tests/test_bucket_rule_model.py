@@ -3,6 +3,7 @@ records and clock moves: forward, backward, and idle gaps longer than any window
 
 import math
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -48,13 +49,9 @@ class BucketRuleModel:
     def counts(self, reading: float, window: str, policy: str | None) -> tuple[int, int]:
         u = self._effective(reading)
         _, buckets, step = next(w for w in WINDOWS if w[0] == window)
-        if policy is None:
-            label = None
-        elif policy in self.admitted:
+        if policy is None or policy == OVERFLOW or policy in self.admitted:
             label = policy
-        elif len(self.admitted) >= MAX_POLICIES:
-            label = OVERFLOW
-        else:
+        else:  # never admitted: never seen, or counted under OVERFLOW only
             return (0, 0)
         drift = total = 0
         for event_label, t, d, n in self.events:
@@ -77,10 +74,42 @@ operations = st.one_of(
     st.tuples(st.just("idle"), st.floats(3600, 100_000, allow_nan=False)),
     st.tuples(st.just("back"), st.floats(0, 500, allow_nan=False)),
     st.tuples(st.just("check")),
+    # One window at a time, so reads of different windows interleave with clock steps back.
+    st.tuples(
+        st.just("read"),
+        st.sampled_from([w[0] for w in WINDOWS]),
+        st.sampled_from([None, *POLICIES]),
+    ),
 )
 
 
-@settings(max_examples=300, deadline=None)
+def test_a_read_of_one_window_moves_every_window():
+    """Reading 60m at a late clock, then 15m after the clock stepped back: the tracker's time
+    is the high-water mark of both reads, so the early record is out of the 15m window."""
+    clock = ManualClock(10397.25)
+    tracker = DriftTracker(clock=clock, registry=driftgate.MetricsRegistry())
+    tracker.record("p", "ok", "ok")
+    clock.set(11397.25)
+    assert tracker.counts("60m") == (0, 1)
+    clock.set(10397.25)
+    assert tracker.counts("15m") == (0, 0)
+
+
+def test_overflow_is_reserved_and_unknown_ids_read_empty():
+    tracker = DriftTracker(registry=driftgate.MetricsRegistry(), max_policies=1)
+    tracker.record("a", "ok", "fail")
+    tracker.record("b", "ok", "fail")  # past the cap: counted as __overflow__
+    assert tracker.counts("5m", OVERFLOW) == (1, 1)
+    assert tracker.counts("5m", "b") == (0, 0)
+    assert tracker.counts("5m", "never-seen") == (0, 0)
+    with pytest.raises(ValueError, match="'__overflow__' is reserved"):
+        tracker.record(OVERFLOW, "ok", "ok")
+    with pytest.raises(ValueError, match="'__overflow__' is reserved"):
+        tracker.record_batch(OVERFLOW, b"\x00", b"\x00")
+    assert tracker.counts("5m") == (2, 2)
+
+
+@settings(max_examples=400, deadline=None)
 @given(start=st.floats(-1e4, 1e7, allow_nan=False), ops=st.lists(operations, max_size=60))
 def test_tracker_counts_equal_the_model_in_every_window(start, ops):
     clock = ManualClock(start)
@@ -115,6 +144,9 @@ def test_tracker_counts_equal_the_model_in_every_window(start, ops):
             clock.advance(op[1])
         elif kind == "back":
             clock.set(clock.now() - op[1])
+        elif kind == "read":
+            _, name, policy = op
+            assert tracker.counts(name, policy) == model.counts(clock.now(), name, policy)
         else:
             check()
     check()

@@ -163,6 +163,9 @@ def test_advance_and_rollback_with_the_token(client, parts):
         "message": "Manually advanced to stage quarter",
         "new_stage": "quarter",
         "new_percentage": 25.0,
+        "action": "advanced",
+        "previous_stage": "canary",
+        "version": 2,
     }
     response = client.post(
         "/api/guardian/rollout/rollback", headers=AUTH, json={"reason": "error spike"}
@@ -340,3 +343,40 @@ def test_corrupt_state_file_makes_the_demo_not_ready(tmp_path, monkeypatch):
     assert (response.status_code, response.json()["reason"]) == (503, "STATE_FILE")
     assert state.read_text() == "{corrupt"
     assert client.get("/api/guardian/rollout/status").status_code == 404
+
+
+def test_concurrent_admin_answers_describe_their_own_transition(client, parts):
+    """8 threads press advance and rollback at once: each 200 answer names the move its own
+    request made (its version's entry in the history), never another request's."""
+    import threading
+
+    answers: list[tuple[str, dict]] = []
+    lock = threading.Lock()
+
+    def press(path: str) -> None:
+        for _ in range(25):
+            response = client.post(f"/api/guardian/rollout/{path}", headers=AUTH)
+            if response.status_code == 200:
+                with lock:
+                    answers.append((path, response.json()))
+
+    threads = [
+        threading.Thread(target=press, args=("advance" if i % 2 else "rollback",)) for i in range(8)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    status = parts["manager"].get_status(transitions=100)
+    history = status["transitions"]
+    first_version = status["version"] - len(history) + 1
+    versions = [answer["version"] for _, answer in answers]
+    assert len(set(versions)) == len(versions)  # no transition answered twice
+    recent = [(path, a) for path, a in answers if a["version"] >= first_version]
+    assert len(recent) >= 50
+    for path, answer in recent:  # the history keeps the last 100 transitions
+        step = history[answer["version"] - first_version]
+        assert (step["from"], step["to"]) == (answer["previous_stage"], answer["new_stage"])
+        assert answer["action"] in (
+            ("advanced", "resumed") if path == "advance" else ("rolled_back", "aborted")
+        )

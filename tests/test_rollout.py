@@ -261,6 +261,8 @@ def test_whole_cycle_canary_to_full(make_manager, rollout_clock, enforcer):
 def test_restart_resumes_the_same_stage_and_elapsed_time(make_manager, rollout_clock, enforcer):
     first = make_manager()
     first.manual_advance("ops")
+    version = first.get_status()["version"]
+    del first  # the process ends
     rollout_clock.advance(5 * HOUR)
     enforcer.set_options(rollout_percent=0)  # a fresh process's enforcer
     second = make_manager()
@@ -268,7 +270,7 @@ def test_restart_resumes_the_same_stage_and_elapsed_time(make_manager, rollout_c
     assert status["current_stage"]["name"] == "quarter"
     assert status["elapsed_time"] == "5:00:00"
     assert enforcer.options.rollout_percent == 25
-    assert status["version"] == first.get_status()["version"]
+    assert status["version"] == version
 
 
 def test_corrupt_state_file_refuses_to_start_and_is_kept(make_manager, tmp_path):
@@ -476,16 +478,18 @@ def test_monitor_survives_exceptions_and_cancels_cleanly(make_manager, caplog):
 
 
 def test_lifespan_starts_and_stops_the_monitor(make_manager):
-    manager = make_manager(error_rate_source=lambda: 0.0)
+    checked = threading.Event()
+    manager = make_manager(error_rate_source=lambda: checked.set() or 0.0)
 
     async def main():
-        async with driftgate.rollout_lifespan(manager, timedelta(hours=1))(None) as task:
-            await asyncio.sleep(0)
+        async with driftgate.rollout_lifespan(manager, timedelta(hours=1))(None) as state:
+            assert state is None  # nothing for Starlette to merge into the app's state
+            assert await asyncio.to_thread(checked.wait, 10)
+            (task,) = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
             assert not task.done()
         return task
 
-    task = asyncio.run(main())
-    assert task.cancelled()
+    assert asyncio.run(main()).cancelled()
 
 
 def test_monitor_rejects_a_zero_interval(make_manager):

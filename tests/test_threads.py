@@ -7,6 +7,7 @@ import time
 import numpy as np
 import pytest
 
+import driftgate
 from driftgate import DriftTracker
 
 
@@ -66,3 +67,33 @@ def test_python_thread_progresses_inside_record_batch(clock, registry, short_swi
         margin = (end - start) * 0.2
         inside += sum(1 for tick in ticks if start + margin < tick < end - margin)
     assert inside >= 100, f"{inside} main-thread iterations ran inside record_batch calls"
+
+
+def test_a_field_writer_never_undoes_the_managers_percent(clock, registry):
+    """One thread changes only drift_max_ratio in a loop while another makes 20,000
+    transitions: after each, the enforcer enforces exactly the manager's percentage (an abort
+    to 0 % is never undone by a stale read-modify-write)."""
+    tracker = driftgate.DriftTracker(clock=clock, registry=registry)
+    enforcer = driftgate.Enforcer(driftgate.EnforceOptions(enforce=True), tracker)
+    manager = driftgate.RolloutManager(driftgate.RolloutConfig.default(), enforcer, clock=clock)
+    stop = threading.Event()
+
+    def tune():
+        ratio = 0
+        while not stop.is_set():
+            enforcer.set_options(drift_max_ratio=(ratio % 100) / 1000)
+            ratio += 1
+
+    tuner = threading.Thread(target=tune)
+    tuner.start()
+    mismatches = []
+    try:
+        for i in range(20_000):
+            decision = manager.manual_rollback("ops") if i % 2 else manager.manual_advance("ops")
+            if enforcer.options.rollout_percent != decision.to_percentage:
+                mismatches.append((i, decision.to_stage, enforcer.options.rollout_percent))
+    finally:
+        stop.set()
+        tuner.join()
+    assert mismatches == []
+    assert enforcer.options.rollout_percent == manager.enforced_percentage

@@ -118,14 +118,19 @@ void register_enforcer(py::module_& m) {
             [](Enforcer& enforcer, std::optional<EnforceOptions> options,
                std::optional<bool> enforce, std::optional<double> rollout_percent,
                std::optional<double> drift_max_ratio) {
-                const EnforceOptions base = options.value_or(enforcer.options());
-                enforcer.set_options(make_options(enforce.value_or(base.enforce),
-                                                  rollout_percent.value_or(base.rollout_percent),
-                                                  drift_max_ratio.value_or(base.drift_max_ratio)));
+                if (options) {
+                    enforce = enforce.value_or(options->enforce);
+                    rollout_percent = rollout_percent.value_or(options->rollout_percent);
+                    drift_max_ratio = drift_max_ratio.value_or(options->drift_max_ratio);
+                }
+                // One atomic step in the core: fields left out keep their value even when
+                // another thread changes them meanwhile.
+                enforcer.update_options(enforce, rollout_percent, drift_max_ratio);
             },
             py::arg("options") = py::none(), py::kw_only(), py::arg("enforce") = py::none(),
             py::arg("rollout_percent") = py::none(), py::arg("drift_max_ratio") = py::none(),
-            "Replaces the options, whole or by field, atomically.")
+            "Replaces the options, whole or by field, atomically. While a RolloutManager drives "
+            "this enforcer, its rollout_percent is the manager's: changing it is a ValueError.")
         .def(
             "error_counts",
             [](const Enforcer& enforcer, const std::string& window,

@@ -1,3 +1,4 @@
+#include <pybind11/native_enum.h>
 #include <pybind11/stl.h>
 
 #include <cmath>
@@ -46,7 +47,7 @@ py::object utc_datetime(double unix_seconds) {
 
 py::dict transition_dict(const Transition& t) {
     py::dict out;
-    out["time"] = utc_datetime(t.time);
+    out["time"] = t.time;  // unix seconds: driftgate.status formats every time
     out["actor"] = t.actor;
     out["from"] = t.from;
     out["to"] = t.to;
@@ -54,11 +55,39 @@ py::dict transition_dict(const Transition& t) {
     return out;
 }
 
+py::object optional_time(std::optional<double> unix_seconds) {
+    return unix_seconds ? utc_datetime(*unix_seconds) : py::none();
+}
+
+py::dict decision_dict(const Decision& d) {
+    py::dict out;
+    out["success"] = d.success;
+    out["message"] = d.message;
+    out["action"] = std::string(to_string(d.action));
+    out["from_stage"] = d.from_stage;
+    out["to_stage"] = d.to_stage;
+    out["from_percentage"] = d.from_percentage;
+    out["to_percentage"] = d.to_percentage;
+    out["version"] = d.version;
+    out["state"] = std::string(to_string(d.state));
+    out["error_rate"] = d.error_rate;
+    out["actor"] = d.actor;
+    return out;
+}
+
+std::shared_ptr<const Clock> clock_or_system(std::shared_ptr<Clock> clock) {
+    if (clock) return clock;
+    return SystemClock::instance();
+}
+
 }  // namespace
 
 void register_rollout(py::module_& m) {
     py::register_exception<StateError>(m, "StateError", PyExc_RuntimeError).doc() =
         "A rollout state file that cannot be used or written; the message names the file.";
+    py::register_exception<ConfigOwnedError>(m, "ConfigOwnedError", PyExc_RuntimeError).doc() =
+        "Raised on moving a RolloutConfig that a RolloutManager owns; the message names the "
+        "manager method to use.";
 
     py::class_<RolloutStage>(m, "RolloutStage", "One stage of a staged rollout.")
         .def(py::init([](std::string name, double percentage, py::handle duration,
@@ -92,19 +121,29 @@ void register_rollout(py::module_& m) {
                    (s.requires_approval ? "True" : "False") + ")";
         });
 
-    py::class_<RolloutConfig>(m, "RolloutConfig",
-                              "The stages of a rollout and where it stands. A standalone config "
-                              "reads the system clock.")
+    py::class_<RolloutConfig>(
+        m, "RolloutConfig",
+        "The stages of a rollout and where it stands. On its own it moves itself on its own "
+        "clock; handed to a RolloutManager it becomes a live, read-only view of the manager's "
+        "position.")
         .def(py::init([](std::vector<RolloutStage> stages, long long current_stage_index,
-                         py::handle started_at, bool rollback_on_error) {
+                         py::handle started_at, bool rollback_on_error,
+                         std::shared_ptr<Clock> clock) {
                  return RolloutConfig(
                      std::move(stages), size_arg(current_stage_index, "current_stage_index"),
-                     time_arg(started_at, "current_stage_started_at"), rollback_on_error);
+                     time_arg(started_at, "current_stage_started_at"), rollback_on_error,
+                     clock_or_system(std::move(clock)));
              }),
              py::arg("stages"), py::arg("current_stage_index") = 0,
-             py::arg("current_stage_started_at") = py::none(), py::arg("rollback_on_error") = true)
-        .def_static("default", &RolloutConfig::default_config,
-                    "canary 10% -> quarter 25% -> half 50% -> most 75% -> full 100%.")
+             py::arg("current_stage_started_at") = py::none(), py::arg("rollback_on_error") = true,
+             py::kw_only(), py::arg("clock") = py::none())
+        .def_static(
+            "default",
+            [](std::shared_ptr<Clock> clock) {
+                return RolloutConfig::default_config(clock_or_system(std::move(clock)));
+            },
+            py::kw_only(), py::arg("clock") = py::none(),
+            "canary 10% -> quarter 25% -> half 50% -> most 75% -> full 100%.")
         .def_property_readonly("stages", &RolloutConfig::stages)
         .def_property("current_stage_index", &RolloutConfig::current_stage_index,
                       [](RolloutConfig& c, long long index) {
@@ -112,25 +151,80 @@ void register_rollout(py::module_& m) {
                       })
         .def_property(
             "current_stage_started_at",
-            [](const RolloutConfig& c) -> py::object {
-                const auto started = c.current_stage_started_at();
-                return started ? utc_datetime(*started) : py::none();
-            },
+            [](const RolloutConfig& c) { return optional_time(c.current_stage_started_at()); },
             [](RolloutConfig& c, py::handle value) {
                 c.set_current_stage_started_at(time_arg(value, "current_stage_started_at"));
             })
         .def_property_readonly("rollback_on_error", &RolloutConfig::rollback_on_error)
-        .def_property_readonly(
-            "fingerprint", [](const RolloutConfig& c) { return stages_fingerprint(c.stages()); })
+        .def_property_readonly("owned", &RolloutConfig::owned,
+                               "True while a RolloutManager owns this config.")
+        .def_property_readonly("fingerprint",
+                               [](const RolloutConfig& c) { return c.plan()->fingerprint(); })
         .def("current_stage", &RolloutConfig::current_stage)
         .def(
             "can_advance",
-            [](const RolloutConfig& c, double error_rate) {
-                return c.can_advance(error_rate, SystemClock::instance()->wall());
-            },
+            [](const RolloutConfig& c, double error_rate) { return c.can_advance(error_rate); },
             py::arg("error_rate"))
-        .def("advance", [](RolloutConfig& c) { c.advance(SystemClock::instance()->wall()); })
-        .def("rollback", [](RolloutConfig& c) { c.rollback(SystemClock::instance()->wall()); });
+        .def("advance", py::overload_cast<>(&RolloutConfig::advance))
+        .def("rollback", py::overload_cast<>(&RolloutConfig::rollback));
+
+    py::native_enum<DecisionAction>(m, "DecisionAction", "enum.Enum",
+                                    "What a rollout decision did.")
+        .value("ADVANCED", DecisionAction::Advanced)
+        .value("RESUMED", DecisionAction::Resumed)
+        .value("ROLLED_BACK", DecisionAction::RolledBack)
+        .value("ABORTED", DecisionAction::Aborted)
+        .value("HELD", DecisionAction::Held)
+        .value("WAITING_FOR_APPROVAL", DecisionAction::WaitingForApproval)
+        .value("INSUFFICIENT_DATA", DecisionAction::InsufficientData)
+        .value("AT_FINAL_STAGE", DecisionAction::AtFinalStage)
+        .value("ALREADY_ABORTED", DecisionAction::AlreadyAborted)
+        .value("ANALYSIS_FAILED", DecisionAction::AnalysisFailed)
+        .finalize();
+
+    py::class_<Decision>(m, "Decision",
+                         "The outcome of one rollout decision. Unpacks as (success, message); "
+                         "also says what happened, from where to where, and the version after.")
+        .def_readonly("success", &Decision::success)
+        .def_readonly("message", &Decision::message)
+        .def_readonly("action", &Decision::action)
+        .def_readonly("from_stage", &Decision::from_stage)
+        .def_readonly("to_stage", &Decision::to_stage)
+        .def_readonly("from_percentage", &Decision::from_percentage)
+        .def_readonly("to_percentage", &Decision::to_percentage)
+        .def_readonly("version", &Decision::version)
+        .def_property_readonly("state",
+                               [](const Decision& d) { return std::string(to_string(d.state)); })
+        .def_readonly("error_rate", &Decision::error_rate)
+        .def_readonly("actor", &Decision::actor)
+        .def_property_readonly("moved", &Decision::moved,
+                               "True when the rollout changed stage (or aborted or resumed).")
+        .def("as_dict", &decision_dict,
+             "JSON-ready: the fields, with `action` and `state` as lower-case codes.")
+        .def("__len__", [](const Decision&) { return 2; })
+        .def("__iter__",
+             [](const Decision& d) { return py::iter(py::make_tuple(d.success, d.message)); })
+        .def("__getitem__",
+             [](const Decision& d, py::object index) {
+                 return py::make_tuple(d.success, d.message).attr("__getitem__")(index);
+             })
+        .def("__eq__",
+             [](const Decision& d, py::handle other) -> py::object {
+                 if (py::isinstance<Decision>(other)) {
+                     return py::bool_(decision_dict(d).equal(decision_dict(other.cast<Decision>())));
+                 }
+                 if (py::isinstance<py::tuple>(other)) {
+                     return py::bool_(py::make_tuple(d.success, d.message).equal(other));
+                 }
+                 return py::reinterpret_borrow<py::object>(Py_NotImplemented);
+             })
+        .def("__hash__", [](const Decision& d) { return py::hash(py::make_tuple(d.success, d.message)); })
+        .def("__repr__", [](const Decision& d) {
+            return "Decision(" + std::string(d.success ? "True" : "False") + ", " +
+                   py::repr(py::str(d.message)).cast<std::string>() + ", action=" +
+                   std::string(to_string(d.action)) + ", " + d.from_stage + " -> " + d.to_stage +
+                   ", version=" + std::to_string(d.version) + ")";
+        });
 
     py::class_<RolloutManager, std::shared_ptr<RolloutManager>>(
         m, "_RolloutManager", "The C++ rollout state machine; use driftgate.RolloutManager.")
@@ -153,7 +247,7 @@ void register_rollout(py::module_& m) {
              py::arg("min_requests") = 0, py::arg("confidence") = py::none())
         .def("evaluate", &RolloutManager::evaluate, py::arg("error_rate"),
              py::arg("requests") = py::none(), py::call_guard<py::gil_scoped_release>(),
-             "The synchronous decision on an error rate; returns (advanced, message).")
+             "The synchronous decision on an error rate.")
         .def("evaluate_counts", &RolloutManager::evaluate_counts, py::arg("failed"),
              py::arg("total"), py::call_guard<py::gil_scoped_release>(),
              "The synchronous decision on (failed, total); Wilson bounds with confidence.")
@@ -172,7 +266,11 @@ void register_rollout(py::module_& m) {
                 return manager.manual_rollback(actor.value_or("manual"), reason.value_or(""));
             },
             py::arg("actor") = py::none(), py::arg("reason") = py::none())
+        .def("_hold", &RolloutManager::hold, py::arg("message"),
+             py::arg("action") = DecisionAction::Held)
         .def("record_analysis_error", &RolloutManager::record_analysis_error)
+        .def_property_readonly("config", &RolloutManager::config,
+                               "A live, read-only view of the rollout: stages and position.")
         .def_property_readonly("enforced_percentage", &RolloutManager::enforced_percentage)
         .def_property_readonly("min_requests", &RolloutManager::min_requests)
         .def_property_readonly("confidence", &RolloutManager::confidence)
@@ -185,12 +283,11 @@ void register_rollout(py::module_& m) {
                 s = manager.snapshot();
             }
             py::dict out;
-            out["stages"] = s.stages;
-            out["stage_index"] = s.stage_index;
-            out["started_at"] = utc_datetime(s.started_at);
-            out["now"] = utc_datetime(s.now);
-            out["elapsed_seconds"] = s.now - s.started_at;
-            out["state"] = std::string(to_string(s.state));
+            out["stages"] = s.plan->stages();
+            out["stage_index"] = s.position.stage_index;
+            out["started_at"] = s.position.started_at.value_or(s.now);
+            out["now"] = s.now;
+            out["state"] = std::string(to_string(s.position.state));
             out["version"] = s.version;
             out["enforced_percentage"] = s.enforced_percentage;
             out["last_error_rate"] = s.last_error_rate;
@@ -198,6 +295,7 @@ void register_rollout(py::module_& m) {
             for (const auto& t : s.transitions) transitions.append(transition_dict(t));
             out["transitions"] = transitions;
             out["state_path"] = s.state_path;
+            out["rollback_on_error"] = s.plan->rollback_on_error();
             return out;
         });
 }

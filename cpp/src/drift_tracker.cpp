@@ -116,7 +116,9 @@ WindowCounts DriftTracker::counts(std::string_view window,
     if (!policy_id) return windows_->counts(w);
     PolicyIndex::validate(*policy_id);
     const auto slot = index_->find(*policy_id);
-    return slot ? windows_->counts(w, *slot) : WindowCounts{};
+    if (slot) return windows_->counts(w, *slot);
+    windows_->observe_now(w);  // nothing to count, but the read still moves the time
+    return {};
 }
 
 double DriftTracker::ratio(std::string_view window,

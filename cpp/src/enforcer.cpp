@@ -129,9 +129,25 @@ EnforceOptions Enforcer::options() const {
 }
 
 void Enforcer::set_options(const EnforceOptions& options) {
-    options.validate();
+    update_options(options.enforce, options.rollout_percent, options.drift_max_ratio);
+}
+
+void Enforcer::update_options(std::optional<bool> enforce, std::optional<double> rollout_percent,
+                              std::optional<double> drift_max_ratio) {
     std::lock_guard lock(options_mutex_);
-    options_ = options;
+    EnforceOptions next = options_;
+    if (enforce) next.enforce = *enforce;
+    if (rollout_percent) next.rollout_percent = *rollout_percent;
+    if (drift_max_ratio) next.drift_max_ratio = *drift_max_ratio;
+    next.validate();
+    if (percent_claimed_ && next.rollout_percent != options_.rollout_percent) {
+        throw std::invalid_argument(
+            "rollout_percent=" + detail::format_number(next.rollout_percent) +
+            ": a RolloutManager sets this enforcer's rollout percent (now " +
+            detail::format_number(options_.rollout_percent) +
+            "); move the rollout with manual_advance() or manual_rollback() instead");
+    }
+    options_ = next;
     publish(options_);
 }
 
@@ -144,13 +160,35 @@ void Enforcer::set_rollout_percent(double percent) {
     publish(options_);
 }
 
+void Enforcer::claim_rollout_percent() {
+    std::lock_guard lock(options_mutex_);
+    if (percent_claimed_) {
+        throw std::invalid_argument(
+            "this Enforcer's rollout percent is already set by another RolloutManager; give "
+            "each manager its own enforcer");
+    }
+    percent_claimed_ = true;
+}
+
+void Enforcer::release_rollout_percent() {
+    std::lock_guard lock(options_mutex_);
+    percent_claimed_ = false;
+}
+
+bool Enforcer::rollout_percent_claimed() const {
+    std::lock_guard lock(options_mutex_);
+    return percent_claimed_;
+}
+
 WindowCounts Enforcer::error_counts(std::string_view window,
                                     std::optional<std::string_view> policy_id) const {
     const std::size_t w = errors_.window_index(window);
     if (!policy_id) return errors_.counts(w);
     PolicyIndex::validate(*policy_id);
     const auto slot = tracker_->index()->find(*policy_id);
-    return slot ? errors_.counts(w, *slot) : WindowCounts{};
+    if (slot) return errors_.counts(w, *slot);
+    errors_.observe_now(w);
+    return {};
 }
 
 }  // namespace driftgate

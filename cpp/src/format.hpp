@@ -18,11 +18,14 @@ inline std::string format_number(double value) {
     return buffer;
 }
 
-/// Text quoted for an error message, cut after 80 characters so a huge value stays readable.
+inline std::string printable(std::string_view text);
+
+/// Text quoted for an error message, cut after 80 characters so a huge value stays readable,
+/// with bytes that are not printable ASCII escaped.
 inline std::string quote(std::string_view text) {
     constexpr std::size_t kShown = 80;
     std::string out = "'";
-    out.append(text.substr(0, kShown));
+    out.append(printable(text.substr(0, kShown)));
     if (text.size() > kShown) out.append("...");
     out.append("'");
     return out;
@@ -77,34 +80,73 @@ inline std::string format_iso8601(double unix_seconds) {
     return buffer;
 }
 
-/// Parses what format_iso8601 writes (also without fraction, and with "+00:00" for "Z");
-/// nullopt for anything else.
+/// Parses what format_iso8601 writes, strictly: "YYYY-MM-DDTHH:MM:SS", an optional fraction of
+/// 1 to 9 digits, then "Z" or "+00:00"; a real calendar day of the years 1970 to 9999 (every
+/// such time is a Python datetime) and no leap second. nullopt for anything else.
 inline std::optional<double> parse_iso8601(std::string_view text) {
-    std::tm utc{};
-    int consumed = 0;
-    const std::string copy(text);
-    if (std::sscanf(copy.c_str(), "%4d-%2d-%2dT%2d:%2d:%2d%n", &utc.tm_year, &utc.tm_mon,
-                    &utc.tm_mday, &utc.tm_hour, &utc.tm_min, &utc.tm_sec, &consumed) != 6 ||
-        consumed != 19) {
+    auto digits = [&](std::size_t at, std::size_t count) -> std::optional<int> {
+        if (at + count > text.size()) return std::nullopt;
+        int value = 0;
+        for (std::size_t i = at; i < at + count; ++i) {
+            if (text[i] < '0' || text[i] > '9') return std::nullopt;
+            value = value * 10 + (text[i] - '0');
+        }
+        return value;
+    };
+    auto is = [&](std::size_t at, char c) { return at < text.size() && text[at] == c; };
+    const auto year = digits(0, 4), month = digits(5, 2), day = digits(8, 2);
+    const auto hour = digits(11, 2), minute = digits(14, 2), second = digits(17, 2);
+    if (!year || !month || !day || !hour || !minute || !second || !is(4, '-') || !is(7, '-') ||
+        !is(10, 'T') || !is(13, ':') || !is(16, ':')) {
         return std::nullopt;
     }
-    std::string_view rest = text.substr(19);
+    if (*year < 1970 || *month < 1 || *month > 12 || *hour > 23 || *minute > 59 || *second > 59) {
+        return std::nullopt;
+    }
+    const bool leap = (*year % 4 == 0 && *year % 100 != 0) || *year % 400 == 0;
+    constexpr int kDays[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    const int month_days = kDays[*month - 1] + (*month == 2 && leap ? 1 : 0);
+    if (*day < 1 || *day > month_days) return std::nullopt;
+    std::size_t at = 19;
     double fraction = 0;
-    if (!rest.empty() && rest.front() == '.') {
-        std::size_t digits = 1;
-        while (digits < rest.size() && rest[digits] >= '0' && rest[digits] <= '9') ++digits;
-        if (digits == 1) return std::nullopt;
-        fraction = std::stod(std::string("0") + std::string(rest.substr(0, digits)));
-        rest.remove_prefix(digits);
+    if (is(at, '.')) {
+        ++at;
+        double scale = 0.1;
+        const std::size_t first = at;
+        while (at < text.size() && text[at] >= '0' && text[at] <= '9' && at - first < 9) {
+            fraction += (text[at] - '0') * scale;
+            scale /= 10;
+            ++at;
+        }
+        if (at == first) return std::nullopt;
     }
-    if (rest != "Z" && rest != "+00:00") return std::nullopt;
-    if (utc.tm_mon < 1 || utc.tm_mon > 12 || utc.tm_mday < 1 || utc.tm_mday > 31 ||
-        utc.tm_hour > 23 || utc.tm_min > 59 || utc.tm_sec > 60) {
-        return std::nullopt;
-    }
-    utc.tm_year -= 1900;
-    utc.tm_mon -= 1;
+    const std::string_view zone = text.substr(at);
+    if (zone != "Z" && zone != "+00:00") return std::nullopt;
+    std::tm utc{};
+    utc.tm_year = *year - 1900;
+    utc.tm_mon = *month - 1;
+    utc.tm_mday = *day;
+    utc.tm_hour = *hour;
+    utc.tm_min = *minute;
+    utc.tm_sec = *second;
     return static_cast<double>(timegm(&utc)) + fraction;
+}
+
+/// Text safe in any message: printable ASCII kept, every other byte as \xNN, so bytes from a
+/// file can never make the message invalid UTF-8.
+inline std::string printable(std::string_view text) {
+    std::string out;
+    out.reserve(text.size());
+    for (unsigned char c : text) {
+        if (c >= 32 && c < 127) {
+            out += static_cast<char>(c);
+        } else {
+            char escaped[5];
+            std::snprintf(escaped, sizeof escaped, "\\x%02x", c);
+            out += escaped;
+        }
+    }
+    return out;
 }
 
 }  // namespace driftgate::detail

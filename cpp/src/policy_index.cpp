@@ -68,7 +68,10 @@ std::uint32_t PolicyIndex::slot_for(std::string_view id) {
     const std::uint64_t hash = hash_bytes(id);
     if (const Entry* entry = lookup(id, hash)) return entry->slot;
     validate(id);
-    if (id == kOverflowLabel) return mark_overflow();
+    if (id == kOverflowLabel) {
+        throw std::invalid_argument(
+            "policy_id '__overflow__' is reserved: it labels the ids counted past max_policies");
+    }
     // Full for good: ids are never forgotten, so this needs no lock. The id may have been
     // admitted since the lookup above, though (it took the last slot): the acquire load makes
     // every admitted entry visible, so a second lookup settles it.
@@ -102,12 +105,10 @@ std::uint32_t PolicyIndex::mark_overflow() noexcept {
 
 std::optional<std::uint32_t> PolicyIndex::find(std::string_view id) const {
     if (id == kOverflowLabel) return overflow_slot();
-    const std::uint64_t hash = hash_bytes(id);
-    if (const Entry* entry = lookup(id, hash)) return entry->slot;
-    if (admitted_.load(std::memory_order_acquire) < max_policies_) return std::nullopt;
-    // Full: look again, as slot_for does, in case the id took the last slot meanwhile.
-    if (const Entry* entry = lookup(id, hash)) return entry->slot;
-    return overflow_slot();
+    if (const Entry* entry = lookup(id, hash_bytes(id))) return entry->slot;
+    // Not admitted: never seen, or seen past the cap and counted only under "__overflow__".
+    // The index cannot tell the two apart, so neither answers the overflow counts.
+    return std::nullopt;
 }
 
 std::string_view PolicyIndex::label(std::uint32_t slot) const {

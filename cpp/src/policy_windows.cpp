@@ -248,11 +248,23 @@ void PolicyWindows::move_cursors(Shard& shard, double now, std::uint32_t generat
     shard.steady_generation = generation;
 }
 
+std::int64_t PolicyWindows::observe_now(std::size_t window) const {
+    // The time is one high-water mark: a read moves every window to it, not only its own, so
+    // a later read of another window at an earlier clock reading sees the same time.
+    const double now = clock_->now();
+    std::int64_t bucket = 0;
+    for (std::size_t w = 0; w < windows_.size(); ++w) {
+        const std::int64_t reached = advance_to(w, now);
+        if (w == window) bucket = reached;
+    }
+    return bucket;
+}
+
 template <typename Visit>
 WindowCounts PolicyWindows::sum_shards(std::size_t window, Visit&& block_of) const {
     if (window >= windows_.size()) throw std::out_of_range("window " + std::to_string(window));
     const std::uint32_t generation = generation_.load(std::memory_order_acquire);
-    const std::int64_t bucket = advance_to(window, clock_->now());
+    const std::int64_t bucket = observe_now(window);
     WindowCounts out;
     std::lock_guard lock(pool_->mutex);
     for (const auto& shard : pool_->shards) {

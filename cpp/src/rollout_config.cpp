@@ -14,6 +14,7 @@ namespace driftgate {
 namespace {
 
 constexpr double kHour = 3600.0;
+constexpr std::string_view kAborted = "aborted";
 
 std::invalid_argument stage_error(std::size_t i, const RolloutStage& stage,
                                   const std::string& problem) {
@@ -22,6 +23,25 @@ std::invalid_argument stage_error(std::size_t i, const RolloutStage& stage,
 }
 
 }  // namespace
+
+std::string_view to_string(RolloutState state) noexcept {
+    switch (state) {
+        case RolloutState::Active:
+            return "active";
+        case RolloutState::Aborted:
+            return "aborted";
+        case RolloutState::Completed:
+            return "completed";
+    }
+    return "aborted";
+}
+
+std::optional<RolloutState> parse_rollout_state(std::string_view text) noexcept {
+    if (text == "active") return RolloutState::Active;
+    if (text == "aborted") return RolloutState::Aborted;
+    if (text == "completed") return RolloutState::Completed;
+    return std::nullopt;
+}
 
 void validate_error_rate(double rate) {
     if (!(rate >= 0.0 && rate <= 1.0)) {
@@ -35,8 +55,9 @@ void validate_stages(const std::vector<RolloutStage>& stages) {
     std::unordered_set<std::string> names;
     for (std::size_t i = 0; i < stages.size(); ++i) {
         const RolloutStage& stage = stages[i];
-        if (!PolicyIndex::is_valid(stage.name)) {
-            throw stage_error(i, stage, "name must be 1-64 characters of [A-Za-z0-9_.:-]");
+        if (!PolicyIndex::is_valid(stage.name) || stage.name == kAborted) {
+            throw stage_error(i, stage,
+                              "name must be 1-64 characters of [A-Za-z0-9_.:-], not 'aborted'");
         }
         if (!names.insert(stage.name).second) throw stage_error(i, stage, "duplicate name");
         try {
@@ -50,10 +71,11 @@ void validate_stages(const std::vector<RolloutStage>& stages) {
                                   " must be above the previous stage's " +
                                   detail::format_number(stages[i - 1].percentage));
         }
-        if (!std::isfinite(stage.duration_seconds) || stage.duration_seconds < 0) {
+        if (!(stage.duration_seconds >= 0 && stage.duration_seconds <= kMaxStageSeconds)) {
             throw stage_error(i, stage,
                               "duration=" + detail::format_number(stage.duration_seconds) +
-                                  "s: expected a finite duration >= 0");
+                                  "s: expected 0 to " + detail::format_number(kMaxStageSeconds) +
+                                  " seconds (ten years)");
         }
         if (!(stage.max_error_rate >= 0.0 && stage.max_error_rate <= 1.0)) {
             throw stage_error(i, stage,
@@ -81,71 +103,180 @@ std::string stages_fingerprint(const std::vector<RolloutStage>& stages) {
     return buffer;
 }
 
-RolloutConfig::RolloutConfig(std::vector<RolloutStage> stages, std::size_t current_stage_index,
-                             std::optional<double> current_stage_started_at, bool rollback_on_error)
-    : stages_(std::move(stages)), index_(0), rollback_on_error_(rollback_on_error) {
+// -- StagePlan ----------------------------------------------------------------------------
+
+StagePlan::StagePlan(std::vector<RolloutStage> stages, bool rollback_on_error)
+    : stages_(std::move(stages)), rollback_on_error_(rollback_on_error) {
     validate_stages(stages_);
-    set_current_stage_index(current_stage_index);
-    set_current_stage_started_at(current_stage_started_at);
+    fingerprint_ = stages_fingerprint(stages_);
 }
 
-RolloutConfig RolloutConfig::default_config() {
-    return RolloutConfig({
+std::vector<RolloutStage> StagePlan::default_stages() {
+    return {
         {"canary", 10, 24 * kHour, 0.005, false},
         {"quarter", 25, 24 * kHour, 0.004, true},
         {"half", 50, 48 * kHour, 0.003, true},
         {"most", 75, 24 * kHour, 0.002, false},
         {"full", 100, 0, 0.002, true},
-    });
+    };
+}
+
+bool StagePlan::reachable(std::size_t stage_index, RolloutState state) const {
+    if (stage_index >= stages_.size()) return false;
+    switch (state) {
+        case RolloutState::Completed:
+            return is_final(stage_index);
+        case RolloutState::Aborted:
+            return stage_index == 0;
+        case RolloutState::Active:
+            return !is_final(stage_index);
+    }
+    return false;
+}
+
+double StagePlan::percentage(const RolloutPosition& position) const {
+    return position.state == RolloutState::Aborted ? 0.0 : stage(position.stage_index).percentage;
+}
+
+std::string StagePlan::position_name(const RolloutPosition& position) const {
+    return position.state == RolloutState::Aborted ? std::string(kAborted)
+                                                   : stage(position.stage_index).name;
+}
+
+AdvanceCheck StagePlan::check_advance(const RolloutPosition& position, double error_rate,
+                                      double now) const {
+    validate_error_rate(error_rate);
+    const RolloutStage& current = stage(position.stage_index);
+    if (error_rate > current.max_error_rate) {
+        return {AdvanceCheck::Verdict::ErrorRateExceeded,
+                "Error rate " + detail::format_percent(error_rate) + " exceeds threshold " +
+                    detail::format_percent(current.max_error_rate)};
+    }
+    if (position.started_at) {
+        const double elapsed = now - *position.started_at;
+        if (elapsed < current.duration_seconds) {
+            return {AdvanceCheck::Verdict::DurationNotMet,
+                    "Stage duration not met (remaining: " +
+                        detail::format_duration(current.duration_seconds - elapsed) + ")"};
+        }
+    }
+    if (is_final(position.stage_index)) {
+        return {AdvanceCheck::Verdict::FinalStage, "Already at final stage"};
+    }
+    const RolloutStage& next = stages_[position.stage_index + 1];
+    if (next.requires_approval) {
+        return {AdvanceCheck::Verdict::NeedsApproval,
+                "Ready to advance to " + next.name + " (requires approval)"};
+    }
+    return {AdvanceCheck::Verdict::Ready, "Ready to advance to " + next.name};
+}
+
+RolloutPosition StagePlan::advanced(const RolloutPosition& position, double now) const {
+    if (position.state == RolloutState::Aborted) {
+        return {0, now, is_final(0) ? RolloutState::Completed : RolloutState::Active};
+    }
+    if (is_final(position.stage_index)) return position;
+    const std::size_t next = position.stage_index + 1;
+    return {next, now, is_final(next) ? RolloutState::Completed : RolloutState::Active};
+}
+
+RolloutPosition StagePlan::rolled_back(const RolloutPosition& position, double now) const {
+    if (position.stage_index == 0) return {0, now, RolloutState::Aborted};
+    return {position.stage_index - 1, now, RolloutState::Active};
+}
+
+// -- RolloutConfig ------------------------------------------------------------------------
+
+RolloutConfig::RolloutConfig(std::vector<RolloutStage> stages, std::size_t current_stage_index,
+                             std::optional<double> current_stage_started_at,
+                             bool rollback_on_error, std::shared_ptr<const Clock> clock)
+    : plan_(std::make_shared<const StagePlan>(std::move(stages), rollback_on_error)),
+      shared_(std::make_shared<Shared>()) {
+    shared_->clock = clock ? std::move(clock) : SystemClock::instance();
+    set_current_stage_index(current_stage_index);
+    set_current_stage_started_at(current_stage_started_at);
+}
+
+RolloutConfig RolloutConfig::default_config(std::shared_ptr<const Clock> clock) {
+    return RolloutConfig(StagePlan::default_stages(), 0, std::nullopt, true, std::move(clock));
+}
+
+RolloutPosition RolloutConfig::position() const {
+    std::lock_guard lock(shared_->mutex);
+    return shared_->position;
+}
+
+bool RolloutConfig::owned() const {
+    std::lock_guard lock(shared_->mutex);
+    return shared_->owned;
+}
+
+double RolloutConfig::wall_now() const {
+    std::shared_ptr<const Clock> clock;
+    {
+        std::lock_guard lock(shared_->mutex);
+        clock = shared_->clock;
+    }
+    return clock->wall();
+}
+
+void RolloutConfig::require_unowned_locked(std::string_view what,
+                                           std::string_view manager_method) const {
+    if (shared_->owned) {
+        throw ConfigOwnedError("this RolloutConfig belongs to a RolloutManager, which alone moves "
+                               "the rollout: cannot " +
+                               std::string(what) + "; use manager." + std::string(manager_method) +
+                               "() instead");
+    }
 }
 
 void RolloutConfig::set_current_stage_index(std::size_t index) {
-    if (index >= stages_.size()) {
+    if (index >= plan_->size()) {
         throw std::invalid_argument("current_stage_index=" + std::to_string(index) +
-                                    ": expected 0.." + std::to_string(stages_.size() - 1));
+                                    ": expected 0.." + std::to_string(plan_->size() - 1));
     }
-    index_ = index;
+    std::lock_guard lock(shared_->mutex);
+    require_unowned_locked("set current_stage_index", "manual_advance() or manual_rollback");
+    shared_->position.stage_index = index;
+    shared_->position.state =
+        plan_->is_final(index) ? RolloutState::Completed : RolloutState::Active;
 }
 
 void RolloutConfig::set_current_stage_started_at(std::optional<double> started_at) {
     if (started_at && !std::isfinite(*started_at)) {
         throw std::invalid_argument("current_stage_started_at must be a finite time");
     }
-    started_at_ = started_at;
+    std::lock_guard lock(shared_->mutex);
+    require_unowned_locked("set current_stage_started_at", "manual_advance() or manual_rollback");
+    shared_->position.started_at = started_at;
 }
 
 std::pair<bool, std::string> RolloutConfig::can_advance(double error_rate, double now) const {
-    validate_error_rate(error_rate);
-    const RolloutStage& current = current_stage();
-    if (error_rate > current.max_error_rate) {
-        return {false, "Error rate " + detail::format_percent(error_rate) + " exceeds threshold " +
-                           detail::format_percent(current.max_error_rate)};
-    }
-    if (started_at_) {
-        const double elapsed = now - *started_at_;
-        if (elapsed < current.duration_seconds) {
-            return {false, "Stage duration not met (remaining: " +
-                               detail::format_duration(current.duration_seconds - elapsed) + ")"};
-        }
-    }
-    if (at_final_stage()) return {false, "Already at final stage"};
-    const RolloutStage& next = stages_[index_ + 1];
-    if (next.requires_approval) {
-        return {true, "Ready to advance to " + next.name + " (requires approval)"};
-    }
-    return {true, "Ready to advance to " + next.name};
+    AdvanceCheck check = plan_->check_advance(position(), error_rate, now);
+    return {check.ready(), std::move(check.reason)};
+}
+
+std::pair<bool, std::string> RolloutConfig::can_advance(double error_rate) const {
+    return can_advance(error_rate, wall_now());
 }
 
 void RolloutConfig::advance(double now) {
-    if (at_final_stage()) return;
-    ++index_;
-    started_at_ = now;
+    std::lock_guard lock(shared_->mutex);
+    require_unowned_locked("advance", "manual_advance");
+    if (plan_->is_final(shared_->position.stage_index)) return;
+    shared_->position = plan_->advanced(shared_->position, now);
 }
 
+void RolloutConfig::advance() { advance(wall_now()); }
+
 void RolloutConfig::rollback(double now) {
-    if (index_ == 0) return;
-    --index_;
-    started_at_ = now;
+    std::lock_guard lock(shared_->mutex);
+    require_unowned_locked("roll back", "manual_rollback");
+    // A standalone config only steps between stages; aborting is the manager's business.
+    if (shared_->position.stage_index == 0) return;
+    shared_->position = plan_->rolled_back(shared_->position, now);
 }
+
+void RolloutConfig::rollback() { rollback(wall_now()); }
 
 }  // namespace driftgate

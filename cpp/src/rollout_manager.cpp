@@ -3,7 +3,6 @@
 #include <stdexcept>
 #include <string>
 
-#include "driftgate/policy_index.hpp"
 #include "driftgate/statistics.hpp"
 #include "format.hpp"
 
@@ -11,8 +10,8 @@ namespace driftgate {
 
 namespace {
 
-constexpr std::string_view kAborted = "aborted";
-constexpr std::size_t kMaxReasonLength = 200;
+/// Times a state file can hold and Python can show: the years 1970 to 9999.
+constexpr double kLastWallSecond = 253402300799.0;
 
 RolloutManager::Options with_defaults(RolloutManager::Options options) {
     if (!options.clock) options.clock = SystemClock::instance();
@@ -24,257 +23,371 @@ RolloutManager::Options with_defaults(RolloutManager::Options options) {
     return options;
 }
 
-/// Reasons land in the persisted history and the HTTP status: printable ASCII, bounded.
-std::string clean_reason(std::string_view reason) {
-    std::string out;
-    for (char c : reason.substr(0, kMaxReasonLength)) out += (c >= 32 && c < 127) ? c : '?';
-    return out;
-}
-
 std::string percent_text(double percentage) { return detail::format_number(percentage) + "%"; }
 
 }  // namespace
 
-void validate_actor(std::string_view actor) {
-    if (!PolicyIndex::is_valid(actor)) {
-        throw std::invalid_argument("invalid actor " + detail::quote(actor) +
-                                    ": expected 1-64 characters of [A-Za-z0-9_.:-]");
+std::string_view to_string(DecisionAction action) noexcept {
+    switch (action) {
+        case DecisionAction::Advanced:
+            return "advanced";
+        case DecisionAction::Resumed:
+            return "resumed";
+        case DecisionAction::RolledBack:
+            return "rolled_back";
+        case DecisionAction::Aborted:
+            return "aborted";
+        case DecisionAction::Held:
+            return "held";
+        case DecisionAction::WaitingForApproval:
+            return "waiting_for_approval";
+        case DecisionAction::InsufficientData:
+            return "insufficient_data";
+        case DecisionAction::AtFinalStage:
+            return "at_final_stage";
+        case DecisionAction::AlreadyAborted:
+            return "already_aborted";
+        case DecisionAction::AnalysisFailed:
+            return "analysis_failed";
     }
+    return "held";
 }
 
-RolloutManager::RolloutManager(RolloutConfig config, Options options)
+RolloutManager::RolloutManager(const RolloutConfig& config, Options options)
     : options_(with_defaults(std::move(options))),
-      config_(std::move(config)),
+      plan_(config.plan_),
+      view_(config.shared_),
       stage_family_(options_.registry->gauge(metrics::kRolloutStage)),
       started_at_family_(options_.registry->gauge(metrics::kRolloutStageStartedAt)),
       error_rate_gauge_(options_.registry->gauge(metrics::kRolloutErrorRate).Add({})),
       advancements_(options_.registry->counter(metrics::kRolloutAdvancements)),
       rollbacks_(options_.registry->counter(metrics::kRolloutRollbacks)),
       analysis_errors_(options_.registry->counter(metrics::kRolloutAnalysisErrors).Add({})) {
-    declare_transition_counters();
-    std::lock_guard lock(mutex_);
-    if (options_.state_path) state_file_.emplace(*options_.state_path, config_.stages());
-    const std::optional<PersistedRollout> saved = state_file_ ? state_file_->load() : std::nullopt;
-    if (saved) {
-        config_.set_current_stage_index(saved->stage_index);
-        config_.set_current_stage_started_at(saved->started_at);
-        state_ = saved->state;
-        version_ = saved->version;
-        transitions_ = saved->transitions;
-    } else {
-        // A fresh rollout: its first stage's minimum duration counts from now.
-        if (!config_.current_stage_started_at()) {
-            config_.set_current_stage_started_at(options_.clock->wall());
+    RolloutPosition start;
+    {
+        std::lock_guard lock(view_->mutex);
+        if (view_->owned) {
+            throw std::invalid_argument(
+                "this RolloutConfig already belongs to a running RolloutManager; give each "
+                "manager its own config");
         }
-        state_ = config_.at_final_stage() ? RolloutState::Completed : RolloutState::Active;
-        const Move start{config_.current_stage_index(), state_, "system", "rollout started"};
-        commit_locked(start);
-        return;
+        start = view_->position;
     }
-    publish_locked();
+    if (options_.enforcer) options_.enforcer->claim_rollout_percent();
+    try {
+        declare_transition_counters();
+        std::lock_guard lock(mutex_);
+        if (options_.state_path) {
+            state_file_.emplace(*options_.state_path, plan_);
+            state_file_->remove_stale_temp_files();
+        }
+        const std::optional<PersistedRollout> saved =
+            state_file_ ? state_file_->load() : std::nullopt;
+        if (saved) {
+            position_ = {saved->stage_index, saved->started_at, saved->state};
+            version_ = saved->version;
+            transitions_ = saved->transitions;
+            publish_locked();
+        } else {
+            // A fresh rollout at the config's position; its minimum duration counts from now
+            // unless the config says when the stage started.
+            if (!start.started_at) start.started_at = wall_now();
+            if (start.state != RolloutState::Aborted) {
+                start.state = plan_->is_final(start.stage_index) ? RolloutState::Completed
+                                                                 : RolloutState::Active;
+            }
+            persist_and_apply_locked(start, "system", "rollout started", true);
+        }
+    } catch (...) {
+        if (options_.enforcer) options_.enforcer->release_rollout_percent();
+        throw;
+    }
+    std::lock_guard lock(view_->mutex);
+    view_clock_ = view_->clock;
+    view_->clock = options_.clock;
+    view_->owned = true;
+}
+
+RolloutManager::~RolloutManager() {
+    // The config stands alone again, at the last position, on its own clock.
+    {
+        std::lock_guard lock(view_->mutex);
+        view_->owned = false;
+        view_->clock = view_clock_;
+    }
+    if (options_.enforcer) options_.enforcer->release_rollout_percent();
+}
+
+double RolloutManager::wall_now() const {
+    const double now = options_.clock->wall();
+    if (!(now >= 0 && now <= kLastWallSecond)) {
+        throw std::invalid_argument("the clock's wall time " + detail::format_number(now) +
+                                    " is outside the years 1970 to 9999; nothing was changed");
+    }
+    return now;
 }
 
 void RolloutManager::declare_transition_counters() {
-    const auto& stages = config_.stages();
+    const auto& stages = plan_->stages();
     for (std::size_t i = 0; i < stages.size(); ++i) {
         advancements_.Add({{"to_stage", stages[i].name}});
-        const std::string to = i == 0 ? std::string(kAborted) : stages[i - 1].name;
+        const std::string to = i == 0 ? std::string("aborted") : stages[i - 1].name;
         rollbacks_.Add({{"from_stage", stages[i].name}, {"to_stage", to}});
     }
 }
 
-double RolloutManager::percentage_of(std::size_t stage_index, RolloutState state) const {
-    return state == RolloutState::Aborted ? 0.0 : config_.stages()[stage_index].percentage;
-}
-
-std::string RolloutManager::position_name(std::size_t stage_index, RolloutState state) const {
-    return state == RolloutState::Aborted ? std::string(kAborted)
-                                          : config_.stages()[stage_index].name;
-}
-
-void RolloutManager::commit_locked(const Move& move) {
-    const double now = options_.clock->wall();
-    const bool first = transitions_.empty() && version_ == 0;
-    PersistedRollout next;
-    next.stage_index = move.stage_index;
-    next.state = move.state;
-    next.started_at = now;
-    if (first && config_.current_stage_started_at()) {
-        next.started_at = *config_.current_stage_started_at();
-    }
-    next.version = version_ + 1;
-    next.transitions = transitions_;
-    next.transitions.push_back(
-        {now, move.actor,
-         first ? std::string() : position_name(config_.current_stage_index(), state_),
-         position_name(move.stage_index, move.state), move.reason});
-    if (next.transitions.size() > StateFile::kMaxTransitions) {
-        next.transitions.erase(next.transitions.begin(),
-                               next.transitions.end() - StateFile::kMaxTransitions);
+void RolloutManager::persist_and_apply_locked(const RolloutPosition& next, std::string_view actor,
+                                              std::string reason, bool first) {
+    const double now = wall_now();
+    PersistedRollout saved;
+    saved.stage_index = next.stage_index;
+    saved.state = next.state;
+    saved.started_at = next.started_at.value_or(now);
+    saved.version = version_ + 1;
+    saved.transitions = transitions_;
+    saved.transitions.push_back({now, std::string(actor),
+                                 first ? std::string() : plan_->position_name(position_),
+                                 plan_->position_name(next), std::move(reason)});
+    if (saved.transitions.size() > StateFile::kMaxTransitions) {
+        saved.transitions.erase(saved.transitions.begin(),
+                                saved.transitions.end() - StateFile::kMaxTransitions);
     }
 
     auto apply = [&] {
-        config_.set_current_stage_index(next.stage_index);
-        config_.set_current_stage_started_at(next.started_at);
-        state_ = next.state;
-        version_ = next.version;
-        transitions_ = std::move(next.transitions);
+        position_ = {saved.stage_index, saved.started_at, saved.state};
+        version_ = saved.version;
+        transitions_ = std::move(saved.transitions);
         publish_locked();
     };
-    const bool lowers = percentage_of(move.stage_index, move.state) <
-                        percentage_of(config_.current_stage_index(), state_);
+    const bool lowers = !first && plan_->percentage(next) < plan_->percentage(position_);
     try {
-        if (state_file_) state_file_->save(next);
-    } catch (const StateError&) {
+        if (state_file_) state_file_->save(saved);
+    } catch (const StateError& error) {
         // Fail closed: enforce less even when the disk refuses, never more.
-        if (lowers) apply();
+        if (lowers) {
+            apply();
+        } else if (error.replaced() && !first) {
+            // The unacknowledged state reached the file: put the acknowledged one back.
+            PersistedRollout current{position_.stage_index, position_.started_at.value_or(now),
+                                     position_.state, version_, transitions_};
+            try {
+                state_file_->save(current);
+            } catch (const StateError&) {
+            }
+        }
         throw;
     }
     apply();
 }
 
+void RolloutManager::transition_locked(const RolloutPosition& next, std::string_view actor,
+                                       std::string reason) {
+    const RolloutPosition before = position_;
+    persist_and_apply_locked(next, actor, std::move(reason), false);
+    const std::string from = plan_->stage(before.stage_index).name;
+    if (next.state == RolloutState::Aborted) {
+        rollbacks_.Add({{"from_stage", from}, {"to_stage", "aborted"}}).Increment();
+    } else if (before.state != RolloutState::Aborted && next.stage_index < before.stage_index) {
+        rollbacks_.Add({{"from_stage", from}, {"to_stage", plan_->stage(next.stage_index).name}})
+            .Increment();
+    } else {
+        advancements_.Add({{"to_stage", plan_->stage(next.stage_index).name}}).Increment();
+    }
+}
+
 void RolloutManager::publish_locked() {
-    const double percentage = percentage_of(config_.current_stage_index(), state_);
+    const double percentage = plan_->percentage(position_);
     if (options_.enforcer) options_.enforcer->set_rollout_percent(percentage);
-    const std::string name = position_name(config_.current_stage_index(), state_);
+    {
+        std::lock_guard lock(view_->mutex);
+        view_->position = position_;
+    }
+    const std::string name = plan_->position_name(position_);
     // One series each: the old stage's is removed, so dashboards never see two current stages.
     if (stage_gauge_) stage_family_.Remove(stage_gauge_);
     if (started_at_gauge_) started_at_family_.Remove(started_at_gauge_);
     stage_gauge_ = &stage_family_.Add({{"stage_name", name}});
-    stage_gauge_->Set(state_ == RolloutState::Aborted
+    stage_gauge_->Set(position_.state == RolloutState::Aborted
                           ? -1.0
-                          : static_cast<double>(config_.current_stage_index()));
+                          : static_cast<double>(position_.stage_index));
     started_at_gauge_ = &started_at_family_.Add({{"stage_name", name}});
-    started_at_gauge_->Set(config_.current_stage_started_at().value_or(0.0));
+    started_at_gauge_->Set(position_.started_at.value_or(0.0));
 }
 
-std::pair<bool, std::string> RolloutManager::advance_locked(std::string_view actor,
-                                                            std::string reason) {
-    const std::size_t next = config_.current_stage_index() + 1;
-    const RolloutState state =
-        next + 1 >= config_.stages().size() ? RolloutState::Completed : RolloutState::Active;
-    commit_locked({next, state, std::string(actor), std::move(reason)});
-    advancements_.Add({{"to_stage", config_.stages()[next].name}}).Increment();
-    return {true, config_.stages()[next].name};
+Decision RolloutManager::decision_locked(bool success, DecisionAction action, std::string message,
+                                         const RolloutPosition& before,
+                                         std::string_view actor) const {
+    Decision out;
+    out.success = success;
+    out.message = std::move(message);
+    out.action = action;
+    out.from_stage = plan_->position_name(before);
+    out.to_stage = plan_->position_name(position_);
+    out.from_percentage = plan_->percentage(before);
+    out.to_percentage = plan_->percentage(position_);
+    out.version = version_;
+    out.state = position_.state;
+    out.error_rate = last_error_rate_;
+    if (out.from_stage != out.to_stage) out.actor = actor;
+    return out;
 }
 
-std::pair<bool, std::string> RolloutManager::rollback_locked(std::string_view actor,
-                                                             std::string reason) {
-    const std::size_t index = config_.current_stage_index();
-    const std::string from = config_.current_stage().name;
-    if (index == 0) {
-        commit_locked({0, RolloutState::Aborted, std::string(actor), std::move(reason)});
-        rollbacks_.Add({{"from_stage", from}, {"to_stage", std::string(kAborted)}}).Increment();
-        return {true, "Rolled back from " + from + ": rollout aborted at 0%"};
-    }
-    commit_locked({index - 1, RolloutState::Active, std::string(actor), std::move(reason)});
-    const std::string to = config_.current_stage().name;
-    rollbacks_.Add({{"from_stage", from}, {"to_stage", to}}).Increment();
-    return {true, "Rolled back from " + from + " to " + to};
-}
-
-std::pair<bool, std::string> RolloutManager::decide_locked(double error_rate, bool over_limit,
-                                                           std::optional<std::string> hold_reason) {
+Decision RolloutManager::decide_locked(double error_rate, bool over_limit,
+                                       std::optional<Hold> hold) {
     last_error_rate_ = error_rate;
     error_rate_gauge_.Set(error_rate);
-    if (state_ == RolloutState::Aborted) {
-        return {false, "Rollout aborted at 0%: a manual advance resumes it"};
+    const RolloutPosition before = position_;
+    if (position_.state == RolloutState::Aborted) {
+        return decision_locked(false, DecisionAction::Held,
+                               "Rollout aborted at 0%: a manual advance resumes it", before, "");
     }
-    const RolloutStage& stage = config_.current_stage();
-    if (over_limit && config_.rollback_on_error()) {
-        const std::string why = "error rate " + detail::format_percent(error_rate) +
-                                " exceeds threshold " +
-                                detail::format_percent(stage.max_error_rate);
-        const auto [_, moved] = rollback_locked("auto", why);
-        return {false, "Rolled back due to high error rate: " + detail::format_percent(error_rate) +
-                           " (" + moved + ")"};
+    const RolloutStage& stage = plan_->stage(position_.stage_index);
+    if (over_limit && plan_->rollback_on_error()) {
+        const std::string rate = detail::format_percent(error_rate);
+        transition_locked(plan_->rolled_back(position_, wall_now()), "auto",
+                          "error rate " + rate + " exceeds threshold " +
+                              detail::format_percent(stage.max_error_rate));
+        const bool aborted = position_.state == RolloutState::Aborted;
+        const std::string moved =
+            aborted ? "Rolled back from " + stage.name + ": rollout aborted at 0%"
+                    : "Rolled back from " + stage.name + " to " +
+                          plan_->stage(position_.stage_index).name;
+        return decision_locked(
+            false, aborted ? DecisionAction::Aborted : DecisionAction::RolledBack,
+            "Rolled back due to high error rate: " + rate + " (" + moved + ")", before, "auto");
     }
-    if (hold_reason) return {false, *hold_reason};
-    const auto [ready, reason] = config_.can_advance(error_rate, options_.clock->wall());
-    if (!ready) return {false, reason};
-    const RolloutStage& next = config_.stages()[config_.current_stage_index() + 1];
-    if (next.requires_approval) return {false, "Ready but requires approval: " + reason};
-    advance_locked("auto", reason);
-    return {true, "Advanced to stage " + next.name + " (" + percent_text(next.percentage) + ")"};
+    if (hold) return decision_locked(false, hold->action, std::move(hold->reason), before, "");
+    const double now = wall_now();
+    AdvanceCheck check = plan_->check_advance(position_, error_rate, now);
+    switch (check.verdict) {
+        case AdvanceCheck::Verdict::FinalStage:
+            return decision_locked(false, DecisionAction::AtFinalStage, std::move(check.reason),
+                                   before, "");
+        case AdvanceCheck::Verdict::ErrorRateExceeded:
+        case AdvanceCheck::Verdict::DurationNotMet:
+            return decision_locked(false, DecisionAction::Held, std::move(check.reason), before,
+                                   "");
+        case AdvanceCheck::Verdict::NeedsApproval:
+            return decision_locked(false, DecisionAction::WaitingForApproval,
+                                   "Ready but requires approval: " + check.reason, before, "");
+        case AdvanceCheck::Verdict::Ready:
+            break;
+    }
+    transition_locked(plan_->advanced(position_, now), "auto", std::move(check.reason));
+    const RolloutStage& next = plan_->stage(position_.stage_index);
+    return decision_locked(true, DecisionAction::Advanced,
+                           "Advanced to stage " + next.name + " (" +
+                               percent_text(next.percentage) + ")",
+                           before, "auto");
 }
 
-std::pair<bool, std::string> RolloutManager::evaluate(double error_rate,
-                                                      std::optional<std::uint64_t> requests) {
+namespace {
+
+RolloutManager::Hold insufficient_data(std::optional<std::uint64_t> requests,
+                                       std::uint64_t needed) {
+    return {DecisionAction::InsufficientData,
+            "Holding: insufficient data (" +
+                (requests ? std::to_string(*requests) : std::string("unknown")) + " of " +
+                std::to_string(needed) + " requests)"};
+}
+
+}  // namespace
+
+Decision RolloutManager::evaluate(double error_rate, std::optional<std::uint64_t> requests) {
     validate_error_rate(error_rate);
     std::lock_guard lock(mutex_);
-    std::optional<std::string> hold;
+    std::optional<Hold> hold;
     if (options_.min_requests > 0 && (!requests || *requests < options_.min_requests)) {
-        hold = "Holding: insufficient data (" +
-               (requests ? std::to_string(*requests) : std::string("unknown")) + " of " +
-               std::to_string(options_.min_requests) + " requests)";
+        hold = insufficient_data(requests, options_.min_requests);
     }
-    return decide_locked(error_rate, error_rate > config_.current_stage().max_error_rate, hold);
+    const bool over = error_rate > plan_->stage(position_.stage_index).max_error_rate;
+    return decide_locked(error_rate, over, std::move(hold));
 }
 
-std::pair<bool, std::string> RolloutManager::evaluate_counts(std::uint64_t failed,
-                                                             std::uint64_t total) {
+Decision RolloutManager::evaluate_counts(std::uint64_t failed, std::uint64_t total) {
     if (failed > total) {
         throw std::invalid_argument("failed=" + std::to_string(failed) +
                                     " exceeds total=" + std::to_string(total));
     }
-    if (!options_.confidence) {
-        const double rate =
-            total == 0 ? 0.0 : static_cast<double>(failed) / static_cast<double>(total);
-        return evaluate(rate, total);
-    }
-    std::lock_guard lock(mutex_);
     const double rate = total == 0 ? 0.0 : static_cast<double>(failed) / static_cast<double>(total);
-    const double limit = config_.current_stage().max_error_rate;
+    if (!options_.confidence) return evaluate(rate, total);
+    std::lock_guard lock(mutex_);
+    const double limit = plan_->stage(position_.stage_index).max_error_rate;
     const WilsonBounds bounds = wilson_bounds(failed, total, *options_.confidence);
-    std::optional<std::string> hold;
+    std::optional<Hold> hold;
     if (total < options_.min_requests) {
-        hold = "Holding: insufficient data (" + std::to_string(total) + " of " +
-               std::to_string(options_.min_requests) + " requests)";
+        hold = insufficient_data(total, options_.min_requests);
     } else if (bounds.upper > limit) {
-        hold = "Holding: error rate upper bound " + detail::format_percent(bounds.upper) +
-               " exceeds threshold " + detail::format_percent(limit) + " at confidence " +
-               detail::format_number(*options_.confidence);
+        hold = Hold{DecisionAction::Held,
+                    "Holding: error rate upper bound " + detail::format_percent(bounds.upper) +
+                        " exceeds threshold " + detail::format_percent(limit) +
+                        " at confidence " + detail::format_number(*options_.confidence)};
     }
-    return decide_locked(rate, bounds.lower > limit, hold);
+    return decide_locked(rate, bounds.lower > limit, std::move(hold));
 }
 
-std::pair<bool, std::string> RolloutManager::manual_advance(std::string_view actor) {
+Decision RolloutManager::manual_advance(std::string_view actor) {
     validate_actor(actor);
     std::lock_guard lock(mutex_);
-    if (state_ == RolloutState::Aborted) {
-        const RolloutStage& first = config_.stages().front();
-        commit_locked(
-            {0, config_.stages().size() == 1 ? RolloutState::Completed : RolloutState::Active,
-             std::string(actor), "manual resume"});
-        advancements_.Add({{"to_stage", first.name}}).Increment();
-        return {true, "Resumed rollout at stage " + first.name + " (" +
-                          percent_text(first.percentage) + ")"};
+    const RolloutPosition before = position_;
+    if (position_.state == RolloutState::Aborted) {
+        transition_locked(plan_->advanced(position_, wall_now()), actor, "manual resume");
+        const RolloutStage& first = plan_->stage(0);
+        return decision_locked(true, DecisionAction::Resumed,
+                               "Resumed rollout at stage " + first.name + " (" +
+                                   percent_text(first.percentage) + ")",
+                               before, actor);
     }
-    if (config_.at_final_stage()) return {false, "Already at final stage"};
-    const auto [_, name] = advance_locked(actor, "manual advance");
-    return {true, "Manually advanced to stage " + name};
+    if (plan_->is_final(position_.stage_index)) {
+        return decision_locked(false, DecisionAction::AtFinalStage, "Already at final stage",
+                               before, actor);
+    }
+    transition_locked(plan_->advanced(position_, wall_now()), actor, "manual advance");
+    return decision_locked(true, DecisionAction::Advanced,
+                           "Manually advanced to stage " +
+                               plan_->stage(position_.stage_index).name,
+                           before, actor);
 }
 
-std::pair<bool, std::string> RolloutManager::manual_rollback(std::string_view actor,
-                                                             std::string_view reason) {
+Decision RolloutManager::manual_rollback(std::string_view actor, std::string_view reason) {
     validate_actor(actor);
     std::lock_guard lock(mutex_);
-    if (state_ == RolloutState::Aborted) return {false, "Rollout already aborted"};
-    return rollback_locked(actor, reason.empty() ? "manual rollback" : clean_reason(reason));
+    const RolloutPosition before = position_;
+    if (position_.state == RolloutState::Aborted) {
+        return decision_locked(false, DecisionAction::AlreadyAborted, "Rollout already aborted",
+                               before, actor);
+    }
+    transition_locked(plan_->rolled_back(position_, wall_now()), actor,
+                      reason.empty() ? "manual rollback" : clean_reason(reason));
+    const std::string from = plan_->stage(before.stage_index).name;
+    if (position_.state == RolloutState::Aborted) {
+        return decision_locked(true, DecisionAction::Aborted,
+                               "Rolled back from " + from + ": rollout aborted at 0%", before,
+                               actor);
+    }
+    return decision_locked(true, DecisionAction::RolledBack,
+                           "Rolled back from " + from + " to " +
+                               plan_->stage(position_.stage_index).name,
+                           before, actor);
+}
+
+Decision RolloutManager::hold(std::string message, DecisionAction action) const {
+    std::lock_guard lock(mutex_);
+    return decision_locked(false, action, std::move(message), position_, "");
 }
 
 void RolloutManager::record_analysis_error() { analysis_errors_.Increment(); }
 
+RolloutConfig RolloutManager::config() const { return RolloutConfig(plan_, view_); }
+
 RolloutManager::Snapshot RolloutManager::snapshot() const {
     std::lock_guard lock(mutex_);
     Snapshot out;
-    out.stages = config_.stages();
-    out.stage_index = config_.current_stage_index();
-    out.started_at = config_.current_stage_started_at().value_or(0.0);
+    out.plan = plan_;
+    out.position = position_;
     out.now = options_.clock->wall();
-    out.state = state_;
     out.version = version_;
-    out.enforced_percentage = percentage_of(config_.current_stage_index(), state_);
+    out.enforced_percentage = plan_->percentage(position_);
     out.last_error_rate = last_error_rate_;
     out.transitions = transitions_;
     out.state_path = options_.state_path;
@@ -283,7 +396,7 @@ RolloutManager::Snapshot RolloutManager::snapshot() const {
 
 double RolloutManager::enforced_percentage() const {
     std::lock_guard lock(mutex_);
-    return percentage_of(config_.current_stage_index(), state_);
+    return plan_->percentage(position_);
 }
 
 }  // namespace driftgate

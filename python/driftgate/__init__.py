@@ -32,6 +32,9 @@ from driftgate._core import (
     wilson_bounds,
 )
 from driftgate.rollout import (
+    ConfigOwnedError,
+    Decision,
+    DecisionAction,
     LocalErrorRate,
     PrometheusErrorRate,
     RolloutConfig,
@@ -41,6 +44,7 @@ from driftgate.rollout import (
     rollout_lifespan,
     run_rollout_monitor,
 )
+from driftgate.status import RolloutStatus
 
 try:
     __version__ = _version("driftgate")
@@ -49,6 +53,9 @@ except PackageNotFoundError:  # running from a source tree without an install
 
 __all__ = [
     "Clock",
+    "ConfigOwnedError",
+    "Decision",
+    "DecisionAction",
     "DeterminismProbe",
     "DriftTracker",
     "EnforceOptions",
@@ -62,6 +69,7 @@ __all__ = [
     "RolloutConfig",
     "RolloutManager",
     "RolloutStage",
+    "RolloutStatus",
     "SignatureLRU",
     "StateError",
     "SystemClock",

@@ -19,8 +19,6 @@ import json
 import logging
 import os
 import secrets
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -41,7 +39,7 @@ from driftgate._core import (
 from driftgate.fastapi import create_router
 from driftgate.fastapi.auth import bearer_token_admin
 from driftgate.fastapi.router import ErrorBody, json_body, json_body_schema
-from driftgate.rollout import RolloutManager, run_rollout_monitor
+from driftgate.rollout import RolloutManager, rollout_lifespan
 from driftgate.settings import Settings
 
 logger = logging.getLogger("driftgate.demo")
@@ -125,29 +123,13 @@ def create_demo_app(settings: Settings | None = None) -> FastAPI:
             enforcer.set_options(rollout_percent=0)
             state_problem.append("STATE_FILE")
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        import asyncio
-        import contextlib
-
-        task = None
-        if manager is not None:
-            task = asyncio.create_task(
-                run_rollout_monitor(manager, timedelta(seconds=settings.check_interval_seconds))
-            )
-        try:
-            yield
-        finally:
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-
     app = FastAPI(
         title="driftgate demo",
         description="Shadow and enforced verdicts side by side, with drift gating and a "
         "staged rollout.",
-        lifespan=lifespan,
+        lifespan=None
+        if manager is None
+        else rollout_lifespan(manager, timedelta(seconds=settings.check_interval_seconds)),
     )
     token = os.environ.get(settings.admin_token_env) or None
     app.include_router(

@@ -15,6 +15,9 @@ from typing import Any, Union
 
 from driftgate._core import (
     Clock,
+    ConfigOwnedError,
+    Decision,
+    DecisionAction,
     Enforcer,
     MetricsRegistry,
     RolloutConfig,
@@ -22,8 +25,12 @@ from driftgate._core import (
     StateError,
     _RolloutManager,
 )
+from driftgate.status import RolloutStatus, build_status
 
 __all__ = [
+    "ConfigOwnedError",
+    "Decision",
+    "DecisionAction",
     "ErrorRateSource",
     "LocalErrorRate",
     "PrometheusErrorRate",
@@ -38,7 +45,32 @@ __all__ = [
 logger = logging.getLogger("driftgate.rollout")
 
 ErrorRate = Union[float, "tuple[int, int]"]
-ErrorRateSource = Callable[[], ErrorRate | Awaitable[ErrorRate]]
+#: A callable giving the error rate (a rate in [0, 1] or (failed, total)), sync or async,
+#: called with no argument or with the analysis window (a timedelta).
+ErrorRateSource = (
+    Callable[[], ErrorRate | Awaitable[ErrorRate]]
+    | Callable[[timedelta], ErrorRate | Awaitable[ErrorRate]]
+)
+
+_POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+
+
+def _takes_window(source: Any) -> bool:
+    """Whether an error-rate source wants the analysis window: True for `source(window)`,
+    False for `source()`; TypeError naming the expected signatures for anything else."""
+    try:
+        parameters = inspect.signature(source).parameters.values()
+    except (TypeError, ValueError):  # no signature to read (some builtins): call it bare
+        return False
+    required = [p for p in parameters if p.default is inspect.Parameter.empty]
+    positional = [p for p in required if p.kind in _POSITIONAL]
+    if len(required) == len(positional) and len(positional) <= 1:
+        return len(positional) == 1
+    raise TypeError(
+        f"error_rate_source {source!r} requires the arguments "
+        f"({', '.join(p.name for p in required)}); expected source() or source(window), "
+        "where window is the analysis window as a datetime.timedelta"
+    )
 
 
 class LocalErrorRate:
@@ -107,12 +139,15 @@ class PrometheusErrorRate:
 
 
 class RolloutManager(_RolloutManager):
-    """Walks a staged rollout (see SPEC §7): advances after each stage's minimum time while the
-    error rate is low, rolls back by itself when it is high, waits for a human where a stage
-    asks for approval, and persists every step to `state_path` before returning.
+    """Walks a staged rollout: advances after each stage's minimum time while the error rate is
+    low, rolls back by itself when it is high, waits for a human where a stage asks for
+    approval, and persists every step to `state_path` before returning.
 
-    The manager keeps its own copy of `config`; read where it stands with `get_status()` or
-    `config`. Thread-safe."""
+    The manager alone moves the rollout: the `config` it is given becomes a live, read-only
+    view of where it stands, and the enforcer's rollout percent is the manager's to set. Every
+    decision is a `Decision`, which unpacks as `(success, message)`. `error_rate_source` is
+    called as `source()` or, if it takes one argument, `source(analysis_window)`.
+    Thread-safe."""
 
     def __init__(
         self,
@@ -125,11 +160,17 @@ class RolloutManager(_RolloutManager):
         min_requests: int = 0,
         confidence: float | None = None,
         source_timeout: float = 10.0,
+        analysis_window: timedelta = timedelta(hours=1),
     ):
-        if error_rate_source is not None and not callable(error_rate_source):
-            raise TypeError(f"error_rate_source must be callable, got {error_rate_source!r}")
         if not (source_timeout > 0 and math.isfinite(source_timeout)):
             raise ValueError(f"source_timeout={source_timeout!r}: expected seconds > 0")
+        if not (isinstance(analysis_window, timedelta) and analysis_window > timedelta(0)):
+            raise ValueError(
+                f"analysis_window={analysis_window!r}: expected a positive datetime.timedelta"
+            )
+        self.analysis_window = analysis_window
+        self.source_timeout = source_timeout
+        self.error_rate_source = error_rate_source  # checked before anything is started
         super().__init__(
             config,
             enforcer=enforcer,
@@ -140,84 +181,70 @@ class RolloutManager(_RolloutManager):
             confidence=confidence,
         )
         if error_rate_source is None and enforcer is not None:
-            error_rate_source = LocalErrorRate(enforcer)
-        self.error_rate_source = error_rate_source
-        self.source_timeout = source_timeout
+            self.error_rate_source = LocalErrorRate(enforcer)
 
     @property
-    def config(self) -> RolloutConfig:
-        """A copy of where the rollout stands."""
-        snapshot = self._snapshot()
-        return RolloutConfig(
-            snapshot["stages"],
-            snapshot["stage_index"],
-            snapshot["started_at"],
-        )
+    def error_rate_source(self) -> ErrorRateSource | None:
+        """Where `check_and_advance` reads the error rate."""
+        return self._source
+
+    @error_rate_source.setter
+    def error_rate_source(self, source: ErrorRateSource | None) -> None:
+        if source is not None and not callable(source):
+            raise TypeError(f"error_rate_source must be callable, got {source!r}")
+        self._source_takes_window = source is not None and _takes_window(source)
+        self._source = source
+
+    # The name an error-rate hook has in code written for the original rollout manager.
+    get_current_error_rate = error_rate_source
 
     @property
     def state_path(self) -> str | None:
-        return self._snapshot()["state_path"]
+        path: str | None = self._snapshot()["state_path"]
+        return path
 
-    def get_status(self, transitions: int = 10) -> dict[str, Any]:
-        """Where the rollout stands, with the seed's keys plus `state`, the enforced
-        percentage and the last `transitions` transitions (newest last)."""
-        snapshot = self._snapshot()
-        stage = snapshot["stages"][snapshot["stage_index"]]
-        return {
-            "current_stage": {
-                "name": stage.name,
-                "percentage": stage.percentage,
-                "max_error_rate": stage.max_error_rate,
-                "requires_approval": stage.requires_approval,
-            },
-            "stage_index": snapshot["stage_index"],
-            "total_stages": len(snapshot["stages"]),
-            "elapsed_time": str(timedelta(seconds=max(0.0, snapshot["elapsed_seconds"]))),
-            "min_duration": str(stage.duration),
-            "started_at": snapshot["started_at"].isoformat(),
-            "state": snapshot["state"],
-            "enforced_percentage": snapshot["enforced_percentage"],
-            "last_error_rate": snapshot["last_error_rate"],
-            "version": snapshot["version"],
-            "transitions": [
-                {**t, "time": t["time"].isoformat()} for t in snapshot["transitions"][-transitions:]
-            ]
-            if transitions > 0
-            else [],
-        }
+    def get_status(self, transitions: int = 10) -> RolloutStatus:
+        """Where the rollout stands: the current stage, its index, elapsed and minimum time,
+        `state`, the enforced percentage, the version and the last `transitions` transitions
+        (oldest first)."""
+        return build_status(self._snapshot(), transitions)
 
-    async def check_and_advance(self) -> tuple[bool, str]:
+    async def check_and_advance(self) -> Decision:
         """Reads the error-rate source (a blocking one in a worker thread, with
         `source_timeout`), then decides as `evaluate` does. A source that fails, times out or
-        answers nonsense means hold: nothing advances or rolls back, and
-        guardian_rollout_analysis_errors_total counts it."""
+        answers nonsense means hold (action ANALYSIS_FAILED): nothing advances or rolls back,
+        and guardian_rollout_analysis_errors_total counts it."""
         source = self.error_rate_source
         if source is None:
-            return False, "Holding: no error-rate source"
+            return self._hold("Holding: no error-rate source")
+        arguments = (self.analysis_window,) if self._source_takes_window else ()
         try:
-            reading = await asyncio.wait_for(_read(source), timeout=self.source_timeout)
+            reading = await asyncio.wait_for(_read(source, arguments), timeout=self.source_timeout)
             decide = _decision_for(self, reading)
         except asyncio.CancelledError:
             raise
         except Exception as error:  # any failure of the source means hold
             self.record_analysis_error()
             logger.warning("rollout error-rate source failed (%s); holding", type(error).__name__)
-            return False, f"Holding: error-rate source failed ({type(error).__name__})"
+            return self._hold(
+                f"Holding: error-rate source failed ({type(error).__name__})",
+                DecisionAction.ANALYSIS_FAILED,
+            )
         # The decision may write and fsync the state file: off the event loop too.
         return await asyncio.to_thread(decide)
 
 
-async def _read(source: ErrorRateSource) -> Any:
+async def _read(source: Any, arguments: tuple[Any, ...]) -> Any:
     # An async function, or an object whose __call__ is one.
     if inspect.iscoroutinefunction(source) or inspect.iscoroutinefunction(type(source).__call__):
-        return await source()
-    result = await asyncio.to_thread(source)
+        return await source(*arguments)
+    result = await asyncio.to_thread(source, *arguments)
     if inspect.isawaitable(result):
         return await result
     return result
 
 
-def _decision_for(manager: RolloutManager, reading: Any) -> Callable[[], tuple[bool, str]]:
+def _decision_for(manager: RolloutManager, reading: Any) -> Callable[[], Decision]:
     """The evaluate call for a source's reading, or ValueError for a reading that is neither a
     rate in [0, 1] nor a (failed, total) pair of counts."""
     if isinstance(reading, tuple) and len(reading) == 2:
@@ -249,14 +276,14 @@ async def run_rollout_monitor(
     logger.info("rollout monitor started (every %s)", check_interval)
     while True:
         try:
-            advanced, message = await manager.check_and_advance()
-            status = manager.get_status(transitions=0)
+            decision = await manager.check_and_advance()
             logger.info(
-                "rollout %s at stage %s (%s%%): %s",
-                "advanced" if advanced else "checked",
-                status["current_stage"]["name"],
-                status["enforced_percentage"],
-                message,
+                "rollout %s: %s -> %s (%s%%): %s",
+                decision.action.name.lower(),
+                decision.from_stage,
+                decision.to_stage,
+                f"{decision.to_percentage:g}",
+                decision.message,
             )
         except asyncio.CancelledError:
             logger.info("rollout monitor stopped")
@@ -266,22 +293,23 @@ async def run_rollout_monitor(
         await sleep(interval)
 
 
-@contextlib.asynccontextmanager
-async def _monitor_running(
-    manager: RolloutManager, check_interval: timedelta
-) -> AsyncIterator[asyncio.Task[None]]:
-    task = asyncio.create_task(run_rollout_monitor(manager, check_interval))
-    try:
-        yield task
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
 def rollout_lifespan(
     manager: RolloutManager, check_interval: timedelta = timedelta(minutes=15)
-) -> Callable[[Any], contextlib.AbstractAsyncContextManager[asyncio.Task[None]]]:
+) -> Callable[[Any], contextlib.AbstractAsyncContextManager[None]]:
     """A FastAPI/Starlette `lifespan=` that runs the monitor while the app runs and cancels it
-    on shutdown: ``FastAPI(lifespan=rollout_lifespan(manager))``."""
-    return lambda app: _monitor_running(manager, check_interval)
+    on shutdown: ``FastAPI(lifespan=rollout_lifespan(manager))``. It yields no state, so it
+    composes with an application's own."""
+    if not check_interval.total_seconds() > 0:
+        raise ValueError(f"check_interval={check_interval!r}: expected a positive duration")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[None]:
+        task = asyncio.create_task(run_rollout_monitor(manager, check_interval))
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    return lifespan

@@ -42,8 +42,9 @@ class DriftTracker {
     std::uint64_t record_batch(std::string_view policy_id, std::span<const std::uint8_t> shadow,
                                std::span<const std::uint8_t> enforced);
 
-    /// (drift, total) in a window, across all policies or for one. An unknown policy id has
-    /// (0, 0); one that arrived past max_policies reads the "__overflow__" counts.
+    /// (drift, total) in a window, across all policies or for one. An id that was never
+    /// admitted has (0, 0), whether it was never seen or was counted past max_policies; those
+    /// are read as policy "__overflow__".
     WindowCounts counts(std::string_view window,
                         std::optional<std::string_view> policy_id = std::nullopt) const;
     double ratio(std::string_view window,

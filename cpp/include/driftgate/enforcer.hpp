@@ -63,9 +63,20 @@ class Enforcer {
                        const VerdictSource& shadow, const VerdictSource& enforced);
 
     EnforceOptions options() const;
+    /// Replaces every field at once. std::invalid_argument for a bad value, or for a new
+    /// rollout percent while a RolloutManager claims it; nothing changes then.
     void set_options(const EnforceOptions& options);
+    /// Changes the given fields and keeps the others, in one atomic step, so writers of
+    /// different fields never undo each other. The same errors as set_options.
+    void update_options(std::optional<bool> enforce, std::optional<double> rollout_percent,
+                        std::optional<double> drift_max_ratio);
     /// Changes only the rollout percent: the lever a RolloutManager pulls.
     void set_rollout_percent(double percent);
+    /// Reserves the rollout percent for one RolloutManager: others may then change every field
+    /// but that one. std::invalid_argument when another manager holds it.
+    void claim_rollout_percent();
+    void release_rollout_percent();
+    bool rollout_percent_claimed() const;
 
     /// (failed enforced evaluations, decisions in the enforced cohort) in a tracker window,
     /// across all policies or for one.
@@ -91,6 +102,7 @@ class Enforcer {
 
     mutable std::mutex options_mutex_;  // serialises writers and whole-options reads
     EnforceOptions options_;
+    bool percent_claimed_ = false;
     // enforce flag (bit 31) and rollout basis points in one word, so a decision never sees one
     // without the other.
     std::atomic<std::uint32_t> cohort_;

@@ -31,12 +31,13 @@ class PolicyIndex {
     static bool is_valid(std::string_view id) noexcept;
 
     /// The slot of an id, admitting it while there is room; the overflow slot past the cap.
-    /// "__overflow__" itself names the overflow slot. Validates the id (std::invalid_argument)
-    /// unless it is already known: only valid ids are ever admitted, so a hit is valid.
+    /// Validates the id (std::invalid_argument) unless it is already known: only valid ids are
+    /// ever admitted, so a hit is valid. "__overflow__" is reserved (std::invalid_argument).
     std::uint32_t slot_for(std::string_view id);
 
-    /// The slot where a valid id's records are counted, without admitting it: the overflow
-    /// slot for an id that did not fit, nullopt for an id not seen while there is room.
+    /// The slot of an admitted id, without admitting it; "__overflow__" names the overflow
+    /// slot. nullopt for any other id: never seen, or counted past the cap under
+    /// "__overflow__" only.
     std::optional<std::uint32_t> find(std::string_view id) const;
 
     std::string_view label(std::uint32_t slot) const;

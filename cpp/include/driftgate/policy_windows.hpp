@@ -36,6 +36,10 @@ class PolicyWindows {
     /// Everything ever added for one slot: never reset, for monotonic counters.
     WindowCounts lifetime(std::uint32_t slot) const;
 
+    /// A read that finds nothing to count still reads the clock: it moves every window's time
+    /// to the clock's reading (the high-water mark), and returns `window`'s bucket.
+    std::int64_t observe_now(std::size_t window) const;
+
     /// The index of a window by name; std::invalid_argument naming the known ones otherwise.
     std::size_t window_index(std::string_view name) const;
     const std::vector<WindowSpec>& windows() const { return windows_; }

@@ -17,11 +17,47 @@
 
 namespace driftgate {
 
+/// What a rollout decision did.
+enum class DecisionAction {
+    Advanced,            // entered the next stage (automatically or by a human)
+    Resumed,             // an aborted rollout restarted at its first stage
+    RolledBack,          // back to the previous stage
+    Aborted,             // rolled back from the first stage: 0 % enforced
+    Held,                // stayed: minimum duration, error-rate bounds, or aborted
+    WaitingForApproval,  // ready, but the next stage needs a human
+    InsufficientData,    // fewer requests than min_requests
+    AtFinalStage,        // nothing left to advance to
+    AlreadyAborted,      // a rollback asked of an aborted rollout
+    AnalysisFailed,      // the error-rate source failed: held
+};
+
+std::string_view to_string(DecisionAction action) noexcept;
+
+/// The outcome of one decision, built by the call that made it. `success` and `message` are
+/// the classic (bool, str) answer; the rest says what happened, from where to where, and the
+/// version after it (unchanged when nothing moved).
+struct Decision {
+    bool success = false;
+    std::string message;
+    DecisionAction action = DecisionAction::Held;
+    std::string from_stage;  // a stage name, or "aborted"
+    std::string to_stage;
+    double from_percentage = 0;
+    double to_percentage = 0;
+    std::uint64_t version = 0;
+    RolloutState state = RolloutState::Active;
+    std::optional<double> error_rate;  // the rate judged, when there was one
+    std::string actor;                 // who moved the rollout; empty when nothing moved
+
+    bool moved() const { return from_stage != to_stage; }
+};
+
 /// Walks a staged rollout: advances after a stage's minimum time while the error rate is low,
 /// rolls back by itself when it is high, waits for a human where a stage asks for approval,
-/// and aborts to 0 % when rolled back from the first stage. Every transition sets the
-/// enforcer's rollout percent, updates the guardian_rollout_* metrics and is persisted before
-/// the call returns.
+/// and aborts to 0 % when rolled back from the first stage. It alone owns the rollout's
+/// position: the RolloutConfig it was given becomes a read-only view of it, and the enforcer's
+/// rollout percent is its to set. Every transition sets that percent, updates the
+/// guardian_rollout_* metrics and is persisted before the call returns.
 /// Thread-safe: one mutex serialises decisions and transitions.
 class RolloutManager {
   public:
@@ -36,11 +72,9 @@ class RolloutManager {
 
     /// Everything a status report needs, read at one instant.
     struct Snapshot {
-        std::vector<RolloutStage> stages;
-        std::size_t stage_index = 0;
-        double started_at = 0;
+        std::shared_ptr<const StagePlan> plan;
+        RolloutPosition position;
         double now = 0;
-        RolloutState state = RolloutState::Active;
         std::uint64_t version = 0;
         double enforced_percentage = 0;
         std::optional<double> last_error_rate;
@@ -49,59 +83,72 @@ class RolloutManager {
     };
 
     /// Resumes from the state file when there is one (StateError when it cannot be used; it is
-    /// then left untouched); else starts fresh, stamping the first stage's start now.
-    RolloutManager(RolloutConfig config, Options options);
+    /// then left untouched); else starts fresh at the config's position, stamping the stage's
+    /// start now unless the config gives one. std::invalid_argument when the config or the
+    /// enforcer already belongs to another manager.
+    RolloutManager(const RolloutConfig& config, Options options);
+    ~RolloutManager();
+
+    RolloutManager(const RolloutManager&) = delete;
+    RolloutManager& operator=(const RolloutManager&) = delete;
 
     /// The synchronous decision on an error rate (and the requests behind it, when known).
-    std::pair<bool, std::string> evaluate(double error_rate,
-                                          std::optional<std::uint64_t> requests = std::nullopt);
+    Decision evaluate(double error_rate, std::optional<std::uint64_t> requests = std::nullopt);
     /// The same from (failed, total); with `confidence`, rollback needs the Wilson lower bound
     /// above the stage maximum and advance needs the upper bound at or below it.
-    std::pair<bool, std::string> evaluate_counts(std::uint64_t failed, std::uint64_t total);
+    Decision evaluate_counts(std::uint64_t failed, std::uint64_t total);
 
     /// A human's advance: resumes an aborted rollout at the first stage, else enters the next
     /// stage whether or not it needs approval.
-    std::pair<bool, std::string> manual_advance(std::string_view actor = "manual");
+    Decision manual_advance(std::string_view actor = "manual");
     /// A human's rollback; from the first stage it aborts.
-    std::pair<bool, std::string> manual_rollback(std::string_view actor = "manual",
-                                                 std::string_view reason = "");
+    Decision manual_rollback(std::string_view actor = "manual", std::string_view reason = "");
 
+    /// A decision that moves nothing, at the current position (e.g. a failed error-rate read).
+    Decision hold(std::string message, DecisionAction action = DecisionAction::Held) const;
     /// Counts an evaluation skipped because the error-rate source failed.
     void record_analysis_error();
 
+    /// A read-only view of the rollout: the plan and the manager's live position.
+    RolloutConfig config() const;
     Snapshot snapshot() const;
     double enforced_percentage() const;
     std::uint64_t min_requests() const { return options_.min_requests; }
     std::optional<double> confidence() const { return options_.confidence; }
     const std::shared_ptr<Enforcer>& enforcer() const { return options_.enforcer; }
     const std::shared_ptr<MetricsRegistry>& registry() const { return options_.registry; }
+    const std::shared_ptr<const Clock>& clock() const { return options_.clock; }
 
-  private:
-    struct Move {
-        std::size_t stage_index;
-        RolloutState state;
-        std::string actor;
+    /// Why a decision holds before the advance rules are asked.
+    struct Hold {
+        DecisionAction action;
         std::string reason;
     };
 
-    std::pair<bool, std::string> decide_locked(double error_rate, bool over_limit,
-                                               std::optional<std::string> hold_reason);
-    std::pair<bool, std::string> advance_locked(std::string_view actor, std::string reason);
-    std::pair<bool, std::string> rollback_locked(std::string_view actor, std::string reason);
-    /// Persists then applies a move; a move that lowers enforcement is applied even when the
-    /// write fails (and the StateError still raised), one that raises it is not.
-    void commit_locked(const Move& move);
+  private:
+    Decision decide_locked(double error_rate, bool over_limit, std::optional<Hold> hold);
+    /// Persists then applies a move, and counts it as an advancement or a rollback. A move that
+    /// lowers enforcement is applied even when the write fails (the StateError still raised);
+    /// one that raises it is not, and the old state is written back if the new one had already
+    /// replaced the file.
+    void transition_locked(const RolloutPosition& next, std::string_view actor,
+                           std::string reason);
+    void persist_and_apply_locked(const RolloutPosition& next, std::string_view actor,
+                                  std::string reason, bool first);
     void publish_locked();
+    Decision decision_locked(bool success, DecisionAction action, std::string message,
+                             const RolloutPosition& before, std::string_view actor) const;
     /// Creates every transition counter this stage list can reach, at 0, so that increase()
     /// sees the first advance or rollback as a step from 0 rather than a new series.
     void declare_transition_counters();
-    double percentage_of(std::size_t stage_index, RolloutState state) const;
-    std::string position_name(std::size_t stage_index, RolloutState state) const;
+    double wall_now() const;
 
     Options options_;
+    std::shared_ptr<const StagePlan> plan_;
+    std::shared_ptr<RolloutConfig::Shared> view_;
+    std::shared_ptr<const Clock> view_clock_;  // the config's own clock, given back at the end
     mutable std::mutex mutex_;
-    RolloutConfig config_;
-    RolloutState state_ = RolloutState::Active;
+    RolloutPosition position_;
     std::uint64_t version_ = 0;
     std::optional<double> last_error_rate_;
     std::vector<Transition> transitions_;
@@ -116,9 +163,5 @@ class RolloutManager {
     prometheus::Family<prometheus::Counter>& rollbacks_;
     prometheus::Counter& analysis_errors_;
 };
-
-/// Throws std::invalid_argument unless `actor` is 1-64 characters of [A-Za-z0-9_.:-] (a role
-/// or account name, never request data).
-void validate_actor(std::string_view actor);
 
 }  // namespace driftgate

@@ -12,20 +12,22 @@
 namespace driftgate {
 
 /// A state file that cannot be used or written: corrupt, made for another stage list, or on a
-/// disk that refuses the write. The message names the file and the problem.
+/// disk that refuses the write. The message names the file and the problem (printable ASCII:
+/// bytes from the file are escaped).
 class StateError : public std::runtime_error {
   public:
-    using std::runtime_error::runtime_error;
+    explicit StateError(const std::string& message, bool replaced = false);
+
+    /// True when the new file had already replaced the old one when a later step (syncing the
+    /// folder) failed: the disk may then hold the new state, unacknowledged.
+    bool replaced() const { return replaced_; }
+
+  private:
+    bool replaced_;
 };
 
-/// Where a rollout stands: moving through its stages, aborted at 0 % after a rollback from the
-/// first stage, or completed at the final stage.
-enum class RolloutState { Active, Aborted, Completed };
-
-std::string_view to_string(RolloutState state) noexcept;
-std::optional<RolloutState> parse_rollout_state(std::string_view text) noexcept;
-
-/// One step of a rollout's history. `from` and `to` are stage names, or "aborted".
+/// One step of a rollout's history. `from` and `to` are stage names, or "aborted"; `from` is
+/// empty for the step that started the rollout.
 struct Transition {
     double time = 0;  // unix seconds
     std::string actor;
@@ -45,28 +47,49 @@ struct PersistedRollout {
 
 /// The rollout state file: JSON, replaced atomically and durably (temp file in the same folder,
 /// fsync, rename, fsync of the folder), so a process killed at any moment leaves either the old
-/// or the new state. A file that cannot be read is never overwritten: `load` refuses it.
+/// or the new state. A file loads only into a state the machine can reach; anything else is a
+/// StateError, and such a file is never overwritten. The path must not be a symbolic link (a
+/// rename would replace the link, not its target). A mode set on the file survives writes.
+/// Temp files are `<file>.tmp.<pid>.<random>`, locked while written, so names never collide and
+/// those of dead writers are recognised and removed.
 /// Not thread-safe; RolloutManager serialises its use.
 class StateFile {
   public:
     static constexpr int kSchemaVersion = 1;
     static constexpr std::size_t kMaxTransitions = 100;
+    static constexpr std::size_t kMaxReasonLength = 200;
+    static constexpr std::size_t kMaxFileBytes = 1 << 20;
+    /// Versions stay exact as JSON numbers in every consumer (JavaScript, Lua, doubles).
+    static constexpr std::uint64_t kMaxVersion = (std::uint64_t{1} << 53) - 1;
 
-    StateFile(std::string path, std::vector<RolloutStage> stages);
+    /// std::invalid_argument for an empty path or one containing NUL.
+    StateFile(std::string path, std::shared_ptr<const StagePlan> plan);
 
     /// nullopt when the file does not exist; StateError when it is corrupt, of another schema,
-    /// or made for another stage list.
+    /// made for another stage list, a symbolic link, or holds a state the machine cannot reach.
     std::optional<PersistedRollout> load() const;
-    /// StateError when the write fails; the old file is then untouched.
+    /// StateError naming the failed step; the old file is then untouched unless the error says
+    /// replaced().
     void save(const PersistedRollout& rollout) const;
 
+    /// Removes temp files of this state file that no live writer holds (left by a writer that
+    /// was killed); returns how many.
+    std::size_t remove_stale_temp_files() const;
+
     const std::string& path() const { return path_; }
-    const std::string& fingerprint() const { return fingerprint_; }
+    const std::string& fingerprint() const { return plan_->fingerprint(); }
 
   private:
     std::string path_;
-    std::vector<RolloutStage> stages_;
-    std::string fingerprint_;
+    std::shared_ptr<const StagePlan> plan_;
 };
+
+/// Reasons land in the persisted history and the HTTP status: printable ASCII, at most
+/// StateFile::kMaxReasonLength characters; anything else becomes '?'.
+std::string clean_reason(std::string_view reason);
+
+/// Throws std::invalid_argument unless `actor` is 1-64 characters of [A-Za-z0-9_.:-] (a role
+/// or account name, never request data).
+void validate_actor(std::string_view actor);
 
 }  // namespace driftgate

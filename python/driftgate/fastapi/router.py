@@ -11,7 +11,8 @@ from pydantic import BaseModel, Field, ValidationError
 from driftgate._core import DriftTracker, MetricsRegistry, ReadinessGate, StateError
 from driftgate.exposition import render
 from driftgate.fastapi.auth import AdminDependency, bearer_token_admin
-from driftgate.rollout import RolloutManager
+from driftgate.rollout import Decision, RolloutManager
+from driftgate.status import RolloutStatus
 
 MAX_BODY_BYTES = 1 << 20
 READY = {"status": "ready"}
@@ -34,40 +35,16 @@ class ReadyBody(BaseModel):
     reason: str | None = Field(None, description="A fixed reason code, e.g. DRIFT_GATE.")
 
 
-class StageBody(BaseModel):
-    name: str
-    percentage: float
-    max_error_rate: float
-    requires_approval: bool
-
-
-class TransitionBody(BaseModel):
-    time: str
-    actor: str
-    from_: str = Field(alias="from")
-    to: str
-    reason: str
-
-
-class StatusBody(BaseModel):
-    current_stage: StageBody
-    stage_index: int
-    total_stages: int
-    elapsed_time: str | None
-    min_duration: str
-    started_at: str | None
-    state: str
-    enforced_percentage: float
-    last_error_rate: float | None
-    version: int
-    transitions: list[TransitionBody]
-
-
 class MoveBody(BaseModel):
+    """The answer to an admin move, built from the decision that very request made."""
+
     success: bool
     message: str
-    new_stage: str
+    new_stage: str = Field(description="The stage after the move, or 'aborted'.")
     new_percentage: float
+    action: str = Field(description="What happened: advanced, resumed, rolled_back, aborted.")
+    previous_stage: str
+    version: int = Field(description="The rollout's version after the move.")
 
 
 class RollbackRequest(BaseModel):
@@ -191,30 +168,31 @@ def create_router(
 
     @router.get(
         "/api/guardian/rollout/status",
-        response_model=StatusBody,
+        response_model=RolloutStatus,
         responses=ERRORS,
         name="driftgate:rollout_status",
     )
     def rollout_status(
         rollout: Annotated[RolloutManager, Depends(require_manager)],
-    ) -> dict[str, Any]:
+    ) -> RolloutStatus:
         return rollout.get_status()
 
-    def moved(rollout: RolloutManager, move: Callable[[], tuple[bool, str]]) -> dict[str, Any]:
+    def moved(move: Callable[[], Decision]) -> dict[str, Any]:
         try:
-            success, message = move()
+            decision = move()
         except StateError:
             raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "STATE_FILE") from None
-        if not success:
-            raise HTTPException(status.HTTP_400_BAD_REQUEST, message)
-        stage = rollout.get_status(transitions=0)
+        if not decision.success:
+            raise HTTPException(status.HTTP_400_BAD_REQUEST, decision.message)
+        # Built from this call's own decision: a concurrent request's move never leaks in.
         return {
             "success": True,
-            "message": message,
-            "new_stage": stage["current_stage"]["name"]
-            if stage["state"] != "aborted"
-            else "aborted",
-            "new_percentage": stage["enforced_percentage"],
+            "message": decision.message,
+            "new_stage": decision.to_stage,
+            "new_percentage": decision.to_percentage,
+            "action": decision.action.name.lower(),
+            "previous_stage": decision.from_stage,
+            "version": decision.version,
         }
 
     @router.post(
@@ -227,7 +205,7 @@ def create_router(
         actor: Annotated[str, Depends(require_admin)],
         rollout: Annotated[RolloutManager, Depends(require_manager)],
     ) -> dict[str, Any]:
-        return moved(rollout, lambda: rollout.manual_advance(actor))
+        return moved(lambda: rollout.manual_advance(actor))
 
     @router.post(
         "/api/guardian/rollout/rollback",
@@ -241,6 +219,6 @@ def create_router(
         rollout: Annotated[RolloutManager, Depends(require_manager)],
         body: Annotated[RollbackRequest, Depends(json_body(RollbackRequest, optional=True))],
     ) -> dict[str, Any]:
-        return moved(rollout, lambda: rollout.manual_rollback(actor, body.reason))
+        return moved(lambda: rollout.manual_rollback(actor, body.reason))
 
     return router

@@ -1,0 +1,105 @@
+"""The rollout status: one model for `RolloutManager.get_status()`, the HTTP status endpoint
+and `driftgate status`, and the one place where its times and durations are formatted."""
+
+from __future__ import annotations
+
+import sys
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+if sys.version_info >= (3, 12):
+    from typing import TypedDict
+else:  # pydantic (FastAPI's response models) needs typing_extensions' TypedDict before 3.12
+    from typing_extensions import TypedDict
+
+__all__ = [
+    "RolloutStatus",
+    "StageStatus",
+    "TransitionStatus",
+    "build_status",
+    "format_duration",
+    "format_time",
+]
+
+
+class StageStatus(TypedDict):
+    name: str
+    percentage: float
+    max_error_rate: float
+    requires_approval: bool
+
+
+# "from" is a keyword, hence the functional form.
+TransitionStatus = TypedDict(
+    "TransitionStatus",
+    {"time": str, "actor": str, "from": str, "to": str, "reason": str},
+)
+
+
+class RolloutStatus(TypedDict):
+    """Where a rollout stands. `elapsed_time` and `min_duration` read as Python's
+    `str(timedelta)` ("1 day, 2:00:00"); times are ISO 8601 UTC; `transitions` are the newest
+    ones, oldest first."""
+
+    current_stage: StageStatus
+    stage_index: int
+    total_stages: int
+    elapsed_time: str
+    min_duration: str
+    started_at: str
+    state: str
+    enforced_percentage: float
+    last_error_rate: float | None
+    version: int
+    transitions: list[TransitionStatus]
+
+
+# datetime's range: every time a state file can hold is inside it.
+_LAST_SECOND = datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone.utc).timestamp()
+
+
+def format_time(unix_seconds: float) -> str:
+    """Unix seconds as ISO 8601 UTC ("2026-11-23T12:00:00+00:00"); a reading outside the years
+    1 to 9999 (only a test clock can give one) as "unix:<seconds>" rather than an error."""
+    if not -62135596800.0 <= unix_seconds <= _LAST_SECOND:
+        return f"unix:{unix_seconds:g}"
+    return datetime.fromtimestamp(unix_seconds, timezone.utc).isoformat()
+
+
+def format_duration(seconds: float) -> str:
+    """Seconds as Python's str(timedelta) ("23:00:00", "2 days, 0:00:00"); negative durations
+    read as 0:00:00, and the longest is timedelta.max's."""
+    return str(timedelta(seconds=min(max(0.0, seconds), timedelta.max.total_seconds() - 1)))
+
+
+def build_status(snapshot: dict[str, Any], transitions: int) -> RolloutStatus:
+    """The status from a manager's snapshot, with the last `transitions` transitions."""
+    stage = snapshot["stages"][snapshot["stage_index"]]
+    history = snapshot["transitions"][-transitions:] if transitions > 0 else []
+    return {
+        "current_stage": {
+            "name": stage.name,
+            "percentage": stage.percentage,
+            "max_error_rate": stage.max_error_rate,
+            "requires_approval": stage.requires_approval,
+        },
+        "stage_index": snapshot["stage_index"],
+        "total_stages": len(snapshot["stages"]),
+        "elapsed_time": format_duration(snapshot["now"] - snapshot["started_at"]),
+        "min_duration": format_duration(stage.duration_seconds),
+        "started_at": format_time(snapshot["started_at"]),
+        "state": snapshot["state"],
+        "enforced_percentage": snapshot["enforced_percentage"],
+        "last_error_rate": snapshot["last_error_rate"],
+        "version": snapshot["version"],
+        "transitions": [
+            {
+                "time": format_time(t["time"]),
+                "actor": t["actor"],
+                "from": t["from"],
+                "to": t["to"],
+                "reason": t["reason"],
+            }
+            for t in history
+        ],
+    }
