@@ -31,6 +31,7 @@ from driftgate._core import (
     sampling_bucket,
     wilson_bounds,
 )
+from driftgate.reasons import ReasonCode
 from driftgate.rollout import (
     ConfigOwnedError,
     Decision,
@@ -66,6 +67,7 @@ __all__ = [
     "MetricsRegistry",
     "PrometheusErrorRate",
     "ReadinessGate",
+    "ReasonCode",
     "RolloutConfig",
     "RolloutManager",
     "RolloutStage",

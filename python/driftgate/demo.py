@@ -39,6 +39,7 @@ from driftgate._core import (
 from driftgate.fastapi import create_router
 from driftgate.fastapi.auth import bearer_token_admin
 from driftgate.fastapi.router import ErrorBody, json_body, json_body_schema
+from driftgate.reasons import ReasonCode
 from driftgate.rollout import RolloutManager, rollout_lifespan
 from driftgate.settings import Settings
 
@@ -121,7 +122,7 @@ def create_demo_app(settings: Settings | None = None) -> FastAPI:
             # Fail closed: keep serving shadow-only, report not-ready until someone looks.
             logger.error("rollout disabled: %s", error)
             enforcer.set_options(rollout_percent=0)
-            state_problem.append("STATE_FILE")
+            state_problem.append(ReasonCode.STATE_FILE.value)
 
     app = FastAPI(
         title="driftgate demo",

@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field, ValidationError
 from driftgate._core import DriftTracker, MetricsRegistry, ReadinessGate, StateError
 from driftgate.exposition import render
 from driftgate.fastapi.auth import AdminDependency, bearer_token_admin
+from driftgate.reasons import ReasonCode
 from driftgate.rollout import Decision, RolloutManager
 from driftgate.status import RolloutStatus
 
@@ -47,14 +48,23 @@ class MoveBody(BaseModel):
     version: int = Field(description="The rollout's version after the move.")
 
 
-class RollbackRequest(BaseModel):
+class MoveRequest(BaseModel):
+    """The optional body of an advance or a rollback."""
+
     model_config = {"extra": "forbid"}
     reason: str | None = Field(None, max_length=200, description="Why, for the history.")
 
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody} for code in (400, 401, 403, 404, 413, 422, 503)
-}
+# Kept under its old name for code that imported it.
+RollbackRequest = MoveRequest
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {code: {"model": ErrorBody} for code in codes}
+
+
+STATUS_ERRORS = _errors(404)
+ADMIN_ERRORS = _errors(400, 401, 403, 404, 413, 422, 503)
 
 
 async def read_body(request: Request) -> bytes:
@@ -63,14 +73,14 @@ async def read_body(request: Request) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
-            raise HTTPException(status.HTTP_400_BAD_REQUEST, "BAD_CONTENT_LENGTH")
+            raise HTTPException(status.HTTP_400_BAD_REQUEST, ReasonCode.BAD_CONTENT_LENGTH.value)
         if int(declared) > MAX_BODY_BYTES:
-            raise HTTPException(413, "BODY_TOO_LARGE")
+            raise HTTPException(413, ReasonCode.BODY_TOO_LARGE.value)
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > MAX_BODY_BYTES:
-            raise HTTPException(413, "BODY_TOO_LARGE")
+            raise HTTPException(413, ReasonCode.BODY_TOO_LARGE.value)
     return bytes(body)
 
 
@@ -103,6 +113,15 @@ def json_body(model: type[ModelT], *, optional: bool = False):
     return parse
 
 
+def _prefix(value: str, name: str) -> str:
+    """A path prefix: empty, or starting with "/" and not ending with one."""
+    if value and (not value.startswith("/") or value.endswith("/") or "//" in value):
+        raise ValueError(
+            f"{name}={value!r}: expected '' or a path like '/api/v1' (leading '/', no trailing '/')"
+        )
+    return value
+
+
 def create_router(
     *,
     tracker: DriftTracker,
@@ -112,25 +131,31 @@ def create_router(
     admin: AdminDependency | None = None,
     include_process_metrics: bool = True,
     readiness_checks: Sequence[ReadinessCheck] = (),
+    probe_prefix: str = "/api/v1",
+    rollout_prefix: str = "/api/guardian/rollout",
 ) -> APIRouter:
     """The driftgate endpoints as a bare APIRouter.
 
     `admin` is a FastAPI dependency returning the actor's name; without one, a bearer token
     from DRIFTGATE_ADMIN_TOKEN (read now, not at import) guards the admin endpoints, and with
     neither they refuse every request. `readiness_checks` are extra callables returning a
-    reason code while the service must not be ready (e.g. "STATE_FILE"), None otherwise."""
+    reason code while the service must not be ready (e.g. ReasonCode.STATE_FILE), None otherwise.
+    `probe_prefix` places healthz, readyz and metrics (`""` serves `/healthz`, `/readyz`,
+    `/metrics`); `rollout_prefix` places status, advance and rollback."""
+    probes = _prefix(probe_prefix, "probe_prefix")
+    rollout_path = _prefix(rollout_prefix, "rollout_prefix")
     registry = registry or tracker.registry
     require_admin = admin or bearer_token_admin(os.environ.get(TOKEN_ENV) or None)
     router = APIRouter()
 
-    @router.get("/api/v1/healthz", response_model=HealthBody, name="driftgate:healthz")
+    @router.get(f"{probes}/healthz", response_model=HealthBody, name="driftgate:healthz")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
     # Sync endpoints: the C++ calls release the GIL, so they run in the threadpool, never on
     # the event loop.
     @router.get(
-        "/api/v1/readyz",
+        f"{probes}/readyz",
         response_model=ReadyBody,
         response_model_exclude_none=True,
         responses={503: {"model": ReadyBody}},
@@ -150,7 +175,7 @@ def create_router(
         return JSONResponse(READY)
 
     @router.get(
-        "/api/v1/metrics",
+        f"{probes}/metrics",
         response_class=Response,
         responses={200: {"content": {"text/plain": {}, "application/openmetrics-text": {}}}},
         name="driftgate:metrics",
@@ -163,13 +188,13 @@ def create_router(
 
     def require_manager() -> RolloutManager:
         if manager is None:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, "NO_ROLLOUT")
+            raise HTTPException(status.HTTP_404_NOT_FOUND, ReasonCode.NO_ROLLOUT.value)
         return manager
 
     @router.get(
-        "/api/guardian/rollout/status",
+        f"{rollout_path}/status",
         response_model=RolloutStatus,
-        responses=ERRORS,
+        responses=STATUS_ERRORS,
         name="driftgate:rollout_status",
     )
     def rollout_status(
@@ -181,7 +206,9 @@ def create_router(
         try:
             decision = move()
         except StateError:
-            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "STATE_FILE") from None
+            raise HTTPException(
+                status.HTTP_503_SERVICE_UNAVAILABLE, ReasonCode.STATE_FILE.value
+            ) from None
         if not decision.success:
             raise HTTPException(status.HTTP_400_BAD_REQUEST, decision.message)
         # Built from this call's own decision: a concurrent request's move never leaks in.
@@ -195,29 +222,35 @@ def create_router(
             "version": decision.version,
         }
 
+    move_body = json_body(MoveRequest, optional=True)
+
     @router.post(
-        "/api/guardian/rollout/advance",
+        f"{rollout_path}/advance",
         response_model=MoveBody,
-        responses=ERRORS,
+        responses=ADMIN_ERRORS,
         name="driftgate:rollout_advance",
+        openapi_extra=json_body_schema(MoveRequest, required=False),
     )
     def rollout_advance(
         actor: Annotated[str, Depends(require_admin)],
         rollout: Annotated[RolloutManager, Depends(require_manager)],
+        body: Annotated[MoveRequest, Depends(move_body)],
     ) -> dict[str, Any]:
+        # The reason of an advance is fixed ("manual advance"); a body is read and capped like
+        # any other, so a garbage or oversized one is refused before anything moves.
         return moved(lambda: rollout.manual_advance(actor))
 
     @router.post(
-        "/api/guardian/rollout/rollback",
+        f"{rollout_path}/rollback",
         response_model=MoveBody,
-        responses=ERRORS,
+        responses=ADMIN_ERRORS,
         name="driftgate:rollout_rollback",
-        openapi_extra=json_body_schema(RollbackRequest, required=False),
+        openapi_extra=json_body_schema(MoveRequest, required=False),
     )
     def rollout_rollback(
         actor: Annotated[str, Depends(require_admin)],
         rollout: Annotated[RolloutManager, Depends(require_manager)],
-        body: Annotated[RollbackRequest, Depends(json_body(RollbackRequest, optional=True))],
+        body: Annotated[MoveRequest, Depends(move_body)],
     ) -> dict[str, Any]:
         return moved(lambda: rollout.manual_rollback(actor, body.reason))
 

@@ -1,0 +1,34 @@
+"""Every fixed reason code driftgate puts in an HTTP body, a readiness answer or a log line:
+one enum, documented in one table (docs/http.md). No code carries request data."""
+
+from __future__ import annotations
+
+import enum
+
+__all__ = ["ReasonCode"]
+
+
+class ReasonCode(str, enum.Enum):
+    """A fixed, machine-readable reason. The value is the text sent on the wire."""
+
+    #: The readiness gate is open (or disabled).
+    OK = "OK"
+    #: The drift ratio in the gate's window is above its limit: not ready.
+    DRIFT_GATE = "DRIFT_GATE"
+    #: The rollout state file was refused or cannot be written: not ready, or 503 on a move.
+    STATE_FILE = "STATE_FILE"
+    #: The router has no rollout manager: the rollout endpoints answer 404.
+    NO_ROLLOUT = "NO_ROLLOUT"
+    #: No admin credentials are configured: the admin endpoints refuse every request (403).
+    ADMIN_DISABLED = "ADMIN_DISABLED"
+    #: The request carries no bearer token (401).
+    MISSING_CREDENTIALS = "MISSING_CREDENTIALS"
+    #: The bearer token is wrong (403).
+    INVALID_CREDENTIALS = "INVALID_CREDENTIALS"
+    #: The request body is over the 1 MiB cap (413).
+    BODY_TOO_LARGE = "BODY_TOO_LARGE"
+    #: The Content-Length header is not a number (400).
+    BAD_CONTENT_LENGTH = "BAD_CONTENT_LENGTH"
+
+    def __str__(self) -> str:
+        return self.value
