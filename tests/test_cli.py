@@ -214,7 +214,7 @@ def test_adapt_the_example_files(tmp_path):
         ('[{"key": "a", "shadow": "ok", "enforced": "ok"},\n {"key": "b"]\n',
          ["d.jsonl:2: not valid JSON"]),
         ("", ["d.jsonl: no decision records"]),
-        ("\xff\xfe", ["cannot read"]),
+        ("\xff\xfe", ["d.jsonl:1: not UTF-8 (byte 0xff at offset 0)"]),
     ],
 )  # fmt: skip
 def test_adapt_bad_input_exits_2_naming_the_line_or_field(tmp_path, content, fragments):
