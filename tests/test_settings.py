@@ -315,8 +315,9 @@ def test_unreadable_and_malformed_files_name_the_file(tmp_path):
             ":2: not UTF-8 (byte 0xff at offset 38)",
         ),
         (b"a: \x07\n", ":1: not valid YAML: unacceptable character #x0007"),
-        (b"- " * 2000, ": not a values file: nested too deeply"),
-        (b"[" * 100_000, ": not a values file: nested too deeply"),
+        (b"- " * 2000, ":1:65: nested deeper than 32 levels"),
+        (b"[" * 50_000, ":1:33: nested deeper than 32 levels"),
+        (b"a:\n" + b"".join(b" " * i + b"k:\n" for i in range(1, 40)), ":33:34: nested deeper"),
         (
             b"rollout: {check_interval_seconds: " + b"9" * 5000 + b"}\n",
             ":1:35: an integer of 5000 characters",
@@ -341,7 +342,7 @@ def test_unreadable_and_malformed_files_name_the_file(tmp_path):
         ),
         (b"---\na: 1\n---\nb: 2\n", ":3:1: not valid YAML: but found another document"),
         (b"- 1\n- 2\n", ": values: expected a mapping, got [1, 2]"),
-        (b"#" * (1 << 20) + b"\n", ": larger than 1048576 bytes: not a values file"),
+        (b"#" * (64 << 10) + b"\n", ": larger than 65536 bytes: not a values file"),
     ],
 )
 def test_bad_files_are_one_line_naming_the_file_and_line(tmp_path, content, message):
@@ -349,9 +350,7 @@ def test_bad_files_are_one_line_naming_the_file_and_line(tmp_path, content, mess
     path.write_bytes(content)
     with pytest.raises(SettingsError) as refused:
         load_settings(path)
-    assert str(refused.value) == f"{path}{message}" or str(refused.value).startswith(
-        f"{path}{message}"
-    )
+    assert str(refused.value).startswith(f"{path}{message}")
     assert "\n" not in str(refused.value)
 
 

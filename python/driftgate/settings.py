@@ -50,8 +50,9 @@ __all__ = [
     "parse_settings",
 ]
 
-MAX_VALUES_BYTES = 1 << 20
-"""A values file is a few hundred bytes; past 1 MiB it is the wrong file."""
+MAX_VALUES_BYTES = 64 << 10
+"""A values file is a few hundred bytes; past 64 KiB it is the wrong file (and PyYAML would
+take seconds to say so)."""
 MAX_STAGE_SECONDS = 10 * 365 * 86400
 """A stage longer than ten years (315360000 s) is a typo, not a plan."""
 MAX_CHECK_INTERVAL_SECONDS = 86400
@@ -63,6 +64,8 @@ MAX_QUERY_TIMEOUT_SECONDS = 120
 MAX_COUNT = 10**9
 """More requests than a window of any real service holds: a larger minimum never decides."""
 MAX_STAGES = 100
+MAX_NESTING = 32
+"""A values file nests four levels deep; YAML that nests more than this is not one."""
 
 
 class SettingsError(ValueError):
@@ -366,7 +369,24 @@ class _RefusedYAML(yaml.constructor.ConstructorError):
 
 class _ValuesLoader(yaml.SafeLoader):
     """PyYAML's safe loader with the checks a values file needs and plain YAML does not make:
-    keys are strings and appear once per mapping, integers are ones Python converts."""
+    nesting is shallow, keys are strings and appear once per mapping, integers are ones Python
+    converts. (The pure-Python loader: libyaml's crashes the process on deep nesting.)"""
+
+    # PyYAML's scanner takes time quadratic in the nesting depth (3 KB of `{` take seconds)
+    # and its composer recurses once per level: refuse depth before either matters.
+    def fetch_flow_collection_start(self, TokenClass: type) -> None:
+        self._check_depth(self.flow_level)
+        super().fetch_flow_collection_start(TokenClass)
+
+    def add_indent(self, column: int) -> bool:
+        self._check_depth(len(self.indents))
+        return super().add_indent(column)
+
+    def _check_depth(self, depth: int) -> None:
+        if depth >= MAX_NESTING:
+            raise _RefusedYAML(
+                None, None, f"nested deeper than {MAX_NESTING} levels", self.get_mark()
+            )
 
     def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:
         if isinstance(node, yaml.MappingNode):
