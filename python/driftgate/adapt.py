@@ -35,7 +35,6 @@ __all__ = ["Decision", "DecisionFileError", "read_decisions", "replay"]
 
 _VERDICTS = "ok, warn or fail"
 MAX_TIME = 253402300799  # 9999-12-31T23:59:59Z, the last second an ISO 8601 timestamp can name
-_MAX_DIGITS = 100  # an integer this long is no field of a decision record
 
 
 class DecisionFileError(ValueError):
@@ -98,9 +97,10 @@ class _Unreadable(Exception):
 
 
 def _integer(text: str) -> int:
-    if len(text.lstrip("-")) > _MAX_DIGITS:
-        raise _Unreadable(f"an integer of {len(text.lstrip('-'))} digits")
-    return int(text)
+    try:
+        return int(text)
+    except ValueError:  # past sys.get_int_max_str_digits()
+        raise _Unreadable(f"an integer of {len(text.lstrip('-'))} digits") from None
 
 
 def _json(text: str) -> Any:
