@@ -156,16 +156,15 @@ def _adapt(args: argparse.Namespace) -> int:
 # -- serve -----------------------------------------------------------------------------------
 
 
+def _fastapi_extra(error: ImportError) -> CommandError:
+    return CommandError(f"needs the fastapi extra (pip install 'driftgate[fastapi]'): {error}")
+
+
 def _serve(args: argparse.Namespace) -> int:
     try:
-        import uvicorn
-
-        from driftgate.demo import create_demo_app
         from driftgate.settings import SettingsError, load_settings
     except ImportError as error:
-        raise CommandError(
-            f"needs the fastapi extra (pip install 'driftgate[fastapi]'): {error}"
-        ) from None
+        raise _fastapi_extra(error) from None
     try:
         settings = load_settings(args.config)
     except SettingsError as error:
@@ -173,6 +172,12 @@ def _serve(args: argparse.Namespace) -> int:
     if args.check:
         print(f"{args.config}: valid" if args.config else "no --config: the defaults are valid")
         return EXIT_OK
+    try:
+        import uvicorn
+
+        from driftgate.demo import create_demo_app
+    except ImportError as error:
+        raise _fastapi_extra(error) from None
     if args.state_dir is not None:
         from dataclasses import replace
 
