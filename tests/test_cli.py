@@ -214,7 +214,7 @@ def test_adapt_the_example_files(tmp_path):
         ('[{"key": "a", "shadow": "ok", "enforced": "ok"},\n {"key": "b"]\n',
          ["d.jsonl:2: not valid JSON"]),
         ("", ["d.jsonl: no decision records"]),
-        ("\xff\xfe", ["cannot read"]),
+        ("\xff\xfe", ["d.jsonl:1: not UTF-8 (byte 0xff at offset 0)"]),
     ],
 )  # fmt: skip
 def test_adapt_bad_input_exits_2_naming_the_line_or_field(tmp_path, content, fragments):
@@ -449,3 +449,66 @@ def test_probe_the_demo_service(service, tmp_path):
     request["context"]["_demo_unstable"] = True
     unstable.write_text(json.dumps(request))
     assert run("probe", "--url", url, "--body", unstable, *field).returncode == 3
+
+
+# -- what no command may do: a traceback ------------------------------------------------------
+
+
+def test_serve_check_validates_the_values_file_without_serving(tmp_path, capsys):
+    from driftgate.cli import main
+
+    assert main(["serve", "--config", str(EXAMPLES / "values.yaml"), "--check"]) == 0
+    assert capsys.readouterr().out == f"{EXAMPLES / 'values.yaml'}: valid\n"
+    bad = tmp_path / "values.yaml"
+    bad.write_text("rollout:\n  check_interval_seconds: 1.0e+300\n")
+    assert main(["serve", "--config", str(bad), "--check"]) == 2
+    assert capsys.readouterr().err == (
+        f"driftgate serve: --config {bad}: rollout.check_interval_seconds: expected a number in "
+        "[1, 86400], got 1e+300\n"
+    )
+    assert not (tmp_path / "driftgate-state").exists()
+
+
+def test_serve_refuses_a_state_folder_it_cannot_make_before_serving(tmp_path, capsys):
+    from driftgate.cli import main
+
+    values = tmp_path / "values.yaml"
+    values.write_text("rollout: {enabled: true}\n")
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    code = main(["serve", "--config", str(values), "--state-dir", str(blocker / "state")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("driftgate serve: rollout.state_path: cannot use ")
+    assert err.endswith("(Not a directory)\n")
+
+
+def test_serve_port_out_of_range_is_a_usage_error():
+    assert_usage_error(run("serve", "--port", "70000"), "--port: '70000': expected a port")
+
+
+def test_an_unexpected_failure_is_one_line_and_exit_1(tmp_path, capsys, monkeypatch):
+    import driftgate.adapt
+    from driftgate.cli import main
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("replay broke\nsecond line")
+
+    monkeypatch.setattr(driftgate.adapt, "replay", broken)
+    context = write_jsonl(tmp_path / "d.jsonl", random_records(5, seed=0))
+    assert main(["adapt", "--policy", "p", "--context", str(context)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == "driftgate adapt: internal error: RuntimeError: replay broke\n"
+
+
+def test_status_and_advance_against_a_service_that_is_not_driftgate():
+    def reply(method: str, path: str, body: bytes) -> tuple[int, object]:
+        return 200, {"unrelated": [1, 2]}
+
+    with json_server(reply) as url:
+        assert_usage_error(run("status", "--url", url), "answered without a rollout status")
+        assert_usage_error(
+            run("advance", "--url", url, env={"DRIFTGATE_ADMIN_TOKEN": TOKEN}),
+            "answered without a transition",
+        )

@@ -6,16 +6,15 @@ A decision file holds one record per request, as a JSON array or as JSON lines:
     {"key": "supplier-34", "shadow": "ok", "enforced": "ok", "time": 1700000000}
 
 `key` is the cohort key (hashed, never exported), `shadow` and `enforced` are the verdicts both
-evaluators gave (`ok`, `warn`, `fail`, any case), and the optional `time` (unix seconds) places
-the record in the rolling windows; records without one count at the latest time seen. Other
-fields are ignored. The replay decides each record as the service would with the given
-options: only the cohort's records can drift.
+evaluators gave (`ok`, `warn`, `fail`, any case), and the optional `time` (unix seconds, up to
+the end of the year 9999) places the record in the rolling windows; records without one count
+at the latest time seen. Other fields are ignored. The replay decides each record as the service
+would with the given options: only the cohort's records can drift.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,10 +29,12 @@ from driftgate._core import (
     Verdict,
     parse_verdict,
 )
+from driftgate._messages import shown
 
 __all__ = ["Decision", "DecisionFileError", "read_decisions", "replay"]
 
 _VERDICTS = "ok, warn or fail"
+MAX_TIME = 253402300799  # 9999-12-31T23:59:59Z, the last second an ISO 8601 timestamp can name
 
 
 class DecisionFileError(ValueError):
@@ -59,7 +60,15 @@ def _decision(value: Any, where: str) -> Decision:
             raise DecisionFileError(f"{where}: missing field {field!r}")
     key = value["key"]
     if not isinstance(key, str) or not key:
-        raise DecisionFileError(f"{where}: field 'key': expected a non-empty string, got {key!r}")
+        raise DecisionFileError(
+            f"{where}: field 'key': expected a non-empty string, got {shown(key)}"
+        )
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:  # a "\ud800" escape: JSON allows it, UTF-8 cannot hold it
+        raise DecisionFileError(
+            f"{where}: field 'key': not valid Unicode (an unpaired surrogate), got {shown(key)}"
+        ) from None
     verdicts = []
     for field in ("shadow", "enforced"):
         raw = value[field]
@@ -69,14 +78,38 @@ def _decision(value: Any, where: str) -> Decision:
             verdicts.append(parse_verdict(raw))
         except ValueError:
             raise DecisionFileError(
-                f"{where}: field {field!r}: unknown verdict {raw!r} (expected {_VERDICTS})"
+                f"{where}: field {field!r}: unknown verdict {shown(raw)} (expected {_VERDICTS})"
             ) from None
     time = value.get("time")
     if time is not None and (
-        isinstance(time, bool) or not isinstance(time, (int, float)) or not math.isfinite(time)
+        isinstance(time, bool)
+        or not isinstance(time, (int, float))
+        or not 0 <= time <= MAX_TIME  # compared exactly: a 400-digit integer is no float
     ):
-        raise DecisionFileError(f"{where}: field 'time': expected unix seconds, got {time!r}")
+        raise DecisionFileError(
+            f"{where}: field 'time': expected unix seconds in [0, {MAX_TIME}], got {shown(time)}"
+        )
     return Decision(key, verdicts[0], verdicts[1], None if time is None else float(time))
+
+
+class _Unreadable(Exception):
+    """JSON that Python's parser cannot hold, though its grammar allows it."""
+
+
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:  # past sys.get_int_max_str_digits()
+        raise _Unreadable(f"an integer of {len(text.lstrip('-'))} digits") from None
+
+
+def _json(text: str) -> Any:
+    """`json.loads`, but nesting past Python's recursion limit and integers of thousands of
+    digits are `_Unreadable` instead of a RecursionError or a bare ValueError."""
+    try:
+        return json.loads(text, parse_int=_integer)
+    except RecursionError:
+        raise _Unreadable("nested too deeply") from None
 
 
 def _json_lines(path: Path, text: str) -> Iterator[Decision]:
@@ -84,9 +117,11 @@ def _json_lines(path: Path, text: str) -> Iterator[Decision]:
         if not line.strip():
             continue
         try:
-            value = json.loads(line)
+            value = _json(line)
         except json.JSONDecodeError as error:
             raise DecisionFileError(f"{path}:{number}: not valid JSON ({error.msg})") from None
+        except _Unreadable as error:
+            raise DecisionFileError(f"{path}:{number}: not readable JSON ({error})") from None
         yield _decision(value, f"{path}:{number}")
 
 
@@ -94,28 +129,39 @@ def read_decisions(path: str | Path) -> list[Decision]:
     """The records of a JSON (an array, or one object) or JSON-lines decision file."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise DecisionFileError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise DecisionFileError(f"{path}: cannot read ({error})") from None
+    except OSError as error:
+        raise DecisionFileError(f"{path}: cannot read ({error.strerror})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = raw.count(b"\n", 0, error.start) + 1
+        raise DecisionFileError(
+            f"{path}:{line}: not UTF-8 (byte 0x{raw[error.start]:02x} at offset {error.start})"
+        ) from None
     stripped = text.lstrip()
+    first_line = text[: len(text) - len(stripped)].count("\n") + 1
     if stripped.startswith("["):
         try:
-            values = json.loads(text)
+            values = _json(text)
         except json.JSONDecodeError as error:
             raise DecisionFileError(
                 f"{path}:{error.lineno}: not valid JSON ({error.msg})"
             ) from None
+        except _Unreadable as error:
+            raise DecisionFileError(f"{path}:{first_line}: not readable JSON ({error})") from None
         decisions = [_decision(v, f"{path}: record {i}") for i, v in enumerate(values, start=1)]
     else:
         try:  # one pretty-printed object; anything else is JSON lines
-            single = json.loads(text) if stripped.startswith("{") else None
+            single = _json(text) if stripped.startswith("{") else None
         except json.JSONDecodeError:
             single = None
+        except _Unreadable as error:
+            raise DecisionFileError(f"{path}:{first_line}: not readable JSON ({error})") from None
         if isinstance(single, dict):
-            line = text[: len(text) - len(stripped)].count("\n") + 1
-            decisions = [_decision(single, f"{path}:{line}")]
+            decisions = [_decision(single, f"{path}:{first_line}")]
         else:
             decisions = list(_json_lines(path, text))
     if not decisions:

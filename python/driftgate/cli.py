@@ -1,13 +1,13 @@
 """The `driftgate` command line.
 
     driftgate adapt --policy ID --context FILE [--enforce] [--rollout N] [--drift-max R] ...
-    driftgate serve [--config FILE] [--host H] [--port P]
+    driftgate serve [--config FILE] [--check] [--host H] [--port P]
     driftgate status|advance|rollback --url URL [--json]
     driftgate probe --url URL --body FILE [--field PATH] [--count N] [--interval S]
 
 Exit codes: 0 done (drift within the limit, signature stable); 1 the service refused the
-action; 2 bad flags or input, or a service that cannot be reached; 3 drift above the limit, or
-an unstable signature. Errors are one line on stderr, never a traceback.
+action, or an internal error; 2 bad flags or input, or a service that cannot be reached; 3 drift
+above the limit, or an unstable signature. Errors are one line on stderr, never a traceback.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
+
+from driftgate._messages import one_line, printable, shown
 
 EXIT_OK = 0
 EXIT_REFUSED = 1
@@ -45,7 +47,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line naming the flag, then exit 2."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
+        self.exit(EXIT_USAGE, f"{self.prog}: {one_line(message)} (see {self.prog} --help)\n")
 
 
 # -- adapt -----------------------------------------------------------------------------------
@@ -81,7 +83,7 @@ def _adapt_summary(report: dict[str, Any], written: str) -> str:
         f"gate           {verdict}",
     ]
     if written:
-        lines.append(f"report         {written}")
+        lines.append(f"report         {printable(written)}")
     return "\n".join(lines)
 
 
@@ -154,25 +156,37 @@ def _adapt(args: argparse.Namespace) -> int:
 # -- serve -----------------------------------------------------------------------------------
 
 
+def _fastapi_extra(error: ImportError) -> CommandError:
+    return CommandError(f"needs the fastapi extra (pip install 'driftgate[fastapi]'): {error}")
+
+
 def _serve(args: argparse.Namespace) -> int:
     try:
-        import uvicorn
-
-        from driftgate.demo import create_demo_app
         from driftgate.settings import SettingsError, load_settings
     except ImportError as error:
-        raise CommandError(
-            f"needs the fastapi extra (pip install 'driftgate[fastapi]'): {error}"
-        ) from None
+        raise _fastapi_extra(error) from None
     try:
         settings = load_settings(args.config)
     except SettingsError as error:
         raise CommandError(f"--config {error}") from None
+    if args.check:
+        print(f"{args.config}: valid" if args.config else "no --config: the defaults are valid")
+        return EXIT_OK
+    try:
+        import uvicorn
+
+        from driftgate.demo import create_demo_app
+    except ImportError as error:
+        raise _fastapi_extra(error) from None
     if args.state_dir is not None:
         from dataclasses import replace
 
         settings = replace(settings, state_path=args.state_dir / settings.state_path.name)
-    app = create_demo_app(settings)
+    try:
+        app = create_demo_app(settings)
+    except OSError as error:  # the state file's folder cannot be made
+        where = error.filename or settings.state_path.parent
+        raise CommandError(f"rollout.state_path: cannot use {where} ({error.strerror})") from None
     # One worker: the tracker's windows and the rollout state live in this process.
     uvicorn.run(app, host=args.host, port=args.port, workers=1, log_level=args.log_level)
     return EXIT_OK
@@ -185,6 +199,16 @@ def _url(value: str) -> str:
     if not value.startswith(("http://", "https://")):
         raise argparse.ArgumentTypeError(f"{value!r}: expected an http:// or https:// URL")
     return value.rstrip("/")
+
+
+def _port(value: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected a port in [0, 65535]")
+    return port
 
 
 def _seconds(value: str) -> float:
@@ -211,9 +235,9 @@ def _request(method: str, url: str, timeout: float, **kwargs: Any):
 def _json_answer(response) -> Any:
     try:
         return response.json()
-    except ValueError:
+    except (ValueError, RecursionError):
         raise CommandError(
-            f"{response.request.url} answered {response.status_code} without JSON"
+            f"{response.request.url} answered {response.status_code} without JSON that can be read"
         ) from None
 
 
@@ -255,7 +279,11 @@ def _status(args: argparse.Namespace) -> int:
     if response.status_code != 200:
         raise _refusal(response)
     status = _json_answer(response)
-    print(json.dumps(status, indent=2) if args.json else _status_text(status))
+    try:
+        text = json.dumps(status, indent=2) if args.json else _status_text(status)
+    except (KeyError, TypeError, ValueError, IndexError):
+        raise CommandError(f"{response.request.url} answered without a rollout status") from None
+    print(printable(text))
     return EXIT_OK
 
 
@@ -274,10 +302,15 @@ def _move(args: argparse.Namespace) -> int:
     if response.status_code != 200:
         raise _refusal(response)
     answer = _json_answer(response)
-    if args.json:
-        print(json.dumps(answer, indent=2))
-    else:
-        print(f"{answer['message']}: now {answer['new_stage']} at {answer['new_percentage']:g}%")
+    try:
+        text = (
+            json.dumps(answer, indent=2)
+            if args.json
+            else f"{answer['message']}: now {answer['new_stage']} at {answer['new_percentage']:g}%"
+        )
+    except (KeyError, TypeError, ValueError):
+        raise CommandError(f"{response.request.url} answered without a transition") from None
+    print(printable(text))
     return EXIT_OK
 
 
@@ -291,8 +324,43 @@ def _field(answer: Any, path: str, attempt: int) -> str:
             raise CommandError(f"answer {attempt} has no field {path!r}")
         value = value[part]
     if isinstance(value, (dict, list)) or value is None:
-        raise CommandError(f"answer {attempt}: field {path!r} is not a signature: {value!r}")
-    return str(value)
+        raise CommandError(f"answer {attempt}: field {path!r} is not a signature: {shown(value)}")
+    return printable(str(value))
+
+
+JSON = "application/json"
+
+
+def _refuse_constant(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _json_body(path: Path) -> bytes:
+    """The file's bytes, once they are known to be one strict JSON document (UTF-8, no NaN):
+    posted as they are, so the service gets exactly what the file says."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise CommandError(f"--body {path}: no such file") from None
+    except OSError as error:
+        raise CommandError(f"--body {path}: cannot read ({error.strerror})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = raw.count(b"\n", 0, error.start) + 1
+        raise CommandError(
+            f"--body {path}:{line}: not UTF-8 (byte 0x{raw[error.start]:02x} at offset "
+            f"{error.start})"
+        ) from None
+    try:  # numbers are only checked, never converted: any length is JSON
+        json.loads(text, parse_int=len, parse_float=len, parse_constant=_refuse_constant)
+    except json.JSONDecodeError as error:
+        raise CommandError(f"--body {path}:{error.lineno}: not valid JSON ({error.msg})") from None
+    except ValueError as error:
+        raise CommandError(f"--body {path}: not valid JSON ({error})") from None
+    except RecursionError:
+        raise CommandError(f"--body {path}: JSON nested too deeply to check") from None
+    return raw
 
 
 def _probe(args: argparse.Namespace) -> int:
@@ -300,21 +368,14 @@ def _probe(args: argparse.Namespace) -> int:
         raise CommandError(f"--count {args.count}: expected at least 2 (one answer cannot differ)")
     if not (args.interval >= 0 and math.isfinite(args.interval)):
         raise CommandError(f"--interval {args.interval}: expected seconds >= 0")
-    try:
-        body = json.loads(args.body.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CommandError(f"--body {args.body}: no such file") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise CommandError(f"--body {args.body}: cannot read ({error})") from None
-    except json.JSONDecodeError as error:
-        raise CommandError(
-            f"--body {args.body}:{error.lineno}: not valid JSON ({error.msg})"
-        ) from None
+    body = _json_body(args.body)
     signatures: list[str] = []
     for attempt in range(1, args.count + 1):
         if attempt > 1 and args.interval:
             time.sleep(args.interval)
-        response = _request("POST", args.url, args.timeout, json=body)
+        response = _request(
+            "POST", args.url, args.timeout, content=body, headers={"Content-Type": JSON}
+        )
         if not 200 <= response.status_code < 300:
             raise CommandError(f"answer {attempt}: the service answered {response.status_code}")
         signatures.append(_field(_json_answer(response), args.field, attempt))
@@ -381,8 +442,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="run the demo service under uvicorn")
     serve.add_argument("--config", type=Path, help="a Helm-style values file (YAML)")
+    serve.add_argument(
+        "--check", action="store_true", help="validate the values file, then exit (0 if valid)"
+    )
     serve.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000, help="default: 8000")
+    serve.add_argument("--port", type=_port, default=8000, help="default: 8000")
     serve.add_argument(
         "--state-dir", type=Path, help="folder for the rollout state file (default: from config)"
     )
@@ -424,14 +488,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+
+    def fail(message: str, code: int) -> int:
+        print(f"driftgate {args.command}: {one_line(message)}", file=sys.stderr)
+        return code
+
     try:
         return args.run(args)
     except CommandError as error:
-        print(f"driftgate {args.command}: {error}", file=sys.stderr)
-        return error.code
+        return fail(str(error), error.code)
+    except ValueError as error:  # a bad value that no command turned into a CommandError
+        return fail(str(error), EXIT_USAGE)
     except KeyboardInterrupt:
-        print(f"driftgate {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return fail("interrupted", 130)
+    except Exception as error:  # a bug: still one line, and a different exit code from bad input
+        return fail(f"internal error: {type(error).__name__}: {error}", EXIT_REFUSED)
 
 
 if __name__ == "__main__":

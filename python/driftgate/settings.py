@@ -17,23 +17,60 @@ rollout:
     timeout_seconds: 5
 admin:
   token_env: DRIFTGATE_ADMIN_TOKEN
+
+The file is read strictly, so that a typo stops the service at start instead of changing what
+it enforces: keys are strings and appear once per mapping, unknown keys are refused, a `true`
+is not a number and a `20.0` not a count, and every number has a range wide enough for any
+real deployment and narrow enough to catch a slip of the keyboard (a stage of more than ten
+years, a check interval of more than a day). Every refusal is a `SettingsError` of one line
+naming the file, and the line or the key.
 """
 
 from __future__ import annotations
 
-import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, TypeVar, get_args
+
+import yaml
+from pydantic import AfterValidator, AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationError
 
 from driftgate._core import EnforceOptions, GateConfig, RolloutConfig, RolloutStage
+from driftgate._messages import one_line, shown
 from driftgate.rollout import PrometheusErrorRate
 
-__all__ = ["Settings", "SettingsError", "load_settings"]
+__all__ = [
+    "MAX_CHECK_INTERVAL_SECONDS",
+    "MAX_STAGE_SECONDS",
+    "MAX_VALUES_BYTES",
+    "Settings",
+    "SettingsError",
+    "load_settings",
+    "parse_settings",
+]
+
+MAX_VALUES_BYTES = 64 << 10
+"""A values file is a few hundred bytes; past 64 KiB it is the wrong file (and PyYAML would
+take seconds to say so)."""
+MAX_STAGE_SECONDS = 10 * 365 * 86400
+"""A stage longer than ten years (315360000 s) is a typo, not a plan."""
+MAX_CHECK_INTERVAL_SECONDS = 86400
+"""A rollout checked less than once a day cannot react to the error rate of its own stages."""
+MIN_CHECK_INTERVAL_SECONDS = 1
+"""Each check reads the error-rate source; more than once a second only loads Prometheus."""
+MAX_QUERY_TIMEOUT_SECONDS = 120
+"""Prometheus gives up on a query after two minutes by default; waiting longer never helps."""
+MAX_COUNT = 10**9
+"""More requests than a window of any real service holds: a larger minimum never decides."""
+MAX_STAGES = 100
+MAX_NESTING = 32
+"""A values file nests four levels deep; YAML that nests more than this is not one."""
 
 
 class SettingsError(ValueError):
-    """A values file that cannot be used; the message names the key and the bad value."""
+    """A values file that cannot be used; the message is one line naming the file, and the
+    line or the key, and the bad value."""
 
 
 @dataclass(frozen=True)
@@ -48,163 +85,384 @@ class Settings:
     admin_token_env: str = "DRIFTGATE_ADMIN_TOKEN"
 
 
-_TOP = {
-    "enforce_enabled",
-    "enforce_rollout_percent",
-    "drift_max_ratio",
-    "enforce_readiness_gate",
-    "rollout",
-    "admin",
+# -- the schema ------------------------------------------------------------------------------
+
+
+def _no_nul(text: str) -> str:
+    """No path or query holds a NUL (pydantic already refuses unpaired surrogates)."""
+    if "\0" in text:
+        raise ValueError("contains a NUL character")
+    return text
+
+
+def _number(low: float, high: float, *, above_low: bool = False) -> Any:
+    bound = {"gt": low} if above_low else {"ge": low}
+    return Annotated[float, Field(**bound, le=high, allow_inf_nan=False)]
+
+
+_Ratio = _number(0, 1)
+_Percent = _number(0, 100)
+_StageSeconds = _number(0, MAX_STAGE_SECONDS)
+_CheckInterval = _number(MIN_CHECK_INTERVAL_SECONDS, MAX_CHECK_INTERVAL_SECONDS)
+_QueryTimeout = _number(0, MAX_QUERY_TIMEOUT_SECONDS, above_low=True)
+_Count = Annotated[int, Field(ge=0, le=MAX_COUNT)]
+_PathText = Annotated[str, Field(min_length=1, max_length=4096), AfterValidator(_no_nul)]
+_Query = Annotated[str, Field(min_length=1, max_length=10_000), AfterValidator(_no_nul)]
+_Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
+_EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
+
+
+class _Section(BaseModel):
+    # strict: no "20" for 20, no 1 for true, no 20.0 for a count; a float key takes an int
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class _Gate(_Section):
+    enabled: bool = False
+    window: Literal["5m", "15m", "60m"] = "5m"
+    min_requests: _Count = 100
+    reopen_ratio: _Ratio | None = None
+    confidence: Annotated[float, Field(ge=0.5, lt=1)] | None = None
+
+
+class _Stage(_Section):
+    name: _Name
+    percentage: _Percent
+    duration_seconds: _StageSeconds = 0.0
+    max_error_rate: _Ratio = 0.0
+    requires_approval: bool = False
+
+
+class _Prometheus(_Section):
+    url: AnyHttpUrl
+    query: _Query
+    timeout_seconds: _QueryTimeout = 5.0
+
+
+class _Rollout(_Section):
+    enabled: bool = False
+    state_path: _PathText = "driftgate-state/rollout.json"
+    check_interval_seconds: _CheckInterval = 900.0
+    min_requests: _Count = 0
+    stages: Annotated[list[_Stage], Field(min_length=1, max_length=MAX_STAGES)] | None = None
+    prometheus: _Prometheus | None = None
+
+
+class _Admin(_Section):
+    token_env: _EnvName = "DRIFTGATE_ADMIN_TOKEN"
+
+
+class _Values(_Section):
+    enforce_enabled: bool = False
+    enforce_rollout_percent: _Percent = 0.0
+    drift_max_ratio: _Ratio = 0.005
+    enforce_readiness_gate: _Gate | None = None
+    rollout: _Rollout | None = None
+    admin: _Admin | None = None
+
+
+# -- one line per problem --------------------------------------------------------------------
+
+
+def _key_path(loc: tuple[Any, ...]) -> str:
+    path = ""
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else f".{part}" if path else str(part)
+    return path or "values"
+
+
+def _section_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The schema section that `loc` (a path of keys and list indices) points into."""
+    section: type[BaseModel] | None = _Values
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        fields = section.model_fields if section else {}
+        section = _model_in(fields[part].annotation) if part in fields else None
+    return section
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for argument in get_args(annotation):
+        found = _model_in(argument)
+        if found is not None:
+            return found
+    return None
+
+
+_NUMERIC = {
+    "float_type",
+    "int_type",
+    "finite_number",
+    "greater_than",
+    "greater_than_equal",
+    "less_than",
+    "less_than_equal",
 }
-_GATE = {"enabled", "window", "min_requests", "reopen_ratio", "confidence"}
-_ROLLOUT = {
-    "enabled",
-    "state_path",
-    "check_interval_seconds",
-    "min_requests",
-    "stages",
-    "prometheus",
+_EXPECTED = {
+    "bool_type": "true or false",
+    "string_type": "a string",
+    "model_type": "a mapping",
+    "dict_type": "a mapping",
+    "list_type": "a list",
 }
-_PROMETHEUS = {"url", "query", "timeout_seconds"}
-_STAGE = {"name", "percentage", "duration_seconds", "max_error_rate", "requires_approval"}
-_ADMIN = {"token_env"}
 
 
-def _mapping(value: Any, key: str, allowed: set[str]) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise SettingsError(f"{key}: expected a mapping, got {type(value).__name__}")
-    unknown = sorted(set(value) - allowed)
-    if unknown:
-        raise SettingsError(
-            f"{key}: unknown key {unknown[0]!r} (known: {', '.join(sorted(allowed))})"
-        )
-    return value
+def _constraints(annotation: Any) -> list[Any]:
+    """The annotated-types constraints (Ge, Le, ...) anywhere inside `annotation`."""
+    found = list(getattr(annotation, "__metadata__", ()))
+    for item in list(found):
+        found.extend(getattr(item, "metadata", ()))
+    for argument in get_args(annotation):
+        found.extend(_constraints(argument))
+    return found
 
 
-def _typed(section: dict[str, Any], name: str, key: str, kinds: tuple[type, ...], default: Any):
-    value = section.get(name, default)
-    if value is default:
-        return value
-    if isinstance(value, bool) and bool not in kinds:
-        raise SettingsError(f"{key}.{name}: expected a number, got {value!r}")
-    if not isinstance(value, kinds):
-        expected = " or ".join(k.__name__ for k in kinds)
-        raise SettingsError(f"{key}.{name}: expected {expected}, got {value!r}")
-    if isinstance(value, float) and not math.isfinite(value):
-        raise SettingsError(f"{key}.{name}: expected a finite number, got {value!r}")
-    return value
+def _number_range(loc: tuple[Any, ...]) -> str | None:
+    """ "a number in [0, 100]" for the numeric key at `loc`, from the schema itself."""
+    section = _section_at(loc[:-1])
+    name = loc[-1] if loc else None
+    if section is None or not isinstance(name, str) or name not in section.model_fields:
+        return None
+    info = section.model_fields[name]
+    kinds = {info.annotation, *get_args(info.annotation)}
+    kinds |= {get_args(kind)[0] for kind in kinds if hasattr(kind, "__metadata__")}
+    noun = "a number" if float in kinds else "an integer" if int in kinds else None
+    if noun is None:
+        return None
+    low, high = "(-inf", "inf)"
+    for constraint in _constraints(info.annotation) + list(info.metadata):
+        for attribute, bracket in (("ge", "["), ("gt", "("), ("le", "]"), ("lt", ")")):
+            bound = getattr(constraint, attribute, None)
+            if bound is not None:
+                text = f"{bound:g}" if bound != int(bound) else str(int(bound))
+                if attribute in ("ge", "gt"):
+                    low = bracket + text
+                else:
+                    high = text + bracket
+    return f"{noun} in {low}, {high}"
 
 
-def _build(what: str, make):
+def _problem(error: dict[str, Any]) -> str:
+    """One validation error as `key.path: expected ..., got VALUE`."""
+    loc = tuple(error["loc"])
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        section = _section_at(loc[:-1])
+        known = ", ".join(section.model_fields) if section else ""
+        return f"{_key_path(loc[:-1])}: unknown key {shown(loc[-1])} (known: {known})"
+    if kind == "invalid_key":
+        return f"{_key_path(loc[:-1])}: key {shown(loc[-1])} is not a string"
+    if kind == "missing":
+        return f"{_key_path(loc)}: missing (required)"
+    expected = _number_range(loc) if kind in _NUMERIC else _EXPECTED.get(kind)
+    if expected is not None:
+        message = f"expected {expected}"
+    elif kind == "value_error":
+        message = str(error.get("ctx", {}).get("error", error["msg"]))
+    elif kind == "literal_error":
+        message = f"expected {error['ctx']['expected']}"
+    else:
+        message = error["msg"]
+        if message[1:2].islower():  # "Input should ..." reads as "input should ...", "URL" stays
+            message = message[:1].lower() + message[1:]
+    return f"{_key_path(loc)}: {message}, got {shown(error.get('input'))}"
+
+
+T = TypeVar("T")
+
+
+def _build(what: str, make: Callable[[], T]) -> T:
+    """Builds a core object from already-checked values; the core's own rules (stages that
+    rise, a reopen ratio under the limit) are reported against the key they concern."""
     try:
         return make()
     except (ValueError, TypeError) as error:
-        raise SettingsError(f"{what}: {error}") from None
+        raise SettingsError(f"{what}: {one_line(str(error))}") from None
+
+
+# -- values to settings ----------------------------------------------------------------------
 
 
 def parse_settings(values: Any) -> Settings:
-    """Settings from already-parsed values (a dict), or SettingsError naming the key."""
-    top = _mapping(values, "values", _TOP)
-    number = (int, float)
+    """Settings from already-parsed values (a dict; None for an empty file), or a
+    SettingsError naming the key."""
+    try:
+        checked = _Values.model_validate({} if values is None else values)
+    except ValidationError as error:
+        # a bad key first: a misspelt key is also the cause of the "missing" one
+        problems = sorted(
+            error.errors(include_url=False),
+            key=lambda e: e["type"] not in ("invalid_key", "extra_forbidden"),
+        )
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise SettingsError(_problem(problems[0]) + more) from None
     enforce = _build(
-        "enforce_*",
+        "enforce_rollout_percent",
         lambda: EnforceOptions(
-            _typed(top, "enforce_enabled", "values", (bool,), False),
-            _typed(top, "enforce_rollout_percent", "values", number, 0),
-            _typed(top, "drift_max_ratio", "values", number, 0.005),
+            checked.enforce_enabled, checked.enforce_rollout_percent, checked.drift_max_ratio
         ),
     )
-    gate_values = _mapping(top.get("enforce_readiness_gate"), "enforce_readiness_gate", _GATE)
-    key = "enforce_readiness_gate"
+    gate_values = checked.enforce_readiness_gate or _Gate()
     gate = _build(
-        key,
+        "enforce_readiness_gate",
         lambda: GateConfig(
-            enabled=_typed(gate_values, "enabled", key, (bool,), False),
-            window=_typed(gate_values, "window", key, (str,), "5m"),
-            max_ratio=enforce.drift_max_ratio,
-            min_requests=_typed(gate_values, "min_requests", key, (int,), 100),
-            reopen_ratio=_typed(gate_values, "reopen_ratio", key, number, None),
-            confidence=_typed(gate_values, "confidence", key, number, None),
+            enabled=gate_values.enabled,
+            window=gate_values.window,
+            max_ratio=checked.drift_max_ratio,
+            min_requests=gate_values.min_requests,
+            reopen_ratio=gate_values.reopen_ratio,
+            confidence=gate_values.confidence,
         ),
     )
-    if gate.window not in ("5m", "15m", "60m"):
-        raise SettingsError(f"{key}.window: {gate.window!r} is not one of 5m, 15m, 60m")
-
-    rollout_values = _mapping(top.get("rollout"), "rollout", _ROLLOUT)
+    rollout_values = checked.rollout or _Rollout()
     rollout = None
-    if _typed(rollout_values, "enabled", "rollout", (bool,), False):
-        stages_value = rollout_values.get("stages")
-        if stages_value is None:
-            rollout = RolloutConfig.default()
-        else:
-            if not isinstance(stages_value, list):
-                raise SettingsError(f"rollout.stages: expected a list, got {stages_value!r}")
-            stages = []
-            for i, stage_value in enumerate(stages_value):
-                skey = f"rollout.stages[{i}]"
-                stage = _mapping(stage_value, skey, _STAGE)
-                stages.append(
-                    _build(
-                        skey,
-                        lambda stage=stage, skey=skey: RolloutStage(
-                            _typed(stage, "name", skey, (str,), ""),
-                            _typed(stage, "percentage", skey, number, 0),
-                            _typed(stage, "duration_seconds", skey, number, 0),
-                            _typed(stage, "max_error_rate", skey, number, 0),
-                            _typed(stage, "requires_approval", skey, (bool,), False),
-                        ),
-                    )
-                )
-            rollout = _build("rollout.stages", lambda: RolloutConfig(stages))
-    interval = _typed(rollout_values, "check_interval_seconds", "rollout", number, 900.0)
-    if interval <= 0:
-        raise SettingsError(f"rollout.check_interval_seconds: expected > 0, got {interval!r}")
-    min_requests = _typed(rollout_values, "min_requests", "rollout", (int,), 0)
-    if min_requests < 0:
-        raise SettingsError(f"rollout.min_requests: expected >= 0, got {min_requests!r}")
+    if rollout_values.stages is not None:  # checked even while disabled: it will be enabled
+        stages = [
+            _build(
+                f"rollout.stages[{i}]",
+                lambda stage=stage: RolloutStage(
+                    stage.name,
+                    stage.percentage,
+                    stage.duration_seconds,
+                    stage.max_error_rate,
+                    stage.requires_approval,
+                ),
+            )
+            for i, stage in enumerate(rollout_values.stages)
+        ]
+        rollout = _build("rollout.stages", lambda: RolloutConfig(stages))
+    if not rollout_values.enabled:
+        rollout = None
+    elif rollout is None:
+        rollout = RolloutConfig.default()
     source = None
-    if rollout_values.get("prometheus") is not None:
-        key = "rollout.prometheus"
-        prometheus = _mapping(rollout_values["prometheus"], key, _PROMETHEUS)
+    if rollout_values.prometheus is not None:
+        prometheus = rollout_values.prometheus
         source = _build(
-            key,
+            "rollout.prometheus",
             lambda: PrometheusErrorRate(
-                _typed(prometheus, "url", key, (str,), ""),
-                _typed(prometheus, "query", key, (str,), ""),
-                timeout=_typed(prometheus, "timeout_seconds", key, number, 5.0),
+                str(prometheus.url), prometheus.query, timeout=prometheus.timeout_seconds
             ),
         )
-    admin = _mapping(top.get("admin"), "admin", _ADMIN)
+    admin = checked.admin or _Admin()
     return Settings(
         enforce=enforce,
         gate=gate,
         rollout=rollout,
-        state_path=Path(
-            _typed(rollout_values, "state_path", "rollout", (str,), "driftgate-state/rollout.json")
-        ),
-        check_interval_seconds=float(interval),
-        rollout_min_requests=min_requests,
+        state_path=Path(rollout_values.state_path),
+        check_interval_seconds=rollout_values.check_interval_seconds,
+        rollout_min_requests=rollout_values.min_requests,
         error_rate_source=source,
-        admin_token_env=_typed(admin, "token_env", "admin", (str,), "DRIFTGATE_ADMIN_TOKEN"),
+        admin_token_env=admin.token_env,
     )
+
+
+# -- the file --------------------------------------------------------------------------------
+
+
+class _RefusedYAML(yaml.constructor.ConstructorError):
+    """Parsed YAML that no values file may hold."""
+
+
+class _ValuesLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with the checks a values file needs and plain YAML does not make:
+    nesting is shallow, keys are strings and appear once per mapping, integers are ones Python
+    converts. (The pure-Python loader: libyaml's crashes the process on deep nesting.)"""
+
+    # PyYAML's scanner takes time quadratic in the nesting depth (3 KB of `{` take seconds)
+    # and its composer recurses once per level: refuse depth before either matters.
+    def fetch_flow_collection_start(self, TokenClass: type) -> None:
+        self._check_depth(self.flow_level)
+        super().fetch_flow_collection_start(TokenClass)
+
+    def add_indent(self, column: int) -> bool:
+        self._check_depth(len(self.indents))
+        return super().add_indent(column)
+
+    def _check_depth(self, depth: int) -> None:
+        if depth >= MAX_NESTING:
+            raise _RefusedYAML(
+                None, None, f"nested deeper than {MAX_NESTING} levels", self.get_mark()
+            )
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            first: dict[str, yaml.Node] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults` may override
+                    continue
+                key = self.construct_object(key_node, deep=deep)
+                if not isinstance(key, str):  # `1:`, or `on:` which YAML 1.1 reads as true
+                    raise _RefusedYAML(
+                        None,
+                        None,
+                        f"key {shown(key_node.value)} is not a string (YAML reads it as "
+                        f"{shown(key)}; quote it)",
+                        key_node.start_mark,
+                    )
+                if key in first:
+                    line = first[key].start_mark.line + 1
+                    raise _RefusedYAML(
+                        None,
+                        None,
+                        f"key {shown(key)} appears twice (first on line {line})",
+                        key_node.start_mark,
+                    )
+                first[key] = key_node
+        return super().construct_mapping(node, deep=deep)
+
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
+        try:
+            return super().construct_yaml_int(node)
+        except ValueError:  # more digits than Python converts (4300)
+            raise _RefusedYAML(
+                None, None, f"an integer of {len(node.value)} characters", node.start_mark
+            ) from None
+
+
+_ValuesLoader.add_constructor("tag:yaml.org,2002:int", _ValuesLoader.construct_yaml_int)
+
+
+def _yaml_problem(error: yaml.YAMLError, text: str) -> str:
+    """`LINE:COLUMN: problem`, one line, from PyYAML's several-line message."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None)
+    what = "" if isinstance(error, _RefusedYAML) else "not valid YAML: "
+    if mark is not None and problem:
+        return f"{mark.line + 1}:{mark.column + 1}: {what}{one_line(problem)}"
+    position = getattr(error, "position", None)  # ReaderError: a character YAML forbids
+    if position is not None:
+        return f"{text.count(chr(10), 0, position) + 1}: {what}{one_line(str(error))}"
+    return f" {what}{one_line(str(error))}"
 
 
 def load_settings(path: str | Path | None) -> Settings:
     """Settings from a YAML values file; the defaults when `path` is None."""
     if path is None:
         return Settings()
-    import yaml
-
     try:
-        text = Path(path).read_text()
+        with open(path, "rb") as file:
+            raw = file.read(MAX_VALUES_BYTES + 1)
     except OSError as error:
         raise SettingsError(f"{path}: cannot read ({error.strerror})") from None
+    if len(raw) > MAX_VALUES_BYTES:
+        raise SettingsError(f"{path}: larger than {MAX_VALUES_BYTES} bytes: not a values file")
     try:
-        values = yaml.safe_load(text)
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = raw.count(b"\n", 0, error.start) + 1
+        raise SettingsError(
+            f"{path}:{line}: not UTF-8 (byte 0x{raw[error.start]:02x} at offset {error.start})"
+        ) from None
+    try:
+        values = yaml.load(text, Loader=_ValuesLoader)
     except yaml.YAMLError as error:
-        raise SettingsError(f"{path}: not valid YAML ({error})") from None
+        raise SettingsError(f"{path}:{_yaml_problem(error, text)}") from None
+    except RecursionError:
+        raise SettingsError(f"{path}: not a values file: nested too deeply") from None
     try:
         return parse_settings(values)
     except SettingsError as error:

@@ -1,0 +1,42 @@
+"""Error messages of one line that show the bad value, whatever the value is."""
+
+from __future__ import annotations
+
+import reprlib
+import sys
+from typing import Any
+
+_repr = reprlib.Repr()
+_repr.maxstring = _repr.maxother = 40
+_repr.maxlevel = 2
+_repr.maxlist = _repr.maxtuple = _repr.maxdict = _repr.maxset = 4
+
+
+def shown(value: Any) -> str:
+    """A value for an error message: short, one line and printable, even for a value nested a
+    thousand deep or an integer of 5000 digits (which Python refuses to print)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        sign = "negative " if value < 0 else ""
+        try:
+            return f"a {sign}{len(str(abs(value)))}-digit integer"
+        except ValueError:  # past sys.get_int_max_str_digits()
+            article = "a negative" if value < 0 else "an"
+            return f"{article} integer of more than {sys.get_int_max_str_digits()} digits"
+    try:
+        text = _repr.repr(value)
+    except Exception:  # a repr that fails is no reason to lose the message
+        text = f"a {type(value).__name__}"
+    return printable(text)
+
+
+def printable(text: str) -> str:
+    """`text` with unpaired surrogates escaped, so that any stream can write it."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def one_line(text: str) -> str:
+    """The first non-empty line of `text`, printable (a library's message may span several)."""
+    for line in str(text).splitlines():
+        if line.strip():
+            return printable(line.strip())
+    return ""
