@@ -129,10 +129,10 @@ void register_rollout(py::module_& m) {
         .def(py::init([](std::vector<RolloutStage> stages, long long current_stage_index,
                          py::handle started_at, bool rollback_on_error,
                          std::shared_ptr<Clock> clock) {
-                 return RolloutConfig(
-                     std::move(stages), size_arg(current_stage_index, "current_stage_index"),
-                     time_arg(started_at, "current_stage_started_at"), rollback_on_error,
-                     clock_or_system(std::move(clock)));
+                 return RolloutConfig(std::move(stages),
+                                      size_arg(current_stage_index, "current_stage_index"),
+                                      time_arg(started_at, "current_stage_started_at"),
+                                      rollback_on_error, clock_or_system(std::move(clock)));
              }),
              py::arg("stages"), py::arg("current_stage_index") = 0,
              py::arg("current_stage_started_at") = py::none(), py::arg("rollback_on_error") = true,
@@ -208,22 +208,24 @@ void register_rollout(py::module_& m) {
              [](const Decision& d, py::object index) {
                  return py::make_tuple(d.success, d.message).attr("__getitem__")(index);
              })
-        .def("__eq__",
-             [](const Decision& d, py::handle other) -> py::object {
-                 if (py::isinstance<Decision>(other)) {
-                     return py::bool_(decision_dict(d).equal(decision_dict(other.cast<Decision>())));
-                 }
-                 if (py::isinstance<py::tuple>(other)) {
-                     return py::bool_(py::make_tuple(d.success, d.message).equal(other));
-                 }
-                 return py::reinterpret_borrow<py::object>(Py_NotImplemented);
-             })
-        .def("__hash__", [](const Decision& d) { return py::hash(py::make_tuple(d.success, d.message)); })
+        .def(
+            "__eq__",
+            [](const Decision& d, py::handle other) -> py::object {
+                if (py::isinstance<Decision>(other)) {
+                    return py::bool_(decision_dict(d).equal(decision_dict(other.cast<Decision>())));
+                }
+                if (py::isinstance<py::tuple>(other)) {
+                    return py::bool_(py::make_tuple(d.success, d.message).equal(other));
+                }
+                return py::reinterpret_borrow<py::object>(Py_NotImplemented);
+            })
+        .def("__hash__",
+             [](const Decision& d) { return py::hash(py::make_tuple(d.success, d.message)); })
         .def("__repr__", [](const Decision& d) {
             return "Decision(" + std::string(d.success ? "True" : "False") + ", " +
-                   py::repr(py::str(d.message)).cast<std::string>() + ", action=" +
-                   std::string(to_string(d.action)) + ", " + d.from_stage + " -> " + d.to_stage +
-                   ", version=" + std::to_string(d.version) + ")";
+                   py::repr(py::str(d.message)).cast<std::string>() +
+                   ", action=" + std::string(to_string(d.action)) + ", " + d.from_stage + " -> " +
+                   d.to_stage + ", version=" + std::to_string(d.version) + ")";
         });
 
     py::class_<RolloutManager, std::shared_ptr<RolloutManager>>(

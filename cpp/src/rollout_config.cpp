@@ -188,8 +188,8 @@ RolloutPosition StagePlan::rolled_back(const RolloutPosition& position, double n
 // -- RolloutConfig ------------------------------------------------------------------------
 
 RolloutConfig::RolloutConfig(std::vector<RolloutStage> stages, std::size_t current_stage_index,
-                             std::optional<double> current_stage_started_at,
-                             bool rollback_on_error, std::shared_ptr<const Clock> clock)
+                             std::optional<double> current_stage_started_at, bool rollback_on_error,
+                             std::shared_ptr<const Clock> clock)
     : plan_(std::make_shared<const StagePlan>(std::move(stages), rollback_on_error)),
       shared_(std::make_shared<Shared>()) {
     shared_->clock = clock ? std::move(clock) : SystemClock::instance();
@@ -223,10 +223,10 @@ double RolloutConfig::wall_now() const {
 void RolloutConfig::require_unowned_locked(std::string_view what,
                                            std::string_view manager_method) const {
     if (shared_->owned) {
-        throw ConfigOwnedError("this RolloutConfig belongs to a RolloutManager, which alone moves "
-                               "the rollout: cannot " +
-                               std::string(what) + "; use manager." + std::string(manager_method) +
-                               "() instead");
+        throw ConfigOwnedError(
+            "this RolloutConfig belongs to a RolloutManager, which alone moves "
+            "the rollout: cannot " +
+            std::string(what) + "; use manager." + std::string(manager_method) + "() instead");
     }
 }
 

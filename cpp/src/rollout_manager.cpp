@@ -248,10 +248,10 @@ Decision RolloutManager::decide_locked(double error_rate, bool over_limit,
                           "error rate " + rate + " exceeds threshold " +
                               detail::format_percent(stage.max_error_rate));
         const bool aborted = position_.state == RolloutState::Aborted;
-        const std::string moved =
-            aborted ? "Rolled back from " + stage.name + ": rollout aborted at 0%"
-                    : "Rolled back from " + stage.name + " to " +
-                          plan_->stage(position_.stage_index).name;
+        const std::string moved = aborted
+                                      ? "Rolled back from " + stage.name + ": rollout aborted at 0%"
+                                      : "Rolled back from " + stage.name + " to " +
+                                            plan_->stage(position_.stage_index).name;
         return decision_locked(
             false, aborted ? DecisionAction::Aborted : DecisionAction::RolledBack,
             "Rolled back due to high error rate: " + rate + " (" + moved + ")", before, "auto");
@@ -275,10 +275,10 @@ Decision RolloutManager::decide_locked(double error_rate, bool over_limit,
     }
     transition_locked(plan_->advanced(position_, now), "auto", std::move(check.reason));
     const RolloutStage& next = plan_->stage(position_.stage_index);
-    return decision_locked(true, DecisionAction::Advanced,
-                           "Advanced to stage " + next.name + " (" +
-                               percent_text(next.percentage) + ")",
-                           before, "auto");
+    return decision_locked(
+        true, DecisionAction::Advanced,
+        "Advanced to stage " + next.name + " (" + percent_text(next.percentage) + ")", before,
+        "auto");
 }
 
 namespace {
@@ -320,8 +320,8 @@ Decision RolloutManager::evaluate_counts(std::uint64_t failed, std::uint64_t tot
     } else if (bounds.upper > limit) {
         hold = Hold{DecisionAction::Held,
                     "Holding: error rate upper bound " + detail::format_percent(bounds.upper) +
-                        " exceeds threshold " + detail::format_percent(limit) +
-                        " at confidence " + detail::format_number(*options_.confidence)};
+                        " exceeds threshold " + detail::format_percent(limit) + " at confidence " +
+                        detail::format_number(*options_.confidence)};
     }
     return decide_locked(rate, bounds.lower > limit, std::move(hold));
 }
@@ -333,10 +333,10 @@ Decision RolloutManager::manual_advance(std::string_view actor) {
     if (position_.state == RolloutState::Aborted) {
         transition_locked(plan_->advanced(position_, wall_now()), actor, "manual resume");
         const RolloutStage& first = plan_->stage(0);
-        return decision_locked(true, DecisionAction::Resumed,
-                               "Resumed rollout at stage " + first.name + " (" +
-                                   percent_text(first.percentage) + ")",
-                               before, actor);
+        return decision_locked(
+            true, DecisionAction::Resumed,
+            "Resumed rollout at stage " + first.name + " (" + percent_text(first.percentage) + ")",
+            before, actor);
     }
     if (plan_->is_final(position_.stage_index)) {
         return decision_locked(false, DecisionAction::AtFinalStage, "Already at final stage",
@@ -344,8 +344,7 @@ Decision RolloutManager::manual_advance(std::string_view actor) {
     }
     transition_locked(plan_->advanced(position_, wall_now()), actor, "manual advance");
     return decision_locked(true, DecisionAction::Advanced,
-                           "Manually advanced to stage " +
-                               plan_->stage(position_.stage_index).name,
+                           "Manually advanced to stage " + plan_->stage(position_.stage_index).name,
                            before, actor);
 }
 
@@ -365,10 +364,10 @@ Decision RolloutManager::manual_rollback(std::string_view actor, std::string_vie
                                "Rolled back from " + from + ": rollout aborted at 0%", before,
                                actor);
     }
-    return decision_locked(true, DecisionAction::RolledBack,
-                           "Rolled back from " + from + " to " +
-                               plan_->stage(position_.stage_index).name,
-                           before, actor);
+    return decision_locked(
+        true, DecisionAction::RolledBack,
+        "Rolled back from " + from + " to " + plan_->stage(position_.stage_index).name, before,
+        actor);
 }
 
 Decision RolloutManager::hold(std::string message, DecisionAction action) const {

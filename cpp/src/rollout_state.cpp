@@ -116,8 +116,9 @@ std::optional<PersistedRollout> StateFile::load() const {
         throw refuse("cannot be read: " + errno_text(errno));
     }
     if (S_ISLNK(info.st_mode)) {
-        throw refuse("is a symbolic link (writes replace the file by rename, which would "
-                     "replace the link, not its target): point state_path at the file itself");
+        throw refuse(
+            "is a symbolic link (writes replace the file by rename, which would "
+            "replace the link, not its target): point state_path at the file itself");
     }
     if (!S_ISREG(info.st_mode)) throw refuse("is not a regular file");
     const int fd = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
@@ -174,8 +175,7 @@ std::optional<PersistedRollout> StateFile::load() const {
         }
         return value.get<std::uint64_t>();
     };
-    auto time_field = [&](const Json& object, const char* name,
-                          const char* where = "") -> double {
+    auto time_field = [&](const Json& object, const char* name, const char* where = "") -> double {
         const std::string value = text_field(object, name, where);
         const auto parsed = detail::parse_iso8601(value);
         if (!parsed) {
@@ -186,11 +186,12 @@ std::optional<PersistedRollout> StateFile::load() const {
     };
 
     if (!json.is_object()) throw refuse("does not hold a JSON object");
-    static const std::set<std::string> kKnown = {
-        "schema_version", "stage_index", "stage_name",         "started_at",
-        "state",          "version",     "stages_fingerprint", "transitions"};
+    static const std::set<std::string> kKnown = {"schema_version",     "stage_index", "stage_name",
+                                                 "started_at",         "state",       "version",
+                                                 "stages_fingerprint", "transitions"};
     for (const auto& item : json.items()) {
-        if (!kKnown.contains(item.key())) throw refuse("has an unknown field " + detail::quote(item.key()));
+        if (!kKnown.contains(item.key()))
+            throw refuse("has an unknown field " + detail::quote(item.key()));
     }
     const Json& schema = field(json, "schema_version", "");
     if (!schema.is_number_integer() || schema.get<std::int64_t>() != kSchemaVersion) {
@@ -230,8 +231,8 @@ std::optional<PersistedRollout> StateFile::load() const {
                      std::to_string(kMaxTransitions));
     }
     if (transitions.size() > rollout.version) {
-        throw refuse("has " + std::to_string(transitions.size()) +
-                     " transitions but version " + std::to_string(rollout.version));
+        throw refuse("has " + std::to_string(transitions.size()) + " transitions but version " +
+                     std::to_string(rollout.version));
     }
     std::set<std::string> positions = {"aborted"};
     for (const auto& stage : plan_->stages()) positions.insert(stage.name);

@@ -131,8 +131,7 @@ class RolloutManager {
     /// lowers enforcement is applied even when the write fails (the StateError still raised);
     /// one that raises it is not, and the old state is written back if the new one had already
     /// replaced the file.
-    void transition_locked(const RolloutPosition& next, std::string_view actor,
-                           std::string reason);
+    void transition_locked(const RolloutPosition& next, std::string_view actor, std::string reason);
     void persist_and_apply_locked(const RolloutPosition& next, std::string_view actor,
                                   std::string reason, bool first);
     void publish_locked();
