@@ -22,7 +22,12 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
+
+if TYPE_CHECKING:  # imported when a command needs them, for a quick --help
+    import httpx
+
+    from driftgate._core import EnforceOptions
 
 EXIT_OK = 0
 EXIT_REFUSED = 1
@@ -102,7 +107,7 @@ def _write_atomically(path: Path, text: str) -> None:
         raise CommandError(f"-o {path}: cannot write ({error.strerror})") from None
 
 
-def _enforce_options(args: argparse.Namespace):
+def _enforce_options(args: argparse.Namespace) -> EnforceOptions:
     from driftgate._core import EnforceOptions
 
     flags = {"rollout_percent": "--rollout", "drift_max_ratio": "--drift-max"}
@@ -194,7 +199,7 @@ def _seconds(value: str) -> float:
     return seconds
 
 
-def _request(method: str, url: str, timeout: float, **kwargs: Any):
+def _request(method: str, url: str, timeout: float, **kwargs: Any) -> httpx.Response:
     try:
         import httpx
     except ImportError:
@@ -208,7 +213,7 @@ def _request(method: str, url: str, timeout: float, **kwargs: Any):
         raise CommandError(f"cannot reach {url} ({type(error).__name__})") from None
 
 
-def _json_answer(response) -> Any:
+def _json_answer(response: httpx.Response) -> Any:
     try:
         return response.json()
     except ValueError:
@@ -217,7 +222,7 @@ def _json_answer(response) -> Any:
         ) from None
 
 
-def _refusal(response) -> CommandError:
+def _refusal(response: httpx.Response) -> CommandError:
     """A non-2xx answer as an error: auth problems are the caller's (2), the rest the
     service's refusal (1)."""
     body = _json_answer(response)
@@ -425,7 +430,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.run(args)
+        code: int = args.run(args)
+        return code
     except CommandError as error:
         print(f"driftgate {args.command}: {error}", file=sys.stderr)
         return error.code

@@ -22,12 +22,15 @@ admin:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from driftgate._core import EnforceOptions, GateConfig, RolloutConfig, RolloutStage
 from driftgate.rollout import PrometheusErrorRate
+
+T = TypeVar("T")
 
 __all__ = ["Settings", "SettingsError", "load_settings"]
 
@@ -83,7 +86,9 @@ def _mapping(value: Any, key: str, allowed: set[str]) -> dict[str, Any]:
     return value
 
 
-def _typed(section: dict[str, Any], name: str, key: str, kinds: tuple[type, ...], default: Any):
+def _typed(
+    section: dict[str, Any], name: str, key: str, kinds: tuple[type, ...], default: Any
+) -> Any:
     value = section.get(name, default)
     if value is default:
         return value
@@ -97,7 +102,7 @@ def _typed(section: dict[str, Any], name: str, key: str, kinds: tuple[type, ...]
     return value
 
 
-def _build(what: str, make):
+def _build(what: str, make: Callable[[], T]) -> T:
     try:
         return make()
     except (ValueError, TypeError) as error:
