@@ -102,7 +102,7 @@ def _typed(
     return value
 
 
-def _build(what: str, make: Callable[[], T]) -> T:
+def _build(what: str, make: Callable[..., T]) -> T:
     try:
         return make()
     except (ValueError, TypeError) as error:
@@ -146,7 +146,7 @@ def parse_settings(values: Any) -> Settings:
         else:
             if not isinstance(stages_value, list):
                 raise SettingsError(f"rollout.stages: expected a list, got {stages_value!r}")
-            stages = []
+            stages: list[RolloutStage] = []
             for i, stage_value in enumerate(stages_value):
                 skey = f"rollout.stages[{i}]"
                 stage = _mapping(stage_value, skey, _STAGE)
