@@ -1,13 +1,25 @@
 """Type stubs of driftgate's C++ core."""
 
 import enum
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timedelta
-from typing import Any, Literal, TypeAlias, overload
+from typing import Any, ClassVar, Literal, TypeAlias, overload
 
 from typing_extensions import Buffer
 
+if sys.version_info >= (3, 12):
+    _Codes: TypeAlias = Buffer
+else:
+    # numpy's stubs give ndarray `__buffer__` only from Python 3.12 on
+    import numpy as np
+    import numpy.typing as npt
+
+    _Codes: TypeAlias = Buffer | npt.NDArray[np.uint8]
+
 class Clock:
+    # An interface: pybind11 binds no constructor, so calling it raises TypeError.
+    def __init__(self, *args: object, **kwargs: object) -> None: ...
     def now(self) -> float: ...
     def wall(self) -> float: ...
 
@@ -23,11 +35,13 @@ class Verdict(enum.Enum):
     OK = 0
     WARN = 1
     FAIL = 2
+    # pybind11's handle on the C++ enum, not a member
+    __pybind11_native_enum__: ClassVar[object]
 
-VerdictLike: TypeAlias = Verdict | str
-VerdictSource: TypeAlias = VerdictLike | Callable[[], VerdictLike]
+_VerdictLike: TypeAlias = Verdict | str
+_VerdictSource: TypeAlias = _VerdictLike | Callable[[], _VerdictLike]
 
-def parse_verdict(value: VerdictLike) -> Verdict: ...
+def parse_verdict(value: _VerdictLike) -> Verdict: ...
 
 class MetricsRegistry:
     def __init__(self) -> None: ...
@@ -57,8 +71,8 @@ class DriftTracker:
         registry: MetricsRegistry | None = None,
         max_policies: int = 256,
     ) -> None: ...
-    def record(self, policy_id: str, shadow: VerdictLike, enforced: VerdictLike) -> bool: ...
-    def record_batch(self, policy_id: str, shadow: Buffer, enforced: Buffer) -> int: ...
+    def record(self, policy_id: str, shadow: _VerdictLike, enforced: _VerdictLike) -> bool: ...
+    def record_batch(self, policy_id: str, shadow: _Codes, enforced: _Codes) -> int: ...
     def counts(self, window: str = "5m", policy_id: str | None = None) -> tuple[int, int]: ...
     def ratio(self, window: str = "5m", policy_id: str | None = None) -> float: ...
     def ratio_5m(self) -> float: ...
@@ -94,6 +108,8 @@ class EnforceOptions:
     ) -> EnforceOptions: ...
 
 class VerdictPair:
+    # Made by Enforcer.decide only: pybind11 binds no constructor, calling it raises TypeError.
+    def __init__(self, *args: object, **kwargs: object) -> None: ...
     @property
     def shadow(self) -> Verdict: ...
     @property
@@ -116,8 +132,8 @@ class Enforcer:
         self,
         policy_id: str,
         key: str | bytes,
-        shadow: VerdictSource,
-        enforced: VerdictSource,
+        shadow: _VerdictSource,
+        enforced: _VerdictSource,
     ) -> VerdictPair: ...
     @property
     def options(self) -> EnforceOptions: ...
@@ -223,8 +239,12 @@ class DecisionAction(enum.Enum):
     AT_FINAL_STAGE = 7
     ALREADY_ABORTED = 8
     ANALYSIS_FAILED = 9
+    # pybind11's handle on the C++ enum, not a member
+    __pybind11_native_enum__: ClassVar[object]
 
 class Decision:
+    # Made by the rollout manager only: pybind11 binds no constructor.
+    def __init__(self, *args: object, **kwargs: object) -> None: ...
     @property
     def success(self) -> bool: ...
     @property

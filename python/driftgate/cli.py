@@ -22,7 +22,12 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
+
+if TYPE_CHECKING:  # imported when a command needs them, for a quick --help
+    import httpx
+
+    from driftgate._core import EnforceOptions
 
 from driftgate._messages import one_line, printable, shown
 
@@ -104,7 +109,7 @@ def _write_atomically(path: Path, text: str) -> None:
         raise CommandError(f"-o {path}: cannot write ({error.strerror})") from None
 
 
-def _enforce_options(args: argparse.Namespace):
+def _enforce_options(args: argparse.Namespace) -> EnforceOptions:
     from driftgate._core import EnforceOptions
 
     flags = {"rollout_percent": "--rollout", "drift_max_ratio": "--drift-max"}
@@ -218,7 +223,7 @@ def _seconds(value: str) -> float:
     return seconds
 
 
-def _request(method: str, url: str, timeout: float, **kwargs: Any):
+def _request(method: str, url: str, timeout: float, **kwargs: Any) -> httpx.Response:
     try:
         import httpx
     except ImportError:
@@ -232,7 +237,7 @@ def _request(method: str, url: str, timeout: float, **kwargs: Any):
         raise CommandError(f"cannot reach {url} ({type(error).__name__})") from None
 
 
-def _json_answer(response) -> Any:
+def _json_answer(response: httpx.Response) -> Any:
     try:
         return response.json()
     except (ValueError, RecursionError):
@@ -241,7 +246,7 @@ def _json_answer(response) -> Any:
         ) from None
 
 
-def _refusal(response) -> CommandError:
+def _refusal(response: httpx.Response) -> CommandError:
     """A non-2xx answer as an error: auth problems are the caller's (2), the rest the
     service's refusal (1)."""
     body = _json_answer(response)
@@ -494,7 +499,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code
 
     try:
-        return args.run(args)
+        code: int = args.run(args)
+        return code
     except CommandError as error:
         return fail(str(error), error.code)
     except ValueError as error:  # a bad value that no command turned into a CommandError

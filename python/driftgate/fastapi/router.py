@@ -1,7 +1,7 @@
 """create_router: the HTTP face of a tracker, a readiness gate and a rollout manager."""
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
@@ -94,7 +94,9 @@ def json_body_schema(model: type[BaseModel], *, required: bool) -> dict[str, Any
     }
 
 
-def json_body(model: type[ModelT], *, optional: bool = False):
+def json_body(
+    model: type[ModelT], *, optional: bool = False
+) -> Callable[[Request], Coroutine[Any, Any, ModelT]]:
     """A dependency that reads a request's JSON body (413 past MAX_BODY_BYTES) and validates
     it as `model`: 422 naming each bad field. An `optional` body may be empty."""
 
