@@ -133,16 +133,33 @@ def test_an_operators_file_mode_survives_transitions(tmp_path):
 def test_stale_temp_files_of_dead_writers_are_removed_at_start(tmp_path):
     path = tmp_path / "rollout.json"
     valid_state(path)
-    stale = [tmp_path / "rollout.json.tmp.1.0", tmp_path / f"rollout.json.tmp.{os.getpid()}.7"]
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    # A killed writer's file, and one of a predecessor with this process's pid (a restarted
+    # container's pid 1).
+    stale = [
+        tmp_path / f"rollout.json.tmp.{dead}.0",
+        tmp_path / f"rollout.json.tmp.{os.getpid()}.7",
+    ]
     for file in stale:
         file.write_text("{half written")
+    alive = tmp_path / "rollout.json.tmp.1.0"  # pid 1 lives: maybe between create and lock
+    alive.write_text("{")
     other = tmp_path / "other.json.tmp.1.0"
     other.write_text("not ours")
     manager = load(path)
     assert not any(file.exists() for file in stale)
-    assert other.exists()
+    assert other.exists() and alive.exists()
     manager.manual_advance("ops")  # and writes go on
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.json.tmp.1.0", "rollout.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "other.json.tmp.1.0",
+        "rollout.json",
+        "rollout.json.tmp.1.0",
+    ]
 
 
 def test_a_temp_file_a_live_writer_holds_is_kept(tmp_path):

@@ -146,6 +146,10 @@ std::string StagePlan::position_name(const RolloutPosition& position) const {
 AdvanceCheck StagePlan::check_advance(const RolloutPosition& position, double error_rate,
                                       double now) const {
     validate_error_rate(error_rate);
+    if (position.state == RolloutState::Aborted) {
+        return {AdvanceCheck::Verdict::Aborted,
+                "Rollout aborted at 0%: a manual advance resumes it"};
+    }
     const RolloutStage& current = stage(position.stage_index);
     if (error_rate > current.max_error_rate) {
         return {AdvanceCheck::Verdict::ErrorRateExceeded,

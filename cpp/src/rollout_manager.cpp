@@ -65,15 +65,26 @@ RolloutManager::RolloutManager(const RolloutConfig& config, Options options)
       analysis_errors_(options_.registry->counter(metrics::kRolloutAnalysisErrors).Add({})) {
     RolloutPosition start;
     {
+        // Checked and claimed in one step, so two managers starting at once cannot both own it.
         std::lock_guard lock(view_->mutex);
         if (view_->owned) {
             throw std::invalid_argument(
                 "this RolloutConfig already belongs to a running RolloutManager; give each "
                 "manager its own config");
         }
+        view_->owned = true;
         start = view_->position;
     }
-    if (options_.enforcer) options_.enforcer->claim_rollout_percent();
+    auto release_config = [this] {
+        std::lock_guard lock(view_->mutex);
+        view_->owned = false;
+    };
+    try {
+        if (options_.enforcer) options_.enforcer->claim_rollout_percent();
+    } catch (...) {
+        release_config();
+        throw;
+    }
     try {
         declare_transition_counters();
         std::lock_guard lock(mutex_);
@@ -100,12 +111,12 @@ RolloutManager::RolloutManager(const RolloutConfig& config, Options options)
         }
     } catch (...) {
         if (options_.enforcer) options_.enforcer->release_rollout_percent();
+        release_config();
         throw;
     }
     std::lock_guard lock(view_->mutex);
     view_clock_ = view_->clock;
     view_->clock = options_.clock;
-    view_->owned = true;
 }
 
 RolloutManager::~RolloutManager() {
@@ -183,16 +194,29 @@ void RolloutManager::persist_and_apply_locked(const RolloutPosition& next, std::
 void RolloutManager::transition_locked(const RolloutPosition& next, std::string_view actor,
                                        std::string reason) {
     const RolloutPosition before = position_;
-    persist_and_apply_locked(next, actor, std::move(reason), false);
-    const std::string from = plan_->stage(before.stage_index).name;
-    if (next.state == RolloutState::Aborted) {
-        rollbacks_.Add({{"from_stage", from}, {"to_stage", "aborted"}}).Increment();
-    } else if (before.state != RolloutState::Aborted && next.stage_index < before.stage_index) {
-        rollbacks_.Add({{"from_stage", from}, {"to_stage", plan_->stage(next.stage_index).name}})
-            .Increment();
-    } else {
-        advancements_.Add({{"to_stage", plan_->stage(next.stage_index).name}}).Increment();
+    // A move that lowers enforcement is applied even when its write fails: count it then too.
+    auto count_if_applied = [&] {
+        if (position_.stage_index == before.stage_index && position_.state == before.state) {
+            return;
+        }
+        const std::string from = plan_->stage(before.stage_index).name;
+        if (next.state == RolloutState::Aborted) {
+            rollbacks_.Add({{"from_stage", from}, {"to_stage", "aborted"}}).Increment();
+        } else if (before.state != RolloutState::Aborted && next.stage_index < before.stage_index) {
+            rollbacks_
+                .Add({{"from_stage", from}, {"to_stage", plan_->stage(next.stage_index).name}})
+                .Increment();
+        } else {
+            advancements_.Add({{"to_stage", plan_->stage(next.stage_index).name}}).Increment();
+        }
+    };
+    try {
+        persist_and_apply_locked(next, actor, std::move(reason), false);
+    } catch (const StateError&) {
+        count_if_applied();
+        throw;
     }
+    count_if_applied();
 }
 
 void RolloutManager::publish_locked() {
@@ -263,6 +287,7 @@ Decision RolloutManager::decide_locked(double error_rate, bool over_limit,
         case AdvanceCheck::Verdict::FinalStage:
             return decision_locked(false, DecisionAction::AtFinalStage, std::move(check.reason),
                                    before, "");
+        case AdvanceCheck::Verdict::Aborted:  // handled above; kept for completeness
         case AdvanceCheck::Verdict::ErrorRateExceeded:
         case AdvanceCheck::Verdict::DurationNotMet:
             return decision_locked(false, DecisionAction::Held, std::move(check.reason), before,

@@ -2,6 +2,7 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/file.h>
 #include <sys/random.h>
 #include <sys/stat.h>
@@ -9,6 +10,7 @@
 
 #include <atomic>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <nlohmann/json.hpp>
 #include <set>
@@ -364,6 +366,13 @@ std::size_t StateFile::remove_stale_temp_files() const {
         const std::string name = entry->d_name;
         if (name.rfind(prefix, 0) != 0) continue;
         const std::string path = folder + "/" + name;
+        // A temp file of another live process may be between its creation and its lock: keep
+        // it. Its pid may have been reused by now; then it waits for the next start.
+        const long pid = std::strtol(name.c_str() + prefix.size(), nullptr, 10);
+        if (pid > 0 && pid != ::getpid() &&
+            (::kill(static_cast<pid_t>(pid), 0) == 0 || errno == EPERM)) {
+            continue;
+        }
         const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
         if (fd < 0) continue;
         // A writer holds its temp file locked until the rename: a free lock means a dead one.

@@ -58,7 +58,10 @@ TEST_CASE("ids past max_policies count under __overflow__", "[drift_tracker]") {
         f.tracker.record(id, Verdict::Ok, Verdict::Warn);
     CHECK(f.tracker.policies() == std::vector<std::string>{"a", "b", "c", "__overflow__"});
     CHECK(f.tracker.counts("5m", "__overflow__").total == 2);
-    CHECK(f.tracker.counts("5m", "e").total == 2);  // where e's records went
+    CHECK(f.tracker.counts("5m", "e").total == 0);  // counted only under __overflow__
+    CHECK(f.tracker.counts("5m").total == 5);
+    CHECK_THROWS_WITH(f.tracker.record("__overflow__", Verdict::Ok, Verdict::Ok),
+                      Catch::Contains("reserved"));
     CHECK(f.tracker.counts("5m").total == 5);
 }
 

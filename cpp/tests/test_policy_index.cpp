@@ -31,8 +31,10 @@ TEST_CASE("ids get dense slots and overflow past the cap", "[policy_index]") {
     CHECK(index.label(index.overflow_slot()) == "__overflow__");
     CHECK(index.label(1) == "b");
     CHECK(index.ids() == std::vector<std::string>{"a", "b", "__overflow__"});
-    CHECK(index.find("c") == index.overflow_slot());
+    CHECK_FALSE(index.find("c").has_value());  // not admitted: counted under __overflow__
+    CHECK(index.find("__overflow__") == index.overflow_slot());
     CHECK(index.find("a") == 0u);
+    CHECK_THROWS_WITH(index.slot_for("__overflow__"), Catch::Contains("reserved"));
 }
 
 TEST_CASE("find does not admit an id", "[policy_index]") {

@@ -2,13 +2,18 @@
 
 #include <unistd.h>
 
+#include <atomic>
 #include <filesystem>
 #include <fstream>
+#include <memory>
+#include <optional>
 #include <thread>
 #include <vector>
 
 #include "driftgate/rollout_manager.hpp"
 
+using driftgate::Decision;
+using driftgate::DecisionAction;
 using driftgate::DriftTracker;
 using driftgate::EnforceOptions;
 using driftgate::Enforcer;
@@ -16,6 +21,7 @@ using driftgate::ManualClock;
 using driftgate::MetricsRegistry;
 using driftgate::RolloutConfig;
 using driftgate::RolloutManager;
+using driftgate::RolloutStage;
 using driftgate::RolloutState;
 using driftgate::StateError;
 
@@ -30,12 +36,13 @@ struct Fixture {
     }
     ~Fixture() { std::filesystem::remove_all(dir); }
 
-    RolloutManager make(RolloutManager::Options options = {}) {
+    RolloutManager make(RolloutManager::Options options = {},
+                        const RolloutConfig& config = RolloutConfig::default_config()) {
         options.enforcer = enforcer;
         options.registry = registry;
         options.clock = clock;
-        options.state_path = dir + "/state.json";
-        return RolloutManager(RolloutConfig::default_config(), options);
+        if (!options.state_path) options.state_path = dir + "/state.json";
+        return RolloutManager(config, options);
     }
 
     std::string dir;
@@ -47,16 +54,34 @@ struct Fixture {
         std::make_shared<Enforcer>(EnforceOptions{true, 0, 0.005}, tracker);
 };
 
+/// a (10%, 1h) -> b (20%, 1h) -> c (30%, needs approval); each stage tolerates 10% errors.
+RolloutConfig three_stages() {
+    return RolloutConfig(std::vector<RolloutStage>{
+        {"a", 10, kHour, 0.1, false}, {"b", 20, kHour, 0.1, false}, {"c", 30, 0, 0.1, true}});
+}
+
+std::string stage_name(const RolloutManager::Snapshot& snapshot) {
+    return snapshot.plan->position_name(snapshot.position);
+}
+
 }  // namespace
+
+// -- Starting, walking, persisting -----------------------------------------------------------
 
 TEST_CASE("a fresh manager starts the first stage now and sets the enforcer", "[rollout]") {
     Fixture f;
     auto manager = f.make();
     const auto snapshot = manager.snapshot();
-    CHECK(snapshot.stage_index == 0);
-    CHECK(snapshot.started_at == f.clock->wall());
+    CHECK(snapshot.position.stage_index == 0);
+    CHECK(snapshot.position.started_at == f.clock->wall());
+    CHECK(snapshot.position.state == RolloutState::Active);
     CHECK(f.enforcer->options().rollout_percent == 10);
+    CHECK(manager.enforced_percentage() == 10);
     CHECK(snapshot.version == 1);
+    REQUIRE(snapshot.transitions.size() == 1);
+    CHECK(snapshot.transitions[0].actor == "system");
+    CHECK(snapshot.transitions[0].from.empty());
+    CHECK(snapshot.transitions[0].to == "canary");
     CHECK(std::filesystem::exists(f.dir + "/state.json"));
 }
 
@@ -76,13 +101,13 @@ TEST_CASE("every reachable transition counter exists at 0 from the start", "[rol
 TEST_CASE("auto-advance waits for the duration and stops before approval", "[rollout]") {
     Fixture f;
     auto manager = f.make();
-    CHECK(manager.evaluate(0.001).second.find("duration not met") != std::string::npos);
+    CHECK(manager.evaluate(0.001).message.find("duration not met") != std::string::npos);
     f.clock->advance(25 * kHour);
-    const auto [advanced, message] = manager.evaluate(0.001);
-    CHECK_FALSE(advanced);
-    CHECK(message ==
+    const Decision decision = manager.evaluate(0.001);
+    CHECK_FALSE(decision.success);
+    CHECK(decision.message ==
           "Ready but requires approval: Ready to advance to quarter (requires approval)");
-    CHECK(manager.snapshot().stage_index == 0);
+    CHECK(manager.snapshot().position.stage_index == 0);
 }
 
 TEST_CASE("a high error rate rolls back, and from the first stage aborts", "[rollout]") {
@@ -90,15 +115,18 @@ TEST_CASE("a high error rate rolls back, and from the first stage aborts", "[rol
     auto manager = f.make();
     manager.manual_advance("ops");
     CHECK(f.enforcer->options().rollout_percent == 25);
-    auto [advanced, message] = manager.evaluate(0.01);
-    CHECK_FALSE(advanced);
-    CHECK(message ==
+    Decision decision = manager.evaluate(0.01);
+    CHECK_FALSE(decision.success);
+    CHECK(decision.message ==
           "Rolled back due to high error rate: 1.000% (Rolled back from quarter to canary)");
     CHECK(f.enforcer->options().rollout_percent == 10);
-    std::tie(advanced, message) = manager.evaluate(0.01);
-    CHECK(manager.snapshot().state == RolloutState::Aborted);
+    decision = manager.evaluate(0.01);
+    CHECK(decision.message ==
+          "Rolled back due to high error rate: 1.000% (Rolled back from canary: rollout aborted "
+          "at 0%)");
+    CHECK(manager.snapshot().position.state == RolloutState::Aborted);
     CHECK(f.enforcer->options().rollout_percent == 0);
-    CHECK(manager.evaluate(0.0).second.find("aborted") != std::string::npos);
+    CHECK(manager.evaluate(0.0).message.find("aborted") != std::string::npos);
     const auto text = f.registry->exposition();
     CHECK_THAT(text, Catch::Contains("guardian_rollout_stage{stage_name=\"aborted\"} -1"));
     CHECK_THAT(
@@ -109,12 +137,13 @@ TEST_CASE("a high error rate rolls back, and from the first stage aborts", "[rol
 TEST_CASE("a manual advance resumes an aborted rollout at the first stage", "[rollout]") {
     Fixture f;
     auto manager = f.make();
-    manager.manual_rollback("ops", "bad canary");
-    CHECK(manager.snapshot().state == RolloutState::Aborted);
-    const auto [ok, message] = manager.manual_advance("ops");
-    CHECK(ok);
-    CHECK(message == "Resumed rollout at stage canary (10%)");
-    CHECK(manager.snapshot().state == RolloutState::Active);
+    const Decision rollback = manager.manual_rollback("ops", "bad canary");
+    CHECK(rollback.message == "Rolled back from canary: rollout aborted at 0%");
+    CHECK(manager.snapshot().position.state == RolloutState::Aborted);
+    const Decision decision = manager.manual_advance("ops");
+    CHECK(decision.success);
+    CHECK(decision.message == "Resumed rollout at stage canary (10%)");
+    CHECK(manager.snapshot().position.state == RolloutState::Active);
     CHECK(f.enforcer->options().rollout_percent == 10);
 }
 
@@ -122,35 +151,39 @@ TEST_CASE("a whole cycle from canary to full", "[rollout]") {
     Fixture f;
     auto manager = f.make();
     std::vector<std::string> visited{"canary"};
-    while (manager.snapshot().state != RolloutState::Completed) {
-        const auto stage = manager.snapshot();
-        f.clock->advance(stage.stages[stage.stage_index].duration_seconds + 1);
-        auto [advanced, message] = manager.evaluate(0.0001);
-        if (!advanced) {
-            REQUIRE(message.find("requires approval") != std::string::npos);
-            REQUIRE(manager.manual_advance("ops").first);
+    while (manager.snapshot().position.state != RolloutState::Completed) {
+        const auto snapshot = manager.snapshot();
+        f.clock->advance(snapshot.plan->stage(snapshot.position.stage_index).duration_seconds + 1);
+        const Decision decision = manager.evaluate(0.0001);
+        if (!decision.success) {
+            REQUIRE(decision.message.find("requires approval") != std::string::npos);
+            REQUIRE(manager.manual_advance("ops").success);
         }
-        visited.push_back(manager.snapshot().stages[manager.snapshot().stage_index].name);
+        visited.push_back(stage_name(manager.snapshot()));
     }
     CHECK(visited == std::vector<std::string>{"canary", "quarter", "half", "most", "full"});
     CHECK(f.enforcer->options().rollout_percent == 100);
-    CHECK(manager.manual_advance("ops").second == "Already at final stage");
+    CHECK(manager.manual_advance("ops").message == "Already at final stage");
 }
 
 TEST_CASE("a restart resumes the same stage with the same start", "[rollout]") {
     Fixture f;
-    double started;
+    std::optional<double> started;
     {
         auto manager = f.make();
         manager.manual_advance("ops");
-        started = manager.snapshot().started_at;
+        started = manager.snapshot().position.started_at;
     }
+    REQUIRE(started.has_value());
     f.clock->advance(5 * kHour);
     auto again = f.make();
-    CHECK(again.snapshot().stage_index == 1);
-    CHECK(again.snapshot().started_at == started);
-    CHECK(again.snapshot().now - again.snapshot().started_at == 5 * kHour);
-    CHECK(again.snapshot().transitions.size() == 2);
+    const auto snapshot = again.snapshot();
+    CHECK(snapshot.position.stage_index == 1);
+    CHECK(snapshot.position.started_at == started);
+    CHECK(snapshot.now - *snapshot.position.started_at == 5 * kHour);
+    CHECK(snapshot.transitions.size() == 2);
+    CHECK(snapshot.version == 2);
+    CHECK(f.enforcer->options().rollout_percent == 25);
 }
 
 TEST_CASE("a corrupt state file stops the manager and is kept", "[rollout]") {
@@ -160,6 +193,8 @@ TEST_CASE("a corrupt state file stops the manager and is kept", "[rollout]") {
     std::ifstream in(f.dir + "/state.json");
     CHECK(std::string(std::istreambuf_iterator<char>(in), {}) ==
           "{\"schema_version\": 1, \"garbage");
+    // The refused manager gave the enforcer back.
+    CHECK_FALSE(f.enforcer->rollout_percent_claimed());
 }
 
 TEST_CASE("min_requests holds, but never blocks a rollback", "[rollout]") {
@@ -168,10 +203,10 @@ TEST_CASE("min_requests holds, but never blocks a rollback", "[rollout]") {
     options.min_requests = 100;
     auto manager = f.make(options);
     f.clock->advance(25 * kHour);
-    CHECK(manager.evaluate(0.0, 50).second == "Holding: insufficient data (50 of 100 requests)");
-    CHECK(manager.evaluate(0.0).second == "Holding: insufficient data (unknown of 100 requests)");
+    CHECK(manager.evaluate(0.0, 50).message == "Holding: insufficient data (50 of 100 requests)");
+    CHECK(manager.evaluate(0.0).message == "Holding: insufficient data (unknown of 100 requests)");
     manager.manual_advance("ops");
-    CHECK(manager.evaluate(0.5, 3).second.find("Rolled back") == 0);
+    CHECK(manager.evaluate(0.5, 3).message.find("Rolled back") == 0);
 }
 
 TEST_CASE("with confidence a few failures cannot roll back", "[rollout]") {
@@ -181,11 +216,11 @@ TEST_CASE("with confidence a few failures cannot roll back", "[rollout]") {
     auto manager = f.make(options);
     manager.manual_advance("ops");  // quarter, max 0.4 %
     // 0.5 % is above 0.4 %, but one failure in 200 is no evidence of it.
-    auto [advanced, message] = manager.evaluate_counts(1, 200);
-    CHECK(message.find("Holding: error rate upper bound") == 0);
-    CHECK(manager.snapshot().stage_index == 1);
-    std::tie(advanced, message) = manager.evaluate_counts(60, 1000);  // lower bound well above
-    CHECK(message.find("Rolled back") == 0);
+    Decision decision = manager.evaluate_counts(1, 200);
+    CHECK(decision.message.find("Holding: error rate upper bound") == 0);
+    CHECK(manager.snapshot().position.stage_index == 1);
+    decision = manager.evaluate_counts(60, 1000);  // lower bound well above
+    CHECK(decision.message.find("Rolled back") == 0);
 }
 
 TEST_CASE("concurrent advances and rollbacks leave a consistent history", "[rollout][threads]") {
@@ -209,10 +244,392 @@ TEST_CASE("concurrent advances and rollbacks leave a consistent history", "[roll
     for (std::size_t i = 1; i < snapshot.transitions.size(); ++i) {
         REQUIRE(snapshot.transitions[i].from == snapshot.transitions[i - 1].to);
     }
-    const std::string last = snapshot.transitions.back().to;
-    const std::string expected = snapshot.state == RolloutState::Aborted
-                                     ? "aborted"
-                                     : snapshot.stages[snapshot.stage_index].name;
-    CHECK(last == expected);
+    CHECK(snapshot.transitions.back().to == stage_name(snapshot));
     CHECK(f.enforcer->options().rollout_percent == snapshot.enforced_percentage);
+}
+
+// -- Decisions -------------------------------------------------------------------------------
+
+TEST_CASE("an automatic advance is a decision by auto one version up", "[rollout][decision]") {
+    Fixture f;
+    auto manager = f.make({}, three_stages());
+    f.clock->advance(kHour);
+    const Decision d = manager.evaluate(0.05);
+    CHECK(d.success);
+    CHECK(d.action == DecisionAction::Advanced);
+    CHECK(d.message == "Advanced to stage b (20%)");
+    CHECK(d.from_stage == "a");
+    CHECK(d.to_stage == "b");
+    CHECK(d.from_percentage == 10);
+    CHECK(d.to_percentage == 20);
+    CHECK(d.version == 2);
+    CHECK(d.state == RolloutState::Active);
+    CHECK(d.error_rate == 0.05);
+    CHECK(d.actor == "auto");
+    CHECK(d.moved());
+    CHECK(manager.snapshot().transitions.back().actor == "auto");
+}
+
+TEST_CASE("a hold for the stage duration moves nothing and keeps the version",
+          "[rollout][decision]") {
+    Fixture f;
+    auto manager = f.make({}, three_stages());
+    f.clock->advance(kHour - 1);
+    const Decision d = manager.evaluate(0.05);
+    CHECK_FALSE(d.success);
+    CHECK(d.action == DecisionAction::Held);
+    CHECK(d.message == "Stage duration not met (remaining: 0:00:01)");
+    CHECK(d.from_stage == "a");
+    CHECK(d.to_stage == "a");
+    CHECK(d.from_percentage == 10);
+    CHECK(d.to_percentage == 10);
+    CHECK(d.version == 1);
+    CHECK(d.actor.empty());
+    CHECK_FALSE(d.moved());
+    CHECK(manager.snapshot().version == 1);
+}
+
+TEST_CASE("a ready rollout whose next stage needs approval waits for it", "[rollout][decision]") {
+    Fixture f;
+    auto manager = f.make({}, three_stages());
+    f.clock->advance(kHour);
+    REQUIRE(manager.evaluate(0.0).action == DecisionAction::Advanced);
+    f.clock->advance(kHour);
+    const Decision d = manager.evaluate(0.0);
+    CHECK_FALSE(d.success);
+    CHECK(d.action == DecisionAction::WaitingForApproval);
+    CHECK(d.message == "Ready but requires approval: Ready to advance to c (requires approval)");
+    CHECK(d.from_stage == "b");
+    CHECK(d.to_stage == "b");
+    CHECK(d.version == 2);
+    CHECK(d.actor.empty());
+}
+
+TEST_CASE("too few requests is insufficient data, at the same version", "[rollout][decision]") {
+    Fixture f;
+    RolloutManager::Options options;
+    options.min_requests = 10;
+    auto manager = f.make(options, three_stages());
+    f.clock->advance(kHour);
+    const Decision d = manager.evaluate(0.0, 9);
+    CHECK_FALSE(d.success);
+    CHECK(d.action == DecisionAction::InsufficientData);
+    CHECK(d.message == "Holding: insufficient data (9 of 10 requests)");
+    CHECK(d.to_stage == "a");
+    CHECK(d.version == 1);
+    CHECK(d.actor.empty());
+    CHECK(manager.evaluate(0.0, 10).action == DecisionAction::Advanced);
+}
+
+TEST_CASE("a manual advance is the caller's, into a stage that needs approval",
+          "[rollout][decision]") {
+    Fixture f;
+    auto manager = f.make({}, three_stages());
+    REQUIRE(manager.manual_advance("alice").action == DecisionAction::Advanced);
+    const Decision d = manager.manual_advance("bob");
+    CHECK(d.success);
+    CHECK(d.action == DecisionAction::Advanced);
+    CHECK(d.message == "Manually advanced to stage c");
+    CHECK(d.from_stage == "b");
+    CHECK(d.to_stage == "c");
+    CHECK(d.from_percentage == 20);
+    CHECK(d.to_percentage == 30);
+    CHECK(d.version == 3);
+    CHECK(d.state == RolloutState::Completed);
+    CHECK(d.actor == "bob");
+    const auto transitions = manager.snapshot().transitions;
+    CHECK(transitions[1].actor == "alice");
+    CHECK(transitions[2].actor == "bob");
+    CHECK(transitions[2].reason == "manual advance");
+}
+
+TEST_CASE("at the final stage nothing is left to advance to", "[rollout][decision]") {
+    Fixture f;
+    auto manager = f.make({}, three_stages());
+    manager.manual_advance("ops");
+    manager.manual_advance("ops");
+    Decision d = manager.manual_advance("ops");
+    CHECK_FALSE(d.success);
+    CHECK(d.action == DecisionAction::AtFinalStage);
+    CHECK(d.message == "Already at final stage");
+    CHECK(d.from_stage == "c");
+    CHECK(d.to_stage == "c");
+    CHECK(d.version == 3);
+    CHECK(d.actor.empty());
+    d = manager.evaluate(0.0);
+    CHECK(d.action == DecisionAction::AtFinalStage);
+    CHECK(d.version == 3);
+}
+
+TEST_CASE("a rollback on a high error rate is auto's, a manual one the caller's",
+          "[rollout][decision]") {
+    Fixture f;
+    auto manager = f.make({}, three_stages());
+    manager.manual_advance("ops");
+    manager.manual_advance("ops");
+    Decision d = manager.evaluate(0.2);
+    CHECK_FALSE(d.success);
+    CHECK(d.action == DecisionAction::RolledBack);
+    CHECK(d.message == "Rolled back due to high error rate: 20.000% (Rolled back from c to b)");
+    CHECK(d.from_stage == "c");
+    CHECK(d.to_stage == "b");
+    CHECK(d.from_percentage == 30);
+    CHECK(d.to_percentage == 20);
+    CHECK(d.version == 4);
+    CHECK(d.state == RolloutState::Active);
+    CHECK(d.actor == "auto");
+    d = manager.manual_rollback("carol", "latency");
+    CHECK(d.success);
+    CHECK(d.action == DecisionAction::RolledBack);
+    CHECK(d.message == "Rolled back from b to a");
+    CHECK(d.from_stage == "b");
+    CHECK(d.to_stage == "a");
+    CHECK(d.version == 5);
+    CHECK(d.actor == "carol");
+    CHECK(manager.snapshot().transitions.back().reason == "latency");
+}
+
+TEST_CASE("a rollback from the first stage aborts to 0%", "[rollout][decision]") {
+    Fixture f;
+    auto manager = f.make({}, three_stages());
+    Decision d = manager.manual_rollback("ops");
+    CHECK(d.success);
+    CHECK(d.action == DecisionAction::Aborted);
+    CHECK(d.message == "Rolled back from a: rollout aborted at 0%");
+    CHECK(d.from_stage == "a");
+    CHECK(d.to_stage == "aborted");
+    CHECK(d.from_percentage == 10);
+    CHECK(d.to_percentage == 0);
+    CHECK(d.version == 2);
+    CHECK(d.state == RolloutState::Aborted);
+    CHECK(d.actor == "ops");
+    CHECK(f.enforcer->options().rollout_percent == 0);
+}
+
+TEST_CASE("a high error rate at the first stage aborts, by auto", "[rollout][decision]") {
+    Fixture f;
+    auto manager = f.make({}, three_stages());
+    const Decision d = manager.evaluate(0.5);
+    CHECK_FALSE(d.success);
+    CHECK(d.action == DecisionAction::Aborted);
+    CHECK(d.to_stage == "aborted");
+    CHECK(d.to_percentage == 0);
+    CHECK(d.version == 2);
+    CHECK(d.actor == "auto");
+}
+
+TEST_CASE("an aborted rollout holds, refuses another rollback, and resumes by hand",
+          "[rollout][decision]") {
+    Fixture f;
+    auto manager = f.make({}, three_stages());
+    manager.manual_rollback("ops");
+    f.clock->advance(10 * kHour);
+    Decision d = manager.evaluate(0.0);
+    CHECK_FALSE(d.success);
+    CHECK(d.action == DecisionAction::Held);
+    CHECK(d.message == "Rollout aborted at 0%: a manual advance resumes it");
+    CHECK(d.from_stage == "aborted");
+    CHECK(d.to_stage == "aborted");
+    CHECK(d.version == 2);
+    d = manager.manual_rollback("ops");
+    CHECK_FALSE(d.success);
+    CHECK(d.action == DecisionAction::AlreadyAborted);
+    CHECK(d.message == "Rollout already aborted");
+    CHECK(d.version == 2);
+    CHECK(d.actor.empty());
+    d = manager.manual_advance("dave");
+    CHECK(d.success);
+    CHECK(d.action == DecisionAction::Resumed);
+    CHECK(d.message == "Resumed rollout at stage a (10%)");
+    CHECK(d.from_stage == "aborted");
+    CHECK(d.to_stage == "a");
+    CHECK(d.from_percentage == 0);
+    CHECK(d.to_percentage == 10);
+    CHECK(d.version == 3);
+    CHECK(d.state == RolloutState::Active);
+    CHECK(d.actor == "dave");
+    CHECK(manager.snapshot().position.started_at == f.clock->wall());
+}
+
+TEST_CASE("hold() reports the position without moving it", "[rollout][decision]") {
+    Fixture f;
+    auto manager = f.make({}, three_stages());
+    manager.manual_advance("ops");
+    const Decision d = manager.hold("error-rate source timed out", DecisionAction::AnalysisFailed);
+    CHECK_FALSE(d.success);
+    CHECK(d.action == DecisionAction::AnalysisFailed);
+    CHECK(d.message == "error-rate source timed out");
+    CHECK(d.from_stage == "b");
+    CHECK(d.to_stage == "b");
+    CHECK(d.version == 2);
+    CHECK(d.actor.empty());
+    CHECK(driftgate::to_string(d.action) == "analysis_failed");
+}
+
+TEST_CASE("a bad actor is refused before anything moves", "[rollout][decision]") {
+    Fixture f;
+    auto manager = f.make({}, three_stages());
+    CHECK_THROWS_WITH(manager.manual_advance("ops team"), Catch::Contains("'ops team'"));
+    CHECK_THROWS_AS(manager.manual_rollback(""), std::invalid_argument);
+    CHECK(manager.snapshot().version == 1);
+    CHECK(manager.snapshot().position.stage_index == 0);
+}
+
+// -- The enforcer's options ------------------------------------------------------------------
+
+TEST_CASE("update_options changes only the fields it is given", "[rollout][enforcer]") {
+    Fixture f;
+    Enforcer enforcer(EnforceOptions{true, 30, 0.005}, f.tracker);
+    enforcer.update_options(std::nullopt, std::nullopt, 0.01);
+    EnforceOptions options = enforcer.options();
+    CHECK(options.enforce);
+    CHECK(options.rollout_percent == 30);
+    CHECK(options.drift_max_ratio == 0.01);
+    enforcer.update_options(false, std::nullopt, std::nullopt);
+    options = enforcer.options();
+    CHECK_FALSE(options.enforce);
+    CHECK(options.rollout_percent == 30);
+    CHECK(options.drift_max_ratio == 0.01);
+    enforcer.update_options(std::nullopt, 40, std::nullopt);
+    CHECK(enforcer.options().rollout_percent == 40);
+    CHECK(enforcer.options().drift_max_ratio == 0.01);
+    // A bad value changes nothing, not even the good fields beside it.
+    CHECK_THROWS_WITH(enforcer.update_options(true, 50, 2.0), Catch::Contains("drift_max_ratio"));
+    options = enforcer.options();
+    CHECK_FALSE(options.enforce);
+    CHECK(options.rollout_percent == 40);
+    CHECK(options.drift_max_ratio == 0.01);
+}
+
+TEST_CASE("a managed enforcer refuses a new rollout percent but takes other fields",
+          "[rollout][enforcer]") {
+    Fixture f;
+    auto manager = f.make();
+    CHECK(f.enforcer->rollout_percent_claimed());
+    CHECK_THROWS_AS(f.enforcer->update_options(std::nullopt, 50, std::nullopt),
+                    std::invalid_argument);
+    CHECK_THROWS_WITH(f.enforcer->update_options(std::nullopt, 50, std::nullopt),
+                      Catch::Contains("rollout_percent=50") && Catch::Contains("manual_advance"));
+    CHECK_THROWS_AS(f.enforcer->set_options(EnforceOptions{true, 50, 0.005}),
+                    std::invalid_argument);
+    CHECK(f.enforcer->options().rollout_percent == 10);
+    f.enforcer->update_options(std::nullopt, std::nullopt, 0.02);
+    CHECK(f.enforcer->options().drift_max_ratio == 0.02);
+    // Restating the current percent is not a change.
+    f.enforcer->set_options(EnforceOptions{true, 10, 0.03});
+    CHECK(f.enforcer->options().drift_max_ratio == 0.03);
+    CHECK(f.enforcer->options().rollout_percent == 10);
+    manager.manual_advance("ops");
+    CHECK(f.enforcer->options().rollout_percent == 25);
+    CHECK(f.enforcer->options().drift_max_ratio == 0.03);
+}
+
+TEST_CASE("drift ratio updates racing transitions never undo the manager's percent",
+          "[rollout][enforcer][threads]") {
+    Fixture f;
+    RolloutManager::Options options;
+    options.enforcer = f.enforcer;
+    options.registry = f.registry;
+    options.clock = f.clock;
+    RolloutManager manager(RolloutConfig::default_config(), options);  // no state file: fast
+    std::atomic<bool> stop{false};
+    std::atomic<long> updates{0};
+    std::thread updater([&] {
+        for (long i = 0; !stop.load(std::memory_order_relaxed); ++i) {
+            f.enforcer->update_options(std::nullopt, std::nullopt, i % 2 == 0 ? 0.01 : 0.02);
+            updates.fetch_add(1, std::memory_order_relaxed);
+        }
+    });
+    constexpr int kTransitions = 20'000;
+    int mismatches = 0;
+    for (int i = 0; i < kTransitions; ++i) {
+        const Decision d =
+            i % 2 == 0 ? manager.manual_advance("ops") : manager.manual_rollback("ops");
+        if (!d.moved() || f.enforcer->options().rollout_percent != manager.enforced_percentage()) {
+            ++mismatches;
+        }
+    }
+    stop = true;
+    updater.join();
+    CHECK(mismatches == 0);
+    CHECK(updates.load() > 0);
+    CHECK(manager.snapshot().version == kTransitions + 1);
+    CHECK(f.enforcer->options().rollout_percent == 10);
+    const double ratio = f.enforcer->options().drift_max_ratio;
+    CHECK((ratio == 0.01 || ratio == 0.02));
+}
+
+// -- Writes that fail ------------------------------------------------------------------------
+
+TEST_CASE("an advance whose write fails is not applied", "[rollout][state_file]") {
+    Fixture f;
+    RolloutManager::Options options;
+    options.state_path = f.dir + "/state/rollout.json";
+    std::filesystem::create_directory(f.dir + "/state");
+    auto manager = f.make(options);
+    manager.manual_advance("ops");
+    const auto before = manager.snapshot();
+    std::filesystem::remove_all(f.dir + "/state");
+    f.clock->advance(60);
+    CHECK_THROWS_AS(manager.manual_advance("ops"), StateError);
+    CHECK_THROWS_WITH(manager.manual_advance("ops"), Catch::Contains("create temp file"));
+    const auto after = manager.snapshot();
+    CHECK(after.position.stage_index == 1);
+    CHECK(after.position.started_at == before.position.started_at);
+    CHECK(after.version == before.version);
+    CHECK(after.transitions.size() == before.transitions.size());
+    CHECK(f.enforcer->options().rollout_percent == 25);
+    CHECK(manager.config().current_stage().name == "quarter");
+    CHECK_THAT(f.registry->exposition(),
+               Catch::Contains("guardian_rollout_advancement_total{to_stage=\"half\"} 0"));
+}
+
+TEST_CASE("a rollback whose write fails is applied and still reported", "[rollout][state_file]") {
+    Fixture f;
+    RolloutManager::Options options;
+    options.state_path = f.dir + "/state/rollout.json";
+    std::filesystem::create_directory(f.dir + "/state");
+    auto manager = f.make(options);
+    manager.manual_advance("ops");
+    std::filesystem::remove_all(f.dir + "/state");
+    // Enforcing less is safe even when the disk refuses: it happens, and the error is raised.
+    CHECK_THROWS_AS(manager.manual_rollback("ops"), StateError);
+    CHECK(manager.snapshot().position.stage_index == 0);
+    CHECK(manager.snapshot().version == 3);
+    CHECK(f.enforcer->options().rollout_percent == 10);
+    CHECK(manager.config().current_stage().name == "canary");
+    CHECK_THROWS_AS(manager.evaluate(0.5), StateError);
+    CHECK(manager.snapshot().position.state == RolloutState::Aborted);
+    CHECK(f.enforcer->options().rollout_percent == 0);
+    CHECK_THAT(f.registry->exposition(),
+               Catch::Contains("guardian_rollout_stage{stage_name=\"aborted\"} -1"));
+}
+
+TEST_CASE("a manager whose first write fails does not start and frees the enforcer",
+          "[rollout][state_file]") {
+    Fixture f;
+    RolloutManager::Options options;
+    options.state_path = f.dir + "/missing/rollout.json";
+    auto config = RolloutConfig::default_config();
+    CHECK_THROWS_AS(f.make(options, config), StateError);
+    CHECK_FALSE(f.enforcer->rollout_percent_claimed());
+    CHECK_FALSE(config.owned());
+    CHECK_NOTHROW(f.make({}, config));
+}
+
+TEST_CASE("a rollback applied despite a failed write is counted", "[rollout][state_file]") {
+    Fixture f;
+    RolloutManager::Options options;
+    options.state_path = f.dir + "/state/rollout.json";
+    std::filesystem::create_directory(f.dir + "/state");
+    auto manager = f.make(options);
+    manager.manual_advance("ops");
+    std::filesystem::remove_all(f.dir + "/state");
+    CHECK_THROWS_AS(manager.manual_rollback("ops"), StateError);
+    CHECK_THROWS_AS(manager.manual_rollback("ops"), StateError);
+    const auto text = f.registry->exposition();
+    CHECK_THAT(text, Catch::Contains("guardian_rollout_rollback_total{from_stage=\"quarter\","
+                                     "to_stage=\"canary\"} 1"));
+    CHECK_THAT(text, Catch::Contains("guardian_rollout_rollback_total{from_stage=\"canary\","
+                                     "to_stage=\"aborted\"} 1"));
 }

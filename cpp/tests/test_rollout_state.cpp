@@ -1,18 +1,27 @@
 #include <catch2/catch.hpp>
 
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/inotify.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
-#include <cstdio>
+#include <cstdint>
 #include <filesystem>
 #include <fstream>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
 
 #include "driftgate/rollout_state.hpp"
 
 using driftgate::PersistedRollout;
-using driftgate::RolloutConfig;
 using driftgate::RolloutState;
+using driftgate::StagePlan;
 using driftgate::StateError;
 using driftgate::StateFile;
+using driftgate::Transition;
 
 namespace {
 
@@ -23,27 +32,121 @@ struct TempDir {
     }
     ~TempDir() { std::filesystem::remove_all(path); }
     std::string file(const std::string& name) const { return path + "/" + name; }
+    std::vector<std::string> names() const {
+        std::vector<std::string> out;
+        for (const auto& entry : std::filesystem::directory_iterator(path)) {
+            out.push_back(entry.path().filename().string());
+        }
+        return out;
+    }
     std::string path;
 };
 
-void write(const std::string& path, const std::string& text) { std::ofstream(path) << text; }
+std::shared_ptr<const StagePlan> default_plan() {
+    return std::make_shared<const StagePlan>(StagePlan::default_stages());
+}
+
+void write(const std::string& path, const std::string& text) {
+    std::ofstream(path, std::ios::binary) << text;
+}
 
 std::string read(const std::string& path) {
-    std::ifstream in(path);
+    std::ifstream in(path, std::ios::binary);
     return {std::istreambuf_iterator<char>(in), {}};
 }
+
+/// A rollout at "half" after a start and two manual advances.
+PersistedRollout half_rollout() {
+    PersistedRollout rollout;
+    rollout.stage_index = 2;
+    rollout.started_at = 1700000000.25;
+    rollout.state = RolloutState::Active;
+    rollout.version = 3;
+    rollout.transitions = {{1699990000.0, "system", "", "canary", "rollout started"},
+                           {1699995000.5, "ops", "canary", "quarter", "manual advance"},
+                           {1700000000.25, "ops", "quarter", "half", "manual advance"}};
+    return rollout;
+}
+
+std::string transition_json(const std::string& to, const std::string& actor = "ops",
+                            const std::string& extra = "") {
+    return R"({"time": "2023-11-14T22:13:20.250000Z", "actor": ")" + actor +
+           R"(", "from": "quarter", "to": ")" + to + R"(", "reason": "manual advance")" + extra +
+           "}";
+}
+
+/// The raw JSON fields of a state file, each replaceable by a test.
+struct RawState {
+    std::string schema_version = "1";
+    std::string stage_index = "2";
+    std::string stage_name = R"("half")";
+    std::string started_at = R"("2023-11-14T22:13:20.250000Z")";
+    std::string state = R"("active")";
+    std::string version = "3";
+    std::string fingerprint = '"' + default_plan()->fingerprint() + '"';
+    std::string transitions = "[" + transition_json("half") + "]";
+    std::string extra;  // more top-level fields, each with a leading comma
+
+    std::string text() const {
+        return "{\"schema_version\": " + schema_version + ", \"stage_index\": " + stage_index +
+               ", \"stage_name\": " + stage_name + ", \"started_at\": " + started_at +
+               ", \"state\": " + state + ", \"version\": " + version +
+               ", \"stages_fingerprint\": " + fingerprint + ", \"transitions\": " + transitions +
+               extra + "}\n";
+    }
+};
+
+struct Refused {
+    std::string what;  // the case, for the failure report
+    std::function<void(RawState&)> change;
+    std::string problem;  // part of the expected message
+};
+
+bool printable_ascii(const std::string& text) {
+    for (unsigned char c : text) {
+        if (c < 32 || c >= 127) return false;
+    }
+    return true;
+}
+
+/// Collects the names of files created in `folder` while it lives.
+struct CreatedFiles {
+    explicit CreatedFiles(const std::string& folder) {
+        fd = ::inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+        REQUIRE(fd >= 0);
+        REQUIRE(::inotify_add_watch(fd, folder.c_str(), IN_CREATE) >= 0);
+    }
+    ~CreatedFiles() { ::close(fd); }
+
+    std::vector<std::string> names() {
+        std::vector<std::string> out;
+        alignas(inotify_event) char buffer[1 << 14];
+        for (;;) {
+            const ssize_t n = ::read(fd, buffer, sizeof buffer);
+            if (n <= 0) break;
+            for (ssize_t at = 0; at < n;) {
+                const auto* event = reinterpret_cast<const inotify_event*>(buffer + at);
+                if (event->len > 0) out.emplace_back(event->name);
+                at += static_cast<ssize_t>(sizeof(inotify_event) + event->len);
+            }
+        }
+        return out;
+    }
+
+    int fd;
+};
 
 }  // namespace
 
 TEST_CASE("a missing file loads as nothing", "[rollout_state]") {
     TempDir dir;
-    StateFile file(dir.file("state.json"), RolloutConfig::default_config().stages());
+    StateFile file(dir.file("state.json"), default_plan());
     CHECK_FALSE(file.load().has_value());
 }
 
 TEST_CASE("a saved state loads back", "[rollout_state]") {
     TempDir dir;
-    StateFile file(dir.file("state.json"), RolloutConfig::default_config().stages());
+    StateFile file(dir.file("state.json"), default_plan());
     PersistedRollout rollout;
     rollout.stage_index = 2;
     rollout.started_at = 1700000000.25;
@@ -61,27 +164,85 @@ TEST_CASE("a saved state loads back", "[rollout_state]") {
     CHECK(read(file.path()).find("\"started_at\": \"2023-11-14T22:13:20.250000Z\"") !=
           std::string::npos);
     // No temp file is left behind.
-    CHECK(std::distance(std::filesystem::directory_iterator(dir.path),
-                        std::filesystem::directory_iterator{}) == 1);
+    CHECK(dir.names() == std::vector<std::string>{"state.json"});
+}
+
+TEST_CASE("a valid file round-trips field for field and byte for byte", "[rollout_state]") {
+    TempDir dir;
+    StateFile file(dir.file("state.json"), default_plan());
+    const PersistedRollout rollout = half_rollout();
+    file.save(rollout);
+    const std::string written = read(file.path());
+    const auto loaded = file.load();
+    REQUIRE(loaded.has_value());
+    CHECK(loaded->stage_index == rollout.stage_index);
+    CHECK(loaded->started_at == rollout.started_at);
+    CHECK(loaded->state == rollout.state);
+    CHECK(loaded->version == rollout.version);
+    REQUIRE(loaded->transitions.size() == rollout.transitions.size());
+    for (std::size_t i = 0; i < rollout.transitions.size(); ++i) {
+        const Transition& want = rollout.transitions[i];
+        const Transition& got = loaded->transitions[i];
+        CHECK(got.time == want.time);
+        CHECK(got.actor == want.actor);
+        CHECK(got.from == want.from);
+        CHECK(got.to == want.to);
+        CHECK(got.reason == want.reason);
+    }
+    file.save(*loaded);
+    CHECK(read(file.path()) == written);
+}
+
+TEST_CASE("the hand-written test file is itself valid", "[rollout_state]") {
+    // Every refusal below changes one field of this file, so each one is refused for that.
+    TempDir dir;
+    const std::string path = dir.file("state.json");
+    write(path, RawState{}.text());
+    const auto loaded = StateFile(path, default_plan()).load();
+    REQUIRE(loaded.has_value());
+    CHECK(loaded->stage_index == 2);
+    CHECK(loaded->version == 3);
+}
+
+TEST_CASE("aborted at the first stage and completed at the final one load", "[rollout_state]") {
+    TempDir dir;
+    const std::string path = dir.file("state.json");
+    RawState aborted;
+    aborted.stage_index = "0";
+    aborted.stage_name = R"("canary")";
+    aborted.state = R"("aborted")";
+    aborted.transitions = "[" + transition_json("aborted") + "]";
+    write(path, aborted.text());
+    CHECK(StateFile(path, default_plan()).load()->state == RolloutState::Aborted);
+    RawState completed;
+    completed.stage_index = "4";
+    completed.stage_name = R"("full")";
+    completed.state = R"("completed")";
+    completed.transitions = "[" + transition_json("full") + "]";
+    write(path, completed.text());
+    CHECK(StateFile(path, default_plan()).load()->state == RolloutState::Completed);
 }
 
 TEST_CASE("only the last 100 transitions are kept", "[rollout_state]") {
     TempDir dir;
-    StateFile file(dir.file("state.json"), RolloutConfig::default_config().stages());
+    StateFile file(dir.file("state.json"), default_plan());
     PersistedRollout rollout;
+    rollout.version = 150;
     for (int i = 0; i < 150; ++i) {
-        rollout.transitions.push_back({1.0 * i, "a", "canary", "quarter", std::to_string(i)});
+        rollout.transitions.push_back({1.0 * i, "a", "quarter", "canary", std::to_string(i)});
     }
     file.save(rollout);
     const auto loaded = file.load();
+    REQUIRE(loaded.has_value());
     REQUIRE(loaded->transitions.size() == 100);
     CHECK(loaded->transitions.front().reason == "50");
+    CHECK(loaded->transitions.back().reason == "149");
 }
 
 TEST_CASE("corrupt files are refused and left untouched", "[rollout_state]") {
     TempDir dir;
     const std::string path = dir.file("state.json");
-    StateFile file(path, RolloutConfig::default_config().stages());
+    StateFile file(path, default_plan());
     for (const std::string& text : {std::string("{not json"), std::string("[]"),
                                     std::string("{\"schema_version\": 1}"), std::string("")}) {
         write(path, text);
@@ -94,15 +255,292 @@ TEST_CASE("corrupt files are refused and left untouched", "[rollout_state]") {
 TEST_CASE("a file for another stage list is refused", "[rollout_state]") {
     TempDir dir;
     const std::string path = dir.file("state.json");
-    StateFile(path, RolloutConfig::default_config().stages()).save(PersistedRollout{});
-    auto other = RolloutConfig::default_config().stages();
+    StateFile(path, default_plan()).save(half_rollout());
+    auto other = StagePlan::default_stages();
     other.pop_back();
-    StateFile mismatched(path, other);
+    StateFile mismatched(path, std::make_shared<const StagePlan>(other));
     CHECK_THROWS_WITH(mismatched.load(), Catch::Contains("another stage list"));
 }
 
+TEST_CASE("files no rollout could have written are refused by name and left untouched",
+          "[rollout_state]") {
+    const std::vector<Refused> cases = {
+        // Times.
+        {"a 400-digit fraction",
+         [](RawState& s) {
+             s.started_at = "\"2023-11-14T22:13:20." + std::string(400, '1') + "Z\"";
+         },
+         "ISO 8601"},
+        {"year 0", [](RawState& s) { s.started_at = R"("0000-01-01T00:00:00Z")"; }, "ISO 8601"},
+        {"year 10000", [](RawState& s) { s.started_at = R"("10000-01-01T00:00:00Z")"; },
+         "ISO 8601"},
+        {"second 60", [](RawState& s) { s.started_at = R"("2023-11-14T22:13:60Z")"; }, "ISO 8601"},
+        {"February 30", [](RawState& s) { s.started_at = R"("2023-02-30T00:00:00Z")"; },
+         "ISO 8601"},
+        {"a transition time that is not a time",
+         [](RawState& s) {
+             s.transitions = R"([{"time": "yesterday", "actor": "ops", "from": "quarter", )"
+                             R"("to": "half", "reason": "r"}])";
+         },
+         "ISO 8601"},
+        // States no rollout reaches.
+        {"completed at a stage that is not the last",
+         [](RawState& s) { s.state = R"("completed")"; }, "no rollout reaches"},
+        {"aborted at a later stage than the first", [](RawState& s) { s.state = R"("aborted")"; },
+         "no rollout reaches"},
+        {"active at the final stage",
+         [](RawState& s) {
+             s.stage_index = "4";
+             s.stage_name = R"("full")";
+             s.transitions = "[" + transition_json("full") + "]";
+         },
+         "no rollout reaches"},
+        {"an unknown state", [](RawState& s) { s.state = R"("paused")"; }, "unknown state"},
+        // Numbers of the wrong kind.
+        {"schema_version 1.9", [](RawState& s) { s.schema_version = "1.9"; },
+         "has schema_version '1.9'"},
+        {"schema_version true", [](RawState& s) { s.schema_version = "true"; },
+         "has schema_version 'true'"},
+        {"schema_version 2^32 + 1", [](RawState& s) { s.schema_version = "4294967297"; },
+         "has schema_version '4294967297'"},
+        {"schema_version as text", [](RawState& s) { s.schema_version = R"("1")"; },
+         "has schema_version '\"1\"'"},
+        {"stage_index 1.7", [](RawState& s) { s.stage_index = "1.7"; }, "has stage_index '1.7'"},
+        {"stage_index -1", [](RawState& s) { s.stage_index = "-1"; }, "has stage_index '-1'"},
+        {"stage_index past the last stage", [](RawState& s) { s.stage_index = "5"; },
+         "has stage_index '5'"},
+        {"a stage name that is not the index's", [](RawState& s) { s.stage_name = R"("quarter")"; },
+         "names stage"},
+        {"version -1", [](RawState& s) { s.version = "-1"; }, "has version '-1'"},
+        {"version 0", [](RawState& s) { s.version = "0"; }, "has version 0"},
+        {"version 2^53", [](RawState& s) { s.version = "9007199254740992"; },
+         "has version '9007199254740992'"},
+        // Histories.
+        {"transitions null", [](RawState& s) { s.transitions = "null"; }, "transitions"},
+        {"transitions an object", [](RawState& s) { s.transitions = "{}"; }, "transitions"},
+        {"101 transitions",
+         [](RawState& s) {
+             s.version = "1000";
+             s.transitions = "[";
+             for (int i = 0; i < 101; ++i) {
+                 s.transitions += (i > 0 ? ", " : "") + transition_json("half");
+             }
+             s.transitions += "]";
+         },
+         "at most 100"},
+        {"more transitions than versions",
+         [](RawState& s) {
+             s.version = "1";
+             s.transitions = "[" + transition_json("half") + ", " + transition_json("half") + "]";
+         },
+         "2 transitions but version 1"},
+        {"a transition to a stage that does not exist",
+         [](RawState& s) { s.transitions = "[" + transition_json("eighth") + "]"; },
+         "does not have"},
+        {"an actor with a space",
+         [](RawState& s) { s.transitions = "[" + transition_json("half", "ops team") + "]"; },
+         "'ops team'"},
+        {"an unknown field in a transition",
+         [](RawState& s) {
+             s.transitions = "[" + transition_json("half", "ops", R"(, "note": "x")") + "]";
+         },
+         "'note'"},
+        {"a history that ends elsewhere than the position",
+         [](RawState& s) { s.transitions = "[" + transition_json("quarter") + "]"; },
+         "ends its history at 'quarter'"},
+        // Anything else.
+        {"an unknown top-level field", [](RawState& s) { s.extra = R"(, "owner": "me")"; },
+         "'owner'"},
+    };
+    TempDir dir;
+    const std::string path = dir.file("state.json");
+    const StateFile file(path, default_plan());
+    for (const Refused& refused : cases) {
+        INFO(refused.what);
+        RawState raw;
+        refused.change(raw);
+        const std::string text = raw.text();
+        write(path, text);
+        CHECK_THROWS_AS(file.load(), StateError);
+        CHECK_THROWS_WITH(file.load(), Catch::Contains(path) && Catch::Contains(refused.problem));
+        CHECK(read(path) == text);
+    }
+}
+
+TEST_CASE("a file with bytes that are not UTF-8 is refused with a printable message",
+          "[rollout_state]") {
+    TempDir dir;
+    const std::string path = dir.file("state.json");
+    RawState raw;
+    raw.transitions = "[" + transition_json("half", "ops", ", \"extra\xff\xfe\x80\": 1") + "]";
+    std::string text = raw.text();
+    text.replace(text.find("manual advance"), 14, "manual \xc3\x28 advance");
+    write(path, text);
+    const StateFile file(path, default_plan());
+    try {
+        file.load();
+        FAIL("a file with invalid UTF-8 loaded");
+    } catch (const StateError& error) {
+        const std::string message = error.what();
+        CHECK_THAT(message, Catch::Contains(path));
+        CHECK(printable_ascii(message));
+    }
+    CHECK(read(path) == text);
+}
+
+TEST_CASE("a file over 1 MiB is refused even when it is valid JSON", "[rollout_state]") {
+    TempDir dir;
+    const std::string path = dir.file("state.json");
+    std::string text = RawState{}.text();
+    text.append(StateFile::kMaxFileBytes + 1 - text.size(), ' ');
+    write(path, text);
+    const StateFile file(path, default_plan());
+    CHECK_THROWS_WITH(file.load(), Catch::Contains(path) && Catch::Contains("larger than"));
+    CHECK(read(path) == text);
+    // One byte less is read.
+    text.pop_back();
+    write(path, text);
+    CHECK(file.load().has_value());
+}
+
+TEST_CASE("a symbolic link to a valid file is refused and left as it was", "[rollout_state]") {
+    TempDir dir;
+    const std::string target = dir.file("real.json");
+    const std::string link = dir.file("state.json");
+    StateFile(target, default_plan()).save(half_rollout());
+    const std::string text = read(target);
+    std::filesystem::create_symlink(target, link);
+    const StateFile file(link, default_plan());
+    CHECK_THROWS_AS(file.load(), StateError);
+    CHECK_THROWS_WITH(file.load(), Catch::Contains(link) && Catch::Contains("symbolic link"));
+    CHECK(std::filesystem::is_symlink(link));
+    CHECK(std::filesystem::read_symlink(link) == target);
+    CHECK(read(target) == text);
+}
+
+// -- Durability -----------------------------------------------------------------------------
+
 TEST_CASE("a write that fails keeps the old file", "[rollout_state]") {
     TempDir dir;
-    StateFile file(dir.file("missing-folder/state.json"), RolloutConfig::default_config().stages());
-    CHECK_THROWS_WITH(file.save(PersistedRollout{}), Catch::Contains("could not be written"));
+    StateFile file(dir.file("missing-folder/state.json"), default_plan());
+    CHECK_THROWS_WITH(file.save(half_rollout()), Catch::Contains("could not be written"));
+}
+
+TEST_CASE("a save into a folder that does not exist names the temp file step", "[rollout_state]") {
+    TempDir dir;
+    const std::string path = dir.file("missing-folder/state.json");
+    StateFile file(path, default_plan());
+    CHECK_THROWS_AS(file.save(half_rollout()), StateError);
+    CHECK_THROWS_WITH(file.save(half_rollout()),
+                      Catch::Contains(path) && Catch::Contains("create temp file"));
+    try {
+        file.save(half_rollout());
+    } catch (const StateError& error) {
+        CHECK_FALSE(error.replaced());
+    }
+}
+
+TEST_CASE("each save writes a temp file of its own name, never a stale one's", "[rollout_state]") {
+    TempDir dir;
+    const std::string path = dir.file("state.json");
+    const std::string pid = std::to_string(::getpid());
+    // What a killed predecessor with this pid may have left, by the old naming and the new.
+    const std::vector<std::string> stale = {"state.json.tmp." + pid,
+                                            "state.json.tmp." + pid + ".0000000000000000"};
+    for (const auto& name : stale) write(dir.file(name), "left by a dead writer");
+    StateFile file(path, default_plan());
+    CreatedFiles created(dir.path);
+    file.save(half_rollout());
+    file.save(half_rollout());
+    const std::vector<std::string> temps = created.names();
+    REQUIRE(temps.size() == 2);
+    CHECK(temps[0] != temps[1]);
+    for (const auto& name : temps) {
+        CHECK_THAT(name, Catch::StartsWith("state.json.tmp." + pid + "."));
+        for (const auto& old : stale) CHECK(name != old);
+    }
+    for (const auto& name : stale) CHECK(read(dir.file(name)) == "left by a dead writer");
+}
+
+TEST_CASE("stale temp files are removed, ones a live writer holds are kept", "[rollout_state]") {
+    TempDir dir;
+    const std::string path = dir.file("state.json");
+    const std::string stale = dir.file("state.json.tmp.4242.00000000deadbeef");
+    const std::string live = dir.file("state.json.tmp.4243.00000000cafef00d");
+    const std::string other = dir.file("other.json.tmp.4242.00000000deadbeef");
+    write(stale, "half written");
+    write(live, "being written");
+    write(other, "another file's");
+    const int fd = ::open(live.c_str(), O_RDONLY | O_CLOEXEC);
+    REQUIRE(fd >= 0);
+    REQUIRE(::flock(fd, LOCK_EX) == 0);
+    StateFile file(path, default_plan());
+    CHECK(file.remove_stale_temp_files() == 1);
+    CHECK_FALSE(std::filesystem::exists(stale));
+    CHECK(read(live) == "being written");
+    CHECK(read(other) == "another file's");
+    ::close(fd);
+    // Once its writer is gone, it is stale too.
+    CHECK(file.remove_stale_temp_files() == 1);
+    CHECK_FALSE(std::filesystem::exists(live));
+    CHECK(std::filesystem::exists(other));
+}
+
+TEST_CASE("a save keeps the mode the file was given", "[rollout_state]") {
+    TempDir dir;
+    const std::string path = dir.file("state.json");
+    StateFile file(path, default_plan());
+    file.save(half_rollout());
+    REQUIRE(::chmod(path.c_str(), 0600) == 0);
+    file.save(half_rollout());
+    struct stat info {};
+    REQUIRE(::stat(path.c_str(), &info) == 0);
+    CHECK((info.st_mode & 07777) == 0600);
+    REQUIRE(::chmod(path.c_str(), 0640) == 0);
+    file.save(half_rollout());
+    REQUIRE(::stat(path.c_str(), &info) == 0);
+    CHECK((info.st_mode & 07777) == 0640);
+}
+
+TEST_CASE("a save to a symbolic link throws and leaves the link and its target",
+          "[rollout_state]") {
+    TempDir dir;
+    const std::string target = dir.file("real.json");
+    const std::string link = dir.file("state.json");
+    PersistedRollout before = half_rollout();
+    StateFile(target, default_plan()).save(before);
+    const std::string text = read(target);
+    std::filesystem::create_symlink(target, link);
+    PersistedRollout after = before;
+    after.version = 4;
+    after.transitions.push_back({1700000001.0, "ops", "half", "most", "manual advance"});
+    after.stage_index = 3;
+    const StateFile file(link, default_plan());
+    CHECK_THROWS_AS(file.save(after), StateError);
+    CHECK_THROWS_WITH(file.save(after), Catch::Contains(link) && Catch::Contains("symbolic link"));
+    CHECK(std::filesystem::is_symlink(link));
+    CHECK(std::filesystem::read_symlink(link) == target);
+    CHECK(read(target) == text);
+    CHECK(dir.names().size() == 2);  // no temp file left behind
+}
+
+TEST_CASE("a path with a NUL character is refused", "[rollout_state]") {
+    TempDir dir;
+    const std::string path = dir.file("state") + std::string("\0.json", 6);
+    CHECK_THROWS_AS(StateFile(path, default_plan()), std::invalid_argument);
+    CHECK_THROWS_WITH(StateFile(path, default_plan()), Catch::Contains("NUL"));
+    CHECK_THROWS_AS(StateFile("", default_plan()), std::invalid_argument);
+}
+
+TEST_CASE("reasons are cut to 200 printable characters", "[rollout_state]") {
+    CHECK(driftgate::clean_reason("bad\ncanary\x01") == "bad?canary?");
+    CHECK(driftgate::clean_reason(std::string(300, 'x')).size() == 200);
+    CHECK(driftgate::clean_reason("caf\xc3\xa9") == "caf??");
+}
+
+TEST_CASE("actors are role names, not free text", "[rollout_state]") {
+    CHECK_NOTHROW(driftgate::validate_actor("ops:alice.b-1_x"));
+    CHECK_THROWS_WITH(driftgate::validate_actor("ops team"), Catch::Contains("'ops team'"));
+    CHECK_THROWS_AS(driftgate::validate_actor(""), std::invalid_argument);
+    CHECK_THROWS_AS(driftgate::validate_actor(std::string(65, 'a')), std::invalid_argument);
 }

@@ -28,7 +28,8 @@ naming the file, and the line or the key.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, get_args
@@ -95,16 +96,14 @@ def _no_nul(text: str) -> str:
     return text
 
 
-def _number(low: float, high: float, *, above_low: bool = False) -> Any:
-    bound = {"gt": low} if above_low else {"ge": low}
-    return Annotated[float, Field(**bound, le=high, allow_inf_nan=False)]
-
-
-_Ratio = _number(0, 1)
-_Percent = _number(0, 100)
-_StageSeconds = _number(0, MAX_STAGE_SECONDS)
-_CheckInterval = _number(MIN_CHECK_INTERVAL_SECONDS, MAX_CHECK_INTERVAL_SECONDS)
-_QueryTimeout = _number(0, MAX_QUERY_TIMEOUT_SECONDS, above_low=True)
+_Ratio = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+_Percent = Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)]
+_StageSeconds = Annotated[float, Field(ge=0, le=MAX_STAGE_SECONDS, allow_inf_nan=False)]
+_CheckInterval = Annotated[
+    float,
+    Field(ge=MIN_CHECK_INTERVAL_SECONDS, le=MAX_CHECK_INTERVAL_SECONDS, allow_inf_nan=False),
+]
+_QueryTimeout = Annotated[float, Field(gt=0, le=MAX_QUERY_TIMEOUT_SECONDS, allow_inf_nan=False)]
 _Count = Annotated[int, Field(ge=0, le=MAX_COUNT)]
 _PathText = Annotated[str, Field(min_length=1, max_length=4096), AfterValidator(_no_nul)]
 _Query = Annotated[str, Field(min_length=1, max_length=10_000), AfterValidator(_no_nul)]
@@ -245,7 +244,7 @@ def _number_range(loc: tuple[Any, ...]) -> str | None:
     return f"{noun} in {low}, {high}"
 
 
-def _problem(error: dict[str, Any]) -> str:
+def _problem(error: Mapping[str, Any]) -> str:
     """One validation error as `key.path: expected ..., got VALUE`."""
     loc = tuple(error["loc"])
     kind = error["type"]
@@ -323,7 +322,8 @@ def parse_settings(values: Any) -> Settings:
         stages = [
             _build(
                 f"rollout.stages[{i}]",
-                lambda stage=stage: RolloutStage(
+                functools.partial(
+                    RolloutStage,
                     stage.name,
                     stage.percentage,
                     stage.duration_seconds,
@@ -388,7 +388,7 @@ class _ValuesLoader(yaml.SafeLoader):
                 None, None, f"nested deeper than {MAX_NESTING} levels", self.get_mark()
             )
 
-    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         if isinstance(node, yaml.MappingNode):
             first: dict[str, yaml.Node] = {}
             for key_node, _ in node.value:

@@ -60,7 +60,14 @@ struct RolloutPosition {
 /// What the advance rules say about a position: the single home of those rules, used by a
 /// standalone RolloutConfig and by RolloutManager alike.
 struct AdvanceCheck {
-    enum class Verdict { ErrorRateExceeded, DurationNotMet, FinalStage, NeedsApproval, Ready };
+    enum class Verdict {
+        Aborted,
+        ErrorRateExceeded,
+        DurationNotMet,
+        FinalStage,
+        NeedsApproval,
+        Ready
+    };
     Verdict verdict;
     std::string reason;
 
@@ -95,8 +102,9 @@ class StagePlan {
     /// The stage's name, or "aborted".
     std::string position_name(const RolloutPosition& position) const;
 
-    /// Checks, in order: error rate above the stage maximum; minimum duration not met at `now`
-    /// (skipped while the start is unknown); final stage; next stage needs approval; else ready.
+    /// Checks, in order: aborted (only a manual advance resumes); error rate above the stage
+    /// maximum; minimum duration not met at `now` (skipped while the start is unknown); final
+    /// stage; next stage needs approval; else ready.
     AdvanceCheck check_advance(const RolloutPosition& position, double error_rate,
                                double now) const;
 
