@@ -40,6 +40,11 @@ def alert_names(path: Path) -> set[str]:
     return {rule["alert"] for group in groups for rule in group["rules"] if "alert" in rule}
 
 
+def recorded_names(path: Path) -> set[str]:
+    groups = yaml.safe_load(path.read_text())["groups"]
+    return {rule["record"] for group in groups for rule in group["rules"] if "record" in rule}
+
+
 def test_rule_files_pass_promtool_check():
     assert RULE_FILES, "no rule files"
     result = promtool("check", "rules", *(p.name for p in RULE_FILES))
@@ -97,6 +102,11 @@ def test_rules_cover_what_the_issue_asks():
         "SolverP95RuntimeHigh",
         "SolverSafetyStop",
     } <= alerts
+
+
+def test_rules_record_the_per_window_ratio_names_of_the_original_dashboards():
+    recorded = set().union(*(recorded_names(p) for p in RULE_FILES))
+    assert {"adapt_drift_ratio_5m", "adapt_drift_ratio_15m", "adapt_drift_ratio_60m"} <= recorded
 
 
 @pytest.fixture(scope="module")
@@ -236,3 +246,10 @@ def test_every_exported_metric_is_documented(exposition):
             continue
         name = family.name + ("_total" if family.type == "counter" else "")
         assert f"| `{name}` |" in documented, name
+
+
+def test_every_recorded_series_is_documented():
+    documented = (ROOT / "docs" / "metrics.md").read_text()
+    for rules in RULE_FILES:
+        for name in recorded_names(rules):
+            assert f"`{name}`" in documented, f"{rules.name}: {name}"

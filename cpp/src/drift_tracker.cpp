@@ -9,7 +9,8 @@
 namespace driftgate {
 
 /// Exports the tracker at scrape time: the window gauges, and adapt_drift_events_total
-/// published from the shards' lifetime counts, so record() never writes a shared counter.
+/// published from the shards' lifetime counts, so record() never writes a shared counter. A
+/// policy's counter appears, at 0, at the first scrape after its first record.
 class DriftTracker::WindowExport final : public WindowSource, public ScrapeHook {
   public:
     WindowExport(std::shared_ptr<const PolicyWindows> windows,
@@ -21,10 +22,12 @@ class DriftTracker::WindowExport final : public WindowSource, public ScrapeHook 
     void before_scrape() override {
         std::lock_guard lock(mutex_);
         for (std::uint32_t slot = 0; slot < published_.size(); ++slot) {
-            const std::uint64_t events = windows_->lifetime(slot).events;
-            if (events > published_[slot]) {
-                drift_events_.at(slot).Increment(static_cast<double>(events - published_[slot]));
-                published_[slot] = events;
+            const WindowCounts lifetime = windows_->lifetime(slot);
+            if (lifetime.total == 0) continue;  // never recorded: no series yet
+            prometheus::Counter& events = *drift_events_.at(slot)[0];
+            if (lifetime.events > published_[slot]) {
+                events.Increment(static_cast<double>(lifetime.events - published_[slot]));
+                published_[slot] = lifetime.events;
             }
         }
     }

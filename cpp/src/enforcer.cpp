@@ -52,16 +52,13 @@ Enforcer::Enforcer(EnforceOptions options, std::shared_ptr<DriftTracker> tracker
       options_((options.validate(), options)),
       cohort_(pack(options)),
       errors_(tracker_->windows(), tracker_->clock(), tracker_->index()->slot_count()),
-      requests_shadow_(registry_->counter(metrics::kRequests), tracker_->index(),
-                       {{"mode", "shadow"}}),
-      requests_enforced_(registry_->counter(metrics::kRequests), tracker_->index(),
-                         {{"mode", "enforced"}}),
-      errors_shadow_(registry_->counter(metrics::kEvaluationErrors), tracker_->index(),
-                     {{"mode", "shadow"}}),
-      errors_enforced_(registry_->counter(metrics::kEvaluationErrors), tracker_->index(),
-                       {{"mode", "enforced"}}),
-      enforcement_(registry_->counter(metrics::kEnforcement), tracker_->index()),
-      enforcement_failed_(registry_->counter(metrics::kEnforcementFailed), tracker_->index()),
+      counters_({{&registry_->counter(metrics::kRequests), {{"mode", "shadow"}}},
+                 {&registry_->counter(metrics::kRequests), {{"mode", "enforced"}}},
+                 {&registry_->counter(metrics::kEvaluationErrors), {{"mode", "shadow"}}},
+                 {&registry_->counter(metrics::kEvaluationErrors), {{"mode", "enforced"}}},
+                 {&registry_->counter(metrics::kEnforcement), {}},
+                 {&registry_->counter(metrics::kEnforcementFailed), {}}},
+                tracker_->index()),
       latency_(registry_->histogram(metrics::kSelectionLatency).Add({}, latency_buckets())),
       rollout_percent_(registry_->gauge(metrics::kRolloutPercent).Add({})),
       drift_max_ratio_(registry_->gauge(metrics::kDriftMaxRatio).Add({})) {
@@ -106,17 +103,18 @@ VerdictPair Enforcer::decide(std::string_view policy_id, std::string_view key,
     pair.enforced = enforced_result.verdict;
     pair.drift = tracker_->record(policy_id, pair.shadow, pair.enforced);
 
-    if (shadow_result.failed) errors_shadow_.at(slot).Increment();
+    // Shadow runs on every decision, so it counts every one; enforced counts the cohort's.
+    const std::span<prometheus::Counter* const> counted = counters_.at(slot);
+    counted[kShadowRequests]->Increment();
+    if (shadow_result.failed) counted[kShadowErrors]->Increment();
     if (pair.in_rollout) {
-        requests_enforced_.at(slot).Increment();
-        enforcement_.at(slot).Increment();
+        counted[kEnforcedRequests]->Increment();
+        counted[kEnforcement]->Increment();
         errors_.add(slot, enforced_result.failed ? 1 : 0, 1);
         if (enforced_result.failed) {
-            errors_enforced_.at(slot).Increment();
-            enforcement_failed_.at(slot).Increment();
+            counted[kEnforcedErrors]->Increment();
+            counted[kEnforcementFailed]->Increment();
         }
-    } else {
-        requests_shadow_.at(slot).Increment();
     }
     latency_.Observe(
         std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());

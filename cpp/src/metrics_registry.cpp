@@ -99,27 +99,30 @@ std::string MetricsRegistry::exposition() const {
     return prometheus::TextSerializer().Serialize(collect());
 }
 
+SlotCounters::SlotCounters(std::vector<Series> series, std::shared_ptr<const PolicyIndex> index)
+    : series_(std::move(series)),
+      index_(std::move(index)),
+      counters_(std::make_unique<prometheus::Counter*[]>(index_->slot_count() * series_.size())),
+      created_(std::make_unique<std::atomic<bool>[]>(index_->slot_count())) {}
+
 SlotCounters::SlotCounters(prometheus::Family<prometheus::Counter>& family,
                            std::shared_ptr<const PolicyIndex> index,
                            prometheus::Labels constant_labels)
-    : family_(family),
-      index_(std::move(index)),
-      constant_labels_(std::move(constant_labels)),
-      counters_(std::make_unique<std::atomic<prometheus::Counter*>[]>(index_->slot_count())) {}
+    : SlotCounters({{&family, std::move(constant_labels)}}, std::move(index)) {}
 
-prometheus::Counter& SlotCounters::at(std::uint32_t slot) {
-    if (prometheus::Counter* counter = counters_[slot].load(std::memory_order_acquire)) {
-        return *counter;
-    }
+std::span<prometheus::Counter* const> SlotCounters::at(std::uint32_t slot) {
+    const std::span<prometheus::Counter*> row(counters_.get() + slot * series_.size(),
+                                              series_.size());
+    if (created_[slot].load(std::memory_order_acquire)) return row;
     std::lock_guard lock(mutex_);
-    if (prometheus::Counter* counter = counters_[slot].load(std::memory_order_relaxed)) {
-        return *counter;
+    if (created_[slot].load(std::memory_order_relaxed)) return row;
+    for (std::size_t i = 0; i < series_.size(); ++i) {
+        prometheus::Labels labels = series_[i].labels;
+        labels.emplace("policy_id", std::string(index_->label(slot)));
+        row[i] = &series_[i].family->Add(labels);
     }
-    prometheus::Labels labels = constant_labels_;
-    labels.emplace("policy_id", std::string(index_->label(slot)));
-    prometheus::Counter& counter = family_.Add(labels);
-    counters_[slot].store(&counter, std::memory_order_release);
-    return counter;
+    created_[slot].store(true, std::memory_order_release);
+    return row;
 }
 
 }  // namespace driftgate

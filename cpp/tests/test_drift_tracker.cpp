@@ -1,6 +1,8 @@
 #include <catch2/catch.hpp>
 
+#include <cstdint>
 #include <memory>
+#include <span>
 #include <thread>
 #include <vector>
 
@@ -96,6 +98,20 @@ TEST_CASE("drift events and window gauges are exported", "[drift_tracker][metric
     CHECK_THAT(text, Catch::Contains("adapt_drift_ratio{window=\"5m\"} 0.5"));
     CHECK_THAT(text, Catch::Contains("adapt_drift_window_requests{window=\"60m\"} 2"));
     CHECK_THAT(text, Catch::Contains("adapt_drift_window_events{window=\"15m\"} 1"));
+}
+
+TEST_CASE("a policy's drift counter exists at 0 from its first record",
+          "[drift_tracker][metrics]") {
+    Fixture f;
+    CHECK_FALSE(f.tracker.record("p1", Verdict::Ok, Verdict::Ok));
+    const std::uint8_t none[] = {0};
+    f.tracker.record_batch("p2", std::span(none, 0), std::span(none, 0));  // records nothing
+    const std::string text = f.registry->exposition();
+    CHECK_THAT(text, Catch::Contains("adapt_drift_events_total{policy_id=\"p1\"} 0\n"));
+    CHECK_THAT(text, !Catch::Contains("policy_id=\"p2\""));
+    f.tracker.record("p1", Verdict::Warn, Verdict::Fail);
+    CHECK_THAT(f.registry->exposition(),
+               Catch::Contains("adapt_drift_events_total{policy_id=\"p1\"} 1\n"));
 }
 
 TEST_CASE("record is exact under many threads", "[drift_tracker][threads]") {

@@ -137,6 +137,54 @@ TEST_CASE("a bad policy id evaluates and records nothing", "[enforcer]") {
     CHECK(f.tracker->counts("5m").total == 0);
 }
 
+TEST_CASE("shadow counts every decision and enforced the cohort's", "[enforcer][metrics]") {
+    Fixture f;
+    Enforcer enforcer = f.make(true, 30.0);
+    int cohort = 0;
+    for (int i = 0; i < 400; ++i) {
+        cohort +=
+            enforcer.decide("p", "k" + std::to_string(i), Verdict::Ok, Verdict::Ok).in_rollout;
+    }
+    REQUIRE(cohort > 0);
+    REQUIRE(cohort < 400);
+    const std::string text = f.registry->exposition();
+    CHECK_THAT(text,
+               Catch::Contains("adapt_requests_total{mode=\"shadow\",policy_id=\"p\"} 400\n"));
+    CHECK_THAT(text, Catch::Contains("adapt_requests_total{mode=\"enforced\",policy_id=\"p\"} " +
+                                     std::to_string(cohort) + "\n"));
+    CHECK_THAT(text, Catch::Contains("guardian_enforcement_total{policy_id=\"p\"} " +
+                                     std::to_string(cohort) + "\n"));
+}
+
+TEST_CASE("a shadow evaluation that fails counts under shadow", "[enforcer][metrics]") {
+    Fixture f;
+    Enforcer enforcer = f.make(false, 0.0);
+    const Evaluator failing([]() -> std::optional<Verdict> { return std::nullopt; });
+    CHECK(enforcer.decide("p", "key", failing, Verdict::Ok).shadow == Verdict::Fail);
+    const std::string text = f.registry->exposition();
+    CHECK_THAT(text, Catch::Contains(
+                         "adapt_evaluation_errors_total{mode=\"shadow\",policy_id=\"p\"} 1\n"));
+    CHECK_THAT(text, Catch::Contains(
+                         "adapt_evaluation_errors_total{mode=\"enforced\",policy_id=\"p\"} 0\n"));
+}
+
+TEST_CASE("a policy's counters exist at 0 from its first decision", "[enforcer][metrics]") {
+    Fixture f;
+    Enforcer enforcer = f.make(false, 0.0);
+    CHECK_THAT(f.registry->exposition(), !Catch::Contains("policy_id="));
+    enforcer.decide("p", "key", Verdict::Ok, Verdict::Ok);
+    const std::string text = f.registry->exposition();
+    CHECK_THAT(text, Catch::Contains("adapt_requests_total{mode=\"shadow\",policy_id=\"p\"} 1\n"));
+    for (const char* zero : {"adapt_requests_total{mode=\"enforced\",policy_id=\"p\"} 0\n",
+                             "adapt_drift_events_total{policy_id=\"p\"} 0\n",
+                             "adapt_evaluation_errors_total{mode=\"shadow\",policy_id=\"p\"} 0\n",
+                             "adapt_evaluation_errors_total{mode=\"enforced\",policy_id=\"p\"} 0\n",
+                             "guardian_enforcement_total{policy_id=\"p\"} 0\n",
+                             "guardian_enforcement_failed_total{policy_id=\"p\"} 0\n"}) {
+        CHECK_THAT(text, Catch::Contains(zero));
+    }
+}
+
 TEST_CASE("bad options leave the old ones in force", "[enforcer]") {
     Fixture f;
     Enforcer enforcer = f.make(true, 10.0);

@@ -5,10 +5,13 @@
 
 #include "driftgate/drift_tracker.hpp"
 #include "driftgate/metrics_registry.hpp"
+#include "driftgate/policy_index.hpp"
 
 using driftgate::DriftTracker;
 using driftgate::ManualClock;
 using driftgate::MetricsRegistry;
+using driftgate::PolicyIndex;
+using driftgate::SlotCounters;
 using driftgate::Verdict;
 
 TEST_CASE("an empty registry exposes nothing", "[metrics]") {
@@ -46,4 +49,27 @@ TEST_CASE("window gauges are fresh at every scrape", "[metrics]") {
 
 TEST_CASE("the default registry is one instance", "[metrics]") {
     CHECK(MetricsRegistry::default_registry() == MetricsRegistry::default_registry());
+}
+
+TEST_CASE("a slot's counters are created together, at 0, on its first use", "[metrics]") {
+    MetricsRegistry registry;
+    auto index = std::make_shared<PolicyIndex>(4);
+    auto& requests = registry.counter(driftgate::metrics::kRequests);
+    SlotCounters counters({{&requests, {{"mode", "shadow"}}},
+                           {&requests, {{"mode", "enforced"}}},
+                           {&registry.counter(driftgate::metrics::kEnforcement), {}}},
+                          index);
+    index->slot_for("a");
+    const std::uint32_t b = index->slot_for("b");
+    CHECK(registry.exposition().find("policy_id") == std::string::npos);
+    const auto row = counters.at(b);
+    REQUIRE(row.size() == 3);
+    row[0]->Increment();
+    CHECK(counters.at(b).data() == row.data());  // found again, not created again
+    const std::string text = registry.exposition();
+    CHECK_THAT(text, Catch::Contains("adapt_requests_total{mode=\"shadow\",policy_id=\"b\"} 1\n"));
+    CHECK_THAT(text,
+               Catch::Contains("adapt_requests_total{mode=\"enforced\",policy_id=\"b\"} 0\n"));
+    CHECK_THAT(text, Catch::Contains("guardian_enforcement_total{policy_id=\"b\"} 0\n"));
+    CHECK_THAT(text, !Catch::Contains("policy_id=\"a\""));
 }

@@ -108,12 +108,16 @@ class Enforcer {
     std::atomic<std::uint32_t> cohort_;
 
     PolicyWindows errors_;
-    SlotCounters requests_shadow_;
-    SlotCounters requests_enforced_;
-    SlotCounters errors_shadow_;
-    SlotCounters errors_enforced_;
-    SlotCounters enforcement_;
-    SlotCounters enforcement_failed_;
+    // A policy's counters, all created at 0 with its first decision, in this order.
+    enum Counted {
+        kShadowRequests,
+        kEnforcedRequests,
+        kShadowErrors,
+        kEnforcedErrors,
+        kEnforcement,
+        kEnforcementFailed
+    };
+    SlotCounters counters_;
     prometheus::Histogram& latency_;
     prometheus::Gauge& rollout_percent_;
     prometheus::Gauge& drift_max_ratio_;

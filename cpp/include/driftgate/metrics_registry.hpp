@@ -10,6 +10,7 @@
 #include <atomic>
 #include <memory>
 #include <mutex>
+#include <span>
 #include <string>
 #include <utility>
 #include <vector>
@@ -120,20 +121,31 @@ class MetricsRegistry {
     mutable std::vector<std::weak_ptr<ScrapeHook>> scrape_hooks_;
 };
 
-/// One counter of a family per policy slot, labelled with the slot's policy id, created on
-/// first use and then found without a lock. Thread-safe.
+/// Per policy slot, one counter of each of several families, labelled with the slot's policy
+/// id. A slot's counters are all created together, at 0, on its first use, so `rate()` sees a
+/// policy's every series before anything is counted in it; then they are found without a lock.
+/// Thread-safe.
 class SlotCounters {
   public:
+    /// A family and the labels its series carry besides policy_id.
+    struct Series {
+        prometheus::Family<prometheus::Counter>* family;
+        prometheus::Labels labels;
+    };
+
+    SlotCounters(std::vector<Series> series, std::shared_ptr<const PolicyIndex> index);
+    /// One family.
     SlotCounters(prometheus::Family<prometheus::Counter>& family,
                  std::shared_ptr<const PolicyIndex> index, prometheus::Labels constant_labels = {});
 
-    prometheus::Counter& at(std::uint32_t slot);
+    /// The slot's counters, in the order of the series given.
+    std::span<prometheus::Counter* const> at(std::uint32_t slot);
 
   private:
-    prometheus::Family<prometheus::Counter>& family_;
+    std::vector<Series> series_;
     std::shared_ptr<const PolicyIndex> index_;
-    prometheus::Labels constant_labels_;
-    std::unique_ptr<std::atomic<prometheus::Counter*>[]> counters_;
+    std::unique_ptr<prometheus::Counter*[]> counters_;  // slot-major, series_.size() per slot
+    std::unique_ptr<std::atomic<bool>[]> created_;
     std::mutex mutex_;
 };
 
