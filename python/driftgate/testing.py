@@ -42,7 +42,7 @@ def _exposition(source: Any) -> str:
 
 def _format_sample(sample: Any) -> str:
     labels = ",".join(f'{key}="{value}"' for key, value in sorted(sample.labels.items()))
-    return f"{sample.name}{{{labels}}} {sample.value!r}"
+    return f"{sample.name}{{{labels}}} {float(sample.value)!r}"
 
 
 def metric_value(
