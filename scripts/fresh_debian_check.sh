@@ -7,8 +7,8 @@
 #
 # Only what any machine on this network has is carried in: the Debian mirror this machine uses
 # (DEBIAN_MIRROR overrides it), its CA certificates, its pip configuration and its name
-# resolution. Run as root. The debootstrapped root is cached in build/fresh-debian/, so only
-# the first run pays for debootstrap.
+# resolution. dpkg runs without fsync there (the root is thrown away). Run as root. The
+# debootstrapped root is cached in build/fresh-debian/, so only the first run pays for debootstrap.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -20,7 +20,7 @@ CLONE=/root/driftgate # inside the chroot
 # dpkg without fsync: durability only, which a root thrown away after the check does not need
 UNSAFE_IO=etc/dpkg/dpkg.cfg.d/driftgate-check-unsafe-io
 SCOPE="${DRIFTGATE_TEST_SCOPE:-plain-ctest}"
-DEMO_START_TIMEOUT=1200 # seconds: the demo's first start installs and compiles everything
+DEMO_START_TIMEOUT=1800 # seconds: the demo's first start installs and compiles everything
 STARTED=$SECONDS
 demo_pid=""
 
@@ -211,8 +211,9 @@ trap 'exit 130' INT TERM
 
 mirror="$(debian_mirror)"
 make_debian_root_tar "$mirror"
-log "a fresh root from $(basename "$ROOT_TAR")"
+[ ! -d "$CHROOT" ] || log "removing the previous run's root"
 remove_chroot
+log "a fresh root from $(basename "$ROOT_TAR")"
 mkdir -p "$CHROOT"
 tar --numeric-owner -C "$CHROOT" -xf "$ROOT_TAR"
 echo force-unsafe-io >"$CHROOT/$UNSAFE_IO"
