@@ -9,6 +9,7 @@ import inspect
 import logging
 import math
 import os
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from typing import Any, Union
@@ -219,7 +220,7 @@ class RolloutManager(_RolloutManager):
             return self._hold("Holding: no error-rate source")
         arguments = (self.analysis_window,) if self._source_takes_window else ()
         try:
-            reading = await asyncio.wait_for(_read(source, arguments), timeout=self.source_timeout)
+            reading = await _within(self.source_timeout, _read(source, arguments))
             decide = _decision_for(self, reading)
         except asyncio.CancelledError:
             raise
@@ -232,6 +233,16 @@ class RolloutManager(_RolloutManager):
             )
         # The decision may write and fsync the state file: off the event loop too.
         return await asyncio.to_thread(decide)
+
+
+async def _within(seconds: float, awaitable: Awaitable[Any]) -> Any:
+    """`awaitable` with a timeout. asyncio.wait_for before Python 3.12 can swallow a
+    cancellation that arrives as the awaitable finishes, and a monitor that missed its
+    cancellation would sleep through a shutdown; asyncio.timeout (3.11+) cannot."""
+    if sys.version_info >= (3, 11):
+        async with asyncio.timeout(seconds):
+            return await awaitable
+    return await asyncio.wait_for(awaitable, seconds)
 
 
 async def _read(source: Any, arguments: tuple[Any, ...]) -> Any:
@@ -308,7 +319,11 @@ def rollout_lifespan(
         try:
             yield
         finally:
-            task.cancel()
+            # Cancelled again until it ends: on Python 3.10, asyncio.wait_for inside a check
+            # can swallow one cancellation.
+            while not task.done():
+                task.cancel()
+                await asyncio.wait({task}, timeout=1.0)
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 

@@ -11,11 +11,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from driftgate import (
-    Clock,
     Decision,
     DecisionAction,
     DriftTracker,
     Enforcer,
+    ManualClock,
     MetricsRegistry,
     RolloutManager,
 )
@@ -29,7 +29,8 @@ def _exposition(source: Any) -> str:
     if isinstance(source, bytes):
         return source.decode()
     if isinstance(source, MetricsRegistry) or hasattr(source, "exposition"):
-        return source.exposition()
+        text: str = source.exposition()
+        return text
     from prometheus_client import CollectorRegistry, generate_latest
 
     if isinstance(source, CollectorRegistry):
@@ -96,7 +97,7 @@ def _stage_names(manager: RolloutManager) -> list[str]:
 
 def advance_to_stage(
     manager: RolloutManager,
-    clock: Clock,
+    clock: ManualClock,
     stage_name: str,
     error_rate: float = 0.0,
     actor: str = "test",
