@@ -313,6 +313,9 @@ def test_advance_rollback_and_the_final_stage(service):
         "message": "Rolled back from quarter to canary",
         "new_stage": "canary",
         "new_percentage": 10.0,
+        "action": "rolled_back",
+        "previous_stage": "quarter",
+        "version": 3,
     }
     status = json.loads(run("status", "--url", service, "--json").stdout)
     last = status["transitions"][-1]
