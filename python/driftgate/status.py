@@ -3,14 +3,15 @@ and `driftgate status`, and the one place where its times and durations are form
 
 from __future__ import annotations
 
-import sys
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-if sys.version_info >= (3, 12):
-    from typing import TypedDict
-else:  # pydantic (FastAPI's response models) needs typing_extensions' TypedDict before 3.12
+try:
+    # pydantic (the router's response model) takes only typing_extensions' TypedDict before
+    # Python 3.12; the fastapi extra brings it with pydantic. The base package needs neither.
     from typing_extensions import TypedDict
+except ImportError:  # pragma: no cover - only without the fastapi extra
+    from typing import TypedDict
 
 __all__ = [
     "RolloutStatus",
