@@ -4,8 +4,9 @@
 source "$(dirname "$0")/setup.sh"
 cd "$DRIFTGATE_ROOT"
 
-# prometheus: promtool checks and unit-tests the alert rules; the server is scraped by a test
-install_debian_packages prometheus
+# prometheus: promtool checks and unit-tests the alert rules; the server is scraped by a test.
+# wrk: the HTTP load benchmark, whose smoke run is a test
+install_debian_packages prometheus wrk
 install_driftgate test
 
 jobs="$(nproc)"
