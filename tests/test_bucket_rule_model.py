@@ -3,11 +3,14 @@ records and clock moves: forward, backward, and idle gaps longer than any window
 
 import math
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import driftgate
 from driftgate import DriftTracker, ManualClock, WindowSpec
+
+pytestmark = pytest.mark.slow
 
 WINDOWS = [
     ("5m", 60, 5.0),
