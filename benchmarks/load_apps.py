@@ -6,7 +6,14 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI
 from fastapi.responses import JSONResponse
 
-from driftgate.demo import VerifyRequest, VerifyResponse, create_demo_app, verify_request
+from driftgate.demo import (
+    VerifyRequest,
+    VerifyResponse,
+    _digest,
+    _input_fingerprint,
+    create_demo_app,
+    verify_request,
+)
 from driftgate.settings import parse_settings
 
 
@@ -25,8 +32,9 @@ def demo() -> FastAPI:
 
 
 def bare() -> FastAPI:
-    """The same routes doing the same HTTP work (body reading and validation, response model),
-    without driftgate."""
+    """The same routes doing the same HTTP and application work (body reading and validation,
+    the solution signature, the response model), without driftgate: the shadow verdict is the
+    answer, nothing is decided, tracked or counted."""
     app = FastAPI()
 
     @app.get("/api/v1/readyz")
@@ -36,10 +44,19 @@ def bare() -> FastAPI:
 
     @app.post("/verify", response_model=VerifyResponse)
     def verify(body: Annotated[VerifyRequest, Depends(verify_request)]) -> dict[str, Any]:
+        # The demo's answer with its signature computed the same way (the digest is the
+        # application's work, not driftgate's), so both sides serialise the same response.
+        signature = _digest(_input_fingerprint(body), "OK", "")
         return {
             "policy_id": body.policy_id,
             "verdict": "ok",
-            "result": {"shadow": "ok", "enforced": "ok", "in_rollout": False, "drift": False},
+            "result": {
+                "shadow": "ok",
+                "enforced": "ok",
+                "in_rollout": False,
+                "drift": False,
+                "solution_signature": signature,
+            },
         }
 
     return app

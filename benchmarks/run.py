@@ -2,6 +2,7 @@
 run, on this machine; the results go to docs/benchmarks.md.
 
     python benchmarks/run.py [--quick] [--output docs/benchmarks.md]
+    python benchmarks/run.py --smoke    # every step once on tiny inputs, no figures judged
 """
 
 from __future__ import annotations
@@ -25,6 +26,25 @@ from driftgate import DriftTracker, ManualClock, MetricsRegistry, SignatureLRU, 
 from driftgate._core import _bench
 from python_baselines import CachetoolsLRU, OrderedDictLRU, PyDriftTracker
 from report import write_section
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How much work each benchmark does: the full run, --quick, or --smoke."""
+
+    record_loops: int  # over 1024 calls
+    repeats: int
+    lru_calls: int
+    lru_loops: int
+    native_per_thread: int
+    native_repeats: int
+    batch_pairs: int
+    memory_records: int
+
+
+FULL = Sizes(200, 7, 16_000, 10, 10_000_000, 5, 10_000_000, 10_000_000)
+QUICK = Sizes(20, 3, 16_000, 2, 2_000_000, 3, 10_000_000, 2_000_000)
+SMOKE = Sizes(1, 1, 200, 1, 20_000, 1, 100_000, 20_000)
 
 
 @dataclass
@@ -73,13 +93,12 @@ def rss_bytes() -> int:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def bench_record(quick: bool) -> list[Figure]:
+def bench_record(sizes: Sizes) -> list[Figure]:
     tracker = DriftTracker(registry=MetricsRegistry())
     py_tracker = PyDriftTracker()
     verdicts = [Verdict.OK] * 63 + [Verdict.FAIL]
     args = [(f"policy-{i % 8}", Verdict.OK, verdicts[i % 64]) for i in range(1024)]
-    loops = 20 if quick else 200
-    repeats = 3 if quick else 7
+    loops, repeats = sizes.record_loops, sizes.repeats
 
     noop = _bench.Noop()
     native = best_of(repeats, lambda: per_call(tracker.record, args, loops))
@@ -117,7 +136,7 @@ def bench_record(quick: bool) -> list[Figure]:
     ]
 
 
-def bench_lru(quick: bool) -> list[Figure]:
+def bench_lru(sizes: Sizes) -> list[Figure]:
     rng = random.Random(7)
 
     def signature() -> str:
@@ -126,12 +145,11 @@ def bench_lru(quick: bool) -> list[Figure]:
     hot = [signature() for _ in range(4000)]
     workloads = {
         # A fleet whose solutions mostly repeat: every signature is among the last 5000.
-        "repeats": [(rng.choice(hot),) for _ in range(16_000)],
+        "repeats": [(rng.choice(hot),) for _ in range(sizes.lru_calls)],
         # Half the signatures are new, so half the calls insert and evict.
-        "half new": [(rng.choice(hot) if i % 2 else signature(),) for i in range(16_000)],
+        "half new": [(rng.choice(hot) if i % 2 else signature(),) for i in range(sizes.lru_calls)],
     }
-    loops = 2 if quick else 10
-    repeats = 3 if quick else 7
+    loops, repeats = sizes.lru_loops, sizes.repeats
     figures = []
     for name, stream in workloads.items():
 
@@ -173,9 +191,8 @@ def bench_lru(quick: bool) -> list[Figure]:
     return figures
 
 
-def bench_native(quick: bool) -> list[Figure]:
-    per_thread = 2_000_000 if quick else 10_000_000
-    repeats = 3 if quick else 5
+def bench_native(sizes: Sizes) -> list[Figure]:
+    per_thread, repeats = sizes.native_per_thread, sizes.native_repeats
     policies = [f"policy-{i}" for i in range(8)]
 
     def rate(threads: int, clock, rounds: int = 1) -> float:
@@ -217,19 +234,23 @@ def bench_native(quick: bool) -> list[Figure]:
     ]
 
 
-def bench_batch(quick: bool) -> list[Figure]:
-    n = 10_000_000
+def bench_batch(sizes: Sizes) -> list[Figure]:
+    n = sizes.batch_pairs
     rng = np.random.default_rng(1)
     shadow = rng.integers(0, 3, n, dtype=np.uint8)
     enforced = shadow.copy()
     enforced[rng.integers(0, n, n // 200)] = 2
     tracker = DriftTracker(registry=MetricsRegistry())
-    repeats = 3 if quick else 7
+    repeats = sizes.repeats
+    expected = int(np.count_nonzero(shadow != enforced))
 
     def run():
         start = time.perf_counter()
-        tracker.record_batch("p", shadow, enforced)
-        return time.perf_counter() - start
+        drift = tracker.record_batch("p", shadow, enforced)
+        seconds = time.perf_counter() - start
+        if drift != expected:
+            raise AssertionError(f"record_batch counted {drift} drifts, numpy {expected}")
+        return seconds
 
     seconds = best_of(repeats, run)
     numpy_seconds = best_of(
@@ -237,7 +258,7 @@ def bench_batch(quick: bool) -> list[Figure]:
     )
     return [
         Figure(
-            "`record_batch` of 10 M pairs from Python",
+            f"`record_batch` of {n / 1e6:g} M pairs from Python",
             f"{n / seconds / 1e6:.0f} M pairs/s "
             f"({numpy_seconds / seconds:.1f}x the speed of numpy's `count_nonzero(a != b)`)",
             ">= 50 M pairs/s",
@@ -252,11 +273,11 @@ def _time(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def bench_memory(quick: bool) -> list[Figure]:
-    total = 2_000_000 if quick else 10_000_000
+def bench_memory(sizes: Sizes) -> list[Figure]:
+    total = sizes.memory_records
     ids = [f"tenant-{i}" for i in range(10_000)]
     tracker = DriftTracker(registry=MetricsRegistry(), max_policies=256)
-    chunk = 100_000
+    chunk = min(100_000, total)
     # Warm-up: every id once, so all 256 slots and the overflow slot have their rings.
     for policy in ids:
         tracker.record(policy, "ok", "fail")
@@ -273,7 +294,7 @@ def bench_memory(quick: bool) -> list[Figure]:
     policy_bytes = sum(sys.getsizeof(p) for p in ids)
     return [
         Figure(
-            f"RSS growth over {total / 1e6:.0f} M records across 10,000 policy ids (cap 256), "
+            f"RSS growth over {total / 1e6:g} M records across 10,000 policy ids (cap 256), "
             "after warm-up",
             f"{grown / 2**20:.2f} MiB (the 10,000 id strings alone: "
             f"{policy_bytes / 2**20:.2f} MiB)",
@@ -329,24 +350,36 @@ def render(figures: list[Figure], command: str, seconds: float) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer repeats, smaller inputs")
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="fewer repeats, smaller inputs")
+    size.add_argument(
+        "--smoke",
+        action="store_true",
+        help="every benchmark once on tiny inputs (about a second); fails on an error, "
+        "judges no target",
+    )
     parser.add_argument("--output", type=Path, help="write the markdown table here")
     args = parser.parse_args()
+    flag = " --smoke" if args.smoke else " --quick" if args.quick else ""
+    sizes = {" --smoke": SMOKE, " --quick": QUICK, "": FULL}[flag]
 
     started = time.perf_counter()
     figures: list[Figure] = []
     for bench in (bench_record, bench_lru, bench_native, bench_batch, bench_memory):
-        got = bench(args.quick)
+        got = bench(sizes)
         for figure in got:
             verdict = "ok  " if figure.passed else "MISS"
             print(f"{verdict} {figure.name}: {figure.value} ({figure.target})")
         figures += got
-    command = "python benchmarks/run.py" + (" --quick" if args.quick else "")
+    command = "python benchmarks/run.py" + flag
     if args.output:
         command += f" --output {args.output}"
     text = render(figures, command, time.perf_counter() - started)
     if args.output:
         write_section(args.output, "core", text)
+    if args.smoke:
+        print("smoke run: every benchmark ran; targets not judged on inputs this small")
+        return 0
     return 0 if all(f.passed for f in figures) else 1
 
 

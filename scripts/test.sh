@@ -14,8 +14,10 @@ all | plain-ctest) ;;
     ;;
 esac
 
-# prometheus: promtool checks and unit-tests the alert rules; the server is scraped by a test
-install_debian_packages prometheus
+# prometheus: promtool checks and unit-tests the alert rules; the server is scraped by a test.
+# wrk: the HTTP load benchmark, whose smoke run is a test. strace: the state file's write
+# faults are injected with it.
+install_debian_packages prometheus wrk strace
 install_driftgate test
 
 jobs="$(nproc)"

@@ -10,6 +10,8 @@ from hypothesis import strategies as st
 import driftgate
 from driftgate import DriftTracker, ManualClock, WindowSpec
 
+pytestmark = pytest.mark.slow
+
 WINDOWS = [
     ("5m", 60, 5.0),
     ("15m", 60, 15.0),

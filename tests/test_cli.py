@@ -17,6 +17,8 @@ import pytest
 
 from servers import demo_service, free_port, json_server
 
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+
 DRIFTGATE = Path(sysconfig.get_path("scripts")) / "driftgate"
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 TOKEN = "cli-test-token"

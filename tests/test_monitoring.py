@@ -45,18 +45,23 @@ def recorded_names(path: Path) -> set[str]:
     return {rule["record"] for group in groups for rule in group["rules"] if "record" in rule}
 
 
+@pytest.mark.integration
 def test_rule_files_pass_promtool_check():
     assert RULE_FILES, "no rule files"
     result = promtool("check", "rules", *(p.name for p in RULE_FILES))
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_rule_unit_tests_pass():
     result = promtool("test", "rules", *(str(p.relative_to(RULES)) for p in RULE_TESTS))
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("SUCCESS") == len(RULE_TESTS)
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_rule_unit_tests_catch_a_broken_threshold(tmp_path):
     """The unit tests can fail: with the drift alerts' volume floor removed, the low-volume
     case pages and promtool says so."""
@@ -124,6 +129,7 @@ def exposition(tmp_path_factory) -> str:
     return client.get("/api/v1/metrics").text
 
 
+@pytest.mark.integration
 def test_the_exposition_passes_promtool_lint(exposition):
     result = subprocess.run(
         [require_tool("promtool"), "check", "metrics"],

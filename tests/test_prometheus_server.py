@@ -23,6 +23,8 @@ from driftgate import (
 )
 from servers import Prometheus, cohort_keys, demo_service, wait_for
 
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+
 ROOT = Path(__file__).resolve().parents[1]
 DASHBOARD = ROOT / "grafana" / "dashboards" / "verifier.json"
 TOKEN = "prometheus-test-token"

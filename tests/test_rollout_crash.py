@@ -7,8 +7,12 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 import driftgate
 from driftgate import RolloutConfig, RolloutManager
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 KILLS = 200
 

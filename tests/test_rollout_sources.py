@@ -11,6 +11,8 @@ import driftgate
 from driftgate import PrometheusErrorRate, RolloutConfig, RolloutManager
 from servers import json_server
 
+pytestmark = pytest.mark.integration
+
 QUERY = (
     "sum(rate(guardian_enforcement_failed_total[1h])) / sum(rate(guardian_enforcement_total[1h]))"
 )

@@ -5,12 +5,15 @@ import os
 import tempfile
 from pathlib import Path
 
+import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from driftgate.demo import create_demo_app
 from driftgate.settings import parse_settings
+
+pytestmark = pytest.mark.slow
 
 _STATE = Path(tempfile.mkdtemp(prefix="driftgate-schema-"))
 os.environ["DRIFTGATE_SCHEMA_TEST_TOKEN"] = "schema-test-token"  # not the real variable

@@ -6,6 +6,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from servers import cohort_keys, demo_service
 
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+
 TOKEN = "service-test-token"
 VALUES = """
 enforce_enabled: true
