@@ -27,6 +27,8 @@ import yaml
 import driftgate
 from servers import demo_service, free_port, require_tool, wait_for
 
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 

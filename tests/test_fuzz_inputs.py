@@ -36,6 +36,8 @@ from driftgate.settings import (
 )
 from servers import json_server
 
+pytestmark = pytest.mark.slow
+
 DRIFTGATE = Path(sysconfig.get_path("scripts")) / "driftgate"
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 

@@ -4,6 +4,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
 pytest_plugins = ["pytester"]
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "test_with_driftgate.py"

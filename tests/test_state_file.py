@@ -162,6 +162,7 @@ def test_stale_temp_files_of_dead_writers_are_removed_at_start(tmp_path):
     ]
 
 
+@pytest.mark.integration
 def test_a_temp_file_a_live_writer_holds_is_kept(tmp_path):
     path = tmp_path / "rollout.json"
     valid_state(path)
@@ -272,6 +273,7 @@ def mutations(rng: random.Random, state: dict):
     return nested.encode()
 
 
+@pytest.mark.slow
 def test_two_thousand_mutated_state_files_load_or_are_refused(tmp_path):
     rng = random.Random(20261123)
     original = tmp_path / "original.json"
@@ -314,6 +316,7 @@ WRITER = textwrap.dedent("""
     print("stage:", manager.get_status()["current_stage"]["name"])
 """)
 
+# The test command installs strace; elsewhere these skip.
 needs_strace = pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
 
 
@@ -332,6 +335,7 @@ def write_under_fault(tmp_path: Path, *strace_args: str) -> tuple[str, dict]:
     return out, state
 
 
+@pytest.mark.integration
 @needs_strace
 def test_a_failed_file_fsync_is_reported_and_keeps_the_old_state(tmp_path):
     out, before = write_under_fault(tmp_path, "-e", "inject=fsync:error=EIO:when=1")
@@ -340,6 +344,7 @@ def test_a_failed_file_fsync_is_reported_and_keeps_the_old_state(tmp_path):
     assert json.loads((tmp_path / "rollout.json").read_text()) == before
 
 
+@pytest.mark.integration
 @needs_strace
 def test_a_failed_folder_fsync_is_reported_not_ignored(tmp_path):
     out, before = write_under_fault(tmp_path, "-e", "inject=fsync:error=EIO:when=2")
@@ -350,6 +355,7 @@ def test_a_failed_folder_fsync_is_reported_not_ignored(tmp_path):
     assert (after["stage_name"], after["version"]) == (before["stage_name"], before["version"])
 
 
+@pytest.mark.integration
 @needs_strace
 def test_a_folder_that_cannot_be_opened_for_fsync_fails_the_write(tmp_path):
     out, before = write_under_fault(
@@ -359,6 +365,7 @@ def test_a_folder_that_cannot_be_opened_for_fsync_fails_the_write(tmp_path):
     assert f"stage: {before['stage_name']}" in out
 
 
+@pytest.mark.integration
 @needs_strace
 def test_a_failed_write_and_rename_keep_the_old_file(tmp_path):
     for fault, step in (("write", "write"), ("rename", "rename")):

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # Runs in the wheel's venv: records a drift and prints the exposition, which is prometheus-cpp's
