@@ -1,7 +1,7 @@
 """Load figures for the HTTP layer: wrk on 127.0.0.1 against uvicorn with one worker, each
 driftgate endpoint against the same endpoint without driftgate, in one run.
 
-    python benchmarks/load.py [--seconds 10] [--rounds 3] [--output docs/benchmarks.md]
+    python benchmarks/load.py [--seconds 5] [--rounds 7] [--output docs/benchmarks.md]
     python benchmarks/load.py --smoke    # every step once, a second per wrk run, no figures judged
 
 Before measuring, one answer of each side is compared (status 200, same fields). A non-2xx
@@ -227,7 +227,8 @@ def metrics_median_ms(url: str, policies: int, samples: int) -> float:
 def run(profile: Profile, baseline_app: str) -> tuple[list[str], bool]:
     """The report's table rows, and whether every target was met."""
     # Both servers up at once, and baseline and driftgate runs alternating round by round: the
-    # host moves this VM's speed, so per-round ratios are steadier than one run against one.
+    # host moves this VM's speed and other work comes and goes on it, so the median of many
+    # short paired rounds is steadier than a few long ones, or one run against one.
     results: dict[str, list[tuple[Run, Run]]] = {name: [] for name in ENDPOINTS}
     with serve(baseline_app, "load_apps:demo") as (bare, demo):
         check_same_answers(bare, demo)
@@ -265,8 +266,13 @@ def run(profile: Profile, baseline_app: str) -> tuple[list[str], bool]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=int, default=10, help="per wrk run")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=int, default=5, help="per wrk run")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=7,
+        help="baseline and driftgate runs alternate this many times; the ratio is the median",
+    )
     parser.add_argument(
         "--smoke",
         action="store_true",
