@@ -16,7 +16,7 @@ SUITE=bookworm
 INCLUDE=python3,git,ca-certificates
 WORK="$REPO/build/fresh-debian"
 CHROOT="$WORK/root"
-CLONE=/root/driftgate # inside the chroot
+CLONE=/srv/driftgate # inside the chroot
 # dpkg without fsync: durability only, which a root thrown away after the check does not need
 UNSAFE_IO=etc/dpkg/dpkg.cfg.d/driftgate-check-unsafe-io
 SCOPE="${DRIFTGATE_TEST_SCOPE:-plain-ctest}"

@@ -11,9 +11,6 @@ import pytest
 
 import driftgate
 from driftgate import (
-    EnforceOptions,
-    Enforcer,
-    ManualClock,
     RolloutConfig,
     RolloutManager,
     RolloutStage,
@@ -22,17 +19,6 @@ from driftgate import (
 
 HOUR = 3600.0
 START = 1_700_000_000.0
-
-
-@pytest.fixture
-def rollout_clock():
-    return ManualClock(START)
-
-
-@pytest.fixture
-def enforcer(rollout_clock, registry):
-    tracker = driftgate.DriftTracker(clock=rollout_clock, registry=registry)
-    return Enforcer(EnforceOptions(enforce=True), tracker)
 
 
 @pytest.fixture

@@ -17,8 +17,6 @@ from driftgate import (
     ConfigOwnedError,
     Decision,
     DecisionAction,
-    EnforceOptions,
-    Enforcer,
     ManualClock,
     RolloutConfig,
     RolloutManager,
@@ -27,17 +25,6 @@ from driftgate import (
 
 HOUR = 3600.0
 START = 1_700_000_000.0
-
-
-@pytest.fixture
-def rollout_clock():
-    return ManualClock(START)
-
-
-@pytest.fixture
-def enforcer(rollout_clock, registry):
-    tracker = driftgate.DriftTracker(clock=rollout_clock, registry=registry)
-    return Enforcer(EnforceOptions(enforce=True), tracker)
 
 
 def ago(hours: float) -> datetime:
