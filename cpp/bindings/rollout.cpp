@@ -80,11 +80,117 @@ std::shared_ptr<const Clock> clock_or_system(std::shared_ptr<Clock> clock) {
     return SystemClock::instance();
 }
 
+/// An expected version: None, or a whole number from 0 to StateFile::kMaxVersion.
+std::optional<std::uint64_t> version_arg(std::optional<long long> value) {
+    if (!value) return std::nullopt;
+    if (*value < 0 || static_cast<std::uint64_t>(*value) > StateFile::kMaxVersion) {
+        throw py::value_error("expected_version=" + std::to_string(*value) +
+                              ": expected a whole number from 0 to " +
+                              std::to_string(StateFile::kMaxVersion));
+    }
+    return static_cast<std::uint64_t>(*value);
+}
+
+/// The Python classes of the state exceptions, set once at import.
+PyObject* state_error_type = nullptr;
+PyObject* state_store_error_type = nullptr;
+
+/// A Python exception raised by a store's method, as the C++ error the manager handles: a
+/// StateError (not a rollout document) stays one; anything else means the store failed.
+[[noreturn]] void rethrow_store_error(py::error_already_set& error, const char* step) {
+    if (error.matches(state_error_type) && !error.matches(state_store_error_type)) {
+        throw StateError(py::str(error.value()).cast<std::string>());
+    }
+    std::string message = py::str(error.value()).cast<std::string>();
+    if (!error.matches(state_store_error_type)) {
+        message = std::string("state store ") + step + " failed (" +
+                  py::str(error.type().attr("__name__")).cast<std::string>() +
+                  (message.empty() ? "" : ": " + message) + ")";
+    }
+    throw StateStoreError(message);
+}
+
+/// Lets Python classes implement SharedStateStore (driftgate.RedisStateStore does). Called by
+/// the manager without the GIL: each method takes it for the Python call only.
+class PySharedStateStore : public SharedStateStore {
+  public:
+    std::optional<std::string> load() override {
+        py::gil_scoped_acquire gil;
+        try {
+            py::object stored = override_of("load")();
+            if (stored.is_none()) return std::nullopt;
+            return stored.cast<std::string>();
+        } catch (py::error_already_set& error) {
+            rethrow_store_error(error, "read");
+        }
+    }
+
+    CommitResult commit(std::uint64_t version, const std::string& document,
+                        bool automatic) override {
+        py::gil_scoped_acquire gil;
+        py::object answer;
+        try {
+            answer = override_of("commit")(version, document, automatic);
+        } catch (py::error_already_set& error) {
+            rethrow_store_error(error, "commit");
+        }
+        // (status, current document or None)
+        const auto pair = answer.cast<std::pair<std::string, std::optional<std::string>>>();
+        CommitResult result;
+        result.current = pair.second;
+        if (pair.first == "committed") {
+            result.status = CommitStatus::Committed;
+        } else if (pair.first == "conflict") {
+            result.status = CommitStatus::Conflict;
+        } else if (pair.first == "fenced") {
+            result.status = CommitStatus::Fenced;
+        } else {
+            throw StateStoreError("state store commit answered " + detail_quote(pair.first) +
+                                  "; expected committed, conflict or fenced");
+        }
+        return result;
+    }
+
+    std::string describe() const override {
+        py::gil_scoped_acquire gil;
+        return override_of("describe")().cast<std::string>();
+    }
+
+  private:
+    py::function override_of(const char* name) const {
+        py::function method = py::get_override(static_cast<const SharedStateStore*>(this), name);
+        if (!method) {
+            throw std::logic_error(std::string("a SharedStateStore subclass must define ") + name +
+                                   "()");
+        }
+        return method;
+    }
+
+    static std::string detail_quote(const std::string& text) {
+        return py::repr(py::str(text)).cast<std::string>();
+    }
+};
+
 }  // namespace
 
 void register_rollout(py::module_& m) {
-    py::register_exception<StateError>(m, "StateError", PyExc_RuntimeError).doc() =
+    auto& state_error = py::register_exception<StateError>(m, "StateError", PyExc_RuntimeError);
+    state_error.doc() =
         "A rollout state file that cannot be used or written; the message names the file.";
+    state_error_type = state_error.ptr();
+    auto& store_error =
+        py::register_exception<StateStoreError>(m, "StateStoreError", state_error.ptr());
+    store_error.doc() =
+        "A shared rollout state store that cannot be reached or answered nonsense; nothing was "
+        "committed. A StateError.";
+    state_store_error_type = store_error.ptr();
+
+    py::class_<SharedStateStore, PySharedStateStore, std::shared_ptr<SharedStateStore>>(
+        m, "SharedStateStore",
+        "Base class of stores that share a rollout's state between processes (compare-and-set "
+        "on the version). Subclasses define load(), commit(version, document, automatic) and "
+        "describe().")
+        .def(py::init<>());
     py::register_exception<ConfigOwnedError>(m, "ConfigOwnedError", PyExc_RuntimeError).doc() =
         "Raised on moving a RolloutConfig that a RolloutManager owns; the message names the "
         "manager method to use.";
@@ -180,6 +286,7 @@ void register_rollout(py::module_& m) {
         .value("AT_FINAL_STAGE", DecisionAction::AtFinalStage)
         .value("ALREADY_ABORTED", DecisionAction::AlreadyAborted)
         .value("ANALYSIS_FAILED", DecisionAction::AnalysisFailed)
+        .value("CONFLICT", DecisionAction::Conflict)
         .finalize();
 
     py::class_<Decision>(m, "Decision",
@@ -233,11 +340,13 @@ void register_rollout(py::module_& m) {
         .def(py::init([](const RolloutConfig& config, std::shared_ptr<Enforcer> enforcer,
                          std::shared_ptr<MetricsRegistry> registry,
                          std::optional<std::string> state_path, std::shared_ptr<Clock> clock,
-                         long long min_requests, std::optional<double> confidence) {
+                         long long min_requests, std::optional<double> confidence,
+                         std::shared_ptr<SharedStateStore> store) {
                  RolloutManager::Options options;
                  options.enforcer = std::move(enforcer);
                  options.registry = std::move(registry);
                  options.state_path = std::move(state_path);
+                 options.store = std::move(store);
                  options.clock = std::move(clock);
                  options.min_requests = size_arg(min_requests, "min_requests");
                  options.confidence = confidence;
@@ -246,7 +355,8 @@ void register_rollout(py::module_& m) {
              }),
              py::arg("config"), py::arg("enforcer") = py::none(), py::arg("registry") = py::none(),
              py::arg("state_path") = py::none(), py::arg("clock") = py::none(),
-             py::arg("min_requests") = 0, py::arg("confidence") = py::none())
+             py::arg("min_requests") = 0, py::arg("confidence") = py::none(),
+             py::arg("store") = py::none())
         .def("evaluate", &RolloutManager::evaluate, py::arg("error_rate"),
              py::arg("requests") = py::none(), py::call_guard<py::gil_scoped_release>(),
              "The synchronous decision on an error rate.")
@@ -255,25 +365,52 @@ void register_rollout(py::module_& m) {
              "The synchronous decision on (failed, total); Wilson bounds with confidence.")
         .def(
             "manual_advance",
-            [](RolloutManager& manager, std::optional<std::string> actor) {
+            [](RolloutManager& manager, std::optional<std::string> actor,
+               std::optional<long long> expected_version) {
+                const auto expected = version_arg(expected_version);
                 py::gil_scoped_release release;
-                return manager.manual_advance(actor.value_or("manual"));
+                return manager.manual_advance(actor.value_or("manual"), expected);
             },
-            py::arg("actor") = py::none())
+            py::arg("actor") = py::none(), py::kw_only(), py::arg("expected_version") = py::none())
         .def(
             "manual_rollback",
             [](RolloutManager& manager, std::optional<std::string> actor,
-               std::optional<std::string> reason) {
+               std::optional<std::string> reason, std::optional<long long> expected_version) {
+                const auto expected = version_arg(expected_version);
                 py::gil_scoped_release release;
-                return manager.manual_rollback(actor.value_or("manual"), reason.value_or(""));
+                return manager.manual_rollback(actor.value_or("manual"), reason.value_or(""),
+                                               expected);
             },
-            py::arg("actor") = py::none(), py::arg("reason") = py::none())
+            py::arg("actor") = py::none(), py::arg("reason") = py::none(), py::kw_only(),
+            py::arg("expected_version") = py::none())
+        .def(
+            "follow",
+            [](RolloutManager& manager, const std::string& document) {
+                py::gil_scoped_release release;
+                return manager.follow(document);
+            },
+            py::arg("document"),
+            "Adopts a stored document if it is newer than what this manager holds.")
+        .def("refresh", &RolloutManager::refresh, py::call_guard<py::gil_scoped_release>(),
+             "Re-reads the shared store and follows it; returns the version held.")
+        .def("_note_store", &RolloutManager::note_store, py::arg("up"), py::arg("sync_age_seconds"),
+             py::call_guard<py::gil_scoped_release>())
+        .def_property_readonly(
+            "synced", [](const RolloutManager& manager) { return manager.synced(); },
+            "False while the shared state has not been read (the manager then enforces 0 %).")
+        .def_property_readonly(
+            "version", [](const RolloutManager& manager) { return manager.version(); },
+            "The version of the rollout state this manager holds.")
         .def("_hold", &RolloutManager::hold, py::arg("message"),
-             py::arg("action") = DecisionAction::Held)
+             py::arg("action") = DecisionAction::Held, py::call_guard<py::gil_scoped_release>())
         .def("record_analysis_error", &RolloutManager::record_analysis_error)
         .def_property_readonly("config", &RolloutManager::config,
                                "A live, read-only view of the rollout: stages and position.")
-        .def_property_readonly("enforced_percentage", &RolloutManager::enforced_percentage)
+        .def_property_readonly("enforced_percentage",
+                               [](const RolloutManager& manager) {
+                                   py::gil_scoped_release release;
+                                   return manager.enforced_percentage();
+                               })
         .def_property_readonly("min_requests", &RolloutManager::min_requests)
         .def_property_readonly("confidence", &RolloutManager::confidence)
         .def_property_readonly("enforcer", &RolloutManager::enforcer)
@@ -297,6 +434,9 @@ void register_rollout(py::module_& m) {
             for (const auto& t : s.transitions) transitions.append(transition_dict(t));
             out["transitions"] = transitions;
             out["state_path"] = s.state_path;
+            out["synced"] = s.synced;
+            out["store"] = manager.store() ? py::object(py::str(manager.store()->describe()))
+                                           : py::object(py::none());
             out["rollback_on_error"] = s.plan->rollback_on_error();
             return out;
         });

@@ -49,6 +49,8 @@ std::string_view to_string(DecisionAction action) noexcept {
             return "already_aborted";
         case DecisionAction::AnalysisFailed:
             return "analysis_failed";
+        case DecisionAction::Conflict:
+            return "conflict";
     }
     return "held";
 }
@@ -62,7 +64,11 @@ RolloutManager::RolloutManager(const RolloutConfig& config, Options options)
       error_rate_gauge_(options_.registry->gauge(metrics::kRolloutErrorRate).Add({})),
       advancements_(options_.registry->counter(metrics::kRolloutAdvancements)),
       rollbacks_(options_.registry->counter(metrics::kRolloutRollbacks)),
-      analysis_errors_(options_.registry->counter(metrics::kRolloutAnalysisErrors).Add({})) {
+      analysis_errors_(options_.registry->counter(metrics::kRolloutAnalysisErrors).Add({})),
+      version_gauge_(options_.registry->gauge(metrics::kStateVersion).Add({})) {
+    if (options_.store && options_.state_path) {
+        throw std::invalid_argument("give a RolloutManager a state_path or a store, not both");
+    }
     RolloutPosition start;
     {
         // Checked and claimed in one step, so two managers starting at once cannot both own it.
@@ -88,26 +94,22 @@ RolloutManager::RolloutManager(const RolloutConfig& config, Options options)
     try {
         declare_transition_counters();
         std::lock_guard lock(mutex_);
-        if (options_.state_path) {
+        if (options_.store) {
+            store_up_gauge_ = &options_.registry->gauge(metrics::kStateStoreUp).Add({});
+            sync_age_gauge_ = &options_.registry->gauge(metrics::kStateSyncAge).Add({});
+            start_shared_locked(start);
+        } else if (options_.state_path) {
             state_file_.emplace(*options_.state_path, plan_);
             state_file_->remove_stale_temp_files();
         }
         const std::optional<PersistedRollout> saved =
             state_file_ ? state_file_->load() : std::nullopt;
-        if (saved) {
-            position_ = {saved->stage_index, saved->started_at, saved->state};
-            version_ = saved->version;
-            transitions_ = saved->transitions;
-            publish_locked();
+        if (options_.store) {
+            // Started above.
+        } else if (saved) {
+            adopt_locked(*saved);
         } else {
-            // A fresh rollout at the config's position; its minimum duration counts from now
-            // unless the config says when the stage started.
-            if (!start.started_at) start.started_at = wall_now();
-            if (start.state != RolloutState::Aborted) {
-                start.state = plan_->is_final(start.stage_index) ? RolloutState::Completed
-                                                                 : RolloutState::Active;
-            }
-            persist_and_apply_locked(start, "system", "rollout started", true);
+            persist_and_apply_locked(fresh_start(start), "system", "rollout started", true);
         }
     } catch (...) {
         if (options_.enforcer) options_.enforcer->release_rollout_percent();
@@ -129,6 +131,102 @@ RolloutManager::~RolloutManager() {
     if (options_.enforcer) options_.enforcer->release_rollout_percent();
 }
 
+RolloutPosition RolloutManager::fresh_start(RolloutPosition start) const {
+    // A fresh rollout at the config's position; its minimum duration counts from now unless
+    // the config says when the stage started.
+    if (!start.started_at) start.started_at = wall_now();
+    if (start.state != RolloutState::Aborted) {
+        start.state =
+            plan_->is_final(start.stage_index) ? RolloutState::Completed : RolloutState::Active;
+    }
+    return start;
+}
+
+void RolloutManager::start_shared_locked(RolloutPosition start) {
+    try {
+        const std::optional<std::string> stored = options_.store->load();
+        if (stored) {
+            // A key holding something else is a StateError: refuse to start, never overwrite.
+            adopt_locked(decode_stored(*stored));
+            return;
+        }
+        synced_ = true;  // nothing stored: this replica stores the fresh rollout
+        try {
+            persist_and_apply_locked(fresh_start(start), "system", "rollout started", true);
+        } catch (const CommitLost&) {
+            // Another replica stored it first; persist_and_apply_locked followed it.
+        }
+    } catch (const StateStoreError&) {
+        // Serve shadow only until the state is read; the store's owner retries.
+        synced_ = false;
+        version_ = 0;
+        position_ = fresh_start(start);
+        publish_locked();
+    }
+}
+
+PersistedRollout RolloutManager::decode_stored(std::string_view document) const {
+    return decode_rollout(document, *plan_, "the rollout state in " + options_.store->describe(),
+                          "it is left untouched; point the store at another key or remove it");
+}
+
+void RolloutManager::adopt_locked(const PersistedRollout& saved) {
+    position_ = {saved.stage_index, saved.started_at, saved.state};
+    version_ = saved.version;
+    transitions_ = saved.transitions;
+    synced_ = true;
+    publish_locked();
+}
+
+void RolloutManager::refresh_locked() {
+    const std::optional<std::string> stored = options_.store->load();
+    if (!stored) {
+        throw StateStoreError("no rollout state is stored in " + options_.store->describe() +
+                              " any more; nothing was changed");
+    }
+    const PersistedRollout saved = decode_stored(*stored);
+    if (!synced_ || saved.version > version_) adopt_locked(saved);
+}
+
+bool RolloutManager::follow(std::string_view document) {
+    if (!options_.store) throw std::logic_error("follow() needs a manager with a shared store");
+    const PersistedRollout saved = decode_stored(document);
+    std::lock_guard lock(mutex_);
+    if (synced_ && saved.version <= version_) return false;
+    adopt_locked(saved);
+    return true;
+}
+
+std::uint64_t RolloutManager::refresh() {
+    if (!options_.store) throw std::logic_error("refresh() needs a manager with a shared store");
+    std::lock_guard lock(mutex_);
+    refresh_locked();
+    return version_;
+}
+
+void RolloutManager::note_store(bool up, double sync_age_seconds) {
+    if (store_up_gauge_ == nullptr) return;
+    store_up_gauge_->Set(up ? 1.0 : 0.0);
+    sync_age_gauge_->Set(sync_age_seconds);
+}
+
+bool RolloutManager::synced() const {
+    std::lock_guard lock(mutex_);
+    return synced_;
+}
+
+std::uint64_t RolloutManager::version() const {
+    std::lock_guard lock(mutex_);
+    return version_;
+}
+
+void RolloutManager::require_synced_locked() const {
+    if (!synced_) {
+        throw StateStoreError("the rollout state has not been read from " +
+                              options_.store->describe() + " yet; nothing was changed");
+    }
+}
+
 double RolloutManager::wall_now() const {
     const double now = options_.clock->wall();
     if (!(now >= 0 && now <= kLastWallSecond)) {
@@ -148,7 +246,8 @@ void RolloutManager::declare_transition_counters() {
 }
 
 void RolloutManager::persist_and_apply_locked(const RolloutPosition& next, std::string_view actor,
-                                              std::string reason, bool first) {
+                                              std::string reason, bool first, Mover mover) {
+    if (options_.store) require_synced_locked();
     const double now = wall_now();
     PersistedRollout saved;
     saved.stage_index = next.stage_index;
@@ -170,6 +269,27 @@ void RolloutManager::persist_and_apply_locked(const RolloutPosition& next, std::
         transitions_ = std::move(saved.transitions);
         publish_locked();
     };
+    if (options_.store) {
+        // Committed only if nobody committed since this replica's version; nothing is applied
+        // unless it committed (a fleet must not diverge, not even towards less enforcement).
+        const auto result = options_.store->commit(saved.version, encode_rollout(saved, *plan_),
+                                                   mover == Mover::Automatic);
+        switch (result.status) {
+            case SharedStateStore::CommitStatus::Committed:
+                apply();
+                return;
+            case SharedStateStore::CommitStatus::Conflict:
+                if (result.current) {
+                    const PersistedRollout stored = decode_stored(*result.current);
+                    if (stored.version > version_) adopt_locked(stored);
+                } else {
+                    refresh_locked();
+                }
+                throw CommitLost{false};
+            case SharedStateStore::CommitStatus::Fenced:
+                throw CommitLost{true};
+        }
+    }
     const bool lowers = !first && plan_->percentage(next) < plan_->percentage(position_);
     try {
         if (state_file_) state_file_->save(saved);
@@ -192,7 +312,7 @@ void RolloutManager::persist_and_apply_locked(const RolloutPosition& next, std::
 }
 
 void RolloutManager::transition_locked(const RolloutPosition& next, std::string_view actor,
-                                       std::string reason) {
+                                       std::string reason, Mover mover) {
     const RolloutPosition before = position_;
     // A move that lowers enforcement is applied even when its write fails: count it then too.
     auto count_if_applied = [&] {
@@ -211,7 +331,7 @@ void RolloutManager::transition_locked(const RolloutPosition& next, std::string_
         }
     };
     try {
-        persist_and_apply_locked(next, actor, std::move(reason), false);
+        persist_and_apply_locked(next, actor, std::move(reason), false, mover);
     } catch (const StateError&) {
         count_if_applied();
         throw;
@@ -220,7 +340,9 @@ void RolloutManager::transition_locked(const RolloutPosition& next, std::string_
 }
 
 void RolloutManager::publish_locked() {
-    const double percentage = plan_->percentage(position_);
+    // Unsynced, a replica enforces nothing: it does not know where the fleet stands.
+    const double percentage = synced_ ? plan_->percentage(position_) : 0.0;
+    version_gauge_.Set(static_cast<double>(version_));
     if (options_.enforcer) options_.enforcer->set_rollout_percent(percentage);
     {
         std::lock_guard lock(view_->mutex);
@@ -260,6 +382,20 @@ Decision RolloutManager::decide_locked(double error_rate, bool over_limit,
                                        std::optional<Hold> hold) {
     last_error_rate_ = error_rate;
     error_rate_gauge_.Set(error_rate);
+    if (!synced_) {
+        return decision_locked(false, DecisionAction::Held,
+                               "Holding: the shared rollout state has not been read yet", position_,
+                               "");
+    }
+    try {
+        return decide_moving_locked(error_rate, over_limit, std::move(hold));
+    } catch (const CommitLost& lost) {
+        return conflict_locked(lost, std::nullopt);
+    }
+}
+
+Decision RolloutManager::decide_moving_locked(double error_rate, bool over_limit,
+                                              std::optional<Hold> hold) {
     const RolloutPosition before = position_;
     if (position_.state == RolloutState::Aborted) {
         return decision_locked(false, DecisionAction::Held,
@@ -270,7 +406,8 @@ Decision RolloutManager::decide_locked(double error_rate, bool over_limit,
         const std::string rate = detail::format_percent(error_rate);
         transition_locked(plan_->rolled_back(position_, wall_now()), "auto",
                           "error rate " + rate + " exceeds threshold " +
-                              detail::format_percent(stage.max_error_rate));
+                              detail::format_percent(stage.max_error_rate),
+                          Mover::Automatic);
         const bool aborted = position_.state == RolloutState::Aborted;
         const std::string moved = aborted
                                       ? "Rolled back from " + stage.name + ": rollout aborted at 0%"
@@ -298,7 +435,8 @@ Decision RolloutManager::decide_locked(double error_rate, bool over_limit,
         case AdvanceCheck::Verdict::Ready:
             break;
     }
-    transition_locked(plan_->advanced(position_, now), "auto", std::move(check.reason));
+    transition_locked(plan_->advanced(position_, now), "auto", std::move(check.reason),
+                      Mover::Automatic);
     const RolloutStage& next = plan_->stage(position_.stage_index);
     return decision_locked(
         true, DecisionAction::Advanced,
@@ -351,48 +489,103 @@ Decision RolloutManager::evaluate_counts(std::uint64_t failed, std::uint64_t tot
     return decide_locked(rate, bounds.lower > limit, std::move(hold));
 }
 
-Decision RolloutManager::manual_advance(std::string_view actor) {
-    validate_actor(actor);
-    std::lock_guard lock(mutex_);
-    const RolloutPosition before = position_;
-    if (position_.state == RolloutState::Aborted) {
-        transition_locked(plan_->advanced(position_, wall_now()), actor, "manual resume");
-        const RolloutStage& first = plan_->stage(0);
-        return decision_locked(
-            true, DecisionAction::Resumed,
-            "Resumed rollout at stage " + first.name + " (" + percent_text(first.percentage) + ")",
-            before, actor);
-    }
-    if (plan_->is_final(position_.stage_index)) {
-        return decision_locked(false, DecisionAction::AtFinalStage, "Already at final stage",
-                               before, actor);
-    }
-    transition_locked(plan_->advanced(position_, wall_now()), actor, "manual advance");
-    return decision_locked(true, DecisionAction::Advanced,
-                           "Manually advanced to stage " + plan_->stage(position_.stage_index).name,
-                           before, actor);
+std::optional<Decision> RolloutManager::precondition_locked(
+    std::optional<std::uint64_t> expected_version) {
+    if (options_.store) require_synced_locked();
+    if (!expected_version || *expected_version == version_) return std::nullopt;
+    // This replica may not have heard of the newest version yet: ask the store first.
+    if (options_.store) refresh_locked();
+    if (*expected_version == version_) return std::nullopt;
+    return conflict_locked(CommitLost{}, expected_version);
 }
 
-Decision RolloutManager::manual_rollback(std::string_view actor, std::string_view reason) {
+Decision RolloutManager::conflict_locked(const CommitLost& lost,
+                                         std::optional<std::uint64_t> expected_version) const {
+    std::string message;
+    if (lost.fenced) {
+        message = "Holding: this replica no longer holds the evaluation lease";
+    } else if (expected_version && *expected_version != version_) {
+        message = "Precondition failed: the rollout is at version " + std::to_string(version_) +
+                  ", not " + std::to_string(*expected_version) + "; nothing was changed";
+    } else {
+        message = "Conflict: the rollout moved on to version " + std::to_string(version_) +
+                  " meanwhile; nothing was changed";
+    }
+    return decision_locked(false, DecisionAction::Conflict, std::move(message), position_, "");
+}
+
+namespace {
+
+/// How often a human's move without a precondition is decided again after losing its commit
+/// to another replica.
+constexpr int kMoveAttempts = 8;
+
+}  // namespace
+
+Decision RolloutManager::manual_advance(std::string_view actor,
+                                        std::optional<std::uint64_t> expected_version) {
     validate_actor(actor);
-    std::lock_guard lock(mutex_);
-    const RolloutPosition before = position_;
-    if (position_.state == RolloutState::Aborted) {
-        return decision_locked(false, DecisionAction::AlreadyAborted, "Rollout already aborted",
-                               before, actor);
+    for (int attempt = 1;; ++attempt) {
+        std::lock_guard lock(mutex_);
+        if (auto refused = precondition_locked(expected_version)) return *refused;
+        const RolloutPosition before = position_;
+        try {
+            if (position_.state == RolloutState::Aborted) {
+                transition_locked(plan_->advanced(position_, wall_now()), actor, "manual resume");
+                const RolloutStage& first = plan_->stage(0);
+                return decision_locked(true, DecisionAction::Resumed,
+                                       "Resumed rollout at stage " + first.name + " (" +
+                                           percent_text(first.percentage) + ")",
+                                       before, actor);
+            }
+            if (plan_->is_final(position_.stage_index)) {
+                return decision_locked(false, DecisionAction::AtFinalStage,
+                                       "Already at final stage", before, actor);
+            }
+            transition_locked(plan_->advanced(position_, wall_now()), actor, "manual advance");
+            return decision_locked(
+                true, DecisionAction::Advanced,
+                "Manually advanced to stage " + plan_->stage(position_.stage_index).name, before,
+                actor);
+        } catch (const CommitLost& lost) {
+            if (expected_version || attempt == kMoveAttempts) {
+                return conflict_locked(lost, std::nullopt);
+            }
+        }
     }
-    transition_locked(plan_->rolled_back(position_, wall_now()), actor,
-                      reason.empty() ? "manual rollback" : clean_reason(reason));
-    const std::string from = plan_->stage(before.stage_index).name;
-    if (position_.state == RolloutState::Aborted) {
-        return decision_locked(true, DecisionAction::Aborted,
-                               "Rolled back from " + from + ": rollout aborted at 0%", before,
-                               actor);
+}
+
+Decision RolloutManager::manual_rollback(std::string_view actor, std::string_view reason,
+                                         std::optional<std::uint64_t> expected_version) {
+    validate_actor(actor);
+    const std::string why = reason.empty() ? "manual rollback" : clean_reason(reason);
+    for (int attempt = 1;; ++attempt) {
+        std::lock_guard lock(mutex_);
+        if (auto refused = precondition_locked(expected_version)) return *refused;
+        const RolloutPosition before = position_;
+        if (position_.state == RolloutState::Aborted) {
+            return decision_locked(false, DecisionAction::AlreadyAborted, "Rollout already aborted",
+                                   before, actor);
+        }
+        try {
+            transition_locked(plan_->rolled_back(position_, wall_now()), actor, why);
+        } catch (const CommitLost& lost) {
+            if (expected_version || attempt == kMoveAttempts) {
+                return conflict_locked(lost, std::nullopt);
+            }
+            continue;
+        }
+        const std::string from = plan_->stage(before.stage_index).name;
+        if (position_.state == RolloutState::Aborted) {
+            return decision_locked(true, DecisionAction::Aborted,
+                                   "Rolled back from " + from + ": rollout aborted at 0%", before,
+                                   actor);
+        }
+        return decision_locked(
+            true, DecisionAction::RolledBack,
+            "Rolled back from " + from + " to " + plan_->stage(position_.stage_index).name, before,
+            actor);
     }
-    return decision_locked(
-        true, DecisionAction::RolledBack,
-        "Rolled back from " + from + " to " + plan_->stage(position_.stage_index).name, before,
-        actor);
 }
 
 Decision RolloutManager::hold(std::string message, DecisionAction action) const {
@@ -415,12 +608,14 @@ RolloutManager::Snapshot RolloutManager::snapshot() const {
     out.last_error_rate = last_error_rate_;
     out.transitions = transitions_;
     out.state_path = options_.state_path;
+    out.synced = synced_;
+    if (!synced_) out.enforced_percentage = 0;
     return out;
 }
 
 double RolloutManager::enforced_percentage() const {
     std::lock_guard lock(mutex_);
-    return plan_->percentage(position_);
+    return synced_ ? plan_->percentage(position_) : 0.0;
 }
 
 }  // namespace driftgate

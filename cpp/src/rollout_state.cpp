@@ -98,54 +98,14 @@ void validate_actor(std::string_view actor) {
     }
 }
 
-StateFile::StateFile(std::string path, std::shared_ptr<const StagePlan> plan)
-    : path_(std::move(path)), plan_(std::move(plan)) {
-    if (path_.empty()) throw std::invalid_argument("state_path must not be empty");
-    if (path_.find('\0') != std::string::npos) {
-        throw std::invalid_argument("state_path " + detail::quote(path_) +
-                                    " contains a NUL character");
-    }
-}
-
-std::optional<PersistedRollout> StateFile::load() const {
+PersistedRollout decode_rollout(std::string_view text, const StagePlan& plan,
+                                const std::string& what, const std::string& advice) {
     auto refuse = [&](const std::string& problem) {
-        return StateError("state file '" + path_ + "' " + problem +
-                          "; refusing to start so it is not overwritten (fix or move it)");
+        return StateError(what + " " + problem + "; " + advice);
     };
-    struct stat info {};
-    if (::lstat(path_.c_str(), &info) != 0) {
-        if (errno == ENOENT) return std::nullopt;
-        throw refuse("cannot be read: " + errno_text(errno));
+    if (text.size() > StateFile::kMaxFileBytes) {
+        throw refuse("is larger than " + std::to_string(StateFile::kMaxFileBytes) + " bytes");
     }
-    if (S_ISLNK(info.st_mode)) {
-        throw refuse(
-            "is a symbolic link (writes replace the file by rename, which would "
-            "replace the link, not its target): point state_path at the file itself");
-    }
-    if (!S_ISREG(info.st_mode)) throw refuse("is not a regular file");
-    const int fd = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-    if (fd < 0) throw refuse("cannot be read: " + errno_text(errno));
-    std::string text;
-    char buffer[1 << 14];
-    bool too_large = false;
-    int read_error = 0;
-    for (;;) {
-        const ssize_t n = ::read(fd, buffer, sizeof buffer);
-        if (n < 0 && errno == EINTR) continue;
-        if (n < 0) read_error = errno;
-        if (n <= 0) break;
-        text.append(buffer, static_cast<std::size_t>(n));
-        if (text.size() > kMaxFileBytes) {
-            too_large = true;
-            break;
-        }
-    }
-    ::close(fd);
-    if (read_error != 0) throw refuse("cannot be read: " + errno_text(read_error));
-    if (too_large) {
-        throw refuse("is larger than " + std::to_string(kMaxFileBytes) + " bytes");
-    }
-
     Json json;
     try {
         json = Json::parse(text);
@@ -196,20 +156,20 @@ std::optional<PersistedRollout> StateFile::load() const {
             throw refuse("has an unknown field " + detail::quote(item.key()));
     }
     const Json& schema = field(json, "schema_version", "");
-    if (!schema.is_number_integer() || schema.get<std::int64_t>() != kSchemaVersion) {
+    if (!schema.is_number_integer() || schema.get<std::int64_t>() != StateFile::kSchemaVersion) {
         throw refuse("has schema_version " + detail::quote(schema.dump()) + ", expected " +
-                     std::to_string(kSchemaVersion));
+                     std::to_string(StateFile::kSchemaVersion));
     }
     const std::string fingerprint = text_field(json, "stages_fingerprint");
-    if (fingerprint != plan_->fingerprint()) {
+    if (fingerprint != plan.fingerprint()) {
         throw refuse("was written for another stage list (fingerprint " +
-                     detail::quote(fingerprint) + ", this rollout's is " + plan_->fingerprint() +
+                     detail::quote(fingerprint) + ", this rollout's is " + plan.fingerprint() +
                      ")");
     }
     PersistedRollout rollout;
-    rollout.stage_index = unsigned_field(json, "stage_index", plan_->size() - 1);
+    rollout.stage_index = unsigned_field(json, "stage_index", plan.size() - 1);
     const std::string stage_name = text_field(json, "stage_name");
-    if (stage_name != plan_->stage(rollout.stage_index).name) {
+    if (stage_name != plan.stage(rollout.stage_index).name) {
         throw refuse("names stage " + detail::quote(stage_name) + " at index " +
                      std::to_string(rollout.stage_index));
     }
@@ -217,27 +177,27 @@ std::optional<PersistedRollout> StateFile::load() const {
     const auto state = parse_rollout_state(state_text);
     if (!state) throw refuse("has an unknown state " + detail::quote(state_text));
     rollout.state = *state;
-    if (!plan_->reachable(rollout.stage_index, rollout.state)) {
+    if (!plan.reachable(rollout.stage_index, rollout.state)) {
         throw refuse("has state " + detail::quote(state_text) + " at stage " +
                      detail::quote(stage_name) +
                      ", which no rollout reaches (completed only at the final stage, aborted "
                      "only at the first, active anywhere else)");
     }
     rollout.started_at = time_field(json, "started_at");
-    rollout.version = unsigned_field(json, "version", kMaxVersion);
+    rollout.version = unsigned_field(json, "version", StateFile::kMaxVersion);
     if (rollout.version == 0) throw refuse("has version 0; a saved rollout starts at 1");
 
     const Json& transitions = field(json, "transitions", "");
-    if (!transitions.is_array() || transitions.size() > kMaxTransitions) {
+    if (!transitions.is_array() || transitions.size() > StateFile::kMaxTransitions) {
         throw refuse("has transitions that are not a list of at most " +
-                     std::to_string(kMaxTransitions));
+                     std::to_string(StateFile::kMaxTransitions));
     }
     if (transitions.size() > rollout.version) {
         throw refuse("has " + std::to_string(transitions.size()) + " transitions but version " +
                      std::to_string(rollout.version));
     }
     std::set<std::string> positions = {"aborted"};
-    for (const auto& stage : plan_->stages()) positions.insert(stage.name);
+    for (const auto& stage : plan.stages()) positions.insert(stage.name);
     static const std::set<std::string> kTransitionFields = {"time", "actor", "from", "to",
                                                             "reason"};
     for (const Json& t : transitions) {
@@ -265,38 +225,95 @@ std::optional<PersistedRollout> StateFile::load() const {
         transition.reason = text_field(t, "reason", where);
         if (transition.reason != clean_reason(transition.reason)) {
             throw refuse("has a reason" + std::string(where) + " that is not at most " +
-                         std::to_string(kMaxReasonLength) + " printable ASCII characters");
+                         std::to_string(StateFile::kMaxReasonLength) +
+                         " printable ASCII characters");
         }
         rollout.transitions.push_back(std::move(transition));
     }
     const RolloutPosition position{rollout.stage_index, rollout.started_at, rollout.state};
     if (!rollout.transitions.empty() &&
-        rollout.transitions.back().to != plan_->position_name(position)) {
+        rollout.transitions.back().to != plan.position_name(position)) {
         throw refuse("ends its history at " + detail::quote(rollout.transitions.back().to) +
-                     " but stands at " + detail::quote(plan_->position_name(position)));
+                     " but stands at " + detail::quote(plan.position_name(position)));
     }
     return rollout;
 }
 
-void StateFile::save(const PersistedRollout& rollout) const {
+std::string encode_rollout(const PersistedRollout& rollout, const StagePlan& plan) {
     Json transitions = Json::array();
-    const std::size_t first = rollout.transitions.size() > kMaxTransitions
-                                  ? rollout.transitions.size() - kMaxTransitions
+    const std::size_t first = rollout.transitions.size() > StateFile::kMaxTransitions
+                                  ? rollout.transitions.size() - StateFile::kMaxTransitions
                                   : 0;
     for (std::size_t i = first; i < rollout.transitions.size(); ++i) {
         transitions.push_back(to_json(rollout.transitions[i]));
     }
     const Json json = {
-        {"schema_version", kSchemaVersion},
+        {"schema_version", StateFile::kSchemaVersion},
         {"stage_index", rollout.stage_index},
-        {"stage_name", plan_->stage(rollout.stage_index).name},
+        {"stage_name", plan.stage(rollout.stage_index).name},
         {"started_at", detail::format_iso8601(rollout.started_at)},
         {"state", std::string(to_string(rollout.state))},
         {"version", rollout.version},
-        {"stages_fingerprint", plan_->fingerprint()},
+        {"stages_fingerprint", plan.fingerprint()},
         {"transitions", transitions},
     };
-    const std::string text = json.dump(2) + "\n";
+    return json.dump(2) + "\n";
+}
+
+StateFile::StateFile(std::string path, std::shared_ptr<const StagePlan> plan)
+    : path_(std::move(path)), plan_(std::move(plan)) {
+    if (path_.empty()) throw std::invalid_argument("state_path must not be empty");
+    if (path_.find('\0') != std::string::npos) {
+        throw std::invalid_argument("state_path " + detail::quote(path_) +
+                                    " contains a NUL character");
+    }
+}
+
+std::optional<PersistedRollout> StateFile::load() const {
+    auto refuse = [&](const std::string& problem) {
+        return StateError("state file '" + path_ + "' " + problem +
+                          "; refusing to start so it is not overwritten (fix or move it)");
+    };
+    struct stat info {};
+    if (::lstat(path_.c_str(), &info) != 0) {
+        if (errno == ENOENT) return std::nullopt;
+        throw refuse("cannot be read: " + errno_text(errno));
+    }
+    if (S_ISLNK(info.st_mode)) {
+        throw refuse(
+            "is a symbolic link (writes replace the file by rename, which would "
+            "replace the link, not its target): point state_path at the file itself");
+    }
+    if (!S_ISREG(info.st_mode)) throw refuse("is not a regular file");
+    const int fd = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0) throw refuse("cannot be read: " + errno_text(errno));
+    std::string text;
+    char buffer[1 << 14];
+    bool too_large = false;
+    int read_error = 0;
+    for (;;) {
+        const ssize_t n = ::read(fd, buffer, sizeof buffer);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) read_error = errno;
+        if (n <= 0) break;
+        text.append(buffer, static_cast<std::size_t>(n));
+        if (text.size() > kMaxFileBytes) {
+            too_large = true;
+            break;
+        }
+    }
+    ::close(fd);
+    if (read_error != 0) throw refuse("cannot be read: " + errno_text(read_error));
+    if (too_large) {
+        throw refuse("is larger than " + std::to_string(kMaxFileBytes) + " bytes");
+    }
+
+    return decode_rollout(text, *plan_, "state file '" + path_ + "'",
+                          "refusing to start so it is not overwritten (fix or move it)");
+}
+
+void StateFile::save(const PersistedRollout& rollout) const {
+    const std::string text = encode_rollout(rollout, *plan_);
 
     std::string temp;
     auto fail = [&](const std::string& step, int error, bool replaced = false) {

@@ -41,11 +41,14 @@ from driftgate.rollout import (
     RolloutConfig,
     RolloutManager,
     RolloutStage,
+    SharedStateStore,
     StateError,
+    StateStoreError,
     rollout_lifespan,
     run_rollout_monitor,
 )
 from driftgate.status import RolloutStatus
+from driftgate.store import RedisStateStore
 
 try:
     __version__ = _version("driftgate")
@@ -68,12 +71,15 @@ __all__ = [
     "PrometheusErrorRate",
     "ReadinessGate",
     "ReasonCode",
+    "RedisStateStore",
     "RolloutConfig",
     "RolloutManager",
     "RolloutStage",
     "RolloutStatus",
+    "SharedStateStore",
     "SignatureLRU",
     "StateError",
+    "StateStoreError",
     "SystemClock",
     "Verdict",
     "VerdictPair",

@@ -23,7 +23,9 @@ from driftgate._core import (
     MetricsRegistry,
     RolloutConfig,
     RolloutStage,
+    SharedStateStore,
     StateError,
+    StateStoreError,
     _RolloutManager,
 )
 from driftgate.status import RolloutStatus, build_status
@@ -39,6 +41,7 @@ __all__ = [
     "RolloutManager",
     "RolloutStage",
     "StateError",
+    "StateStoreError",
     "rollout_lifespan",
     "run_rollout_monitor",
 ]
@@ -142,7 +145,8 @@ class PrometheusErrorRate:
 class RolloutManager(_RolloutManager):
     """Walks a staged rollout: advances after each stage's minimum time while the error rate is
     low, rolls back by itself when it is high, waits for a human where a stage asks for
-    approval, and persists every step to `state_path` before returning.
+    approval, and persists every step before returning: to `state_path` (a local file), or to
+    a shared `store` (e.g. `RedisStateStore`) that every replica of a service follows.
 
     The manager alone moves the rollout: the `config` it is given becomes a live, read-only
     view of where it stands, and the enforcer's rollout percent is the manager's to set. Every
@@ -162,6 +166,7 @@ class RolloutManager(_RolloutManager):
         confidence: float | None = None,
         source_timeout: float = 10.0,
         analysis_window: timedelta = timedelta(hours=1),
+        store: SharedStateStore | None = None,
     ):
         if not (source_timeout > 0 and math.isfinite(source_timeout)):
             raise ValueError(f"source_timeout={source_timeout!r}: expected seconds > 0")
@@ -180,9 +185,26 @@ class RolloutManager(_RolloutManager):
             clock=clock,
             min_requests=min_requests,
             confidence=confidence,
+            store=store,
         )
+        self._store = store
         if error_rate_source is None and enforcer is not None:
             self.error_rate_source = LocalErrorRate(enforcer)
+        follow = getattr(store, "follow", None)
+        if callable(follow):
+            follow(self)
+
+    @property
+    def store(self) -> SharedStateStore | None:
+        """The shared state store, or None for a local state file (or none)."""
+        return self._store
+
+    def close(self) -> None:
+        """Stops following a shared store and gives up its evaluation lease; a no-op for the
+        file store. `rollout_lifespan` calls it at shutdown."""
+        close = getattr(self._store, "close", None)
+        if callable(close):
+            close()
 
     @property
     def error_rate_source(self) -> ErrorRateSource | None:
@@ -280,28 +302,50 @@ async def run_rollout_monitor(
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> None:
     """Checks the rollout every `check_interval` until cancelled. Logs each decision, and
-    logs and survives any exception; cancellation ends it cleanly."""
+    logs and survives any exception; cancellation ends it cleanly.
+
+    With a shared store the interval is the fleet's: only the replica holding the evaluation
+    lease checks, and only when the last check by any replica is `check_interval` old."""
     interval = check_interval.total_seconds()
     if not interval > 0:
         raise ValueError(f"check_interval={check_interval!r}: expected a positive duration")
+    store = manager.store
+    claim = getattr(store, "claim_check", None)
+    campaign = getattr(store, "campaign", None)
     logger.info("rollout monitor started (every %s)", check_interval)
-    while True:
-        try:
-            decision = await manager.check_and_advance()
-            logger.info(
-                "rollout %s: %s -> %s (%s%%): %s",
-                decision.action.name.lower(),
-                decision.from_stage,
-                decision.to_stage,
-                f"{decision.to_percentage:g}",
-                decision.message,
-            )
-        except asyncio.CancelledError:
-            logger.info("rollout monitor stopped")
-            raise
-        except Exception:
-            logger.exception("rollout monitor check failed; trying again next interval")
-        await sleep(interval)
+    if callable(campaign):
+        campaign(True)
+    try:
+        while True:
+            wait = interval
+            try:
+                due = 0.0 if claim is None else await asyncio.to_thread(claim, interval)
+                if due > 0:
+                    wait = due
+                else:
+                    decision = await manager.check_and_advance()
+                    logger.info(
+                        "rollout %s: %s -> %s (%s%%): %s",
+                        decision.action.name.lower(),
+                        decision.from_stage,
+                        decision.to_stage,
+                        f"{decision.to_percentage:g}",
+                        decision.message,
+                    )
+            except asyncio.CancelledError:
+                raise
+            except StateStoreError as error:
+                logger.warning("rollout check skipped: %s", error)
+                wait = min(interval, 1.0)
+            except Exception:
+                logger.exception("rollout monitor check failed; trying again next interval")
+            await sleep(wait)
+    except asyncio.CancelledError:
+        logger.info("rollout monitor stopped")
+        raise
+    finally:
+        if callable(campaign):
+            campaign(False)
 
 
 def rollout_lifespan(
@@ -326,5 +370,6 @@ def rollout_lifespan(
                 await asyncio.wait({task}, timeout=1.0)
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+            await asyncio.to_thread(manager.close)
 
     return lifespan

@@ -14,6 +14,7 @@
 #include "driftgate/metrics_registry.hpp"
 #include "driftgate/rollout_config.hpp"
 #include "driftgate/rollout_state.hpp"
+#include "driftgate/rollout_store.hpp"
 
 namespace driftgate {
 
@@ -29,6 +30,8 @@ enum class DecisionAction {
     AtFinalStage,        // nothing left to advance to
     AlreadyAborted,      // a rollback asked of an aborted rollout
     AnalysisFailed,      // the error-rate source failed: held
+    Conflict,            // nothing moved: the shared state changed underneath, a precondition
+                         // on the version failed, or the evaluator lost its lease
 };
 
 std::string_view to_string(DecisionAction action) noexcept;
@@ -65,6 +68,7 @@ class RolloutManager {
         std::shared_ptr<Enforcer> enforcer;         // optional: whose percent to set
         std::shared_ptr<MetricsRegistry> registry;  // default: the enforcer's, else default
         std::optional<std::string> state_path;      // optional: where to persist
+        std::shared_ptr<SharedStateStore> store;    // optional: shared with other replicas
         std::shared_ptr<const Clock> clock;         // default: SystemClock; wall() is used
         std::uint64_t min_requests = 0;             // hold below this many requests
         std::optional<double> confidence;           // Wilson bounds for count-based rates
@@ -80,12 +84,16 @@ class RolloutManager {
         std::optional<double> last_error_rate;
         std::vector<Transition> transitions;
         std::optional<std::string> state_path;
+        bool synced = true;  // false until a shared store's state has been read
     };
 
     /// Resumes from the state file when there is one (StateError when it cannot be used; it is
     /// then left untouched); else starts fresh at the config's position, stamping the stage's
-    /// start now unless the config gives one. std::invalid_argument when the config or the
-    /// enforcer already belongs to another manager.
+    /// start now unless the config gives one. With a shared store it resumes from the stored
+    /// state, or stores the fresh one when nothing is stored; a store that cannot be reached
+    /// leaves the manager unsynced (0 % enforced, moves refused with StateStoreError) until
+    /// follow() gives it the state. std::invalid_argument when the config or the enforcer
+    /// already belongs to another manager, or when both a state path and a store are given.
     RolloutManager(const RolloutConfig& config, Options options);
     ~RolloutManager();
 
@@ -99,10 +107,27 @@ class RolloutManager {
     Decision evaluate_counts(std::uint64_t failed, std::uint64_t total);
 
     /// A human's advance: resumes an aborted rollout at the first stage, else enters the next
-    /// stage whether or not it needs approval.
-    Decision manual_advance(std::string_view actor = "manual");
-    /// A human's rollback; from the first stage it aborts.
-    Decision manual_rollback(std::string_view actor = "manual", std::string_view reason = "");
+    /// stage whether or not it needs approval. With `expected_version`, nothing moves (action
+    /// Conflict) unless the rollout is at that version when the move commits; without it, a
+    /// move that loses its commit to another replica is decided again on the new state.
+    Decision manual_advance(std::string_view actor = "manual",
+                            std::optional<std::uint64_t> expected_version = std::nullopt);
+    /// A human's rollback; from the first stage it aborts. `expected_version` as for advance.
+    Decision manual_rollback(std::string_view actor = "manual", std::string_view reason = "",
+                             std::optional<std::uint64_t> expected_version = std::nullopt);
+
+    /// Adopts a document read from the shared store when it is newer than what this manager
+    /// holds (or when it holds nothing yet); never goes back to an older version. Returns
+    /// whether it adopted it. StateError when the document is not this rollout's.
+    bool follow(std::string_view document);
+    /// Re-reads the shared store and follows it; returns the version held afterwards.
+    /// StateStoreError when the store cannot be reached.
+    std::uint64_t refresh();
+    /// Publishes the store's health: driftgate_state_store_up and the age of the last
+    /// successful contact (driftgate_state_sync_age_seconds).
+    void note_store(bool up, double sync_age_seconds);
+    bool synced() const;
+    std::uint64_t version() const;
 
     /// A decision that moves nothing, at the current position (e.g. a failed error-rate read).
     Decision hold(std::string message, DecisionAction action = DecisionAction::Held) const;
@@ -118,6 +143,7 @@ class RolloutManager {
     const std::shared_ptr<Enforcer>& enforcer() const { return options_.enforcer; }
     const std::shared_ptr<MetricsRegistry>& registry() const { return options_.registry; }
     const std::shared_ptr<const Clock>& clock() const { return options_.clock; }
+    const std::shared_ptr<SharedStateStore>& store() const { return options_.store; }
 
     /// Why a decision holds before the advance rules are asked.
     struct Hold {
@@ -126,14 +152,32 @@ class RolloutManager {
     };
 
   private:
+    /// Thrown inside a transition whose commit lost to another writer (or whose evaluator lost
+    /// its lease); the manager has already followed the stored state when it could.
+    struct CommitLost {
+        bool fenced = false;
+    };
+    enum class Mover { Automatic, Human };
+
+    std::optional<Decision> precondition_locked(std::optional<std::uint64_t> expected_version);
+    Decision conflict_locked(const CommitLost& lost,
+                             std::optional<std::uint64_t> expected_version) const;
+    RolloutPosition fresh_start(RolloutPosition start) const;
+    PersistedRollout decode_stored(std::string_view document) const;
+    void adopt_locked(const PersistedRollout& saved);
+    void refresh_locked();
+    void require_synced_locked() const;
+    void start_shared_locked(RolloutPosition start);
     Decision decide_locked(double error_rate, bool over_limit, std::optional<Hold> hold);
+    Decision decide_moving_locked(double error_rate, bool over_limit, std::optional<Hold> hold);
     /// Persists then applies a move, and counts it as an advancement or a rollback. A move that
     /// lowers enforcement is applied even when the write fails (the StateError still raised);
     /// one that raises it is not, and the old state is written back if the new one had already
     /// replaced the file.
-    void transition_locked(const RolloutPosition& next, std::string_view actor, std::string reason);
+    void transition_locked(const RolloutPosition& next, std::string_view actor, std::string reason,
+                           Mover mover = Mover::Human);
     void persist_and_apply_locked(const RolloutPosition& next, std::string_view actor,
-                                  std::string reason, bool first);
+                                  std::string reason, bool first, Mover mover = Mover::Human);
     void publish_locked();
     Decision decision_locked(bool success, DecisionAction action, std::string message,
                              const RolloutPosition& before, std::string_view actor) const;
@@ -152,6 +196,7 @@ class RolloutManager {
     std::optional<double> last_error_rate_;
     std::vector<Transition> transitions_;
     std::optional<StateFile> state_file_;
+    bool synced_ = true;  // false while a shared store's state has not been read
 
     prometheus::Family<prometheus::Gauge>& stage_family_;
     prometheus::Family<prometheus::Gauge>& started_at_family_;
@@ -161,6 +206,9 @@ class RolloutManager {
     prometheus::Family<prometheus::Counter>& advancements_;
     prometheus::Family<prometheus::Counter>& rollbacks_;
     prometheus::Counter& analysis_errors_;
+    prometheus::Gauge& version_gauge_;
+    prometheus::Gauge* store_up_gauge_ = nullptr;  // only with a shared store
+    prometheus::Gauge* sync_age_gauge_ = nullptr;
 };
 
 }  // namespace driftgate

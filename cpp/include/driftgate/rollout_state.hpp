@@ -84,6 +84,16 @@ class StateFile {
     std::shared_ptr<const StagePlan> plan_;
 };
 
+/// The JSON document a state file or a shared store holds for `rollout` (at most
+/// StateFile::kMaxTransitions of its history, newest last).
+std::string encode_rollout(const PersistedRollout& rollout, const StagePlan& plan);
+
+/// Parses and checks a document as strictly as a state file is loaded: exact JSON types, this
+/// plan's fingerprint, a reachable state, a history ending at the position. Otherwise a
+/// StateError reading "<what> <problem>; <advice>".
+PersistedRollout decode_rollout(std::string_view text, const StagePlan& plan,
+                                const std::string& what, const std::string& advice);
+
 /// Reasons land in the persisted history and the HTTP status: printable ASCII, at most
 /// StateFile::kMaxReasonLength characters; anything else becomes '?'.
 std::string clean_reason(std::string_view reason);

@@ -1,0 +1,481 @@
+"""Rollout state shared by the replicas of a service, in Redis.
+
+One hash holds the rollout document (the same JSON as a state file) and its version; every
+transition is a compare-and-set on that version in one Lua script, so it commits only if
+nobody committed since it was decided. A commit publishes the new version as a hint; every
+replica also polls the version every `sync_interval_seconds` and reloads fully after each
+reconnect, so lost hints cost at most one interval. One replica at a time evaluates the
+automatic rules: it holds a lease (a token with a TTL, renewed while it lives) whose fencing
+number every automatic commit must still match, so a replica paused past its lease cannot
+commit a stale decision.
+
+Keys, for a store `key` (default ``driftgate:rollout``): `key` (hash: version, doc, fence),
+`key:lease`, `key:fence`, `key:last_check`, and the channel `key:changed`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import re
+import secrets
+import socket
+import threading
+import time
+import urllib.parse
+import weakref
+from typing import TYPE_CHECKING, Any
+
+from driftgate._core import SharedStateStore, StateError, StateStoreError
+
+if TYPE_CHECKING:
+    from driftgate.rollout import RolloutManager
+
+__all__ = ["RedisStateStore", "StateStoreError", "redact_url"]
+
+logger = logging.getLogger("driftgate.store")
+
+_KEY = re.compile(r"[A-Za-z0-9_.:{}/-]{1,200}")
+
+# Reads the document and its version, refusing a key that holds anything else.
+_LOAD = """
+local kind = redis.call('TYPE', KEYS[1])['ok']
+if kind == 'none' then return {'none'} end
+if kind ~= 'hash' then return {'foreign', kind} end
+local fields = redis.call('HMGET', KEYS[1], 'version', 'doc')
+if not fields[1] or not fields[2] then return {'foreign', 'hash'} end
+return {'ok', fields[1], fields[2]}
+"""
+
+# ARGV: expected version, new version, document, automatic (1/0), lease value, fence.
+_COMMIT = """
+local kind = redis.call('TYPE', KEYS[1])['ok']
+if kind ~= 'none' and kind ~= 'hash' then return {'foreign', kind} end
+local stored = redis.call('HGET', KEYS[1], 'version')
+if kind == 'hash' and not stored then return {'foreign', 'hash'} end
+if ARGV[4] == '1' then
+  if redis.call('GET', KEYS[2]) ~= ARGV[5] then return {'fenced'} end
+  local last_fence = tonumber(redis.call('HGET', KEYS[1], 'fence') or '0')
+  if tonumber(ARGV[6]) < last_fence then return {'fenced'} end
+end
+if tonumber(stored or '0') ~= tonumber(ARGV[1]) then
+  return {'conflict', redis.call('HGET', KEYS[1], 'doc')}
+end
+redis.call('HSET', KEYS[1], 'version', ARGV[2], 'doc', ARGV[3])
+if ARGV[4] == '1' then redis.call('HSET', KEYS[1], 'fence', ARGV[6]) end
+redis.call('PUBLISH', KEYS[3], ARGV[2])
+return {'committed'}
+"""
+
+# Renews this holder's lease, or takes a free one with the next fencing number.
+# ARGV: holder, ttl in ms. Returns the lease value held now (whoever holds it).
+_LEASE = """
+local held = redis.call('GET', KEYS[1])
+if held then
+  local holder = string.sub(held, string.find(held, ':', 1, true) + 1)
+  if holder == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+  return held
+end
+local fence = redis.call('INCR', KEYS[2])
+held = fence .. ':' .. ARGV[1]
+redis.call('SET', KEYS[1], held, 'PX', ARGV[2])
+return held
+"""
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+# The fleet's check interval: the lease holder may evaluate when the last check (by anyone)
+# is at least ARGV[2] ms old, by the server's clock. Returns 0 when due (and records the check),
+# else the ms to wait; -1 when the caller does not hold the lease.
+_CLAIM_CHECK = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local wait = tonumber(redis.call('GET', KEYS[2]) or '0') + tonumber(ARGV[2]) - now
+if wait > 0 then return wait end
+redis.call('SET', KEYS[2], now)
+return 0
+"""
+
+
+def redact_url(url: str) -> str:
+    """`url` without its password (and user name), for logs and messages."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port is not None else ""
+    except ValueError:
+        return "<unparsable URL>"
+    return urllib.parse.urlunsplit((parts.scheme, f"{host}{port}", parts.path, "", ""))
+
+
+def _checked_url(url: str) -> str:
+    if not isinstance(url, str) or not url:
+        raise ValueError("store URL must be a non-empty redis:// or rediss:// URL")
+    shown = redact_url(url)
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError as error:
+        raise ValueError(f"store URL {shown!r} is malformed ({error})") from None
+    if parts.scheme not in ("redis", "rediss"):
+        raise ValueError(f"store URL {shown!r}: expected a redis:// or rediss:// URL")
+    if not parts.hostname:
+        raise ValueError(f"store URL {shown!r} names no host")
+    if port == 0:
+        raise ValueError(f"store URL {shown!r}: port 0 is not a port")
+    database = parts.path.lstrip("/")
+    if database and not (database.isdigit() and int(database) < 1 << 31):
+        raise ValueError(f"store URL {shown!r}: the path must be a database number like /0")
+    if parts.query or parts.fragment:
+        raise ValueError(f"store URL {shown!r}: query parameters are not supported")
+    return url
+
+
+def _seconds(value: float, name: str, low: float, high: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name}={value!r}: expected seconds from {low:g} to {high:g}")
+    if not (math.isfinite(value) and low <= value <= high):
+        raise ValueError(f"{name}={value!r}: expected seconds from {low:g} to {high:g}")
+    return float(value)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class RedisStateStore(SharedStateStore):
+    """The rollout state of a fleet, in Redis (redis-py). Give it to a `RolloutManager`
+    (`store=`); the manager then follows the shared state in a background thread.
+
+    `url` is a redis:// or rediss:// URL and may carry a password: read it from the
+    environment, never from a file, and it is never logged (`describe()` drops it).
+    Durability: an acknowledged transition survives a Redis crash only with `appendonly yes`
+    and `appendfsync always`."""
+
+    def __init__(
+        self,
+        url: str,
+        key: str = "driftgate:rollout",
+        *,
+        sync_interval_seconds: float = 5.0,
+        lease_ttl_seconds: float = 15.0,
+        socket_timeout: float = 2.0,
+        replica: str | None = None,
+    ) -> None:
+        super().__init__()
+        import redis  # only the shared store needs it
+
+        self._url = _checked_url(url)
+        if not isinstance(key, str) or not _KEY.fullmatch(key):
+            raise ValueError(f"key={key!r}: expected 1-200 characters of [A-Za-z0-9_.:{{}}/-]")
+        self.key = key
+        self.sync_interval_seconds = _seconds(
+            sync_interval_seconds, "sync_interval_seconds", 0.05, 3600
+        )
+        self.lease_ttl_seconds = _seconds(lease_ttl_seconds, "lease_ttl_seconds", 0.1, 3600)
+        self.socket_timeout = _seconds(socket_timeout, "socket_timeout", 0.01, 60)
+        name = replica or f"{socket.gethostname()}-{threading.get_native_id()}"
+        if not _KEY.fullmatch(name):
+            raise ValueError(f"replica={name!r}: expected 1-200 characters of [A-Za-z0-9_.:-]")
+        self.replica = name
+        # The holder name is unique per store object: a restarted replica never inherits a lease.
+        self._holder = f"{name}/{secrets.token_hex(8)}"
+        self._client = redis.Redis.from_url(
+            self._url,
+            socket_timeout=self.socket_timeout,
+            socket_connect_timeout=self.socket_timeout,
+            retry_on_timeout=False,
+            decode_responses=False,
+        )
+        self._errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
+        self._load = self._client.register_script(_LOAD)
+        self._commit = self._client.register_script(_COMMIT)
+        self._lease_script = self._client.register_script(_LEASE)
+        self._release = self._client.register_script(_RELEASE)
+        self._claim = self._client.register_script(_CLAIM_CHECK)
+        self._lease: str | None = None  # "fence:holder" while this store holds the lease
+        self._lease_lock = threading.Lock()
+        self._follower: _Follower | None = None
+
+    # -- SharedStateStore --------------------------------------------------------------------
+
+    def describe(self) -> str:
+        return f"Redis {redact_url(self._url)} key {self.key!r}"
+
+    def load(self) -> str | None:
+        answer = self._call("read", self._load, keys=[self.key])
+        status = _text(answer[0])
+        if status == "none":
+            return None
+        if status == "foreign":
+            raise StateError(
+                f"{self.describe()} holds a Redis {_text(answer[1])} that is not a driftgate "
+                "rollout; it is left untouched (point the store at another key or remove it)"
+            )
+        return _text(answer[2])
+
+    def commit(self, version: int, document: str, automatic: bool) -> tuple[str, str | None]:
+        with self._lease_lock:
+            lease = self._lease
+        if automatic and lease is None:
+            return ("fenced", None)
+        fence = lease.split(":", 1)[0] if lease else "0"
+        answer = self._call(
+            "commit",
+            self._commit,
+            keys=[self.key, self._lease_key, self._channel],
+            args=[version - 1, version, document, int(automatic), lease or "", fence],
+        )
+        status = _text(answer[0])
+        if status == "foreign":
+            raise StateError(
+                f"{self.describe()} holds a Redis {_text(answer[1])} that is not a driftgate "
+                "rollout; nothing was written"
+            )
+        if status == "conflict":
+            current = answer[1] if len(answer) > 1 and answer[1] else None
+            return ("conflict", None if current is None else _text(current))
+        return (status, None)
+
+    # -- following, lease and the fleet's check interval -------------------------------------
+
+    @property
+    def holds_lease(self) -> bool:
+        """Whether this replica evaluates the automatic rules now."""
+        with self._lease_lock:
+            return self._lease is not None
+
+    def renew_lease(self) -> bool:
+        """Renews this replica's lease, or takes it when free; False when another holds it.
+        Raises StateStoreError when Redis cannot be reached (the lease is then dropped)."""
+        ttl_ms = max(1, int(self.lease_ttl_seconds * 1000))
+        try:
+            held = _text(
+                self._call(
+                    "lease",
+                    self._lease_script,
+                    keys=[self._lease_key, self._fence_key],
+                    args=[self._holder, ttl_ms],
+                )
+            )
+        except StateStoreError:
+            self._drop_lease()
+            raise
+        mine = held.split(":", 1)[1] == self._holder
+        with self._lease_lock:
+            if mine and self._lease != held:
+                logger.info("rollout evaluation lease taken (fence %s)", held.split(":", 1)[0])
+            elif not mine and self._lease is not None:
+                logger.warning("rollout evaluation lease lost; this replica stops evaluating")
+            self._lease = held if mine else None
+        return mine
+
+    def release_lease(self) -> None:
+        """Gives the lease up (on shutdown), so another replica takes over at once."""
+        with self._lease_lock:
+            lease, self._lease = self._lease, None
+        if lease is not None:
+            with contextlib.suppress(StateStoreError):  # unreleased, it expires by itself
+                self._call("release", self._release, keys=[self._lease_key], args=[lease])
+
+    def claim_check(self, interval_seconds: float) -> float:
+        """0 when this replica may evaluate now (the check is then recorded for the fleet);
+        else the seconds to wait before asking again."""
+        with self._lease_lock:
+            lease = self._lease
+        if lease is None:
+            return self._lease_tick
+        interval_ms = max(1, int(interval_seconds * 1000))
+        wait = int(
+            self._call(
+                "claim check",
+                self._claim,
+                keys=[self._lease_key, self._last_check_key],
+                args=[lease, interval_ms],
+            )
+        )
+        if wait < 0:
+            self._drop_lease()
+            return self._lease_tick
+        return wait / 1000.0
+
+    def stored_version(self) -> int:
+        """The version stored now (0: nothing stored)."""
+        value = self._call("read", lambda: self._client.hget(self.key, "version"))
+        try:
+            return int(value or 0)
+        except ValueError:
+            return 0  # not ours: load() says why
+
+    def follow(self, manager: RolloutManager) -> None:
+        """Starts following the shared state for `manager` in a background thread (the
+        manager does this itself)."""
+        if self._follower is not None:
+            raise ValueError("this store already serves a RolloutManager; give each its own")
+        self._follower = _Follower(self, manager)
+        self._follower.start()
+
+    def campaign(self, enabled: bool) -> None:
+        """Whether this replica competes for the evaluation lease (its monitor runs)."""
+        if self._follower is not None:
+            self._follower.campaigning = enabled  # the follower releases the lease when off
+
+    def close(self) -> None:
+        """Stops following, gives up the lease and closes the connections."""
+        if self._follower is not None:
+            self._follower.stop()
+        self.release_lease()
+        self._client.close()
+
+    @property
+    def sync_age(self) -> float | None:
+        """Seconds since the state was last read successfully (None: not following)."""
+        return None if self._follower is None else self._follower.sync_age()
+
+    # -- internals ---------------------------------------------------------------------------
+
+    @property
+    def _lease_key(self) -> str:
+        return f"{self.key}:lease"
+
+    @property
+    def _fence_key(self) -> str:
+        return f"{self.key}:fence"
+
+    @property
+    def _last_check_key(self) -> str:
+        return f"{self.key}:last_check"
+
+    @property
+    def _channel(self) -> str:
+        return f"{self.key}:changed"
+
+    @property
+    def _lease_tick(self) -> float:
+        """How often the lease is renewed or sought: well inside its TTL."""
+        return min(self.lease_ttl_seconds / 5, 1.0)
+
+    def _drop_lease(self) -> None:
+        with self._lease_lock:
+            if self._lease is not None:
+                logger.warning("rollout evaluation lease lost; this replica stops evaluating")
+            self._lease = None
+
+    def _call(self, step: str, function: Any, **kwargs: Any) -> Any:
+        try:
+            return function(**kwargs)
+        except self._errors as error:
+            raise StateStoreError(
+                f"{self.describe()}: {step} failed ({type(error).__name__})"
+            ) from None
+
+    def __repr__(self) -> str:
+        return f"RedisStateStore({redact_url(self._url)!r}, key={self.key!r})"
+
+
+class _Follower:
+    """The thread that keeps a manager on the stored version: a hint on every commit
+    (pub/sub), a poll every sync interval, a full reload after every reconnect; and, while the
+    monitor runs, the lease renewal."""
+
+    def __init__(self, store: RedisStateStore, manager: RolloutManager) -> None:
+        self._store = store
+        self._manager = weakref.ref(manager)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name=f"driftgate-follow-{store.key}", daemon=True
+        )
+        self.campaigning = False
+        self._last_sync: float | None = None
+        self._started = time.monotonic()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout=self._store.socket_timeout + 2)
+
+    def sync_age(self) -> float:
+        """Seconds since the last successful read (since the start, before the first)."""
+        last = self._last_sync
+        return time.monotonic() - (self._started if last is None else last)
+
+    def _sync(self, manager: RolloutManager) -> None:
+        document = self._store.load()
+        if document is not None:
+            try:
+                manager.follow(document)
+            except StateStoreError:
+                raise
+            except StateError as error:
+                # Not ours (another stage list, a foreign value): keep the last known state.
+                logger.error("%s", error)
+                return
+        self._last_sync = time.monotonic()
+
+    def _run(self) -> None:
+        store = self._store
+        pubsub: Any = None
+        next_poll = next_lease = 0.0
+        backoff = 0.05
+        while not self._stop.is_set():
+            manager = self._manager()
+            if manager is None:
+                break
+            now = time.monotonic()
+            try:
+                if pubsub is None:
+                    pubsub = store._client.pubsub(ignore_subscribe_messages=True)
+                    pubsub.subscribe(store._channel)
+                    self._sync(manager)  # a reconnect may have missed hints: reload fully
+                    next_poll = now + store.sync_interval_seconds
+                if self.campaigning and now >= next_lease:
+                    store.renew_lease()
+                    next_lease = now + store._lease_tick
+                elif not self.campaigning and store.holds_lease:
+                    store.release_lease()
+                if now >= next_poll:
+                    if store.stored_version() != manager.version or not manager.synced:
+                        self._sync(manager)
+                    else:
+                        self._last_sync = time.monotonic()
+                    next_poll = now + store.sync_interval_seconds
+                wait = max(0.0, min(next_poll, next_lease if self.campaigning else next_poll) - now)
+                del manager  # not kept alive while waiting
+                message = pubsub.get_message(timeout=min(wait, 1.0))
+                manager = self._manager()
+                if manager is None:
+                    break
+                if message is not None:
+                    self._sync(manager)
+                backoff = 0.05
+                up = True
+            except (StateStoreError, *store._errors) as error:
+                if isinstance(error, StateStoreError):
+                    logger.warning("%s", error)
+                else:
+                    logger.warning("%s: follow failed (%s)", store.describe(), type(error).__name__)
+                store._drop_lease()
+                if pubsub is not None:
+                    with contextlib.suppress(Exception):  # a broken connection may fail to close
+                        pubsub.close()
+                    pubsub = None
+                up = False
+            manager = self._manager()
+            if manager is None:
+                break
+            manager._note_store(up, self.sync_age())
+            del manager
+            if not up:
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 1.0, store.sync_interval_seconds)
+        if pubsub is not None:
+            with contextlib.suppress(Exception):
+                pubsub.close()
