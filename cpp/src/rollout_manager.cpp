@@ -146,7 +146,6 @@ void RolloutManager::start_shared_locked(RolloutPosition start) {
     try {
         const std::optional<std::string> stored = options_.store->load();
         if (stored) {
-            // A key holding something else is a StateError: refuse to start, never overwrite.
             adopt_locked(decode_stored(*stored));
             return;
         }
@@ -156,8 +155,9 @@ void RolloutManager::start_shared_locked(RolloutPosition start) {
         } catch (const CommitLost&) {
             // Another replica stored it first; persist_and_apply_locked followed it.
         }
-    } catch (const StateStoreError&) {
-        // Serve shadow only until the state is read; the store's owner retries.
+    } catch (const StateError&) {
+        // Unreachable, or holding something that is not this rollout: serve shadow only, and
+        // refuse moves, until the state can be read (the store's follower keeps trying).
         synced_ = false;
         version_ = 0;
         position_ = fresh_start(start);

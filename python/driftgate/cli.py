@@ -189,6 +189,8 @@ def _serve(args: argparse.Namespace) -> int:
         settings = replace(settings, state_path=args.state_dir / settings.state_path.name)
     try:
         app = create_demo_app(settings)
+    except (SettingsError, ValueError) as error:  # e.g. the store's URL variable is unset
+        raise CommandError(f"--config {error}") from None
     except OSError as error:  # the state file's folder cannot be made
         where = error.filename or settings.state_path.parent
         raise CommandError(f"rollout.state_path: cannot use {where} ({error.strerror})") from None
@@ -214,6 +216,12 @@ def _port(value: str) -> int:
     if not 0 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"{value!r}: expected a port in [0, 65535]")
     return port
+
+
+def _version(value: str) -> int:
+    if not (value.isascii() and value.isdigit() and len(value) <= 16):
+        raise argparse.ArgumentTypeError(f"{value!r}: expected a rollout version (a whole number)")
+    return int(value)
 
 
 def _seconds(value: str) -> float:
@@ -292,18 +300,44 @@ def _status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _version_of(status: httpx.Response) -> int:
+    """The rollout version a status answer carries (its ETag, else its body)."""
+    tag = status.headers.get("etag", "").strip('"')
+    if tag.isdigit():
+        return int(tag)
+    body = _json_answer(status)
+    version = body.get("version") if isinstance(body, dict) else None
+    if isinstance(version, int) and not isinstance(version, bool) and version >= 0:
+        return version
+    raise CommandError(f"{status.request.url} answered without a rollout version")
+
+
 def _move(args: argparse.Namespace) -> int:
     token = os.environ.get(TOKEN_ENV)
     if not token:
         raise CommandError(f"{TOKEN_ENV} is not set: the admin endpoints need its token")
     body = {"reason": args.reason} if getattr(args, "reason", None) else None
+    # The move applies only to the version just read: two people who both saw one stage and
+    # both ask to advance move the rollout once, and the second is told.
+    expected = args.expected_version
+    if expected is None:
+        status = _request("GET", f"{args.url}/api/guardian/rollout/status", args.timeout)
+        if status.status_code != 200:
+            raise _refusal(status)
+        expected = _version_of(status)
     response = _request(
         "POST",
         f"{args.url}/api/guardian/rollout/{args.command}",
         args.timeout,
-        headers={"Authorization": f"Bearer {token}"},
+        headers={"Authorization": f"Bearer {token}", "If-Match": f'"{expected}"'},
         json=body,
     )
+    if response.status_code == 412:
+        raise CommandError(
+            f"the rollout changed since version {expected} was read; nothing was changed: "
+            "check `driftgate status` and try again",
+            EXIT_REFUSED,
+        )
     if response.status_code != 200:
         raise _refusal(response)
     answer = _json_answer(response)
@@ -470,6 +504,13 @@ def build_parser() -> argparse.ArgumentParser:
         _add_service_flags(move, "the service's base URL")
         if name == "rollback":
             move.add_argument("--reason", help="why, for the transition history (<= 200 chars)")
+        move.add_argument(
+            "--expected-version",
+            type=_version,
+            metavar="N",
+            help="move only if the rollout is at version N (default: the version the status "
+            "answers just before)",
+        )
         move.set_defaults(run=_move)
 
     probe = commands.add_parser(

@@ -41,7 +41,8 @@ from driftgate.fastapi.auth import bearer_token_admin
 from driftgate.fastapi.router import ErrorBody, json_body, json_body_schema
 from driftgate.reasons import ReasonCode
 from driftgate.rollout import RolloutManager, rollout_lifespan
-from driftgate.settings import Settings
+from driftgate.settings import Settings, SettingsError, StoreSettings
+from driftgate.store import RedisStateStore
 
 logger = logging.getLogger("driftgate.demo")
 
@@ -97,6 +98,22 @@ def _input_fingerprint(body: VerifyRequest) -> str:
 verify_request = json_body(VerifyRequest)
 
 
+def _redis_store(settings: StoreSettings) -> RedisStateStore:
+    """The fleet's store; its URL comes from the environment variable the values name."""
+    url = os.environ.get(settings.url_env)
+    if not url:
+        raise SettingsError(
+            f"rollout.store.url_env names {settings.url_env}, which is not set: export the "
+            "Redis URL (redis://host:6379/0) in it"
+        )
+    return RedisStateStore(
+        url,
+        settings.key,
+        sync_interval_seconds=settings.sync_interval_seconds,
+        lease_ttl_seconds=settings.lease_ttl_seconds,
+    )
+
+
 def create_demo_app(settings: Settings | None = None) -> FastAPI:
     """The demo service for `settings` (defaults: shadow only, no gate, no rollout)."""
     settings = settings or Settings()
@@ -109,12 +126,15 @@ def create_demo_app(settings: Settings | None = None) -> FastAPI:
     manager: RolloutManager | None = None
     state_problem: list[str] = []
     if settings.rollout is not None:
-        settings.state_path.parent.mkdir(parents=True, exist_ok=True)
+        store = None if settings.store is None else _redis_store(settings.store)
+        if store is None:
+            settings.state_path.parent.mkdir(parents=True, exist_ok=True)
         try:
             manager = RolloutManager(
                 settings.rollout,
                 enforcer=enforcer,
-                state_path=settings.state_path,
+                state_path=None if store is not None else settings.state_path,
+                store=store,
                 min_requests=settings.rollout_min_requests,
                 error_rate_source=settings.error_rate_source,
             )

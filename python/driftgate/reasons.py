@@ -17,6 +17,15 @@ class ReasonCode(str, enum.Enum):
     DRIFT_GATE = "DRIFT_GATE"
     #: The rollout state file was refused or cannot be written: not ready, or 503 on a move.
     STATE_FILE = "STATE_FILE"
+    #: The shared rollout state store (Redis) cannot be reached or has not been read yet: a
+    #: move answers 503 and nothing changes. Readiness is not failed for it.
+    STATE_STORE = "STATE_STORE"
+    #: The move's precondition (If-Match or expected_version) no longer holds (412).
+    VERSION_MISMATCH = "VERSION_MISMATCH"
+    #: A move without a precondition kept losing to concurrent moves on other replicas (409).
+    STATE_CONFLICT = "STATE_CONFLICT"
+    #: The If-Match header is not one quoted version like "7" (400).
+    BAD_PRECONDITION = "BAD_PRECONDITION"
     #: The router has no rollout manager: the rollout endpoints answer 404.
     NO_ROLLOUT = "NO_ROLLOUT"
     #: No admin credentials are configured: the admin endpoints refuse every request (403).

@@ -35,7 +35,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, get_args
 
 import yaml
-from pydantic import AfterValidator, AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    AfterValidator,
+    AnyHttpUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 from driftgate._core import EnforceOptions, GateConfig, RolloutConfig, RolloutStage
 from driftgate._messages import one_line, shown
@@ -75,6 +83,17 @@ class SettingsError(ValueError):
 
 
 @dataclass(frozen=True)
+class StoreSettings:
+    """Where a fleet shares its rollout state: Redis at the URL in the environment variable
+    `url_env` (it may carry a password, so it never sits in the values file)."""
+
+    url_env: str = "DRIFTGATE_REDIS_URL"
+    key: str = "driftgate:rollout"
+    sync_interval_seconds: float = 5.0
+    lease_ttl_seconds: float = 15.0
+
+
+@dataclass(frozen=True)
 class Settings:
     enforce: EnforceOptions = field(default_factory=EnforceOptions)
     gate: GateConfig = field(default_factory=GateConfig)
@@ -84,6 +103,7 @@ class Settings:
     rollout_min_requests: int = 0
     error_rate_source: PrometheusErrorRate | None = None
     admin_token_env: str = "DRIFTGATE_ADMIN_TOKEN"
+    store: StoreSettings | None = None  # None: the local state file at state_path
 
 
 # -- the schema ------------------------------------------------------------------------------
@@ -138,6 +158,24 @@ class _Prometheus(_Section):
     timeout_seconds: _QueryTimeout = 5.0
 
 
+class _Store(_Section):
+    url_env: _EnvName = "DRIFTGATE_REDIS_URL"
+    key: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:{}/-]{1,200}$")] = "driftgate:rollout"
+    sync_interval_seconds: Annotated[float, Field(ge=0.05, le=3600, allow_inf_nan=False)] = 5.0
+    lease_ttl_seconds: Annotated[float, Field(ge=0.1, le=3600, allow_inf_nan=False)] = 15.0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_url(cls, values: Any) -> Any:
+        # A Redis URL may carry a password: it comes from the environment only.
+        if isinstance(values, dict) and "url" in values:
+            raise ValueError(
+                "a store URL is not read from the values file (it may carry a password): "
+                "put it in an environment variable and name that in rollout.store.url_env"
+            )
+        return values
+
+
 class _Rollout(_Section):
     enabled: bool = False
     state_path: _PathText = "driftgate-state/rollout.json"
@@ -145,6 +183,7 @@ class _Rollout(_Section):
     min_requests: _Count = 0
     stages: Annotated[list[_Stage], Field(min_length=1, max_length=MAX_STAGES)] | None = None
     prometheus: _Prometheus | None = None
+    store: _Store | None = None
 
 
 class _Admin(_Section):
@@ -357,6 +396,9 @@ def parse_settings(values: Any) -> Settings:
         rollout_min_requests=rollout_values.min_requests,
         error_rate_source=source,
         admin_token_env=admin.token_env,
+        store=None
+        if rollout_values.store is None
+        else StoreSettings(**rollout_values.store.model_dump()),
     )
 
 

@@ -90,8 +90,9 @@ class RolloutManager {
     /// Resumes from the state file when there is one (StateError when it cannot be used; it is
     /// then left untouched); else starts fresh at the config's position, stamping the stage's
     /// start now unless the config gives one. With a shared store it resumes from the stored
-    /// state, or stores the fresh one when nothing is stored; a store that cannot be reached
-    /// leaves the manager unsynced (0 % enforced, moves refused with StateStoreError) until
+    /// state, or stores the fresh one when nothing is stored; a store that cannot be reached,
+    /// or holds something that is not this rollout (it is never overwritten), leaves the
+    /// manager unsynced (0 % enforced, moves refused with StateStoreError) until
     /// follow() gives it the state. std::invalid_argument when the config or the enforcer
     /// already belongs to another manager, or when both a state path and a store are given.
     RolloutManager(const RolloutConfig& config, Options options);

@@ -8,14 +8,21 @@ from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, ValidationError
 
-from driftgate._core import DriftTracker, MetricsRegistry, ReadinessGate, StateError
+from driftgate._core import (
+    DriftTracker,
+    MetricsRegistry,
+    ReadinessGate,
+    StateError,
+    StateStoreError,
+)
 from driftgate.exposition import render
 from driftgate.fastapi.auth import AdminDependency, bearer_token_admin
 from driftgate.reasons import ReasonCode
-from driftgate.rollout import Decision, RolloutManager
+from driftgate.rollout import Decision, DecisionAction, RolloutManager
 from driftgate.status import RolloutStatus
 
 MAX_BODY_BYTES = 1 << 20
+MAX_VERSION = (1 << 53) - 1
 READY = {"status": "ready"}
 TOKEN_ENV = "DRIFTGATE_ADMIN_TOKEN"
 
@@ -53,6 +60,13 @@ class MoveRequest(BaseModel):
 
     model_config = {"extra": "forbid"}
     reason: str | None = Field(None, max_length=200, description="Why, for the history.")
+    expected_version: int | None = Field(
+        None,
+        ge=0,
+        le=MAX_VERSION,
+        strict=True,
+        description="Move only if the rollout is at this version (as If-Match does); else 412.",
+    )
 
 
 # Kept under its old name for code that imported it.
@@ -64,7 +78,35 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 
 STATUS_ERRORS = _errors(404)
-ADMIN_ERRORS = _errors(400, 401, 403, 404, 413, 422, 503)
+ADMIN_ERRORS = _errors(400, 401, 403, 404, 409, 412, 413, 422, 503)
+
+
+def etag(version: int) -> str:
+    """The status's entity tag: the rollout's version, quoted."""
+    return f'"{version}"'
+
+
+def if_match_version(header: str | None) -> int | None:
+    """The version an If-Match header requires: None for no header or "*" (anything);
+    400 BAD_PRECONDITION for anything but one quoted version."""
+    if header is None or header.strip() == "*":
+        return None
+    tag = header.strip()
+    digits = tag[1:-1] if len(tag) >= 2 and tag[0] == tag[-1] == '"' else ""
+    if not (digits.isascii() and digits.isdigit() and len(digits) <= 16):
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, ReasonCode.BAD_PRECONDITION.value)
+    version = int(digits)
+    if version > MAX_VERSION:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, ReasonCode.BAD_PRECONDITION.value)
+    return version
+
+
+def _none_match(header: str | None, tag: str) -> bool:
+    """Whether If-None-Match names `tag` (weak comparison, as for GET)."""
+    if header is None:
+        return False
+    tags = [t.strip().removeprefix("W/") for t in header.split(",")]
+    return "*" in tags or tag in tags
 
 
 async def read_body(request: Request) -> bytes:
@@ -196,21 +238,49 @@ def create_router(
     @router.get(
         f"{rollout_path}/status",
         response_model=RolloutStatus,
-        responses=STATUS_ERRORS,
+        responses={
+            **STATUS_ERRORS,
+            304: {"description": "Not modified: If-None-Match names the current ETag."},
+        },
         name="driftgate:rollout_status",
     )
     def rollout_status(
+        request: Request,
+        response: Response,
         rollout: Annotated[RolloutManager, Depends(require_manager)],
-    ) -> RolloutStatus:
-        return rollout.get_status()
+    ) -> Any:
+        report = rollout.get_status()
+        tag = etag(report["version"])
+        if _none_match(request.headers.get("if-none-match"), tag):
+            return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": tag})
+        response.headers["ETag"] = tag
+        return report
 
-    def moved(move: Callable[[], Decision]) -> dict[str, Any]:
+    def expected_version(request: Request, body: MoveRequest) -> int | None:
+        header = if_match_version(request.headers.get("if-match"))
+        if header is not None and body.expected_version not in (None, header):
+            raise HTTPException(status.HTTP_400_BAD_REQUEST, ReasonCode.BAD_PRECONDITION.value)
+        return header if header is not None else body.expected_version
+
+    def moved(move: Callable[[], Decision], expected: int | None) -> dict[str, Any]:
         try:
             decision = move()
+        except StateStoreError:
+            raise HTTPException(
+                status.HTTP_503_SERVICE_UNAVAILABLE, ReasonCode.STATE_STORE.value
+            ) from None
         except StateError:
             raise HTTPException(
                 status.HTTP_503_SERVICE_UNAVAILABLE, ReasonCode.STATE_FILE.value
             ) from None
+        if decision.action == DecisionAction.CONFLICT:
+            if expected is not None:
+                raise HTTPException(
+                    status.HTTP_412_PRECONDITION_FAILED,
+                    ReasonCode.VERSION_MISMATCH.value,
+                    headers={"ETag": etag(decision.version)},
+                )
+            raise HTTPException(status.HTTP_409_CONFLICT, ReasonCode.STATE_CONFLICT.value)
         if not decision.success:
             raise HTTPException(status.HTTP_400_BAD_REQUEST, decision.message)
         # Built from this call's own decision: a concurrent request's move never leaks in.
@@ -234,13 +304,15 @@ def create_router(
         openapi_extra=json_body_schema(MoveRequest, required=False),
     )
     def rollout_advance(
+        request: Request,
         actor: Annotated[str, Depends(require_admin)],
         rollout: Annotated[RolloutManager, Depends(require_manager)],
         body: Annotated[MoveRequest, Depends(move_body)],
     ) -> dict[str, Any]:
         # The reason of an advance is fixed ("manual advance"); a body is read and capped like
         # any other, so a garbage or oversized one is refused before anything moves.
-        return moved(lambda: rollout.manual_advance(actor))
+        expected = expected_version(request, body)
+        return moved(lambda: rollout.manual_advance(actor, expected_version=expected), expected)
 
     @router.post(
         f"{rollout_path}/rollback",
@@ -250,10 +322,15 @@ def create_router(
         openapi_extra=json_body_schema(MoveRequest, required=False),
     )
     def rollout_rollback(
+        request: Request,
         actor: Annotated[str, Depends(require_admin)],
         rollout: Annotated[RolloutManager, Depends(require_manager)],
         body: Annotated[MoveRequest, Depends(move_body)],
     ) -> dict[str, Any]:
-        return moved(lambda: rollout.manual_rollback(actor, body.reason))
+        expected = expected_version(request, body)
+        return moved(
+            lambda: rollout.manual_rollback(actor, body.reason, expected_version=expected),
+            expected,
+        )
 
     return router
