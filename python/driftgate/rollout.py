@@ -230,7 +230,7 @@ class RolloutManager(_RolloutManager):
         """Where the rollout stands: the current stage, its index, elapsed and minimum time,
         `state`, the enforced percentage, the version and the last `transitions` transitions
         (oldest first)."""
-        return build_status(self._snapshot(), transitions)
+        return build_status(self._snapshot(), transitions, self._store)
 
     async def check_and_advance(self) -> Decision:
         """Reads the error-rate source (a blocking one in a worker thread, with

@@ -16,6 +16,7 @@ except ImportError:  # pragma: no cover - only without the fastapi extra
 __all__ = [
     "RolloutStatus",
     "StageStatus",
+    "StoreStatus",
     "TransitionStatus",
     "build_status",
     "format_duration",
@@ -37,6 +38,15 @@ TransitionStatus = TypedDict(
 )
 
 
+class StoreStatus(TypedDict):
+    """A shared state store as one replica sees it."""
+
+    description: str
+    synced: bool
+    replica: str | None
+    evaluator: str | None
+
+
 class RolloutStatus(TypedDict):
     """Where a rollout stands. `elapsed_time` and `min_duration` read as Python's
     `str(timedelta)` ("1 day, 2:00:00"); times are ISO 8601 UTC; `transitions` are the newest
@@ -53,6 +63,7 @@ class RolloutStatus(TypedDict):
     last_error_rate: float | None
     version: int
     transitions: list[TransitionStatus]
+    store: StoreStatus | None
 
 
 # datetime's range: every time a state file can hold is inside it.
@@ -73,8 +84,9 @@ def format_duration(seconds: float) -> str:
     return str(timedelta(seconds=min(max(0.0, seconds), timedelta.max.total_seconds() - 1)))
 
 
-def build_status(snapshot: dict[str, Any], transitions: int) -> RolloutStatus:
-    """The status from a manager's snapshot, with the last `transitions` transitions."""
+def build_status(snapshot: dict[str, Any], transitions: int, store: Any = None) -> RolloutStatus:
+    """The status from a manager's snapshot, with the last `transitions` transitions; `store`
+    is the manager's shared store, if any."""
     stage = snapshot["stages"][snapshot["stage_index"]]
     history = snapshot["transitions"][-transitions:] if transitions > 0 else []
     return {
@@ -103,4 +115,12 @@ def build_status(snapshot: dict[str, Any], transitions: int) -> RolloutStatus:
             }
             for t in history
         ],
+        "store": None
+        if snapshot["store"] is None
+        else {
+            "description": snapshot["store"],
+            "synced": snapshot["synced"],
+            "replica": getattr(store, "replica", None),
+            "evaluator": getattr(store, "evaluator", None),
+        },
     }

@@ -199,6 +199,7 @@ class RedisStateStore(SharedStateStore):
         self._release = self._client.register_script(_RELEASE)
         self._claim = self._client.register_script(_CLAIM_CHECK)
         self._lease: str | None = None  # "fence:holder" while this store holds the lease
+        self._evaluator: str | None = None
         self._lease_lock = threading.Lock()
         self._follower: _Follower | None = None
 
@@ -267,6 +268,7 @@ class RedisStateStore(SharedStateStore):
             self._drop_lease()
             raise
         mine = held.split(":", 1)[1] == self._holder
+        self._note_evaluator(held)
         with self._lease_lock:
             if mine and self._lease != held:
                 logger.info("rollout evaluation lease taken (fence %s)", held.split(":", 1)[0])
@@ -274,6 +276,21 @@ class RedisStateStore(SharedStateStore):
                 logger.warning("rollout evaluation lease lost; this replica stops evaluating")
             self._lease = held if mine else None
         return mine
+
+    @property
+    def evaluator(self) -> str | None:
+        """The replica that held the evaluation lease when last looked (None: nobody)."""
+        return self._evaluator
+
+    def observe_lease(self) -> str | None:
+        """Reads who holds the evaluation lease now (see `evaluator`)."""
+        held = self._call("read", lambda: self._client.get(self._lease_key))
+        self._note_evaluator(None if held is None else _text(held))
+        return self._evaluator
+
+    def _note_evaluator(self, held: str | None) -> None:
+        # "fence:replica/random": the replica's name is what people need to see.
+        self._evaluator = None if held is None else held.split(":", 1)[-1].rsplit("/", 1)[0]
 
     def release_lease(self) -> None:
         """Gives the lease up (on shutdown), so another replica takes over at once."""
@@ -436,18 +453,21 @@ class _Follower:
                     pubsub.subscribe(store._channel)
                     self._sync(manager)  # a reconnect may have missed hints: reload fully
                     next_poll = now + store.sync_interval_seconds
-                if self.campaigning and now >= next_lease:
-                    store.renew_lease()
-                    next_lease = now + store._lease_tick
-                elif not self.campaigning and store.holds_lease:
+                if not self.campaigning and store.holds_lease:
                     store.release_lease()
+                if now >= next_lease:
+                    if self.campaigning:
+                        store.renew_lease()
+                    else:
+                        store.observe_lease()
+                    next_lease = now + store._lease_tick
                 if now >= next_poll:
                     if store.stored_version() != manager.version or not manager.synced:
                         self._sync(manager)
                     else:
                         self._last_sync = time.monotonic()
                     next_poll = now + store.sync_interval_seconds
-                wait = max(0.0, min(next_poll, next_lease if self.campaigning else next_poll) - now)
+                wait = max(0.0, min(next_poll, next_lease) - time.monotonic())
                 del manager  # not kept alive while waiting
                 message = pubsub.get_message(timeout=min(wait, 1.0))
                 manager = self._manager()
