@@ -40,6 +40,7 @@ __all__ = [
     "RolloutConfig",
     "RolloutManager",
     "RolloutStage",
+    "SharedStateStore",
     "StateError",
     "StateStoreError",
     "rollout_lifespan",

@@ -185,7 +185,7 @@ class RedisStateStore(SharedStateStore):
         self.replica = name
         # The holder name is unique per store object: a restarted replica never inherits a lease.
         self._holder = f"{name}/{secrets.token_hex(8)}"
-        self._client = redis.Redis.from_url(
+        self._client: Any = redis.Redis.from_url(
             self._url,
             socket_timeout=self.socket_timeout,
             socket_connect_timeout=self.socket_timeout,
@@ -442,6 +442,7 @@ class _Follower:
         pubsub: Any = None
         next_poll = next_lease = 0.0
         backoff = 0.05
+        failures: tuple[type[BaseException], ...] = (StateStoreError, *store._errors)
         while not self._stop.is_set():
             manager = self._manager()
             if manager is None:
@@ -477,7 +478,7 @@ class _Follower:
                     self._sync(manager)
                 backoff = 0.05
                 up = True
-            except (StateStoreError, *store._errors) as error:
+            except failures as error:
                 if isinstance(error, StateStoreError):
                     logger.warning("%s", error)
                 else:

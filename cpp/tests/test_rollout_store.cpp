@@ -1,0 +1,275 @@
+#include <catch2/catch.hpp>
+
+#include <atomic>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "driftgate/rollout_manager.hpp"
+
+using driftgate::DecisionAction;
+using driftgate::DriftTracker;
+using driftgate::EnforceOptions;
+using driftgate::Enforcer;
+using driftgate::ManualClock;
+using driftgate::MetricsRegistry;
+using driftgate::RolloutConfig;
+using driftgate::RolloutManager;
+using driftgate::RolloutStage;
+using driftgate::RolloutState;
+using driftgate::SharedStateStore;
+using driftgate::StateError;
+using driftgate::StateStoreError;
+
+namespace {
+
+constexpr double kHour = 3600;
+
+/// A shared store in memory, with the compare-and-set a real one does on its server. It can be
+/// taken down, and it fences automatic commits while `lease_held` is false.
+class MemoryStore : public SharedStateStore {
+  public:
+    std::optional<std::string> load() override {
+        std::lock_guard lock(mutex_);
+        if (down) throw StateStoreError("memory store is down");
+        return document_;
+    }
+
+    CommitResult commit(std::uint64_t version, const std::string& document,
+                        bool automatic) override {
+        std::lock_guard lock(mutex_);
+        if (down) throw StateStoreError("memory store is down");
+        if (automatic && !lease_held) return {CommitStatus::Fenced, std::nullopt};
+        if (version_ != version - 1) return {CommitStatus::Conflict, document_};
+        version_ = version;
+        document_ = document;
+        ++commits;
+        return {CommitStatus::Committed, std::nullopt};
+    }
+
+    std::string describe() const override { return "memory store"; }
+
+    void put(std::uint64_t version, std::string document) {
+        std::lock_guard lock(mutex_);
+        version_ = version;
+        document_ = std::move(document);
+    }
+    std::optional<std::string> stored() {
+        std::lock_guard lock(mutex_);
+        return document_;
+    }
+
+    std::atomic<bool> down{false};
+    std::atomic<bool> lease_held{true};
+    std::atomic<int> commits{0};
+
+  private:
+    std::mutex mutex_;
+    std::uint64_t version_ = 0;
+    std::optional<std::string> document_;
+};
+
+/// One replica: its own enforcer and registry, the fleet's store and clock.
+struct Replica {
+    Replica(std::shared_ptr<MemoryStore> store, std::shared_ptr<ManualClock> clock,
+            const RolloutConfig& config = RolloutConfig::default_config()) {
+        auto registry = std::make_shared<MetricsRegistry>();
+        auto tracker =
+            std::make_shared<DriftTracker>(driftgate::default_windows(), clock, registry);
+        enforcer = std::make_shared<Enforcer>(EnforceOptions{true, 0, 0.005}, tracker);
+        RolloutManager::Options options;
+        options.enforcer = enforcer;
+        options.registry = registry;
+        options.clock = clock;
+        options.store = std::move(store);
+        manager = std::make_unique<RolloutManager>(config, options);
+    }
+
+    std::shared_ptr<Enforcer> enforcer;
+    std::unique_ptr<RolloutManager> manager;
+};
+
+std::shared_ptr<ManualClock> fleet_clock() {
+    return std::make_shared<ManualClock>(1'700'000'000.0);
+}
+
+/// Stages that never wait: every manual move is always possible.
+RolloutConfig quick_stages() {
+    return RolloutConfig(std::vector<RolloutStage>{
+        {"a", 10, 0, 0.1, false}, {"b", 20, 0, 0.1, false}, {"c", 30, 0, 0.1, false}});
+}
+
+}  // namespace
+
+TEST_CASE("the first replica stores the fresh rollout, the next one resumes it", "[store]") {
+    auto store = std::make_shared<MemoryStore>();
+    auto clock = fleet_clock();
+    Replica a(store, clock);
+    CHECK(store->commits == 1);
+    clock->advance(10);
+    Replica b(store, clock);
+    CHECK(store->commits == 1);
+    CHECK(b.manager->version() == 1);
+    CHECK(b.manager->snapshot().position.started_at == a.manager->snapshot().position.started_at);
+    CHECK(b.enforcer->options().rollout_percent == 10);
+}
+
+TEST_CASE("a move lost to another replica is decided again on the new state", "[store]") {
+    auto store = std::make_shared<MemoryStore>();
+    auto clock = fleet_clock();
+    Replica a(store, clock);
+    Replica b(store, clock);
+    REQUIRE(a.manager->manual_advance("alice").success);  // version 2, quarter
+    // b still holds version 1; its advance loses the commit, follows, and advances again.
+    const auto decision = b.manager->manual_advance("bob");
+    CHECK(decision.success);
+    CHECK(decision.from_stage == "quarter");
+    CHECK(decision.to_stage == "half");
+    CHECK(decision.version == 3);
+    const auto history = b.manager->snapshot().transitions;
+    REQUIRE(history.size() == 3);
+    CHECK(history[1].actor == "alice");
+    CHECK(history[2].actor == "bob");
+    CHECK(history[2].from == "quarter");
+}
+
+TEST_CASE("a precondition on the version moves nothing when it no longer holds", "[store]") {
+    auto store = std::make_shared<MemoryStore>();
+    auto clock = fleet_clock();
+    Replica a(store, clock);
+    Replica b(store, clock);
+    REQUIRE(a.manager->manual_advance("alice", 1).success);
+    const auto before = store->stored();
+    const auto decision = b.manager->manual_advance("bob", 1);  // bob also saw version 1
+    CHECK_FALSE(decision.success);
+    CHECK(decision.action == DecisionAction::Conflict);
+    CHECK(decision.version == 2);
+    CHECK_FALSE(decision.moved());
+    CHECK(store->stored() == before);
+    // b heard of version 2 while refusing, and applies its percentage.
+    CHECK(b.enforcer->options().rollout_percent == 25);
+    // A precondition naming a version this replica has not heard of yet is checked against
+    // the store, not against the replica's lagging copy.
+    Replica c(store, clock);
+    REQUIRE(a.manager->manual_advance("alice", 2).success);
+    CHECK(c.manager->manual_rollback("carol", "", 3).success);
+}
+
+TEST_CASE("a replica that cannot read the store serves 0 % and moves nothing", "[store]") {
+    auto store = std::make_shared<MemoryStore>();
+    auto clock = fleet_clock();
+    Replica first(store, clock);
+    REQUIRE(first.manager->manual_advance("alice").success);
+    store->down = true;
+    Replica late(store, clock);
+    CHECK_FALSE(late.manager->synced());
+    CHECK(late.manager->enforced_percentage() == 0);
+    CHECK(late.enforcer->options().rollout_percent == 0);
+    CHECK(late.manager->snapshot().enforced_percentage == 0);
+    CHECK_THROWS_AS(late.manager->manual_advance("bob"), StateStoreError);
+    CHECK_THROWS_AS(late.manager->manual_rollback("bob"), StateStoreError);
+    const auto held = late.manager->evaluate(0.9, 1000);  // would roll back if it knew
+    CHECK(held.action == DecisionAction::Held);
+    CHECK(store->commits == 2);
+    store->down = false;
+    CHECK(late.manager->refresh() == 2);
+    CHECK(late.manager->synced());
+    CHECK(late.enforcer->options().rollout_percent == 25);
+}
+
+TEST_CASE("nothing is applied when the store fails a commit, not even a rollback", "[store]") {
+    auto store = std::make_shared<MemoryStore>();
+    auto clock = fleet_clock();
+    Replica a(store, clock);
+    REQUIRE(a.manager->manual_advance("alice").success);
+    store->down = true;
+    CHECK_THROWS_AS(a.manager->manual_rollback("alice"), StateStoreError);
+    CHECK(a.manager->version() == 2);
+    CHECK(a.enforcer->options().rollout_percent == 25);
+    // The automatic rules hold too: the error is the caller's to log.
+    CHECK_THROWS_AS(a.manager->evaluate(0.9, 1000), StateStoreError);
+    CHECK(a.manager->version() == 2);
+}
+
+TEST_CASE("an automatic decision of an evaluator without the lease is not applied", "[store]") {
+    auto store = std::make_shared<MemoryStore>();
+    auto clock = fleet_clock();
+    Replica a(store, clock,
+              RolloutConfig(std::vector<RolloutStage>{{"a", 10, kHour, 0.1, false},
+                                                      {"b", 20, kHour, 0.1, false}}));
+    clock->advance(2 * kHour);
+    store->lease_held = false;
+    const auto decision = a.manager->evaluate(0.0, 1000);
+    CHECK(decision.action == DecisionAction::Conflict);
+    CHECK_THAT(decision.message, Catch::Contains("lease"));
+    CHECK(a.manager->version() == 1);
+    CHECK(a.enforcer->options().rollout_percent == 10);
+    store->lease_held = true;
+    CHECK(a.manager->evaluate(0.0, 1000).action == DecisionAction::Advanced);
+}
+
+TEST_CASE("a replica follows newer documents only", "[store]") {
+    auto store = std::make_shared<MemoryStore>();
+    auto clock = fleet_clock();
+    Replica a(store, clock);
+    Replica b(store, clock);
+    const std::string version1 = *store->stored();
+    REQUIRE(a.manager->manual_advance("alice").success);
+    const std::string version2 = *store->stored();
+    CHECK(b.manager->follow(version2));
+    CHECK_FALSE(b.manager->follow(version2));
+    CHECK_FALSE(b.manager->follow(version1));
+    CHECK(b.manager->version() == 2);
+    CHECK(b.enforcer->options().rollout_percent == 25);
+    CHECK_THROWS_AS(b.manager->follow("{\"schema_version\": 1}"), StateError);
+    CHECK(b.manager->version() == 2);
+}
+
+TEST_CASE("a store holding another rollout is never overwritten", "[store]") {
+    auto store = std::make_shared<MemoryStore>();
+    auto clock = fleet_clock();
+    { Replica other(store, clock, quick_stages()); }  // a rollout of another stage list
+    const auto foreign = store->stored();
+    Replica a(store, clock);
+    CHECK_FALSE(a.manager->synced());
+    CHECK(a.enforcer->options().rollout_percent == 0);
+    CHECK_THROWS_AS(a.manager->manual_advance("alice"), StateStoreError);
+    CHECK(store->stored() == foreign);
+    CHECK_THROWS_AS(a.manager->refresh(), StateError);
+}
+
+TEST_CASE("replicas moving at once commit every transition exactly once", "[store][threads]") {
+    auto store = std::make_shared<MemoryStore>();
+    auto clock = fleet_clock();
+    std::vector<std::unique_ptr<Replica>> replicas;
+    for (int i = 0; i < 4; ++i)
+        replicas.push_back(std::make_unique<Replica>(store, clock, quick_stages()));
+    constexpr int kMoves = 60;
+    std::mutex seen_mutex;
+    std::vector<std::uint64_t> versions;
+    std::vector<std::thread> threads;
+    for (int i = 0; i < 4; ++i) {
+        threads.emplace_back([&, i] {
+            for (int n = 0; n < kMoves; ++n) {
+                auto& manager = *replicas[i]->manager;
+                const auto decision =
+                    (n + i) % 2 == 0 ? manager.manual_advance("op") : manager.manual_rollback("op");
+                if (decision.moved()) {
+                    std::lock_guard lock(seen_mutex);
+                    versions.push_back(decision.version);
+                }
+            }
+        });
+    }
+    for (auto& thread : threads) thread.join();
+    const std::set<std::uint64_t> unique(versions.begin(), versions.end());
+    CHECK(unique.size() == versions.size());  // no version acknowledged twice
+    CHECK(store->commits == static_cast<int>(versions.size()) + 1);
+    CHECK(*unique.rbegin() == versions.size() + 1);
+    for (auto& replica : replicas) replica->manager->refresh();
+    for (auto& replica : replicas) CHECK(replica->manager->version() == versions.size() + 1);
+}
