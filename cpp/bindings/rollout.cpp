@@ -396,10 +396,20 @@ void register_rollout(py::module_& m) {
         .def("_note_store", &RolloutManager::note_store, py::arg("up"), py::arg("sync_age_seconds"),
              py::call_guard<py::gil_scoped_release>())
         .def_property_readonly(
-            "synced", [](const RolloutManager& manager) { return manager.synced(); },
+            "synced",
+            [](const RolloutManager& manager) {
+                // Never wait for the manager's lock holding the GIL: a commit holds that lock
+                // while it calls a Python store.
+                py::gil_scoped_release release;
+                return manager.synced();
+            },
             "False while the shared state has not been read (the manager then enforces 0 %).")
         .def_property_readonly(
-            "version", [](const RolloutManager& manager) { return manager.version(); },
+            "version",
+            [](const RolloutManager& manager) {
+                py::gil_scoped_release release;
+                return manager.version();
+            },
             "The version of the rollout state this manager holds.")
         .def("_hold", &RolloutManager::hold, py::arg("message"),
              py::arg("action") = DecisionAction::Held, py::call_guard<py::gil_scoped_release>())

@@ -1,0 +1,178 @@
+"""Moves that say which version they were decided on: ETag and If-None-Match on the status,
+If-Match or expected_version on advance and rollback, and the CLI sending the version it read.
+The same contract holds with the local state file as with a shared store."""
+
+import functools
+import json
+import threading
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+import driftgate
+from driftgate import DriftTracker, EnforceOptions, Enforcer, ManualClock, RolloutConfig
+from driftgate.cli import main
+from driftgate.fastapi import create_router
+
+TOKEN = "s3cret-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+STATUS = "/api/guardian/rollout/status"
+ADVANCE = "/api/guardian/rollout/advance"
+ROLLBACK = "/api/guardian/rollout/rollback"
+
+
+@pytest.fixture
+def manager(tmp_path):
+    clock = ManualClock(1_700_000_000.0)
+    tracker = DriftTracker(clock=clock, registry=driftgate.MetricsRegistry())
+    return driftgate.RolloutManager(
+        RolloutConfig.default(),
+        enforcer=Enforcer(EnforceOptions(enforce=True), tracker),
+        clock=clock,
+        state_path=tmp_path / "rollout.json",
+    )
+
+
+@pytest.fixture
+def client(manager, monkeypatch):
+    monkeypatch.setenv("DRIFTGATE_ADMIN_TOKEN", TOKEN)
+    app = FastAPI()
+    app.include_router(create_router(tracker=manager.enforcer.tracker, manager=manager))
+    return TestClient(app)
+
+
+def test_status_answers_its_version_as_etag_and_304_when_unchanged(client):
+    first = client.get(STATUS)
+    assert first.status_code == 200
+    assert first.headers["etag"] == '"1"' == f'"{first.json()["version"]}"'
+    same = client.get(STATUS, headers={"If-None-Match": '"1"'})
+    assert same.status_code == 304
+    assert same.headers["etag"] == '"1"'
+    assert same.content == b""
+    assert client.get(STATUS, headers={"If-None-Match": 'W/"1", "7"'}).status_code == 304
+    client.post(ADVANCE, headers=AUTH)
+    moved = client.get(STATUS, headers={"If-None-Match": '"1"'})
+    assert moved.status_code == 200
+    assert moved.headers["etag"] == '"2"'
+
+
+def test_if_match_moves_once_then_412_with_the_current_etag(client, manager):
+    assert client.post(ADVANCE, headers={**AUTH, "If-Match": '"1"'}).status_code == 200
+    stale = client.post(ADVANCE, headers={**AUTH, "If-Match": '"1"'})
+    assert stale.status_code == 412
+    assert stale.json() == {"detail": "VERSION_MISMATCH"}
+    assert stale.headers["etag"] == '"2"'
+    assert manager.version == 2
+    assert client.get(STATUS).json()["current_stage"]["name"] == "quarter"
+    rolled = client.post(ROLLBACK, headers={**AUTH, "If-Match": '"2"'}, json={"reason": "x"})
+    assert rolled.status_code == 200
+    assert rolled.json()["version"] == 3
+
+
+def test_expected_version_in_the_body_works_like_if_match(client, manager):
+    stale = client.post(ROLLBACK, headers=AUTH, json={"expected_version": 0})
+    assert stale.status_code == 412
+    assert manager.version == 1
+    ok = client.post(ADVANCE, headers=AUTH, json={"expected_version": 1})
+    assert ok.status_code == 200
+    assert ok.json()["version"] == 2
+
+
+@pytest.mark.parametrize(
+    ("headers", "body", "code", "detail"),
+    [
+        ({"If-Match": "1"}, None, 400, "BAD_PRECONDITION"),  # unquoted
+        ({"If-Match": '"one"'}, None, 400, "BAD_PRECONDITION"),
+        ({"If-Match": '"-1"'}, None, 400, "BAD_PRECONDITION"),
+        ({"If-Match": '"99999999999999999"'}, None, 400, "BAD_PRECONDITION"),
+        ({"If-Match": '"1", "2"'}, None, 400, "BAD_PRECONDITION"),
+        ({"If-Match": '"1"'}, {"expected_version": 2}, 400, "BAD_PRECONDITION"),
+        ({}, {"expected_version": -1}, 422, None),
+        ({}, {"expected_version": "1"}, 422, None),
+        ({}, {"expected_version": 1.5}, 422, None),
+        ({}, {"expected_version": True}, 422, None),
+        ({}, {"expected_version": 2**53}, 422, None),
+    ],
+)
+def test_bad_preconditions_are_refused_before_anything_moves(
+    client, manager, headers, body, code, detail
+):
+    answer = client.post(ADVANCE, headers={**AUTH, **headers}, json=body)
+    assert answer.status_code == code, answer.text
+    if detail is not None:
+        assert answer.json() == {"detail": detail}
+    assert manager.version == 1
+
+
+def test_if_match_star_means_any_version(client, manager):
+    assert client.post(ADVANCE, headers={**AUTH, "If-Match": "*"}).status_code == 200
+    assert manager.version == 2
+
+
+def test_the_same_if_match_from_many_threads_moves_once(client, manager):
+    answers: list[int] = []
+    lock = threading.Lock()
+
+    def press() -> None:
+        code = client.post(ADVANCE, headers={**AUTH, "If-Match": '"1"'}).status_code
+        with lock:
+            answers.append(code)
+
+    threads = [threading.Thread(target=press) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(answers) == [200] + [412] * 7
+    assert manager.version == 2
+
+
+def test_openapi_documents_304_409_and_412(client):
+    paths = client.get("/openapi.json").json()["paths"]
+    assert "304" in paths[STATUS]["get"]["responses"]
+    for path in (ADVANCE, ROLLBACK):
+        responses = paths[path]["post"]["responses"]
+        assert {"409", "412", "503"} <= set(responses)
+
+
+def test_cli_moves_send_the_version_the_status_answered(client, manager, monkeypatch, capsys):
+    import httpx
+
+    seen: list[httpx.Request] = []
+
+    def transport(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        answer = client.request(
+            request.method, request.url.path, headers=dict(request.headers), content=request.content
+        )
+        return httpx.Response(answer.status_code, headers=answer.headers, content=answer.content)
+
+    monkeypatch.setattr(httpx, "request", functools.partial(_via, transport))
+    monkeypatch.setenv("DRIFTGATE_ADMIN_TOKEN", TOKEN)
+    assert main(["advance", "--url", "http://service"]) == 0
+    assert seen[0].method == "GET" and seen[0].url.path == STATUS
+    assert seen[1].headers["if-match"] == '"1"'
+    assert manager.version == 2
+    # Someone else moves between this command's read and its move: it is told, nothing moves.
+    assert main(["advance", "--url", "http://service", "--expected-version", "1"]) == 1
+    assert "changed since version 1 was read; nothing was changed" in capsys.readouterr().err
+    assert manager.version == 2
+    assert main(["rollback", "--url", "http://service", "--expected-version", "2", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["version"] == 3
+
+
+def _via(transport, method, url, timeout=None, **kwargs):
+    """httpx.request through a MockTransport that hands each request to the test client."""
+    import httpx
+
+    with httpx.Client(transport=httpx.MockTransport(transport)) as http:
+        return http.request(method, url, **kwargs)
+
+
+@pytest.mark.parametrize("value", ["-1", "x", "1.0", "", "99999999999999999"])
+def test_cli_refuses_a_bad_expected_version(value, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["advance", "--url", "http://service", "--expected-version", value])
+    assert exit_.value.code == 2
+    assert "expected a rollout version" in capsys.readouterr().err
