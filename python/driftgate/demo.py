@@ -39,6 +39,7 @@ from driftgate._core import (
 from driftgate.fastapi import create_router
 from driftgate.fastapi.auth import bearer_token_admin
 from driftgate.fastapi.router import ErrorBody, json_body, json_body_schema
+from driftgate.notify import Event, Notifier, Sink, SlackSink, WebhookSink
 from driftgate.reasons import ReasonCode
 from driftgate.rollout import RolloutManager, rollout_lifespan
 from driftgate.settings import Settings, SettingsError, StoreSettings
@@ -114,6 +115,33 @@ def _redis_store(settings: StoreSettings) -> RedisStateStore:
     )
 
 
+def _environment(name: str, what: str) -> str:
+    value = os.environ.get(name)
+    if not value:
+        raise SettingsError(f"{what} names {name}, which is not set: export it")
+    return value
+
+
+def _notifier(settings: Settings, store: RedisStateStore | None) -> Notifier | None:
+    """The notification sinks the values name, their URLs and secrets from the environment;
+    in a fleet, each notification is claimed in the shared store so one replica sends it."""
+    sinks: list[Sink] = []
+    for i, entry in enumerate(settings.notifications):
+        where = f"notifications[{i}]"
+        url = _environment(entry.url_env, f"{where}.url_env")
+        events = [Event(e) for e in entry.events] or None
+        if entry.kind == "slack":
+            sinks.append(SlackSink(url, events))
+        else:
+            secret = _environment(entry.secret_env or "", f"{where}.secret_env")
+            sinks.append(WebhookSink(url, secret, events))
+    if not sinks:
+        return None
+    return Notifier(
+        sinks, claim=None if store is None else store.claim, status_url=settings.status_url
+    )
+
+
 def create_demo_app(settings: Settings | None = None) -> FastAPI:
     """The demo service for `settings` (defaults: shadow only, no gate, no rollout)."""
     settings = settings or Settings()
@@ -137,6 +165,7 @@ def create_demo_app(settings: Settings | None = None) -> FastAPI:
                 store=store,
                 min_requests=settings.rollout_min_requests,
                 error_rate_source=settings.error_rate_source,
+                notifier=_notifier(settings, store),
             )
         except StateError as error:
             # Fail closed: keep serving shadow-only, report not-ready until someone looks.

@@ -28,6 +28,7 @@ from driftgate._core import (
     StateStoreError,
     _RolloutManager,
 )
+from driftgate.notify import Event, Notification, Notifier
 from driftgate.status import RolloutStatus, build_status
 
 __all__ = [
@@ -168,6 +169,9 @@ class RolloutManager(_RolloutManager):
         source_timeout: float = 10.0,
         analysis_window: timedelta = timedelta(hours=1),
         store: SharedStateStore | None = None,
+        notifier: Notifier | None = None,
+        name: str | None = None,
+        analysis_failures_to_notify: int = 3,
     ):
         if not (source_timeout > 0 and math.isfinite(source_timeout)):
             raise ValueError(f"source_timeout={source_timeout!r}: expected seconds > 0")
@@ -189,6 +193,15 @@ class RolloutManager(_RolloutManager):
             store=store,
         )
         self._store = store
+        self.notifier = notifier
+        self.name = name or getattr(store, "key", None) or "rollout"
+        if not 1 <= analysis_failures_to_notify <= 1000:
+            raise ValueError(
+                f"analysis_failures_to_notify={analysis_failures_to_notify!r}: expected 1 to 1000"
+            )
+        self.analysis_failures_to_notify = analysis_failures_to_notify
+        self._analysis_failures = 0
+        self._failure_streaks = 0
         if error_rate_source is None and enforcer is not None:
             self.error_rate_source = LocalErrorRate(enforcer)
         follow = getattr(store, "follow", None)
@@ -201,11 +214,80 @@ class RolloutManager(_RolloutManager):
         return self._store
 
     def close(self) -> None:
-        """Stops following a shared store and gives up its evaluation lease; a no-op for the
-        file store. `rollout_lifespan` calls it at shutdown."""
+        """Stops following a shared store and gives up its evaluation lease, and sends what
+        the notifier has queued; `rollout_lifespan` calls it at shutdown."""
         close = getattr(self._store, "close", None)
         if callable(close):
             close()
+        if self.notifier is not None:
+            self.notifier.close()
+
+    # Every decision passes through here, so each committed transition is announced once,
+    # by the replica that committed it.
+
+    def evaluate(self, error_rate: float, requests: int | None = None) -> Decision:
+        return self._announce(super().evaluate(error_rate, requests))
+
+    def evaluate_counts(self, failed: int, total: int) -> Decision:
+        return self._announce(super().evaluate_counts(failed, total))
+
+    def manual_advance(
+        self, actor: str | None = None, *, expected_version: int | None = None
+    ) -> Decision:
+        return self._announce(super().manual_advance(actor, expected_version=expected_version))
+
+    def manual_rollback(
+        self,
+        actor: str | None = None,
+        reason: str | None = None,
+        *,
+        expected_version: int | None = None,
+    ) -> Decision:
+        return self._announce(
+            super().manual_rollback(actor, reason, expected_version=expected_version)
+        )
+
+    def _announce(self, decision: Decision) -> Decision:
+        if decision.action != DecisionAction.ANALYSIS_FAILED:
+            self._analysis_failures = 0
+        if self.notifier is None:
+            return decision
+        event = _event_of(decision)
+        if event is not None:
+            automatic = decision.actor in ("", "auto")
+            reason = "manual" if not automatic else _AUTOMATIC_REASONS[event]
+            self.notifier.publish(self._notification(decision, event, reason))
+        return decision
+
+    def _notification(
+        self, decision: Decision, event: Event, reason: str, occurrence: int = 0
+    ) -> Notification:
+        return Notification(
+            event=event,
+            rollout=self.name,
+            version=decision.version,
+            from_stage=decision.from_stage,
+            to_stage=decision.to_stage,
+            from_percentage=decision.from_percentage,
+            to_percentage=decision.to_percentage,
+            actor=decision.actor or "auto",
+            reason=reason,
+            error_rate=decision.error_rate,
+            status_url=None if self.notifier is None else self.notifier.status_url,
+            occurrence=occurrence,
+        )
+
+    def _analysis_failed(self, decision: Decision) -> Decision:
+        self._analysis_failures += 1
+        if self._analysis_failures == self.analysis_failures_to_notify:
+            self._failure_streaks += 1
+            if self.notifier is not None:
+                self.notifier.publish(
+                    self._notification(
+                        decision, Event.ANALYSIS_FAILING, "source_failed", self._failure_streaks
+                    )
+                )
+        return decision
 
     @property
     def error_rate_source(self) -> ErrorRateSource | None:
@@ -250,12 +332,39 @@ class RolloutManager(_RolloutManager):
         except Exception as error:  # any failure of the source means hold
             self.record_analysis_error()
             logger.warning("rollout error-rate source failed (%s); holding", type(error).__name__)
-            return self._hold(
-                f"Holding: error-rate source failed ({type(error).__name__})",
-                DecisionAction.ANALYSIS_FAILED,
+            return self._analysis_failed(
+                self._hold(
+                    f"Holding: error-rate source failed ({type(error).__name__})",
+                    DecisionAction.ANALYSIS_FAILED,
+                )
             )
         # The decision may write and fsync the state file: off the event loop too.
         return await asyncio.to_thread(decide)
+
+
+_AUTOMATIC_REASONS = {
+    Event.ADVANCED: "duration_met",
+    Event.COMPLETED: "duration_met",
+    Event.ROLLED_BACK: "error_rate",
+    Event.ABORTED: "error_rate",
+    Event.WAITING_FOR_APPROVAL: "approval_needed",
+}
+
+
+def _event_of(decision: Decision) -> Event | None:
+    """The notification a decision calls for: a committed move, or a wait for approval."""
+    action = decision.action
+    if action == DecisionAction.WAITING_FOR_APPROVAL:
+        return Event.WAITING_FOR_APPROVAL
+    if not decision.moved:
+        return None
+    if action in (DecisionAction.ADVANCED, DecisionAction.RESUMED):
+        return Event.COMPLETED if decision.state == "completed" else Event.ADVANCED
+    if action == DecisionAction.ROLLED_BACK:
+        return Event.ROLLED_BACK
+    if action == DecisionAction.ABORTED:
+        return Event.ABORTED
+    return None
 
 
 async def _within(seconds: float, awaitable: Awaitable[Any]) -> Any:

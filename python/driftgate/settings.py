@@ -94,6 +94,16 @@ class StoreSettings:
 
 
 @dataclass(frozen=True)
+class NotificationSettings:
+    """One notification sink; its URL and secret come from environment variables."""
+
+    kind: str  # slack or webhook
+    url_env: str
+    secret_env: str | None = None
+    events: tuple[str, ...] = ()  # empty: every event
+
+
+@dataclass(frozen=True)
 class Settings:
     enforce: EnforceOptions = field(default_factory=EnforceOptions)
     gate: GateConfig = field(default_factory=GateConfig)
@@ -104,6 +114,8 @@ class Settings:
     error_rate_source: PrometheusErrorRate | None = None
     admin_token_env: str = "DRIFTGATE_ADMIN_TOKEN"
     store: StoreSettings | None = None  # None: the local state file at state_path
+    notifications: tuple[NotificationSettings, ...] = ()
+    status_url: str | None = None  # linked from notifications
 
 
 # -- the schema ------------------------------------------------------------------------------
@@ -176,8 +188,40 @@ class _Store(_Section):
         return values
 
 
+_EventName = Literal[
+    "advanced", "rolled_back", "aborted", "completed", "waiting_for_approval", "analysis_failing"
+]
+
+
+class _Notification(_Section):
+    kind: Literal["slack", "webhook"]
+    url_env: _EnvName
+    secret_env: _EnvName | None = None
+    events: Annotated[list[_EventName], Field(min_length=1, max_length=6)] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_secrets(cls, values: Any) -> Any:
+        # Webhook URLs carry tokens, secrets are secrets: both come from the environment only.
+        if isinstance(values, dict):
+            for key in ("url", "secret"):
+                if key in values:
+                    raise ValueError(
+                        f"a notification {key} is not read from the values file: put it in an "
+                        f"environment variable and name that in {key}_env"
+                    )
+        return values
+
+    @model_validator(mode="after")
+    def _webhook_secret(self) -> _Notification:
+        if self.kind == "webhook" and self.secret_env is None:
+            raise ValueError("a webhook needs secret_env: its bodies are signed with that secret")
+        return self
+
+
 class _Rollout(_Section):
     enabled: bool = False
+    status_url: AnyHttpUrl | None = None
     state_path: _PathText = "driftgate-state/rollout.json"
     check_interval_seconds: _CheckInterval = 900.0
     min_requests: _Count = 0
@@ -197,6 +241,7 @@ class _Values(_Section):
     enforce_readiness_gate: _Gate | None = None
     rollout: _Rollout | None = None
     admin: _Admin | None = None
+    notifications: Annotated[list[_Notification], Field(max_length=16)] | None = None
 
 
 # -- one line per problem --------------------------------------------------------------------
@@ -300,6 +345,9 @@ def _problem(error: Mapping[str, Any]) -> str:
         message = f"expected {expected}"
     elif kind == "value_error":
         message = str(error.get("ctx", {}).get("error", error["msg"]))
+        if isinstance(error.get("input"), Mapping):
+            # A whole section was refused: it may hold a secret someone pasted, never echoed.
+            return f"{_key_path(loc)}: {message}"
     elif kind == "literal_error":
         message = f"expected {error['ctx']['expected']}"
     else:
@@ -399,6 +447,16 @@ def parse_settings(values: Any) -> Settings:
         store=None
         if rollout_values.store is None
         else StoreSettings(**rollout_values.store.model_dump()),
+        notifications=tuple(
+            NotificationSettings(
+                kind=n.kind,
+                url_env=n.url_env,
+                secret_env=n.secret_env,
+                events=tuple(n.events or ()),
+            )
+            for n in checked.notifications or ()
+        ),
+        status_url=None if rollout_values.status_url is None else str(rollout_values.status_url),
     )
 
 

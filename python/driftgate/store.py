@@ -292,6 +292,14 @@ class RedisStateStore(SharedStateStore):
         # "fence:replica/random": the replica's name is what people need to see.
         self._evaluator = None if held is None else held.split(":", 1)[-1].rsplit("/", 1)[0]
 
+    def claim(self, name: str, ttl_seconds: int = 7 * 86400) -> bool:
+        """True for the first replica to claim `name` (e.g. a notification's key) within
+        `ttl_seconds`; the fleet's way to do something once."""
+        key = f"{self.key}:claimed:{name}"
+        return bool(
+            self._call("claim", lambda: self._client.set(key, b"1", nx=True, ex=ttl_seconds))
+        )
+
     def release_lease(self) -> None:
         """Gives the lease up (on shutdown), so another replica takes over at once."""
         with self._lease_lock:
