@@ -197,14 +197,24 @@ void register_rollout(py::module_& m) {
 
     py::class_<RolloutStage>(m, "RolloutStage", "One stage of a staged rollout.")
         .def(py::init([](std::string name, double percentage, py::handle duration,
-                         double max_error_rate, bool requires_approval) {
-                 RolloutStage stage{std::move(name), percentage, seconds_arg(duration, "duration"),
-                                    max_error_rate, requires_approval};
+                         double max_error_rate, bool requires_approval,
+                         long long approvals_required) {
+                 if (approvals_required < 1 || approvals_required > kMaxApprovals) {
+                     throw py::value_error(
+                         "approvals_required=" + std::to_string(approvals_required) +
+                         ": expected 1 to " + std::to_string(kMaxApprovals));
+                 }
+                 RolloutStage stage{std::move(name),
+                                    percentage,
+                                    seconds_arg(duration, "duration"),
+                                    max_error_rate,
+                                    requires_approval,
+                                    static_cast<std::uint32_t>(approvals_required)};
                  validate_stages({stage});
                  return stage;
              }),
              py::arg("name"), py::arg("percentage"), py::arg("duration"), py::arg("max_error_rate"),
-             py::arg("requires_approval") = false)
+             py::arg("requires_approval") = false, py::kw_only(), py::arg("approvals_required") = 1)
         .def_readonly("name", &RolloutStage::name)
         .def_readonly("percentage", &RolloutStage::percentage)
         .def_property_readonly("duration",
@@ -212,19 +222,26 @@ void register_rollout(py::module_& m) {
         .def_readonly("duration_seconds", &RolloutStage::duration_seconds)
         .def_readonly("max_error_rate", &RolloutStage::max_error_rate)
         .def_readonly("requires_approval", &RolloutStage::requires_approval)
+        .def_readonly("approvals_required", &RolloutStage::approvals_required,
+                      "Distinct people who must approve entering this stage.")
         .def("__eq__",
              [](const RolloutStage& a, const RolloutStage& b) {
                  return a.name == b.name && a.percentage == b.percentage &&
                         a.duration_seconds == b.duration_seconds &&
                         a.max_error_rate == b.max_error_rate &&
-                        a.requires_approval == b.requires_approval;
+                        a.requires_approval == b.requires_approval &&
+                        a.approvals_required == b.approvals_required;
              })
         .def("__repr__", [](const RolloutStage& s) {
             return "RolloutStage(" + py::repr(py::str(s.name)).cast<std::string>() + ", " +
                    py::repr(py::float_(s.percentage)).cast<std::string>() + ", " +
                    py::repr(timedelta(s.duration_seconds)).cast<std::string>() + ", " +
                    py::repr(py::float_(s.max_error_rate)).cast<std::string>() + ", " +
-                   (s.requires_approval ? "True" : "False") + ")";
+                   (s.requires_approval ? "True" : "False") +
+                   (s.approvals_required == 1
+                        ? std::string()
+                        : ", approvals_required=" + std::to_string(s.approvals_required)) +
+                   ")";
         });
 
     py::class_<RolloutConfig>(
@@ -287,6 +304,8 @@ void register_rollout(py::module_& m) {
         .value("ALREADY_ABORTED", DecisionAction::AlreadyAborted)
         .value("ANALYSIS_FAILED", DecisionAction::AnalysisFailed)
         .value("CONFLICT", DecisionAction::Conflict)
+        .value("APPROVAL_RECORDED", DecisionAction::ApprovalRecorded)
+        .value("ALREADY_APPROVED", DecisionAction::AlreadyApproved)
         .finalize();
 
     py::class_<Decision>(m, "Decision",
@@ -445,6 +464,7 @@ void register_rollout(py::module_& m) {
             out["transitions"] = transitions;
             out["state_path"] = s.state_path;
             out["synced"] = s.synced;
+            out["approvals"] = s.approvals;
             out["store"] = manager.store() ? py::object(py::str(manager.store()->describe()))
                                            : py::object(py::none());
             out["rollback_on_error"] = s.plan->rollback_on_error();

@@ -82,6 +82,16 @@ void validate_stages(const std::vector<RolloutStage>& stages) {
                               "max_error_rate=" + detail::format_number(stage.max_error_rate) +
                                   ": expected a number in [0, 1]");
         }
+        if (stage.approvals_required < 1 || stage.approvals_required > kMaxApprovals) {
+            throw stage_error(i, stage,
+                              "approvals_required=" + std::to_string(stage.approvals_required) +
+                                  ": expected 1 to " + std::to_string(kMaxApprovals));
+        }
+        if (stage.approvals_required > 1 && !stage.requires_approval) {
+            throw stage_error(i, stage,
+                              "approvals_required=" + std::to_string(stage.approvals_required) +
+                                  " needs requires_approval: only people enter such a stage");
+        }
     }
 }
 
@@ -91,7 +101,11 @@ std::string stages_fingerprint(const std::vector<RolloutStage>& stages) {
         canonical += stage.name + '\x1f' + detail::format_number(stage.percentage) + '\x1f' +
                      detail::format_number(stage.duration_seconds) + '\x1f' +
                      detail::format_number(stage.max_error_rate) + '\x1f' +
-                     (stage.requires_approval ? "1" : "0") + '\x1e';
+                     (stage.requires_approval ? "1" : "0");
+        if (stage.approvals_required != 1) {
+            canonical += '\x1f' + std::to_string(stage.approvals_required);
+        }
+        canonical += '\x1e';
     }
     std::uint64_t hash = 0xcbf29ce484222325ULL;  // FNV-1a 64
     for (unsigned char c : canonical) {
@@ -182,6 +196,12 @@ RolloutPosition StagePlan::advanced(const RolloutPosition& position, double now)
     if (is_final(position.stage_index)) return position;
     const std::size_t next = position.stage_index + 1;
     return {next, now, is_final(next) ? RolloutState::Completed : RolloutState::Active};
+}
+
+std::optional<std::size_t> StagePlan::advance_target(const RolloutPosition& position) const {
+    if (position.state == RolloutState::Aborted) return 0;
+    if (is_final(position.stage_index)) return std::nullopt;
+    return position.stage_index + 1;
 }
 
 RolloutPosition StagePlan::rolled_back(const RolloutPosition& position, double now) const {

@@ -1,5 +1,6 @@
 #include "driftgate/rollout_manager.hpp"
 
+#include <algorithm>
 #include <stdexcept>
 #include <string>
 
@@ -51,6 +52,10 @@ std::string_view to_string(DecisionAction action) noexcept {
             return "analysis_failed";
         case DecisionAction::Conflict:
             return "conflict";
+        case DecisionAction::ApprovalRecorded:
+            return "approval_recorded";
+        case DecisionAction::AlreadyApproved:
+            return "already_approved";
     }
     return "held";
 }
@@ -174,6 +179,7 @@ void RolloutManager::adopt_locked(const PersistedRollout& saved) {
     position_ = {saved.stage_index, saved.started_at, saved.state};
     version_ = saved.version;
     transitions_ = saved.transitions;
+    approvals_ = saved.approvals;
     synced_ = true;
     publish_locked();
 }
@@ -246,7 +252,8 @@ void RolloutManager::declare_transition_counters() {
 }
 
 void RolloutManager::persist_and_apply_locked(const RolloutPosition& next, std::string_view actor,
-                                              std::string reason, bool first, Mover mover) {
+                                              std::string reason, bool first, Mover mover,
+                                              std::vector<std::string> approvals) {
     if (options_.store) require_synced_locked();
     const double now = wall_now();
     PersistedRollout saved;
@@ -254,6 +261,7 @@ void RolloutManager::persist_and_apply_locked(const RolloutPosition& next, std::
     saved.state = next.state;
     saved.started_at = next.started_at.value_or(now);
     saved.version = version_ + 1;
+    saved.approvals = std::move(approvals);
     saved.transitions = transitions_;
     saved.transitions.push_back({now, std::string(actor),
                                  first ? std::string() : plan_->position_name(position_),
@@ -267,6 +275,7 @@ void RolloutManager::persist_and_apply_locked(const RolloutPosition& next, std::
         position_ = {saved.stage_index, saved.started_at, saved.state};
         version_ = saved.version;
         transitions_ = std::move(saved.transitions);
+        approvals_ = std::move(saved.approvals);
         publish_locked();
     };
     if (options_.store) {
@@ -300,7 +309,8 @@ void RolloutManager::persist_and_apply_locked(const RolloutPosition& next, std::
         } else if (error.replaced() && !first) {
             // The unacknowledged state reached the file: put the acknowledged one back.
             PersistedRollout current{position_.stage_index, position_.started_at.value_or(now),
-                                     position_.state, version_, transitions_};
+                                     position_.state,       version_,
+                                     transitions_,          approvals_};
             try {
                 state_file_->save(current);
             } catch (const StateError&) {
@@ -522,31 +532,58 @@ constexpr int kMoveAttempts = 8;
 
 }  // namespace
 
+Decision RolloutManager::advance_locked(std::string_view actor) {
+    const RolloutPosition before = position_;
+    const std::optional<std::size_t> target = plan_->advance_target(position_);
+    if (!target) {
+        return decision_locked(false, DecisionAction::AtFinalStage, "Already at final stage",
+                               before, actor);
+    }
+    const RolloutStage& next = plan_->stage(*target);
+    const std::string who(actor);
+    if (next.approvals_required > 1) {
+        if (std::find(approvals_.begin(), approvals_.end(), who) != approvals_.end()) {
+            return decision_locked(false, DecisionAction::AlreadyApproved,
+                                   who + " already approved entering " + next.name + "; it needs " +
+                                       std::to_string(next.approvals_required) +
+                                       " different people",
+                                   before, actor);
+        }
+        std::vector<std::string> approvals = approvals_;
+        approvals.push_back(who);
+        if (approvals.size() < next.approvals_required) {
+            const std::string count =
+                std::to_string(approvals.size()) + " of " + std::to_string(next.approvals_required);
+            // Recorded like a transition that stays put: versioned, in the history, shared.
+            persist_and_apply_locked(position_, actor,
+                                     "approval " + count + " to enter " + next.name, false,
+                                     Mover::Human, std::move(approvals));
+            return decision_locked(true, DecisionAction::ApprovalRecorded,
+                                   "Approval " + count + " to enter " + next.name + " recorded",
+                                   before, actor);
+        }
+    }
+    const bool resuming = position_.state == RolloutState::Aborted;
+    transition_locked(plan_->advanced(position_, wall_now()), actor,
+                      resuming ? "manual resume" : "manual advance");
+    if (resuming) {
+        return decision_locked(
+            true, DecisionAction::Resumed,
+            "Resumed rollout at stage " + next.name + " (" + percent_text(next.percentage) + ")",
+            before, actor);
+    }
+    return decision_locked(true, DecisionAction::Advanced,
+                           "Manually advanced to stage " + next.name, before, actor);
+}
+
 Decision RolloutManager::manual_advance(std::string_view actor,
                                         std::optional<std::uint64_t> expected_version) {
     validate_actor(actor);
     for (int attempt = 1;; ++attempt) {
         std::lock_guard lock(mutex_);
         if (auto refused = precondition_locked(expected_version)) return *refused;
-        const RolloutPosition before = position_;
         try {
-            if (position_.state == RolloutState::Aborted) {
-                transition_locked(plan_->advanced(position_, wall_now()), actor, "manual resume");
-                const RolloutStage& first = plan_->stage(0);
-                return decision_locked(true, DecisionAction::Resumed,
-                                       "Resumed rollout at stage " + first.name + " (" +
-                                           percent_text(first.percentage) + ")",
-                                       before, actor);
-            }
-            if (plan_->is_final(position_.stage_index)) {
-                return decision_locked(false, DecisionAction::AtFinalStage,
-                                       "Already at final stage", before, actor);
-            }
-            transition_locked(plan_->advanced(position_, wall_now()), actor, "manual advance");
-            return decision_locked(
-                true, DecisionAction::Advanced,
-                "Manually advanced to stage " + plan_->stage(position_.stage_index).name, before,
-                actor);
+            return advance_locked(actor);
         } catch (const CommitLost& lost) {
             if (expected_version || attempt == kMoveAttempts) {
                 return conflict_locked(lost, std::nullopt);
@@ -609,6 +646,7 @@ RolloutManager::Snapshot RolloutManager::snapshot() const {
     out.transitions = transitions_;
     out.state_path = options_.state_path;
     out.synced = synced_;
+    out.approvals = approvals_;
     if (!synced_) out.enforced_percentage = 0;
     return out;
 }

@@ -150,7 +150,7 @@ PersistedRollout decode_rollout(std::string_view text, const StagePlan& plan,
     if (!json.is_object()) throw refuse("does not hold a JSON object");
     static const std::set<std::string> kKnown = {"schema_version",     "stage_index", "stage_name",
                                                  "started_at",         "state",       "version",
-                                                 "stages_fingerprint", "transitions"};
+                                                 "stages_fingerprint", "transitions", "approvals"};
     for (const auto& item : json.items()) {
         if (!kKnown.contains(item.key()))
             throw refuse("has an unknown field " + detail::quote(item.key()));
@@ -236,6 +236,25 @@ PersistedRollout decode_rollout(std::string_view text, const StagePlan& plan,
         throw refuse("ends its history at " + detail::quote(rollout.transitions.back().to) +
                      " but stands at " + detail::quote(plan.position_name(position)));
     }
+    if (const auto approvals = json.find("approvals"); approvals != json.end()) {
+        // Approvals to enter the next stage: distinct people, fewer than that stage requires.
+        const auto target = plan.advance_target(position);
+        const std::uint32_t required = target ? plan.stage(*target).approvals_required : 0;
+        if (!approvals->is_array() || approvals->size() >= std::max<std::uint32_t>(required, 1)) {
+            throw refuse("has approvals that are not a list of fewer than the " +
+                         std::to_string(required) + " the next stage requires");
+        }
+        std::set<std::string> seen;
+        for (const Json& actor : *approvals) {
+            if (!actor.is_string() || !PolicyIndex::is_valid(actor.get<std::string>()) ||
+                !seen.insert(actor.get<std::string>()).second) {
+                throw refuse("has an approval " + detail::quote(actor.dump()) +
+                             " that is not a distinct name of 1-64 characters of "
+                             "[A-Za-z0-9_.:-]");
+            }
+            rollout.approvals.push_back(actor.get<std::string>());
+        }
+    }
     return rollout;
 }
 
@@ -247,7 +266,7 @@ std::string encode_rollout(const PersistedRollout& rollout, const StagePlan& pla
     for (std::size_t i = first; i < rollout.transitions.size(); ++i) {
         transitions.push_back(to_json(rollout.transitions[i]));
     }
-    const Json json = {
+    Json json = {
         {"schema_version", StateFile::kSchemaVersion},
         {"stage_index", rollout.stage_index},
         {"stage_name", plan.stage(rollout.stage_index).name},
@@ -257,6 +276,7 @@ std::string encode_rollout(const PersistedRollout& rollout, const StagePlan& pla
         {"stages_fingerprint", plan.fingerprint()},
         {"transitions", transitions},
     };
+    if (!rollout.approvals.empty()) json["approvals"] = rollout.approvals;
     return json.dump(2) + "\n";
 }
 

@@ -633,3 +633,93 @@ TEST_CASE("a rollback applied despite a failed write is counted", "[rollout][sta
     CHECK_THAT(text, Catch::Contains("guardian_rollout_rollback_total{from_stage=\"canary\","
                                      "to_stage=\"aborted\"} 1"));
 }
+
+// -- Four eyes -------------------------------------------------------------------------------
+
+namespace {
+
+/// a (10%) -> b (50%, two people must approve) -> c (100%, one approval).
+RolloutConfig four_eyes() {
+    return RolloutConfig(std::vector<RolloutStage>{
+        {"a", 10, 0, 0.1, false}, {"b", 50, 0, 0.1, true, 2}, {"c", 100, 0, 0.1, true}});
+}
+
+}  // namespace
+
+TEST_CASE("a stage for four eyes is entered by the second distinct approver", "[rollout]") {
+    Fixture f;
+    auto manager = f.make({}, four_eyes());
+    const auto first = manager.manual_advance("alice");
+    CHECK(first.success);
+    CHECK(first.action == DecisionAction::ApprovalRecorded);
+    CHECK_FALSE(first.moved());
+    CHECK(first.version == 2);
+    CHECK(f.enforcer->options().rollout_percent == 10);
+    const auto again = manager.manual_advance("alice");
+    CHECK_FALSE(again.success);
+    CHECK(again.action == DecisionAction::AlreadyApproved);
+    CHECK(again.version == 2);
+    const auto second = manager.manual_advance("bob");
+    CHECK(second.action == DecisionAction::Advanced);
+    CHECK(second.to_stage == "b");
+    CHECK(f.enforcer->options().rollout_percent == 50);
+    const auto history = manager.snapshot().transitions;
+    REQUIRE(history.size() == 3);
+    CHECK(history[1].actor == "alice");
+    CHECK(history[1].from == "a");
+    CHECK(history[1].to == "a");
+    CHECK(history[1].reason == "approval 1 of 2 to enter b");
+    CHECK(history[2].actor == "bob");
+    CHECK(manager.snapshot().approvals.empty());
+    // One approval is enough for c.
+    CHECK(manager.manual_advance("carol").to_stage == "c");
+}
+
+TEST_CASE("approvals survive a restart and a rollback forgets them", "[rollout]") {
+    Fixture f;
+    {
+        auto manager = f.make({}, four_eyes());
+        REQUIRE(manager.manual_advance("alice").action == DecisionAction::ApprovalRecorded);
+    }
+    {
+        auto manager = f.make({}, four_eyes());
+        CHECK(manager.snapshot().approvals == std::vector<std::string>{"alice"});
+        CHECK(manager.manual_advance("alice").action == DecisionAction::AlreadyApproved);
+        REQUIRE(manager.manual_rollback("bob").action == DecisionAction::Aborted);
+        CHECK(manager.snapshot().approvals.empty());
+        REQUIRE(manager.manual_advance("bob").action == DecisionAction::Resumed);
+        // The approval given before the rollback no longer counts.
+        CHECK(manager.manual_advance("bob").action == DecisionAction::ApprovalRecorded);
+        CHECK(manager.manual_advance("alice").to_stage == "b");
+    }
+}
+
+TEST_CASE("a stage asking for one approval keeps the old fingerprint", "[rollout]") {
+    std::vector<RolloutStage> stages = {{"a", 10, 0, 0.1, false}, {"b", 50, 0, 0.1, true}};
+    const auto before = driftgate::stages_fingerprint(stages);
+    stages[1].approvals_required = 2;
+    CHECK(driftgate::stages_fingerprint(stages) != before);
+    stages[1].approvals_required = 1;
+    CHECK(driftgate::stages_fingerprint(stages) == before);
+    stages[0].approvals_required = 2;  // without requires_approval
+    CHECK_THROWS_WITH(driftgate::validate_stages(stages),
+                      Catch::Contains("needs requires_approval"));
+    stages[0].approvals_required = 0;
+    CHECK_THROWS_WITH(driftgate::validate_stages(stages), Catch::Contains("expected 1 to 10"));
+}
+
+TEST_CASE("a state file with impossible approvals is refused", "[rollout]") {
+    Fixture f;
+    { auto manager = f.make({}, four_eyes()); }
+    const std::string path = f.dir + "/state.json";
+    std::ifstream in(path);
+    std::string text((std::istreambuf_iterator<char>(in)), {});
+    const auto end = text.rfind('}');
+    for (const std::string approvals : {"[\"alice\", \"alice\"]", "[\"alice\", \"bob\"]",
+                                        "[\"not valid!\"]", "\"alice\"", "[1]"}) {
+        std::ofstream(path) << text.substr(0, end) << ", \"approvals\": " << approvals << "}\n";
+        CHECK_THROWS_AS(f.make({}, four_eyes()), StateError);
+    }
+    std::ofstream(path) << text.substr(0, end) << ", \"approvals\": [\"alice\"]}\n";
+    CHECK(f.make({}, four_eyes()).snapshot().approvals == std::vector<std::string>{"alice"});
+}

@@ -189,6 +189,8 @@ class RolloutStage:
         duration: timedelta | float,
         max_error_rate: float,
         requires_approval: bool = False,
+        *,
+        approvals_required: int = 1,
     ) -> None: ...
     @property
     def name(self) -> str: ...
@@ -202,6 +204,8 @@ class RolloutStage:
     def max_error_rate(self) -> float: ...
     @property
     def requires_approval(self) -> bool: ...
+    @property
+    def approvals_required(self) -> int: ...
 
 class ConfigOwnedError(RuntimeError): ...
 
@@ -244,6 +248,8 @@ class DecisionAction(enum.Enum):
     ALREADY_ABORTED = 8
     ANALYSIS_FAILED = 9
     CONFLICT = 10
+    APPROVAL_RECORDED = 11
+    ALREADY_APPROVED = 12
     # pybind11's handle on the C++ enum, not a member
     __pybind11_native_enum__: ClassVar[object]
 

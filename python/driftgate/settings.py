@@ -162,6 +162,7 @@ class _Stage(_Section):
     duration_seconds: _StageSeconds = 0.0
     max_error_rate: _Ratio = 0.0
     requires_approval: bool = False
+    approvals_required: Annotated[int, Field(ge=1, le=10)] = 1
 
 
 class _Prometheus(_Section):
@@ -416,6 +417,7 @@ def parse_settings(values: Any) -> Settings:
                     stage.duration_seconds,
                     stage.max_error_rate,
                     stage.requires_approval,
+                    approvals_required=stage.approvals_required,
                 ),
             )
             for i, stage in enumerate(rollout_values.stages)

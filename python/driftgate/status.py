@@ -14,6 +14,7 @@ except ImportError:  # pragma: no cover - only without the fastapi extra
     from typing import TypedDict
 
 __all__ = [
+    "ApprovalStatus",
     "RolloutStatus",
     "StageStatus",
     "StoreStatus",
@@ -36,6 +37,14 @@ TransitionStatus = TypedDict(
     "TransitionStatus",
     {"time": str, "actor": str, "from": str, "to": str, "reason": str},
 )
+
+
+class ApprovalStatus(TypedDict):
+    """Approvals gathered to enter the next stage, when it needs several people."""
+
+    stage: str
+    required: int
+    approved_by: list[str]
 
 
 class StoreStatus(TypedDict):
@@ -64,6 +73,7 @@ class RolloutStatus(TypedDict):
     version: int
     transitions: list[TransitionStatus]
     store: StoreStatus | None
+    approvals: ApprovalStatus | None
 
 
 # datetime's range: every time a state file can hold is inside it.
@@ -87,7 +97,10 @@ def format_duration(seconds: float) -> str:
 def build_status(snapshot: dict[str, Any], transitions: int, store: Any = None) -> RolloutStatus:
     """The status from a manager's snapshot, with the last `transitions` transitions; `store`
     is the manager's shared store, if any."""
-    stage = snapshot["stages"][snapshot["stage_index"]]
+    stages = snapshot["stages"]
+    stage = stages[snapshot["stage_index"]]
+    target = 0 if snapshot["state"] == "aborted" else snapshot["stage_index"] + 1
+    waiting = stages[target] if target < len(stages) else None
     history = snapshot["transitions"][-transitions:] if transitions > 0 else []
     return {
         "current_stage": {
@@ -115,6 +128,13 @@ def build_status(snapshot: dict[str, Any], transitions: int, store: Any = None) 
             }
             for t in history
         ],
+        "approvals": None
+        if waiting is None or waiting.approvals_required < 2
+        else {
+            "stage": waiting.name,
+            "required": waiting.approvals_required,
+            "approved_by": list(snapshot["approvals"]),
+        },
         "store": None
         if snapshot["store"] is None
         else {

@@ -23,7 +23,13 @@ struct RolloutStage {
     double duration_seconds = 0;  // minimum time at this stage
     double max_error_rate = 0;    // in [0, 1]
     bool requires_approval = false;
+    /// Distinct people who must approve entering this stage (more than 1 only with
+    /// requires_approval): four eyes are 2.
+    std::uint32_t approvals_required = 1;
 };
+
+/// The most approvals a stage may ask for.
+inline constexpr std::uint32_t kMaxApprovals = 10;
 
 /// The longest minimum duration a stage may ask for: ten years. Anything longer is a typo, and
 /// every duration must stay printable as a Python timedelta.
@@ -36,7 +42,8 @@ inline constexpr double kMaxStageSeconds = 10 * 365 * 86400.0;
 void validate_stages(const std::vector<RolloutStage>& stages);
 
 /// A stable fingerprint of a stage list ("fnv1a64:" and 16 hex digits), so a state file
-/// written for another list is recognised.
+/// written for another list is recognised. A stage asking for one approval adds nothing to it,
+/// so lists written before approvals could be counted keep their fingerprint.
 std::string stages_fingerprint(const std::vector<RolloutStage>& stages);
 
 /// Throws std::invalid_argument unless `rate` is a number in [0, 1].
@@ -113,6 +120,9 @@ class StagePlan {
     RolloutPosition advanced(const RolloutPosition& position, double now) const;
     /// The previous stage, started at `now`; from the first stage, aborted.
     RolloutPosition rolled_back(const RolloutPosition& position, double now) const;
+    /// The stage a manual advance from `position` enters (the first when aborted); nullopt at
+    /// the final stage.
+    std::optional<std::size_t> advance_target(const RolloutPosition& position) const;
 
   private:
     std::vector<RolloutStage> stages_;

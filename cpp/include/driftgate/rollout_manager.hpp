@@ -32,6 +32,8 @@ enum class DecisionAction {
     AnalysisFailed,      // the error-rate source failed: held
     Conflict,            // nothing moved: the shared state changed underneath, a precondition
                          // on the version failed, or the evaluator lost its lease
+    ApprovalRecorded,    // one more person approved the next stage; it needs more of them
+    AlreadyApproved,     // this person's approval of the next stage is already counted
 };
 
 std::string_view to_string(DecisionAction action) noexcept;
@@ -84,7 +86,8 @@ class RolloutManager {
         std::optional<double> last_error_rate;
         std::vector<Transition> transitions;
         std::optional<std::string> state_path;
-        bool synced = true;  // false until a shared store's state has been read
+        bool synced = true;                  // false until a shared store's state has been read
+        std::vector<std::string> approvals;  // of entering the next stage, so far
     };
 
     /// Resumes from the state file when there is one (StateError when it cannot be used; it is
@@ -108,9 +111,11 @@ class RolloutManager {
     Decision evaluate_counts(std::uint64_t failed, std::uint64_t total);
 
     /// A human's advance: resumes an aborted rollout at the first stage, else enters the next
-    /// stage whether or not it needs approval. With `expected_version`, nothing moves (action
-    /// Conflict) unless the rollout is at that version when the move commits; without it, a
-    /// move that loses its commit to another replica is decided again on the new state.
+    /// stage whether or not it needs approval. A stage that needs several approvals is entered
+    /// by the advance of the last distinct approver; each earlier one is recorded (a version
+    /// of its own, in the history) and a rollback forgets them. With `expected_version`, nothing
+    /// moves (action Conflict) unless the rollout is at that version when the move commits; without
+    /// it, a move that loses its commit to another replica is decided again on the new state.
     Decision manual_advance(std::string_view actor = "manual",
                             std::optional<std::uint64_t> expected_version = std::nullopt);
     /// A human's rollback; from the first stage it aborts. `expected_version` as for advance.
@@ -178,7 +183,10 @@ class RolloutManager {
     void transition_locked(const RolloutPosition& next, std::string_view actor, std::string reason,
                            Mover mover = Mover::Human);
     void persist_and_apply_locked(const RolloutPosition& next, std::string_view actor,
-                                  std::string reason, bool first, Mover mover = Mover::Human);
+                                  std::string reason, bool first, Mover mover = Mover::Human,
+                                  std::vector<std::string> approvals = {});
+    /// An advance by a person, or their approval of it when the next stage needs more.
+    Decision advance_locked(std::string_view actor);
     void publish_locked();
     Decision decision_locked(bool success, DecisionAction action, std::string message,
                              const RolloutPosition& before, std::string_view actor) const;
@@ -196,6 +204,7 @@ class RolloutManager {
     std::uint64_t version_ = 0;
     std::optional<double> last_error_rate_;
     std::vector<Transition> transitions_;
+    std::vector<std::string> approvals_;
     std::optional<StateFile> state_file_;
     bool synced_ = true;  // false while a shared store's state has not been read
 

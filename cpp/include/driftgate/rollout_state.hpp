@@ -43,6 +43,8 @@ struct PersistedRollout {
     RolloutState state = RolloutState::Active;
     std::uint64_t version = 0;
     std::vector<Transition> transitions;  // oldest first, at most kMaxTransitions
+    /// Who approved entering the next stage so far (distinct; fewer than it requires).
+    std::vector<std::string> approvals;
 };
 
 /// The rollout state file: JSON, replaced atomically and durably (temp file in the same folder,
