@@ -345,3 +345,20 @@ def test_a_failing_source_is_announced_once_per_streak(tmp_path):
     notifier.join()
     assert [n.event for n in sink.got] == [Event.ANALYSIS_FAILING] * 2
     notifier.close()
+
+
+def test_outcomes_are_counted_in_the_managers_registry(tmp_path):
+    sink = Collect()
+    notifier = Notifier([sink])
+    registry = driftgate.MetricsRegistry()
+    manager = manager_with(notifier, tmp_path, registry=registry)
+    manager.manual_advance("alice")
+    notifier.publish(manager._notification(manager.manual_advance("bob"), Event.ADVANCED, "x"))
+    notifier.join()
+    text = registry.exposition()
+    assert 'driftgate_notifications_total{event="advanced",outcome="sent",sink="collect"} 2' in text
+    assert (
+        'driftgate_notifications_total{event="advanced",outcome="duplicate",sink="collect"} 1'
+        in text
+    )
+    notifier.close()

@@ -412,6 +412,8 @@ void register_rollout(py::module_& m) {
             "Adopts a stored document if it is newer than what this manager holds.")
         .def("refresh", &RolloutManager::refresh, py::call_guard<py::gil_scoped_release>(),
              "Re-reads the shared store and follows it; returns the version held.")
+        .def("_count_notification", &RolloutManager::count_notification, py::arg("sink"),
+             py::arg("event"), py::arg("outcome"), py::call_guard<py::gil_scoped_release>())
         .def("_note_store", &RolloutManager::note_store, py::arg("up"), py::arg("sync_age_seconds"),
              py::call_guard<py::gil_scoped_release>())
         .def_property_readonly(

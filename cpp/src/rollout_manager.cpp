@@ -4,6 +4,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "driftgate/policy_index.hpp"
 #include "driftgate/statistics.hpp"
 #include "format.hpp"
 
@@ -70,7 +71,8 @@ RolloutManager::RolloutManager(const RolloutConfig& config, Options options)
       advancements_(options_.registry->counter(metrics::kRolloutAdvancements)),
       rollbacks_(options_.registry->counter(metrics::kRolloutRollbacks)),
       analysis_errors_(options_.registry->counter(metrics::kRolloutAnalysisErrors).Add({})),
-      version_gauge_(options_.registry->gauge(metrics::kStateVersion).Add({})) {
+      version_gauge_(options_.registry->gauge(metrics::kStateVersion).Add({})),
+      notifications_(options_.registry->counter(metrics::kNotifications)) {
     if (options_.store && options_.state_path) {
         throw std::invalid_argument("give a RolloutManager a state_path or a store, not both");
     }
@@ -214,6 +216,16 @@ void RolloutManager::note_store(bool up, double sync_age_seconds) {
     if (store_up_gauge_ == nullptr) return;
     store_up_gauge_->Set(up ? 1.0 : 0.0);
     sync_age_gauge_->Set(sync_age_seconds);
+}
+
+void RolloutManager::count_notification(std::string_view sink, std::string_view event,
+                                        std::string_view outcome) {
+    auto label = [](std::string_view value) {
+        return std::string(PolicyIndex::is_valid(value) ? value : "other");
+    };
+    notifications_
+        .Add({{"sink", label(sink)}, {"event", label(event)}, {"outcome", label(outcome)}})
+        .Increment();
 }
 
 bool RolloutManager::synced() const {

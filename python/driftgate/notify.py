@@ -285,9 +285,10 @@ class _LocalClaims:
 class Notifier:
     """Delivers notifications to sinks from a bounded queue in one worker thread.
 
-    `claim` deduplicates across a fleet (default: within this process); `count` is told every
-    outcome: sent, failed (retries exhausted or a final refusal), dropped (queue full),
-    duplicate. `sleep` and `rng` are injectable so tests never wait."""
+    `claim` deduplicates across a fleet (default: within this process). `count` is told
+    every outcome: sent, failed (retries exhausted or a final refusal), dropped (queue full),
+    duplicate; a RolloutManager given a notifier without one counts them in
+    driftgate_notifications_total. `sleep` and `rng` are injectable so tests never wait."""
 
     def __init__(
         self,
@@ -323,7 +324,9 @@ class Notifier:
         self._backoff = backoff
         self._max_backoff = max_backoff
         self._claim = claim or _LocalClaims()
-        self._count = count or (lambda sink, event, outcome: None)
+        #: Told every outcome; a RolloutManager given this notifier without one counts them in
+        #: driftgate_notifications_total.
+        self.count: Count | None = count
         self._stopping = threading.Event()
         self._sleep: Callable[[float], object] = sleep or self._stopping.wait
         self._rng = rng or random.Random()
@@ -344,16 +347,20 @@ class Notifier:
             first = True
         if not first:
             for sink in wanted:
-                self._count(sink.name, notification.event.value, "duplicate")
+                self._counted(sink.name, notification.event.value, "duplicate")
             return False
         try:
             self._queue.put_nowait(notification)
         except queue.Full:
             for sink in wanted:
-                self._count(sink.name, notification.event.value, "dropped")
+                self._counted(sink.name, notification.event.value, "dropped")
             logger.warning("notification queue full: %s dropped", notification.event.value)
             return False
         return True
+
+    def _counted(self, sink: str, event: str, outcome: str) -> None:
+        if self.count is not None:
+            self.count(sink, event, outcome)
 
     def close(self, timeout: float = 5.0) -> None:
         """Sends what is queued (within `timeout`), then stops the worker."""
@@ -386,7 +393,7 @@ class Notifier:
             except SendError as error:
                 if error.final or attempt == self._attempts:
                     logger.warning("notification %s to %s failed: %s", event, sink.name, error)
-                    self._count(sink.name, event, "failed")
+                    self._counted(sink.name, event, "failed")
                     return
                 # Full jitter keeps a fleet of senders from retrying in step.
                 wait = self._rng.uniform(
@@ -397,8 +404,8 @@ class Notifier:
                 self._sleep(wait)
             except Exception as error:  # a sink's bug must not kill the worker
                 logger.warning("notification %s to %s failed (%s)", event, sink.name, error)
-                self._count(sink.name, event, "failed")
+                self._counted(sink.name, event, "failed")
                 return
             else:
-                self._count(sink.name, event, "sent")
+                self._counted(sink.name, event, "sent")
                 return

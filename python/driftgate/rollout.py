@@ -194,6 +194,8 @@ class RolloutManager(_RolloutManager):
         )
         self._store = store
         self.notifier = notifier
+        if notifier is not None and notifier.count is None:
+            notifier.count = self._count_notification
         self.name = name or getattr(store, "key", None) or "rollout"
         if not 1 <= analysis_failures_to_notify <= 1000:
             raise ValueError(

@@ -132,6 +132,10 @@ class RolloutManager {
     /// Publishes the store's health: driftgate_state_store_up and the age of the last
     /// successful contact (driftgate_state_sync_age_seconds).
     void note_store(bool up, double sync_age_seconds);
+    /// Counts one notification outcome in driftgate_notifications_total. Labels that are not
+    /// 1-64 characters of [A-Za-z0-9_.:-] are counted as "other".
+    void count_notification(std::string_view sink, std::string_view event,
+                            std::string_view outcome);
     bool synced() const;
     std::uint64_t version() const;
 
@@ -217,6 +221,7 @@ class RolloutManager {
     prometheus::Family<prometheus::Counter>& rollbacks_;
     prometheus::Counter& analysis_errors_;
     prometheus::Gauge& version_gauge_;
+    prometheus::Family<prometheus::Counter>& notifications_;
     prometheus::Gauge* store_up_gauge_ = nullptr;  // only with a shared store
     prometheus::Gauge* sync_age_gauge_ = nullptr;
 };

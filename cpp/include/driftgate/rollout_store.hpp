@@ -17,6 +17,9 @@ inline constexpr MetricName kStateStoreUp{
 inline constexpr MetricName kStateSyncAge{
     "driftgate_state_sync_age_seconds",
     "Seconds since this process last read the shared rollout state successfully."};
+inline constexpr MetricName kNotifications{
+    "driftgate_notifications_total",
+    "Rollout notifications by sink, event and outcome (sent, failed, dropped, duplicate)."};
 }  // namespace metrics
 
 /// A shared store could not be reached or answered something unusable. Nothing was committed
