@@ -362,3 +362,54 @@ def test_outcomes_are_counted_in_the_managers_registry(tmp_path):
         in text
     )
     notifier.close()
+
+
+def test_three_replicas_on_one_redis_send_each_event_once(tmp_path):
+    import shutil
+    import subprocess
+
+    from servers import free_port, wait_for
+
+    server = shutil.which("redis-server")
+    if server is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    port = free_port()
+    redis_process = subprocess.Popen(
+        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        url = f"redis://127.0.0.1:{port}/0"
+        import redis
+
+        wait_for(lambda: redis.Redis.from_url(url).ping() or None, "redis-server")
+        sink = Collect()
+        managers = []
+        for name in ("a", "b", "c"):
+            store = driftgate.RedisStateStore(url, "checkout", replica=name)
+            notifier = Notifier([sink], claim=store.claim)
+            stages = [RolloutStage("s1", 10, 0, 0.1), RolloutStage("s2", 50, 0, 0.1, True)]
+            managers.append(
+                driftgate.RolloutManager(
+                    RolloutConfig(stages),
+                    clock=ManualClock(1_700_000_000.0),
+                    store=store,
+                    notifier=notifier,
+                )
+            )
+        # Every replica sees the same wait for approval (as evaluators in turn would): one
+        # notification. Then one advance, made on b: one notification.
+        for manager in managers:
+            assert manager.evaluate(0.0).action == driftgate.DecisionAction.WAITING_FOR_APPROVAL
+        assert managers[1].manual_advance("bob").success
+        for manager in managers:
+            manager.notifier.join()
+        assert [(n.event, n.version) for n in sink.got] == [
+            (Event.WAITING_FOR_APPROVAL, 1),
+            (Event.COMPLETED, 2),
+        ]
+        for manager in managers:
+            manager.close()
+    finally:
+        redis_process.kill()
+        redis_process.wait()
