@@ -63,14 +63,19 @@ def _answers(url: str) -> bool | None:
 
 
 @contextmanager
-def demo_service(folder: Path, values: str, token: str | None = None) -> Iterator[str]:
-    """`driftgate serve` with the given values file under uvicorn; yields its base URL."""
+def demo_service(
+    folder: Path, values: str, token: str | None = None, env: dict[str, str] | None = None
+) -> Iterator[str]:
+    """`driftgate serve` with the given values file under uvicorn, `env` added to its
+    environment; yields its base URL."""
+    extra = env or {}
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "values.yaml").write_text(values)
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "DRIFTGATE_ADMIN_TOKEN"}
     if token is not None:
         env["DRIFTGATE_ADMIN_TOKEN"] = token
+    env.update(extra)
     command = [
         *(sys.executable, "-m", "driftgate.cli", "serve"),
         *("--config", str(folder / "values.yaml"), "--state-dir", str(folder / "state")),

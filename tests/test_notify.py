@@ -413,3 +413,68 @@ def test_three_replicas_on_one_redis_send_each_event_once(tmp_path):
     finally:
         redis_process.kill()
         redis_process.wait()
+
+
+def test_the_demo_service_sends_signed_webhooks_named_in_its_values(tmp_path):
+    import httpx
+
+    from servers import demo_service
+
+    receiver = Receiver()
+    values = (
+        "enforce_enabled: true\n"
+        "rollout: {enabled: true, check_interval_seconds: 3600,"
+        " status_url: 'https://ops.example/status'}\n"
+        "notifications:\n"
+        "  - {kind: webhook, url_env: HOOK_URL, secret_env: HOOK_SECRET, events: [advanced]}\n"
+    )
+    with receiving(receiver) as url:
+        env = {"HOOK_URL": url, "HOOK_SECRET": SECRET}
+        with demo_service(tmp_path, values, "t0ken", env) as base:
+            moved = httpx.post(
+                f"{base}/api/guardian/rollout/advance", headers={"Authorization": "Bearer t0ken"}
+            )
+            assert moved.status_code == 200
+            wait_for_requests(receiver, 1)
+            metrics = httpx.get(f"{base}/api/v1/metrics").text
+    [(headers, body)] = receiver.requests
+    assert verify_signature(
+        SECRET, body, headers[TIMESTAMP_HEADER.lower()], headers[SIGNATURE_HEADER.lower()]
+    )
+    sent = json.loads(body)
+    assert (sent["event"], sent["from_stage"], sent["to_stage"]) == (
+        "advanced",
+        "canary",
+        "quarter",
+    )
+    assert (sent["actor"], sent["reason"], sent["version"]) == ("admin-token", "manual", 2)
+    assert sent["status_url"] == "https://ops.example/status"
+    assert 'driftgate_notifications_total{event="advanced",outcome="sent",sink="webhook"} 1' in (
+        metrics
+    )
+
+
+def test_the_demo_service_refuses_notification_variables_that_are_unset(tmp_path):
+    import subprocess
+    import sys
+
+    values = tmp_path / "values.yaml"
+    values.write_text(
+        "rollout: {enabled: true}\nnotifications: [{kind: slack, url_env: NOT_SET_ANYWHERE}]\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "driftgate.cli", "serve", "--config", str(values)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    assert "notifications[0].url_env names NOT_SET_ANYWHERE, which is not set" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def wait_for_requests(receiver: Receiver, count: int) -> None:
+    from servers import wait_for
+
+    wait_for(lambda: len(receiver.requests) >= count or None, "the notification")
