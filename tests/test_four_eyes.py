@@ -29,9 +29,7 @@ def client(manager):
         return x_actor
 
     app = FastAPI()
-    app.include_router(
-        create_router(tracker=driftgate.DriftTracker(), manager=manager, admin=who)
-    )
+    app.include_router(create_router(tracker=driftgate.DriftTracker(), manager=manager, admin=who))
     return TestClient(app)
 
 
