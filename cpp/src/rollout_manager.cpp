@@ -167,6 +167,7 @@ void RolloutManager::start_shared_locked(RolloutPosition start) {
         // refuse moves, until the state can be read (the store's follower keeps trying).
         synced_ = false;
         version_ = 0;
+        unsynced_start_ = start;
         position_ = fresh_start(start);
         publish_locked();
     }
@@ -188,6 +189,21 @@ void RolloutManager::adopt_locked(const PersistedRollout& saved) {
 
 void RolloutManager::refresh_locked() {
     const std::optional<std::string> stored = options_.store->load();
+    if (!stored && !synced_) {
+        // Started while the store was away, and nothing is stored now: like a first start,
+        // this replica stores the fresh rollout unless another one is quicker.
+        synced_ = true;
+        try {
+            persist_and_apply_locked(fresh_start(unsynced_start_), "system", "rollout started",
+                                     true);
+        } catch (const CommitLost&) {
+            // persist_and_apply_locked followed the one stored first.
+        } catch (...) {
+            synced_ = false;
+            throw;
+        }
+        return;
+    }
     if (!stored) {
         throw StateStoreError("no rollout state is stored in " + options_.store->describe() +
                               " any more; nothing was changed");

@@ -273,3 +273,21 @@ TEST_CASE("replicas moving at once commit every transition exactly once", "[stor
     for (auto& replica : replicas) replica->manager->refresh();
     for (auto& replica : replicas) CHECK(replica->manager->version() == versions.size() + 1);
 }
+
+TEST_CASE("a fleet that started while the store was away stores the rollout once", "[store]") {
+    auto store = std::make_shared<MemoryStore>();
+    auto clock = fleet_clock();
+    store->down = true;
+    Replica a(store, clock);
+    Replica b(store, clock);
+    CHECK_FALSE(a.manager->synced());
+    store->down = false;
+    clock->advance(60);
+    CHECK(a.manager->refresh() == 1);
+    CHECK(b.manager->refresh() == 1);
+    CHECK(store->commits == 1);
+    CHECK(a.manager->synced());
+    CHECK(b.enforcer->options().rollout_percent == 10);
+    // The first stage's time counts from when the rollout was stored, not from the outage.
+    CHECK(b.manager->snapshot().position.started_at == clock->wall());
+}

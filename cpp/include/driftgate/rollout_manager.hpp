@@ -126,8 +126,9 @@ class RolloutManager {
     /// holds (or when it holds nothing yet); never goes back to an older version. Returns
     /// whether it adopted it. StateError when the document is not this rollout's.
     bool follow(std::string_view document);
-    /// Re-reads the shared store and follows it; returns the version held afterwards.
-    /// StateStoreError when the store cannot be reached.
+    /// Re-reads the shared store and follows it; returns the version held afterwards. An
+    /// unsynced manager that finds nothing stored stores the fresh rollout, as at a first
+    /// start. StateStoreError when the store cannot be reached.
     std::uint64_t refresh();
     /// Publishes the store's health: driftgate_state_store_up and the age of the last
     /// successful contact (driftgate_state_sync_age_seconds).
@@ -210,7 +211,8 @@ class RolloutManager {
     std::vector<Transition> transitions_;
     std::vector<std::string> approvals_;
     std::optional<StateFile> state_file_;
-    bool synced_ = true;  // false while a shared store's state has not been read
+    bool synced_ = true;              // false while a shared store's state has not been read
+    RolloutPosition unsynced_start_;  // where an unsynced manager starts once it can
 
     prometheus::Family<prometheus::Gauge>& stage_family_;
     prometheus::Family<prometheus::Gauge>& started_at_family_;
