@@ -269,7 +269,8 @@ def test_requests_during_100_reloads_see_one_configuration_or_the_other(tmp_path
                         errors.append(response.text)
                         continue
                     result = response.json()["result"]
-                    assert result["drift"] == result["in_rollout"]
+                    if result["drift"] != result["in_rollout"]:
+                        errors.append(f"{key}: {result}")
                     seen.append((key, result["in_rollout"]))
 
         threads = [threading.Thread(target=ask) for _ in range(3)]
@@ -309,11 +310,13 @@ rollout:
 @pytest.mark.slow
 @pytest.mark.integration
 def test_a_stage_list_the_state_file_was_not_written_for_is_refused(tmp_path):
-    config = ConfigMapFolder(tmp_path / "config", values(0.01) + STAGES % 100)
+    config = ConfigMapFolder(
+        tmp_path / "config", values(0.01, enforce_enabled="true") + STAGES % 100
+    )
     state = tmp_path / "state" / "rollout.json"
     with serve(config.values_file, tmp_path / "state") as service:
         before = state.read_bytes()
-        config.swap(values(0.02) + STAGES % 90)
+        config.swap(values(0.02, enforce_enabled="true") + STAGES % 90)
         service.wait_for_value(RELOADS, 1, outcome="failure")
         assert service.value(SUCCESSFUL) == 0
         assert service.value("adapt_drift_max_ratio") == 0.01  # nothing of the file applied
@@ -326,7 +329,7 @@ def test_a_stage_list_the_state_file_was_not_written_for_is_refused(tmp_path):
         assert "at stage 'canary', index 0" in reason
         assert state.read_bytes() == before
         # Back to the list the state was written for, with a new limit: applied.
-        config.swap(values(0.02) + STAGES % 100)
+        config.swap(values(0.02, enforce_enabled="true") + STAGES % 100)
         service.wait_for_value(SUCCESSFUL, 1)
         assert service.value("adapt_drift_max_ratio") == 0.02
     assert "rollout.stages: changed" in service.log.read_text()

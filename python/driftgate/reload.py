@@ -266,7 +266,10 @@ class LiveSettings:
                     "enforce_rollout_percent: %s is not applied: the rollout sets the percentage",
                     f"{new.enforce.rollout_percent:g}",
                 )
-        if _gate_fields(new.gate) != _gate_fields(old.gate):
+        # The gate's limit is drift_max_ratio, reported under that key.
+        if _gate_fields(new.gate)[:2] + _gate_fields(new.gate)[3:] != (
+            _gate_fields(old.gate)[:2] + _gate_fields(old.gate)[3:]
+        ):
             changed.append("enforce_readiness_gate")
         if new.rollout_min_requests != old.rollout_min_requests:
             changed.append("rollout.min_requests")

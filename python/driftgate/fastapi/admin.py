@@ -1,7 +1,5 @@
 """The configuration reload endpoint: `POST {prefix}/admin/reload`, admin only."""
 
-from __future__ import annotations
-
 from collections.abc import Callable
 from typing import Annotated, Any
 
