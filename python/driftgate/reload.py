@@ -102,7 +102,10 @@ class LiveConfig:
     gate: ReadinessGate
 
 
-# Settings fields that a reload may change; every other field changes only with a restart.
+# Settings fields that a reload may change; every other field changes only with a restart, so
+# a section added to Settings later is refused by a reload until it is listed here and applied
+# in LiveSettings.apply. For notification sinks, say: build the new sinks with the gate (before
+# the commit), carry them in LiveConfig, and let senders read `current.sinks`.
 _LIVE_FIELDS = frozenset(
     {
         "enforce",
