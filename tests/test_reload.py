@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 import driftgate
 from driftgate.reload import ConfigReloader, LiveSettings
 from driftgate.rollout import RolloutManager, run_rollout_monitor
-from driftgate.settings import load_settings, parse_settings
+from driftgate.settings import load_settings
 from servers import free_port, wait_for
 
 TOKEN = "reload-token"
@@ -512,21 +512,21 @@ def test_the_monitor_reads_a_live_check_interval_before_each_wait(tmp_path):
 
 
 def test_the_polling_fallback_reloads_a_changed_file(tmp_path):
-    path, registry, enforcer, _, _, _ = live_service(tmp_path, values(0.01))
-    live = LiveSettings(
-        parse_settings({"drift_max_ratio": 0.01}),
-        tracker=enforcer.tracker,
-        enforcer=enforcer,
-    )
-    reloader = ConfigReloader(path, live.apply, registry=registry, poll_interval=0.02, watch=False)
+    path, registry, enforcer, _, live, _ = live_service(tmp_path, values(0.01))
 
     async def run() -> None:
+        loop = asyncio.get_running_loop()
+        applied = asyncio.Event()
+
+        def apply(settings):  # runs in a worker thread
+            changed = live.apply(settings)
+            loop.call_soon_threadsafe(applied.set)
+            return changed
+
+        reloader = ConfigReloader(path, apply, registry=registry, poll_interval=0.02, watch=False)
         async with reloader.running():
             path.write_text(values(0.03))
-            for _ in range(500):
-                if enforcer.options.drift_max_ratio == 0.03:
-                    return
-                await asyncio.sleep(0.01)
+            await asyncio.wait_for(applied.wait(), 30)
 
     asyncio.run(run())
     assert enforcer.options.drift_max_ratio == 0.03

@@ -45,7 +45,7 @@ from driftgate._core import (
 )
 from driftgate._messages import one_line, shown
 from driftgate.rollout import LocalErrorRate, PrometheusErrorRate, RolloutManager
-from driftgate.settings import MAX_VALUES_BYTES, Settings, SettingsError, load_settings
+from driftgate.settings import MAX_VALUES_BYTES, Settings, load_settings
 
 __all__ = [
     "RELOADS_TOTAL",
@@ -340,7 +340,7 @@ class ConfigReloader:
             self._seen = _digest(self.path)
             try:
                 changed = tuple(self._apply(self._load(self.path)))
-            except (SettingsError, ReloadRefused, ValueError) as error:
+            except ValueError as error:  # SettingsError, ReloadRefused, or the core refusing
                 message = _without_credentials(one_line(str(error)))
                 if isinstance(error, ReloadRefused):
                     message = f"{self.path}: {message}"
