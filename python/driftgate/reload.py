@@ -12,8 +12,9 @@ stays, the log names the key and value at fault, and
 What changes live: `enforce_enabled`, `drift_max_ratio`, `enforce_rollout_percent` (while no
 rollout is configured: a rollout owns the percentage), the readiness gate, `rollout.min_requests`,
 `rollout.prometheus` (the error-rate source) and `rollout.check_interval_seconds` (from the next
-check). Anything else (`rollout.enabled`, `rollout.state_path`, `admin.token_env`, and any key
-a later section adds) changes only with a restart, and a file that changes it is refused. A
+check). Anything else (`rollout.enabled`, `rollout.state_path`, `rollout.store`,
+`notifications`, `admin.token_env`, and any key a later section adds) changes only with a
+restart, and a file that changes it is refused. A
 changed stage list is refused while a rollout runs: its state file is bound to the stage list
 it was written for (see `LiveSettings.apply`).
 """
@@ -104,8 +105,8 @@ class LiveConfig:
 
 # Settings fields that a reload may change; every other field changes only with a restart, so
 # a section added to Settings later is refused by a reload until it is listed here and applied
-# in LiveSettings.apply. For notification sinks, say: build the new sinks with the gate (before
-# the commit), carry them in LiveConfig, and let senders read `current.sinks`.
+# in LiveSettings.apply. Notification sinks are such a field for now: to make them live, build
+# the new Notifier with the gate (before the commit) and hand it to the manager in the commit.
 _LIVE_FIELDS = frozenset(
     {
         "enforce",
@@ -117,7 +118,12 @@ _LIVE_FIELDS = frozenset(
     }
 )
 # The values-file key of a restart-only field, for the refusal's message.
-_KEYS = {"state_path": "rollout.state_path", "admin_token_env": "admin.token_env"}
+_KEYS = {
+    "state_path": "rollout.state_path",
+    "admin_token_env": "admin.token_env",
+    "store": "rollout.store",
+    "status_url": "rollout.status_url",
+}
 
 _CREDENTIALS = re.compile(r"(?<=://)[^/@\s]+@")
 
@@ -248,9 +254,11 @@ class LiveSettings:
             )
         status = self._manager.get_status(transitions=0)
         stage = status["current_stage"]["name"]
+        store = settings.store
+        where = settings.state_path if store is None else f"the shared store (key {store.key})"
         raise ReloadRefused(
             f"rollout.stages: changed ({len(new.stages)} stages, fingerprint {new.fingerprint}), "
-            f"but the rollout state in {settings.state_path} was written for the running list "
+            f"but the rollout state in {where} was written for the running list "
             f"(fingerprint {self._manager.config.fingerprint}, at stage {stage!r}, index "
             f"{status['stage_index']}); the state file is left as it is"
         )
