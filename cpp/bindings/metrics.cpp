@@ -1,4 +1,7 @@
 #include <prometheus/metric_family.h>
+#include <pybind11/stl.h>
+
+#include <map>
 
 #include "bindings.hpp"
 
@@ -79,7 +82,36 @@ void register_metrics(py::module_& m) {
                 }
                 return families_as_python(families);
             },
-            "[(name, help, type, [(sample name, labels, value)])] for every family.");
+            "[(name, help, type, [(sample name, labels, value)])] for every family.")
+        // For the few metrics kept in Python (the configuration reload's): set or count a
+        // series in this registry, so it is exported with the rest. Not for hot paths: each
+        // call looks the family and series up by name.
+        .def(
+            "set_gauge",
+            [](MetricsRegistry& registry, const std::string& name, const std::string& help,
+               double value, const std::map<std::string, std::string>& labels) {
+                registry.gauge(MetricName{name.c_str(), help.c_str()}).Add(labels).Set(value);
+            },
+            py::arg("name"), py::arg("help"), py::arg("value"),
+            py::arg("labels") = std::map<std::string, std::string>{},
+            "Sets a gauge series, creating the family on first use. ValueError for a bad name "
+            "or a name registered as another type.")
+        .def(
+            "increment_counter",
+            [](MetricsRegistry& registry, const std::string& name, const std::string& help,
+               const std::map<std::string, std::string>& labels, double amount) {
+                if (!(amount >= 0)) {
+                    throw py::value_error(
+                        "amount=" + py::repr(py::float_(amount)).cast<std::string>() +
+                        ": expected a number >= 0");
+                }
+                registry.counter(MetricName{name.c_str(), help.c_str()})
+                    .Add(labels)
+                    .Increment(amount);
+            },
+            py::arg("name"), py::arg("help"),
+            py::arg("labels") = std::map<std::string, std::string>{}, py::arg("amount") = 1.0,
+            "Adds `amount` to a counter series (0 creates it), creating the family on first use.");
 
     m.def("default_registry", &MetricsRegistry::default_registry,
           "The process-wide registry that components use when given none.");

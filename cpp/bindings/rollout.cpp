@@ -442,7 +442,18 @@ void register_rollout(py::module_& m) {
                                    py::gil_scoped_release release;
                                    return manager.enforced_percentage();
                                })
-        .def_property_readonly("min_requests", &RolloutManager::min_requests)
+        .def_property(
+            "min_requests",
+            [](const RolloutManager& manager) {
+                py::gil_scoped_release release;
+                return manager.min_requests();
+            },
+            [](RolloutManager& manager, long long value) {
+                const std::uint64_t min_requests = size_arg(value, "min_requests");
+                py::gil_scoped_release release;
+                manager.set_min_requests(min_requests);
+            },
+            "Requests a decision needs before it may advance; settable while the rollout runs.")
         .def_property_readonly("confidence", &RolloutManager::confidence)
         .def_property_readonly("enforcer", &RolloutManager::enforcer)
         .def_property_readonly("registry", &RolloutManager::registry)

@@ -679,6 +679,16 @@ RolloutManager::Snapshot RolloutManager::snapshot() const {
     return out;
 }
 
+std::uint64_t RolloutManager::min_requests() const {
+    std::lock_guard lock(mutex_);
+    return options_.min_requests;
+}
+
+void RolloutManager::set_min_requests(std::uint64_t min_requests) {
+    std::lock_guard lock(mutex_);
+    options_.min_requests = min_requests;
+}
+
 double RolloutManager::enforced_percentage() const {
     std::lock_guard lock(mutex_);
     return synced_ ? plan_->percentage(position_) : 0.0;

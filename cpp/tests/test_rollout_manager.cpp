@@ -209,6 +209,18 @@ TEST_CASE("min_requests holds, but never blocks a rollback", "[rollout]") {
     CHECK(manager.evaluate(0.5, 3).message.find("Rolled back") == 0);
 }
 
+TEST_CASE("a changed min_requests applies from the next decision", "[rollout]") {
+    Fixture f;
+    RolloutManager::Options options;
+    options.min_requests = 100;
+    auto manager = f.make(options);
+    f.clock->advance(25 * kHour);
+    CHECK(manager.evaluate(0.0, 50).action == DecisionAction::InsufficientData);
+    manager.set_min_requests(40);
+    CHECK(manager.min_requests() == 40);
+    CHECK(manager.evaluate(0.0, 50).message.find("Ready but requires approval") == 0);
+}
+
 TEST_CASE("with confidence a few failures cannot roll back", "[rollout]") {
     Fixture f;
     RolloutManager::Options options;

@@ -183,16 +183,16 @@ def _serve(args: argparse.Namespace) -> int:
         from driftgate.demo import create_demo_app
     except ImportError as error:
         raise _fastapi_extra(error) from None
-    if args.state_dir is not None:
-        from dataclasses import replace
-
-        settings = replace(settings, state_path=args.state_dir / settings.state_path.name)
     try:
-        app = create_demo_app(settings)
+        # The service reloads --config while it runs (folder change, SIGHUP, admin endpoint).
+        app = create_demo_app(settings, values_file=args.config, state_dir=args.state_dir)
     except (SettingsError, ValueError) as error:  # e.g. the store's URL variable is unset
         raise CommandError(f"--config {error}") from None
     except OSError as error:  # the state file's folder cannot be made
-        where = error.filename or settings.state_path.parent
+        state_path = settings.state_path
+        if args.state_dir is not None:
+            state_path = args.state_dir / state_path.name
+        where = error.filename or state_path.parent
         raise CommandError(f"rollout.state_path: cannot use {where} ({error.strerror})") from None
     # One worker: the tracker's windows and the rollout state live in this process.
     uvicorn.run(app, host=args.host, port=args.port, workers=1, log_level=args.log_level)

@@ -14,12 +14,14 @@ for the same request unless `_demo_unstable` is set. The service counts it in a 
 (is it new among the last 5000?) and a DeterminismProbe (did this input give another one?).
 """
 
+import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
 import os
 import secrets
-from datetime import timedelta
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -41,8 +43,9 @@ from driftgate.fastapi.auth import bearer_token_admin
 from driftgate.fastapi.router import ErrorBody, json_body, json_body_schema
 from driftgate.notify import Event, Notifier, Sink, SlackSink, WebhookSink
 from driftgate.reasons import ReasonCode
+from driftgate.reload import ConfigReloader, LiveSettings
 from driftgate.rollout import RolloutManager, rollout_lifespan
-from driftgate.settings import Settings, SettingsError, StoreSettings
+from driftgate.settings import Settings, SettingsError, StoreSettings, load_settings
 from driftgate.store import RedisStateStore
 
 logger = logging.getLogger("driftgate.demo")
@@ -142,9 +145,24 @@ def _notifier(settings: Settings, store: RedisStateStore | None) -> Notifier | N
     )
 
 
-def create_demo_app(settings: Settings | None = None) -> FastAPI:
-    """The demo service for `settings` (defaults: shadow only, no gate, no rollout)."""
-    settings = settings or Settings()
+def create_demo_app(
+    settings: Settings | None = None,
+    *,
+    values_file: Path | None = None,
+    state_dir: Path | None = None,
+) -> FastAPI:
+    """The demo service for `settings` (defaults: shadow only, no gate, no rollout).
+
+    With `values_file` (the file `settings` came from), the service reloads it while it runs:
+    on a change of its folder, on SIGHUP and on `POST /api/v1/admin/reload`. `state_dir`
+    replaces the folder of `rollout.state_path`, at start and in every reload."""
+
+    def placed(loaded: Settings) -> Settings:
+        if state_dir is None:
+            return loaded
+        return dataclasses.replace(loaded, state_path=state_dir / loaded.state_path.name)
+
+    settings = placed(settings or Settings())
     registry = MetricsRegistry()
     tracker = DriftTracker(registry=registry)
     enforcer = Enforcer(settings.enforce, tracker)
@@ -173,23 +191,43 @@ def create_demo_app(settings: Settings | None = None) -> FastAPI:
             enforcer.set_options(rollout_percent=0)
             state_problem.append(ReasonCode.STATE_FILE.value)
 
+    # What the values file drives while the service runs; readiness asks its gate in force.
+    live = LiveSettings(settings, tracker=tracker, enforcer=enforcer, manager=manager, gate=gate)
+    reloader = None
+    if values_file is not None:
+        reloader = ConfigReloader(
+            values_file,
+            live.apply,
+            registry=registry,
+            load=lambda path: placed(load_settings(path)),
+        )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with contextlib.AsyncExitStack() as running:
+            if reloader is not None:
+                await running.enter_async_context(reloader.running())
+            if manager is not None:
+                await running.enter_async_context(
+                    rollout_lifespan(manager, live.check_interval)(app)
+                )
+            yield
+
     app = FastAPI(
         title="driftgate demo",
         description="Shadow and enforced verdicts side by side, with drift gating and a "
         "staged rollout.",
-        lifespan=None
-        if manager is None
-        else rollout_lifespan(manager, timedelta(seconds=settings.check_interval_seconds)),
+        lifespan=lifespan,
     )
     token = os.environ.get(settings.admin_token_env) or None
     app.include_router(
         create_router(
             tracker=tracker,
             manager=manager,
-            gate=gate,
             registry=registry,
             admin=bearer_token_admin(token),
-            readiness_checks=[lambda: state_problem[0] if state_problem else None],
+            readiness_checks=[lambda: state_problem[0] if state_problem else None, live.readiness],
+            reload=None if reloader is None else reloader.reload,
         )
     )
 
@@ -232,7 +270,8 @@ def create_demo_app(settings: Settings | None = None) -> FastAPI:
     app.state.driftgate = {
         "tracker": tracker,
         "enforcer": enforcer,
-        "gate": gate,
+        "live": live,  # live.current.gate is the readiness gate in force
+        "reloader": reloader,
         "manager": manager,
         "registry": registry,
         "signatures": signatures,
@@ -242,8 +281,7 @@ def create_demo_app(settings: Settings | None = None) -> FastAPI:
 
 
 def app_from_environment() -> FastAPI:
-    """For uvicorn's --factory: settings from DRIFTGATE_CONFIG (a values file), if set."""
-    from driftgate.settings import load_settings
-
-    path = os.environ.get("DRIFTGATE_CONFIG")
-    return create_demo_app(load_settings(Path(path) if path else None))
+    """For uvicorn's --factory: settings from DRIFTGATE_CONFIG (a values file, reloaded while
+    the service runs), if set."""
+    path = Path(os.environ["DRIFTGATE_CONFIG"]) if os.environ.get("DRIFTGATE_CONFIG") else None
+    return create_demo_app(load_settings(path), values_file=path)

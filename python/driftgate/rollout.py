@@ -407,20 +407,30 @@ def _decision_for(manager: RolloutManager, reading: Any) -> Callable[[], Decisio
     raise ValueError(f"error-rate source returned {type(reading).__name__}")
 
 
+CheckInterval = timedelta | Callable[[], timedelta]
+"""A check interval, or a callable giving the one in force (a live configuration's)."""
+
+
+def _seconds(check_interval: CheckInterval) -> float:
+    interval = check_interval() if callable(check_interval) else check_interval
+    if not (isinstance(interval, timedelta) and interval.total_seconds() > 0):
+        raise ValueError(f"check_interval={interval!r}: expected a positive duration")
+    return interval.total_seconds()
+
+
 async def run_rollout_monitor(
     manager: RolloutManager,
-    check_interval: timedelta = timedelta(minutes=15),
+    check_interval: CheckInterval = timedelta(minutes=15),
     *,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> None:
     """Checks the rollout every `check_interval` until cancelled. Logs each decision, and
-    logs and survives any exception; cancellation ends it cleanly.
+    logs and survives any exception; cancellation ends it cleanly. A callable interval is read
+    before each wait, so a new one applies from the next wait on.
 
     With a shared store the interval is the fleet's: only the replica holding the evaluation
     lease checks, and only when the last check by any replica is `check_interval` old."""
-    interval = check_interval.total_seconds()
-    if not interval > 0:
-        raise ValueError(f"check_interval={check_interval!r}: expected a positive duration")
+    _seconds(check_interval)
     store = manager.store
     claim = getattr(store, "claim_check", None)
     campaign = getattr(store, "campaign", None)
@@ -429,6 +439,7 @@ async def run_rollout_monitor(
         campaign(True)
     try:
         while True:
+            interval = _seconds(check_interval)
             wait = interval
             try:
                 due = 0.0 if claim is None else await asyncio.to_thread(claim, interval)
@@ -461,13 +472,12 @@ async def run_rollout_monitor(
 
 
 def rollout_lifespan(
-    manager: RolloutManager, check_interval: timedelta = timedelta(minutes=15)
+    manager: RolloutManager, check_interval: CheckInterval = timedelta(minutes=15)
 ) -> Callable[[Any], contextlib.AbstractAsyncContextManager[None]]:
     """A FastAPI/Starlette `lifespan=` that runs the monitor while the app runs and cancels it
     on shutdown: ``FastAPI(lifespan=rollout_lifespan(manager))``. It yields no state, so it
     composes with an application's own."""
-    if not check_interval.total_seconds() > 0:
-        raise ValueError(f"check_interval={check_interval!r}: expected a positive duration")
+    _seconds(check_interval)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:

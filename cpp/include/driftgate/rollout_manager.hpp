@@ -149,7 +149,10 @@ class RolloutManager {
     RolloutConfig config() const;
     Snapshot snapshot() const;
     double enforced_percentage() const;
-    std::uint64_t min_requests() const { return options_.min_requests; }
+    std::uint64_t min_requests() const;
+    /// Changes the minimum number of requests a decision needs, from the next decision on (a
+    /// configuration reload).
+    void set_min_requests(std::uint64_t min_requests);
     std::optional<double> confidence() const { return options_.confidence; }
     const std::shared_ptr<Enforcer>& enforcer() const { return options_.enforcer; }
     const std::shared_ptr<MetricsRegistry>& registry() const { return options_.registry; }

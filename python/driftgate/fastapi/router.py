@@ -177,6 +177,7 @@ def create_router(
     readiness_checks: Sequence[ReadinessCheck] = (),
     probe_prefix: str = "/api/v1",
     rollout_prefix: str = "/api/guardian/rollout",
+    reload: Callable[[str], Any] | None = None,
 ) -> APIRouter:
     """The driftgate endpoints as a bare APIRouter.
 
@@ -185,7 +186,8 @@ def create_router(
     neither they refuse every request. `readiness_checks` are extra callables returning a
     reason code while the service must not be ready (e.g. ReasonCode.STATE_FILE), None otherwise.
     `probe_prefix` places healthz, readyz and metrics (`""` serves `/healthz`, `/readyz`,
-    `/metrics`); `rollout_prefix` places status, advance and rollback."""
+    `/metrics`); `rollout_prefix` places status, advance and rollback. With `reload` (e.g.
+    `ConfigReloader.reload`), `POST {probe_prefix}/admin/reload` reloads the configuration."""
     probes = _prefix(probe_prefix, "probe_prefix")
     rollout_path = _prefix(rollout_prefix, "rollout_prefix")
     registry = registry or tracker.registry
@@ -333,4 +335,10 @@ def create_router(
             expected,
         )
 
+    if reload is not None:
+        from driftgate.fastapi.admin import create_admin_router
+
+        router.include_router(
+            create_admin_router(reload=reload, admin=require_admin, prefix=probes)
+        )
     return router

@@ -1,0 +1,445 @@
+"""Live configuration: the values file reloads while the service runs, and a bad one never
+takes effect.
+
+Three things trigger a reload: a change in the values file's folder (Kubernetes updates a
+mounted ConfigMap by swapping the folder's `..data` symlink, so the folder is watched, not the
+file), SIGHUP, and `POST /api/v1/admin/reload`. A reload reads and validates the whole file
+first (`load_settings`, the same strict reading as at start); only a fully valid file is
+applied, in one step as requests see it. A refused file changes nothing: the old configuration
+stays, the log names the key and value at fault, and
+`driftgate_config_last_reload_successful` drops to 0 until a reload succeeds.
+
+What changes live: `enforce_enabled`, `drift_max_ratio`, `enforce_rollout_percent` (while no
+rollout is configured: a rollout owns the percentage), the readiness gate, `rollout.min_requests`,
+`rollout.prometheus` (the error-rate source) and `rollout.check_interval_seconds` (from the next
+check). Anything else (`rollout.enabled`, `rollout.state_path`, `rollout.store`,
+`notifications`, `admin.token_env`, and any key a later section adds) changes only with a
+restart, and a file that changes it is refused. A
+changed stage list is refused while a rollout runs: its state file is bound to the stage list
+it was written for (see `LiveSettings.apply`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import hashlib
+import logging
+import re
+import signal
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from driftgate._core import (
+    DriftTracker,
+    Enforcer,
+    GateConfig,
+    MetricsRegistry,
+    ReadinessGate,
+    RolloutConfig,
+)
+from driftgate._messages import one_line, shown
+from driftgate.rollout import LocalErrorRate, PrometheusErrorRate, RolloutManager
+from driftgate.settings import MAX_VALUES_BYTES, Settings, load_settings
+
+__all__ = [
+    "RELOADS_TOTAL",
+    "RELOAD_SUCCESSFUL",
+    "RELOAD_SUCCESS_TIMESTAMP",
+    "ConfigReloader",
+    "LiveConfig",
+    "LiveSettings",
+    "ReloadRefused",
+    "ReloadResult",
+]
+
+logger = logging.getLogger("driftgate.reload")
+
+RELOAD_SUCCESSFUL = (
+    "driftgate_config_last_reload_successful",
+    "1 when the last configuration reload applied the values file, 0 when it was refused.",
+)
+RELOAD_SUCCESS_TIMESTAMP = (
+    "driftgate_config_last_reload_success_timestamp_seconds",
+    "Unix time of the last configuration load that applied (the start counts as one).",
+)
+RELOADS_TOTAL = (
+    "driftgate_config_reloads_total",
+    "Configuration reloads by outcome (success, failure).",
+)
+
+WATCH_DEBOUNCE_MS = 300
+"""A ConfigMap update is a burst of events (a new timestamped folder, its files, the `..data`
+swap): they are read as one change once the folder has been quiet for a moment."""
+POLL_INTERVAL_SECONDS = 1.0
+"""How often the polling fallback reads the values file when the folder cannot be watched."""
+
+
+class ReloadRefused(ValueError):
+    """A valid values file that cannot be applied to the running service; the message is one
+    line naming the key, the new value and why."""
+
+
+@dataclass(frozen=True)
+class ReloadResult:
+    success: bool
+    message: str
+    changed: tuple[str, ...] = ()
+    trigger: str = "manual"
+
+
+@dataclass(frozen=True)
+class LiveConfig:
+    """What requests read of the configuration, swapped as one reference: the settings in force
+    and the readiness gate built from them."""
+
+    settings: Settings
+    gate: ReadinessGate
+
+
+# Settings fields that a reload may change; every other field changes only with a restart, so
+# a section added to Settings later is refused by a reload until it is listed here and applied
+# in LiveSettings.apply. Notification sinks are such a field for now: to make them live, build
+# the new Notifier with the gate (before the commit) and hand it to the manager in the commit.
+_LIVE_FIELDS = frozenset(
+    {
+        "enforce",
+        "gate",
+        "rollout",
+        "check_interval_seconds",
+        "rollout_min_requests",
+        "error_rate_source",
+    }
+)
+# The values-file key of a restart-only field, for the refusal's message.
+_KEYS = {
+    "state_path": "rollout.state_path",
+    "admin_token_env": "admin.token_env",
+    "store": "rollout.store",
+    "status_url": "rollout.status_url",
+}
+
+_CREDENTIALS = re.compile(r"(?<=://)[^/@\s]+@")
+
+
+def _without_credentials(text: str) -> str:
+    """A message with `user:password@` taken out of any URL in it."""
+    return _CREDENTIALS.sub("***@", text)
+
+
+def _gate_fields(config: GateConfig) -> tuple[Any, ...]:
+    return (
+        config.enabled,
+        config.window,
+        config.max_ratio,
+        config.min_requests,
+        config.reopen_ratio,
+        config.confidence,
+    )
+
+
+def _source_fields(source: PrometheusErrorRate | None) -> tuple[Any, ...] | None:
+    return None if source is None else (source.base_url, source.query, source.timeout)
+
+
+class LiveSettings:
+    """The parts of a service that its values file drives while it runs: the enforcer's options,
+    the readiness gate, and the rollout manager's minimum, error-rate source and check interval.
+
+    `apply` checks a new Settings against the running service and then changes it in one step
+    as requests see it: a decision reads the enforcer's options, which change in one atomic
+    step in the core; readiness reads `current.gate`, one reference swapped with the settings.
+    Thread-safe: applies are serialised, reads take no lock."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        tracker: DriftTracker,
+        enforcer: Enforcer,
+        manager: RolloutManager | None = None,
+        gate: ReadinessGate | None = None,
+    ):
+        self._tracker = tracker
+        self._enforcer = enforcer
+        self._manager = manager
+        self._lock = threading.Lock()
+        self._current = LiveConfig(settings, gate or ReadinessGate(settings.gate, tracker))
+
+    @property
+    def current(self) -> LiveConfig:
+        return self._current
+
+    def readiness(self) -> str | None:
+        """A readiness check for `create_router(readiness_checks=...)`: the gate in force now."""
+        ready, reason = self._current.gate.check()
+        return None if ready else reason
+
+    def check_interval(self) -> timedelta:
+        """The rollout's check interval in force now, for `run_rollout_monitor`."""
+        return timedelta(seconds=self._current.settings.check_interval_seconds)
+
+    def apply(self, new: Settings) -> list[str]:
+        """Makes `new` the configuration in force and returns the keys that changed, or raises
+        ReloadRefused and changes nothing."""
+        with self._lock:
+            old = self._current.settings
+            self._refuse_restart_only(old, new)
+            changed = self._changed_keys(old, new)
+            # Everything that can fail is built before anything changes.
+            gate = self._current.gate
+            if _gate_fields(new.gate) != _gate_fields(old.gate):
+                try:
+                    gate = ReadinessGate(new.gate, self._tracker)
+                except ValueError as error:
+                    raise ReloadRefused(f"enforce_readiness_gate: {one_line(str(error))}") from None
+            options: dict[str, Any] = {
+                "enforce": new.enforce.enforce,
+                "drift_max_ratio": new.enforce.drift_max_ratio,
+            }
+            if new.rollout is None:  # with a rollout configured, the percentage is its own
+                options["rollout_percent"] = new.enforce.rollout_percent
+            # The commit: the enforcer's options in one step of the core, then one reference.
+            self._enforcer.set_options(**options)
+            if self._manager is not None:
+                self._manager.min_requests = new.rollout_min_requests
+                if _source_fields(new.error_rate_source) != _source_fields(old.error_rate_source):
+                    self._manager.error_rate_source = new.error_rate_source or LocalErrorRate(
+                        self._enforcer
+                    )
+            self._current = LiveConfig(new, gate)
+            return changed
+
+    def _refuse_restart_only(self, old: Settings, new: Settings) -> None:
+        if (old.rollout is None) != (new.rollout is None):
+            raise ReloadRefused(
+                f"rollout.enabled: {'true' if new.rollout is not None else 'false'} differs from "
+                "the running service's; it changes only with a restart"
+            )
+        for field in dataclasses.fields(Settings):
+            if field.name in _LIVE_FIELDS:
+                continue
+            before, after = getattr(old, field.name), getattr(new, field.name)
+            if before != after:
+                key = _KEYS.get(field.name, field.name)
+                raise ReloadRefused(
+                    f"{key}: {shown(str(after) if isinstance(after, Path) else after)} differs "
+                    f"from the running {shown(str(before) if isinstance(before, Path) else before)}"
+                    "; it changes only with a restart"
+                )
+        if old.rollout is not None and new.rollout is not None:
+            self._refuse_stage_change(old.rollout, new.rollout, new)
+
+    def _refuse_stage_change(
+        self, old: RolloutConfig, new: RolloutConfig, settings: Settings
+    ) -> None:
+        running = self._manager.config.stages if self._manager is not None else old.stages
+        if list(new.stages) == list(running):
+            return
+        # The state file records the fingerprint of the stage list it was written for, and the
+        # core loads it only into that list: at start as here. Accepting another list now would
+        # leave a file that the next start refuses, so the reload refuses it instead, before
+        # anything is written.
+        if self._manager is None:
+            raise ReloadRefused(
+                f"rollout.stages: changed ({len(new.stages)} stages, fingerprint "
+                f"{new.fingerprint}), but the rollout did not start (its state file "
+                f"{settings.state_path} was refused); a stage list changes only with a restart"
+            )
+        status = self._manager.get_status(transitions=0)
+        stage = status["current_stage"]["name"]
+        store = settings.store
+        where = settings.state_path if store is None else f"the shared store (key {store.key})"
+        raise ReloadRefused(
+            f"rollout.stages: changed ({len(new.stages)} stages, fingerprint {new.fingerprint}), "
+            f"but the rollout state in {where} was written for the running list "
+            f"(fingerprint {self._manager.config.fingerprint}, at stage {stage!r}, index "
+            f"{status['stage_index']}); the state file is left as it is"
+        )
+
+    def _changed_keys(self, old: Settings, new: Settings) -> list[str]:
+        changed = []
+        if new.enforce.enforce != old.enforce.enforce:
+            changed.append("enforce_enabled")
+        if new.enforce.drift_max_ratio != old.enforce.drift_max_ratio:
+            changed.append("drift_max_ratio")
+        if new.enforce.rollout_percent != old.enforce.rollout_percent:
+            if new.rollout is None:
+                changed.append("enforce_rollout_percent")
+            else:
+                logger.info(
+                    "enforce_rollout_percent: %s is not applied: the rollout sets the percentage",
+                    f"{new.enforce.rollout_percent:g}",
+                )
+        # The gate's limit is drift_max_ratio, reported under that key.
+        if _gate_fields(new.gate)[:2] + _gate_fields(new.gate)[3:] != (
+            _gate_fields(old.gate)[:2] + _gate_fields(old.gate)[3:]
+        ):
+            changed.append("enforce_readiness_gate")
+        if new.rollout_min_requests != old.rollout_min_requests:
+            changed.append("rollout.min_requests")
+        if _source_fields(new.error_rate_source) != _source_fields(old.error_rate_source):
+            changed.append("rollout.prometheus")
+        if new.check_interval_seconds != old.check_interval_seconds:
+            changed.append("rollout.check_interval_seconds")
+        return changed
+
+
+def _digest(path: Path) -> str | None:
+    """A digest of the file's content now, or None while it cannot be read."""
+    try:
+        with open(path, "rb") as file:
+            return hashlib.sha256(file.read(MAX_VALUES_BYTES + 1)).hexdigest()
+    except OSError:
+        return None
+
+
+class ConfigReloader:
+    """Reloads a values file into a running service: on `reload()` (SIGHUP and the admin
+    endpoint call it), and, while `running()`, on every change of the file's folder.
+
+    `apply` takes the new Settings, returns the keys it changed, and raises ReloadRefused (or
+    ValueError) to refuse them; `load` reads the file (default `load_settings`, so a reload
+    reads exactly as the start did). The outcome is exported in `registry`. Thread-safe:
+    reloads are serialised."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        apply: Callable[[Settings], Sequence[str]],
+        *,
+        registry: MetricsRegistry,
+        load: Callable[[Path], Settings] = load_settings,
+        wall: Callable[[], float] = time.time,
+        poll_interval: float = POLL_INTERVAL_SECONDS,
+        watch: bool = True,
+    ):
+        if not poll_interval > 0:
+            raise ValueError(f"poll_interval={poll_interval!r}: expected seconds > 0")
+        self.path = Path(path).absolute()
+        self._apply = apply
+        self._load = load
+        self._wall = wall
+        self._registry = registry
+        self._poll_interval = poll_interval
+        self._watch = watch
+        self._lock = threading.Lock()
+        # The content last read: the watcher reloads only when it differs, so the many events
+        # of one ConfigMap update make one reload.
+        self._seen = _digest(self.path)
+        # The service started from this file: that load counts as the first success.
+        self._set(RELOAD_SUCCESSFUL, 1.0)
+        self._set(RELOAD_SUCCESS_TIMESTAMP, self._wall())
+        for outcome in ("success", "failure"):
+            registry.increment_counter(*RELOADS_TOTAL, {"outcome": outcome}, 0.0)
+
+    def _set(self, metric: tuple[str, str], value: float) -> None:
+        self._registry.set_gauge(*metric, value)
+
+    def reload(self, trigger: str = "manual") -> ReloadResult:
+        """Reads, validates and applies the values file now; never raises for a bad file."""
+        with self._lock:
+            self._seen = _digest(self.path)
+            try:
+                changed = tuple(self._apply(self._load(self.path)))
+            except ValueError as error:  # SettingsError, ReloadRefused, or the core refusing
+                message = _without_credentials(one_line(str(error)))
+                if isinstance(error, ReloadRefused):
+                    message = f"{self.path}: {message}"
+                self._registry.increment_counter(*RELOADS_TOTAL, {"outcome": "failure"})
+                self._set(RELOAD_SUCCESSFUL, 0.0)
+                logger.error(
+                    "configuration reload (%s) refused, the running configuration stays: %s",
+                    trigger,
+                    message,
+                )
+                return ReloadResult(False, message, (), trigger)
+            self._registry.increment_counter(*RELOADS_TOTAL, {"outcome": "success"})
+            self._set(RELOAD_SUCCESSFUL, 1.0)
+            self._set(RELOAD_SUCCESS_TIMESTAMP, self._wall())
+            message = f"{self.path}: " + (
+                f"applied ({', '.join(changed)} changed)" if changed else "applied (no change)"
+            )
+            logger.info("configuration reload (%s): %s", trigger, message)
+            return ReloadResult(True, message, changed, trigger)
+
+    def reload_if_changed(self, trigger: str) -> ReloadResult | None:
+        """Reloads when the file's content differs from the content last read."""
+        if _digest(self.path) == self._seen:
+            return None
+        return self.reload(trigger)
+
+    # -- watching ----------------------------------------------------------------------------
+
+    async def watch(self, stop: asyncio.Event) -> None:
+        """Reloads on changes of the file's folder until `stop` is set: with watchfiles when
+        it is installed and the folder can be watched, else by reading the file every
+        `poll_interval` seconds."""
+        if self._watch:
+            try:
+                from watchfiles import awatch
+            except ImportError:
+                logger.warning("watchfiles is not installed: polling %s", self.path)
+            else:
+                try:
+                    async for _ in awatch(
+                        self.path.parent,
+                        watch_filter=None,
+                        stop_event=stop,
+                        debounce=WATCH_DEBOUNCE_MS,
+                        step=50,
+                        recursive=False,
+                    ):
+                        await asyncio.to_thread(self.reload_if_changed, "watch")
+                    return
+                except Exception as error:  # e.g. no inotify watches left, folder gone
+                    logger.warning(
+                        "cannot watch %s (%s): polling instead",
+                        self.path.parent,
+                        one_line(str(error)) or type(error).__name__,
+                    )
+        await self._poll(stop)
+
+    async def _poll(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), self._poll_interval)
+            if not stop.is_set():
+                await asyncio.to_thread(self.reload_if_changed, "poll")
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        """While inside: the folder is watched and SIGHUP reloads (where the event loop runs
+        in the main thread, as under uvicorn)."""
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        pending: set[asyncio.Future[Any]] = set()
+
+        def on_sighup() -> None:
+            future = loop.run_in_executor(None, self.reload, "SIGHUP")
+            pending.add(future)
+            future.add_done_callback(pending.discard)
+
+        sighup = hasattr(signal, "SIGHUP")
+        if sighup:
+            try:
+                loop.add_signal_handler(signal.SIGHUP, on_sighup)
+            except (RuntimeError, ValueError, NotImplementedError):  # not the main thread
+                sighup = False
+        watcher = asyncio.create_task(self.watch(stop))
+        try:
+            yield
+        finally:
+            if sighup:
+                loop.remove_signal_handler(signal.SIGHUP)
+            stop.set()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+            if pending:
+                await asyncio.wait(pending)
