@@ -513,7 +513,19 @@ def test_status_and_advance_against_a_service_that_is_not_driftgate():
 
     with json_server(reply) as url:
         assert_usage_error(run("status", "--url", url), "answered without a rollout status")
+        # An advance reads the rollout's version first, and finds none.
         assert_usage_error(
             run("advance", "--url", url, env={"DRIFTGATE_ADMIN_TOKEN": TOKEN}),
+            "answered without a rollout version",
+        )
+        assert_usage_error(
+            run(
+                "advance",
+                "--url",
+                url,
+                "--expected-version",
+                "1",
+                env={"DRIFTGATE_ADMIN_TOKEN": TOKEN},
+            ),
             "answered without a transition",
         )
