@@ -546,3 +546,41 @@ def test_python_sets_gauges_and_counters_in_the_core_registry(registry):
         registry.set_gauge("not a name", "Bad.", 1)
     with pytest.raises(ValueError, match="amount"):
         registry.increment_counter("x_events_total", "Events.", {"kind": "a"}, -1)
+
+
+def test_notification_sinks_change_live_and_an_unset_variable_refuses_the_file(
+    tmp_path, monkeypatch
+):
+    from driftgate.demo import _notifier
+
+    text = "rollout: {enabled: true, check_interval_seconds: 60}\n"
+    path = tmp_path / "values.yaml"
+    path.write_text(text)
+    settings = load_settings(path)
+    tracker = driftgate.DriftTracker(registry=driftgate.MetricsRegistry())
+    enforcer = driftgate.Enforcer(settings.enforce, tracker)
+    manager = RolloutManager(settings.rollout, enforcer=enforcer, state_path=tmp_path / "r.json")
+    live = LiveSettings(
+        settings,
+        tracker=tracker,
+        enforcer=enforcer,
+        manager=manager,
+        notifier=lambda new: _notifier(new, None),
+    )
+    reloader = ConfigReloader(path, live.apply, registry=driftgate.MetricsRegistry())
+    assert manager.notifier is None
+    monkeypatch.setenv("HOOK_URL", "http://127.0.0.1:9/hook")
+    path.write_text(text + "notifications: [{kind: slack, url_env: HOOK_URL}]\n")
+    result = reloader.reload("test")
+    assert result.success, result.message
+    assert "notifications" in result.changed
+    first = manager.notifier
+    assert first is not None and [s.name for s in first.sinks] == ["slack"]
+    path.write_text(text + "notifications: [{kind: slack, url_env: UNSET_HOOK_URL}]\n")
+    refused = reloader.reload("test")
+    assert not refused.success
+    assert "UNSET_HOOK_URL, which is not set" in refused.message
+    assert manager.notifier is first  # nothing changed
+    path.write_text(text)
+    assert reloader.reload("test").success
+    assert manager.notifier is None

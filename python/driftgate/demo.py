@@ -171,6 +171,7 @@ def create_demo_app(
     determinism = DeterminismProbe(5000, registry=registry)
     manager: RolloutManager | None = None
     state_problem: list[str] = []
+    store: RedisStateStore | None = None
     if settings.rollout is not None:
         store = None if settings.store is None else _redis_store(settings.store)
         if store is None:
@@ -192,7 +193,14 @@ def create_demo_app(
             state_problem.append(ReasonCode.STATE_FILE.value)
 
     # What the values file drives while the service runs; readiness asks its gate in force.
-    live = LiveSettings(settings, tracker=tracker, enforcer=enforcer, manager=manager, gate=gate)
+    live = LiveSettings(
+        settings,
+        tracker=tracker,
+        enforcer=enforcer,
+        manager=manager,
+        gate=gate,
+        notifier=lambda new: _notifier(new, store),
+    )
     reloader = None
     if values_file is not None:
         reloader = ConfigReloader(

@@ -45,6 +45,7 @@ from driftgate._core import (
     RolloutConfig,
 )
 from driftgate._messages import one_line, shown
+from driftgate.notify import Notifier
 from driftgate.rollout import LocalErrorRate, PrometheusErrorRate, RolloutManager
 from driftgate.settings import MAX_VALUES_BYTES, Settings, load_settings
 
@@ -115,6 +116,8 @@ _LIVE_FIELDS = frozenset(
         "check_interval_seconds",
         "rollout_min_requests",
         "error_rate_source",
+        "notifications",
+        "status_url",
     }
 )
 # The values-file key of a restart-only field, for the refusal's message.
@@ -165,7 +168,9 @@ class LiveSettings:
         enforcer: Enforcer,
         manager: RolloutManager | None = None,
         gate: ReadinessGate | None = None,
+        notifier: Callable[[Settings], Notifier | None] | None = None,
     ):
+        self._make_notifier = notifier
         self._tracker = tracker
         self._enforcer = enforcer
         self._manager = manager
@@ -205,6 +210,20 @@ class LiveSettings:
             }
             if new.rollout is None:  # with a rollout configured, the percentage is its own
                 options["rollout_percent"] = new.enforce.rollout_percent
+            notifier_changed = self._manager is not None and (
+                new.notifications != old.notifications or new.status_url != old.status_url
+            )
+            notifier = None
+            if notifier_changed and self._make_notifier is not None:
+                try:  # an unset variable or a bad URL refuses the whole file
+                    notifier = self._make_notifier(new)
+                except ValueError as error:
+                    raise ReloadRefused(one_line(str(error))) from None
+            elif notifier_changed:
+                raise ReloadRefused(
+                    "notifications: this service builds no notifier on reload; it changes only "
+                    "with a restart"
+                )
             # The commit: the enforcer's options in one step of the core, then one reference.
             self._enforcer.set_options(**options)
             if self._manager is not None:
@@ -213,6 +232,13 @@ class LiveSettings:
                     self._manager.error_rate_source = new.error_rate_source or LocalErrorRate(
                         self._enforcer
                     )
+                if notifier_changed:
+                    # The old sinks send what they have queued, then stop.
+                    previous, self._manager.notifier = self._manager.notifier, notifier
+                    if notifier is not None and notifier.count is None:
+                        notifier.count = self._manager._count_notification
+                    if previous is not None:
+                        threading.Thread(target=previous.close, daemon=True).start()
             self._current = LiveConfig(new, gate)
             return changed
 
@@ -288,6 +314,10 @@ class LiveSettings:
             changed.append("rollout.prometheus")
         if new.check_interval_seconds != old.check_interval_seconds:
             changed.append("rollout.check_interval_seconds")
+        if new.notifications != old.notifications:
+            changed.append("notifications")
+        if new.status_url != old.status_url:
+            changed.append("rollout.status_url")
         return changed
 
 
