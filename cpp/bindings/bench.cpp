@@ -21,6 +21,14 @@ py::object noop_record_fast(py::handle self, PyObject* const* args, Py_ssize_t n
     return py::bool_(false);
 }
 
+py::object noop_decide_fast(py::handle self, PyObject* const* args, Py_ssize_t nargs,
+                            PyObject* kwnames) {
+    self_as<Noop>(self);
+    match_arguments<4>("decide_fast", {"policy_id", "key", "shadow", "enforced"}, args, nargs,
+                       kwnames);
+    return py::none();
+}
+
 }  // namespace
 
 // Baselines and native loops for benchmarks/: measured in the same run as the figures they
@@ -43,6 +51,8 @@ void register_bench(py::module_& m) {
     noop.def(py::init<>());
     def_fast<&noop_record_fast>(noop, "record_fast",
                                 "An empty fast method with record's signature and self lookup.");
+    def_fast<&noop_decide_fast>(noop, "decide_fast",
+                                "An empty fast method with Enforcer.decide's signature.");
 
     bench.def(
         "native_record",
