@@ -592,6 +592,26 @@ def render(figures: list[Figure], command: str, seconds: float) -> str:
         "trusting a single odd one.",
         "- That a Python thread keeps running while another is inside `record_batch` is a test, "
         "not a figure: `tests/test_threads.py::test_python_thread_progresses_inside_record_batch`.",
+        "- `decide` figures: an enforcer at 100 % (both callables run), callables that return a "
+        "`Verdict`, one in 64 enforced verdicts a FAIL. `_bench.Noop.decide_fast` is the empty "
+        "method bound the way `decide` is, taking the same four arguments; "
+        "`_bench.Noop.call_both` calls the two callables and does nothing else, so no `decide` "
+        "can be cheaper. Calling two Python functions alone costs several times an empty call, "
+        "which is why the ratio to the empty method cannot reach 2x; the ratio to the floor is "
+        "what the core and the binding add.",
+        "- Metrics figures: a registry with every driftgate family populated (a tracker, an "
+        "enforcer at 50 % deciding four requests per policy, one evaluation raising, a rollout "
+        "manager, a readiness gate, a signature LRU and a determinism probe). The body is what "
+        "`GET /api/v1/metrics` answers by default: the core's families and prometheus_client's "
+        "default registry, parsed once with prometheus_client's parser of that format before "
+        "it is timed. The equivalent prometheus_client registry has the same families and label "
+        "sets, with `_created` series off; the run checks that it writes as many samples. Each "
+        "time is the fastest of several calls in a round; the ratio is the median of the "
+        "rounds' ratios.",
+        "- The gate figure reads the 5m window's global counts the way `GET /api/v1/readyz` "
+        "does, after that many threads each recorded once; the baseline sums one policy's "
+        "window over every shard, which is what every gate check cost before the global sums "
+        "were kept between reads.",
         "",
     ]
     return "\n".join(lines)

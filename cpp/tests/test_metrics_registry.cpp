@@ -118,7 +118,9 @@ TEST_CASE("OpenMetrics keeps every family and sample of the text exposition", "[
     auto registry = std::make_shared<MetricsRegistry>();
     auto clock = std::make_shared<ManualClock>(0.0);
     DriftTracker tracker(driftgate::default_windows(), clock, registry);
-    registry->histogram(driftgate::metrics::kSelectionLatency).Add({}, {0.001, 1.0}).Observe(0.5);
+    registry->histogram(driftgate::metrics::kSelectionLatency)
+        .Add({}, prometheus::Histogram::BucketBoundaries{0.001, 1.0})
+        .Observe(0.5);
     tracker.record("p", Verdict::Ok, Verdict::Fail);
     const std::string text = registry->exposition();
     const std::string open = registry->exposition(driftgate::ExpositionFormat::kOpenMetrics);
