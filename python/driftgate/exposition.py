@@ -13,7 +13,7 @@ import logging
 import math
 from collections.abc import Iterable, Iterator
 
-from prometheus_client import REGISTRY, CollectorRegistry, Metric
+from prometheus_client import REGISTRY, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS_TYPE
 from prometheus_client.registry import Collector
@@ -55,11 +55,11 @@ def _bound(upper: float) -> str:
     return "+Inf" if math.isinf(upper) else repr(float(upper))
 
 
-class _DefaultWithout(CollectorRegistry):
-    """prometheus_client's default registry without the families the core exposes itself."""
+class _DefaultWithout(Collector):
+    """prometheus_client's default registry without the families the core exposes itself;
+    the encoders need only `collect()`, so no registry of its own is built per scrape."""
 
     def __init__(self, core_names: Iterable[str]):
-        super().__init__(auto_describe=False)
         # prometheus_client names counters without `_total`; compare both spellings.
         self._taken = {n for name in core_names for n in (name, name.removesuffix("_total"))}
 
