@@ -8,24 +8,48 @@ run, on this machine; the results go to docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
+import math
 import os
 import platform
 import random
 import statistics
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import prometheus_client
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.openmetrics import exposition as openmetrics
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_om
+from prometheus_client.parser import text_string_to_metric_families as parse_text
 
 import driftgate
-from driftgate import DriftTracker, ManualClock, MetricsRegistry, SignatureLRU, Verdict
+from driftgate import (
+    DeterminismProbe,
+    DriftTracker,
+    EnforceOptions,
+    Enforcer,
+    GateConfig,
+    ManualClock,
+    MetricsRegistry,
+    ReadinessGate,
+    RolloutConfig,
+    RolloutManager,
+    SignatureLRU,
+    Verdict,
+)
 from driftgate._core import _bench
+from driftgate.exposition import render as render_metrics
 from python_baselines import CachetoolsLRU, OrderedDictLRU, PyDriftTracker
 from report import write_section
+
+OPENMETRICS_ACCEPT = "application/openmetrics-text; version=1.0.0"
 
 
 @dataclass(frozen=True)
@@ -40,11 +64,14 @@ class Sizes:
     native_repeats: int
     batch_pairs: int
     memory_records: int
+    policies: tuple[int, ...]  # registries the metrics exposition is measured on
+    scrapes: int  # core exposition calls per round; prometheus_client gets a tenth
+    writer_threads: int  # shards the readiness gate reads across
 
 
-FULL = Sizes(200, 7, 16_000, 10, 10_000_000, 5, 10_000_000, 10_000_000)
-QUICK = Sizes(20, 3, 16_000, 2, 2_000_000, 3, 10_000_000, 2_000_000)
-SMOKE = Sizes(1, 1, 200, 1, 20_000, 1, 100_000, 20_000)
+FULL = Sizes(200, 7, 16_000, 10, 10_000_000, 5, 10_000_000, 10_000_000, (256, 2048), 20, 40)
+QUICK = Sizes(20, 3, 16_000, 2, 2_000_000, 3, 10_000_000, 2_000_000, (256, 2048), 10, 40)
+SMOKE = Sizes(1, 1, 200, 1, 20_000, 1, 100_000, 20_000, (8,), 1, 4)
 
 
 @dataclass
@@ -77,6 +104,12 @@ def per_call(fn: Callable[..., object], args_list: list[tuple], loops: int) -> f
             for _ in range(loops):
                 for a, b, c in args_list:
                     fn(a, b, c)
+    elif arity == 4:
+
+        def run() -> None:
+            for _ in range(loops):
+                for a, b, c, d in args_list:
+                    fn(a, b, c, d)
     else:
         raise ValueError(f"no loop for {arity} arguments")
     gc.disable()
@@ -134,6 +167,222 @@ def bench_record(sizes: Sizes) -> list[Figure]:
             python / native >= 15,
         ),
     ]
+
+
+def bench_decide(sizes: Sizes) -> list[Figure]:
+    registry = MetricsRegistry()
+    tracker = DriftTracker(registry=registry)
+    # Everyone in the cohort: both callables run on every decision.
+    enforcer = Enforcer(EnforceOptions(enforce=True, rollout_percent=100), tracker)
+
+    def ok() -> Verdict:
+        return Verdict.OK
+
+    def fail() -> Verdict:
+        return Verdict.FAIL
+
+    callables = [
+        (f"policy-{i % 8}", f"key-{i}", ok, fail if i % 64 == 0 else ok) for i in range(1024)
+    ]
+    verdicts = [(p, k, Verdict.OK, Verdict.OK) for p, k, _, _ in callables]
+    loops, repeats = sizes.record_loops, sizes.repeats
+    noop = _bench.Noop()
+    # Back to back in every round, like the LRU figures: the ratio is the median of the rounds.
+    rounds = [
+        (
+            per_call(enforcer.decide, callables, loops),
+            per_call(noop.decide_fast, callables, loops),
+            per_call(noop.call_both, callables, loops),
+            per_call(enforcer.decide, verdicts, loops),
+        )
+        for _ in range(repeats)
+    ]
+    decide, empty, floor, plain = (min(r[i] for r in rounds) for i in range(4))
+    vs_empty = statistics.median(r[0] / r[1] for r in rounds)
+    vs_floor = statistics.median(r[0] / r[2] for r in rounds)
+    plain_vs_empty = statistics.median(r[3] / r[1] for r in rounds)
+    return [
+        Figure(
+            "`Enforcer.decide` with two callables, both evaluated (in the cohort) / empty method "
+            f"bound the same way taking the same four arguments (median of {repeats} rounds)",
+            f"{decide * 1e9:.0f} ns / {empty * 1e9:.0f} ns; ratio {vs_empty:.2f}x",
+            "<= 2.0x",
+            vs_empty <= 2.0,
+        ),
+        Figure(
+            "`Enforcer.decide` with two callables / a method bound the same way that only calls "
+            "the two callables (the floor of any decide)",
+            f"{decide * 1e9:.0f} ns / {floor * 1e9:.0f} ns; ratio {vs_floor:.2f}x",
+            "(for reference)",
+            True,
+        ),
+        Figure(
+            "`Enforcer.decide` with two verdicts (no callables) / the same empty method",
+            f"{plain * 1e9:.0f} ns / {empty * 1e9:.0f} ns; ratio {plain_vs_empty:.2f}x",
+            "(for reference)",
+            True,
+        ),
+    ]
+
+
+def bench_gate(sizes: Sizes) -> list[Figure]:
+    clock = ManualClock(1_700_000_000.0)
+    tracker = DriftTracker(clock=clock, registry=MetricsRegistry())
+    gate = ReadinessGate(GateConfig(enabled=True, min_requests=1), tracker)
+    # One shard per writer thread, as a serving threadpool leaves them.
+    for i in range(sizes.writer_threads):
+        thread = threading.Thread(target=tracker.record, args=(f"policy-{i % 8}", "ok", "ok"))
+        thread.start()
+        thread.join()
+    loops = max(1, sizes.record_loops // 10)
+    one = [(None,)] * 1024
+
+    def check(_: object) -> None:
+        gate.check()
+
+    def summed(_: object) -> None:
+        tracker.counts("5m", "policy-0")  # one policy's window: summed over every shard
+
+    rounds = [
+        (per_call(check, one, loops), per_call(summed, one, loops)) for _ in range(sizes.repeats)
+    ]
+    cached = min(r[0] for r in rounds)
+    full = min(r[1] for r in rounds)
+    return [
+        Figure(
+            f"`ReadinessGate.check()` across {sizes.writer_threads} writer threads' shards, "
+            "nothing recorded since the last check / one window summed over every shard",
+            f"{cached * 1e9:.0f} ns / {full * 1e9:.0f} ns",
+            "(for reference)",
+            True,
+        )
+    ]
+
+
+def populated_registry(policies: int) -> tuple[MetricsRegistry, list[object]]:
+    """A registry with every driftgate family populated and `policies` policies decided; the
+    objects that keep its families alive come with it."""
+    registry = MetricsRegistry()
+    clock = ManualClock(1_700_000_000.0)
+    tracker = DriftTracker(clock=clock, registry=registry, max_policies=policies)
+    enforcer = Enforcer(EnforceOptions(enforce=True, rollout_percent=50), tracker)
+    manager = RolloutManager(
+        RolloutConfig.default(), enforcer=enforcer, registry=registry, clock=clock
+    )
+    gate = ReadinessGate(GateConfig(enabled=True), tracker)
+    gate.check()
+    lru = SignatureLRU(registry=registry)
+    probe = DeterminismProbe(registry=registry)
+
+    def raises() -> Verdict:
+        raise RuntimeError("evaluation failed")
+
+    for i in range(policies):
+        policy = f"policy-{i:04d}"
+        for j, enforced in enumerate(("fail", raises, "ok", "ok")):
+            enforcer.decide(policy, f"{policy}-{j}", "ok", enforced)
+        lru.is_new(f"sig-{i}")
+        probe.observe(f"input-{i % 64}", f"sig-{i}")
+    return registry, [tracker, enforcer, manager, gate, lru, probe]
+
+
+def prometheus_client_equivalent(core: MetricsRegistry) -> CollectorRegistry:
+    """prometheus_client metrics with the core's families and label sets (values aside)."""
+    prometheus_client.disable_created_metrics()  # the core exports no _created series
+    out = CollectorRegistry(auto_describe=False)
+
+    def child(metric, labels):
+        return metric.labels(**labels) if labels else metric
+
+    for name, help_text, kind, samples in core.collect():
+        labelled = [{k: v for k, v in labels.items() if k != "le"} for _, labels, _ in samples]
+        label_names = list(dict.fromkeys(k for labels in labelled for k in labels))
+        if kind == "counter":
+            counter = Counter(name.removesuffix("_total"), help_text, label_names, registry=out)
+            for labels, (_, _, value) in zip(labelled, samples, strict=True):
+                child(counter, labels).inc(value)
+        elif kind == "gauge":
+            gauge = Gauge(name, help_text, label_names, registry=out)
+            for labels, (_, _, value) in zip(labelled, samples, strict=True):
+                child(gauge, labels).set(value)
+        elif kind == "histogram":
+            bounds = sorted({labels["le"] for _, labels, _ in samples if "le" in labels})
+            histogram = Histogram(name, help_text, label_names, buckets=bounds, registry=out)
+            for labels in labelled:
+                child(histogram, labels)
+        else:
+            raise AssertionError(f"no prometheus_client equivalent for {kind} family {name}")
+    return out
+
+
+def _samples(body: bytes) -> int:
+    return sum(1 for line in body.splitlines() if line and not line.startswith(b"#"))
+
+
+def fastest_call(fn: Callable[[], object], calls: int) -> float:
+    """Seconds of the fastest of `calls` calls, with the garbage collector paused."""
+    gc.disable()
+    try:
+        best = math.inf
+        for _ in range(calls):
+            start = time.perf_counter()
+            fn()
+            best = min(best, time.perf_counter() - start)
+        return best
+    finally:
+        gc.enable()
+
+
+def bench_exposition(sizes: Sizes) -> list[Figure]:
+    figures = []
+    formats = {
+        "text": (None, prometheus_client.generate_latest, parse_text),
+        "OpenMetrics": (OPENMETRICS_ACCEPT, openmetrics.generate_latest, parse_om),
+    }
+    for policies in sizes.policies:
+        registry, _alive = populated_registry(policies)
+        equivalent = prometheus_client_equivalent(registry)
+        core_series = _samples(registry.exposition_bytes())
+        if _samples(prometheus_client.generate_latest(equivalent)) != core_series:
+            raise AssertionError("the prometheus_client registry is not equivalent to the core's")
+        for name, (accept, encode, parse) in formats.items():
+            body, _ = render_metrics(registry, accept)
+            families = {family.name for family in parse(body.decode())}  # one valid exposition
+            if "adapt_requests" not in families or "python_info" not in families:
+                raise AssertionError(f"the {name} body lacks core or default families")
+
+            calls = sizes.scrapes if policies <= 256 else max(1, sizes.scrapes // 4)
+            rounds = [
+                (
+                    fastest_call(functools.partial(render_metrics, registry, accept), calls),
+                    fastest_call(registry.exposition_bytes, calls),
+                    fastest_call(functools.partial(encode, equivalent), max(1, calls // 10)),
+                )
+                for _ in range(sizes.repeats)
+            ]
+            body_s, core_s, client_s = (min(r[i] for r in rounds) for i in range(3))
+            vs_core = statistics.median(r[0] / r[1] for r in rounds)
+            vs_client = statistics.median(r[0] / r[2] for r in rounds)
+            what = (
+                f"`/api/v1/metrics` body, {name}, {policies} policies ({core_series} core "
+                "series, prometheus_client's default registry included)"
+            )
+            figures += [
+                Figure(
+                    f"{what} / the core's own text exposition of the same registry (median of "
+                    f"{sizes.repeats} rounds)",
+                    f"{body_s * 1e3:.2f} ms / {core_s * 1e3:.2f} ms; ratio {vs_core:.2f}x",
+                    "<= 1.5x",
+                    vs_core <= 1.5,
+                ),
+                Figure(
+                    f"{what} / prometheus_client's `generate_latest` over an equivalent registry",
+                    f"{body_s * 1e3:.2f} ms / {client_s * 1e3:.2f} ms; ratio {vs_client:.3f}x",
+                    "<= 0.15x",
+                    vs_client <= 0.15,
+                ),
+            ]
+    return figures
 
 
 def bench_lru(sizes: Sizes) -> list[Figure]:
@@ -343,6 +592,26 @@ def render(figures: list[Figure], command: str, seconds: float) -> str:
         "trusting a single odd one.",
         "- That a Python thread keeps running while another is inside `record_batch` is a test, "
         "not a figure: `tests/test_threads.py::test_python_thread_progresses_inside_record_batch`.",
+        "- `decide` figures: an enforcer at 100 % (both callables run), callables that return a "
+        "`Verdict`, one in 64 enforced verdicts a FAIL. `_bench.Noop.decide_fast` is the empty "
+        "method bound the way `decide` is, taking the same four arguments; "
+        "`_bench.Noop.call_both` calls the two callables and does nothing else, so no `decide` "
+        "can be cheaper. Calling two Python functions alone costs several times an empty call, "
+        "which is why the ratio to the empty method cannot reach 2x; the ratio to the floor is "
+        "what the core and the binding add.",
+        "- Metrics figures: a registry with every driftgate family populated (a tracker, an "
+        "enforcer at 50 % deciding four requests per policy, one evaluation raising, a rollout "
+        "manager, a readiness gate, a signature LRU and a determinism probe). The body is what "
+        "`GET /api/v1/metrics` answers by default: the core's families and prometheus_client's "
+        "default registry, parsed once with prometheus_client's parser of that format before "
+        "it is timed. The equivalent prometheus_client registry has the same families and label "
+        "sets, with `_created` series off; the run checks that it writes as many samples. Each "
+        "time is the fastest of several calls in a round; the ratio is the median of the "
+        "rounds' ratios.",
+        "- The gate figure reads the 5m window's global counts the way `GET /api/v1/readyz` "
+        "does, after that many threads each recorded once; the baseline sums one policy's "
+        "window over every shard, which is what every gate check cost before the global sums "
+        "were kept between reads.",
         "",
     ]
     return "\n".join(lines)
@@ -365,7 +634,16 @@ def main() -> int:
 
     started = time.perf_counter()
     figures: list[Figure] = []
-    for bench in (bench_record, bench_lru, bench_native, bench_batch, bench_memory):
+    for bench in (
+        bench_record,
+        bench_decide,
+        bench_lru,
+        bench_native,
+        bench_batch,
+        bench_memory,
+        bench_gate,
+        bench_exposition,
+    ):
         got = bench(sizes)
         for figure in got:
             verdict = "ok  " if figure.passed else "MISS"

@@ -259,7 +259,7 @@ def test_verify_with_and_without_drift(tmp_path):
         assert drifted.json()["verdict"] == "fail"
     assert client.get("/api/v1/readyz").json() == {"status": "not_ready", "reason": "DRIFT_GATE"}
     assert (
-        'adapt_drift_events_total{policy_id="lksg.v1"} 10.0' in client.get("/api/v1/metrics").text
+        'adapt_drift_events_total{policy_id="lksg.v1"} 10\n' in client.get("/api/v1/metrics").text
     )
 
 

@@ -21,6 +21,27 @@ py::object noop_record_fast(py::handle self, PyObject* const* args, Py_ssize_t n
     return py::bool_(false);
 }
 
+py::object noop_decide_fast(py::handle self, PyObject* const* args, Py_ssize_t nargs,
+                            PyObject* kwnames) {
+    self_as<Noop>(self);
+    match_arguments<4>("decide_fast", {"policy_id", "key", "shadow", "enforced"}, args, nargs,
+                       kwnames);
+    return py::none();
+}
+
+py::object noop_call_both(py::handle self, PyObject* const* args, Py_ssize_t nargs,
+                          PyObject* kwnames) {
+    self_as<Noop>(self);
+    const auto arguments = match_arguments<4>(
+        "call_both", {"policy_id", "key", "shadow", "enforced"}, args, nargs, kwnames);
+    for (PyObject* callable : {arguments[2], arguments[3]}) {
+        PyObject* result = PyObject_CallNoArgs(callable);
+        if (result == nullptr) throw py::error_already_set();
+        Py_DECREF(result);
+    }
+    return py::none();
+}
+
 }  // namespace
 
 // Baselines and native loops for benchmarks/: measured in the same run as the figures they
@@ -43,6 +64,11 @@ void register_bench(py::module_& m) {
     noop.def(py::init<>());
     def_fast<&noop_record_fast>(noop, "record_fast",
                                 "An empty fast method with record's signature and self lookup.");
+    def_fast<&noop_decide_fast>(noop, "decide_fast",
+                                "An empty fast method with Enforcer.decide's signature.");
+    def_fast<&noop_call_both>(noop, "call_both",
+                              "A fast method with Enforcer.decide's signature that calls its "
+                              "two verdict callables and nothing else.");
 
     bench.def(
         "native_record",

@@ -1,8 +1,11 @@
 #include <pybind11/stl.h>
 
+#include <array>
+
 #include "bindings.hpp"
 #include "driftgate/enforcer.hpp"
 #include "driftgate/sampling.hpp"
+#include "fast_method.hpp"
 
 namespace driftgate::bindings {
 
@@ -19,15 +22,64 @@ VerdictSource verdict_source(py::handle value, const char* argument) {
                               "; expected a Verdict, 'ok'/'warn'/'fail', or a callable "
                               "returning one");
     }
-    return Evaluator(
-        [callable = py::reinterpret_borrow<py::object>(value)]() -> std::optional<Verdict> {
-            try {
-                return try_verdict(callable());
-            } catch (py::error_already_set& error) {
-                if (error.matches(PyExc_Exception)) return std::nullopt;
-                throw;
+    // The callable is borrowed: decide() evaluates it before it returns, while the caller's
+    // arguments still hold it. Called through vectorcall, without an argument tuple.
+    return Evaluator([callable = value.ptr()]() -> std::optional<Verdict> {
+        PyObject* result = PyObject_CallNoArgs(callable);
+        if (result == nullptr) {
+            if (!PyErr_ExceptionMatches(PyExc_Exception)) throw py::error_already_set();
+            PyErr_Clear();
+            return std::nullopt;
+        }
+        const std::optional<Verdict> verdict = try_verdict(result);
+        Py_DECREF(result);
+        return verdict;
+    });
+}
+
+/// VerdictPair is immutable and has 18 possible values (drift follows from the verdicts), so
+/// decide() answers with one made up front instead of allocating an instance per call.
+class VerdictPairs {
+  public:
+    VerdictPairs() {
+        for (std::size_t shadow = 0; shadow < kVerdicts; ++shadow) {
+            for (std::size_t enforced = 0; enforced < kVerdicts; ++enforced) {
+                for (std::size_t in_rollout = 0; in_rollout < 2; ++in_rollout) {
+                    VerdictPair pair{static_cast<Verdict>(shadow), static_cast<Verdict>(enforced),
+                                     in_rollout == 1, shadow != enforced};
+                    // Kept for the life of the process, like the type itself.
+                    pairs_[index(pair)] = py::cast(pair).release().ptr();
+                }
             }
-        });
+        }
+    }
+
+    py::object of(const VerdictPair& pair) const {
+        return py::reinterpret_borrow<py::object>(pairs_[index(pair)]);
+    }
+
+  private:
+    static constexpr std::size_t kVerdicts = 3;
+    static std::size_t index(const VerdictPair& pair) {
+        return (static_cast<std::size_t>(pair.shadow) * kVerdicts +
+                static_cast<std::size_t>(pair.enforced)) *
+                   2 +
+               (pair.in_rollout ? 1 : 0);
+    }
+    std::array<PyObject*, kVerdicts * kVerdicts * 2> pairs_{};
+};
+
+const VerdictPairs* verdict_pairs = nullptr;
+
+py::object decide_fast(py::handle self, PyObject* const* args, Py_ssize_t nargs,
+                       PyObject* kwnames) {
+    Enforcer& enforcer = self_as<Enforcer>(self);
+    const auto [policy_id, key, shadow, enforced] = match_arguments<4>(
+        "decide", {"policy_id", "key", "shadow", "enforced"}, args, nargs, kwnames);
+    const std::string_view policy = text_arg(policy_id, "policy_id", false);
+    const std::string_view key_text = text_arg(key, "key");
+    return verdict_pairs->of(enforcer.decide(policy, key_text, verdict_source(shadow, "shadow"),
+                                             verdict_source(enforced, "enforced")));
 }
 
 EnforceOptions make_options(bool enforce, double rollout_percent, double drift_max_ratio) {
@@ -70,7 +122,8 @@ void register_enforcer(py::module_& m) {
                    py::repr(py::float_(o.drift_max_ratio)).cast<std::string>() + ")";
         });
 
-    py::class_<VerdictPair>(m, "VerdictPair", "The two verdicts of one decision.")
+    py::class_<VerdictPair> verdict_pair(m, "VerdictPair", "The two verdicts of one decision.");
+    verdict_pair
         .def_property_readonly("shadow",
                                [](const VerdictPair& p) { return verdict_object(p.shadow); })
         .def_property_readonly("enforced",
@@ -83,11 +136,17 @@ void register_enforcer(py::module_& m) {
                    ", in_rollout=" + (p.in_rollout ? "True" : "False") +
                    ", drift=" + (p.drift ? "True" : "False") + ")";
         });
+    verdict_pairs = new VerdictPairs();
 
-    py::class_<Enforcer, std::shared_ptr<Enforcer>>(
+    py::class_<Enforcer, std::shared_ptr<Enforcer>> enforcer_class(
         m, "Enforcer",
         "Puts a stable, hash-chosen share of keys in the enforced cohort and records every "
-        "decision. Thread-safe; options change atomically.")
+        "decision. Thread-safe; options change atomically.");
+    def_fast<&decide_fast>(enforcer_class, "decide",
+                           "decide(policy_id, key, shadow, enforced) -> VerdictPair\n\nDecides "
+                           "one request: shadow and enforced are verdicts or zero-argument "
+                           "callables.");
+    enforcer_class
         .def(py::init([](EnforceOptions options, std::shared_ptr<DriftTracker> tracker,
                          std::shared_ptr<MetricsRegistry> registry, std::uint32_t seed) {
                  return std::make_shared<Enforcer>(options, std::move(tracker), std::move(registry),
@@ -101,17 +160,6 @@ void register_enforcer(py::module_& m) {
                 return enforcer.in_rollout(text_arg(key, "key"));
             },
             py::arg("key"), "Whether the key (str or UTF-8 bytes) is in the enforced cohort.")
-        .def(
-            "decide",
-            [](Enforcer& enforcer, py::handle policy_id, py::handle key, py::handle shadow,
-               py::handle enforced) {
-                const std::string_view policy = text_arg(policy_id, "policy_id", false);
-                const std::string_view key_text = text_arg(key, "key");
-                return enforcer.decide(policy, key_text, verdict_source(shadow, "shadow"),
-                                       verdict_source(enforced, "enforced"));
-            },
-            py::arg("policy_id"), py::arg("key"), py::arg("shadow"), py::arg("enforced"),
-            "Decides one request: shadow and enforced are verdicts or zero-argument callables.")
         .def_property_readonly("options", &Enforcer::options)
         .def(
             "set_options",

@@ -64,14 +64,40 @@ py::list families_as_python(const std::vector<prometheus::MetricFamily>& familie
     return out;
 }
 
+ExpositionFormat format_of(bool openmetrics) {
+    return openmetrics ? ExpositionFormat::kOpenMetrics : ExpositionFormat::kText;
+}
+
 }  // namespace
 
 void register_metrics(py::module_& m) {
     py::class_<MetricsRegistry, std::shared_ptr<MetricsRegistry>>(
         m, "MetricsRegistry", "A prometheus-cpp registry with Prometheus text exposition.")
         .def(py::init<>())
-        .def("exposition", &MetricsRegistry::exposition, py::call_guard<py::gil_scoped_release>(),
-             "Everything registered, in the Prometheus text format 0.0.4.")
+        .def(
+            "exposition",
+            [](const MetricsRegistry& registry, bool openmetrics) {
+                py::gil_scoped_release release;
+                return registry.exposition(format_of(openmetrics));
+            },
+            py::arg("openmetrics") = false,
+            "Everything registered, in the Prometheus text format 0.0.4, or OpenMetrics 1.0.0 "
+            "(ending in '# EOF') with openmetrics=True.")
+        .def(
+            "exposition_bytes",
+            [](const MetricsRegistry& registry, bool openmetrics) {
+                std::string text;
+                {
+                    py::gil_scoped_release release;
+                    text = registry.exposition(format_of(openmetrics));
+                }
+                // UTF-8 as written: an HTTP body needs no str in between.
+                return py::bytes(text);
+            },
+            py::arg("openmetrics") = false,
+            "exposition() as UTF-8 bytes, ready to be an HTTP body.")
+        .def("family_names", &MetricsRegistry::family_names,
+             "The name of every family the registry can expose (counters with their _total).")
         .def(
             "collect",
             [](const MetricsRegistry& registry) {

@@ -3,6 +3,8 @@
 #include <prometheus/text_serializer.h>
 
 #include <map>
+#include <string_view>
+#include <unordered_map>
 
 namespace driftgate {
 
@@ -13,15 +15,23 @@ std::shared_ptr<MetricsRegistry> MetricsRegistry::default_registry() {
     return registry;
 }
 
+void MetricsRegistry::add_name(const char* name) {
+    std::lock_guard lock(names_mutex_);
+    names_.emplace(name);
+}
+
 prometheus::Family<prometheus::Counter>& MetricsRegistry::counter(const MetricName& metric) {
+    add_name(metric.name);
     return prometheus::BuildCounter().Name(metric.name).Help(metric.help).Register(*registry_);
 }
 
 prometheus::Family<prometheus::Gauge>& MetricsRegistry::gauge(const MetricName& metric) {
+    add_name(metric.name);
     return prometheus::BuildGauge().Name(metric.name).Help(metric.help).Register(*registry_);
 }
 
 prometheus::Family<prometheus::Histogram>& MetricsRegistry::histogram(const MetricName& metric) {
+    add_name(metric.name);
     return prometheus::BuildHistogram().Name(metric.name).Help(metric.help).Register(*registry_);
 }
 
@@ -95,8 +105,138 @@ std::vector<prometheus::MetricFamily> MetricsRegistry::collect() const {
     return families;
 }
 
-std::string MetricsRegistry::exposition() const {
+std::string MetricsRegistry::exposition(ExpositionFormat format) const {
+    if (format == ExpositionFormat::kOpenMetrics) return to_openmetrics(collect());
     return prometheus::TextSerializer().Serialize(collect());
+}
+
+std::vector<std::string> MetricsRegistry::family_names() const {
+    std::vector<std::string> names;
+    {
+        std::lock_guard lock(names_mutex_);
+        names.assign(names_.begin(), names_.end());
+    }
+    bool windows = false;
+    {
+        std::lock_guard lock(sources_mutex_);
+        for (const auto& source : window_sources_) windows = windows || !source.expired();
+    }
+    if (windows) {
+        for (const MetricName* metric :
+             {&metrics::kDriftRatio, &metrics::kWindowRequests, &metrics::kWindowEvents}) {
+            names.emplace_back(metric->name);
+        }
+    }
+    return names;
+}
+
+namespace {
+
+constexpr std::string_view kTotal = "_total";
+
+std::string_view openmetrics_type(prometheus::MetricType type) {
+    switch (type) {
+        case prometheus::MetricType::Counter:
+            return "counter";
+        case prometheus::MetricType::Gauge:
+            return "gauge";
+        case prometheus::MetricType::Histogram:
+            return "histogram";
+        case prometheus::MetricType::Summary:
+            return "summary";
+        default:
+            return "unknown";
+    }
+}
+
+/// OpenMetrics escapes backslash, newline and double quote in HELP text.
+void append_escaped_help(std::string& out, std::string_view help) {
+    for (const char c : help) {
+        if (c == '\\') {
+            out += "\\\\";
+        } else if (c == '\n') {
+            out += "\\n";
+        } else if (c == '"') {
+            out += "\\\"";
+        } else {
+            out += c;
+        }
+    }
+}
+
+/// Sample lines as the serializer wrote them, but for NaN, which it spells `Nan`.
+void append_samples(std::string& out, std::string_view samples) {
+    constexpr std::string_view kNan = " Nan\n";
+    for (std::size_t at; (at = samples.find(kNan)) != std::string_view::npos;) {
+        out += samples.substr(0, at);
+        out += " NaN\n";
+        samples.remove_prefix(at + kNan.size());
+    }
+    out += samples;
+}
+
+}  // namespace
+
+std::string to_openmetrics(std::vector<prometheus::MetricFamily> families) {
+    struct Header {
+        std::string_view name;  // the family's OpenMetrics name
+        std::string_view help;
+        std::string_view type;
+    };
+    // Keyed by the name the serializer writes on the family's TYPE line.
+    std::unordered_map<std::string, Header> headers;
+    for (auto& family : families) {
+        if (family.type == prometheus::MetricType::Counter &&
+            !std::string_view(family.name).ends_with(kTotal)) {
+            family.name += kTotal;  // so the serializer writes the samples' `_total`
+        }
+    }
+    for (const auto& family : families) {
+        std::string_view name = family.name;
+        if (family.type == prometheus::MetricType::Counter) name.remove_suffix(kTotal.size());
+        headers.emplace(family.name, Header{name, family.help, openmetrics_type(family.type)});
+    }
+
+    const std::string text = prometheus::TextSerializer().Serialize(families);
+    const std::string_view view = text;
+    std::string out;
+    out.reserve(text.size() + text.size() / 64 + 16);
+    std::size_t at = 0;
+    while (at < view.size()) {
+        if (view[at] != '#') {
+            // Sample lines run until the next comment line.
+            std::size_t next = view.find("\n#", at);
+            next = next == std::string_view::npos ? view.size() : next + 1;
+            append_samples(out, view.substr(at, next - at));
+            at = next;
+            continue;
+        }
+        std::size_t end = view.find('\n', at);
+        end = end == std::string_view::npos ? view.size() : end + 1;
+        const std::string_view line = view.substr(at, end - at);
+        at = end;
+        // "# TYPE name type": both header lines are written here from the family itself, HELP
+        // first; the serializer's HELP lines are dropped.
+        if (!line.starts_with("# TYPE ")) continue;
+        const std::string_view rest = line.substr(7);
+        const auto found = headers.find(std::string(rest.substr(0, rest.find(' '))));
+        if (found == headers.end()) continue;
+        const Header& header = found->second;
+        if (!header.help.empty()) {
+            out += "# HELP ";
+            out += header.name;
+            out += ' ';
+            append_escaped_help(out, header.help);
+            out += '\n';
+        }
+        out += "# TYPE ";
+        out += header.name;
+        out += ' ';
+        out += header.type;
+        out += '\n';
+    }
+    out += "# EOF\n";
+    return out;
 }
 
 SlotCounters::SlotCounters(std::vector<Series> series, std::shared_ptr<const PolicyIndex> index)

@@ -78,12 +78,29 @@ struct PolicyWindows::Shard {
     double steady_high = -1.0;
     double steady_reading = std::numeric_limits<double>::quiet_NaN();  // a clock that stands still
     std::uint32_t steady_generation = 0;
+    // Adds completed by this shard's writer: never reset, only the owner writes it. On a cache
+    // line of its own (the struct's alignment pads it), so writers never share it.
+    alignas(64) std::atomic<std::uint64_t> writes{0};
+};
+
+/// A window's global counts as last summed, with what they were summed at: when the reset
+/// generation, the read bucket, the shard count and the sum of the shards' write counts are
+/// all unchanged, no add completed since and no bucket expired, so the counts still hold.
+/// Each shard's write count only grows, so an equal sum means every count is equal.
+struct CachedCounts {
+    bool valid = false;
+    std::uint32_t generation = 0;
+    std::int64_t bucket = 0;
+    std::size_t shards = 0;
+    std::uint64_t writes = 0;
+    WindowCounts counts;
 };
 
 struct PolicyWindows::ShardPool {
-    std::mutex mutex;  // guards both vectors; readers hold it while summing
+    std::mutex mutex;  // guards the vectors; readers hold it while summing
     std::vector<std::unique_ptr<Shard>> shards;
     std::vector<Shard*> idle;
+    std::vector<CachedCounts> global_counts;  // per window
 
     static void release(void* pool, void* shard) {
         auto* self = static_cast<ShardPool*>(pool);
@@ -141,6 +158,7 @@ PolicyWindows::PolicyWindows(std::vector<WindowSpec> windows, std::shared_ptr<co
     }
     // One more slot after the rings: the block's lifetime counts, never recycled.
     lifetime_slot_ = block_slots_++;
+    pool_->global_counts.resize(windows_.size());
     highest_bucket_ = std::make_unique<std::atomic<std::int64_t>[]>(windows_.size());
     for (std::size_t w = 0; w < windows_.size(); ++w) highest_bucket_[w].store(kNoBucket);
 }
@@ -216,6 +234,8 @@ void PolicyWindows::add(std::uint32_t slot, std::uint64_t events, std::uint64_t 
     }
     // Lifetime counts: tag 0 forever, so this is two plain stores on the owner's own line.
     RollingWindow::add(policy[lifetime_slot_], 0, events, total);
+    // Last, and a release: a reader that sees the new count also sees the add.
+    shard.writes.store(shard.writes.load(std::memory_order_relaxed) + 1, std::memory_order_release);
 }
 
 WindowCounts PolicyWindows::lifetime(std::uint32_t slot) const {
@@ -277,7 +297,29 @@ WindowCounts PolicyWindows::sum_shards(std::size_t window, Visit&& block_of) con
 }
 
 WindowCounts PolicyWindows::counts(std::size_t window) const {
-    return sum_shards(window, [](const Shard& shard) { return shard.global.get(); });
+    // The readiness gate reads this on every probe, while the writers are the serving threads
+    // (a threadpool can hold dozens of shards): summing every shard's ring costs O(shards x
+    // buckets), checking that nothing changed costs O(shards) loads.
+    if (window >= windows_.size()) throw std::out_of_range("window " + std::to_string(window));
+    const std::uint32_t generation = generation_.load(std::memory_order_acquire);
+    const std::int64_t bucket = observe_now(window);
+    std::lock_guard lock(pool_->mutex);
+    std::uint64_t writes = 0;
+    // Before the rings: an add that lands between the two is summed but not in `writes`, so
+    // the next read sums again.
+    for (const auto& shard : pool_->shards) writes += shard->writes.load(std::memory_order_acquire);
+    CachedCounts& cached = pool_->global_counts[window];
+    if (cached.valid && cached.generation == generation && cached.bucket == bucket &&
+        cached.shards == pool_->shards.size() && cached.writes == writes) {
+        return cached.counts;
+    }
+    WindowCounts out;
+    for (const auto& shard : pool_->shards) {
+        RollingWindow(shard->global.get() + ring_offsets_[window], windows_[window].buckets)
+            .read_into(out, generation, bucket);
+    }
+    cached = {true, generation, bucket, pool_->shards.size(), writes, out};
+    return out;
 }
 
 WindowCounts PolicyWindows::counts(std::size_t window, std::uint32_t slot) const {

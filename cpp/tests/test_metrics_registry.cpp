@@ -1,7 +1,10 @@
 #include <catch2/catch.hpp>
 
+#include <algorithm>
+#include <cmath>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "driftgate/drift_tracker.hpp"
 #include "driftgate/metrics_registry.hpp"
@@ -72,4 +75,80 @@ TEST_CASE("a slot's counters are created together, at 0, on its first use", "[me
                Catch::Contains("adapt_requests_total{mode=\"enforced\",policy_id=\"b\"} 0\n"));
     CHECK_THAT(text, Catch::Contains("guardian_enforcement_total{policy_id=\"b\"} 0\n"));
     CHECK_THAT(text, !Catch::Contains("policy_id=\"a\""));
+}
+
+namespace {
+
+prometheus::MetricFamily family(std::string name, std::string help, prometheus::MetricType type,
+                                double value) {
+    prometheus::ClientMetric metric;
+    metric.label = {{"policy_id", "p"}};
+    metric.counter.value = value;
+    metric.gauge.value = value;
+    metric.untyped.value = value;
+    return {std::move(name), std::move(help), type, {metric}};
+}
+
+}  // namespace
+
+TEST_CASE("OpenMetrics names counter families without _total and ends with EOF", "[metrics]") {
+    const std::string text = driftgate::to_openmetrics({
+        family("adapt_requests_total", "Decisions.", prometheus::MetricType::Counter, 3),
+        family("driftgate_reloads", "Reloads, \"quoted\".", prometheus::MetricType::Counter, 1),
+        family("adapt_drift_ratio", "Ratio.", prometheus::MetricType::Gauge, std::nan("")),
+        family("legacy", "Untyped.", prometheus::MetricType::Untyped, 2),
+    });
+    CHECK(text ==
+          "# HELP adapt_requests Decisions.\n"
+          "# TYPE adapt_requests counter\n"
+          "adapt_requests_total{policy_id=\"p\"} 3\n"
+          "# HELP driftgate_reloads Reloads, \\\"quoted\\\".\n"
+          "# TYPE driftgate_reloads counter\n"
+          "driftgate_reloads_total{policy_id=\"p\"} 1\n"
+          "# HELP adapt_drift_ratio Ratio.\n"
+          "# TYPE adapt_drift_ratio gauge\n"
+          "adapt_drift_ratio{policy_id=\"p\"} NaN\n"
+          "# HELP legacy Untyped.\n"
+          "# TYPE legacy unknown\n"
+          "legacy{policy_id=\"p\"} 2\n"
+          "# EOF\n");
+}
+
+TEST_CASE("OpenMetrics keeps every family and sample of the text exposition", "[metrics]") {
+    auto registry = std::make_shared<MetricsRegistry>();
+    auto clock = std::make_shared<ManualClock>(0.0);
+    DriftTracker tracker(driftgate::default_windows(), clock, registry);
+    registry->histogram(driftgate::metrics::kSelectionLatency)
+        .Add({}, prometheus::Histogram::BucketBoundaries{0.001, 1.0})
+        .Observe(0.5);
+    tracker.record("p", Verdict::Ok, Verdict::Fail);
+    const std::string text = registry->exposition();
+    const std::string open = registry->exposition(driftgate::ExpositionFormat::kOpenMetrics);
+    auto sample_lines = [](const std::string& exposition) {
+        std::vector<std::string> lines;
+        std::size_t at = 0;
+        while (at < exposition.size()) {
+            const std::size_t end = exposition.find('\n', at);
+            if (exposition[at] != '#') lines.push_back(exposition.substr(at, end - at));
+            at = end + 1;
+        }
+        return lines;
+    };
+    CHECK(sample_lines(open) == sample_lines(text));
+    CHECK_THAT(open, Catch::Contains("# TYPE adapt_drift_events counter\n"));
+    CHECK_THAT(open, Catch::Contains("# TYPE adapt_selection_latency_seconds histogram\n"));
+    CHECK_THAT(open, Catch::EndsWith("\n# EOF\n"));
+}
+
+TEST_CASE("family names cover registered and scrape-time families", "[metrics]") {
+    auto registry = std::make_shared<MetricsRegistry>();
+    CHECK(registry->family_names().empty());
+    {
+        DriftTracker tracker(driftgate::default_windows(), nullptr, registry);
+        const auto names = registry->family_names();
+        CHECK(std::find(names.begin(), names.end(), "adapt_drift_events_total") != names.end());
+        CHECK(std::find(names.begin(), names.end(), "adapt_drift_ratio") != names.end());
+    }
+    const auto names = registry->family_names();  // the tracker's window gauges went with it
+    CHECK(std::find(names.begin(), names.end(), "adapt_drift_ratio") == names.end());
 }

@@ -1,5 +1,6 @@
 #include <catch2/catch.hpp>
 
+#include <atomic>
 #include <memory>
 #include <thread>
 #include <vector>
@@ -100,4 +101,56 @@ TEST_CASE("a thread's shard is reused after the thread ends", "[policy_windows][
         std::thread([&] { f.windows.add(1, 0, 1); }).join();
     }
     CHECK(f.windows.counts(1, 1).total == 20);
+}
+
+TEST_CASE("repeated reads of a window see every add, expiry and reset", "[policy_windows]") {
+    // Global counts are kept between reads; each of these must show through them.
+    Fixture f;
+    f.windows.add(0, 1, 1);
+    CHECK(f.windows.counts(0).total == 1);
+    CHECK(f.windows.counts(0).total == 1);  // nothing added: the same counts
+    f.windows.add(2, 0, 3);
+    CHECK(f.windows.counts(0).total == 4);
+    std::thread([&] { f.windows.add(1, 1, 1); }).join();  // a new writer's shard
+    CHECK(f.windows.counts(0).events == 2);
+    CHECK(f.windows.counts(0).total == 5);
+    std::thread([&] { f.windows.add(1, 0, 2); }).join();  // a reused shard
+    CHECK(f.windows.counts(0).total == 7);
+    f.clock->advance(30.0);  // past "short" (3 x 10 s) with no add: the buckets expire
+    CHECK(f.windows.counts(0).total == 0);
+    CHECK(f.windows.counts(1).total == 7);
+    f.windows.reset();
+    CHECK(f.windows.counts(1).total == 0);
+    f.windows.add(0, 0, 1);
+    CHECK(f.windows.counts(1).total == 1);
+}
+
+TEST_CASE("a reader polling between writers' adds ends on the exact counts",
+          "[policy_windows][threads]") {
+    Fixture f;
+    constexpr int kThreads = 4;
+    constexpr int kPerThread = 20000;
+    std::atomic<bool> done{false};
+    std::thread reader([&] {
+        std::uint64_t last = 0;
+        while (!done.load()) {
+            const auto counts = f.windows.counts(1);
+            REQUIRE(counts.events <= counts.total);
+            REQUIRE(counts.total >= last);  // no add is lost between two reads
+            last = counts.total;
+        }
+    });
+    std::vector<std::thread> writers;
+    for (int t = 0; t < kThreads; ++t) {
+        writers.emplace_back([&, t] {
+            for (int i = 0; i < kPerThread; ++i) {
+                f.windows.add(static_cast<std::uint32_t>(t), i % 4 == 0 ? 1 : 0, 1);
+            }
+        });
+    }
+    for (auto& writer : writers) writer.join();
+    done.store(true);
+    reader.join();
+    CHECK(f.windows.counts(1).total == kThreads * kPerThread);
+    CHECK(f.windows.counts(1).events == kThreads * kPerThread / 4);
 }

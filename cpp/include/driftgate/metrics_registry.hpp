@@ -10,6 +10,7 @@
 #include <atomic>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <span>
 #include <string>
 #include <utility>
@@ -90,6 +91,12 @@ class ScrapeHook {
     virtual void before_scrape() = 0;
 };
 
+/// The formats a registry's exposition is written in.
+enum class ExpositionFormat {
+    kText,         // Prometheus text format 0.0.4
+    kOpenMetrics,  // OpenMetrics 1.0.0 text, ending in "# EOF"
+};
+
 /// A prometheus-cpp registry plus the gauges computed at scrape time, with text exposition.
 /// Thread-safe: components register and update metrics while others scrape.
 class MetricsRegistry {
@@ -111,15 +118,32 @@ class MetricsRegistry {
     void add_scrape_hook(std::weak_ptr<ScrapeHook> hook);
 
     std::vector<prometheus::MetricFamily> collect() const;
-    /// The Prometheus text format (version 0.0.4) of everything registered.
-    std::string exposition() const;
+    /// Everything registered, written by prometheus-cpp's TextSerializer: the Prometheus text
+    /// format 0.0.4, or OpenMetrics (see to_openmetrics).
+    std::string exposition(ExpositionFormat format = ExpositionFormat::kText) const;
+
+    /// The name of every family this registry can expose, as registered (counters with their
+    /// `_total`), so an exposition merged with another registry's can leave out a clash.
+    std::vector<std::string> family_names() const;
 
   private:
+    void add_name(const char* name);
+
     std::shared_ptr<prometheus::Registry> registry_;
+    mutable std::mutex names_mutex_;  // guards names_
+    std::set<std::string> names_;
     mutable std::mutex sources_mutex_;  // guards window_sources_ and scrape_hooks_
     mutable std::vector<std::weak_ptr<const WindowSource>> window_sources_;
     mutable std::vector<std::weak_ptr<ScrapeHook>> scrape_hooks_;
 };
+
+/// Text format 0.0.4 from prometheus-cpp's TextSerializer turned into OpenMetrics 1.0.0.
+/// prometheus-cpp has no OpenMetrics serializer; the two formats share the sample lines, so
+/// the serializer still writes every sample and only what differs is rewritten: a counter
+/// family is named without its `_total` (its samples keep it, and a counter registered without
+/// one gets it), HELP escapes `"`, `untyped` is `unknown`, NaN is spelled `NaN`, and the
+/// exposition ends with `# EOF`.
+std::string to_openmetrics(std::vector<prometheus::MetricFamily> families);
 
 /// Per policy slot, one counter of each of several families, labelled with the slot's policy
 /// id. A slot's counters are all created together, at 0, on its first use, so `rate()` sees a

@@ -14,7 +14,10 @@ namespace driftgate {
 /// Rolling windows of (events, total) per policy slot and across all policies, read against a
 /// clock under the bucket rule of rolling_window.hpp, with time that never runs backwards.
 /// Thread-safe and lock-free to write: each writing thread owns a shard of rings and is its only
-/// writer, so counts are exact under any number of threads; reads sum the shards.
+/// writer, so counts are exact under any number of threads; reads sum the shards. The global
+/// counts of a window are kept as last summed and summed again only after an add or when a
+/// bucket expires, so a reader that polls them (the readiness gate) costs O(shards), not
+/// O(shards x buckets).
 class PolicyWindows {
   public:
     PolicyWindows(std::vector<WindowSpec> windows, std::shared_ptr<const Clock> clock,
@@ -28,7 +31,7 @@ class PolicyWindows {
     /// clock's current time.
     void add(std::uint32_t slot, std::uint64_t events, std::uint64_t total);
 
-    /// Across all policies.
+    /// Across all policies; the sum of the last read while no add completed since.
     WindowCounts counts(std::size_t window) const;
     /// For one slot.
     WindowCounts counts(std::size_t window, std::uint32_t slot) const;
