@@ -434,7 +434,10 @@ class _Follower:
 
     def _sync(self, manager: RolloutManager) -> None:
         document = self._store.load()
-        if document is not None:
+        if document is None and not manager.synced:
+            # Started while Redis was away, and nothing is stored: store the fresh rollout.
+            manager.refresh()
+        elif document is not None:
             try:
                 manager.follow(document)
             except StateStoreError:
