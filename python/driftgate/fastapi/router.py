@@ -16,7 +16,8 @@ from driftgate._core import (
     StateStoreError,
 )
 from driftgate.exposition import render
-from driftgate.fastapi.auth import AdminDependency, bearer_token_admin
+from driftgate.fastapi.auth import AdminDependency, bearer_token_admin, scoped, status_guard
+from driftgate.identity import Scope
 from driftgate.reasons import ReasonCode
 from driftgate.rollout import Decision, DecisionAction, RolloutManager
 from driftgate.status import RolloutStatus
@@ -180,7 +181,9 @@ def create_router(
 ) -> APIRouter:
     """The driftgate endpoints as a bare APIRouter.
 
-    `admin` is a FastAPI dependency returning the actor's name; without one, a bearer token
+    `admin` is a FastAPI dependency returning the actor's name, or an `Approvers`, which asks
+    each endpoint's scope (rollout:advance, rollout:rollback, rollout:read for a protected
+    status); without one, a bearer token
     from DRIFTGATE_ADMIN_TOKEN (read now, not at import) guards the admin endpoints, and with
     neither they refuse every request. `readiness_checks` are extra callables returning a
     reason code while the service must not be ready (e.g. ReasonCode.STATE_FILE), None otherwise.
@@ -243,6 +246,7 @@ def create_router(
             304: {"description": "Not modified: If-None-Match names the current ETag."},
         },
         name="driftgate:rollout_status",
+        dependencies=status_guard(require_admin),
     )
     def rollout_status(
         request: Request,
@@ -305,7 +309,7 @@ def create_router(
     )
     def rollout_advance(
         request: Request,
-        actor: Annotated[str, Depends(require_admin)],
+        actor: Annotated[str, Depends(scoped(require_admin, Scope.ADVANCE))],
         rollout: Annotated[RolloutManager, Depends(require_manager)],
         body: Annotated[MoveRequest, Depends(move_body)],
     ) -> dict[str, Any]:
@@ -323,7 +327,7 @@ def create_router(
     )
     def rollout_rollback(
         request: Request,
-        actor: Annotated[str, Depends(require_admin)],
+        actor: Annotated[str, Depends(scoped(require_admin, Scope.ROLLBACK))],
         rollout: Annotated[RolloutManager, Depends(require_manager)],
         body: Annotated[MoveRequest, Depends(move_body)],
     ) -> dict[str, Any]:
