@@ -8,6 +8,9 @@ import functools
 import hashlib
 import hmac
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,7 +33,7 @@ from driftgate.identity import (
     token_file_line,
 )
 from driftgate.settings import SettingsError, parse_settings
-from servers import json_server
+from servers import demo_service, json_server
 
 jwt = pytest.importorskip("jwt")
 from cryptography.hazmat.primitives import serialization  # noqa: E402
@@ -522,3 +525,28 @@ def test_oidc_alone_declares_no_bearer_scheme(verifier, rollout_clock):
     schema = rollout_app(Approvers(oidc=verifier), rollout_clock).openapi()
     assert set(schema["components"]["securitySchemes"]) == {"oidc"}
     assert "security" not in schema["paths"][STATUS]["get"]
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_the_served_demo_records_the_token_files_name(token_file, tmp_path):
+    values = f"rollout: {{enabled: true}}\nadmin: {{token_file: {json.dumps(str(token_file))}}}\n"
+    driftgate_command = Path(sys.executable).parent / "driftgate"
+    with demo_service(tmp_path / "service", values) as url:
+
+        def cli(*args: str, token: str) -> subprocess.CompletedProcess[str]:
+            env = {**os.environ, "DRIFTGATE_ADMIN_TOKEN": token}
+            return subprocess.run(
+                [str(driftgate_command), *args, "--url", url],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+
+        assert cli("advance", token=ALICE).returncode == 0
+        refused = cli("advance", token=BOB)
+        assert refused.returncode == 2
+        assert "MISSING_SCOPE: rollout:advance" in refused.stderr
+        status = json.loads(cli("status", "--json", token=CAROL).stdout)
+    assert [(t["actor"], t["to"]) for t in status["transitions"]][-1] == ("alice", "quarter")

@@ -208,3 +208,20 @@ def test_token_hash_refuses_a_bad_name(monkeypatch, capsys):
     monkeypatch.setattr("sys.stdin", Stdin(TOKEN))
     assert main(["token-hash", "--name", "alice smith", "--scopes", "rollout:read"]) == 2
     assert "name 'alice smith'" in capsys.readouterr().err
+
+
+def test_a_move_refused_for_a_scope_names_it(monkeypatch, capsys):
+    def answer(method: str, path: str, body: bytes) -> tuple[int, Any]:
+        if method == "GET":
+            return 200, {"version": 3}
+        return 403, {"detail": "MISSING_SCOPE: rollout:rollback"}
+
+    monkeypatch.setenv("DRIFTGATE_ADMIN_TOKEN", TOKEN)
+    with json_server(answer) as base:
+        assert main(["rollback", "--url", base]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "driftgate rollback: the service answered 403 MISSING_SCOPE: rollout:rollback (the "
+        "approver of DRIFTGATE_ADMIN_TOKEN does not hold that scope)\n"
+    )
+    assert TOKEN not in err

@@ -275,6 +275,8 @@ def _refusal(response: httpx.Response) -> CommandError:
     detail = body.get("detail") if isinstance(body, dict) else None
     code = EXIT_USAGE if response.status_code in (401, 403) else EXIT_REFUSED
     hint = f" (is {TOKEN_ENV} right?)" if response.status_code in (401, 403) else ""
+    if isinstance(detail, str) and detail.startswith("MISSING_SCOPE"):
+        hint = f" (the approver of {TOKEN_ENV} does not hold that scope)"
     return CommandError(f"the service answered {response.status_code} {detail}{hint}", code)
 
 
