@@ -519,6 +519,7 @@ def test_the_openapi_declares_bearer_and_oidc_with_each_operations_scope(
             {"adminBearer": [scope]},
             {"oidc": [scope]},
         ]
+        assert {"401", "403"} <= set(schema["paths"][path][method]["responses"])
 
 
 def test_oidc_alone_declares_no_bearer_scheme(verifier, rollout_clock):

@@ -34,6 +34,7 @@ if TYPE_CHECKING:  # imported when a command needs them, for a quick --help
     from driftgate._core import EnforceOptions
 
 from driftgate._messages import one_line, printable, shown
+from driftgate.reasons import ReasonCode
 
 EXIT_OK = 0
 EXIT_REFUSED = 1
@@ -275,7 +276,7 @@ def _refusal(response: httpx.Response) -> CommandError:
     detail = body.get("detail") if isinstance(body, dict) else None
     code = EXIT_USAGE if response.status_code in (401, 403) else EXIT_REFUSED
     hint = f" (is {TOKEN_ENV} right?)" if response.status_code in (401, 403) else ""
-    if isinstance(detail, str) and detail.startswith("MISSING_SCOPE"):
+    if isinstance(detail, str) and detail.startswith(ReasonCode.MISSING_SCOPE.value):
         hint = f" (the approver of {TOKEN_ENV} does not hold that scope)"
     return CommandError(f"the service answered {response.status_code} {detail}{hint}", code)
 

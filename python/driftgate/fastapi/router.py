@@ -193,6 +193,7 @@ def create_router(
     rollout_path = _prefix(rollout_prefix, "rollout_prefix")
     registry = registry or tracker.registry
     require_admin = admin or bearer_token_admin(os.environ.get(TOKEN_ENV) or None)
+    read_guard = status_guard(require_admin)  # rollout:read, when the status is protected
     router = APIRouter()
 
     @router.get(f"{probes}/healthz", response_model=HealthBody, name="driftgate:healthz")
@@ -243,10 +244,11 @@ def create_router(
         response_model=RolloutStatus,
         responses={
             **STATUS_ERRORS,
+            **(_errors(401, 403, 503) if read_guard else {}),
             304: {"description": "Not modified: If-None-Match names the current ETag."},
         },
         name="driftgate:rollout_status",
-        dependencies=status_guard(require_admin),
+        dependencies=read_guard,
     )
     def rollout_status(
         request: Request,
