@@ -25,6 +25,8 @@ from hypothesis import strategies as st
 
 from driftgate.cli import main
 from driftgate.demo import create_demo_app
+from driftgate.fastapi.auth import approvers_from_settings
+from driftgate.identity import TokenFile, TokenFileError, token_digest, token_file_line
 from driftgate.rollout import RolloutManager
 from driftgate.settings import (
     MAX_CHECK_INTERVAL_SECONDS,
@@ -416,7 +418,18 @@ VALUES = st.one_of(
                     },
                 ),
             ),
-            "admin": st.one_of(ANY_VALUE, _section(["token_env"])),
+            "admin": st.one_of(
+                ANY_VALUE,
+                _section(
+                    ["token_env", "token_file", "protect_status"],
+                    {
+                        "oidc": _section(
+                            ["issuer", "audience", "jwks_url", "actor_claim", "algorithms"],
+                            {"issuer": st.sampled_from(["https://id.example", "http://x"])},
+                        )
+                    },
+                ),
+            ),
             1: ANY_VALUE,
         },
     ),
@@ -438,6 +451,8 @@ def test_any_parsed_values_are_usable_or_refused_in_one_line(values):
         manager = RolloutManager(loaded.rollout, min_requests=loaded.rollout_min_requests)
         json.dumps(manager.get_status())
         assert all(s.duration_seconds <= MAX_STAGE_SECONDS for s in loaded.rollout.stages)
+    # an accepted issuer builds its verifier (the token file is read, and fuzzed, below)
+    approvers_from_settings(replace(loaded, admin_token_file=None), environ={})
 
 
 # -- decision files --------------------------------------------------------------------------
@@ -649,3 +664,60 @@ def test_mutated_probe_bodies_are_posted_as_written_or_refused(echo_signature, t
             assert one_line(captured.err).startswith(f"driftgate probe: --body {path}"), name
         outcomes.append(code)
     assert outcomes.count(0) > 5 and outcomes.count(2) > 5, outcomes
+
+
+# -- token files -----------------------------------------------------------------------------
+
+TOKENS = {name: f"{name}-" + name[0] * 40 for name in ("alice", "bob", "carol")}
+TOKEN_FILE_SEED = (
+    "# approvers of the verifier's rollout\n"
+    + "".join(
+        token_file_line(name, token, scopes) + "\n"
+        for (name, token), scopes in zip(
+            TOKENS.items(),
+            (["rollout:advance", "rollout:rollback"], ["rollout:rollback"], ["rollout:read"]),
+            strict=True,
+        )
+    )
+    + "\n\t# the end\n"
+).encode()
+TOKEN_FILE_MUTATIONS: list[Mutation] = [
+    flip_bytes,
+    truncate,
+    duplicate_line,
+    delete_line,
+    swap_lines,
+    insert_bytes(BAD_BYTES),
+    insert_bytes([b" ", b"\t", b",", b"#", b"sha256:", b"\n", b"\r\n", b"\xef\xbb\xbf", b"@"]),
+    replace_value(rb"  ", [b"rollout:deploy", b"alice", b"", b"x" * 100, b"sha256:" + b"0" * 64]),
+    rename_key(rb"(?m)^([a-z]+) ", [b"alice", b"bob", b"al ice", b"\xc3\xa9", b"1", b"x" * 65]),
+]
+
+
+def test_mutated_token_files_are_usable_or_refused_in_one_line(tmp_path):
+    digests = [token_digest(token).removeprefix("sha256:") for token in TOKENS.values()]
+    refused, accepted = 0, 0
+    for _, name, data in corpus({"approvers": TOKEN_FILE_SEED}, TOKEN_FILE_MUTATIONS, 600, "tf"):
+        path = _write(tmp_path / "approvers.tokens", data)
+        try:
+            loaded = TokenFile.load(path)
+        except TokenFileError as error:
+            message = one_line(str(error))
+            assert message.startswith(f"{path}"), (name, message)
+            # a digest field is never echoed (it may be a token pasted by mistake)
+            assert not any(digest[:12] in message for digest in digests), (name, message)
+            refused += 1
+        except Exception as error:
+            pytest.fail(f"{name}: {type(error).__name__}: {error}; input {data[:300]!r}")
+        else:
+            accepted += 1
+            # a token names nobody, or the one approver whose line holds its digest
+            for token in TOKENS.values():
+                found = loaded.identify(token)
+                if found is not None:
+                    line = next(
+                        line for line in data.splitlines() if token_digest(token).encode() in line
+                    )
+                    assert line.split()[0].decode() == found.name, name
+            assert loaded.identify("not-a-token-" + "x" * 40) is None
+    assert 0.2 * (refused + accepted) < refused < 0.97 * (refused + accepted), refused

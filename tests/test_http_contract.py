@@ -40,14 +40,17 @@ def test_the_openapi_document_is_valid_and_declares_admin_security(app):
         "adminBearer": {
             "type": "http",
             "scheme": "bearer",
-            "description": "The admin token (DRIFTGATE_ADMIN_TOKEN) as "
-            "`Authorization: Bearer <token>`.",
+            "description": "The admin token (DRIFTGATE_ADMIN_TOKEN) or an approver's token "
+            "from the token file, as `Authorization: Bearer <token>`.",
         }
     }
     paths = schema["paths"]
-    for path in ("/api/guardian/rollout/advance", "/api/guardian/rollout/rollback"):
+    for path, scope in (
+        ("/api/guardian/rollout/advance", "rollout:advance"),
+        ("/api/guardian/rollout/rollback", "rollout:rollback"),
+    ):
         operation = paths[path]["post"]
-        assert operation["security"] == [{"adminBearer": []}]
+        assert operation["security"] == [{"adminBearer": [scope]}]
         assert {"401", "403"} <= set(operation["responses"])
         assert "requestBody" in operation and not operation["requestBody"]["required"]
     for path in ("/api/guardian/rollout/status", "/api/v1/healthz", "/api/v1/readyz"):

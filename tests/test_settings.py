@@ -217,7 +217,10 @@ def test_the_example_values_file_loads():
             {"rollout": {"state_path": "\ud800"}},
             "rollout.state_path: input should be a valid string",
         ),
-        ({"admin": {"token": "x"}}, "admin: unknown key 'token' (known: token_env)"),
+        (
+            {"admin": {"token": "x"}},
+            "admin: unknown key 'token' (known: token_env, token_file, oidc, protect_status)",
+        ),
         ({"admin": {"token_env": "MY TOKEN"}}, "admin.token_env: string should match pattern"),
         (
             {"rollout": {"prometheus": {"url": "prometheus:9090", "query": "up"}}},

@@ -2,12 +2,16 @@
 
     driftgate adapt --policy ID --context FILE [--enforce] [--rollout N] [--drift-max R] ...
     driftgate serve [--config FILE] [--check] [--host H] [--port P]
-    driftgate status|advance|rollback --url URL [--json]
+    driftgate status --url URL [--check] [--json]
+    driftgate advance|rollback --url URL [--json]
     driftgate probe --url URL --body FILE [--field PATH] [--count N] [--interval S]
+    driftgate token-hash --name NAME --scopes SCOPE[,SCOPE...] < token
 
-Exit codes: 0 done (drift within the limit, signature stable); 1 the service refused the
-action, or an internal error; 2 bad flags or input, or a service that cannot be reached; 3 drift
-above the limit, or an unstable signature. Errors are one line on stderr, never a traceback.
+Exit codes: 0 done (drift within the limit, signature stable, nothing needs a person); 1 the
+service refused the action, or an internal error; 2 bad flags or input, or a service that
+cannot be reached; 3 drift above the limit, or an unstable signature; 4 (`status --check`)
+the rollout waits for approval; 5 (`status --check`) the rollout is aborted or its last check
+failed. Errors are one line on stderr, never a traceback.
 """
 
 from __future__ import annotations
@@ -30,11 +34,14 @@ if TYPE_CHECKING:  # imported when a command needs them, for a quick --help
     from driftgate._core import EnforceOptions
 
 from driftgate._messages import one_line, printable, shown
+from driftgate.reasons import ReasonCode
 
 EXIT_OK = 0
 EXIT_REFUSED = 1
 EXIT_USAGE = 2
 EXIT_FAILED_CHECK = 3
+EXIT_AWAITING_APPROVAL = 4
+EXIT_NEEDS_ATTENTION = 5
 
 TOKEN_ENV = "DRIFTGATE_ADMIN_TOKEN"
 ENGINE_FLAGS = ("--ir", "--selector", "--weights")
@@ -175,6 +182,14 @@ def _serve(args: argparse.Namespace) -> int:
     except SettingsError as error:
         raise CommandError(f"--config {error}") from None
     if args.check:
+        try:  # the approvers too: a token file that cannot be read stops a start
+            from driftgate.demo import demo_approvers
+
+            demo_approvers(settings)
+        except SettingsError as error:
+            raise CommandError(f"--config {error}") from None
+        except ImportError as error:
+            raise _fastapi_extra(error) from None
         print(f"{args.config}: valid" if args.config else "no --config: the defaults are valid")
         return EXIT_OK
     try:
@@ -261,6 +276,8 @@ def _refusal(response: httpx.Response) -> CommandError:
     detail = body.get("detail") if isinstance(body, dict) else None
     code = EXIT_USAGE if response.status_code in (401, 403) else EXIT_REFUSED
     hint = f" (is {TOKEN_ENV} right?)" if response.status_code in (401, 403) else ""
+    if isinstance(detail, str) and detail.startswith(ReasonCode.MISSING_SCOPE.value):
+        hint = f" (the approver of {TOKEN_ENV} does not hold that scope)"
     return CommandError(f"the service answered {response.status_code} {detail}{hint}", code)
 
 
@@ -287,16 +304,99 @@ def _status_text(status: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _auth_headers() -> dict[str, str]:
+    """The bearer token from the environment, for a service whose status needs rollout:read."""
+    token = os.environ.get(TOKEN_ENV)
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def _check(status: dict[str, Any]) -> tuple[int, str]:
+    """Whether the rollout needs a person: (exit code, one line saying why)."""
+    stage = status["current_stage"]
+    where = f"{stage['name']} ({stage['percentage']:g}%)"
+    check = status.get("last_check")
+    if status["state"] == "aborted":
+        return EXIT_NEEDS_ATTENTION, (
+            "the rollout is aborted: enforcement is at 0% until `driftgate advance` resumes it"
+        )
+    if isinstance(check, dict) and check.get("failed") is True:
+        return EXIT_NEEDS_ATTENTION, (
+            f"the last check at {check.get('time')} failed at stage {where}: {check.get('message')}"
+        )
+    if status.get("awaiting_approval") is True:
+        following = status.get("next_stage") or {}
+        target = (
+            f"{following.get('name')} ({following.get('percentage'):g}%)"
+            if isinstance(following.get("percentage"), (int, float))
+            else "the next stage"
+        )
+        approvals = status.get("approvals")
+        gathered = (
+            f" ({len(approvals.get('approved_by') or [])} of {approvals.get('required')} "
+            "approvals so far)"
+            if isinstance(approvals, dict)
+            else ""
+        )
+        return EXIT_AWAITING_APPROVAL, (
+            f"stage {where} is done and waits for approval to enter {target}{gathered}: "
+            "`driftgate advance` (needs rollout:advance)"
+        )
+    return EXIT_OK, f"nothing needs a person: stage {where}, {status['state']}"
+
+
+def _annotation(code: int, message: str) -> str | None:
+    """A GitHub Actions workflow command for the check's outcome (its data escaped as the
+    runner requires), or None when nothing needs a person."""
+    level = {EXIT_AWAITING_APPROVAL: "warning", EXIT_NEEDS_ATTENTION: "error"}.get(code)
+    if level is None:
+        return None
+    escaped = message.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+    return f"::{level} title=driftgate rollout::{escaped}"
+
+
 def _status(args: argparse.Namespace) -> int:
-    response = _request("GET", f"{args.url}/api/guardian/rollout/status", args.timeout)
+    response = _request(
+        "GET", f"{args.url}/api/guardian/rollout/status", args.timeout, headers=_auth_headers()
+    )
     if response.status_code != 200:
         raise _refusal(response)
     status = _json_answer(response)
     try:
         text = json.dumps(status, indent=2) if args.json else _status_text(status)
-    except (KeyError, TypeError, ValueError, IndexError):
+        code, verdict = _check(status) if args.check else (EXIT_OK, "")
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError):
         raise CommandError(f"{response.request.url} answered without a rollout status") from None
     print(printable(text))
+    if args.check:
+        if not args.json:
+            print(printable(f"check      {verdict}"))
+        annotation = _annotation(code, verdict) if os.environ.get("GITHUB_ACTIONS") else None
+        if annotation is not None:
+            print(printable(annotation))
+    return code
+
+
+def _token_hash(args: argparse.Namespace) -> int:
+    from driftgate.identity import token_file_line
+
+    if sys.stdin is None:
+        raise CommandError("no standard input: pipe the token in")
+    if sys.stdin.isatty():
+        import getpass
+
+        token = getpass.getpass("token (not shown): ")
+    else:
+        text = sys.stdin.read(64 * 1024 + 1)
+        if len(text) > 64 * 1024:
+            raise CommandError("standard input is longer than any token")
+        token = text.removesuffix("\n").removesuffix("\r")
+        if "\n" in token or "\r" in token:
+            raise CommandError("standard input holds more than one line: expected one token")
+    try:
+        line = token_file_line(args.name, token, args.scopes.split(","))
+    except ValueError as error:
+        raise CommandError(str(error)) from None
+    print(line)
     return EXIT_OK
 
 
@@ -494,8 +594,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(run=_serve)
 
-    status = commands.add_parser("status", help="a service's rollout status")
+    status = commands.add_parser(
+        "status",
+        help="a service's rollout status",
+        description="Prints where the rollout stands (token from $DRIFTGATE_ADMIN_TOKEN when "
+        "the status needs rollout:read). With --check, the exit code says whether a person is "
+        "needed: 0 no, 4 the rollout waits for approval, 5 it is aborted or its last check "
+        "failed; with GITHUB_ACTIONS set, also as a ::warning:: or ::error:: annotation.",
+    )
     _add_service_flags(status, "the service's base URL")
+    status.add_argument(
+        "--check",
+        action="store_true",
+        help="exit 0 when nothing needs a person, 4 waiting for approval, 5 aborted or failing",
+    )
     status.set_defaults(run=_status)
     for name, text in (("advance", "enter the next stage"), ("rollback", "go back one stage")):
         move = commands.add_parser(
@@ -529,6 +641,21 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--count", type=int, default=3, help="posts (default: 3)")
     probe.add_argument("--interval", type=float, default=0.0, help="seconds between posts")
     probe.set_defaults(run=_probe)
+
+    token_hash = commands.add_parser(
+        "token-hash",
+        help="a token-file line for an approver, from a token on stdin",
+        description="Reads one token from standard input (asked without echo on a terminal) "
+        "and prints the token-file line `NAME sha256:HEX SCOPES`; the token itself is never "
+        "printed. Tokens need at least 32 random characters.",
+    )
+    token_hash.add_argument("--name", required=True, help="the approver, as the history records it")
+    token_hash.add_argument(
+        "--scopes",
+        required=True,
+        help="comma-separated: rollout:advance, rollout:rollback, rollout:read",
+    )
+    token_hash.set_defaults(run=_token_hash)
     return parser
 
 

@@ -39,8 +39,9 @@ from driftgate._core import (
     Verdict,
 )
 from driftgate.fastapi import create_router
-from driftgate.fastapi.auth import bearer_token_admin
+from driftgate.fastapi.auth import Approvers, approvers_from_settings
 from driftgate.fastapi.router import ErrorBody, json_body, json_body_schema
+from driftgate.identity import TokenFileError
 from driftgate.notify import Event, Notifier, Sink, SlackSink, WebhookSink
 from driftgate.reasons import ReasonCode
 from driftgate.reload import ConfigReloader, LiveSettings
@@ -145,6 +146,16 @@ def _notifier(settings: Settings, store: RedisStateStore | None) -> Notifier | N
     )
 
 
+def demo_approvers(settings: Settings) -> Approvers:
+    """Who may move the rollout, from the values file and the environment."""
+    try:
+        return approvers_from_settings(settings)
+    except TokenFileError as error:
+        raise SettingsError(f"admin.token_file: {error}") from None
+    except ImportError as error:
+        raise SettingsError(f"admin.oidc: {error}") from None
+
+
 def create_demo_app(
     settings: Settings | None = None,
     *,
@@ -163,6 +174,7 @@ def create_demo_app(
         return dataclasses.replace(loaded, state_path=state_dir / loaded.state_path.name)
 
     settings = placed(settings or Settings())
+    admin = demo_approvers(settings)  # a bad token file stops the start before anything is made
     registry = MetricsRegistry()
     tracker = DriftTracker(registry=registry)
     enforcer = Enforcer(settings.enforce, tracker)
@@ -227,13 +239,12 @@ def create_demo_app(
         "staged rollout.",
         lifespan=lifespan,
     )
-    token = os.environ.get(settings.admin_token_env) or None
     app.include_router(
         create_router(
             tracker=tracker,
             manager=manager,
             registry=registry,
-            admin=bearer_token_admin(token),
+            admin=admin,
             readiness_checks=[lambda: state_problem[0] if state_problem else None, live.readiness],
             reload=None if reloader is None else reloader.reload,
         )

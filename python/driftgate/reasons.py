@@ -34,6 +34,16 @@ class ReasonCode(str, enum.Enum):
     MISSING_CREDENTIALS = "MISSING_CREDENTIALS"
     #: The bearer token is wrong (403).
     INVALID_CREDENTIALS = "INVALID_CREDENTIALS"
+    #: A valid approver without the scope the endpoint needs (403); the body's detail reads
+    #: "MISSING_SCOPE: rollout:advance", naming the scope.
+    MISSING_SCOPE = "MISSING_SCOPE"
+    #: The approver's name (a JWT's actor claim) breaks the actor rule, 1-64 of
+    #: [A-Za-z0-9_.:-] (403); the claim's value is never echoed.
+    INVALID_ACTOR = "INVALID_ACTOR"
+    #: The bearer JWT has expired (403): get a fresh one from the issuer.
+    TOKEN_EXPIRED = "TOKEN_EXPIRED"
+    #: The OIDC issuer's key set cannot be fetched or read, so no JWT can be checked (503).
+    IDENTITY_PROVIDER = "IDENTITY_PROVIDER"
     #: The request body is over the 1 MiB cap (413).
     BODY_TOO_LARGE = "BODY_TOO_LARGE"
     #: The Content-Length header is not a number (400).

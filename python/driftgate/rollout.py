@@ -10,6 +10,7 @@ import logging
 import math
 import os
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from typing import Any, Union
@@ -204,6 +205,8 @@ class RolloutManager(_RolloutManager):
         self.analysis_failures_to_notify = analysis_failures_to_notify
         self._analysis_failures = 0
         self._failure_streaks = 0
+        self._wall: Callable[[], float] = time.time if clock is None else clock.wall
+        self._last_check: tuple[float, Decision] | None = None
         if error_rate_source is None and enforcer is not None:
             self.error_rate_source = LocalErrorRate(enforcer)
         follow = getattr(store, "follow", None)
@@ -315,13 +318,19 @@ class RolloutManager(_RolloutManager):
         """Where the rollout stands: the current stage, its index, elapsed and minimum time,
         `state`, the enforced percentage, the version and the last `transitions` transitions
         (oldest first)."""
-        return build_status(self._snapshot(), transitions, self._store)
+        return build_status(self._snapshot(), transitions, self._store, self._last_check)
 
     async def check_and_advance(self) -> Decision:
         """Reads the error-rate source (a blocking one in a worker thread, with
         `source_timeout`), then decides as `evaluate` does. A source that fails, times out or
         answers nonsense means hold (action ANALYSIS_FAILED): nothing advances or rolls back,
-        and guardian_rollout_analysis_errors_total counts it."""
+        and guardian_rollout_analysis_errors_total counts it. The status shows the last check
+        this manager made (`last_check`)."""
+        decision = await self._check()
+        self._last_check = (self._wall(), decision)
+        return decision
+
+    async def _check(self) -> Decision:
         source = self.error_rate_source
         if source is None:
             return self._hold("Holding: no error-rate source")

@@ -17,6 +17,10 @@ rollout:
     timeout_seconds: 5
 admin:
   token_env: DRIFTGATE_ADMIN_TOKEN
+  token_file: approvers.tokens    # named approvers (hashed tokens and scopes)
+  oidc: {issuer: https://id.example.com/realms/ops, audience: driftgate,
+         jwks_url: https://id.example.com/realms/ops/protocol/openid-connect/certs}
+  protect_status: false           # true: the status endpoint needs rollout:read
 
 The file is read strictly, so that a typo stops the service at start instead of changing what
 it enforces: keys are strings and appear once per mapping, unknown keys are refused, a `true`
@@ -33,6 +37,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, get_args
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -47,6 +52,7 @@ from pydantic import (
 
 from driftgate._core import EnforceOptions, GateConfig, RolloutConfig, RolloutStage
 from driftgate._messages import one_line, shown
+from driftgate.identity import ALLOWED_ALGORITHMS
 from driftgate.rollout import PrometheusErrorRate
 
 __all__ = [
@@ -104,6 +110,17 @@ class NotificationSettings:
 
 
 @dataclass(frozen=True)
+class OIDCSettings:
+    """The OAuth2/OIDC issuer whose JWTs name approvers (driftgate.identity.OIDCVerifier)."""
+
+    issuer: str
+    audience: str
+    jwks_url: str
+    actor_claim: str = "preferred_username"
+    algorithms: tuple[str, ...] = ALLOWED_ALGORITHMS
+
+
+@dataclass(frozen=True)
 class Settings:
     enforce: EnforceOptions = field(default_factory=EnforceOptions)
     gate: GateConfig = field(default_factory=GateConfig)
@@ -116,6 +133,9 @@ class Settings:
     store: StoreSettings | None = None  # None: the local state file at state_path
     notifications: tuple[NotificationSettings, ...] = ()
     status_url: str | None = None  # linked from notifications
+    admin_token_file: Path | None = None  # None: $DRIFTGATE_TOKEN_FILE, if set
+    admin_oidc: OIDCSettings | None = None
+    admin_protect_status: bool = False
 
 
 # -- the schema ------------------------------------------------------------------------------
@@ -231,8 +251,46 @@ class _Rollout(_Section):
     store: _Store | None = None
 
 
+def _issuer_url(url: str) -> str:
+    """An issuer's URL is compared with the tokens' `iss` as written, so it is kept as given;
+    its keys decide who is admin, so it is https, or http on this machine only (tests)."""
+    _no_nul(url)
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError:
+        raise ValueError("expected an https:// URL") from None
+    scheme = parts.scheme
+    if not host:
+        raise ValueError("expected an https:// URL with a host")
+    if scheme == "https" or (scheme == "http" and host in ("127.0.0.1", "localhost", "::1")):
+        return url
+    raise ValueError(
+        "expected an https:// URL (the issuer's keys decide who may move the rollout; plain "
+        "http only to 127.0.0.1 or localhost)"
+    )
+
+
+_IssuerURL = Annotated[str, Field(min_length=8, max_length=2048), AfterValidator(_issuer_url)]
+
+
+class _OIDC(_Section):
+    issuer: _IssuerURL
+    audience: Annotated[str, Field(min_length=1, max_length=256), AfterValidator(_no_nul)]
+    jwks_url: _IssuerURL
+    actor_claim: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")] = "preferred_username"
+    algorithms: Annotated[
+        list[Literal[ALLOWED_ALGORITHMS]],  # type: ignore[valid-type]
+        Field(min_length=1, max_length=len(ALLOWED_ALGORITHMS)),
+    ] = list(ALLOWED_ALGORITHMS)
+
+
 class _Admin(_Section):
     token_env: _EnvName = "DRIFTGATE_ADMIN_TOKEN"
+    token_file: _PathText | None = None
+    oidc: _OIDC | None = None
+    protect_status: bool = False
 
 
 class _Values(_Section):
@@ -459,6 +517,17 @@ def parse_settings(values: Any) -> Settings:
             for n in checked.notifications or ()
         ),
         status_url=None if rollout_values.status_url is None else str(rollout_values.status_url),
+        admin_token_file=None if admin.token_file is None else Path(admin.token_file),
+        admin_oidc=None
+        if admin.oidc is None
+        else OIDCSettings(
+            issuer=admin.oidc.issuer,
+            audience=admin.oidc.audience,
+            jwks_url=admin.oidc.jwks_url,
+            actor_claim=admin.oidc.actor_claim,
+            algorithms=tuple(dict.fromkeys(admin.oidc.algorithms)),
+        ),
+        admin_protect_status=admin.protect_status,
     )
 
 

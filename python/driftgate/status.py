@@ -15,6 +15,7 @@ except ImportError:  # pragma: no cover - only without the fastapi extra
 
 __all__ = [
     "ApprovalStatus",
+    "LastCheck",
     "RolloutStatus",
     "StageStatus",
     "StoreStatus",
@@ -56,10 +57,23 @@ class StoreStatus(TypedDict):
     evaluator: str | None
 
 
+class LastCheck(TypedDict):
+    """The last automatic check this replica made: when, what it decided (a DecisionAction
+    name in lower case) and whether it failed to read the error rate."""
+
+    time: str
+    action: str
+    failed: bool
+    message: str
+
+
 class RolloutStatus(TypedDict):
     """Where a rollout stands. `elapsed_time` and `min_duration` read as Python's
     `str(timedelta)` ("1 day, 2:00:00"); times are ISO 8601 UTC; `transitions` are the newest
-    ones, oldest first."""
+    ones, oldest first. `awaiting_approval` is true when the stage's minimum time is over, its
+    last error rate is within the limit, and the next stage needs a person to enter it;
+    `last_check` is None until this replica has checked (with a shared store, only the replica
+    that holds the evaluation lease checks)."""
 
     current_stage: StageStatus
     stage_index: int
@@ -74,6 +88,9 @@ class RolloutStatus(TypedDict):
     transitions: list[TransitionStatus]
     store: StoreStatus | None
     approvals: ApprovalStatus | None
+    next_stage: StageStatus | None
+    awaiting_approval: bool
+    last_check: LastCheck | None
 
 
 # datetime's range: every time a state file can hold is inside it.
@@ -94,21 +111,51 @@ def format_duration(seconds: float) -> str:
     return str(timedelta(seconds=min(max(0.0, seconds), timedelta.max.total_seconds() - 1)))
 
 
-def build_status(snapshot: dict[str, Any], transitions: int, store: Any = None) -> RolloutStatus:
+def _stage(stage: Any) -> StageStatus:
+    return {
+        "name": stage.name,
+        "percentage": stage.percentage,
+        "max_error_rate": stage.max_error_rate,
+        "requires_approval": stage.requires_approval,
+    }
+
+
+def build_status(
+    snapshot: dict[str, Any],
+    transitions: int,
+    store: Any = None,
+    last_check: tuple[float, Any] | None = None,
+) -> RolloutStatus:
     """The status from a manager's snapshot, with the last `transitions` transitions; `store`
-    is the manager's shared store, if any."""
+    is the manager's shared store, if any, and `last_check` its last check, `(wall time,
+    Decision)`, if any."""
     stages = snapshot["stages"]
-    stage = stages[snapshot["stage_index"]]
-    target = 0 if snapshot["state"] == "aborted" else snapshot["stage_index"] + 1
+    index = snapshot["stage_index"]
+    stage = stages[index]
+    following = stages[index + 1] if index + 1 < len(stages) else None
+    target = 0 if snapshot["state"] == "aborted" else index + 1
     waiting = stages[target] if target < len(stages) else None
     history = snapshot["transitions"][-transitions:] if transitions > 0 else []
+    rate = snapshot["last_error_rate"]
+    awaiting = (
+        snapshot["state"] == "active"
+        and following is not None
+        and following.requires_approval
+        and snapshot["now"] - snapshot["started_at"] >= stage.duration_seconds
+        and (rate is None or rate <= stage.max_error_rate)
+    )
+    check: LastCheck | None = None
+    if last_check is not None:
+        when, decision = last_check
+        action = decision.action.name.lower()
+        check = {
+            "time": format_time(when),
+            "action": action,
+            "failed": action == "analysis_failed",
+            "message": decision.message,
+        }
     return {
-        "current_stage": {
-            "name": stage.name,
-            "percentage": stage.percentage,
-            "max_error_rate": stage.max_error_rate,
-            "requires_approval": stage.requires_approval,
-        },
+        "current_stage": _stage(stage),
         "stage_index": snapshot["stage_index"],
         "total_stages": len(snapshot["stages"]),
         "elapsed_time": format_duration(snapshot["now"] - snapshot["started_at"]),
@@ -143,4 +190,7 @@ def build_status(snapshot: dict[str, Any], transitions: int, store: Any = None) 
             "replica": getattr(store, "replica", None),
             "evaluator": getattr(store, "evaluator", None),
         },
+        "next_stage": None if following is None else _stage(following),
+        "awaiting_approval": bool(awaiting),
+        "last_check": check,
     }

@@ -16,7 +16,8 @@ from driftgate._core import (
     StateStoreError,
 )
 from driftgate.exposition import render
-from driftgate.fastapi.auth import AdminDependency, bearer_token_admin
+from driftgate.fastapi.auth import AdminDependency, bearer_token_admin, scoped, status_guard
+from driftgate.identity import Scope
 from driftgate.reasons import ReasonCode
 from driftgate.rollout import Decision, DecisionAction, RolloutManager
 from driftgate.status import RolloutStatus
@@ -181,7 +182,9 @@ def create_router(
 ) -> APIRouter:
     """The driftgate endpoints as a bare APIRouter.
 
-    `admin` is a FastAPI dependency returning the actor's name; without one, a bearer token
+    `admin` is a FastAPI dependency returning the actor's name, or an `Approvers`, which asks
+    each endpoint's scope (rollout:advance, rollout:rollback, rollout:read for a protected
+    status); without one, a bearer token
     from DRIFTGATE_ADMIN_TOKEN (read now, not at import) guards the admin endpoints, and with
     neither they refuse every request. `readiness_checks` are extra callables returning a
     reason code while the service must not be ready (e.g. ReasonCode.STATE_FILE), None otherwise.
@@ -192,6 +195,7 @@ def create_router(
     rollout_path = _prefix(rollout_prefix, "rollout_prefix")
     registry = registry or tracker.registry
     require_admin = admin or bearer_token_admin(os.environ.get(TOKEN_ENV) or None)
+    read_guard = status_guard(require_admin)  # rollout:read, when the status is protected
     router = APIRouter()
 
     @router.get(f"{probes}/healthz", response_model=HealthBody, name="driftgate:healthz")
@@ -242,9 +246,11 @@ def create_router(
         response_model=RolloutStatus,
         responses={
             **STATUS_ERRORS,
+            **(_errors(401, 403, 503) if read_guard else {}),
             304: {"description": "Not modified: If-None-Match names the current ETag."},
         },
         name="driftgate:rollout_status",
+        dependencies=read_guard,
     )
     def rollout_status(
         request: Request,
@@ -307,7 +313,7 @@ def create_router(
     )
     def rollout_advance(
         request: Request,
-        actor: Annotated[str, Depends(require_admin)],
+        actor: Annotated[str, Depends(scoped(require_admin, Scope.ADVANCE))],
         rollout: Annotated[RolloutManager, Depends(require_manager)],
         body: Annotated[MoveRequest, Depends(move_body)],
     ) -> dict[str, Any]:
@@ -325,7 +331,7 @@ def create_router(
     )
     def rollout_rollback(
         request: Request,
-        actor: Annotated[str, Depends(require_admin)],
+        actor: Annotated[str, Depends(scoped(require_admin, Scope.ROLLBACK))],
         rollout: Annotated[RolloutManager, Depends(require_manager)],
         body: Annotated[MoveRequest, Depends(move_body)],
     ) -> dict[str, Any]:
@@ -339,6 +345,8 @@ def create_router(
         from driftgate.fastapi.admin import create_admin_router
 
         router.include_router(
-            create_admin_router(reload=reload, admin=require_admin, prefix=probes)
+            create_admin_router(
+                reload=reload, admin=scoped(require_admin, Scope.RELOAD), prefix=probes
+            )
         )
     return router

@@ -1,0 +1,402 @@
+"""Who moves a rollout: named approvers with scopes, from a token file of hashed tokens or from
+OAuth2/OIDC bearer JWTs checked against the issuer's published keys.
+
+A token file holds one approver per line, `NAME  sha256:HEX  SCOPE[,SCOPE...]`:
+
+    # approvers of the verifier's rollout
+    alice  sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08  rollout:advance
+    bob    sha256:60303ae22b998861bce3b28f33eec1be758a213c86c93c076dbe9f558c11c752  rollout:rollback
+
+The file holds SHA-256 digests, never the tokens. A fast hash is the right one here: the tokens
+are random and long (at least 32 characters, e.g. `secrets.token_urlsafe(32)`, 256 bits), so
+nobody recovers one from its digest by guessing, however fast each guess is; a deliberately
+slow hash (argon2, scrypt) protects short human-chosen passwords, and on this path it would
+only make every request, and every attacker's request, cost the service tens of milliseconds
+of CPU. `driftgate token-hash` writes a line from a token read on stdin.
+
+This module needs nothing beyond the standard library, except PyJWT (the `oidc` extra) for
+`OIDCVerifier`. Nothing here reads the environment.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from driftgate._messages import shown
+from driftgate.reasons import ReasonCode
+
+__all__ = [
+    "ACTOR_PATTERN",
+    "ALLOWED_ALGORITHMS",
+    "MIN_TOKEN_LENGTH",
+    "Identity",
+    "IdentityError",
+    "OIDCVerifier",
+    "Scope",
+    "TokenFile",
+    "TokenFileError",
+    "token_digest",
+    "token_file_line",
+]
+
+ACTOR_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+"""What an actor name may be (the rule of the rollout history): a name from a token file or
+a JWT claim that breaks it is refused, never shortened or escaped."""
+
+MIN_TOKEN_LENGTH = 32
+"""Tokens shorter than this are refused by `driftgate token-hash`: the file's fast hash is
+safe only for random tokens of that size or more."""
+
+MAX_TOKEN_FILE_BYTES = 1 << 20
+MAX_TOKEN_LENGTH = 8192
+"""Longer bearer values are neither tokens nor JWTs a sane issuer signs; refused unread."""
+
+ALLOWED_ALGORITHMS = (
+    "RS256",
+    "RS384",
+    "RS512",
+    "PS256",
+    "PS384",
+    "PS512",
+    "ES256",
+    "ES384",
+    "ES512",
+    "EdDSA",
+)
+"""The JWT algorithms an approver's token may be signed with: asymmetric ones only. `none` and
+the HMAC family (HS256...) are never accepted, so a token "signed" with the issuer's public key
+as an HMAC secret is refused whatever the configuration says."""
+
+
+class Scope(str, enum.Enum):
+    """What an approver may do. The value is the scope's name in tokens and in the OpenAPI."""
+
+    ADVANCE = "rollout:advance"
+    ROLLBACK = "rollout:rollback"
+    READ = "rollout:read"
+    RELOAD = "config:reload"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+ALL_SCOPES = frozenset(Scope)
+_SCOPES_BY_NAME = {scope.value: scope for scope in Scope}
+
+
+@dataclass(frozen=True)
+class Identity:
+    """An authenticated approver: the `name` recorded as the actor in the rollout history,
+    the scopes it holds, and how it was recognised (`token`, `token_file`, `oidc`)."""
+
+    name: str
+    scopes: frozenset[Scope]
+    method: str
+
+    def allows(self, scope: Scope | str) -> bool:
+        return Scope(scope) in self.scopes
+
+
+class IdentityError(Exception):
+    """A bearer value that identifies nobody, with the fixed reason code to answer; the
+    message is for logs and never holds the token or a claim's value."""
+
+    def __init__(self, reason: ReasonCode, message: str = ""):
+        super().__init__(message or reason.value)
+        self.reason = reason
+
+
+def token_digest(token: str) -> str:
+    """The token file's form of a token: `sha256:` and the hex digest of its UTF-8 bytes."""
+    return "sha256:" + hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def parse_scopes(text: str) -> frozenset[Scope]:
+    """`rollout:advance,rollout:rollback` as scopes; ValueError naming an unknown or repeated
+    one."""
+    names = text.split(",")
+    unknown = [name for name in names if name not in _SCOPES_BY_NAME]
+    if unknown:
+        known = ", ".join(_SCOPES_BY_NAME)
+        raise ValueError(f"unknown scope {shown(unknown[0])} (known: {known})")
+    if len(set(names)) != len(names):
+        raise ValueError(f"scope listed twice in {shown(text)}")
+    return frozenset(_SCOPES_BY_NAME[name] for name in names)
+
+
+def token_file_line(name: str, token: str, scopes: Iterable[Scope | str]) -> str:
+    """One token-file line for `name` holding `token` (hashed) and `scopes`; ValueError for a
+    bad name, a token shorter than MIN_TOKEN_LENGTH, or an unknown scope."""
+    if ACTOR_PATTERN.fullmatch(name) is None:
+        raise ValueError(f"name {shown(name)}: expected 1-64 characters of [A-Za-z0-9_.:-]")
+    if len(token) < MIN_TOKEN_LENGTH:
+        # the length only: the token itself is never shown
+        raise ValueError(
+            f"the token has {len(token)} characters: expected at least {MIN_TOKEN_LENGTH} "
+            "random ones (e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+        )
+    if any(ch.isspace() for ch in token):
+        raise ValueError("the token contains whitespace: a bearer token cannot")
+    listed = [Scope(s).value if isinstance(s, Scope) else s for s in scopes]
+    if not listed:
+        raise ValueError("no scope: expected at least one of " + ", ".join(_SCOPES_BY_NAME))
+    parse_scopes(",".join(listed))
+    return f"{name}  {token_digest(token)}  {','.join(listed)}"
+
+
+class TokenFileError(ValueError):
+    """A token file that cannot be used: one line naming the file and the line. A digest field
+    is never shown (it may be a token pasted by mistake)."""
+
+
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class _Entry:
+    name: str
+    digest: bytes
+    scopes: frozenset[Scope]
+
+
+class TokenFile:
+    """Named approvers read from a token file (see the module's docstring). Immutable once
+    read, so any number of threads may look tokens up at once."""
+
+    def __init__(self, entries: Sequence[_Entry], path: str = "<token file>"):
+        self._entries = tuple(entries)
+        self.path = path
+
+    @property
+    def names(self) -> list[str]:
+        return [entry.name for entry in self._entries]
+
+    @classmethod
+    def load(cls, path: str | Path) -> TokenFile:
+        try:
+            with open(path, "rb") as file:
+                raw = file.read(MAX_TOKEN_FILE_BYTES + 1)
+        except OSError as error:
+            raise TokenFileError(f"{path}: cannot read ({error.strerror})") from None
+        if len(raw) > MAX_TOKEN_FILE_BYTES:
+            raise TokenFileError(f"{path}: larger than {MAX_TOKEN_FILE_BYTES} bytes")
+        return cls.parse(raw, str(path))
+
+    @classmethod
+    def parse(cls, raw: bytes, path: str = "<token file>") -> TokenFile:
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            at = raw.count(b"\n", 0, error.start) + 1
+            raise TokenFileError(f"{path}:{at}: not UTF-8") from None
+        entries: list[_Entry] = []
+        names: dict[str, int] = {}
+        digests: dict[str, int] = {}
+        for number, line in enumerate(text.split("\n"), start=1):
+            content = line.rstrip("\r").strip(" \t")
+            if not content or content.startswith("#"):
+                continue
+            where = f"{path}:{number}"
+            if any(ord(ch) < 32 and ch != "\t" for ch in content):
+                raise TokenFileError(f"{where}: contains a control character")
+            fields = content.split()
+            if len(fields) != 3:
+                raise TokenFileError(
+                    f"{where}: expected 3 fields 'NAME sha256:HEX SCOPE[,SCOPE...]', "
+                    f"got {len(fields)}"
+                )
+            name, digest, scopes = fields
+            if ACTOR_PATTERN.fullmatch(name) is None:
+                # not shown: a field out of place may be a token
+                raise TokenFileError(
+                    f"{where}: the first field (the name) is not 1-64 characters of [A-Za-z0-9_.:-]"
+                )
+            if name in names:
+                raise TokenFileError(
+                    f"{where}: name {name} appears twice (first on line {names[name]})"
+                )
+            if _DIGEST.fullmatch(digest) is None:
+                raise TokenFileError(
+                    f"{where}: the second field of {name} is not sha256:<64 lowercase hex "
+                    "digits> (driftgate token-hash writes it; a plain token never belongs here)"
+                )
+            if digest in digests:
+                raise TokenFileError(
+                    f"{where}: {name} has the token of line {digests[digest]}: one token, one name"
+                )
+            try:
+                parsed = parse_scopes(scopes)
+            except ValueError as error:
+                raise TokenFileError(f"{where}: {name}: {error}") from None
+            names[name] = digests[digest] = number
+            entries.append(_Entry(name, digest.encode(), parsed))
+        return cls(entries, path)
+
+    def identify(self, token: str) -> Identity | None:
+        """The approver holding `token`, or None. Every entry is compared, in constant time,
+        so the answer's timing tells nothing about which digest came close."""
+        presented = token_digest(token).encode()
+        found: _Entry | None = None
+        for entry in self._entries:
+            if hmac.compare_digest(presented, entry.digest):
+                found = entry
+        return None if found is None else Identity(found.name, found.scopes, "token_file")
+
+
+# -- OIDC ------------------------------------------------------------------------------------
+
+_JWT_SHAPE = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
+
+
+def looks_like_jwt(token: str) -> bool:
+    """Three base64url segments: a JWS in compact form (a token-file token has no dots)."""
+    return _JWT_SHAPE.fullmatch(token) is not None
+
+
+class OIDCVerifier:
+    """Checks bearer JWTs from one OAuth2/OIDC issuer with PyJWT: signature against the keys the
+    issuer publishes at `jwks_url`, `iss`, `aud`, `exp` (required), and the algorithm against
+    `algorithms` (a subset of ALLOWED_ALGORITHMS). The actor is the `actor_claim` claim, else
+    `sub`; scopes come from `scope` (space-separated) or `scp` (a list).
+
+    The key set is fetched on first use and cached (`cache_seconds`); a token whose `kid` is
+    not in the cached set makes one refetch (a rotated key), at most once per
+    `refresh_interval` seconds, so tokens with made-up `kid`s cannot turn the service into a
+    flood of requests at the issuer. Thread-safe."""
+
+    def __init__(
+        self,
+        *,
+        issuer: str,
+        audience: str,
+        jwks_url: str,
+        actor_claim: str = "preferred_username",
+        algorithms: Sequence[str] = ALLOWED_ALGORITHMS,
+        leeway_seconds: float = 30.0,
+        cache_seconds: float = 300.0,
+        refresh_interval: float = 30.0,
+        timeout: float = 5.0,
+        monotonic: Callable[[], float] = time.monotonic,
+    ):
+        try:
+            import jwt
+        except ImportError:
+            raise ImportError("OIDC approvers need PyJWT: pip install 'driftgate[oidc]'") from None
+        refused = [a for a in algorithms if a not in ALLOWED_ALGORITHMS]
+        if refused or not algorithms:
+            raise ValueError(
+                f"algorithms={list(algorithms)!r}: expected a non-empty subset of "
+                f"{', '.join(ALLOWED_ALGORITHMS)} (no none, no HS*)"
+            )
+        self.issuer = issuer
+        self.audience = audience
+        self.jwks_url = jwks_url
+        self.actor_claim = actor_claim
+        self.algorithms = tuple(algorithms)
+        self.leeway_seconds = leeway_seconds
+        self.refresh_interval = refresh_interval
+        self._jwt = jwt
+        self._client = jwt.PyJWKClient(
+            jwks_url, cache_jwk_set=True, lifespan=max(cache_seconds, 1), timeout=timeout
+        )
+        self._monotonic = monotonic
+        self._lock = threading.Lock()
+        self._last_fetch: float | None = None
+
+    def _keys(self, refresh: bool) -> Mapping[str, Any]:
+        jwt = self._jwt
+        try:
+            keys = self._client.get_signing_keys(refresh=refresh)
+        except jwt.PyJWKClientConnectionError as error:
+            raise IdentityError(
+                ReasonCode.IDENTITY_PROVIDER, f"the key set cannot be fetched: {error}"
+            ) from None
+        except (jwt.PyJWTError, ValueError, OSError) as error:  # no keys, not JSON, ...
+            raise IdentityError(
+                ReasonCode.IDENTITY_PROVIDER, f"the key set is not usable: {error}"
+            ) from None
+        return {key.key_id: key for key in keys if key.key_id}
+
+    def _signing_key(self, kid: str) -> Any:
+        with self._lock:
+            first = self._last_fetch is None
+            keys = self._keys(refresh=False)
+            if first:
+                self._last_fetch = self._monotonic()
+            if kid in keys:
+                return keys[kid]
+            now = self._monotonic()
+            assert self._last_fetch is not None
+            if not first and now - self._last_fetch >= self.refresh_interval:
+                self._last_fetch = now
+                keys = self._keys(refresh=True)
+                if kid in keys:
+                    return keys[kid]
+        raise IdentityError(ReasonCode.INVALID_CREDENTIALS, "no published key has this kid")
+
+    def identify(self, token: str) -> Identity:
+        """The approver a JWT names, or IdentityError with the reason to answer."""
+        jwt = self._jwt
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.InvalidTokenError:
+            raise IdentityError(ReasonCode.INVALID_CREDENTIALS, "not a JWT") from None
+        algorithm = header.get("alg")
+        kid = header.get("kid")
+        if algorithm not in self.algorithms:
+            raise IdentityError(ReasonCode.INVALID_CREDENTIALS, "algorithm not allowed")
+        if not isinstance(kid, str) or not kid:
+            raise IdentityError(ReasonCode.INVALID_CREDENTIALS, "no kid in the header")
+        key = self._signing_key(kid)
+        try:
+            claims = jwt.decode(
+                token,
+                key.key,
+                algorithms=[algorithm],
+                audience=self.audience,
+                issuer=self.issuer,
+                leeway=self.leeway_seconds,
+                options={"require": ["exp", "iss", "aud"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise IdentityError(ReasonCode.TOKEN_EXPIRED, "expired") from None
+        except (jwt.PyJWTError, TypeError, ValueError) as error:
+            # a bad signature or claim, or a key of another family than the algorithm's
+            raise IdentityError(
+                ReasonCode.INVALID_CREDENTIALS, f"refused: {type(error).__name__}"
+            ) from None
+        return Identity(self._actor(claims), _claimed_scopes(claims), "oidc")
+
+    def _actor(self, claims: Mapping[str, Any]) -> str:
+        actor = claims.get(self.actor_claim)
+        if actor is None:
+            actor = claims.get("sub")
+        if not isinstance(actor, str) or ACTOR_PATTERN.fullmatch(actor) is None:
+            # the claim's value is never echoed: it may be an e-mail address
+            raise IdentityError(
+                ReasonCode.INVALID_ACTOR,
+                f"claim {self.actor_claim} (or sub) is not 1-64 of [A-Za-z0-9_.:-]",
+            )
+        return actor
+
+
+def _claimed_scopes(claims: Mapping[str, Any]) -> frozenset[Scope]:
+    """The rollout scopes a token holds: `scope` as a space-separated string (RFC 8693,
+    RFC 9068) or `scp` as a list or string (Azure AD, Okta); other scopes are ignored."""
+    names: list[str] = []
+    for claim in ("scope", "scp"):
+        value = claims.get(claim)
+        if isinstance(value, str):
+            names += value.split()
+        elif isinstance(value, list):
+            names += [v for v in value if isinstance(v, str)]
+    return frozenset(_SCOPES_BY_NAME[n] for n in names if n in _SCOPES_BY_NAME)
