@@ -14,9 +14,12 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +51,8 @@ SKIPPED_BLOCKS = {
 # them (the fresh-Debian script, the wheel test), and running them here would install packages.
 SETUP_COMMANDS = {
     ("bash", "scripts/demo.sh"): "starts the demo service the test starts itself",
+    ("bash", "scripts/fleet_demo.sh"): "the test runs it itself (without installing) for the "
+    "blocks that call the fleet's replicas",
     ("bash", "scripts/test.sh"): "the test command this module is part of",
     ("bash", "scripts/build_wheel.sh"): "tests/test_wheel.py builds and installs the wheel",
     ("pip", "install"): "installs the package this test runs from",
@@ -56,6 +61,8 @@ SETUP_COMMANDS = {
 # Placeholders in the documents and what the test puts in their place.
 ADMIN_TOKEN = "change-me"
 HOSTS = ("http://127.0.0.1:8000", "https://verifier.internal", "localhost:8000")
+# The fleet's replicas as scripts/fleet_demo.sh starts them by default.
+FLEET_HOSTS = ("http://127.0.0.1:8001", "http://127.0.0.1:8002", "http://127.0.0.1:8003")
 
 
 @dataclass(frozen=True)
@@ -147,7 +154,12 @@ def test_python_block_runs(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     namespace: dict[str, object] = {"__name__": "__main__"}
-    exec(compile(block.code, block.id, "exec"), namespace)
+    if "RedisStateStore" in block.code:
+        with redis_server(tmp_path / "redis") as url:
+            monkeypatch.setenv("DRIFTGATE_REDIS_URL", url)
+            exec(compile(block.code, block.id, "exec"), namespace)
+    else:
+        exec(compile(block.code, block.id, "exec"), namespace)
     if is_fastapi_app(block.code):
         assert type(namespace["app"]).__name__ == "FastAPI"
 
@@ -253,9 +265,12 @@ def with_service_url(command: str, base: str) -> str:
     return command
 
 
-def run_shell_block(block: Block, tmp_path: Path, base: str | None) -> list[str]:
+def run_shell_block(
+    block: Block, tmp_path: Path, base: str | None, fleet: dict[str, str] | None = None
+) -> list[str]:
     """Runs the block's commands in order in a folder holding the checkout's examples; returns
-    what ran. Each command must exit 0 or with the code its comment documents."""
+    what ran. Each command must exit 0 or with the code its comment documents. `base` replaces
+    the documented service URLs, `fleet` maps the documented replica URLs to the real ones."""
     work = tmp_path / "cwd"
     work.mkdir()
     for folder in ("examples", "prometheus"):
@@ -276,6 +291,8 @@ def run_shell_block(block: Block, tmp_path: Path, base: str | None) -> list[str]
             raise AssertionError(f"{block.id}: no rule for the command {command!r}")
         if base is not None:
             command = with_service_url(command, base)
+        for documented, real in (fleet or {}).items():
+            command = command.replace(documented, real)
         result = subprocess.run(
             ["bash", "-o", "pipefail", "-c", command],
             cwd=work,
@@ -293,10 +310,129 @@ def run_shell_block(block: Block, tmp_path: Path, base: str | None) -> list[str]
     return ran
 
 
+def require_redis() -> str:
+    """The path of redis-server: skips on a developer's machine without it, fails where
+    DRIFTGATE_REQUIRE_PROMETHEUS=1 (scripts/test.sh, which installs it)."""
+    path = shutil.which("redis-server")
+    if path is None:
+        message = "redis-server not found (Debian package: redis-server)"
+        if os.environ.get("DRIFTGATE_REQUIRE_PROMETHEUS") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+@contextmanager
+def redis_server(folder: Path) -> Iterator[str]:
+    """A redis-server on 127.0.0.1 (appendonly, fsync always); yields its URL."""
+    binary = require_redis()
+    folder.mkdir(parents=True)
+    port = free_port()
+    command = [binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(folder)]
+    command += ["--appendonly", "yes", "--appendfsync", "always", "--save", ""]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+    try:
+        import redis
+
+        client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=1)
+
+        def pong() -> bool | None:
+            if process.poll() is not None:
+                raise AssertionError(f"redis-server exited with {process.returncode}")
+            try:
+                return client.ping() or None
+            except redis.ConnectionError:
+                return None
+
+        wait_for(pong, "redis-server")
+        client.close()
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@contextmanager
+def fleet_demo(folder: Path) -> Iterator[dict[str, str]]:
+    """scripts/fleet_demo.sh on free ports, with this environment's driftgate instead of an
+    install into .venv; yields the documented replica URLs mapped to the real ones. On exit
+    it is interrupted as Ctrl-C would, and every process it printed must be gone."""
+    require_redis()
+    ports = [str(free_port()) for _ in FLEET_HOSTS]
+    env = {k: v for k, v in os.environ.items() if k != "DRIFTGATE_ADMIN_TOKEN"}
+    env |= {
+        "DRIFTGATE_ADMIN_TOKEN": ADMIN_TOKEN,
+        "DRIFTGATE_BIN": str(Path(sys.executable).parent / "driftgate"),
+        "FLEET_DIR": str(folder),
+        "REDIS_PORT": str(free_port()),
+        "REPLICA_PORTS": " ".join(ports),
+    }
+    script = subprocess.Popen(
+        ["bash", str(ROOT / "scripts" / "fleet_demo.sh")],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+        # SIGINT as a terminal's foreground job has it: a test run started in the background
+        # inherits it ignored, and a shell cannot trap a signal ignored when it started
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    assert script.stdout is not None
+    printed: list[str] = []
+    pids: list[int] = []
+    try:
+        for line in script.stdout:  # ends when the script is up (or has exited)
+            printed.append(line)
+            if line.startswith("Stop:"):
+                break
+        output = "".join(printed)
+        assert "Stop: Ctrl-C" in output, f"the fleet did not come up:\n{output}"
+        pids = [int(pid) for pid in re.findall(r"\bpid (\d+)", output)]
+        urls = [f"http://127.0.0.1:{port}" for port in ports]
+        assert len(pids) == 4 and all(url in output for url in urls), output
+        yield dict(zip(FLEET_HOSTS, urls, strict=True))
+    finally:
+        script.send_signal(signal.SIGINT)
+        try:
+            printed.append(script.communicate(timeout=60)[0])  # reads the rest, closes the pipe
+        finally:
+            script.kill()
+    survivors = [pid for pid in pids if alive(pid)]
+    for pid in survivors:  # so that a broken script fails the test without leaking servers
+        os.kill(pid, signal.SIGKILL)
+    assert not survivors, f"the fleet script left {survivors} running"
+    assert script.returncode == 130, script.returncode
+    assert "==> fleet stopped" in printed[-1], "".join(printed)
+
+
 @pytest.mark.parametrize("block", params("bash"))
 def test_shell_block_runs(block: Block, tmp_path: Path) -> None:
     if all(setup_reason(c) is not None for c in commands(block.code)):
         pytest.skip(f"set-up only: {[setup_reason(c) for c in commands(block.code)]}")
+    if any(host in block.code for host in FLEET_HOSTS):
+        with fleet_demo(tmp_path / "fleet") as replicas:
+            ran = run_shell_block(block, tmp_path, None, replicas)
+
+            # the move on one replica is what every replica now enforces
+            def agreed() -> set[tuple[str, int]] | None:
+                statuses = [
+                    httpx.get(f"{url}/api/guardian/rollout/status", timeout=5).json()
+                    for url in replicas.values()
+                ]
+                seen = {(s["current_stage"]["name"], s["version"]) for s in statuses}
+                return seen if len(seen) == 1 else None
+
+            ((stage, _),) = wait_for(agreed, "the replicas to agree", timeout=10)
+            assert stage == "quarter"
+        assert ran
+        return
     if needs_service(block):
         values = (ROOT / "examples" / "values.yaml").read_text()
         with demo_service(tmp_path / "service", values, token=ADMIN_TOKEN) as base:
