@@ -12,6 +12,8 @@ from types import ModuleType
 
 import pytest
 
+import driftgate
+
 ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS = ROOT / "benchmarks"
 
@@ -151,6 +153,33 @@ def test_load_benchmark_smoke(tmp_path):
     answered = [int(n) for n in re.findall(r"all (\d+) answers 2xx", text)]
     assert len(answered) == 2 and min(answered) > 0, text
     assert "`GET /api/v1/metrics` with 8 policies" in text
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_fleet_benchmark_smoke(tmp_path):
+    if shutil.which("redis-server") is None:
+        pytest.fail("redis-server not found (Debian package: redis-server); the fleet needs it")
+    output = tmp_path / "benchmarks.md"
+    result = run_benchmark("benchmarks/fleet.py", "--smoke", "--output", str(output))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "smoke run: every fleet step ran" in result.stdout
+    text = output.read_text()
+    assert "- Command: `python benchmarks/fleet.py --smoke --output" in text
+    # both propagation paths measured every transition, and both stores committed
+    assert len(re.findall(r"over 6 transitions \| median [\d.]+ ms, p99", text)) == 2, text
+    rates = re.search(r"\| (\d+) / (\d+) per s = ", text)
+    assert rates is not None and min(int(rates[1]), int(rates[2])) > 0, text
+
+
+def test_fleet_benchmark_stops_on_a_transition_that_does_not_commit(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    fleet = importlib.import_module("fleet")
+    stages = driftgate.RolloutConfig.default().stages
+    at_final = driftgate.RolloutConfig(stages, current_stage_index=len(stages) - 1)
+    manager = driftgate.RolloutManager(at_final)  # advance refused: already at the final stage
+    with pytest.raises(fleet.BenchmarkError, match="transition 0 did not commit"):
+        fleet.move(manager, 0)
 
 
 def run_load_against(tmp_path: Path, factory: str) -> subprocess.CompletedProcess:
