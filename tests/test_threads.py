@@ -1,5 +1,6 @@
 """Behaviour under Python threads: exact counts, and the GIL released around batches."""
 
+import subprocess
 import sys
 import threading
 import time
@@ -97,3 +98,64 @@ def test_a_field_writer_never_undoes_the_managers_percent(clock, registry):
         tuner.join()
     assert mismatches == []
     assert enforcer.options.rollout_percent == manager.enforced_percentage
+
+
+# A store whose commit (called while the manager holds its lock) lets another thread read the
+# manager's version and sync flag before it answers, as a shared store's follower thread may
+# at any moment. Run in a child process: a deadlock there is a timeout here, not a hung suite.
+READ_DURING_COMMIT = """
+import threading
+from driftgate import RolloutConfig, RolloutManager, SharedStateStore
+
+class MemoryStore(SharedStateStore):
+    def __init__(self):
+        super().__init__()
+        self.document, self.manager, self.read = None, None, []
+
+    def describe(self):
+        return "memory"
+
+    def load(self):
+        return self.document
+
+    def commit(self, version, document, automatic):
+        if self.manager is not None:
+            started = threading.Event()
+
+            def reader():
+                started.set()
+                self.read.append((self.manager.version, self.manager.synced))
+
+            thread = threading.Thread(target=reader)
+            thread.start()
+            started.wait()  # the reader now asks the manager, whose lock this commit holds
+            self.threads.append(thread)
+        self.document = document
+        return ("committed", None)
+
+store = MemoryStore()
+store.threads = []
+manager = RolloutManager(RolloutConfig.default(), store=store)
+store.manager = manager
+for n in range(20):
+    moved = manager.manual_advance() if n % 2 == 0 else manager.manual_rollback()
+    assert moved.success, moved
+for thread in store.threads:
+    thread.join()
+assert len(store.read) == 20 and all(synced for _, synced in store.read), store.read
+print("versions read", sorted(version for version, _ in store.read))
+"""
+
+
+def test_reading_the_version_while_a_commit_waits_for_the_store_does_not_deadlock():
+    """The version and sync flag wait for the manager's lock without holding the GIL: a
+    follower thread that reads them while a transition commits through a Python store (which
+    needs the GIL to answer) must not freeze the process."""
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", READ_DURING_COMMIT], capture_output=True, text=True, timeout=30
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("deadlock: a thread reading manager.version held the GIL during a commit")
+    assert result.returncode == 0, result.stderr
+    assert "versions read" in result.stdout
