@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import faulthandler
 import os
 import platform
 import random
@@ -147,11 +148,16 @@ def manager_for(store: RedisStateStore | None, state_path: Path | None, kind=Rol
 
 
 def move(manager: RolloutManager, n: int) -> int:
-    """Transition n: canary -> quarter on even n, back on odd n. Returns the version."""
-    if n % 2 == 0:
-        decision = manager.manual_advance(actor="bench")
-    else:
-        decision = manager.manual_rollback(actor="bench", reason="bench")
+    """Transition n: canary -> quarter on even n, back on odd n. Returns the version. A commit
+    that hangs (a deadlock) ends the process with every thread's traceback."""
+    faulthandler.dump_traceback_later(60, exit=True)
+    try:
+        if n % 2 == 0:
+            decision = manager.manual_advance(actor="bench")
+        else:
+            decision = manager.manual_rollback(actor="bench", reason="bench")
+    finally:
+        faulthandler.cancel_dump_traceback_later()
     if not decision.success or decision.action not in APPLIED:
         raise BenchmarkError(f"transition {n} did not commit: {decision!r}")
     return decision.version
