@@ -206,7 +206,7 @@ def transitions_per_second(manager: RolloutManager, count: int) -> float:
     return count / (time.perf_counter() - start)
 
 
-def throughput(url: str, folder: Path, profile: Profile) -> tuple[float, float]:
+def throughput(url: str, folder: Path, profile: Profile) -> tuple[list[float], list[float]]:
     """Transitions per second of one manager through Redis, and on a local state file, each
     the median of three rounds run alternately."""
     store = RedisStateStore(url, "bench:throughput", sync_interval_seconds=profile.sync_interval)
@@ -220,7 +220,7 @@ def throughput(url: str, folder: Path, profile: Profile) -> tuple[float, float]:
             file_rates.append(transitions_per_second(local, profile.throughput_transitions))
     finally:
         shared.close()
-    return statistics.median(redis_rates), statistics.median(file_rates)
+    return redis_rates, file_rates
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -238,12 +238,19 @@ def run(profile: Profile, folder: Path) -> tuple[list[Figure], float]:
     with redis_server(folder / "redis") as url:
         with_hints = propagation(url, "bench:hints", profile, hints=True)
         without = propagation(url, "bench:nohints", profile, hints=False)
-        redis_rate, file_rate = throughput(url, folder, profile)
+        redis_rates, file_rates = throughput(url, folder, profile)
+    redis_rate, file_rate = statistics.median(redis_rates), statistics.median(file_rates)
     interval_ms = profile.sync_interval * 1000
     figures = []
     for label, values, limit, target in (
         ("with hints", with_hints, 1000.0, "p99 <= 1 s"),
-        ("hints lost (poll only)", without, interval_ms, f"p99 <= {interval_ms:g} ms"),
+        # the interval plus 10 %: the time includes the commit and the poll's own read
+        (
+            "hints lost (poll only)",
+            without,
+            1.1 * interval_ms,
+            f"p99 <= {1.1 * interval_ms:g} ms (the interval + 10 %)",
+        ),
     ):
         ms = [v * 1000 for v in values]
         p50, p99 = statistics.median(ms), percentile(ms, 0.99)
@@ -259,7 +266,9 @@ def run(profile: Profile, folder: Path) -> tuple[list[Figure], float]:
     figures.append(
         Figure(
             "admin transitions per second, Redis (appendfsync always) / local state file",
-            f"{redis_rate:.0f} / {file_rate:.0f} per s = {redis_rate / file_rate:.2f}x",
+            f"{redis_rate:.0f} / {file_rate:.0f} per s = {redis_rate / file_rate:.2f}x "
+            f"(rounds: Redis {min(redis_rates):.0f}-{max(redis_rates):.0f}, "
+            f"file {min(file_rates):.0f}-{max(file_rates):.0f})",
             "(for reference)",
             True,
         )
@@ -275,7 +284,8 @@ def section(figures: list[Figure], profile: Profile, command: str, took: float, 
 
 - Command: `{command}`
 - Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, \
-driftgate {driftgate.__version__}; redis-server and the state file on {fs}
+driftgate {driftgate.__version__}; redis-server and the state file on {fs}; load average \
+{os.getloadavg()[0]:.1f} at the end (the replicas share this machine's cores with the rest of it)
 - Run took {took:.0f} s
 
 | what | measured | target | met |
@@ -292,7 +302,9 @@ includes the commit itself.
 - Hints lost: each store publishes and listens on a channel of its own, so the others find \
 the commit by polling the version every `sync_interval_seconds` ({profile.sync_interval:g} s \
 here; 5 s by default). Each transition waits a random part of an interval first, so commits \
-fall at random points of the replicas' poll cycles.
+fall at random points of the replicas' poll cycles. The time can pass the interval by the \
+commit and the poll's own read (and a late wake-up of the polling thread on a busy machine), \
+hence the 10 % in the target.
 - Transitions per second: one manager moving canary <-> quarter as fast as it can, the \
 median of alternating rounds of {profile.throughput_transitions} transitions. Each Redis \
 transition is a read and a compare-and-set script that Redis appends and fsyncs before it \
