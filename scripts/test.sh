@@ -16,8 +16,8 @@ esac
 
 # prometheus: promtool checks and unit-tests the alert rules; the server is scraped by a test.
 # wrk: the HTTP load benchmark, whose smoke run is a test. strace: the state file's write
-# faults are injected with it.
-install_debian_packages prometheus wrk strace
+# faults are injected with it. redis-server: the shared rollout store of the fleet tests.
+install_debian_packages prometheus wrk strace redis-server
 install_driftgate test
 
 jobs="$(nproc)"
