@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 
@@ -333,3 +335,49 @@ def test_a_key_holding_something_else_is_reported_and_left_alone(make, redis_ser
     with redis_server.client() as client:
         assert client.get(key) == b"somebody else's"
 
+
+
+# A store whose commit waits (without the GIL) while another thread reads the manager.
+_READ_DURING_COMMIT = """
+import threading
+import driftgate
+from driftgate._core import SharedStateStore
+from driftgate.rollout import RolloutManager
+
+class SlowStore(SharedStateStore):
+    def __init__(self):
+        super().__init__()
+        self.document = None
+        self.inside = threading.Event()
+    def load(self):
+        return self.document
+    def commit(self, version, document, automatic):
+        if version > 1:
+            self.inside.set()
+            threading.Event().wait(0.5)  # the reader below is waiting for the manager now
+        self.document = document
+        return ("committed", None)
+    def describe(self):
+        return "a slow store"
+
+store = SlowStore()
+stages = [driftgate.RolloutStage("a", 10, 0, 0.0), driftgate.RolloutStage("b", 100, 0, 0.0)]
+manager = RolloutManager(driftgate.RolloutConfig(stages), store=store)
+mover = threading.Thread(target=manager.manual_advance, args=("alice",))
+mover.start()
+store.inside.wait()
+print(manager.version, manager.synced)
+mover.join()
+print(manager.version)
+"""
+
+
+def test_reading_the_version_during_a_commit_does_not_deadlock():
+    # The follower thread reads `version` and `synced` while admin moves commit: a read that
+    # held the GIL while waiting for the manager would wait forever for a commit that itself
+    # waits for the GIL.
+    result = subprocess.run(
+        [sys.executable, "-c", _READ_DURING_COMMIT], capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["2", "True", "2"]
