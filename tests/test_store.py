@@ -314,6 +314,8 @@ def test_redact_url(url: str, shown: str):
         "redis://:hunter2@/0",
         "redis://:hunter2@cache:6379/zero",
         "redis://:hunter2@cache:6379/0?password=hunter2",
+        "redis://:hun/ter2@cache:6379/0",
+        "redis://:hunter2#@cache:6379/0",
     ],
 )
 def test_a_malformed_url_is_refused_without_showing_the_password(url: str):

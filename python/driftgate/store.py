@@ -120,8 +120,13 @@ def _checked_url(url: str) -> str:
     try:
         parts = urllib.parse.urlsplit(url)
         port = parts.port
-    except ValueError as error:
-        raise ValueError(f"store URL {shown!r} is malformed ({error})") from None
+    except ValueError:
+        # Not the parser's words: they quote the text after the last colon of the netloc,
+        # which is the password when it holds an unescaped '/', '?' or '#'.
+        raise ValueError(
+            f"store URL {shown!r} is malformed: expected redis://[:password@]host[:port][/db] "
+            "with a port from 1 to 65535 and the password percent-encoded"
+        ) from None
     if parts.scheme not in ("redis", "rediss"):
         raise ValueError(f"store URL {shown!r}: expected a redis:// or rediss:// URL")
     if not parts.hostname:
