@@ -338,7 +338,6 @@ def test_a_key_holding_something_else_is_reported_and_left_alone(make, redis_ser
         assert client.get(key) == b"somebody else's"
 
 
-
 # A store whose commit waits (without the GIL) while another thread reads the manager.
 _READ_DURING_COMMIT = """
 import threading
@@ -383,3 +382,29 @@ def test_reading_the_version_during_a_commit_does_not_deadlock():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["2", "True", "2"]
+
+
+def test_a_replica_on_a_foreign_key_keeps_following_and_takes_the_state_once_it_is_fixed(
+    make, managers, redis_server, key, caplog
+):
+    with redis_server.client() as client:
+        client.set(key, "somebody else's")
+    store = make(sync_interval_seconds=0.1)
+    manager = manager_on(store, managers)
+    assert not manager.synced and manager.enforced_percentage == 0
+
+    def follower_saw_it() -> bool:
+        return any(
+            "not a driftgate rollout" in r.getMessage() and r.threadName.startswith("driftgate")
+            for r in caplog.records
+        )
+
+    until(follower_saw_it, "the follower reading the foreign value", 3)
+    other = manager_on(make(key=f"{key}:elsewhere"), managers)
+    other.manual_advance("alice")
+    with redis_server.client() as client:
+        assert client.get(key) == b"somebody else's"
+        client.delete(key)  # the operator clears the key and puts the fleet's state there
+        client.hset(key, mapping={"version": 2, "doc": other.store.load()})
+    until(lambda: manager.synced and manager.version == 2, "the fixed key followed", 3)
+    assert manager.enforced_percentage == 50

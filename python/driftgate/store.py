@@ -198,6 +198,7 @@ class RedisStateStore(SharedStateStore):
             decode_responses=False,
         )
         self._errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
+        self._wrong_type: type[BaseException] = redis.ResponseError
         self._load = self._client.register_script(_LOAD)
         self._commit = self._client.register_script(_COMMIT)
         self._lease_script = self._client.register_script(_LEASE)
@@ -336,7 +337,14 @@ class RedisStateStore(SharedStateStore):
 
     def stored_version(self) -> int:
         """The version stored now (0: nothing stored)."""
-        value = self._call("read", lambda: self._client.hget(self.key, "version"))
+
+        def read() -> Any:
+            try:
+                return self._client.hget(self.key, "version")
+            except self._wrong_type:  # a key of another type: not ours, load() says why
+                return None
+
+        value = self._call("read", read)
         try:
             return int(value or 0)
         except ValueError:
@@ -438,19 +446,20 @@ class _Follower:
         return time.monotonic() - (self._started if last is None else last)
 
     def _sync(self, manager: RolloutManager) -> None:
-        document = self._store.load()
-        if document is None and not manager.synced:
-            # Started while Redis was away, and nothing is stored: store the fresh rollout.
-            manager.refresh()
-        elif document is not None:
-            try:
+        try:
+            document = self._store.load()
+            if document is None and not manager.synced:
+                # Started while Redis was away, and nothing is stored: store the fresh rollout.
+                manager.refresh()
+            elif document is not None:
                 manager.follow(document)
-            except StateStoreError:
-                raise
-            except StateError as error:
-                # Not ours (another stage list, a foreign value): keep the last known state.
-                logger.error("%s", error)
-                return
+        except StateStoreError:
+            raise
+        except StateError as error:
+            # Not ours (another stage list, a foreign value): keep the last known state, and
+            # keep following, so that the replica takes the state once someone fixes the key.
+            logger.error("%s", error)
+            return
         self._last_sync = time.monotonic()
 
     def _run(self) -> None:
