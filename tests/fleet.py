@@ -42,6 +42,7 @@ def values_yaml(
     prometheus: str | None = None,
     sync_interval: float = 0.5,
     lease_ttl: float = 1.5,
+    prometheus_timeout: float = 5,
 ) -> str:
     """A values file for a replica of the fleet: JSON is YAML, and the file is read strictly."""
     rollout: dict[str, Any] = {
@@ -56,7 +57,11 @@ def values_yaml(
         },
     }
     if prometheus is not None:
-        rollout["prometheus"] = {"url": prometheus, "query": "error_rate", "timeout_seconds": 5}
+        rollout["prometheus"] = {
+            "url": prometheus,
+            "query": "error_rate",
+            "timeout_seconds": prometheus_timeout,
+        }
     values = {
         "enforce_enabled": True,
         "rollout": rollout,
