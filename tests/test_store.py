@@ -298,6 +298,7 @@ def test_describe_and_repr_never_carry_the_password(redis_server):
         ("redis://user:hunter2@cache:6379/0", "redis://cache:6379/0"),
         ("rediss://:hunter2@cache.example/3", "rediss://cache.example/3"),
         ("redis://cache", "redis://cache"),
+        ("redis://:hunter2@[::1]:6379/0", "redis://[::1]:6379/0"),
         ("redis://:hunter2@cache:port/0", "<unparsable URL>"),
     ],
 )

@@ -107,6 +107,7 @@ def redact_url(url: str) -> str:
     try:
         parts = urllib.parse.urlsplit(url)
         host = parts.hostname or ""
+        host = f"[{host}]" if ":" in host else host  # an IPv6 address keeps its brackets
         port = f":{parts.port}" if parts.port is not None else ""
     except ValueError:
         return "<unparsable URL>"
