@@ -409,3 +409,23 @@ def test_a_replica_on_a_foreign_key_keeps_following_and_takes_the_state_once_it_
         client.hset(key, mapping={"version": 2, "doc": other.store.load()})
     until(lambda: manager.synced and manager.version == 2, "the fixed key followed", 3)
     assert manager.enforced_percentage == 50
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a manager that could not read the store at start stores no fresh rollout once "
+    "the store answers empty: the follower only adopts stored documents",
+)
+def test_a_manager_started_while_redis_is_down_starts_the_rollout_once_redis_answers_empty(
+    tmp_path, managers
+):
+    server = RedisServer(tmp_path / "redis")
+    store = RedisStateStore(server.url, "k", sync_interval_seconds=0.1, socket_timeout=0.5)
+    manager = manager_on(store, managers)
+    assert not manager.synced and manager.enforced_percentage == 0
+    server.start()
+    try:
+        until(lambda: manager.synced, "the rollout started", 3)
+        assert manager.version == 1 and manager.enforced_percentage == 10
+    finally:
+        server.stop()
