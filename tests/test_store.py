@@ -411,11 +411,6 @@ def test_a_replica_on_a_foreign_key_keeps_following_and_takes_the_state_once_it_
     assert manager.enforced_percentage == 50
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a manager that could not read the store at start stores no fresh rollout once "
-    "the store answers empty: the follower only adopts stored documents",
-)
 def test_a_manager_started_while_redis_is_down_starts_the_rollout_once_redis_answers_empty(
     tmp_path, managers
 ):
