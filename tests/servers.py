@@ -129,12 +129,13 @@ def json_server(answer: Callable[[str, str, bytes], tuple[int, Any]]) -> Iterato
         server.server_close()
 
 
-def require_tool(name: str) -> str:
+def require_tool(name: str, package: str = "prometheus") -> str:
     """The path of a Debian tool the test needs. Missing, it skips the test on a developer's
-    machine and fails it where DRIFTGATE_REQUIRE_PROMETHEUS=1 (as scripts/test.sh sets)."""
+    machine and fails it where DRIFTGATE_REQUIRE_PROMETHEUS=1 (as scripts/test.sh sets, having
+    installed every package the tests need)."""
     path = shutil.which(name)
     if path is None:
-        message = f"{name} not found (Debian package: prometheus)"
+        message = f"{name} not found (Debian package: {package})"
         if os.environ.get("DRIFTGATE_REQUIRE_PROMETHEUS") == "1":
             pytest.fail(message)
         pytest.skip(message)

@@ -107,6 +107,7 @@ def redact_url(url: str) -> str:
     try:
         parts = urllib.parse.urlsplit(url)
         host = parts.hostname or ""
+        host = f"[{host}]" if ":" in host else host  # an IPv6 address keeps its brackets
         port = f":{parts.port}" if parts.port is not None else ""
     except ValueError:
         return "<unparsable URL>"
@@ -120,8 +121,13 @@ def _checked_url(url: str) -> str:
     try:
         parts = urllib.parse.urlsplit(url)
         port = parts.port
-    except ValueError as error:
-        raise ValueError(f"store URL {shown!r} is malformed ({error})") from None
+    except ValueError:
+        # Not the parser's words: they quote the text after the last colon of the netloc,
+        # which is the password when it holds an unescaped '/', '?' or '#'.
+        raise ValueError(
+            f"store URL {shown!r} is malformed: expected redis://[:password@]host[:port][/db] "
+            "with a port from 1 to 65535 and the password percent-encoded"
+        ) from None
     if parts.scheme not in ("redis", "rediss"):
         raise ValueError(f"store URL {shown!r}: expected a redis:// or rediss:// URL")
     if not parts.hostname:
@@ -193,6 +199,7 @@ class RedisStateStore(SharedStateStore):
             decode_responses=False,
         )
         self._errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
+        self._wrong_type: type[BaseException] = redis.ResponseError
         self._load = self._client.register_script(_LOAD)
         self._commit = self._client.register_script(_COMMIT)
         self._lease_script = self._client.register_script(_LEASE)
@@ -331,7 +338,14 @@ class RedisStateStore(SharedStateStore):
 
     def stored_version(self) -> int:
         """The version stored now (0: nothing stored)."""
-        value = self._call("read", lambda: self._client.hget(self.key, "version"))
+
+        def read() -> Any:
+            try:
+                return self._client.hget(self.key, "version")
+            except self._wrong_type:  # a key of another type: not ours, load() says why
+                return None
+
+        value = self._call("read", read)
         try:
             return int(value or 0)
         except ValueError:
@@ -433,19 +447,20 @@ class _Follower:
         return time.monotonic() - (self._started if last is None else last)
 
     def _sync(self, manager: RolloutManager) -> None:
-        document = self._store.load()
-        if document is None and not manager.synced:
-            # Started while Redis was away, and nothing is stored: store the fresh rollout.
-            manager.refresh()
-        elif document is not None:
-            try:
+        try:
+            document = self._store.load()
+            if document is None and not manager.synced:
+                # Started while Redis was away, and nothing is stored: store the fresh rollout.
+                manager.refresh()
+            elif document is not None:
                 manager.follow(document)
-            except StateStoreError:
-                raise
-            except StateError as error:
-                # Not ours (another stage list, a foreign value): keep the last known state.
-                logger.error("%s", error)
-                return
+        except StateStoreError:
+            raise
+        except StateError as error:
+            # Not ours (another stage list, a foreign value): keep the last known state, and
+            # keep following, so that the replica takes the state once someone fixes the key.
+            logger.error("%s", error)
+            return
         self._last_sync = time.monotonic()
 
     def _run(self) -> None:

@@ -1,0 +1,347 @@
+"""A fleet on 127.0.0.1 for the shared-state tests: Debian's redis-server (append-only file,
+fsync on every write, as the durability notes ask) and replicas of the demo service
+(`driftgate serve`) sharing one rollout key, each started and stopped by the test through its
+own process id. Also a Prometheus stand-in whose answers the test controls."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from servers import free_port, json_server, require_tool, wait_for
+
+TOKEN = "fleet-admin-token"
+ADMIN = {"Authorization": f"Bearer {TOKEN}"}
+ROLLOUT = "/api/guardian/rollout"
+URL_ENV = "DRIFTGATE_TEST_REDIS_URL"
+
+# Manual moves are always possible (no approvals); the day-long stages keep the evaluator
+# from moving anything by itself, so every transition in a history is a request's.
+MANUAL_STAGES = [
+    {"name": name, "percentage": percentage, "duration_seconds": 86400}
+    for name, percentage in [("s0", 1), ("s1", 5), ("s2", 10), ("s3", 25), ("s4", 50)]
+] + [{"name": "full", "percentage": 100}]
+
+
+def values_yaml(
+    key: str,
+    stages: list[dict[str, Any]] = MANUAL_STAGES,
+    *,
+    prometheus: str | None = None,
+    sync_interval: float = 0.5,
+    lease_ttl: float = 1.5,
+    prometheus_timeout: float = 5,
+) -> str:
+    """A values file for a replica of the fleet: JSON is YAML, and the file is read strictly."""
+    rollout: dict[str, Any] = {
+        "enabled": True,
+        "check_interval_seconds": 1,
+        "stages": stages,
+        "store": {
+            "url_env": URL_ENV,
+            "key": key,
+            "sync_interval_seconds": sync_interval,
+            "lease_ttl_seconds": lease_ttl,
+        },
+    }
+    if prometheus is not None:
+        rollout["prometheus"] = {
+            "url": prometheus,
+            "query": "error_rate",
+            "timeout_seconds": prometheus_timeout,
+        }
+    values = {
+        "enforce_enabled": True,
+        "rollout": rollout,
+        "admin": {"token_env": "DRIFTGATE_ADMIN_TOKEN"},
+    }
+    return json.dumps(values, indent=1)
+
+
+class RedisServer:
+    """redis-server on a free port of 127.0.0.1 with its data in `folder`; killed and started
+    again on the same port and data, as after a crash."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        binary = require_tool("redis-server", package="redis-server")
+        with (self.folder / "redis.log").open("ab") as log:
+            self.process = subprocess.Popen(
+                [
+                    binary,
+                    *("--bind", "127.0.0.1", "--port", str(self.port)),
+                    *("--dir", str(self.folder), "--save", ""),
+                    *("--appendonly", "yes", "--appendfsync", "always"),
+                    *("--daemonize", "no", "--loglevel", "warning"),
+                ],
+                stdout=log,
+                stderr=log,
+            )
+        wait_for(lambda: True if self.answers() else None, "redis-server", timeout=15)
+
+    def answers(self) -> bool:
+        if self.process is not None and self.process.poll() is not None:
+            log = (self.folder / "redis.log").read_text(errors="replace")
+            raise RuntimeError(f"redis-server exited with {self.process.returncode}:\n{log}")
+        try:
+            with self.client() as client:
+                return bool(client.ping())
+        except OSError:
+            return False
+        except Exception as error:  # redis.ConnectionError and friends
+            if type(error).__module__.startswith("redis"):
+                return False
+            raise
+
+    def client(self) -> Any:
+        import redis
+
+        return redis.Redis.from_url(self.url, socket_timeout=2, socket_connect_timeout=2)
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash: only what reached the append-only file survives."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+
+
+class Replica:
+    """`driftgate serve` for one values file; its output goes to `log` for the test to read."""
+
+    def __init__(self, folder: Path, values: str, redis_url: str, name: str):
+        self.folder = folder / name
+        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / "values.yaml").write_text(values)
+        self.name = name
+        self.redis_url = redis_url
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.log_path = self.folder / "serve.log"
+        self.process: subprocess.Popen[bytes] | None = None
+        # One connection pool: a client per request costs more than the request on a busy machine.
+        self.http = httpx.Client(base_url=self.base, timeout=10)
+
+    def launch(self) -> subprocess.Popen[bytes]:
+        env = {k: v for k, v in os.environ.items() if k != "DRIFTGATE_ADMIN_TOKEN"}
+        env.update({"DRIFTGATE_ADMIN_TOKEN": TOKEN, URL_ENV: self.redis_url})
+        command = [
+            *(sys.executable, "-m", "driftgate.cli", "serve"),
+            *("--config", str(self.folder / "values.yaml")),
+            *("--state-dir", str(self.folder / "state")),
+            *("--port", str(self.port), "--log-level", "warning"),
+        ]
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(command, env=env, stdout=log, stderr=log)
+        return self.process
+
+    def start(self) -> Replica:
+        self.launch()
+        return self.start_wait()
+
+    def start_wait(self) -> Replica:
+        """Waits until the launched replica answers."""
+        process = self.process
+        assert process is not None
+
+        def up() -> bool | None:
+            if process.poll() is not None:
+                raise RuntimeError(f"replica {self.name} exited:\n{self.log()}")
+            try:
+                httpx.get(f"{self.base}/api/v1/healthz", timeout=1)
+                return True
+            except httpx.TransportError:
+                return None
+
+        wait_for(up, f"replica {self.name}", timeout=30)
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def signal(self, number: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(number)
+
+    def stop(self) -> None:
+        self.http.close()
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGCONT)  # a stopped process cannot act on SIGTERM
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    # -- talking to it -----------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        response = self.http.get(f"{ROLLOUT}/status")
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        assert response.headers["etag"] == f'"{body["version"]}"'
+        return body
+
+    def version(self) -> int:
+        return int(self.status()["version"])
+
+    def metric(self, name: str) -> float | None:
+        """The value of an unlabelled series at /api/v1/metrics (None: not exposed)."""
+        text = self.http.get("/api/v1/metrics").text
+        match = re.search(rf"^{re.escape(name)}(?:{{}})? (\S+)$", text, re.MULTILINE)
+        return None if match is None else float(match.group(1))
+
+    def enforced_percent(self) -> float | None:
+        return self.metric("adapt_enforce_rollout_percent")
+
+    def move(
+        self,
+        action: str,
+        *,
+        if_match: int | None = None,
+        body: dict[str, Any] | None = None,
+        client: httpx.Client | None = None,
+    ) -> httpx.Response:
+        headers = dict(ADMIN)
+        if if_match is not None:
+            headers["If-Match"] = f'"{if_match}"'
+        url = f"{self.base}{ROLLOUT}/{action}"
+        return (client or self.http).post(url, headers=headers, json=body)
+
+
+class Fleet:
+    """Redis and replicas of one values file, all stopped when the `fleet` context ends."""
+
+    def __init__(self, folder: Path, redis: RedisServer, stack: ExitStack):
+        self.folder = folder
+        self.redis = redis
+        self._stack = stack
+        self.replicas: list[Replica] = []
+        self._count = 0
+
+    def add(self, values: str, *, start: bool = True) -> Replica:
+        self._count += 1
+        replica = Replica(self.folder, values, self.redis.url, f"replica{self._count}")
+        self._stack.callback(replica.stop)
+        self.replicas.append(replica)
+        return replica.start() if start else replica
+
+    def by_pid(self, pid: int) -> Replica:
+        return next(r for r in self.replicas if r.pid == pid)
+
+    def lease_holder(self, key: str) -> Replica | None:
+        """The replica holding the evaluation lease, read from Redis: the lease names its
+        holder as "<fence>:<host>-<id>/<token>", and a replica built on its main thread (as
+        `driftgate serve` builds it) names itself by that thread's id, its process id."""
+        with self.redis.client() as client:
+            held = client.get(f"{key}:lease")
+        if held is None:
+            return None
+        holder = held.decode().split(":", 1)[1].split("/", 1)[0]
+        pid = int(holder.rsplit("-", 1)[1])
+        return next((r for r in self.replicas if r.pid == pid), None)
+
+    def stored(self, key: str) -> dict[str, Any] | None:
+        """The rollout document stored in Redis now."""
+        with self.redis.client() as client:
+            document = client.hget(key, "doc")
+        return None if document is None else json.loads(document)
+
+
+@contextmanager
+def fleet(folder: Path) -> Iterator[Fleet]:
+    """A running redis-server and room for replicas; everything stops at the end."""
+    with ExitStack() as stack:
+        redis = RedisServer(folder / "redis")
+        stack.callback(redis.stop)
+        redis.start()
+        yield Fleet(folder, redis, stack)
+
+
+class ErrorRates:
+    """A Prometheus stand-in answering `GET /api/v1/query` with `rate` as a scalar. `hold_next()`
+    makes the next query wait until `release()`, so its replica is caught mid-decision."""
+
+    def __init__(self, rate: float = 0.0):
+        self.rate = rate
+        self.failing = False
+        self.queries = 0
+        self._lock = threading.Lock()
+        self._hold = False
+        self.held = threading.Event()  # a query is waiting
+        self._release = threading.Event()
+        self._held_rate = rate
+
+    def hold_next(self, rate: float) -> None:
+        with self._lock:
+            self._hold, self._held_rate = True, rate
+            self.held.clear()
+            self._release.clear()
+
+    def release(self) -> None:
+        self._release.set()
+
+    def answer(self, method: str, path: str, body: bytes) -> tuple[int, Any]:
+        if not path.startswith("/api/v1/query"):
+            return 404, {"status": "error"}
+        with self._lock:
+            self.queries += 1
+            hold, self._hold = self._hold, False
+            rate = self._held_rate if hold else self.rate
+            failing = self.failing and not hold
+        if hold:
+            self.held.set()
+            self._release.wait(30)
+        if failing:
+            return 503, {"status": "error", "error": "unavailable"}
+        return 200, {
+            "status": "success",
+            "data": {"resultType": "scalar", "result": [0, str(rate)]},
+        }
+
+    @contextmanager
+    def serve(self) -> Iterator[str]:
+        with json_server(self.answer) as url:
+            try:
+                yield url
+            finally:
+                self.release()
+
+
+def until(check: Any, what: str, timeout: float) -> float:
+    """Polls `check` every 10 ms until it is true; returns the seconds it took."""
+    start = time.monotonic()
+    while not check():
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"not within {timeout:g} s: {what}")
+        time.sleep(0.01)
+    return time.monotonic() - start

@@ -1,0 +1,426 @@
+"""RedisStateStore in this process against a real redis-server on 127.0.0.1: compare-and-set,
+fencing, following by hint and by polling, and a URL whose password never shows."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+
+import driftgate
+from driftgate.rollout import DecisionAction, RolloutManager
+from driftgate.store import RedisStateStore, StateStoreError, redact_url
+from fleet import RedisServer, until
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+STAGES = [
+    driftgate.RolloutStage("canary", 10, 0, 0.05),
+    driftgate.RolloutStage("half", 50, 0, 0.05),
+    driftgate.RolloutStage("full", 100, 0, 0.05),
+]
+_keys = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def key() -> str:
+    return f"test:store:{next(_keys)}"
+
+
+@pytest.fixture
+def stores(redis_server: RedisServer) -> Iterator[list[RedisStateStore]]:
+    """Every store a test makes through `make`, closed at its end."""
+    made: list[RedisStateStore] = []
+    yield made
+    for store in made:
+        store.close()
+
+
+@pytest.fixture
+def make(redis_server: RedisServer, stores: list[RedisStateStore], key: str):
+    def make_store(**options) -> RedisStateStore:
+        options.setdefault("sync_interval_seconds", 60.0)
+        options.setdefault("key", key)
+        store = RedisStateStore(redis_server.url, **options)
+        stores.append(store)
+        return store
+
+    return make_store
+
+
+@pytest.fixture
+def managers():
+    made: list[RolloutManager] = []
+    yield made
+    for manager in made:
+        manager.close()
+
+
+def manager_on(store: RedisStateStore, managers: list[RolloutManager], **options) -> RolloutManager:
+    manager = RolloutManager(driftgate.RolloutConfig(STAGES), store=store, **options)
+    managers.append(manager)
+    return manager
+
+
+# -- compare-and-set ------------------------------------------------------------------------
+
+
+def test_a_commit_on_a_version_someone_else_moved_is_refused_with_the_stored_document(
+    make, redis_server, key
+):
+    first, second = make(), make()
+    assert first.commit(1, "one", False) == ("committed", None)
+    # The second replica also read version 0 and decided: it loses, and learns what is stored.
+    assert second.commit(1, "other one", False) == ("conflict", "one")
+    assert second.commit(3, "three", False) == ("conflict", "one")
+    assert first.load() == "one"
+    assert first.commit(2, "two", False) == ("committed", None)
+    with redis_server.client() as client:
+        assert client.hget(key, "version") == b"2"
+
+
+def test_two_managers_moving_from_the_same_version_move_the_rollout_once(make, managers):
+    a = manager_on(make(), managers)
+    b = manager_on(make(), managers)
+    assert a.version == b.version == 1
+    first = a.manual_advance("alice", expected_version=1)
+    second = b.manual_advance("bob", expected_version=1)  # b may not have heard of it yet
+    assert first.success and first.version == 2
+    assert second.action == DecisionAction.CONFLICT and not second.success
+    assert b.version == 2 and b.get_status()["current_stage"]["name"] == "half"
+    assert [t["actor"] for t in b.get_status()["transitions"]] == ["system", "alice"]
+
+
+def test_a_manager_that_lost_a_race_without_precondition_decides_again_on_the_new_state(
+    make, managers
+):
+    a = manager_on(make(), managers)
+    b = manager_on(make(), managers)
+    a.manual_advance("alice")  # canary -> half, version 2; b still holds version 1 or 2
+    moved = b.manual_advance("bob")
+    assert moved.success and moved.version == 3
+    assert (moved.from_stage, moved.to_stage) == ("half", "full")  # never canary -> half again
+
+
+# -- the lease and fencing ------------------------------------------------------------------
+
+
+def test_an_automatic_commit_is_fenced_once_the_lease_moved(make, redis_server, key):
+    old, new = make(), make()
+    assert old.renew_lease()
+    assert not new.renew_lease()  # held by the other
+    assert old.commit(1, "v1", True) == ("committed", None)
+    with redis_server.client() as client:
+        client.delete(f"{key}:lease")  # as if it expired while `old` was paused
+    assert new.renew_lease()
+    assert old.holds_lease  # it has not noticed yet
+    assert old.commit(2, "stale", True) == ("fenced", None)
+    assert new.commit(2, "v2", True) == ("committed", None)
+    assert new.load() == "v2"
+    # A human's move needs no lease: it is the version that guards it.
+    assert old.commit(3, "manual", False) == ("committed", None)
+    # Renewing tells the old holder it lost; from then on it does not even try.
+    assert not old.renew_lease() and not old.holds_lease
+    assert old.commit(4, "stale again", True) == ("fenced", None)
+
+
+def test_an_expired_lease_no_one_took_fences_too(make, redis_server, key):
+    holder = make()
+    assert holder.renew_lease()
+    with redis_server.client() as client:
+        client.delete(f"{key}:lease")
+    assert holder.commit(1, "v1", True) == ("fenced", None)
+    assert holder.load() is None
+
+
+def test_a_new_lease_carries_a_higher_fence(make, redis_server, key):
+    a, b = make(), make()
+    assert a.renew_lease()
+    with redis_server.client() as client:
+        first = client.get(f"{key}:lease")
+        client.delete(f"{key}:lease")
+        assert b.renew_lease()
+        second = client.get(f"{key}:lease")
+    assert int(second.split(b":")[0]) == int(first.split(b":")[0]) + 1
+
+
+def test_a_manager_whose_lease_moved_refuses_its_automatic_decision(make, managers, redis_server):
+    store = make()
+    manager = manager_on(store, managers)
+    store.campaign(True)
+    until(lambda: store.holds_lease, "the lease taken", 5)
+    rival = make()
+    with redis_server.client() as client:
+        client.delete(f"{store.key}:lease")
+    assert rival.renew_lease()
+    decision = manager.evaluate(0.0)  # would advance canary -> half
+    assert decision.action == DecisionAction.CONFLICT
+    assert "no longer holds the evaluation lease" in decision.message
+    assert manager.version == 1 and store.stored_version() == 1
+
+
+def test_the_check_interval_is_the_fleets(make):
+    a, b = make(), make()
+    assert a.claim_check(60) > 0  # no lease: ask again later
+    assert a.renew_lease()
+    assert a.claim_check(60) == 0  # due, and recorded
+    assert 59 < a.claim_check(60) <= 60
+    a.release_lease()
+    assert b.renew_lease()
+    assert 59 < b.claim_check(60) <= 60  # the other replica's check counts
+
+
+# -- following -------------------------------------------------------------------------------
+
+
+def test_a_manager_never_follows_an_older_version(make, managers, redis_server, key):
+    source = manager_on(make(), managers)
+    old_document = source.store.load()
+    source.manual_advance("alice")
+    source.manual_advance("alice")
+    assert source.version == 3
+    assert source.follow(old_document) is False
+    assert source.version == 3 and source.enforced_percentage == 100
+    # The store holding an older version (a Redis restored from an old backup): still not.
+    with redis_server.client() as client:
+        client.hset(key, mapping={"version": 1, "doc": old_document})
+    assert source.refresh() == 3
+    assert source.enforced_percentage == 100
+
+
+def test_a_follower_learns_of_a_commit_by_hint_within_a_second(make, managers):
+    leader = manager_on(make(), managers)
+    enforcer = driftgate.Enforcer(driftgate.EnforceOptions(enforce=True), driftgate.DriftTracker())
+    # Polls once a minute: only the hint can bring the news in time.
+    follower = manager_on(make(sync_interval_seconds=60), managers, enforcer=enforcer)
+    until(lambda: follower.synced and follower.version == 1, "the follower started", 5)
+    times = []
+    for _ in range(5):
+        start = time.monotonic()
+        decision = (
+            leader.manual_advance("alice")
+            if leader.version % 2
+            else leader.manual_rollback("alice")
+        )
+        assert decision.success
+        until(lambda: follower.version == leader.version, "the follower followed", 1.0)
+        times.append(time.monotonic() - start)
+        assert enforcer.options.rollout_percent == leader.enforced_percentage
+    assert max(times) < 1.0
+
+
+def test_a_follower_polls_when_no_hint_comes(make, managers, redis_server, key):
+    # A document stored under another key by another manager of the same stage list.
+    other = manager_on(make(key=f"{key}:elsewhere"), managers)
+    other.manual_advance("alice")
+    other.manual_advance("alice")
+    newer = other.store.load()
+    follower = manager_on(make(sync_interval_seconds=0.2), managers)
+    assert follower.version == 1
+    with redis_server.client() as client:
+        client.hset(key, mapping={"version": 3, "doc": newer})  # written, nothing published
+    took = until(lambda: follower.version == 3, "the poll found the new version", 2.0)
+    assert follower.get_status()["current_stage"]["name"] == "full"
+    assert took < 1.0
+
+
+def test_a_document_that_does_not_parse_is_not_followed_and_never_overwritten(
+    make, managers, redis_server, key
+):
+    manager = manager_on(make(sync_interval_seconds=0.1), managers)
+    with redis_server.client() as client:
+        client.hset(key, mapping={"version": 7, "doc": "{not json"})
+        before = client.dump(key)
+    with pytest.raises(driftgate.StateError):
+        manager.refresh()
+    assert manager.version == 1
+    with pytest.raises(driftgate.StateError, match="not valid JSON"):
+        manager.manual_advance("alice")  # conflicts with version 7, which it cannot read
+    assert manager.version == 1
+    with redis_server.client() as client:
+        assert client.dump(key) == before
+
+
+# -- reachability and secrets ---------------------------------------------------------------
+
+
+def test_an_unreachable_store_raises_state_store_error_quickly(redis_server):
+    dead = f"redis://:hunter2@127.0.0.1:{_free_port()}/0"
+    store = RedisStateStore(dead, socket_timeout=0.5)
+    try:
+        start = time.monotonic()
+        with pytest.raises(StateStoreError) as caught:
+            store.load()
+        assert time.monotonic() - start < 2
+        assert "hunter2" not in str(caught.value)
+        with pytest.raises(StateStoreError):
+            store.commit(1, "x", False)
+        with pytest.raises(StateStoreError):
+            store.renew_lease()
+        assert not store.holds_lease
+    finally:
+        store.close()
+
+
+def _free_port() -> int:
+    from servers import free_port
+
+    return free_port()
+
+
+def test_describe_and_repr_never_carry_the_password(redis_server):
+    url = redis_server.url.replace("redis://", "redis://operator:hunter2@")
+    store = RedisStateStore(url, "k")
+    try:
+        for text in (store.describe(), repr(store)):
+            assert "hunter2" not in text and "operator" not in text
+            assert f"127.0.0.1:{redis_server.port}" in text
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://user:hunter2@cache:6379/0", "redis://cache:6379/0"),
+        ("rediss://:hunter2@cache.example/3", "rediss://cache.example/3"),
+        ("redis://cache", "redis://cache"),
+        ("redis://:hunter2@[::1]:6379/0", "redis://[::1]:6379/0"),
+        ("redis://:hunter2@cache:port/0", "<unparsable URL>"),
+    ],
+)
+def test_redact_url(url: str, shown: str):
+    assert redact_url(url) == shown
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://:hunter2@cache:notaport/0",
+        "redis://:hunter2@cache:99999/0",
+        "http://:hunter2@cache:6379/0",
+        "redis://:hunter2@/0",
+        "redis://:hunter2@cache:6379/zero",
+        "redis://:hunter2@cache:6379/0?password=hunter2",
+        "redis://:hun/ter2@cache:6379/0",
+        "redis://:hunter2#@cache:6379/0",
+    ],
+)
+def test_a_malformed_url_is_refused_without_showing_the_password(url: str):
+    with pytest.raises(ValueError) as caught:
+        RedisStateStore(url)
+    message = str(caught.value)
+    assert "store URL" in message
+    assert "hunter2" not in message and "hun" not in message and "ter2" not in message
+
+
+def test_a_key_holding_something_else_is_reported_and_left_alone(make, redis_server, key):
+    with redis_server.client() as client:
+        client.set(key, "somebody else's")
+    store = make()
+    with pytest.raises(driftgate.StateError, match="not a driftgate rollout"):
+        store.load()
+    with pytest.raises(driftgate.StateError, match="nothing was written"):
+        store.commit(1, json.dumps({}), False)
+    with redis_server.client() as client:
+        assert client.get(key) == b"somebody else's"
+
+
+# A store whose commit waits (without the GIL) while another thread reads the manager.
+_READ_DURING_COMMIT = """
+import threading
+import driftgate
+from driftgate._core import SharedStateStore
+from driftgate.rollout import RolloutManager
+
+class SlowStore(SharedStateStore):
+    def __init__(self):
+        super().__init__()
+        self.document = None
+        self.inside = threading.Event()
+    def load(self):
+        return self.document
+    def commit(self, version, document, automatic):
+        if version > 1:
+            self.inside.set()
+            threading.Event().wait(0.5)  # the reader below is waiting for the manager now
+        self.document = document
+        return ("committed", None)
+    def describe(self):
+        return "a slow store"
+
+store = SlowStore()
+stages = [driftgate.RolloutStage("a", 10, 0, 0.0), driftgate.RolloutStage("b", 100, 0, 0.0)]
+manager = RolloutManager(driftgate.RolloutConfig(stages), store=store)
+mover = threading.Thread(target=manager.manual_advance, args=("alice",))
+mover.start()
+store.inside.wait()
+print(manager.version, manager.synced)
+mover.join()
+print(manager.version)
+"""
+
+
+def test_reading_the_version_during_a_commit_does_not_deadlock():
+    # The follower thread reads `version` and `synced` while admin moves commit: a read that
+    # held the GIL while waiting for the manager would wait forever for a commit that itself
+    # waits for the GIL.
+    result = subprocess.run(
+        [sys.executable, "-c", _READ_DURING_COMMIT], capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["2", "True", "2"]
+
+
+def test_a_replica_on_a_foreign_key_keeps_following_and_takes_the_state_once_it_is_fixed(
+    make, managers, redis_server, key, caplog
+):
+    with redis_server.client() as client:
+        client.set(key, "somebody else's")
+    store = make(sync_interval_seconds=0.1)
+    manager = manager_on(store, managers)
+    assert not manager.synced and manager.enforced_percentage == 0
+
+    def follower_saw_it() -> bool:
+        return any(
+            "not a driftgate rollout" in r.getMessage() and r.threadName.startswith("driftgate")
+            for r in caplog.records
+        )
+
+    until(follower_saw_it, "the follower reading the foreign value", 3)
+    other = manager_on(make(key=f"{key}:elsewhere"), managers)
+    other.manual_advance("alice")
+    with redis_server.client() as client:
+        assert client.get(key) == b"somebody else's"
+        client.delete(key)  # the operator clears the key and puts the fleet's state there
+        client.hset(key, mapping={"version": 2, "doc": other.store.load()})
+    until(lambda: manager.synced and manager.version == 2, "the fixed key followed", 3)
+    assert manager.enforced_percentage == 50
+
+
+def test_a_manager_started_while_redis_is_down_starts_the_rollout_once_redis_answers_empty(
+    tmp_path, managers
+):
+    server = RedisServer(tmp_path / "redis")
+    store = RedisStateStore(server.url, "k", sync_interval_seconds=0.1, socket_timeout=0.5)
+    manager = manager_on(store, managers)
+    assert not manager.synced and manager.enforced_percentage == 0
+    server.start()
+    try:
+        until(lambda: manager.synced, "the rollout started", 3)
+        assert manager.version == 1 and manager.enforced_percentage == 10
+    finally:
+        server.stop()
