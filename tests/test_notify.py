@@ -365,24 +365,12 @@ def test_outcomes_are_counted_in_the_managers_registry(tmp_path):
 
 
 def test_three_replicas_on_one_redis_send_each_event_once(tmp_path):
-    import shutil
-    import subprocess
+    from fleet import RedisServer
 
-    from servers import free_port, wait_for
-
-    server = shutil.which("redis-server")
-    if server is None:
-        pytest.skip("redis-server is not installed (apt-get install redis-server)")
-    port = free_port()
-    redis_process = subprocess.Popen(
-        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(tmp_path)],
-        stdout=subprocess.DEVNULL,
-    )
+    redis_server = RedisServer(tmp_path / "redis")
+    redis_server.start()
     try:
-        url = f"redis://127.0.0.1:{port}/0"
-        import redis
-
-        wait_for(lambda: redis.Redis.from_url(url).ping() or None, "redis-server")
+        url = redis_server.url
         sink = Collect()
         managers = []
         for name in ("a", "b", "c"):
@@ -411,8 +399,7 @@ def test_three_replicas_on_one_redis_send_each_event_once(tmp_path):
         for manager in managers:
             manager.close()
     finally:
-        redis_process.kill()
-        redis_process.wait()
+        redis_server.stop()
 
 
 def test_the_demo_service_sends_signed_webhooks_named_in_its_values(tmp_path):

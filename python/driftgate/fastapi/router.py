@@ -273,14 +273,14 @@ def create_router(
     def moved(move: Callable[[], Decision], expected: int | None) -> dict[str, Any]:
         try:
             decision = move()
-        except StateStoreError:
-            raise HTTPException(
-                status.HTTP_503_SERVICE_UNAVAILABLE, ReasonCode.STATE_STORE.value
-            ) from None
-        except StateError:
-            raise HTTPException(
-                status.HTTP_503_SERVICE_UNAVAILABLE, ReasonCode.STATE_FILE.value
-            ) from None
+        except StateError as error:
+            # A shared store that is away, or holds what is not this rollout, is the store's
+            # problem; a state file that cannot be written is the file's.
+            shared = isinstance(error, StateStoreError) or (
+                manager is not None and manager.store is not None
+            )
+            code = ReasonCode.STATE_STORE if shared else ReasonCode.STATE_FILE
+            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, code.value) from None
         if decision.action == DecisionAction.CONFLICT:
             if expected is not None:
                 raise HTTPException(
