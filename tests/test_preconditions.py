@@ -176,3 +176,19 @@ def test_cli_refuses_a_bad_expected_version(value, capsys):
         main(["advance", "--url", "http://service", "--expected-version", value])
     assert exit_.value.code == 2
     assert "expected a rollout version" in capsys.readouterr().err
+
+
+def test_the_file_store_is_a_store_argument_and_state_path_its_shorthand(tmp_path):
+    path = tmp_path / "rollout.json"
+    manager = driftgate.RolloutManager(
+        RolloutConfig.default(), store=driftgate.FileStateStore(path), name="checkout"
+    )
+    assert manager.state_path == str(path) and manager.store is None
+    assert manager.manual_advance("alice").version == 2
+    del manager
+    again = driftgate.RolloutManager(RolloutConfig.default(), state_path=path)
+    assert again.version == 2
+    with pytest.raises(ValueError, match="a state_path or a store, not both"):
+        driftgate.RolloutManager(
+            RolloutConfig.default(), state_path=path, store=driftgate.FileStateStore(path)
+        )

@@ -37,6 +37,7 @@ __all__ = [
     "Decision",
     "DecisionAction",
     "ErrorRateSource",
+    "FileStateStore",
     "LocalErrorRate",
     "PrometheusErrorRate",
     "RolloutConfig",
@@ -145,6 +146,17 @@ class PrometheusErrorRate:
         return f"PrometheusErrorRate({self.base_url!r}, {self.query!r})"
 
 
+class FileStateStore:
+    """The local state file as a store: what `state_path=` is the shorthand for. One process
+    owns it; for replicas that share one rollout, use a shared store (`RedisStateStore`)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+
+    def __repr__(self) -> str:
+        return f"FileStateStore({self.path!r})"
+
+
 class RolloutManager(_RolloutManager):
     """Walks a staged rollout: advances after each stage's minimum time while the error rate is
     low, rolls back by itself when it is high, waits for a human where a stage asks for
@@ -169,11 +181,15 @@ class RolloutManager(_RolloutManager):
         confidence: float | None = None,
         source_timeout: float = 10.0,
         analysis_window: timedelta = timedelta(hours=1),
-        store: SharedStateStore | None = None,
+        store: SharedStateStore | FileStateStore | None = None,
         notifier: Notifier | None = None,
         name: str | None = None,
         analysis_failures_to_notify: int = 3,
     ):
+        if isinstance(store, FileStateStore):
+            if state_path is not None:
+                raise ValueError("give a RolloutManager a state_path or a store, not both")
+            state_path, store = store.path, None
         if not (source_timeout > 0 and math.isfinite(source_timeout)):
             raise ValueError(f"source_timeout={source_timeout!r}: expected seconds > 0")
         if not (isinstance(analysis_window, timedelta) and analysis_window > timedelta(0)):
