@@ -424,3 +424,17 @@ def test_a_manager_started_while_redis_is_down_starts_the_rollout_once_redis_ans
         assert manager.version == 1 and manager.enforced_percentage == 10
     finally:
         server.stop()
+
+
+def test_a_deleted_key_is_not_recreated_and_moves_answer_store_errors(
+    make, managers, redis_server, key
+):
+    manager = manager_on(make(), managers)
+    assert manager.manual_advance("alice").success
+    with redis_server.client() as client:
+        client.delete(key)
+    with pytest.raises(driftgate.StateStoreError, match="no rollout state is stored in .* any more"):
+        manager.manual_advance("alice")
+    assert manager.version == 2  # still the version it held
+    with redis_server.client() as client:
+        assert client.exists(key) == 0
