@@ -22,7 +22,7 @@ import pytest
 
 import driftgate
 from driftgate.store import RedisStateStore
-from fleet import (
+from fleet_servers import (
     ROLLOUT,
     URL_ENV,
     ErrorRates,

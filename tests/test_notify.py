@@ -365,7 +365,7 @@ def test_outcomes_are_counted_in_the_managers_registry(tmp_path):
 
 
 def test_three_replicas_on_one_redis_send_each_event_once(tmp_path):
-    from fleet import RedisServer
+    from fleet_servers import RedisServer
 
     redis_server = RedisServer(tmp_path / "redis")
     redis_server.start()

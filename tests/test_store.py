@@ -15,7 +15,7 @@ import pytest
 import driftgate
 from driftgate.rollout import DecisionAction, RolloutManager
 from driftgate.store import RedisStateStore, StateStoreError, redact_url
-from fleet import RedisServer, until
+from fleet_servers import RedisServer, until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
