@@ -433,7 +433,8 @@ def test_a_deleted_key_is_not_recreated_and_moves_answer_store_errors(
     assert manager.manual_advance("alice").success
     with redis_server.client() as client:
         client.delete(key)
-    with pytest.raises(driftgate.StateStoreError, match="no rollout state is stored in .* any more"):
+    gone = r"no rollout state is stored in .* any more"
+    with pytest.raises(driftgate.StateStoreError, match=gone):
         manager.manual_advance("alice")
     assert manager.version == 2  # still the version it held
     with redis_server.client() as client:
