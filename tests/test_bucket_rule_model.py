@@ -24,8 +24,9 @@ OVERFLOW = "__overflow__"
 
 
 class BucketRuleModel:
-    """The rolling-window bucket rule written out plainly: effective time is the highest clock reading seen, and an
-    event at t counts in a read at u iff 0 <= floor(u/step) - floor(t/step) < buckets."""
+    """The rolling-window bucket rule written out plainly: effective time is the highest clock
+    reading seen, and an event at t counts in a read at u iff
+    0 <= floor(u/step) - floor(t/step) < buckets."""
 
     def __init__(self):
         self.highest = -math.inf
