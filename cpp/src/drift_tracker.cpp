@@ -74,6 +74,12 @@ bool DriftTracker::record(std::string_view policy_id, Verdict shadow, Verdict en
     return drift;
 }
 
+bool DriftTracker::record_slot(std::uint32_t slot, Verdict shadow, Verdict enforced) {
+    const bool drift = shadow != enforced;
+    add(slot, drift ? 1 : 0, 1);
+    return drift;
+}
+
 std::uint64_t DriftTracker::record_batch(std::string_view policy_id,
                                          std::span<const std::uint8_t> shadow,
                                          std::span<const std::uint8_t> enforced) {

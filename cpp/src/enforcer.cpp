@@ -101,7 +101,7 @@ VerdictPair Enforcer::decide(std::string_view policy_id, std::string_view key,
     const Evaluated enforced_result = pair.in_rollout ? evaluate(enforced) : shadow_result;
     pair.shadow = shadow_result.verdict;
     pair.enforced = enforced_result.verdict;
-    pair.drift = tracker_->record(policy_id, pair.shadow, pair.enforced);
+    pair.drift = tracker_->record_slot(slot, pair.shadow, pair.enforced);
 
     // Shadow runs on every decision, so it counts every one; enforced counts the cohort's.
     const std::span<prometheus::Counter* const> counted = counters_.at(slot);

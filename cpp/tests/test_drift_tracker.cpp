@@ -3,6 +3,7 @@
 #include <cstdint>
 #include <memory>
 #include <span>
+#include <stdexcept>
 #include <thread>
 #include <vector>
 
@@ -34,6 +35,18 @@ TEST_CASE("record reports drift and counts per policy", "[drift_tracker]") {
     CHECK(f.tracker.ratio("5m", "p1") == 0.5);
     CHECK(f.tracker.ratio("60m", "p2") == 0.0);
     CHECK(f.tracker.counts("5m", "never").total == 0);
+}
+
+TEST_CASE("record_slot counts under the id that holds the slot", "[drift_tracker]") {
+    Fixture f;
+    const std::uint32_t slot = f.tracker.index()->slot_for("p2");
+    CHECK(f.tracker.record_slot(slot, Verdict::Ok, Verdict::Fail));
+    CHECK_FALSE(f.tracker.record_slot(slot, Verdict::Ok, Verdict::Ok));
+    CHECK(f.tracker.counts("5m", "p2").events == 1);
+    CHECK(f.tracker.counts("5m", "p2").total == 2);
+    CHECK(f.tracker.counts("5m").total == 2);
+    CHECK_THROWS_AS(f.tracker.record_slot(1000, Verdict::Ok, Verdict::Ok), std::out_of_range);
+    CHECK(f.tracker.counts("5m").total == 2);
 }
 
 TEST_CASE("the 5m window forgets after 300 s, the 60m one keeps", "[drift_tracker]") {
