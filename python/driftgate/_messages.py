@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import reprlib
 import sys
+from pathlib import Path
 from typing import Any
 
 _repr = reprlib.Repr()
@@ -40,3 +41,17 @@ def one_line(text: str) -> str:
         if line.strip():
             return printable(line.strip())
     return ""
+
+
+def read_capped(path: str | Path, limit: int, error: type[Exception], what: str = "") -> bytes:
+    """The bytes of a small file, read whole only up to `limit`: an unreadable file or a larger
+    one raises `error` naming the path (and `what` the file should have been), never an
+    OSError with a traceback or a file read into memory whatever its size."""
+    try:
+        with open(path, "rb") as file:
+            raw = file.read(limit + 1)
+    except OSError as problem:
+        raise error(f"{path}: cannot read ({problem.strerror})") from None
+    if len(raw) > limit:
+        raise error(f"{path}: larger than {limit} bytes{what}")
+    return raw

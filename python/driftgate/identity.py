@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from driftgate._messages import shown
+from driftgate._messages import read_capped, shown
 from driftgate.reasons import ReasonCode
 
 __all__ = [
@@ -182,14 +182,7 @@ class TokenFile:
 
     @classmethod
     def load(cls, path: str | Path) -> TokenFile:
-        try:
-            with open(path, "rb") as file:
-                raw = file.read(MAX_TOKEN_FILE_BYTES + 1)
-        except OSError as error:
-            raise TokenFileError(f"{path}: cannot read ({error.strerror})") from None
-        if len(raw) > MAX_TOKEN_FILE_BYTES:
-            raise TokenFileError(f"{path}: larger than {MAX_TOKEN_FILE_BYTES} bytes")
-        return cls.parse(raw, str(path))
+        return cls.parse(read_capped(path, MAX_TOKEN_FILE_BYTES, TokenFileError), str(path))
 
     @classmethod
     def parse(cls, raw: bytes, path: str = "<token file>") -> TokenFile:

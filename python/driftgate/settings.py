@@ -51,7 +51,7 @@ from pydantic import (
 )
 
 from driftgate._core import EnforceOptions, GateConfig, RolloutConfig, RolloutStage
-from driftgate._messages import one_line, shown
+from driftgate._messages import one_line, read_capped, shown
 from driftgate.identity import ALLOWED_ALGORITHMS
 from driftgate.rollout import PrometheusErrorRate
 
@@ -614,13 +614,7 @@ def load_settings(path: str | Path | None) -> Settings:
     """Settings from a YAML values file; the defaults when `path` is None."""
     if path is None:
         return Settings()
-    try:
-        with open(path, "rb") as file:
-            raw = file.read(MAX_VALUES_BYTES + 1)
-    except OSError as error:
-        raise SettingsError(f"{path}: cannot read ({error.strerror})") from None
-    if len(raw) > MAX_VALUES_BYTES:
-        raise SettingsError(f"{path}: larger than {MAX_VALUES_BYTES} bytes: not a values file")
+    raw = read_capped(path, MAX_VALUES_BYTES, SettingsError, ": not a values file")
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as error:
