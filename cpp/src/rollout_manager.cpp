@@ -178,13 +178,19 @@ PersistedRollout RolloutManager::decode_stored(std::string_view document) const 
                           "it is left untouched; point the store at another key or remove it");
 }
 
-void RolloutManager::adopt_locked(const PersistedRollout& saved) {
+void RolloutManager::adopt_locked(PersistedRollout saved) {
     position_ = {saved.stage_index, saved.started_at, saved.state};
     version_ = saved.version;
-    transitions_ = saved.transitions;
-    approvals_ = saved.approvals;
+    transitions_ = std::move(saved.transitions);
+    approvals_ = std::move(saved.approvals);
     synced_ = true;
     publish_locked();
+}
+
+bool RolloutManager::adopt_if_newer_locked(PersistedRollout saved) {
+    if (synced_ && saved.version <= version_) return false;
+    adopt_locked(std::move(saved));
+    return true;
 }
 
 void RolloutManager::refresh_locked() {
@@ -208,17 +214,14 @@ void RolloutManager::refresh_locked() {
         throw StateStoreError("no rollout state is stored in " + options_.store->describe() +
                               " any more; nothing was changed");
     }
-    const PersistedRollout saved = decode_stored(*stored);
-    if (!synced_ || saved.version > version_) adopt_locked(saved);
+    adopt_if_newer_locked(decode_stored(*stored));
 }
 
 bool RolloutManager::follow(std::string_view document) {
     if (!options_.store) throw std::logic_error("follow() needs a manager with a shared store");
-    const PersistedRollout saved = decode_stored(document);
+    PersistedRollout saved = decode_stored(document);
     std::lock_guard lock(mutex_);
-    if (synced_ && saved.version <= version_) return false;
-    adopt_locked(saved);
-    return true;
+    return adopt_if_newer_locked(std::move(saved));
 }
 
 std::uint64_t RolloutManager::refresh() {
@@ -299,13 +302,8 @@ void RolloutManager::persist_and_apply_locked(const RolloutPosition& next, std::
                                 saved.transitions.end() - StateFile::kMaxTransitions);
     }
 
-    auto apply = [&] {
-        position_ = {saved.stage_index, saved.started_at, saved.state};
-        version_ = saved.version;
-        transitions_ = std::move(saved.transitions);
-        approvals_ = std::move(saved.approvals);
-        publish_locked();
-    };
+    // Called once, when the move is acknowledged (or lowers enforcement whatever the disk says).
+    auto apply = [&] { adopt_locked(std::move(saved)); };
     if (options_.store) {
         // Committed only if nobody committed since this replica's version; nothing is applied
         // unless it committed (a fleet must not diverge, not even towards less enforcement).
@@ -317,8 +315,7 @@ void RolloutManager::persist_and_apply_locked(const RolloutPosition& next, std::
                 return;
             case SharedStateStore::CommitStatus::Conflict:
                 if (result.current) {
-                    const PersistedRollout stored = decode_stored(*result.current);
-                    if (stored.version > version_) adopt_locked(stored);
+                    adopt_if_newer_locked(decode_stored(*result.current));
                 } else {
                     refresh_locked();
                 }

@@ -178,7 +178,10 @@ class RolloutManager {
                              std::optional<std::uint64_t> expected_version) const;
     RolloutPosition fresh_start(RolloutPosition start) const;
     PersistedRollout decode_stored(std::string_view document) const;
-    void adopt_locked(const PersistedRollout& saved);
+    void adopt_locked(PersistedRollout saved);
+    /// Adopts a state read from the store when it is newer than this replica's, or when
+    /// this replica holds none yet; true when it did.
+    bool adopt_if_newer_locked(PersistedRollout saved);
     void refresh_locked();
     void require_synced_locked() const;
     void start_shared_locked(RolloutPosition start);
