@@ -9,21 +9,6 @@ namespace driftgate::bindings {
 
 namespace {
 
-const char* type_name(prometheus::MetricType type) {
-    switch (type) {
-        case prometheus::MetricType::Counter:
-            return "counter";
-        case prometheus::MetricType::Gauge:
-            return "gauge";
-        case prometheus::MetricType::Histogram:
-            return "histogram";
-        case prometheus::MetricType::Summary:
-            return "summary";
-        default:
-            return "untyped";
-    }
-}
-
 /// (name, help, type, [(sample name, labels, value)]), the shape prometheus_client's
 /// Metric takes; histograms are spelled out as _bucket, _count and _sum samples.
 py::list families_as_python(const std::vector<prometheus::MetricFamily>& families) {

@@ -130,11 +130,7 @@ std::vector<std::string> MetricsRegistry::family_names() const {
     return names;
 }
 
-namespace {
-
-constexpr std::string_view kTotal = "_total";
-
-std::string_view openmetrics_type(prometheus::MetricType type) {
+std::string_view type_name(prometheus::MetricType type) {
     switch (type) {
         case prometheus::MetricType::Counter:
             return "counter";
@@ -145,8 +141,17 @@ std::string_view openmetrics_type(prometheus::MetricType type) {
         case prometheus::MetricType::Summary:
             return "summary";
         default:
-            return "unknown";
+            return "untyped";
     }
+}
+
+namespace {
+
+constexpr std::string_view kTotal = "_total";
+
+std::string_view openmetrics_type(prometheus::MetricType type) {
+    const std::string_view name = type_name(type);
+    return name == "untyped" ? "unknown" : name;  // OpenMetrics' word for it
 }
 
 /// OpenMetrics escapes backslash, newline and double quote in HELP text.

@@ -13,6 +13,7 @@
 #include <set>
 #include <span>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -136,6 +137,9 @@ class MetricsRegistry {
     mutable std::vector<std::weak_ptr<const WindowSource>> window_sources_;
     mutable std::vector<std::weak_ptr<ScrapeHook>> scrape_hooks_;
 };
+
+/// The text format's name of a family's type: counter, gauge, histogram, summary or untyped.
+std::string_view type_name(prometheus::MetricType type);
 
 /// Text format 0.0.4 from prometheus-cpp's TextSerializer turned into OpenMetrics 1.0.0.
 /// prometheus-cpp has no OpenMetrics serializer; the two formats share the sample lines, so
