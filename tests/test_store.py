@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import subprocess
 import sys
 import time
@@ -14,7 +15,7 @@ import pytest
 
 import driftgate
 from driftgate.rollout import DecisionAction, RolloutManager
-from driftgate.store import RedisStateStore, StateStoreError, redact_url
+from driftgate.store import RedisStateStore, StateStoreError, _RecurringProblem, redact_url
 from fleet_servers import RedisServer, until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -388,6 +389,7 @@ def test_reading_the_version_during_a_commit_does_not_deadlock():
 def test_a_replica_on_a_foreign_key_keeps_following_and_takes_the_state_once_it_is_fixed(
     make, managers, redis_server, key, caplog
 ):
+    caplog.set_level(logging.INFO, logger="driftgate.store")
     with redis_server.client() as client:
         client.set(key, "somebody else's")
     store = make(sync_interval_seconds=0.1)
@@ -401,6 +403,18 @@ def test_a_replica_on_a_foreign_key_keeps_following_and_takes_the_state_once_it_
         )
 
     until(follower_saw_it, "the follower reading the foreign value", 3)
+    reads = 0
+    load = store.load
+
+    def counted_load() -> str | None:
+        nonlocal reads
+        reads += 1
+        return load()
+
+    store.load = counted_load  # type: ignore[method-assign]
+    until(lambda: reads >= 5, "five more polls of the foreign value", 3)
+    said = [r for r in caplog.records if "not a driftgate rollout" in r.getMessage()]
+    assert len(said) == 1, "a problem that lasts is logged once a minute, not once per poll"
     other = manager_on(make(key=f"{key}:elsewhere"), managers)
     other.manual_advance("alice")
     with redis_server.client() as client:
@@ -409,6 +423,7 @@ def test_a_replica_on_a_foreign_key_keeps_following_and_takes_the_state_once_it_
         client.hset(key, mapping={"version": 2, "doc": other.store.load()})
     until(lambda: manager.synced and manager.version == 2, "the fixed key followed", 3)
     assert manager.enforced_percentage == 50
+    assert any("the rollout state is readable again" in r.getMessage() for r in caplog.records)
 
 
 def test_a_manager_started_while_redis_is_down_starts_the_rollout_once_redis_answers_empty(
@@ -439,3 +454,33 @@ def test_a_deleted_key_is_not_recreated_and_moves_answer_store_errors(
     assert manager.version == 2  # still the version it held
     with redis_server.client() as client:
         assert client.exists(key) == 0
+
+
+def test_a_recurring_problem_is_logged_when_it_starts_changes_recurs_a_minute_on_and_ends(caplog):
+    now = [0.0]
+    problem = _RecurringProblem("redis://h:6379 key k", "answers again", clock=lambda: now[0])
+    caplog.set_level(logging.INFO, logger="driftgate.store")
+
+    def said() -> list[str]:
+        lines = [r.getMessage() for r in caplog.records]
+        caplog.clear()
+        return lines
+
+    problem.ended()
+    assert said() == []  # nothing ended that was logged
+    for _ in range(100):
+        problem.report(logging.WARNING, "down")
+        now[0] += 0.5
+    assert said() == ["down"]
+    problem.report(logging.WARNING, "down")  # 50 s after the first line: still quiet
+    assert said() == []
+    now[0] += 10
+    problem.report(logging.WARNING, "down")
+    assert said() == ["down (again 101 times in 60 s)"]
+    problem.report(logging.WARNING, "refused")  # another problem is said at once
+    assert said() == ["refused"]
+    problem.ended()
+    problem.ended()
+    assert said() == ["redis://h:6379 key k: answers again"]
+    problem.report(logging.WARNING, "refused")  # after an end, the same problem is new
+    assert said() == ["refused"]

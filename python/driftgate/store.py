@@ -25,6 +25,7 @@ import threading
 import time
 import urllib.parse
 import weakref
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from driftgate._core import SharedStateStore, StateError, StateStoreError
@@ -417,6 +418,50 @@ class RedisStateStore(SharedStateStore):
         return f"RedisStateStore({redact_url(self._url)!r}, key={self.key!r})"
 
 
+class _RecurringProblem:
+    """One kind of problem the follower meets on every attempt while it lasts (Redis away, a
+    value that is not a rollout), logged when it starts or changes, then once every `every`
+    seconds with how often it recurred, not once per attempt; and one line when it ends."""
+
+    def __init__(
+        self,
+        source: str,
+        ended: str,
+        *,
+        every: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._source = source  # the store's description: no password
+        self._ended = ended
+        self._every = every
+        self._clock = clock
+        self._message: str | None = None
+        self._logged_at = 0.0
+        self._repeats = 0
+
+    def report(self, level: int, message: str) -> None:
+        now = self._clock()
+        if message == self._message:
+            if now - self._logged_at < self._every:
+                self._repeats += 1
+                return
+            message = (
+                f"{message} (again {self._repeats + 1} times in {now - self._logged_at:.0f} s)"
+            )
+            logger.log(level, "%s", message)
+        else:
+            logger.log(level, "%s", message)
+            self._message = message
+        self._logged_at = now
+        self._repeats = 0
+
+    def ended(self) -> None:
+        if self._message is not None:
+            logger.info("%s: %s", self._source, self._ended)
+            self._message = None
+            self._repeats = 0
+
+
 class _Follower:
     """The thread that keeps a manager on the stored version: a hint on every commit
     (pub/sub), a poll every sync interval, a full reload after every reconnect; and, while the
@@ -432,6 +477,10 @@ class _Follower:
         self.campaigning = False
         self._last_sync: float | None = None
         self._started = time.monotonic()
+        self._outage = _RecurringProblem(store.describe(), "answers again")
+        self._unreadable = _RecurringProblem(
+            store.describe(), "the rollout state is readable again"
+        )
 
     def start(self) -> None:
         self._thread.start()
@@ -459,8 +508,9 @@ class _Follower:
         except StateError as error:
             # Not ours (another stage list, a foreign value): keep the last known state, and
             # keep following, so that the replica takes the state once someone fixes the key.
-            logger.error("%s", error)
+            self._unreadable.report(logging.ERROR, str(error))
             return
+        self._unreadable.ended()
         self._last_sync = time.monotonic()
 
     def _run(self) -> None:
@@ -504,11 +554,15 @@ class _Follower:
                     self._sync(manager)
                 backoff = 0.05
                 up = True
+                self._outage.ended()
             except failures as error:
                 if isinstance(error, StateStoreError):
-                    logger.warning("%s", error)
+                    self._outage.report(logging.WARNING, str(error))
                 else:
-                    logger.warning("%s: follow failed (%s)", store.describe(), type(error).__name__)
+                    self._outage.report(
+                        logging.WARNING,
+                        f"{store.describe()}: follow failed ({type(error).__name__})",
+                    )
                 store._drop_lease()
                 if pubsub is not None:
                     with contextlib.suppress(Exception):  # a broken connection may fail to close
