@@ -423,7 +423,17 @@ def test_a_replica_on_a_foreign_key_keeps_following_and_takes_the_state_once_it_
         client.hset(key, mapping={"version": 2, "doc": other.store.load()})
     until(lambda: manager.synced and manager.version == 2, "the fixed key followed", 3)
     assert manager.enforced_percentage == 50
-    assert any("the rollout state is readable again" in r.getMessage() for r in caplog.records)
+    until(
+        lambda: any(
+            "the rollout state is readable again" in r.getMessage() for r in caplog.records
+        ),
+        "the end of the problem logged",
+        3,
+    )
+    ended = [r.getMessage() for r in caplog.records if "readable again" in r.getMessage()]
+    assert len(ended) == 1
+    assert ended[0].startswith(f"{store.describe()}: the rollout state is readable again (")
+    assert ended[0].endswith(" attempts failed since the last line)")  # the polls held back
 
 
 def test_a_manager_started_while_redis_is_down_starts_the_rollout_once_redis_answers_empty(
@@ -477,10 +487,18 @@ def test_a_recurring_problem_is_logged_when_it_starts_changes_recurs_a_minute_on
     now[0] += 10
     problem.report(logging.WARNING, "down")
     assert said() == ["down (again 101 times in 60 s)"]
-    problem.report(logging.WARNING, "refused")  # another problem is said at once
+    problem.report(logging.WARNING, "refused")  # another message is said at once
     assert said() == ["refused"]
+    for _ in range(10):  # messages that take turns are each held back
+        problem.report(logging.WARNING, "down")
+        problem.report(logging.WARNING, "refused")
+    assert said() == []
     problem.ended()
     problem.ended()
-    assert said() == ["redis://h:6379 key k: answers again"]
+    assert said() == [
+        "redis://h:6379 key k: answers again (20 attempts failed since the last line)"
+    ]
     problem.report(logging.WARNING, "refused")  # after an end, the same problem is new
     assert said() == ["refused"]
+    problem.ended()
+    assert said() == ["redis://h:6379 key k: answers again"]

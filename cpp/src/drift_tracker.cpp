@@ -75,6 +75,10 @@ bool DriftTracker::record(std::string_view policy_id, Verdict shadow, Verdict en
 }
 
 bool DriftTracker::record_slot(std::uint32_t slot, Verdict shadow, Verdict enforced) {
+    // A slot no id holds yet would count for whichever id takes it later.
+    if (!index_->holds(slot)) {
+        throw std::out_of_range("slot " + std::to_string(slot) + " is held by no policy id");
+    }
     const bool drift = shadow != enforced;
     add(slot, drift ? 1 : 0, 1);
     return drift;

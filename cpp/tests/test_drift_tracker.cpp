@@ -45,8 +45,15 @@ TEST_CASE("record_slot counts under the id that holds the slot", "[drift_tracker
     CHECK(f.tracker.counts("5m", "p2").events == 1);
     CHECK(f.tracker.counts("5m", "p2").total == 2);
     CHECK(f.tracker.counts("5m").total == 2);
-    CHECK_THROWS_AS(f.tracker.record_slot(1000, Verdict::Ok, Verdict::Ok), std::out_of_range);
+    // Slot 1 is free until an id takes it, and 3 (the overflow slot) until an id overflows.
+    for (const std::uint32_t free_slot : {1u, 3u, 1000u}) {
+        CHECK_THROWS_AS(f.tracker.record_slot(free_slot, Verdict::Ok, Verdict::Ok),
+                        std::out_of_range);
+    }
     CHECK(f.tracker.counts("5m").total == 2);
+    for (const char* id : {"p3", "p4", "p5"}) f.tracker.record(id, Verdict::Ok, Verdict::Ok);
+    CHECK(f.tracker.record_slot(3, Verdict::Ok, Verdict::Warn));  // p5 overflowed
+    CHECK(f.tracker.counts("5m", "__overflow__").events == 1);
 }
 
 TEST_CASE("the 5m window forgets after 300 s, the 60m one keeps", "[drift_tracker]") {

@@ -420,8 +420,11 @@ class RedisStateStore(SharedStateStore):
 
 class _RecurringProblem:
     """One kind of problem the follower meets on every attempt while it lasts (Redis away, a
-    value that is not a rollout), logged when it starts or changes, then once every `every`
-    seconds with how often it recurred, not once per attempt; and one line when it ends."""
+    value that is not a rollout). Each distinct message is logged when it first comes, then at
+    most once every `every` seconds with how often it recurred, not once per attempt; the end
+    of the problem is one line, with the attempts not logged since."""
+
+    _MAX_MESSAGES = 16  # distinct messages remembered; a problem has a handful
 
     def __init__(
         self,
@@ -435,31 +438,36 @@ class _RecurringProblem:
         self._ended = ended
         self._every = every
         self._clock = clock
-        self._message: str | None = None
-        self._logged_at = 0.0
-        self._repeats = 0
+        self._seen: dict[str, list[float]] = {}  # message -> [last logged at, repeats since]
 
     def report(self, level: int, message: str) -> None:
         now = self._clock()
-        if message == self._message:
-            if now - self._logged_at < self._every:
-                self._repeats += 1
-                return
-            message = (
-                f"{message} (again {self._repeats + 1} times in {now - self._logged_at:.0f} s)"
-            )
-            logger.log(level, "%s", message)
+        seen = self._seen.get(message)
+        if seen is not None and now - seen[0] < self._every:
+            seen[1] += 1
+            return
+        if seen is not None and seen[1]:
+            logger.log(level, "%s (again %d times in %.0f s)", message, seen[1] + 1, now - seen[0])
         else:
             logger.log(level, "%s", message)
-            self._message = message
-        self._logged_at = now
-        self._repeats = 0
+        if seen is None and len(self._seen) >= self._MAX_MESSAGES:
+            self._seen.clear()
+        self._seen[message] = [now, 0]
 
     def ended(self) -> None:
-        if self._message is not None:
+        if not self._seen:
+            return
+        unlogged = int(sum(repeats for _, repeats in self._seen.values()))
+        if unlogged:
+            logger.info(
+                "%s: %s (%d attempts failed since the last line)",
+                self._source,
+                self._ended,
+                unlogged,
+            )
+        else:
             logger.info("%s: %s", self._source, self._ended)
-            self._message = None
-            self._repeats = 0
+        self._seen.clear()
 
 
 class _Follower:
@@ -501,8 +509,10 @@ class _Follower:
             if document is None and not manager.synced:
                 # Started while Redis was away, and nothing is stored: store the fresh rollout.
                 manager.refresh()
+                self._unreadable.ended()
             elif document is not None:
                 manager.follow(document)
+                self._unreadable.ended()
         except StateStoreError:
             raise
         except StateError as error:
@@ -510,7 +520,6 @@ class _Follower:
             # keep following, so that the replica takes the state once someone fixes the key.
             self._unreadable.report(logging.ERROR, str(error))
             return
-        self._unreadable.ended()
         self._last_sync = time.monotonic()
 
     def _run(self) -> None:
@@ -542,6 +551,8 @@ class _Follower:
                     if store.stored_version() != manager.version or not manager.synced:
                         self._sync(manager)
                     else:
+                        # The version this replica holds is stored (again): readable.
+                        self._unreadable.ended()
                         self._last_sync = time.monotonic()
                     next_poll = now + store.sync_interval_seconds
                 wait = max(0.0, min(next_poll, next_lease) - time.monotonic())

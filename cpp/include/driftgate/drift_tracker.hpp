@@ -37,7 +37,7 @@ class DriftTracker {
     bool record(std::string_view policy_id, Verdict shadow, Verdict enforced);
 
     /// record() for a caller that already holds the id's slot in index(): the Enforcer looks
-    /// the id up once per decision. std::out_of_range for a slot past the index's capacity.
+    /// the id up once per decision. std::out_of_range for a slot the index gave no id.
     bool record_slot(std::uint32_t slot, Verdict shadow, Verdict enforced);
 
     /// Records pairs of verdict codes (0 ok, 1 warn, 2 fail) and returns the drift count. The

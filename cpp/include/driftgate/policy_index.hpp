@@ -40,6 +40,13 @@ class PolicyIndex {
     /// "__overflow__" only.
     std::optional<std::uint32_t> find(std::string_view id) const;
 
+    /// Whether slot_for has given `slot` out: to an admitted id, or as the overflow slot once
+    /// an id overflowed.
+    bool holds(std::uint32_t slot) const noexcept {
+        if (slot == overflow_slot()) return overflowed_.load(std::memory_order_relaxed);
+        return slot < admitted_.load(std::memory_order_acquire);
+    }
+
     std::string_view label(std::uint32_t slot) const;
     std::uint32_t overflow_slot() const { return static_cast<std::uint32_t>(max_policies_); }
     std::size_t slot_count() const { return max_policies_ + 1; }
