@@ -7,6 +7,7 @@ value."""
 from __future__ import annotations
 
 import json
+import os
 import random
 import signal
 import subprocess
@@ -502,8 +503,13 @@ def test_a_replica_started_while_redis_is_down_enforces_nothing_until_it_reads_t
 # -- bad input -------------------------------------------------------------------------------
 
 
-def serve(tmp_path: Path, url: str) -> subprocess.CompletedProcess[str]:
+def serve(tmp_path: Path, url: str | None) -> subprocess.CompletedProcess[str]:
+    """`driftgate serve` on a values file with a Redis store, the store URL's variable set to
+    `url` (unset for None)."""
     (tmp_path / "values.yaml").write_text(values_yaml("fleet:bad"))
+    environment = {k: v for k, v in os.environ.items() if k != URL_ENV}
+    if url is not None:
+        environment[URL_ENV] = url
     return subprocess.run(
         [
             sys.executable,
@@ -517,17 +523,11 @@ def serve(tmp_path: Path, url: str) -> subprocess.CompletedProcess[str]:
             "--port",
             "0",
         ],
-        env={**_environment(), URL_ENV: url},
+        env=environment,
         capture_output=True,
         text=True,
         timeout=60,
     )
-
-
-def _environment() -> dict[str, str]:
-    import os
-
-    return {k: v for k, v in os.environ.items() if k != URL_ENV}
 
 
 @pytest.mark.parametrize(
@@ -548,23 +548,7 @@ def test_a_malformed_redis_url_stops_serve_with_one_line_and_no_password(tmp_pat
 
 
 def test_an_unset_url_variable_is_named(tmp_path):
-    (tmp_path / "values.yaml").write_text(values_yaml("fleet:bad"))
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "driftgate.cli",
-            "serve",
-            "--config",
-            str(tmp_path / "values.yaml"),
-            "--port",
-            "0",
-        ],
-        env=_environment(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = serve(tmp_path, None)
     assert result.returncode != 0
     assert URL_ENV in result.stderr and "Traceback" not in result.stderr
 
