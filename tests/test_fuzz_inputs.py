@@ -93,6 +93,8 @@ def insert_bytes(choices: list[bytes]) -> Mutation:
 
 
 BAD_BYTES = [b"\xff", b"\xc3\x28", b"\xed\xa0\x80", b"\xf4\x90\x80\x80", b"\x00", b"\x07", b"\r"]
+# What every line-based input gets before its own mutations.
+LINE_MUTATIONS: list[Mutation] = [flip_bytes, truncate, duplicate_line, delete_line, swap_lines]
 
 
 def replace_value(pattern: bytes, values: list[bytes]) -> Mutation:
@@ -210,11 +212,7 @@ YAML_KEYS = [
     b"stages", b"enabled", b"name", b"\xc3\xa9", b"<<",
 ]  # fmt: skip
 VALUES_MUTATIONS: list[Mutation] = [
-    flip_bytes,
-    truncate,
-    duplicate_line,
-    delete_line,
-    swap_lines,
+    *LINE_MUTATIONS,
     insert_bytes(BAD_BYTES),
     insert_bytes([b"- " * 2000, b"[" * 100_000, b"{" * 3000, b"\n  ", b"\t", b": ", b"---\n"]),
     replace_value(rb": ", YAML_VALUES),
@@ -490,11 +488,7 @@ VALID_JSON_VALUES = [
 ]  # fmt: skip
 JSON_KEYS = [b'"kee"', b'"time"', b'"key"', b'"shadow"', b'"enforced"', b'"\\ud800"', b'""']
 DECISION_MUTATIONS: list[Mutation] = [
-    flip_bytes,
-    truncate,
-    duplicate_line,
-    delete_line,
-    swap_lines,
+    *LINE_MUTATIONS,
     insert_bytes([*BAD_BYTES, b"\xef\xbb\xbf", b"[" * 100_000, b"{", b"]", b",", b"\n"]),
     replace_value(rb'": ', JSON_VALUES),
     replace_value(rb'": ', JSON_VALUES),
@@ -682,11 +676,7 @@ TOKEN_FILE_SEED = (
     + "\n\t# the end\n"
 ).encode()
 TOKEN_FILE_MUTATIONS: list[Mutation] = [
-    flip_bytes,
-    truncate,
-    duplicate_line,
-    delete_line,
-    swap_lines,
+    *LINE_MUTATIONS,
     insert_bytes(BAD_BYTES),
     insert_bytes([b" ", b"\t", b",", b"#", b"sha256:", b"\n", b"\r\n", b"\xef\xbb\xbf", b"@"]),
     replace_value(rb"  ", [b"rollout:deploy", b"alice", b"", b"x" * 100, b"sha256:" + b"0" * 64]),
