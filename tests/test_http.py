@@ -61,10 +61,31 @@ def test_readyz_follows_the_gate(client, parts):
         parts["tracker"].record("p", "ok", "fail" if i < 5 else "ok")
     response = client.get("/api/v1/readyz")
     assert response.status_code == 503
-    assert response.json() == {"status": "not_ready", "reason": "DRIFT_GATE"}
+    assert response.json() == {
+        "status": "not_ready",
+        "reason": "DRIFT_GATE",
+        "reopens_within_seconds": 300,
+    }
     for _ in range(40):
         parts["tracker"].record("p", "ok", "ok")
     assert client.get("/api/v1/readyz").status_code == 200
+
+
+def test_readyz_reopens_without_traffic_once_the_drift_has_left_its_window(client, parts):
+    # A not-ready pod gets no traffic from its Service: the gate must not wait for requests.
+    clock = parts["tracker"].clock
+    for _ in range(20):
+        parts["tracker"].record("p", "ok", "fail")
+    clock.advance(120)
+    closed = client.get("/api/v1/readyz")
+    assert (closed.status_code, closed.json()["reopens_within_seconds"]) == (503, 180)
+    clock.advance(179.5)
+    closed = client.get("/api/v1/readyz")
+    assert (closed.status_code, closed.json()["reopens_within_seconds"]) == (503, 1)
+    clock.advance(0.5)
+    opened = client.get("/api/v1/readyz")
+    assert (opened.status_code, opened.json()) == (200, {"status": "ready"})
+    assert "adapt_readiness_gate_open 1" in client.get("/api/v1/metrics").text
 
 
 def test_readyz_reports_extra_checks(parts):
@@ -167,13 +188,23 @@ def test_advance_and_rollback_with_the_token(client, parts):
         "previous_stage": "canary",
         "version": 2,
     }
+    history = parts["manager"].get_status()["transitions"]
+    assert history[-1]["reason"] == "manual advance"  # no body: the default reason
+    again = client.post(
+        "/api/guardian/rollout/advance", headers=AUTH, json={"reason": "fix in 1.4.2"}
+    )
+    assert again.json()["new_stage"] == "half"
+    assert parts["manager"].get_status()["transitions"][-1]["reason"] == "fix in 1.4.2"
     response = client.post(
         "/api/guardian/rollout/rollback", headers=AUTH, json={"reason": "error spike"}
     )
-    assert response.json()["new_stage"] == "canary"
+    assert response.json()["new_stage"] == "quarter"
     history = parts["manager"].get_status()["transitions"]
     assert history[-1]["actor"] == "admin-token"
     assert history[-1]["reason"] == "error spike"
+    assert client.post("/api/guardian/rollout/rollback", headers=AUTH).json()["new_stage"] == (
+        "canary"
+    )
     assert client.post("/api/guardian/rollout/rollback", headers=AUTH).json()["new_stage"] == (
         "aborted"
     )
@@ -257,7 +288,7 @@ def test_verify_with_and_without_drift(tmp_path):
         )
         assert drifted.json()["result"]["drift"] is True
         assert drifted.json()["verdict"] == "fail"
-    assert client.get("/api/v1/readyz").json() == {"status": "not_ready", "reason": "DRIFT_GATE"}
+    assert client.get("/api/v1/readyz").json()["reason"] == "DRIFT_GATE"
     assert (
         'adapt_drift_events_total{policy_id="lksg.v1"} 10\n' in client.get("/api/v1/metrics").text
     )

@@ -53,6 +53,9 @@ void register_gate(py::module_& m) {
             // probe under load (the event loop may keep it for a switch interval).
             [](ReadinessGate& gate) { return check_tuple(gate.check()); },
             "(True, 'OK') or (False, 'DRIFT_GATE').")
+        .def("reopens_within", &ReadinessGate::reopens_within,
+             "While closed, seconds until the drift that keeps it closed has left its window "
+             "(it then reopens, with or without traffic); None while open.")
         .def_property_readonly("config", &ReadinessGate::config)
         .def_property_readonly("is_open", &ReadinessGate::is_open);
 

@@ -134,6 +134,10 @@ WindowCounts DriftTracker::counts(std::string_view window,
     return {};
 }
 
+std::optional<double> DriftTracker::drift_leaves_in(std::string_view window) const {
+    return windows_->newest_event_leaves_in(windows_->window_index(window));
+}
+
 double DriftTracker::ratio(std::string_view window,
                            std::optional<std::string_view> policy_id) const {
     return counts(window, policy_id).ratio();

@@ -252,6 +252,21 @@ WindowCounts PolicyWindows::lifetime(std::uint32_t slot) const {
     return out;
 }
 
+WindowCounts PolicyWindows::lifetime() const {
+    WindowCounts out;
+    std::lock_guard lock(pool_->mutex);
+    for (const auto& shard : pool_->shards) {
+        for (std::size_t slot = 0; slot < slot_count_; ++slot) {
+            if (const BucketSlot* block = shard->per_slot[slot].load(std::memory_order_acquire)) {
+                const BucketSlot& counts = block[lifetime_slot_];
+                out.events += counts.events.load(std::memory_order_acquire);
+                out.total += counts.total.load(std::memory_order_acquire);
+            }
+        }
+    }
+    return out;
+}
+
 void PolicyWindows::move_cursors(Shard& shard, double now, std::uint32_t generation) const {
     double low = -std::numeric_limits<double>::infinity();
     double high = std::numeric_limits<double>::infinity();
@@ -320,6 +335,27 @@ WindowCounts PolicyWindows::counts(std::size_t window) const {
     }
     cached = {true, generation, bucket, pool_->shards.size(), writes, out};
     return out;
+}
+
+std::optional<double> PolicyWindows::newest_event_leaves_in(std::size_t window) const {
+    if (window >= windows_.size()) throw std::out_of_range("window " + std::to_string(window));
+    const std::uint32_t generation = generation_.load(std::memory_order_acquire);
+    const std::int64_t bucket = observe_now(window);
+    const WindowSpec& spec = windows_[window];
+    std::optional<std::int64_t> newest;
+    {
+        std::lock_guard lock(pool_->mutex);
+        for (const auto& shard : pool_->shards) {
+            RollingWindow(shard->global.get() + ring_offsets_[window], spec.buckets)
+                .newest_event_into(newest, generation, bucket);
+        }
+    }
+    if (!newest) return std::nullopt;
+    // An event of bucket k counts until the read bucket reaches k + buckets, which starts at
+    // (k + buckets) * step; the window's time is at least the start of its read bucket.
+    const double leaves_at = static_cast<double>(*newest + spec.buckets) * spec.step_seconds;
+    const double now = std::max(clock_->now(), static_cast<double>(bucket) * spec.step_seconds);
+    return std::max(0.0, leaves_at - now);
 }
 
 WindowCounts PolicyWindows::counts(std::size_t window, std::uint32_t slot) const {

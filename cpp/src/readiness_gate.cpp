@@ -52,7 +52,11 @@ std::pair<bool, std::string_view> ReadinessGate::check() {
     const double ratio = counts.ratio();
     const double reopen = config_.reopen_ratio.value_or(config_.max_ratio);
     std::lock_guard lock(mutex_);
-    if (counts.total < config_.min_requests) {
+    if (counts.events == 0) {
+        // The evidence is gone. A closed replica gets no traffic (a Service routes none to an
+        // unready pod), so waiting for min_requests would keep it closed forever.
+        open_ = true;
+    } else if (counts.total < config_.min_requests) {
         // Too little traffic to judge either way: keep the last decision.
     } else if (config_.confidence) {
         const WilsonBounds bounds = wilson_bounds(counts.events, counts.total, *config_.confidence);
@@ -64,6 +68,12 @@ std::pair<bool, std::string_view> ReadinessGate::check() {
     }
     open_gauge_.Set(open_ ? 1.0 : 0.0);
     return {open_, open_ ? kReasonOk : kReasonDrift};
+}
+
+std::optional<double> ReadinessGate::reopens_within() const {
+    if (is_open()) return std::nullopt;
+    // Closed with no drift left means the next check opens it.
+    return tracker_->drift_leaves_in(config_.window).value_or(0.0);
 }
 
 bool ReadinessGate::is_open() const {

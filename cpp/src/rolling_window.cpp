@@ -108,4 +108,28 @@ void RollingWindow::read_into(WindowCounts& out, std::uint32_t generation,
     }
 }
 
+void RollingWindow::newest_event_into(std::optional<std::int64_t>& newest, std::uint32_t generation,
+                                      std::int64_t now_bucket) const noexcept {
+    const std::uint32_t wanted_generation = generation & kGenerationMask;
+    for (std::uint32_t i = 0; i < buckets_; ++i) {
+        const BucketSlot& slot = slots_[i];
+        for (;;) {
+            const std::uint64_t before = slot.tag.load(std::memory_order_acquire);
+            if (before & kBusy) {
+                std::this_thread::yield();
+                continue;
+            }
+            const std::uint64_t events = slot.events.load(std::memory_order_acquire);
+            if (slot.tag.load(std::memory_order_relaxed) != before) continue;
+            const std::int64_t bucket = tag_bucket(before);
+            const std::int64_t age = now_bucket - bucket;
+            if (events > 0 && tag_generation(before) == wanted_generation && age >= 0 &&
+                age < buckets_ && (!newest || bucket > *newest)) {
+                newest = bucket;
+            }
+            break;
+        }
+    }
+}
+
 }  // namespace driftgate

@@ -65,6 +65,28 @@ TEST_CASE("the 5m window forgets after 300 s, the 60m one keeps", "[drift_tracke
     CHECK(f.tracker.counts("60m").events == 1);
 }
 
+TEST_CASE("drift_leaves_in names when the newest drift leaves a window", "[drift_tracker]") {
+    Fixture f;
+    CHECK_FALSE(f.tracker.drift_leaves_in("5m").has_value());
+    f.clock->set(7.0);
+    f.tracker.record("a", Verdict::Ok, Verdict::Fail);  // bucket 1: counted until t = 305
+    f.clock->set(20.0);
+    f.tracker.record("b", Verdict::Ok, Verdict::Ok);  // no drift: not evidence
+    f.clock->set(30.0);
+    CHECK(f.tracker.drift_leaves_in("5m") == Approx(275.0));
+    CHECK(f.tracker.drift_leaves_in("60m") == Approx(3570.0));  // bucket 0 of 60 s
+    std::thread([&] { f.tracker.record("c", Verdict::Ok, Verdict::Warn); }).join();
+    CHECK(f.tracker.drift_leaves_in("5m") == Approx(300.0));  // the other shard's is newer
+    f.clock->set(329.999);
+    CHECK(f.tracker.drift_leaves_in("5m") == Approx(0.001).margin(1e-6));
+    f.clock->set(330.0);
+    CHECK_FALSE(f.tracker.drift_leaves_in("5m").has_value());
+    CHECK(f.tracker.drift_leaves_in("15m").has_value());
+    f.tracker.reset();
+    CHECK_FALSE(f.tracker.drift_leaves_in("15m").has_value());
+    CHECK_THROWS_AS(f.tracker.drift_leaves_in("7m"), std::invalid_argument);
+}
+
 TEST_CASE("a bad policy id records nothing", "[drift_tracker]") {
     Fixture f;
     f.tracker.record("p", Verdict::Ok, Verdict::Ok);

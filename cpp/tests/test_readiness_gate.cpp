@@ -87,6 +87,76 @@ TEST_CASE("the window forgets and the gate follows", "[gate]") {
     CHECK(gate.check().first);
 }
 
+TEST_CASE("a closed gate reopens without traffic once its drift has left the window", "[gate]") {
+    Fixture f;
+    ReadinessGate gate(enabled(), f.tracker);
+    f.clock->set(12.0);  // bucket 2 of the 5m window (60 x 5 s): counted until t = 310
+    f.record(200, 100);
+    CHECK_FALSE(gate.check().first);
+    CHECK(gate.reopens_within() == Approx(298.0));
+    f.clock->set(309.9);  // the last bucket that still holds the drift
+    CHECK(gate.check() == std::pair<bool, std::string_view>{false, "DRIFT_GATE"});
+    CHECK(gate.reopens_within() == Approx(0.1));
+    f.clock->set(310.0);  // no request since the drift, and none now
+    CHECK(gate.check() == std::pair<bool, std::string_view>{true, "OK"});
+    CHECK_FALSE(gate.reopens_within().has_value());
+    CHECK_THAT(f.registry->exposition(), Catch::Contains("adapt_readiness_gate_open 1"));
+}
+
+TEST_CASE("a later drift keeps the gate closed until that drift has left", "[gate]") {
+    Fixture f;
+    ReadinessGate gate(enabled(), f.tracker);
+    f.record(200, 100);
+    CHECK_FALSE(gate.check().first);
+    f.clock->set(100.0);
+    f.record(1, 1);  // too few requests to judge, but drift all the same
+    CHECK(gate.reopens_within() == Approx(300.0));
+    f.clock->set(399.0);  // the first drift has left, the second has not
+    CHECK_FALSE(gate.check().first);
+    f.clock->set(400.0);
+    CHECK(gate.check().first);
+}
+
+TEST_CASE("a closed gate with a few clean requests left keeps waiting for min_requests", "[gate]") {
+    // Requests without drift do not reopen a gate below min_requests; only drift leaving does.
+    Fixture f;
+    GateConfig config = enabled(0.10);
+    config.reopen_ratio = 0.05;
+    ReadinessGate gate(config, f.tracker);
+    f.record(100, 50);
+    CHECK_FALSE(gate.check().first);
+    f.clock->set(200.0);
+    f.record(10, 0);
+    f.clock->set(299.0);
+    CHECK_FALSE(gate.check().first);  // 50 drifts still in the window
+    f.clock->set(300.0);              // only the 10 clean requests are left
+    CHECK(gate.check().first);
+}
+
+TEST_CASE("with confidence a window with no drift left opens the gate", "[gate]") {
+    // 150 clean requests alone would not bring the upper bound under 1 % at 0.95.
+    Fixture f;
+    GateConfig config = enabled(0.01);
+    config.min_requests = 10;
+    config.confidence = 0.95;
+    ReadinessGate gate(config, f.tracker);
+    f.record(100, 50);
+    CHECK_FALSE(gate.check().first);
+    f.clock->set(200.0);
+    f.record(150, 0);
+    CHECK_FALSE(gate.check().first);
+    f.clock->set(300.0);
+    CHECK(gate.check().first);
+}
+
+TEST_CASE("an open gate has no reopening time", "[gate]") {
+    Fixture f;
+    ReadinessGate gate(enabled(), f.tracker);
+    f.record(50, 50);  // drift, but below min_requests: still open
+    CHECK(gate.check().first);
+    CHECK_FALSE(gate.reopens_within().has_value());
+}
+
 TEST_CASE("bad gate configs are named", "[gate]") {
     Fixture f;
     GateConfig config = enabled(1.5);

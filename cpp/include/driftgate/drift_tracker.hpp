@@ -54,6 +54,10 @@ class DriftTracker {
     double ratio(std::string_view window,
                  std::optional<std::string_view> policy_id = std::nullopt) const;
 
+    /// Seconds until the newest drift in a window (any policy) has left it, at the latest;
+    /// nullopt when the window holds no drift.
+    std::optional<double> drift_leaves_in(std::string_view window) const;
+
     /// Policy ids seen, in order of arrival, then "__overflow__" if the cap was hit.
     std::vector<std::string> policies() const { return index_->ids(); }
 

@@ -3,6 +3,7 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string_view>
 #include <vector>
 
@@ -36,8 +37,14 @@ class PolicyWindows {
     /// For one slot.
     WindowCounts counts(std::size_t window, std::uint32_t slot) const;
 
+    /// Seconds until the newest event any policy has in `window` leaves it, read now;
+    /// nullopt when the window holds no event.
+    std::optional<double> newest_event_leaves_in(std::size_t window) const;
+
     /// Everything ever added for one slot: never reset, for monotonic counters.
     WindowCounts lifetime(std::uint32_t slot) const;
+    /// Everything ever added, for every slot.
+    WindowCounts lifetime() const;
 
     /// A read that finds nothing to count still reads the clock: it moves every window's time
     /// to the clock's reading (the high-water mark), and returns `window`'s bucket.

@@ -29,7 +29,9 @@ struct GateConfig {
 };
 
 /// Turns drift above the limit into "not ready", with hysteresis: once closed, it reopens only
-/// at or below the reopen ratio. Exports adapt_readiness_gate_open.
+/// at or below the reopen ratio, or once its window holds no drift at all, so a replica taken
+/// out of traffic reopens one window length after its last drift at the latest. Exports
+/// adapt_readiness_gate_open.
 /// Thread-safe: a mutex guards the open/closed state.
 class ReadinessGate {
   public:
@@ -42,6 +44,10 @@ class ReadinessGate {
 
     /// (true, "OK") or (false, "DRIFT_GATE").
     std::pair<bool, std::string_view> check();
+
+    /// While closed: the seconds until the drift that keeps it closed has left its window,
+    /// when it reopens with or without traffic. nullopt while open.
+    std::optional<double> reopens_within() const;
 
     const GateConfig& config() const { return config_; }
     bool is_open() const;

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -106,6 +107,11 @@ class RollingWindow {
     /// Adds to `out` what a read at bucket `now_bucket` of `generation` sees.
     void read_into(WindowCounts& out, std::uint32_t generation,
                    std::int64_t now_bucket) const noexcept;
+
+    /// Raises `newest` to the newest bucket that a read at `now_bucket` of `generation` sees
+    /// holding an event; leaves it as it is when no such bucket is newer.
+    void newest_event_into(std::optional<std::int64_t>& newest, std::uint32_t generation,
+                           std::int64_t now_bucket) const noexcept;
 
   private:
     /// Marks a bucket being recycled, so a reader retries instead of reading a half-cleared pair.
