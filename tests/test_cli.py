@@ -305,9 +305,11 @@ def test_advance_and_rollback_need_the_token(service):
 
 def test_advance_rollback_and_the_final_stage(service):
     token = {"DRIFTGATE_ADMIN_TOKEN": TOKEN}
-    advanced = run("advance", "--url", service, env=token)
+    advanced = run("advance", "--url", service, "--reason", "canary clean for 2 days", env=token)
     assert advanced.returncode == 0, advanced.stderr
     assert advanced.stdout.strip() == "Manually advanced to stage quarter: now quarter at 25%"
+    status = json.loads(run("status", "--url", service, "--json").stdout)
+    assert status["transitions"][-1]["reason"] == "canary clean for 2 days"
     back = run("rollback", "--url", service, "--reason", "drift-2x", "--json", env=token)
     assert back.returncode == 0, back.stderr
     assert json.loads(back.stdout) == {
@@ -529,3 +531,23 @@ def test_status_and_advance_against_a_service_that_is_not_driftgate():
             ),
             "answered without a transition",
         )
+
+
+@pytest.mark.parametrize(
+    ("reason", "message"),
+    [
+        ("x" * 201, "expected a reason of 1 to 200 characters, got 201"),
+        ("   ", "expected a reason of 1 to 200 characters, got none"),
+    ],
+    ids=["too-long", "blank"],
+)
+@pytest.mark.parametrize("command", ["advance", "rollback"])
+def test_a_bad_reason_is_refused_before_anything_is_sent(service, command, reason, message):
+    token = {"DRIFTGATE_ADMIN_TOKEN": TOKEN}
+    before = json.loads(run("status", "--url", service, "--json").stdout)
+    refused = run(command, "--url", service, "--reason", reason, env=token)
+    assert refused.returncode == 2
+    assert message in refused.stderr
+    assert "x" * 50 not in refused.stderr  # the text is not echoed back
+    after = json.loads(run("status", "--url", service, "--json").stdout)
+    assert after["version"] == before["version"]  # nothing was sent

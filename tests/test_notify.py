@@ -293,7 +293,7 @@ def test_every_transition_is_announced_by_who_made_it(tmp_path):
     notifier.join()
     got = [(n.event.value, n.from_stage, n.to_stage, n.actor, n.reason) for n in sink.got]
     assert got == [
-        ("waiting_for_approval", "a", "a", "auto", "approval_needed"),
+        ("waiting_for_approval", "a", "b", "auto", "approval_needed"),
         ("advanced", "a", "b", "alice", "manual"),
         ("rolled_back", "b", "a", "auto", "error_rate"),
         ("aborted", "a", "aborted", "bob", "manual"),

@@ -280,6 +280,7 @@ def test_as_dict_is_json_ready(enforcer):
         "state": "aborted",
         "error_rate": None,
         "actor": "ops",
+        "reason": "drift",
     }
 
 
@@ -302,7 +303,7 @@ def test_the_monitor_logs_the_real_action(enforcer, caplog):
 # -- error-rate sources ------------------------------------------------------------------------
 
 
-def test_a_source_taking_the_window_gets_the_analysis_window(enforcer):
+def test_a_source_taking_the_window_gets_the_analysis_window(enforcer, rollout_clock):
     seen = []
 
     def source(window):
@@ -312,9 +313,11 @@ def test_a_source_taking_the_window_gets_the_analysis_window(enforcer):
     manager = RolloutManager(
         RolloutConfig.default(),
         enforcer,
+        clock=rollout_clock,
         error_rate_source=source,
         analysis_window=timedelta(minutes=30),
     )
+    rollout_clock.advance(30 * 60 + 1)  # longer in the stage than the window
     asyncio.run(manager.check_and_advance())
     assert seen == [timedelta(minutes=30)]
 

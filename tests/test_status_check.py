@@ -57,7 +57,10 @@ def test_a_fresh_rollout_needs_nobody(service, capsys, monkeypatch):
     monkeypatch.delenv("GITHUB_ACTIONS", raising=False)
     code, out = check(service, capsys)
     assert code == EXIT_OK
-    assert "check      nothing needs a person: stage canary (10%), active" in out
+    assert (
+        "check      nothing needs a person: stage canary (10%), active, waiting for duration"
+        in (out)
+    )
     assert "::" not in out
 
 
@@ -225,3 +228,101 @@ def test_a_move_refused_for_a_scope_names_it(monkeypatch, capsys):
         "approver of DRIFTGATE_ADMIN_TOKEN does not hold that scope)\n"
     )
     assert TOKEN not in err
+
+
+# -- One exit code for the status each kind of decision leaves behind ------------------------
+
+HOUR = 3600.0
+
+
+def four_eyes_stages() -> RolloutConfig:
+    """a (1 h) -> b (1 h, entered automatically) -> c (two people must approve entering it)."""
+    return RolloutConfig(
+        [
+            RolloutStage("a", 10, HOUR, 0.01, False),
+            RolloutStage("b", 50, HOUR, 0.01, False),
+            RolloutStage("c", 100, 0, 0.01, True, approvals_required=2),
+        ]
+    )
+
+
+def broken_source() -> float:
+    raise ConnectionError("the error-rate source is down")
+
+
+def drive(manager: RolloutManager, clock: driftgate.ManualClock, action: str) -> Any:
+    """Leads `manager` to a decision of kind `action` and returns that decision. The holds are
+    made where the next stage needs approval, so a status that took them for a wait for
+    approval would exit 4."""
+    if action == "ANALYSIS_FAILED":
+        manager.error_rate_source = broken_source
+        return asyncio.run(manager.check_and_advance())
+    if action == "ABORTED":
+        return manager.evaluate(0.5)
+    if action in ("RESUMED", "ALREADY_ABORTED"):
+        manager.manual_rollback("ops")
+        if action == "RESUMED":
+            return manager.manual_advance("ops")
+        return manager.manual_rollback("ops")
+    if action == "CONFLICT":
+        return manager.manual_advance("ops", expected_version=99)
+    clock.advance(HOUR)
+    if action == "ADVANCED":
+        return manager.evaluate(0.0)
+    manager.manual_advance("ops")  # b, whose next stage needs approval
+    clock.advance(HOUR)
+    if action == "ROLLED_BACK":
+        return manager.evaluate(0.5)
+    if action == "HELD":
+        return manager.evaluate_counts(1, 100)  # 1 %: at the limit, its upper bound above it
+    if action == "INSUFFICIENT_DATA":
+        manager.min_requests = 100
+        return manager.evaluate_counts(0, 99)
+    if action == "WAITING_FOR_APPROVAL":
+        return manager.evaluate(0.0)
+    first = manager.manual_advance("alice")
+    if action == "APPROVAL_RECORDED":
+        return first
+    if action == "ALREADY_APPROVED":
+        return manager.manual_advance("alice")
+    manager.manual_advance("bob")  # c: completed
+    return manager.evaluate(0.0)  # AT_FINAL_STAGE
+
+
+# A person is needed only to approve (4), or to look at an aborted or failing rollout (5).
+EXPECTED_EXIT = {
+    "ADVANCED": EXIT_OK,
+    "RESUMED": EXIT_OK,
+    "ROLLED_BACK": EXIT_OK,
+    "ABORTED": EXIT_NEEDS_ATTENTION,
+    "HELD": EXIT_OK,
+    "WAITING_FOR_APPROVAL": EXIT_AWAITING_APPROVAL,
+    "INSUFFICIENT_DATA": EXIT_OK,
+    "AT_FINAL_STAGE": EXIT_OK,
+    "ALREADY_ABORTED": EXIT_NEEDS_ATTENTION,
+    "ANALYSIS_FAILED": EXIT_NEEDS_ATTENTION,
+    "CONFLICT": EXIT_OK,
+    "APPROVAL_RECORDED": EXIT_AWAITING_APPROVAL,
+    "ALREADY_APPROVED": EXIT_AWAITING_APPROVAL,
+}
+
+
+def test_every_decision_action_has_an_expected_exit():
+    assert set(EXPECTED_EXIT) == {action.name for action in driftgate.DecisionAction}
+
+
+@pytest.mark.parametrize("action", sorted(EXPECTED_EXIT))
+def test_status_check_exits_by_what_the_last_decision_left(
+    action, enforcer, rollout_clock, capsys, monkeypatch
+):
+    monkeypatch.delenv("GITHUB_ACTIONS", raising=False)
+    manager = RolloutManager(four_eyes_stages(), enforcer, clock=rollout_clock, confidence=0.95)
+    decision = drive(manager, rollout_clock, action)
+    assert decision.action.name == action
+
+    def answer(method: str, path: str, body: bytes) -> tuple[int, Any]:
+        return 200, manager.get_status()
+
+    with json_server(answer) as url:
+        code, _ = check(url, capsys)
+    assert code == EXPECTED_EXIT[action]

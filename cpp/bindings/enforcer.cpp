@@ -188,6 +188,14 @@ void register_enforcer(py::module_& m) {
             },
             py::arg("window") = "60m", py::arg("policy_id") = py::none(),
             "(failed enforced evaluations, enforced decisions) in a window.")
+        .def(
+            "lifetime_error_counts",
+            [](const Enforcer& enforcer, std::optional<std::string> policy_id) {
+                const WindowCounts counts = enforcer.lifetime_error_counts(policy_id);
+                return py::make_tuple(counts.events, counts.total);
+            },
+            py::arg("policy_id") = py::none(),
+            "(failed enforced evaluations, enforced decisions) since this enforcer was made.")
         .def_property_readonly("seed", &Enforcer::seed)
         .def_property_readonly("tracker", &Enforcer::tracker)
         .def_property_readonly("registry", &Enforcer::registry);

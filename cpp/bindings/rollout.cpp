@@ -72,6 +72,7 @@ py::dict decision_dict(const Decision& d) {
     out["state"] = std::string(to_string(d.state));
     out["error_rate"] = d.error_rate;
     out["actor"] = d.actor;
+    out["reason"] = d.reason;
     return out;
 }
 
@@ -323,6 +324,8 @@ void register_rollout(py::module_& m) {
                                [](const Decision& d) { return std::string(to_string(d.state)); })
         .def_readonly("error_rate", &Decision::error_rate)
         .def_readonly("actor", &Decision::actor)
+        .def_readonly("reason", &Decision::reason,
+                      "The history's reason for a move or a recorded approval; '' otherwise.")
         .def_property_readonly("moved", &Decision::moved,
                                "True when the rollout changed stage (or aborted or resumed).")
         .def("as_dict", &decision_dict,
@@ -385,12 +388,14 @@ void register_rollout(py::module_& m) {
         .def(
             "manual_advance",
             [](RolloutManager& manager, std::optional<std::string> actor,
-               std::optional<long long> expected_version) {
+               std::optional<std::string> reason, std::optional<long long> expected_version) {
                 const auto expected = version_arg(expected_version);
                 py::gil_scoped_release release;
-                return manager.manual_advance(actor.value_or("manual"), expected);
+                return manager.manual_advance(actor.value_or("manual"), reason.value_or(""),
+                                              expected);
             },
-            py::arg("actor") = py::none(), py::kw_only(), py::arg("expected_version") = py::none())
+            py::arg("actor") = py::none(), py::arg("reason") = py::none(), py::kw_only(),
+            py::arg("expected_version") = py::none())
         .def(
             "manual_rollback",
             [](RolloutManager& manager, std::optional<std::string> actor,
@@ -472,6 +477,17 @@ void register_rollout(py::module_& m) {
             out["version"] = s.version;
             out["enforced_percentage"] = s.enforced_percentage;
             out["last_error_rate"] = s.last_error_rate;
+            const Judgement judgement = s.judgement();
+            out["next_action"] = std::string(to_string(judgement.action));
+            out["waiting_for"] = std::string(to_string(judgement.waiting_for));
+            out["waiting_reason"] = judgement.reason;
+            out["min_requests"] = s.min_requests;
+            out["advance_target"] = s.plan->advance_target(s.position);
+            if (s.evidence && s.evidence->requests) {
+                out["stage_requests"] = *s.evidence->requests;
+            } else {
+                out["stage_requests"] = py::none();
+            }
             py::list transitions;
             for (const auto& t : s.transitions) transitions.append(transition_dict(t));
             out["transitions"] = transitions;

@@ -189,4 +189,13 @@ WindowCounts Enforcer::error_counts(std::string_view window,
     return {};
 }
 
+WindowCounts Enforcer::lifetime_error_counts(std::optional<std::string_view> policy_id) const {
+    if (policy_id) {
+        PolicyIndex::validate(*policy_id);
+        const auto slot = tracker_->index()->find(*policy_id);
+        return slot ? errors_.lifetime(*slot) : WindowCounts{};
+    }
+    return errors_.lifetime();
+}
+
 }  // namespace driftgate

@@ -61,6 +61,98 @@ std::string_view to_string(DecisionAction action) noexcept {
     return "held";
 }
 
+std::string_view to_string(WaitingFor waiting_for) noexcept {
+    switch (waiting_for) {
+        case WaitingFor::Check:
+            return "check";
+        case WaitingFor::Approval:
+            return "approval";
+        case WaitingFor::Duration:
+            return "duration";
+        case WaitingFor::Data:
+            return "data";
+        case WaitingFor::ErrorRate:
+            return "error_rate";
+        case WaitingFor::Resume:
+            return "resume";
+        case WaitingFor::Nothing:
+            return "nothing";
+        case WaitingFor::Store:
+            return "store";
+    }
+    return "check";
+}
+
+namespace {
+
+Judgement insufficient_data(std::optional<std::uint64_t> requests, std::uint64_t needed) {
+    return {DecisionAction::InsufficientData, WaitingFor::Data,
+            "Holding: insufficient data (" +
+                (requests ? std::to_string(*requests) : std::string("unknown")) + " of " +
+                std::to_string(needed) + " requests)"};
+}
+
+}  // namespace
+
+Judgement judge(const StagePlan& plan, const RolloutPosition& position,
+                const std::optional<Evidence>& evidence, std::uint64_t min_requests,
+                std::optional<double> confidence, double now) {
+    if (position.state == RolloutState::Aborted) {
+        return {DecisionAction::Held, WaitingFor::Resume,
+                "Rollout aborted at 0%: a manual advance resumes it"};
+    }
+    const RolloutStage& stage = plan.stage(position.stage_index);
+    const std::optional<std::uint64_t> requests =
+        evidence ? evidence->requests : std::optional<std::uint64_t>();
+    if (requests && *requests < min_requests) return insufficient_data(requests, min_requests);
+    const double rate = evidence ? evidence->error_rate : 0.0;
+    bool over = rate > stage.max_error_rate;
+    std::optional<double> upper;
+    if (evidence && confidence && evidence->failed && requests) {
+        const WilsonBounds bounds = wilson_bounds(*evidence->failed, *requests, *confidence);
+        over = bounds.lower > stage.max_error_rate;
+        upper = bounds.upper;
+    }
+    if (over && plan.rollback_on_error()) {
+        return {position.stage_index == 0 ? DecisionAction::Aborted : DecisionAction::RolledBack,
+                WaitingFor::Check,
+                "error rate " + detail::format_percent(rate) + " exceeds threshold " +
+                    detail::format_percent(stage.max_error_rate)};
+    }
+    if (upper && *upper > stage.max_error_rate) {
+        return {DecisionAction::Held, WaitingFor::ErrorRate,
+                "Holding: error rate upper bound " + detail::format_percent(*upper) +
+                    " exceeds threshold " + detail::format_percent(stage.max_error_rate) +
+                    " at confidence " + detail::format_number(*confidence)};
+    }
+    if (min_requests > 0 && !requests) return insufficient_data(std::nullopt, min_requests);
+    AdvanceCheck check = plan.check_advance(position, upper ? 0.0 : rate, now);
+    switch (check.verdict) {
+        case AdvanceCheck::Verdict::FinalStage:
+            return {DecisionAction::AtFinalStage, WaitingFor::Nothing, std::move(check.reason)};
+        case AdvanceCheck::Verdict::Aborted:  // handled above; kept for completeness
+            return {DecisionAction::Held, WaitingFor::Resume, std::move(check.reason)};
+        case AdvanceCheck::Verdict::ErrorRateExceeded:
+            return {DecisionAction::Held, WaitingFor::ErrorRate, std::move(check.reason)};
+        case AdvanceCheck::Verdict::DurationNotMet:
+            return {DecisionAction::Held, WaitingFor::Duration, std::move(check.reason)};
+        case AdvanceCheck::Verdict::NeedsApproval:
+            return {DecisionAction::WaitingForApproval, WaitingFor::Approval,
+                    "Ready but requires approval: " + check.reason};
+        case AdvanceCheck::Verdict::Ready:
+            break;
+    }
+    return {DecisionAction::Advanced, WaitingFor::Check, std::move(check.reason)};
+}
+
+Judgement RolloutManager::Snapshot::judgement() const {
+    if (!synced) {
+        return {DecisionAction::Held, WaitingFor::Store,
+                "Holding: the shared rollout state has not been read yet"};
+    }
+    return judge(*plan, position, evidence, min_requests, confidence, now);
+}
+
 RolloutManager::RolloutManager(const RolloutConfig& config, Options options)
     : options_(with_defaults(std::move(options))),
       plan_(config.plan_),
@@ -179,7 +271,12 @@ PersistedRollout RolloutManager::decode_stored(std::string_view document) const 
 }
 
 void RolloutManager::adopt_locked(PersistedRollout saved) {
-    position_ = {saved.stage_index, saved.started_at, saved.state};
+    const RolloutPosition next{saved.stage_index, saved.started_at, saved.state};
+    if (next.stage_index != position_.stage_index || next.state != position_.state ||
+        next.started_at != position_.started_at) {
+        evidence_.reset();  // each stage is judged on its own requests
+    }
+    position_ = next;
     version_ = saved.version;
     transitions_ = std::move(saved.transitions);
     approvals_ = std::move(saved.approvals);
@@ -393,6 +490,28 @@ void RolloutManager::publish_locked() {
                           : static_cast<double>(position_.stage_index));
     started_at_gauge_ = &started_at_family_.Add({{"stage_name", name}});
     started_at_gauge_->Set(position_.started_at.value_or(0.0));
+    publish_snapshot_locked();
+}
+
+void RolloutManager::publish_snapshot_locked() {
+    auto next = std::make_shared<Snapshot>();
+    next->plan = plan_;
+    next->position = position_;
+    next->version = version_;
+    next->enforced_percentage = synced_ ? plan_->percentage(position_) : 0.0;
+    next->last_error_rate = last_error_rate_;
+    next->evidence = evidence_;
+    next->min_requests = options_.min_requests;
+    next->confidence = options_.confidence;
+    next->transitions = transitions_;
+    next->state_path = options_.state_path;
+    next->synced = synced_;
+    next->approvals = approvals_;
+    std::shared_ptr<const Snapshot> old;
+    std::lock_guard lock(published_mutex_);
+    old.swap(published_);
+    published_ = std::move(next);
+    // `old` is destroyed after the unlock: its transitions are freed outside the spin lock.
 }
 
 Decision RolloutManager::decision_locked(bool success, DecisionAction action, std::string message,
@@ -410,96 +529,73 @@ Decision RolloutManager::decision_locked(bool success, DecisionAction action, st
     out.state = position_.state;
     out.error_rate = last_error_rate_;
     if (out.from_stage != out.to_stage) out.actor = actor;
+    if ((out.moved() || action == DecisionAction::ApprovalRecorded) && !transitions_.empty()) {
+        out.reason = transitions_.back().reason;
+    }
     return out;
 }
 
-Decision RolloutManager::decide_locked(double error_rate, bool over_limit,
-                                       std::optional<Hold> hold) {
-    last_error_rate_ = error_rate;
-    error_rate_gauge_.Set(error_rate);
+Decision RolloutManager::decide_locked(const Evidence& evidence) {
+    last_error_rate_ = evidence.error_rate;
+    error_rate_gauge_.Set(evidence.error_rate);
+    evidence_ = evidence;
+    Decision decision;
     if (!synced_) {
-        return decision_locked(false, DecisionAction::Held,
-                               "Holding: the shared rollout state has not been read yet", position_,
-                               "");
+        decision = decision_locked(false, DecisionAction::Held,
+                                   "Holding: the shared rollout state has not been read yet",
+                                   position_, "");
+    } else {
+        try {
+            decision = decide_moving_locked(evidence);
+        } catch (const CommitLost& lost) {
+            decision = conflict_locked(lost, std::nullopt);
+        }
     }
-    try {
-        return decide_moving_locked(error_rate, over_limit, std::move(hold));
-    } catch (const CommitLost& lost) {
-        return conflict_locked(lost, std::nullopt);
-    }
+    publish_snapshot_locked();
+    return decision;
 }
 
-Decision RolloutManager::decide_moving_locked(double error_rate, bool over_limit,
-                                              std::optional<Hold> hold) {
+Decision RolloutManager::decide_moving_locked(const Evidence& evidence) {
     const RolloutPosition before = position_;
-    if (position_.state == RolloutState::Aborted) {
-        return decision_locked(false, DecisionAction::Held,
-                               "Rollout aborted at 0%: a manual advance resumes it", before, "");
-    }
-    const RolloutStage& stage = plan_->stage(position_.stage_index);
-    if (over_limit && plan_->rollback_on_error()) {
-        const std::string rate = detail::format_percent(error_rate);
-        transition_locked(plan_->rolled_back(position_, wall_now()), "auto",
-                          "error rate " + rate + " exceeds threshold " +
-                              detail::format_percent(stage.max_error_rate),
-                          Mover::Automatic);
-        const bool aborted = position_.state == RolloutState::Aborted;
-        const std::string moved = aborted
-                                      ? "Rolled back from " + stage.name + ": rollout aborted at 0%"
-                                      : "Rolled back from " + stage.name + " to " +
-                                            plan_->stage(position_.stage_index).name;
-        return decision_locked(
-            false, aborted ? DecisionAction::Aborted : DecisionAction::RolledBack,
-            "Rolled back due to high error rate: " + rate + " (" + moved + ")", before, "auto");
-    }
-    if (hold) return decision_locked(false, hold->action, std::move(hold->reason), before, "");
     const double now = wall_now();
-    AdvanceCheck check = plan_->check_advance(position_, error_rate, now);
-    switch (check.verdict) {
-        case AdvanceCheck::Verdict::FinalStage:
-            return decision_locked(false, DecisionAction::AtFinalStage, std::move(check.reason),
-                                   before, "");
-        case AdvanceCheck::Verdict::Aborted:  // handled above; kept for completeness
-        case AdvanceCheck::Verdict::ErrorRateExceeded:
-        case AdvanceCheck::Verdict::DurationNotMet:
-            return decision_locked(false, DecisionAction::Held, std::move(check.reason), before,
+    Judgement judgement =
+        judge(*plan_, position_, evidence, options_.min_requests, options_.confidence, now);
+    switch (judgement.action) {
+        case DecisionAction::RolledBack:
+        case DecisionAction::Aborted: {
+            const RolloutStage& stage = plan_->stage(position_.stage_index);
+            transition_locked(plan_->rolled_back(position_, now), "auto",
+                              std::move(judgement.reason), Mover::Automatic);
+            const bool aborted = position_.state == RolloutState::Aborted;
+            const std::string moved =
+                aborted ? "Rolled back from " + stage.name + ": rollout aborted at 0%"
+                        : "Rolled back from " + stage.name + " to " +
+                              plan_->stage(position_.stage_index).name;
+            return decision_locked(
+                false, aborted ? DecisionAction::Aborted : DecisionAction::RolledBack,
+                "Rolled back due to high error rate: " +
+                    detail::format_percent(evidence.error_rate) + " (" + moved + ")",
+                before, "auto");
+        }
+        case DecisionAction::Advanced: {
+            transition_locked(plan_->advanced(position_, now), "auto", std::move(judgement.reason),
+                              Mover::Automatic);
+            const RolloutStage& next = plan_->stage(position_.stage_index);
+            return decision_locked(
+                true, DecisionAction::Advanced,
+                "Advanced to stage " + next.name + " (" + percent_text(next.percentage) + ")",
+                before, "auto");
+        }
+        default:
+            return decision_locked(false, judgement.action, std::move(judgement.reason), before,
                                    "");
-        case AdvanceCheck::Verdict::NeedsApproval:
-            return decision_locked(false, DecisionAction::WaitingForApproval,
-                                   "Ready but requires approval: " + check.reason, before, "");
-        case AdvanceCheck::Verdict::Ready:
-            break;
     }
-    transition_locked(plan_->advanced(position_, now), "auto", std::move(check.reason),
-                      Mover::Automatic);
-    const RolloutStage& next = plan_->stage(position_.stage_index);
-    return decision_locked(
-        true, DecisionAction::Advanced,
-        "Advanced to stage " + next.name + " (" + percent_text(next.percentage) + ")", before,
-        "auto");
 }
-
-namespace {
-
-RolloutManager::Hold insufficient_data(std::optional<std::uint64_t> requests,
-                                       std::uint64_t needed) {
-    return {DecisionAction::InsufficientData,
-            "Holding: insufficient data (" +
-                (requests ? std::to_string(*requests) : std::string("unknown")) + " of " +
-                std::to_string(needed) + " requests)"};
-}
-
-}  // namespace
 
 Decision RolloutManager::evaluate(double error_rate, std::optional<std::uint64_t> requests) {
     validate_error_rate(error_rate);
     std::lock_guard lock(mutex_);
-    std::optional<Hold> hold;
-    if (options_.min_requests > 0 && (!requests || *requests < options_.min_requests)) {
-        hold = insufficient_data(requests, options_.min_requests);
-    }
-    const bool over = error_rate > plan_->stage(position_.stage_index).max_error_rate;
-    return decide_locked(error_rate, over, std::move(hold));
+    return decide_locked(Evidence{error_rate, requests, std::nullopt});
 }
 
 Decision RolloutManager::evaluate_counts(std::uint64_t failed, std::uint64_t total) {
@@ -508,20 +604,8 @@ Decision RolloutManager::evaluate_counts(std::uint64_t failed, std::uint64_t tot
                                     " exceeds total=" + std::to_string(total));
     }
     const double rate = total == 0 ? 0.0 : static_cast<double>(failed) / static_cast<double>(total);
-    if (!options_.confidence) return evaluate(rate, total);
     std::lock_guard lock(mutex_);
-    const double limit = plan_->stage(position_.stage_index).max_error_rate;
-    const WilsonBounds bounds = wilson_bounds(failed, total, *options_.confidence);
-    std::optional<Hold> hold;
-    if (total < options_.min_requests) {
-        hold = insufficient_data(total, options_.min_requests);
-    } else if (bounds.upper > limit) {
-        hold = Hold{DecisionAction::Held,
-                    "Holding: error rate upper bound " + detail::format_percent(bounds.upper) +
-                        " exceeds threshold " + detail::format_percent(limit) + " at confidence " +
-                        detail::format_number(*options_.confidence)};
-    }
-    return decide_locked(rate, bounds.lower > limit, std::move(hold));
+    return decide_locked(Evidence{rate, total, failed});
 }
 
 std::optional<Decision> RolloutManager::precondition_locked(
@@ -557,7 +641,7 @@ constexpr int kMoveAttempts = 8;
 
 }  // namespace
 
-Decision RolloutManager::advance_locked(std::string_view actor) {
+Decision RolloutManager::advance_locked(std::string_view actor, std::string_view reason) {
     const RolloutPosition before = position_;
     const std::optional<std::size_t> target = plan_->advance_target(position_);
     if (!target) {
@@ -580,9 +664,13 @@ Decision RolloutManager::advance_locked(std::string_view actor) {
             const std::string count =
                 std::to_string(approvals.size()) + " of " + std::to_string(next.approvals_required);
             // Recorded like a transition that stays put: versioned, in the history, shared.
-            persist_and_apply_locked(position_, actor,
-                                     "approval " + count + " to enter " + next.name, false,
-                                     Mover::Human, std::move(approvals));
+            // Cleaned again: with the person's reason it may run past the length a state
+            // file accepts.
+            persist_and_apply_locked(
+                position_, actor,
+                clean_reason("approval " + count + " to enter " + next.name +
+                             (reason.empty() ? std::string() : ": " + std::string(reason))),
+                false, Mover::Human, std::move(approvals));
             return decision_locked(true, DecisionAction::ApprovalRecorded,
                                    "Approval " + count + " to enter " + next.name + " recorded",
                                    before, actor);
@@ -590,7 +678,9 @@ Decision RolloutManager::advance_locked(std::string_view actor) {
     }
     const bool resuming = position_.state == RolloutState::Aborted;
     transition_locked(plan_->advanced(position_, wall_now()), actor,
-                      resuming ? "manual resume" : "manual advance");
+                      !reason.empty() ? std::string(reason)
+                      : resuming      ? "manual resume"
+                                      : "manual advance");
     if (resuming) {
         return decision_locked(
             true, DecisionAction::Resumed,
@@ -601,14 +691,15 @@ Decision RolloutManager::advance_locked(std::string_view actor) {
                            "Manually advanced to stage " + next.name, before, actor);
 }
 
-Decision RolloutManager::manual_advance(std::string_view actor,
+Decision RolloutManager::manual_advance(std::string_view actor, std::string_view reason,
                                         std::optional<std::uint64_t> expected_version) {
     validate_actor(actor);
+    const std::string why = reason.empty() ? std::string() : clean_reason(reason);
     for (int attempt = 1;; ++attempt) {
         std::lock_guard lock(mutex_);
         if (auto refused = precondition_locked(expected_version)) return *refused;
         try {
-            return advance_locked(actor);
+            return advance_locked(actor, why);
         } catch (const CommitLost& lost) {
             if (expected_version || attempt == kMoveAttempts) {
                 return conflict_locked(lost, std::nullopt);
@@ -660,19 +751,13 @@ void RolloutManager::record_analysis_error() { analysis_errors_.Increment(); }
 RolloutConfig RolloutManager::config() const { return RolloutConfig(plan_, view_); }
 
 RolloutManager::Snapshot RolloutManager::snapshot() const {
-    std::lock_guard lock(mutex_);
-    Snapshot out;
-    out.plan = plan_;
-    out.position = position_;
+    std::shared_ptr<const Snapshot> published;
+    {
+        std::lock_guard lock(published_mutex_);
+        published = published_;
+    }
+    Snapshot out = *published;
     out.now = options_.clock->wall();
-    out.version = version_;
-    out.enforced_percentage = plan_->percentage(position_);
-    out.last_error_rate = last_error_rate_;
-    out.transitions = transitions_;
-    out.state_path = options_.state_path;
-    out.synced = synced_;
-    out.approvals = approvals_;
-    if (!synced_) out.enforced_percentage = 0;
     return out;
 }
 
@@ -684,6 +769,7 @@ std::uint64_t RolloutManager::min_requests() const {
 void RolloutManager::set_min_requests(std::uint64_t min_requests) {
     std::lock_guard lock(mutex_);
     options_.min_requests = min_requests;
+    publish_snapshot_locked();
 }
 
 double RolloutManager::enforced_percentage() const {

@@ -124,6 +124,23 @@ TEST_CASE("a failed evaluation is FAIL and counted as an error", "[enforcer]") {
     CHECK_THAT(text, Catch::Contains("guardian_enforcement_failed_total{policy_id=\"p\"} 1"));
 }
 
+TEST_CASE("lifetime error counts never forget, per policy and in all", "[enforcer]") {
+    Fixture f;
+    Enforcer enforcer = f.make(true, 100.0);
+    const Evaluator fails([]() -> std::optional<Verdict> { return std::nullopt; });
+    enforcer.decide("p", "k1", Verdict::Ok, fails);
+    enforcer.decide("p", "k2", Verdict::Ok, Verdict::Ok);
+    std::thread([&] { enforcer.decide("q", "k3", Verdict::Ok, fails); }).join();
+    f.clock->advance(7200);  // past every window
+    CHECK(enforcer.error_counts("60m").total == 0);
+    const auto all = enforcer.lifetime_error_counts();
+    CHECK((all.events == 2 && all.total == 3));
+    const auto p = enforcer.lifetime_error_counts("p");
+    CHECK((p.events == 1 && p.total == 2));
+    CHECK(enforcer.lifetime_error_counts("never-seen").total == 0);
+    CHECK_THROWS_AS(enforcer.lifetime_error_counts("bad id"), std::invalid_argument);
+}
+
 TEST_CASE("a bad policy id evaluates and records nothing", "[enforcer]") {
     Fixture f;
     Enforcer enforcer = f.make(true, 100.0);

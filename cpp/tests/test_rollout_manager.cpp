@@ -197,7 +197,7 @@ TEST_CASE("a corrupt state file stops the manager and is kept", "[rollout]") {
     CHECK_FALSE(f.enforcer->rollout_percent_claimed());
 }
 
-TEST_CASE("min_requests holds, but never blocks a rollback", "[rollout]") {
+TEST_CASE("min_requests holds, and too few counted requests never roll back", "[rollout]") {
     Fixture f;
     RolloutManager::Options options;
     options.min_requests = 100;
@@ -206,7 +206,16 @@ TEST_CASE("min_requests holds, but never blocks a rollback", "[rollout]") {
     CHECK(manager.evaluate(0.0, 50).message == "Holding: insufficient data (50 of 100 requests)");
     CHECK(manager.evaluate(0.0).message == "Holding: insufficient data (unknown of 100 requests)");
     manager.manual_advance("ops");
-    CHECK(manager.evaluate(0.5, 3).message.find("Rolled back") == 0);
+    // 3 requests of this stage cannot judge it, however many of them failed.
+    const Decision few = manager.evaluate(0.5, 3);
+    CHECK(few.action == DecisionAction::InsufficientData);
+    CHECK(few.to_stage == "quarter");
+    CHECK(manager.evaluate(0.5, 99).action == DecisionAction::InsufficientData);
+    CHECK(manager.evaluate_counts(99, 99).action == DecisionAction::InsufficientData);
+    CHECK(manager.evaluate(0.5, 100).action == DecisionAction::RolledBack);
+    manager.manual_advance("ops");
+    // A source that counts nothing (a bare rate) still rolls back: its window is its own.
+    CHECK(manager.evaluate(0.5).action == DecisionAction::RolledBack);
 }
 
 TEST_CASE("a changed min_requests applies from the next decision", "[rollout]") {
@@ -734,4 +743,116 @@ TEST_CASE("a state file with impossible approvals is refused", "[rollout]") {
     }
     std::ofstream(path) << text.substr(0, end) << ", \"approvals\": [\"alice\"]}\n";
     CHECK(f.make({}, four_eyes()).snapshot().approvals == std::vector<std::string>{"alice"});
+}
+
+// -- What the rollout waits for ----------------------------------------------------------------
+
+namespace {
+
+using driftgate::Judgement;
+using driftgate::WaitingFor;
+
+Judgement judged(const RolloutManager& manager) { return manager.snapshot().judgement(); }
+
+}  // namespace
+
+TEST_CASE("held by confidence, the status waits for the error rate, not a person",
+          "[rollout][status]") {
+    Fixture f;
+    RolloutManager::Options options;
+    options.confidence = 0.95;
+    auto manager = f.make(options);
+    f.clock->advance(25 * kHour);
+    // canary allows 0.5 %: 1 of 200 is within it, but its upper bound is not
+    const Decision held = manager.evaluate_counts(1, 200);
+    CHECK(held.action == DecisionAction::Held);
+    const Judgement judgement = judged(manager);
+    CHECK(judgement.action == DecisionAction::Held);
+    CHECK(judgement.waiting_for == WaitingFor::ErrorRate);
+    CHECK(judgement.reason == held.message);
+    // enough evidence: now a person is needed to enter quarter
+    CHECK(manager.evaluate_counts(1, 5000).action == DecisionAction::WaitingForApproval);
+    CHECK(judged(manager).waiting_for == WaitingFor::Approval);
+}
+
+TEST_CASE("below min_requests the status waits for data, not a person", "[rollout][status]") {
+    Fixture f;
+    RolloutManager::Options options;
+    options.min_requests = 100;
+    auto manager = f.make(options);
+    f.clock->advance(25 * kHour);
+    CHECK(judged(manager).waiting_for == WaitingFor::Data);  // no reading yet
+    CHECK(manager.evaluate(0.0, 99).action == DecisionAction::InsufficientData);
+    CHECK(judged(manager).waiting_for == WaitingFor::Data);
+    CHECK(manager.evaluate(0.0, 100).action == DecisionAction::WaitingForApproval);
+    CHECK(judged(manager).action == DecisionAction::WaitingForApproval);
+    manager.set_min_requests(101);  // a reload: the same reading no longer suffices
+    CHECK(judged(manager).waiting_for == WaitingFor::Data);
+}
+
+TEST_CASE("the status names every wait the decision knows", "[rollout][status]") {
+    Fixture f;
+    auto manager = f.make(RolloutManager::Options{}, three_stages());
+    CHECK(judged(manager).waiting_for == WaitingFor::Duration);
+    f.clock->advance(kHour);
+    CHECK(judged(manager).waiting_for == WaitingFor::Check);  // the next check advances
+    CHECK(judged(manager).action == DecisionAction::Advanced);
+    CHECK(manager.evaluate(0.0).action == DecisionAction::Advanced);
+    f.clock->advance(kHour);
+    CHECK(judged(manager).waiting_for == WaitingFor::Approval);  // c needs approval
+    manager.manual_advance("ops");
+    CHECK(judged(manager).waiting_for == WaitingFor::Nothing);
+    manager.manual_rollback("ops");
+    manager.manual_rollback("ops");
+    manager.manual_rollback("ops");
+    CHECK(judged(manager).waiting_for == WaitingFor::Resume);
+}
+
+TEST_CASE("a stage's readings are forgotten when the stage changes", "[rollout][status]") {
+    Fixture f;
+    auto manager = f.make(RolloutManager::Options{}, three_stages());
+    f.clock->advance(kHour);
+    manager.manual_advance("ops");  // b
+    f.clock->advance(kHour);
+    const Decision rolled = manager.evaluate(0.5, 1000);
+    CHECK(rolled.action == DecisionAction::RolledBack);
+    CHECK(rolled.error_rate == 0.5);  // the decision still says what it was judged on
+    // a has a fresh start and no reading of its own: nothing says it would roll back
+    const auto snapshot = manager.snapshot();
+    CHECK_FALSE(snapshot.evidence.has_value());
+    CHECK(snapshot.last_error_rate == 0.5);
+    CHECK(snapshot.judgement().waiting_for == WaitingFor::Duration);
+    // a reading in the same stage is kept
+    CHECK(manager.evaluate(0.01, 10).action == DecisionAction::Held);
+    CHECK(manager.snapshot().evidence->requests == 10u);
+}
+
+TEST_CASE("an advance keeps the person's reason", "[rollout]") {
+    Fixture f;
+    auto manager = f.make();
+    CHECK(manager.manual_advance("ops", "fix deployed\tin 1.4.2").success);
+    CHECK(manager.snapshot().transitions.back().reason == "fix deployed?in 1.4.2");
+    CHECK(manager.manual_advance("ops").success);
+    CHECK(manager.snapshot().transitions.back().reason == "manual advance");
+    manager.manual_rollback("ops");
+    manager.manual_rollback("ops");
+    manager.manual_rollback("ops");  // aborted
+    CHECK(manager.manual_advance("ops", "").message.find("Resumed") == 0);
+    CHECK(manager.snapshot().transitions.back().reason == "manual resume");
+}
+
+TEST_CASE("an approval's reason is kept within what a state file accepts", "[rollout]") {
+    Fixture f;
+    const std::vector<RolloutStage> stages{{"a", 10, 0, 0.1, false}, {"b", 50, 0, 0.1, true, 2}};
+    {
+        auto manager = f.make(RolloutManager::Options{}, RolloutConfig(stages));
+        const Decision first = manager.manual_advance("alice", std::string(500, 'x'));
+        CHECK(first.action == DecisionAction::ApprovalRecorded);
+        const std::string reason = manager.snapshot().transitions.back().reason;
+        CHECK(reason.size() == driftgate::StateFile::kMaxReasonLength);
+        CHECK(reason.find("approval 1 of 2 to enter b: xxx") == 0);
+    }
+    // the state file written with it loads again
+    auto reopened = f.make(RolloutManager::Options{}, RolloutConfig(stages));
+    CHECK(reopened.snapshot().approvals == std::vector<std::string>{"alice"});
 }

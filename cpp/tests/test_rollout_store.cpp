@@ -1,6 +1,7 @@
 #include <catch2/catch.hpp>
 
 #include <atomic>
+#include <condition_variable>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -142,9 +143,9 @@ TEST_CASE("a precondition on the version moves nothing when it no longer holds",
     auto clock = fleet_clock();
     Replica a(store, clock);
     Replica b(store, clock);
-    REQUIRE(a.manager->manual_advance("alice", 1).success);
+    REQUIRE(a.manager->manual_advance("alice", "", 1).success);
     const auto before = store->stored();
-    const auto decision = b.manager->manual_advance("bob", 1);  // bob also saw version 1
+    const auto decision = b.manager->manual_advance("bob", "", 1);  // bob also saw version 1
     CHECK_FALSE(decision.success);
     CHECK(decision.action == DecisionAction::Conflict);
     CHECK(decision.version == 2);
@@ -155,7 +156,7 @@ TEST_CASE("a precondition on the version moves nothing when it no longer holds",
     // A precondition naming a version this replica has not heard of yet is checked against
     // the store, not against the replica's lagging copy.
     Replica c(store, clock);
-    REQUIRE(a.manager->manual_advance("alice", 2).success);
+    REQUIRE(a.manager->manual_advance("alice", "", 2).success);
     CHECK(c.manager->manual_rollback("carol", "", 3).success);
 }
 
@@ -290,4 +291,63 @@ TEST_CASE("a fleet that started while the store was away stores the rollout once
     CHECK(b.enforcer->options().rollout_percent == 10);
     // The first stage's time counts from when the rollout was stored, not from the outage.
     CHECK(b.manager->snapshot().position.started_at == clock->wall());
+}
+
+namespace {
+
+/// A store whose commits wait until released, as a stalled Redis does.
+class StallingStore : public MemoryStore {
+  public:
+    CommitResult commit(std::uint64_t version, const std::string& document,
+                        bool automatic) override {
+        {
+            std::unique_lock lock(gate_mutex_);
+            entered_ = true;
+            entered_cv_.notify_all();
+            released_cv_.wait(lock, [this] { return released_; });
+        }
+        return MemoryStore::commit(version, document, automatic);
+    }
+
+    void wait_until_entered() {
+        std::unique_lock lock(gate_mutex_);
+        entered_cv_.wait(lock, [this] { return entered_; });
+    }
+    void release() {
+        std::lock_guard lock(gate_mutex_);
+        released_ = true;
+        released_cv_.notify_all();
+    }
+    void stall() {
+        std::lock_guard lock(gate_mutex_);
+        released_ = false;
+        entered_ = false;
+    }
+
+  private:
+    std::mutex gate_mutex_;
+    std::condition_variable entered_cv_;
+    std::condition_variable released_cv_;
+    bool entered_ = false;
+    bool released_ = true;
+};
+
+}  // namespace
+
+TEST_CASE("a status read does not wait for a move stuck in the store", "[store][threads]") {
+    auto store = std::make_shared<StallingStore>();
+    auto clock = fleet_clock();
+    Replica a(store, clock);
+    store->stall();
+    std::thread mover([&] { a.manager->manual_advance("alice"); });
+    store->wait_until_entered();  // the move holds the manager's lock, waiting for the store
+    const auto during = a.manager->snapshot();
+    CHECK(during.version == 1);
+    CHECK(during.plan->position_name(during.position) == "canary");
+    CHECK(during.judgement().waiting_for == driftgate::WaitingFor::Duration);
+    store->release();
+    mover.join();
+    const auto after = a.manager->snapshot();
+    CHECK(after.version == 2);
+    CHECK(after.plan->position_name(after.position) == "quarter");
 }

@@ -239,6 +239,21 @@ def _version(value: str) -> int:
     return int(value)
 
 
+MAX_REASON_CHARS = 200  # what the rollout history keeps of a reason, and the HTTP body's cap
+
+
+def _reason(value: str) -> str:
+    """A move's reason: 1 to 200 characters that are not all blank. Too long a text is refused
+    here rather than cut by the service; it is never echoed back whole."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError("expected a reason of 1 to 200 characters, got none")
+    if len(value) > MAX_REASON_CHARS:
+        raise argparse.ArgumentTypeError(
+            f"expected a reason of 1 to {MAX_REASON_CHARS} characters, got {len(value)}"
+        )
+    return value
+
+
 def _seconds(value: str) -> float:
     seconds = float(value)
     if not (seconds > 0 and math.isfinite(seconds)):
@@ -341,7 +356,9 @@ def _check(status: dict[str, Any]) -> tuple[int, str]:
             f"stage {where} is done and waits for approval to enter {target}{gathered}: "
             "`driftgate advance` (needs rollout:advance)"
         )
-    return EXIT_OK, f"nothing needs a person: stage {where}, {status['state']}"
+    waiting = status.get("waiting_for")
+    why = f", waiting for {waiting}" if isinstance(waiting, str) and waiting != "nothing" else ""
+    return EXIT_OK, f"nothing needs a person: stage {where}, {status['state']}{why}"
 
 
 def _annotation(code: int, message: str) -> str | None:
@@ -614,8 +631,11 @@ def build_parser() -> argparse.ArgumentParser:
             name, help=f"{text} (admin; token from ${TOKEN_ENV})", description=f"{text}."
         )
         _add_service_flags(move, "the service's base URL")
-        if name == "rollback":
-            move.add_argument("--reason", help="why, for the transition history (<= 200 chars)")
+        move.add_argument(
+            "--reason",
+            type=_reason,
+            help="why, for the transition history and the notification (<= 200 chars)",
+        )
         move.add_argument(
             "--expected-version",
             type=_version,

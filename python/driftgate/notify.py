@@ -27,7 +27,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from email.utils import parsedate_to_datetime
 from typing import Any, Protocol
 
@@ -78,6 +78,10 @@ class Notification:
     error_rate: float | None = None
     status_url: str | None = None
     occurrence: int = 0  # tells repeated events at one version apart (analysis failing)
+    comment: str | None = None  # the person's reason for a move (printable ASCII, bounded)
+    # waiting_for_approval: approvals to enter `to_stage` so far, and how many it needs
+    approvals_given: int | None = None
+    approvals_required: int | None = None
 
     @property
     def key(self) -> str:
@@ -101,13 +105,20 @@ class Notification:
             Event.ROLLED_BACK: f"rolled back {move}",
             Event.ABORTED: f"aborted {move}: nothing enforced",
             Event.COMPLETED: f"completed at {self.to_stage} ({self.to_percentage:g}%)",
-            Event.WAITING_FOR_APPROVAL: f"waits for approval to leave {self.to_stage} "
-            f"({self.to_percentage:g}%)",
+            Event.WAITING_FOR_APPROVAL: f"waits for approval to enter {self.to_stage} "
+            f"({self.to_percentage:g}%) from {self.from_stage}{self._approvals()}",
             Event.ANALYSIS_FAILING: f"cannot read its error rate at {self.to_stage}: holding",
         }[self.event]
+        said = "" if self.comment is None else f': "{self.comment}"'
         return (
-            f"Rollout {self.rollout} {what} (by {self.actor}, {self.reason}{rate}, v{self.version})"
+            f"Rollout {self.rollout} {what} (by {self.actor}, {self.reason}{rate}, "
+            f"v{self.version}){said}"
         )
+
+    def _approvals(self) -> str:
+        if self.approvals_required is None or self.approvals_required < 2:
+            return ""
+        return f" ({self.approvals_given or 0} of {self.approvals_required} approvals so far)"
 
 
 class SendError(Exception):
@@ -191,13 +202,20 @@ class SlackSink(_HttpSink):
 
     @staticmethod
     def payload(notification: Notification) -> dict[str, Any]:
+        # A person's comment is free text: escaped, so it cannot become a link or a mention.
+        if notification.comment is not None:
+            notification = replace(notification, comment=_slack_escape(notification.comment))
         text = notification.text()
+        waiting = notification.event is Event.WAITING_FOR_APPROVAL
+        enforced = notification.from_percentage if waiting else notification.to_percentage
         fields = [
             f"*Stage:* {notification.from_stage} -> {notification.to_stage}",
-            f"*Enforced:* {notification.to_percentage:g}%",
+            f"*Enforced:* {enforced:g}%",
             f"*By:* {notification.actor}",
             f"*Reason:* {notification.reason}",
         ]
+        if notification.comment is not None:
+            fields.append(f"*Comment:* {notification.comment}")
         blocks: list[dict[str, Any]] = [
             {"type": "section", "text": {"type": "mrkdwn", "text": text}},
             {"type": "section", "fields": [{"type": "mrkdwn", "text": f} for f in fields]},
@@ -215,6 +233,11 @@ class SlackSink(_HttpSink):
 
     def send(self, notification: Notification, timeout: float) -> None:
         self._post(json.dumps(self.payload(notification)).encode(), {}, timeout)
+
+
+def _slack_escape(text: str) -> str:
+    """Text for Slack's mrkdwn: the three characters it reads as markup, as entities."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def _signature(secret: bytes, timestamp: str, body: bytes) -> str:

@@ -10,6 +10,7 @@ import logging
 import math
 import os
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
@@ -30,7 +31,7 @@ from driftgate._core import (
     _RolloutManager,
 )
 from driftgate.notify import Event, Notification, Notifier
-from driftgate.status import RolloutStatus, build_status
+from driftgate.status import RolloutState, RolloutStatus, WaitingFor, build_status
 
 __all__ = [
     "ConfigOwnedError",
@@ -43,9 +44,11 @@ __all__ = [
     "RolloutConfig",
     "RolloutManager",
     "RolloutStage",
+    "RolloutState",
     "SharedStateStore",
     "StateError",
     "StateStoreError",
+    "WaitingFor",
     "rollout_lifespan",
     "run_rollout_monitor",
 ]
@@ -82,16 +85,33 @@ def _takes_window(source: Any) -> bool:
 
 
 class LocalErrorRate:
-    """The enforced cohort's evaluation-error rate, from this process's own windows:
-    (failed enforced evaluations, enforced decisions) in `window`."""
+    """The enforced cohort's evaluation-error rate, from this process's own counts:
+    (failed enforced evaluations, enforced decisions) in `window`, and never from before the
+    current stage was entered. A manager calls `stage_entered()` whenever its stage changes;
+    until `window` has passed since then, the counts are those made since it."""
 
     def __init__(self, enforcer: Enforcer, window: str = "60m", policy_id: str | None = None):
         enforcer.error_counts(window, policy_id)  # a bad window or policy id fails here, not later
         self._enforcer = enforcer
         self._window = window
         self._policy_id = policy_id
+        tracker = enforcer.tracker
+        self._clock = tracker.clock
+        self._span = next(w.span_seconds for w in tracker.windows if w.name == window)
+        # (clock reading, failed, total) when the current stage was entered
+        self._entered: tuple[float, int, int] | None = None
+
+    def stage_entered(self) -> None:
+        """Starts counting afresh: what was counted before belongs to another stage."""
+        failed, total = self._enforcer.lifetime_error_counts(self._policy_id)
+        self._entered = (self._clock.now(), failed, total)
 
     def __call__(self) -> tuple[int, int]:
+        entered = self._entered
+        if entered is not None and self._clock.now() - entered[0] < self._span:
+            failed, total = self._enforcer.lifetime_error_counts(self._policy_id)
+            return failed - entered[1], total - entered[2]
+        # The window holds nothing older than the stage.
         return self._enforcer.error_counts(self._window, self._policy_id)
 
     def __repr__(self) -> str:
@@ -223,8 +243,11 @@ class RolloutManager(_RolloutManager):
         self._failure_streaks = 0
         self._wall: Callable[[], float] = time.time if clock is None else clock.wall
         self._last_check: tuple[float, Decision] | None = None
+        self._stage_lock = threading.Lock()
+        self._stage: tuple[Any, ...] | None = None
         if error_rate_source is None and enforcer is not None:
             self.error_rate_source = LocalErrorRate(enforcer)
+        self._note_stage()
         follow = getattr(store, "follow", None)
         if callable(follow):
             follow(self)
@@ -253,9 +276,15 @@ class RolloutManager(_RolloutManager):
         return self._announce(super().evaluate_counts(failed, total))
 
     def manual_advance(
-        self, actor: str | None = None, *, expected_version: int | None = None
+        self,
+        actor: str | None = None,
+        reason: str | None = None,
+        *,
+        expected_version: int | None = None,
     ) -> Decision:
-        return self._announce(super().manual_advance(actor, expected_version=expected_version))
+        return self._announce(
+            super().manual_advance(actor, reason, expected_version=expected_version)
+        )
 
     def manual_rollback(
         self,
@@ -268,7 +297,32 @@ class RolloutManager(_RolloutManager):
             super().manual_rollback(actor, reason, expected_version=expected_version)
         )
 
+    def follow(self, document: str) -> bool:
+        adopted = super().follow(document)
+        self._note_stage()
+        return adopted
+
+    def refresh(self) -> int:
+        version = super().refresh()
+        self._note_stage()
+        return version
+
+    def _note_stage(self) -> None:
+        """Tells a source that counts by itself (`stage_entered`) when the stage changes, so
+        that each stage is judged on its own requests; called after every decision and every
+        state followed from a shared store."""
+        snapshot = self._snapshot()
+        stage = (snapshot["stage_index"], snapshot["state"], snapshot["started_at"])
+        with self._stage_lock:
+            if stage == self._stage:
+                return
+            self._stage = stage
+            entered = getattr(self._source, "stage_entered", None)
+            if callable(entered):
+                entered()
+
     def _announce(self, decision: Decision) -> Decision:
+        self._note_stage()
         if decision.action != DecisionAction.ANALYSIS_FAILED:
             self._analysis_failures = 0
         if self.notifier is None:
@@ -283,19 +337,35 @@ class RolloutManager(_RolloutManager):
     def _notification(
         self, decision: Decision, event: Event, reason: str, occurrence: int = 0
     ) -> Notification:
+        to_stage, to_percentage = decision.to_stage, decision.to_percentage
+        approvals_given: int | None = None
+        approvals_required: int | None = None
+        if event is Event.WAITING_FOR_APPROVAL:
+            # The stage waiting to be entered, and who has approved entering it so far.
+            snapshot = self._snapshot()
+            target = snapshot["advance_target"]
+            if target is not None:
+                waiting = snapshot["stages"][target]
+                to_stage, to_percentage = waiting.name, waiting.percentage
+                approvals_given = len(snapshot["approvals"])
+                approvals_required = waiting.approvals_required
+        automatic = decision.actor in ("", "auto")
         return Notification(
             event=event,
             rollout=self.name,
             version=decision.version,
             from_stage=decision.from_stage,
-            to_stage=decision.to_stage,
+            to_stage=to_stage,
             from_percentage=decision.from_percentage,
-            to_percentage=decision.to_percentage,
+            to_percentage=to_percentage,
             actor=decision.actor or "auto",
             reason=reason,
             error_rate=decision.error_rate,
             status_url=None if self.notifier is None else self.notifier.status_url,
             occurrence=occurrence,
+            comment=None if automatic or not decision.reason else decision.reason,
+            approvals_given=approvals_given,
+            approvals_required=approvals_required,
         )
 
     def _analysis_failed(self, decision: Decision) -> Decision:
@@ -321,6 +391,9 @@ class RolloutManager(_RolloutManager):
             raise TypeError(f"error_rate_source must be callable, got {source!r}")
         self._source_takes_window = source is not None and _takes_window(source)
         self._source = source
+        entered = getattr(source, "stage_entered", None)
+        if callable(entered):
+            entered()  # a new source counts from now: nothing older is this stage's for sure
 
     # The name an error-rate hook has in code written for the original rollout manager.
     get_current_error_rate = error_rate_source
@@ -350,7 +423,18 @@ class RolloutManager(_RolloutManager):
         source = self.error_rate_source
         if source is None:
             return self._hold("Holding: no error-rate source")
-        arguments = (self.analysis_window,) if self._source_takes_window else ()
+        arguments: tuple[timedelta, ...] = ()
+        if self._source_takes_window:
+            # Only this stage's requests: never more than the time since it was entered (or
+            # resumed), measured from the start the shared state records.
+            snapshot = self._snapshot()
+            in_stage = snapshot["now"] - snapshot["started_at"]
+            if not in_stage > 0:
+                return self._hold(
+                    "Holding: insufficient data (the stage has only just started)",
+                    DecisionAction.INSUFFICIENT_DATA,
+                )
+            arguments = (min(self.analysis_window, timedelta(seconds=in_stage)),)
         try:
             reading = await _within(self.source_timeout, _read(source, arguments))
             decide = _decision_for(self, reading)
@@ -386,7 +470,8 @@ def _event_of(decision: Decision) -> Event | None:
     if not decision.moved:
         return None
     if action in (DecisionAction.ADVANCED, DecisionAction.RESUMED):
-        return Event.COMPLETED if decision.state == "completed" else Event.ADVANCED
+        completed = decision.state == RolloutState.COMPLETED
+        return Event.COMPLETED if completed else Event.ADVANCED
     if action == DecisionAction.ROLLED_BACK:
         return Event.ROLLED_BACK
     if action == DecisionAction.ABORTED:

@@ -3,6 +3,7 @@ and `driftgate status`, and the one place where its times and durations are form
 
 from __future__ import annotations
 
+import enum
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -16,14 +17,55 @@ except ImportError:  # pragma: no cover - only without the fastapi extra
 __all__ = [
     "ApprovalStatus",
     "LastCheck",
+    "RolloutState",
     "RolloutStatus",
     "StageStatus",
     "StoreStatus",
     "TransitionStatus",
+    "WaitingFor",
     "build_status",
     "format_duration",
     "format_time",
 ]
+
+
+class RolloutState(str, enum.Enum):
+    """Where a rollout stands as a whole; the value is its wire name."""
+
+    #: Moving through its stages.
+    ACTIVE = "active"
+    #: Rolled back from the first stage: nothing enforced until a person's advance resumes it.
+    ABORTED = "aborted"
+    #: At the final stage.
+    COMPLETED = "completed"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class WaitingFor(str, enum.Enum):
+    """What keeps a rollout where it is, as the next automatic check sees it (the core's own
+    rule applied to the last reading of the current stage); the value is its wire name."""
+
+    #: Nothing: the next check moves it (advances, or rolls back above the stage's limit).
+    CHECK = "check"
+    #: A person: the next stage needs approval (`driftgate advance`).
+    APPROVAL = "approval"
+    #: The stage's minimum duration is not over.
+    DURATION = "duration"
+    #: Fewer requests in this stage than `min_requests`.
+    DATA = "data"
+    #: The stage's error rate (with `confidence`, its upper bound) is above its limit.
+    ERROR_RATE = "error_rate"
+    #: Aborted: only a person's advance resumes it.
+    RESUME = "resume"
+    #: Completed: nothing is left to do.
+    NOTHING = "nothing"
+    #: The shared state store has not been read yet.
+    STORE = "store"
+
+    def __str__(self) -> str:
+        return self.value
 
 
 class StageStatus(TypedDict):
@@ -70,10 +112,11 @@ class LastCheck(TypedDict):
 class RolloutStatus(TypedDict):
     """Where a rollout stands. `elapsed_time` and `min_duration` read as Python's
     `str(timedelta)` ("1 day, 2:00:00"); times are ISO 8601 UTC; `transitions` are the newest
-    ones, oldest first. `awaiting_approval` is true when the stage's minimum time is over, its
-    last error rate is within the limit, and the next stage needs a person to enter it;
-    `last_check` is None until this replica has checked (with a shared store, only the replica
-    that holds the evaluation lease checks)."""
+    ones, oldest first. `waiting_for` says what keeps the rollout where it is and
+    `waiting_reason` why, as the next automatic check would decide on the last reading of this
+    stage (`stage_requests` requests of the `min_requests` it needs); `awaiting_approval` is
+    true only when that is a person. `last_check` is None until this replica has checked (with
+    a shared store, only the replica that holds the evaluation lease checks)."""
 
     current_stage: StageStatus
     stage_index: int
@@ -81,7 +124,7 @@ class RolloutStatus(TypedDict):
     elapsed_time: str
     min_duration: str
     started_at: str
-    state: str
+    state: RolloutState
     enforced_percentage: float
     last_error_rate: float | None
     version: int
@@ -90,6 +133,10 @@ class RolloutStatus(TypedDict):
     approvals: ApprovalStatus | None
     next_stage: StageStatus | None
     awaiting_approval: bool
+    waiting_for: WaitingFor
+    waiting_reason: str
+    stage_requests: int | None
+    min_requests: int
     last_check: LastCheck | None
 
 
@@ -133,17 +180,10 @@ def build_status(
     index = snapshot["stage_index"]
     stage = stages[index]
     following = stages[index + 1] if index + 1 < len(stages) else None
-    target = 0 if snapshot["state"] == "aborted" else index + 1
-    waiting = stages[target] if target < len(stages) else None
+    target = snapshot["advance_target"]
+    waiting = None if target is None else stages[target]
     history = snapshot["transitions"][-transitions:] if transitions > 0 else []
-    rate = snapshot["last_error_rate"]
-    awaiting = (
-        snapshot["state"] == "active"
-        and following is not None
-        and following.requires_approval
-        and snapshot["now"] - snapshot["started_at"] >= stage.duration_seconds
-        and (rate is None or rate <= stage.max_error_rate)
-    )
+    waiting_for = WaitingFor(snapshot["waiting_for"])
     check: LastCheck | None = None
     if last_check is not None:
         when, decision = last_check
@@ -161,7 +201,7 @@ def build_status(
         "elapsed_time": format_duration(snapshot["now"] - snapshot["started_at"]),
         "min_duration": format_duration(stage.duration_seconds),
         "started_at": format_time(snapshot["started_at"]),
-        "state": snapshot["state"],
+        "state": RolloutState(snapshot["state"]),
         "enforced_percentage": snapshot["enforced_percentage"],
         "last_error_rate": snapshot["last_error_rate"],
         "version": snapshot["version"],
@@ -191,6 +231,10 @@ def build_status(
             "evaluator": getattr(store, "evaluator", None),
         },
         "next_stage": None if following is None else _stage(following),
-        "awaiting_approval": bool(awaiting),
+        "awaiting_approval": waiting_for is WaitingFor.APPROVAL,
+        "waiting_for": waiting_for,
+        "waiting_reason": snapshot["waiting_reason"],
+        "stage_requests": snapshot["stage_requests"],
+        "min_requests": snapshot["min_requests"],
         "last_check": check,
     }

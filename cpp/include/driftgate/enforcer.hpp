@@ -82,6 +82,10 @@ class Enforcer {
     /// across all policies or for one.
     WindowCounts error_counts(std::string_view window,
                               std::optional<std::string_view> policy_id = std::nullopt) const;
+    /// The same counted since this enforcer was made: never reset, never forgetting, so the
+    /// difference of two readings is exactly what was decided between them.
+    WindowCounts lifetime_error_counts(
+        std::optional<std::string_view> policy_id = std::nullopt) const;
 
     std::uint32_t seed() const { return seed_; }
     const std::shared_ptr<DriftTracker>& tracker() const { return tracker_; }

@@ -15,6 +15,7 @@
 #include "driftgate/rollout_config.hpp"
 #include "driftgate/rollout_state.hpp"
 #include "driftgate/rollout_store.hpp"
+#include "driftgate/spin_mutex.hpp"
 
 namespace driftgate {
 
@@ -38,6 +39,49 @@ enum class DecisionAction {
 
 std::string_view to_string(DecisionAction action) noexcept;
 
+/// The evidence an automatic decision is judged on: the error rate of the current stage, and
+/// the requests behind it when the source counted them (with the failures among them).
+struct Evidence {
+    double error_rate = 0;
+    std::optional<std::uint64_t> requests;
+    std::optional<std::uint64_t> failed;
+};
+
+/// What keeps a rollout where it is, as the next automatic decision sees it.
+enum class WaitingFor {
+    Check,      // nothing: the next check moves it (advances, or rolls back above the limit)
+    Approval,   // a person's advance enters the next stage
+    Duration,   // the stage's minimum time is not over
+    Data,       // fewer requests in this stage than min_requests
+    ErrorRate,  // the error rate (with confidence, its upper bound) is above the stage's limit
+    Resume,     // aborted: only a person's advance resumes it
+    Nothing,    // completed: at the final stage
+    Store,      // the shared state has not been read yet
+};
+
+std::string_view to_string(WaitingFor waiting_for) noexcept;
+
+/// What the rules make of a position and its evidence: the action an automatic decision takes
+/// (Advanced, RolledBack, Aborted, Held, WaitingForApproval, InsufficientData or
+/// AtFinalStage), what keeps the rollout where it is, and why.
+struct Judgement {
+    DecisionAction action = DecisionAction::Held;
+    WaitingFor waiting_for = WaitingFor::Check;
+    std::string reason;
+};
+
+/// The single home of the automatic decision's rules, in order: aborted (held until a person
+/// resumes it); fewer counted requests than `min_requests` (insufficient data: never a
+/// rollback on too little of this stage's evidence); above the stage's maximum (rolled back
+/// when the plan rolls back on errors; with `confidence` and counts, when the Wilson lower
+/// bound is above it); with `confidence`, the upper bound above it (held); requests not
+/// counted while `min_requests` asks for some (insufficient data); then
+/// StagePlan::check_advance at `now`. Without evidence (no reading in this stage yet) the
+/// error-rate rules are skipped.
+Judgement judge(const StagePlan& plan, const RolloutPosition& position,
+                const std::optional<Evidence>& evidence, std::uint64_t min_requests,
+                std::optional<double> confidence, double now);
+
 /// The outcome of one decision, built by the call that made it. `success` and `message` are
 /// the classic (bool, str) answer; the rest says what happened, from where to where, and the
 /// version after it (unchanged when nothing moved).
@@ -53,6 +97,7 @@ struct Decision {
     RolloutState state = RolloutState::Active;
     std::optional<double> error_rate;  // the rate judged, when there was one
     std::string actor;                 // who moved the rollout; empty when nothing moved
+    std::string reason;  // the history's reason for a move or a recorded approval, else empty
 
     bool moved() const { return from_stage != to_stage; }
 };
@@ -84,10 +129,17 @@ class RolloutManager {
         std::uint64_t version = 0;
         double enforced_percentage = 0;
         std::optional<double> last_error_rate;
+        std::optional<Evidence> evidence;  // the last reading in the current stage, if any
+        std::uint64_t min_requests = 0;
+        std::optional<double> confidence;
         std::vector<Transition> transitions;
         std::optional<std::string> state_path;
         bool synced = true;                  // false until a shared store's state has been read
         std::vector<std::string> approvals;  // of entering the next stage, so far
+
+        /// What the next automatic decision would make of this snapshot at `now`: judge()
+        /// on the position and the last reading, or WaitingFor::Store while unsynced.
+        Judgement judgement() const;
     };
 
     /// Resumes from the state file when there is one (StateError when it cannot be used; it is
@@ -116,7 +168,8 @@ class RolloutManager {
     /// of its own, in the history) and a rollback forgets them. With `expected_version`, nothing
     /// moves (action Conflict) unless the rollout is at that version when the move commits; without
     /// it, a move that loses its commit to another replica is decided again on the new state.
-    Decision manual_advance(std::string_view actor = "manual",
+    /// `reason` (cleaned like a rollback's) is kept in the history.
+    Decision manual_advance(std::string_view actor = "manual", std::string_view reason = "",
                             std::optional<std::uint64_t> expected_version = std::nullopt);
     /// A human's rollback; from the first stage it aborts. `expected_version` as for advance.
     Decision manual_rollback(std::string_view actor = "manual", std::string_view reason = "",
@@ -147,6 +200,8 @@ class RolloutManager {
 
     /// A read-only view of the rollout: the plan and the manager's live position.
     RolloutConfig config() const;
+    /// Published after every change, so a status read never waits for a decision or a store
+    /// call in progress: it copies the last published state under a lock held for a pointer.
     Snapshot snapshot() const;
     double enforced_percentage() const;
     std::uint64_t min_requests() const;
@@ -158,12 +213,6 @@ class RolloutManager {
     const std::shared_ptr<MetricsRegistry>& registry() const { return options_.registry; }
     const std::shared_ptr<const Clock>& clock() const { return options_.clock; }
     const std::shared_ptr<SharedStateStore>& store() const { return options_.store; }
-
-    /// Why a decision holds before the advance rules are asked.
-    struct Hold {
-        DecisionAction action;
-        std::string reason;
-    };
 
   private:
     /// Thrown inside a transition whose commit lost to another writer (or whose evaluator lost
@@ -185,8 +234,8 @@ class RolloutManager {
     void refresh_locked();
     void require_synced_locked() const;
     void start_shared_locked(RolloutPosition start);
-    Decision decide_locked(double error_rate, bool over_limit, std::optional<Hold> hold);
-    Decision decide_moving_locked(double error_rate, bool over_limit, std::optional<Hold> hold);
+    Decision decide_locked(const Evidence& evidence);
+    Decision decide_moving_locked(const Evidence& evidence);
     /// Persists then applies a move, and counts it as an advancement or a rollback. A move that
     /// lowers enforcement is applied even when the write fails (the StateError still raised);
     /// one that raises it is not, and the old state is written back if the new one had already
@@ -197,8 +246,10 @@ class RolloutManager {
                                   std::string reason, bool first, Mover mover = Mover::Human,
                                   std::vector<std::string> approvals = {});
     /// An advance by a person, or their approval of it when the next stage needs more.
-    Decision advance_locked(std::string_view actor);
+    Decision advance_locked(std::string_view actor, std::string_view reason);
     void publish_locked();
+    /// Makes the current state the one snapshot() answers with.
+    void publish_snapshot_locked();
     Decision decision_locked(bool success, DecisionAction action, std::string message,
                              const RolloutPosition& before, std::string_view actor) const;
     /// Creates every transition counter this stage list can reach, at 0, so that increase()
@@ -214,11 +265,14 @@ class RolloutManager {
     RolloutPosition position_;
     std::uint64_t version_ = 0;
     std::optional<double> last_error_rate_;
+    std::optional<Evidence> evidence_;  // read in the current stage; forgotten when it changes
     std::vector<Transition> transitions_;
     std::vector<std::string> approvals_;
     std::optional<StateFile> state_file_;
-    bool synced_ = true;              // false while a shared store's state has not been read
-    RolloutPosition unsynced_start_;  // where an unsynced manager starts once it can
+    bool synced_ = true;                 // false while a shared store's state has not been read
+    RolloutPosition unsynced_start_;     // where an unsynced manager starts once it can
+    mutable SpinMutex published_mutex_;  // held only to copy or swap the pointer
+    std::shared_ptr<const Snapshot> published_;
 
     prometheus::Family<prometheus::Gauge>& stage_family_;
     prometheus::Family<prometheus::Gauge>& started_at_family_;

@@ -1,5 +1,6 @@
 """create_router: the HTTP face of a tracker, a readiness gate and a rollout manager."""
 
+import math
 import os
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Annotated, Any, TypeVar
@@ -42,6 +43,12 @@ class HealthBody(BaseModel):
 class ReadyBody(BaseModel):
     status: str = Field(description="ready or not_ready")
     reason: str | None = Field(None, description="A fixed reason code, e.g. DRIFT_GATE.")
+    reopens_within_seconds: int | None = Field(
+        None,
+        description="With DRIFT_GATE: whole seconds (rounded up) until the drift that closed "
+        "the gate has left its window, when it reopens with or without traffic (sooner if the "
+        "ratio falls).",
+    )
 
 
 class MoveBody(BaseModel):
@@ -221,7 +228,11 @@ def create_router(
         if gate is not None:
             ready, reason = gate.check()
             if not ready:
-                return JSONResponse({"status": "not_ready", "reason": reason}, status_code=503)
+                body: dict[str, Any] = {"status": "not_ready", "reason": reason}
+                reopens = gate.reopens_within()
+                if reopens is not None:
+                    body["reopens_within_seconds"] = math.ceil(reopens)
+                return JSONResponse(body, status_code=503)
         return JSONResponse(READY)
 
     @router.get(
@@ -317,10 +328,11 @@ def create_router(
         rollout: Annotated[RolloutManager, Depends(require_manager)],
         body: Annotated[MoveRequest, Depends(move_body)],
     ) -> dict[str, Any]:
-        # The reason of an advance is fixed ("manual advance"); a body is read and capped like
-        # any other, so a garbage or oversized one is refused before anything moves.
         expected = expected_version(request, body)
-        return moved(lambda: rollout.manual_advance(actor, expected_version=expected), expected)
+        return moved(
+            lambda: rollout.manual_advance(actor, body.reason, expected_version=expected),
+            expected,
+        )
 
     @router.post(
         f"{rollout_path}/rollback",
