@@ -491,3 +491,34 @@ def test_the_follower_keeps_the_slot_and_close_gives_it_back(redis_server):
     finally:
         for manager in managers:
             manager.close()
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_a_replica_that_loses_the_store_drops_its_slot_at_once_not_after_the_ttl(tmp_path):
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    ttl = 30.0  # a grant left to go stale would count for half a minute
+    stores = [
+        RedisStateStore(
+            server.url,
+            "test:budget:lost",
+            replica=f"r{i}",
+            lease_ttl_seconds=ttl,
+            socket_timeout=0.5,
+        )
+        for i in range(2)
+    ]
+    managers = [
+        driftgate.RolloutManager(driftgate.RolloutConfig.default(), store=store) for store in stores
+    ]
+    budgets = [store.readiness_budget(Gate(CLOSED)) for store in stores]
+    try:
+        until(lambda: any(b.holds_slot() for b in budgets), "a replica holding the slot", 10)
+        server.kill()
+        took = until(lambda: not any(b.holds_slot() for b in budgets), "the slot dropped", 10)
+        print(f"slot dropped {took * 1000:.0f} ms after Redis went away (TTL {ttl:g} s)")
+    finally:
+        for manager in managers:
+            manager.close()
+        server.stop()
