@@ -495,6 +495,30 @@ def test_the_follower_keeps_the_slot_and_close_gives_it_back(redis_server):
 
 @pytest.mark.slow
 @pytest.mark.integration
+def test_a_gate_check_that_raises_is_logged_and_the_follower_goes_on(redis_server, caplog):
+    def broken() -> tuple[bool, str]:
+        raise RuntimeError("the gate broke")
+
+    key = f"test:budget:{next(_keys)}"
+    store = RedisStateStore(redis_server.url, key, replica="r0", lease_ttl_seconds=0.5)
+    manager = driftgate.RolloutManager(driftgate.RolloutConfig.default(), store=store)
+    budget = store.readiness_budget(broken)
+    try:
+        until(lambda: "readiness budget not kept" in caplog.text, "the failure logged", 5)
+        assert "RuntimeError: the gate broke" in caplog.text
+        assert not budget.holds_slot()
+        assert store._follower is not None and store._follower._thread.is_alive()
+        other = RedisStateStore(redis_server.url, key, replica="r1")
+        try:
+            assert other.load() is not None  # the follower stored the rollout and goes on
+        finally:
+            other.close()
+    finally:
+        manager.close()
+
+
+@pytest.mark.slow
+@pytest.mark.integration
 def test_a_replica_that_loses_the_store_drops_its_slot_at_once_not_after_the_ttl(tmp_path):
     server = RedisServer(tmp_path / "redis")
     server.start()
