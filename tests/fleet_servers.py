@@ -43,8 +43,10 @@ def values_yaml(
     sync_interval: float = 0.5,
     lease_ttl: float = 1.5,
     prometheus_timeout: float = 5,
+    gate: dict[str, Any] | None = None,
 ) -> str:
-    """A values file for a replica of the fleet: JSON is YAML, and the file is read strictly."""
+    """A values file for a replica of the fleet: JSON is YAML, and the file is read strictly.
+    `gate` is the `enforce_readiness_gate` section, if any."""
     rollout: dict[str, Any] = {
         "enabled": True,
         "check_interval_seconds": 1,
@@ -62,11 +64,13 @@ def values_yaml(
             "query": "error_rate",
             "timeout_seconds": prometheus_timeout,
         }
-    values = {
+    values: dict[str, Any] = {
         "enforce_enabled": True,
         "rollout": rollout,
         "admin": {"token_env": "DRIFTGATE_ADMIN_TOKEN"},
     }
+    if gate is not None:
+        values["enforce_readiness_gate"] = gate
     return json.dumps(values, indent=1)
 
 

@@ -500,6 +500,93 @@ def test_a_replica_started_while_redis_is_down_enforces_nothing_until_it_reads_t
         assert late.move("rollback").status_code == 200
 
 
+# -- the readiness budget --------------------------------------------------------------------
+
+DRIFT = {"policy_id": "lksg.v1", "context": {"subject_id": "supplier-1", "_demo_drift": True}}
+OUT = (503, "DRIFT_GATE")
+SERVING = (200, "DRIFT_GATE_BUDGET")
+ONE_OUT = sorted([OUT, SERVING, SERVING])
+
+
+def readiness(replica: Replica) -> tuple[int, str | None]:
+    response = replica.http.get("/api/v1/readyz", timeout=5)
+    return response.status_code, response.json().get("reason")
+
+
+def watch_readiness(replicas: list[Replica], seconds: float) -> list[list[tuple[int, str | None]]]:
+    """Every replica's readiness, sampled in turn for `seconds`."""
+    samples = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        samples.append([readiness(r) for r in replicas])
+        time.sleep(0.05)
+    return samples
+
+
+def test_drift_on_every_replica_takes_one_out_of_the_service_and_never_more(tmp_path):
+    key = "fleet:budget"
+    ttl = 1.5
+    tick = min(ttl / 5, 1.0)  # how often a replica renews its slot
+    gate = {"enabled": True, "min_requests": 5, "max_unready_replicas": 1}
+    with fleet(tmp_path) as f:
+        values = values_yaml(key, [{"name": "full", "percentage": 100}], lease_ttl=ttl, gate=gate)
+        replicas = [f.add(values) for _ in range(3)]
+        for replica in replicas:
+            for _ in range(10):
+                assert replica.http.post("/verify", json=DRIFT, timeout=5).json()["result"]["drift"]
+        until(
+            lambda: sorted(readiness(r) for r in replicas) == ONE_OUT,
+            "exactly one replica out of the Service",
+            5,
+        )
+        samples = watch_readiness(replicas, 1.0)
+        assert all(sorted(sample) == ONE_OUT for sample in samples), samples
+        assert len({sample.index(OUT) for sample in samples}) == 1, "the slot moved"
+        out = replicas[samples[-1].index(OUT)]
+        serving = [r for r in replicas if r is not out]
+        # Every replica still reports its drift; the one out holds the fleet's slot.
+        for replica in replicas:
+            assert replica.metric("adapt_readiness_gate_open") == 0
+            held = replica.metric("driftgate_readiness_unready_slot_held")
+            assert held == (1 if replica is out else 0)
+        budget = serving[0].status()["store"]["readiness_budget"]
+        assert budget["unready_replicas"] == [out.status()["store"]["replica"]]
+        assert (budget["max_unready_replicas"], budget["registered_replicas"]) == (1, 3)
+
+        # The one out dies: its slot expires after its TTL, and another may take its place.
+        out.signal(signal.SIGKILL)
+        killed = time.monotonic()
+        taken: list[float] = []
+
+        def replaced() -> bool:
+            answers = [readiness(r) for r in serving]
+            assert answers.count(OUT) <= 1, answers
+            if OUT in answers:
+                taken.append(time.monotonic() - killed)
+            return OUT in answers
+
+        until(replaced, "another replica taking the slot", ttl + 3)
+        print(f"slot taken over {taken[0] * 1000:.0f} ms after SIGKILL (TTL {ttl * 1000:.0f} ms)")
+        # Not before the dead replica's slot expired (renewed at most one tick before the kill).
+        assert taken[0] > ttl - tick - 0.2
+        assert taken[0] < ttl + 2 * tick + 1.0
+
+        # Redis goes away: no replica fails readiness for drift beyond the budget, and none
+        # once it knows the store is away.
+        f.redis.kill()
+        down = time.monotonic()
+        samples = watch_readiness(serving, ttl + 0.5)
+        assert all(sample.count(OUT) <= 1 for sample in samples), samples
+        assert samples[-1] == [SERVING, SERVING], samples[-1]
+        print(f"readiness with Redis down: all serving after {ttl + 0.5:.1f} s of samples")
+        assert time.monotonic() - down > ttl
+        for replica in serving:
+            assert replica.metric("adapt_readiness_gate_open") == 0
+            assert replica.metric("driftgate_readiness_unready_slot_held") == 0
+            assert replica.http.get("/api/v1/healthz", timeout=5).status_code == 200
+            assert "Traceback" not in replica.log()
+
+
 # -- bad input -------------------------------------------------------------------------------
 
 

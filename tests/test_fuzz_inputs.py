@@ -27,6 +27,7 @@ from driftgate.cli import main
 from driftgate.demo import create_demo_app
 from driftgate.fastapi.auth import approvers_from_settings
 from driftgate.identity import TokenFile, TokenFileError, token_digest, token_file_line
+from driftgate.readiness_budget import MAX_UNREADY_REPLICAS
 from driftgate.rollout import RolloutManager
 from driftgate.settings import (
     MAX_CHECK_INTERVAL_SECONDS,
@@ -162,6 +163,7 @@ enforce_readiness_gate:
   min_requests: 20
   reopen_ratio: 0.004
   confidence: 0.95
+  max_unready_replicas: 2
 rollout:
   enabled: true
   state_path: state/rollout.json
@@ -299,7 +301,12 @@ def test_settings_at_every_upper_bound_give_a_working_service(tmp_path):
             "enforce_enabled": True,
             "enforce_rollout_percent": 100,
             "drift_max_ratio": 1,
-            "enforce_readiness_gate": {"enabled": True, "min_requests": 10**9, "confidence": 0.999},
+            "enforce_readiness_gate": {
+                "enabled": True,
+                "min_requests": 10**9,
+                "confidence": 0.999,
+                "max_unready_replicas": MAX_UNREADY_REPLICAS,
+            },
             "rollout": {
                 "enabled": True,
                 "check_interval_seconds": MAX_CHECK_INTERVAL_SECONDS,
@@ -404,7 +411,16 @@ VALUES = st.one_of(
         {
             "enforce_readiness_gate": st.one_of(
                 ANY_VALUE,
-                _section(["enabled", "window", "min_requests", "reopen_ratio", "confidence"]),
+                _section(
+                    [
+                        "enabled",
+                        "window",
+                        "min_requests",
+                        "reopen_ratio",
+                        "confidence",
+                        "max_unready_replicas",
+                    ]
+                ),
             ),
             "rollout": st.one_of(
                 ANY_VALUE,
@@ -444,6 +460,8 @@ def test_any_parsed_values_are_usable_or_refused_in_one_line(values):
         return
     # accepted: what the service does with it at start and on /status must work
     assert 1 <= loaded.check_interval_seconds <= MAX_CHECK_INTERVAL_SECONDS
+    assert 1 <= loaded.max_unready_replicas <= MAX_UNREADY_REPLICAS
+    assert type(loaded.max_unready_replicas) is int
     timedelta(seconds=loaded.check_interval_seconds)
     if loaded.rollout is not None:
         manager = RolloutManager(loaded.rollout, min_requests=loaded.rollout_min_requests)

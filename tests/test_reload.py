@@ -409,6 +409,26 @@ def test_a_reload_applies_the_live_keys_and_says_which_changed(tmp_path):
     assert live.current.gate is gate  # an unchanged gate keeps its state
 
 
+def test_the_readiness_budget_changes_live_and_keeps_the_gate(tmp_path):
+    gate = "enforce_readiness_gate: {enabled: true, max_unready_replicas: %d}\n"
+    path, _, _, _, live, reloader = live_service(tmp_path, values(0.01) + gate % 1)
+    gate_before = live.current.gate
+    assert live.max_unready_replicas() == 1
+    path.write_text(values(0.01) + gate % 3)
+    result = reloader.reload("test")
+    assert result.success, result.message
+    assert result.changed == ("enforce_readiness_gate.max_unready_replicas",)
+    assert live.max_unready_replicas() == 3
+    assert live.current.gate is gate_before  # the gate's state is not reset by the budget
+    path.write_text(values(0.01) + gate % 0)
+    refused = reloader.reload("test")
+    assert not refused.success
+    assert "enforce_readiness_gate.max_unready_replicas: expected an integer in [1, 1000]" in (
+        refused.message
+    )
+    assert live.max_unready_replicas() == 3
+
+
 def test_a_refused_file_changes_nothing_and_says_why(tmp_path, caplog):
     path, registry, enforcer, _, live, reloader = live_service(tmp_path, values(0.01))
     before = live.current

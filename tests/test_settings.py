@@ -239,6 +239,30 @@ def test_the_example_values_file_loads():
             "rollout.prometheus.timeout_seconds: expected a number in (0, 120], got 0",
         ),
         ({"rollout": {"prometheus": {"uri": "http://p"}}}, "rollout.prometheus: unknown key 'uri'"),
+        (
+            {"enforce_readiness_gate": {"max_unready_replicas": 0}},
+            "enforce_readiness_gate.max_unready_replicas: expected an integer in [1, 1000], got 0",
+        ),
+        (
+            {"enforce_readiness_gate": {"max_unready_replicas": 1001}},
+            "enforce_readiness_gate.max_unready_replicas: expected an integer in [1, 1000], "
+            "got 1001",
+        ),
+        (
+            {"enforce_readiness_gate": {"max_unready_replicas": 2.0}},
+            "enforce_readiness_gate.max_unready_replicas: expected an integer in [1, 1000], "
+            "got 2.0",
+        ),
+        (
+            {"enforce_readiness_gate": {"max_unready_replicas": True}},
+            "enforce_readiness_gate.max_unready_replicas: expected an integer in [1, 1000], "
+            "got True",
+        ),
+        (
+            {"enforce_readiness_gate": {"max_unready_replicas": "1"}},
+            "enforce_readiness_gate.max_unready_replicas: expected an integer in [1, 1000], "
+            "got '1'",
+        ),
         ({1: 2, "a": 3}, "values: key 1 is not a string (and 1 more)"),
         ([1, 2], "values: expected a mapping, got [1, 2]"),
     ],
@@ -268,6 +292,13 @@ def test_bounds_are_inclusive():
     assert settings.rollout.stages[0].duration_seconds == 315360000
     assert settings.error_rate_source.timeout == 120
     assert parse_settings({"rollout": {"check_interval_seconds": 1}}).check_interval_seconds == 1
+
+
+def test_the_readiness_budget_is_one_replica_by_default_and_bounded_inclusively():
+    assert parse_settings({}).max_unready_replicas == 1
+    for budget in (1, 1000):
+        values = {"enforce_readiness_gate": {"max_unready_replicas": budget}}
+        assert parse_settings(values).max_unready_replicas == budget
 
 
 def test_stages_are_checked_while_the_rollout_is_off():

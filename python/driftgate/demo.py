@@ -213,6 +213,15 @@ def create_demo_app(
         gate=gate,
         notifier=lambda new: _notifier(new, store),
     )
+    # With a shared store, at most max_unready_replicas replicas fail readiness for drift at
+    # once; the store's follower asks the gate in force and keeps this replica's slot.
+    budget = None
+    if store is not None and manager is not None:
+        budget = store.readiness_budget(
+            lambda: live.current.gate.check(),
+            max_unready=live.max_unready_replicas,
+            registry=registry,
+        )
     reloader = None
     if values_file is not None:
         reloader = ConfigReloader(
@@ -247,6 +256,7 @@ def create_demo_app(
             admin=admin,
             readiness_checks=[lambda: state_problem[0] if state_problem else None, live.readiness],
             reload=None if reloader is None else reloader.reload,
+            readiness_budget=budget,
         )
     )
 
@@ -292,6 +302,7 @@ def create_demo_app(
         "live": live,  # live.current.gate is the readiness gate in force
         "reloader": reloader,
         "manager": manager,
+        "readiness_budget": budget,
         "registry": registry,
         "signatures": signatures,
         "determinism": determinism,

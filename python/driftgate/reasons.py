@@ -15,6 +15,11 @@ class ReasonCode(str, enum.Enum):
     OK = "OK"
     #: The drift ratio in the gate's window is above its limit: not ready.
     DRIFT_GATE = "DRIFT_GATE"
+    #: Ready although the readiness gate is closed by drift: the fleet's readiness budget
+    #: (`enforce_readiness_gate.max_unready_replicas`, with a shared store) is held by other
+    #: replicas, or this replica cannot confirm a slot in the store, so it keeps serving
+    #: (200). Its drift still shows in `adapt_readiness_gate_open` and the alerts.
+    DRIFT_GATE_BUDGET = "DRIFT_GATE_BUDGET"
     #: The rollout state file was refused or cannot be written: not ready, or 503 on a move.
     STATE_FILE = "STATE_FILE"
     #: The shared rollout state store (Redis) cannot be reached or has not been read yet: a

@@ -10,7 +10,8 @@ stays, the log names the key and value at fault, and
 `driftgate_config_last_reload_successful` drops to 0 until a reload succeeds.
 
 What changes live: `enforce_enabled`, `drift_max_ratio`, `enforce_rollout_percent` (while no
-rollout is configured: a rollout owns the percentage), the readiness gate, `rollout.min_requests`,
+rollout is configured: a rollout owns the percentage), the readiness gate (and its fleet budget,
+`enforce_readiness_gate.max_unready_replicas`, from the next heartbeat), `rollout.min_requests`,
 `rollout.prometheus` (the error-rate source) and `rollout.check_interval_seconds` (from the next
 check). Anything else (`rollout.enabled`, `rollout.state_path`, `rollout.store`,
 `notifications`, `admin.token_env`, and any key a later section adds) changes only with a
@@ -118,6 +119,7 @@ _LIVE_FIELDS = frozenset(
         "error_rate_source",
         "notifications",
         "status_url",
+        "max_unready_replicas",
     }
 )
 # The values-file key of a restart-only field, for the refusal's message.
@@ -185,6 +187,10 @@ class LiveSettings:
         """A readiness check for `create_router(readiness_checks=...)`: the gate in force now."""
         ready, reason = self._current.gate.check()
         return None if ready else reason
+
+    def max_unready_replicas(self) -> int:
+        """The fleet's readiness budget in force now, for `RedisStateStore.readiness_budget`."""
+        return self._current.settings.max_unready_replicas
 
     def check_interval(self) -> timedelta:
         """The rollout's check interval in force now, for `run_rollout_monitor`."""
@@ -308,6 +314,8 @@ class LiveSettings:
             _gate_fields(old.gate)[:2] + _gate_fields(old.gate)[3:]
         ):
             changed.append("enforce_readiness_gate")
+        if new.max_unready_replicas != old.max_unready_replicas:
+            changed.append("enforce_readiness_gate.max_unready_replicas")
         if new.rollout_min_requests != old.rollout_min_requests:
             changed.append("rollout.min_requests")
         if _source_fields(new.error_rate_source) != _source_fields(old.error_rate_source):

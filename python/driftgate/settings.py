@@ -3,7 +3,7 @@
 enforce_enabled: true
 enforce_rollout_percent: 25
 drift_max_ratio: 0.005
-enforce_readiness_gate: {enabled: true, window: "5m"}
+enforce_readiness_gate: {enabled: true, window: "5m", max_unready_replicas: 1}
 rollout:
   enabled: true
   state_path: driftgate-state/rollout.json
@@ -53,6 +53,7 @@ from pydantic import (
 from driftgate._core import EnforceOptions, GateConfig, RolloutConfig, RolloutStage
 from driftgate._messages import one_line, read_capped, shown
 from driftgate.identity import ALLOWED_ALGORITHMS
+from driftgate.readiness_budget import MAX_UNREADY_REPLICAS
 from driftgate.rollout import PrometheusErrorRate
 
 __all__ = [
@@ -136,6 +137,8 @@ class Settings:
     admin_token_file: Path | None = None  # None: $DRIFTGATE_TOKEN_FILE, if set
     admin_oidc: OIDCSettings | None = None
     admin_protect_status: bool = False
+    # With a shared store: how many replicas may fail readiness for drift at once.
+    max_unready_replicas: int = 1
 
 
 # -- the schema ------------------------------------------------------------------------------
@@ -174,6 +177,7 @@ class _Gate(_Section):
     min_requests: _Count = 100
     reopen_ratio: _Ratio | None = None
     confidence: Annotated[float, Field(ge=0.5, lt=1)] | None = None
+    max_unready_replicas: Annotated[int, Field(ge=1, le=MAX_UNREADY_REPLICAS)] = 1
 
 
 class _Stage(_Section):
@@ -528,6 +532,7 @@ def parse_settings(values: Any) -> Settings:
             algorithms=tuple(dict.fromkeys(admin.oidc.algorithms)),
         ),
         admin_protect_status=admin.protect_status,
+        max_unready_replicas=gate_values.max_unready_replicas,
     )
 
 

@@ -16,6 +16,7 @@ except ImportError:  # pragma: no cover - only without the fastapi extra
 
 __all__ = [
     "ApprovalStatus",
+    "BudgetStatus",
     "LastCheck",
     "RolloutState",
     "RolloutStatus",
@@ -90,6 +91,17 @@ class ApprovalStatus(TypedDict):
     approved_by: list[str]
 
 
+class BudgetStatus(TypedDict):
+    """The fleet's readiness budget as this replica's last heartbeat saw it: how many replicas
+    may fail readiness for drift at once, which hold an unready slot, how many are registered,
+    and whether this one holds a slot now."""
+
+    max_unready_replicas: int
+    unready_replicas: list[str]
+    registered_replicas: int
+    this_replica_unready: bool
+
+
 class StoreStatus(TypedDict):
     """A shared state store as one replica sees it."""
 
@@ -97,6 +109,7 @@ class StoreStatus(TypedDict):
     synced: bool
     replica: str | None
     evaluator: str | None
+    readiness_budget: BudgetStatus | None
 
 
 class LastCheck(TypedDict):
@@ -167,6 +180,11 @@ def _stage(stage: Any) -> StageStatus:
     }
 
 
+def _budget_status(store: Any) -> BudgetStatus | None:
+    budget = getattr(store, "budget", None)
+    return None if budget is None else budget.status()
+
+
 def build_status(
     snapshot: dict[str, Any],
     transitions: int,
@@ -229,6 +247,7 @@ def build_status(
             "synced": snapshot["synced"],
             "replica": getattr(store, "replica", None),
             "evaluator": getattr(store, "evaluator", None),
+            "readiness_budget": _budget_status(store),
         },
         "next_stage": None if following is None else _stage(following),
         "awaiting_approval": waiting_for is WaitingFor.APPROVAL,

@@ -9,8 +9,12 @@ automatic rules: it holds a lease (a token with a TTL, renewed while it lives) w
 number every automatic commit must still match, so a replica paused past its lease cannot
 commit a stale decision.
 
+The follower also keeps this replica's readiness budget current (`readiness_budget`): each
+replica registers with a heartbeat, and at most `max_unready` of them hold an unready slot.
+
 Keys, for a store `key` (default ``driftgate:rollout``): `key` (hash: version, doc, fence),
-`key:lease`, `key:fence`, `key:last_check`, and the channel `key:changed`.
+`key:lease`, `key:fence`, `key:last_check`, `key:replicas` and `key:unready` (sorted sets of
+holders by expiry, in ms of Redis's clock), and the channel `key:changed`.
 """
 
 from __future__ import annotations
@@ -28,7 +32,9 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from driftgate._core import SharedStateStore, StateError, StateStoreError
+from driftgate._core import Clock, MetricsRegistry, SharedStateStore, StateError, StateStoreError
+from driftgate._messages import one_line
+from driftgate.readiness_budget import ReadinessBudget, SlotGrant
 
 if TYPE_CHECKING:
     from driftgate.rollout import RolloutManager
@@ -102,6 +108,43 @@ redis.call('SET', KEYS[2], now)
 return 0
 """
 
+# One heartbeat of a replica: registers it for another TTL and takes, renews or gives back its
+# unready slot, by the server's clock. Slots go to replicas whose gate is closed while fewer
+# than the budget hold one, and never to the last registered replica without one; a holder
+# renewing while more than the budget hold (the budget was lowered) gives its slot up.
+# ARGV: holder, ttl in ms, unready (1/0), budget. Returns {granted, registered, holders}.
+_HEARTBEAT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ttl)
+local granted = 0
+if ARGV[3] == '1' then
+  local limit = math.min(tonumber(ARGV[4]), redis.call('ZCARD', KEYS[1]) - 1)
+  local held = redis.call('ZSCORE', KEYS[2], ARGV[1])
+  local count = redis.call('ZCARD', KEYS[2])
+  if held and count > limit then
+    redis.call('ZREM', KEYS[2], ARGV[1])
+  elseif held or count < limit then
+    redis.call('ZADD', KEYS[2], now + ttl, ARGV[1])
+    granted = 1
+  end
+else
+  redis.call('ZREM', KEYS[2], ARGV[1])
+end
+if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('PEXPIRE', KEYS[2], ttl) end
+return {granted, redis.call('ZCARD', KEYS[1]), redis.call('ZRANGE', KEYS[2], 0, -1)}
+"""
+
+_LEAVE = """
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+return 0
+"""
+
 
 def redact_url(url: str) -> str:
     """`url` without its password (and user name), for logs and messages."""
@@ -155,6 +198,11 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def _replica_name(holder: str) -> str:
+    """A holder is "replica/random" (unique per store object): the name is what people see."""
+    return holder.rsplit("/", 1)[0]
+
+
 class RedisStateStore(SharedStateStore):
     """The rollout state of a fleet, in Redis (redis-py). Give it to a `RolloutManager`
     (`store=`); the manager then follows the shared state in a background thread.
@@ -206,6 +254,9 @@ class RedisStateStore(SharedStateStore):
         self._lease_script = self._client.register_script(_LEASE)
         self._release = self._client.register_script(_RELEASE)
         self._claim = self._client.register_script(_CLAIM_CHECK)
+        self._heartbeat = self._client.register_script(_HEARTBEAT)
+        self._leave = self._client.register_script(_LEAVE)
+        self._budget: ReadinessBudget | None = None
         self._lease: str | None = None  # "fence:holder" while this store holds the lease
         self._evaluator: str | None = None
         self._lease_lock = threading.Lock()
@@ -298,7 +349,7 @@ class RedisStateStore(SharedStateStore):
 
     def _note_evaluator(self, held: str | None) -> None:
         # "fence:replica/random": the replica's name is what people need to see.
-        self._evaluator = None if held is None else held.split(":", 1)[-1].rsplit("/", 1)[0]
+        self._evaluator = None if held is None else _replica_name(held.split(":", 1)[-1])
 
     def claim(self, name: str, ttl_seconds: int = 7 * 86400) -> bool:
         """True for the first replica to claim `name` (e.g. a notification's key) within
@@ -366,11 +417,70 @@ class RedisStateStore(SharedStateStore):
             self._follower.campaigning = enabled  # the follower releases the lease when off
 
     def close(self) -> None:
-        """Stops following, gives up the lease and closes the connections."""
+        """Stops following, gives up the lease and the unready slot, and closes the
+        connections."""
         if self._follower is not None:
             self._follower.stop()
         self.release_lease()
+        if self._budget is not None:
+            self._budget.release()
         self._client.close()
+
+    # -- the readiness budget ----------------------------------------------------------------
+
+    def readiness_budget(
+        self,
+        check: Callable[[], tuple[bool, str]],
+        *,
+        max_unready: int | Callable[[], int] = 1,
+        clock: Clock | None = None,
+        registry: MetricsRegistry | None = None,
+    ) -> ReadinessBudget:
+        """This replica's share of the fleet's readiness budget: at most `max_unready`
+        replicas of the rollout fail readiness for drift at once. `check` is the readiness
+        gate's check (`gate.check`); the follower asks it and renews the slot every lease tick,
+        so give the result to `create_router(readiness_budget=...)`. One per store."""
+        if self._budget is not None:
+            raise ValueError(
+                f"{self.describe()}: this store already keeps a readiness budget; give each "
+                "replica one"
+            )
+        self._budget = ReadinessBudget(
+            self, check, max_unready=max_unready, clock=clock, registry=registry
+        )
+        return self._budget
+
+    @property
+    def budget(self) -> ReadinessBudget | None:
+        """The readiness budget this store keeps current, if any."""
+        return self._budget
+
+    @property
+    def slot_ttl_seconds(self) -> float:
+        """A registration and an unready slot live as long as the evaluation lease."""
+        return self.lease_ttl_seconds
+
+    def heartbeat(self, unready: bool, max_unready: int) -> SlotGrant:
+        """Registers this replica for another TTL and takes, renews or gives back its unready
+        slot (see `ReadinessBudget`)."""
+        ttl_ms = max(1, int(self.slot_ttl_seconds * 1000))
+        granted, registered, holders = self._call(
+            "heartbeat",
+            self._heartbeat,
+            keys=[self._replicas_key, self._unready_key],
+            args=[self._holder, ttl_ms, int(unready), max_unready],
+        )
+        return SlotGrant(
+            bool(int(granted)),
+            tuple(_replica_name(_text(h)) for h in holders),
+            int(registered),
+        )
+
+    def leave(self) -> None:
+        """Takes this replica's registration and unready slot out of the store."""
+        self._call(
+            "leave", self._leave, keys=[self._replicas_key, self._unready_key], args=[self._holder]
+        )
 
     @property
     def sync_age(self) -> float | None:
@@ -390,6 +500,14 @@ class RedisStateStore(SharedStateStore):
     @property
     def _last_check_key(self) -> str:
         return f"{self.key}:last_check"
+
+    @property
+    def _replicas_key(self) -> str:
+        return f"{self.key}:replicas"
+
+    @property
+    def _unready_key(self) -> str:
+        return f"{self.key}:unready"
 
     @property
     def _channel(self) -> str:
@@ -489,6 +607,9 @@ class _Follower:
         self._unreadable = _RecurringProblem(
             store.describe(), "the rollout state is readable again"
         )
+        self._budget_failing = _RecurringProblem(
+            store.describe(), "the readiness budget is kept again"
+        )
 
     def start(self) -> None:
         self._thread.start()
@@ -522,6 +643,25 @@ class _Follower:
             return
         self._last_sync = time.monotonic()
 
+    def _update_budget(self) -> None:
+        """Renews the readiness budget's slot; the store away raises StateStoreError (an
+        outage); anything else (a gate check that raised) means no slot, logged."""
+        budget = self._store.budget
+        if budget is None:
+            return
+        try:
+            budget.update()
+        except StateStoreError:
+            raise
+        except Exception as error:
+            self._budget_failing.report(
+                logging.ERROR,
+                f"{self._store.describe()}: readiness budget not kept, so this replica stays "
+                f"ready ({type(error).__name__}: {one_line(str(error))})",
+            )
+        else:
+            self._budget_failing.ended()
+
     def _run(self) -> None:
         store = self._store
         pubsub: Any = None
@@ -546,6 +686,7 @@ class _Follower:
                         store.renew_lease()
                     else:
                         store.observe_lease()
+                    self._update_budget()
                     next_lease = now + store._lease_tick
                 if now >= next_poll:
                     if store.stored_version() != manager.version or not manager.synced:
@@ -575,6 +716,8 @@ class _Follower:
                         f"{store.describe()}: follow failed ({type(error).__name__})",
                     )
                 store._drop_lease()
+                if store.budget is not None:
+                    store.budget.lose()  # a replica that cannot reach the store stays ready
                 if pubsub is not None:
                     with contextlib.suppress(Exception):  # a broken connection may fail to close
                         pubsub.close()

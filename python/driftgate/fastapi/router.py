@@ -19,6 +19,7 @@ from driftgate._core import (
 from driftgate.exposition import render
 from driftgate.fastapi.auth import AdminDependency, bearer_token_admin, scoped, status_guard
 from driftgate.identity import Scope
+from driftgate.readiness_budget import ReadinessBudget
 from driftgate.reasons import ReasonCode
 from driftgate.rollout import Decision, DecisionAction, RolloutManager
 from driftgate.status import RolloutStatus
@@ -26,6 +27,7 @@ from driftgate.status import RolloutStatus
 MAX_BODY_BYTES = 1 << 20
 MAX_VERSION = (1 << 53) - 1
 READY = {"status": "ready"}
+READY_WITHIN_BUDGET = {"status": "ready", "reason": ReasonCode.DRIFT_GATE_BUDGET.value}
 TOKEN_ENV = "DRIFTGATE_ADMIN_TOKEN"
 
 ReadinessCheck = Callable[[], str | None]
@@ -42,7 +44,11 @@ class HealthBody(BaseModel):
 
 class ReadyBody(BaseModel):
     status: str = Field(description="ready or not_ready")
-    reason: str | None = Field(None, description="A fixed reason code, e.g. DRIFT_GATE.")
+    reason: str | None = Field(
+        None,
+        description="A fixed reason code, e.g. DRIFT_GATE; on a ready answer DRIFT_GATE_BUDGET "
+        "(drift, but the fleet's readiness budget keeps this replica serving).",
+    )
     reopens_within_seconds: int | None = Field(
         None,
         description="With DRIFT_GATE: whole seconds (rounded up) until the drift that closed "
@@ -186,6 +192,7 @@ def create_router(
     probe_prefix: str = "/api/v1",
     rollout_prefix: str = "/api/guardian/rollout",
     reload: Callable[[str], Any] | None = None,
+    readiness_budget: ReadinessBudget | None = None,
 ) -> APIRouter:
     """The driftgate endpoints as a bare APIRouter.
 
@@ -197,7 +204,10 @@ def create_router(
     reason code while the service must not be ready (e.g. ReasonCode.STATE_FILE), None otherwise.
     `probe_prefix` places healthz, readyz and metrics (`""` serves `/healthz`, `/readyz`,
     `/metrics`); `rollout_prefix` places status, advance and rollback. With `reload` (e.g.
-    `ConfigReloader.reload`), `POST {probe_prefix}/admin/reload` reloads the configuration."""
+    `ConfigReloader.reload`), `POST {probe_prefix}/admin/reload` reloads the configuration.
+    With `readiness_budget` (`RedisStateStore.readiness_budget`), drift (DRIFT_GATE, from the
+    gate or a readiness check) fails readiness only while this replica holds one of the fleet's
+    unready slots; otherwise readyz answers 200 with the reason DRIFT_GATE_BUDGET."""
     probes = _prefix(probe_prefix, "probe_prefix")
     rollout_path = _prefix(rollout_prefix, "rollout_prefix")
     registry = registry or tracker.registry
@@ -221,19 +231,25 @@ def create_router(
     def readyz() -> JSONResponse:
         # Answered as a ready-made JSONResponse: probes hit this often, and skipping the
         # response-model pass keeps it as cheap as a bare endpoint. The schema is documented.
+        excused = False  # drift that the fleet's readiness budget answers as ready
         for check in readiness_checks:
             reason = check()
             if reason is not None:
+                if readiness_budget is not None and readiness_budget.excuses(reason):
+                    excused = True
+                    continue
                 return JSONResponse({"status": "not_ready", "reason": reason}, status_code=503)
         if gate is not None:
             ready, reason = gate.check()
             if not ready:
+                if readiness_budget is not None and readiness_budget.excuses(reason):
+                    return JSONResponse(READY_WITHIN_BUDGET)
                 body: dict[str, Any] = {"status": "not_ready", "reason": reason}
                 reopens = gate.reopens_within()
                 if reopens is not None:
                     body["reopens_within_seconds"] = math.ceil(reopens)
                 return JSONResponse(body, status_code=503)
-        return JSONResponse(READY)
+        return JSONResponse(READY_WITHIN_BUDGET if excused else READY)
 
     @router.get(
         f"{probes}/metrics",
