@@ -65,7 +65,6 @@ def values_yaml(
     values = {
         "enforce_enabled": True,
         "rollout": rollout,
-        "admin": {"token_env": "DRIFTGATE_ADMIN_TOKEN"},
     }
     return json.dumps(values, indent=1)
 

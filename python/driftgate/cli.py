@@ -268,6 +268,14 @@ def _serve(args: argparse.Namespace) -> int:
         settings = load_settings(args.config)
     except SettingsError as error:
         raise CommandError(f"--config {error}") from None
+    try:  # every variable the values name, before anything is made, with or without --check
+        from driftgate.demo import check_environment
+
+        check_environment(settings)
+    except SettingsError as error:
+        raise CommandError(f"--config {args.config}: {error}") from None
+    except ImportError as error:
+        raise _fastapi_extra(error) from None
     if args.check:
         try:  # the approvers too: a token file that cannot be read stops a start
             from driftgate.demo import demo_approvers

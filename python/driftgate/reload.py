@@ -118,6 +118,7 @@ _LIVE_FIELDS = frozenset(
         "error_rate_source",
         "notifications",
         "status_url",
+        "admin_token_required",  # read at start only: whether the token's variable must be set
     }
 )
 # The values-file key of a restart-only field, for the refusal's message.

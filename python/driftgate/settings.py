@@ -130,6 +130,9 @@ class Settings:
     rollout_min_requests: int = 0
     error_rate_source: PrometheusErrorRate | None = None
     admin_token_env: str = "DRIFTGATE_ADMIN_TOKEN"
+    # The values name admin.token_env: its variable must hold the token, else the service
+    # refuses to start. Not named, an unset variable only leaves the admin token out.
+    admin_token_required: bool = False
     store: StoreSettings | None = None  # None: the local state file at state_path
     notifications: tuple[NotificationSettings, ...] = ()
     status_url: str | None = None  # linked from notifications
@@ -504,6 +507,7 @@ def parse_settings(values: Any) -> Settings:
         rollout_min_requests=rollout_values.min_requests,
         error_rate_source=source,
         admin_token_env=admin.token_env,
+        admin_token_required="token_env" in admin.model_fields_set,
         store=None
         if rollout_values.store is None
         else StoreSettings(**rollout_values.store.model_dump()),
