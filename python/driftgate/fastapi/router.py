@@ -16,7 +16,13 @@ from driftgate._core import (
     StateStoreError,
 )
 from driftgate.exposition import render
-from driftgate.fastapi.auth import AdminDependency, bearer_token_admin, scoped, status_guard
+from driftgate.fastapi.auth import (
+    TOKEN_ENV,
+    AdminDependency,
+    bearer_token_admin,
+    scoped,
+    status_guard,
+)
 from driftgate.identity import Scope
 from driftgate.reasons import ReasonCode
 from driftgate.rollout import Decision, DecisionAction, RolloutManager
@@ -25,7 +31,6 @@ from driftgate.status import RolloutStatus
 MAX_BODY_BYTES = 1 << 20
 MAX_VERSION = (1 << 53) - 1
 READY = {"status": "ready"}
-TOKEN_ENV = "DRIFTGATE_ADMIN_TOKEN"
 
 ReadinessCheck = Callable[[], str | None]
 ModelT = TypeVar("ModelT", bound=BaseModel)
