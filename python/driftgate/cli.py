@@ -259,6 +259,25 @@ def _fastapi_extra(error: ImportError) -> CommandError:
     return CommandError(f"needs the fastapi extra (pip install 'driftgate[fastapi]'): {error}")
 
 
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")  # driftgate.settings.LOG_LEVELS
+
+
+def _log_to_stderr(level: str) -> None:
+    """driftgate's log lines on stderr at `level`, beside uvicorn's: the rollout monitor's
+    decisions (INFO, logger `driftgate.rollout`) show where an operator looks."""
+    import logging
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.set_name("driftgate serve")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logger = logging.getLogger("driftgate")
+    for old in [h for h in logger.handlers if h.get_name() == handler.get_name()]:
+        logger.removeHandler(old)
+    logger.addHandler(handler)
+    logger.setLevel(level.upper())
+    logger.propagate = False  # once, even where the root logger has a handler too
+
+
 def _serve(args: argparse.Namespace) -> int:
     try:
         from driftgate.settings import SettingsError, load_settings
@@ -304,8 +323,10 @@ def _serve(args: argparse.Namespace) -> int:
             state_path = args.state_dir / state_path.name
         where = error.filename or state_path.parent
         raise CommandError(f"rollout.state_path: cannot use {where} ({error.strerror})") from None
+    level = args.log_level or settings.log_level  # the flag wins over the values
+    _log_to_stderr(level)
     # One worker: the tracker's windows and the rollout state live in this process.
-    uvicorn.run(app, host=args.host, port=args.port, workers=1, log_level=args.log_level)
+    uvicorn.run(app, host=args.host, port=args.port, workers=1, log_level=level)
     return EXIT_OK
 
 
@@ -722,7 +743,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--state-dir", type=Path, help="folder for the rollout state file (default: from config)"
     )
     serve.add_argument(
-        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
+        "--log-level",
+        choices=LOG_LEVELS,
+        help="of driftgate's lines and uvicorn's, on stderr (default: the values' log_level, "
+        "else info)",
     )
     serve.set_defaults(run=_serve)
 

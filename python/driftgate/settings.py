@@ -56,6 +56,7 @@ from driftgate.identity import ALLOWED_ALGORITHMS
 from driftgate.rollout import PrometheusErrorRate
 
 __all__ = [
+    "LOG_LEVELS",
     "MAX_CHECK_INTERVAL_SECONDS",
     "MAX_STAGE_SECONDS",
     "MAX_VALUES_BYTES",
@@ -81,6 +82,8 @@ MAX_COUNT = 10**9
 MAX_STAGES = 100
 MAX_NESTING = 32
 """A values file nests four levels deep; YAML that nests more than this is not one."""
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+"""What `log_level` (and `driftgate serve --log-level`) may be."""
 
 
 class SettingsError(ValueError):
@@ -139,6 +142,7 @@ class Settings:
     admin_token_file: Path | None = None  # None: $DRIFTGATE_TOKEN_FILE, if set
     admin_oidc: OIDCSettings | None = None
     admin_protect_status: bool = False
+    log_level: str = "info"  # of the driftgate loggers and uvicorn's, under driftgate serve
 
 
 # -- the schema ------------------------------------------------------------------------------
@@ -304,6 +308,7 @@ class _Values(_Section):
     rollout: _Rollout | None = None
     admin: _Admin | None = None
     notifications: Annotated[list[_Notification], Field(max_length=16)] | None = None
+    log_level: Literal[LOG_LEVELS] = "info"  # type: ignore[valid-type]
 
 
 # -- one line per problem --------------------------------------------------------------------
@@ -532,6 +537,7 @@ def parse_settings(values: Any) -> Settings:
             algorithms=tuple(dict.fromkeys(admin.oidc.algorithms)),
         ),
         admin_protect_status=admin.protect_status,
+        log_level=checked.log_level,
     )
 
 
