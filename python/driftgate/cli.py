@@ -39,6 +39,7 @@ if TYPE_CHECKING:  # imported when a command needs them, for a quick --help
     from driftgate._core import EnforceOptions
 
 from driftgate._messages import one_line, printable, shown
+from driftgate.identity import Scope
 from driftgate.reasons import ReasonCode
 
 EXIT_OK = 0
@@ -809,7 +810,7 @@ def build_parser() -> argparse.ArgumentParser:
     token_hash.add_argument(
         "--scopes",
         required=True,
-        help="comma-separated: rollout:advance, rollout:rollback, rollout:read",
+        help="comma-separated: " + ", ".join(scope.value for scope in Scope),
     )
     token_hash.set_defaults(run=_token_hash)
     return parser
