@@ -1,7 +1,7 @@
 """The `driftgate` command line.
 
     driftgate adapt --policy ID --context FILE [--enforce] [--rollout N] [--drift-max R] ...
-    driftgate serve [--config FILE] [--check] [--host H] [--port P]
+    driftgate serve [--config FILE] [--check] [--host H] [--port P] [--log-level LEVEL]
     driftgate status --url URL [--check] [--json]
     driftgate advance|rollback --url URL [--json]
     driftgate probe --url URL --body FILE [--field PATH] [--count N] [--interval S]
@@ -426,9 +426,7 @@ def _refusal(response: httpx.Response, *, move: bool = False) -> CommandError:
     try:
         body = _json_answer(response)
     except CommandError:
-        if response.status_code < 500:
-            raise
-        body = None  # a proxy's HTML error page: the status code says enough
+        body = None  # e.g. a proxy's HTML error page: the status code says enough
     detail = body.get("detail") if isinstance(body, dict) else None
     reason = detail.partition(":")[0] if isinstance(detail, str) else None
     code = exit_code(response.status_code, reason, move=move)
