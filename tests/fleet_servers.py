@@ -67,7 +67,6 @@ def values_yaml(
     values: dict[str, Any] = {
         "enforce_enabled": True,
         "rollout": rollout,
-        "admin": {"token_env": "DRIFTGATE_ADMIN_TOKEN"},
     }
     if gate is not None:
         values["enforce_readiness_gate"] = gate

@@ -10,6 +10,7 @@ cannot escape it: handle it here, or list it below with the reason it is skipped
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shlex
@@ -145,12 +146,24 @@ def is_fastapi_app(code: str) -> bool:
     return re.search(r"^app = FastAPI\(", code, re.MULTILINE) is not None
 
 
+@pytest.fixture
+def restored_logging() -> Iterator[None]:
+    """A block may set up logging as a service would; the tests after it see it as it was."""
+    root, driftgate_logger = logging.getLogger(), logging.getLogger("driftgate")
+    before = (root.handlers[:], root.level, driftgate_logger.level)
+    yield
+    root.handlers[:], _, _ = before
+    root.setLevel(before[1])
+    driftgate_logger.setLevel(before[2])
+
+
 @pytest.mark.parametrize("block", params("python"))
 def test_python_block_runs(
     block: Block,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
+    restored_logging: None,
 ) -> None:
     monkeypatch.chdir(tmp_path)
     namespace: dict[str, object] = {"__name__": "__main__"}

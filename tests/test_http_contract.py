@@ -66,6 +66,23 @@ def test_the_demo_services_openapi_is_valid(tmp_path):
     validate(create_demo_app(settings).openapi())
 
 
+def test_the_openapi_names_the_token_variable_the_values_configure(tmp_path, monkeypatch):
+    monkeypatch.setenv("VERIFIER_ADMIN_TOKEN", "v" * 40)
+    settings = parse_settings(
+        {
+            "rollout": {"enabled": True, "state_path": str(tmp_path / "state.json")},
+            "admin": {"token_env": "VERIFIER_ADMIN_TOKEN"},
+        }
+    )
+    schema = create_demo_app(settings).openapi()
+    validate(schema)
+    described = schema["components"]["securitySchemes"]["adminBearer"]["description"]
+    assert described == (
+        "The admin token (VERIFIER_ADMIN_TOKEN) or an approver's token from the token file, "
+        "as `Authorization: Bearer <token>`."
+    )
+
+
 @pytest.mark.parametrize(
     "body",
     [b"{not json", b"[]", b'{"reason": 5}', b'{"reason": "ok", "extra": 1}', b"\xff\xfe"],

@@ -1,22 +1,26 @@
 """The `driftgate` command line.
 
     driftgate adapt --policy ID --context FILE [--enforce] [--rollout N] [--drift-max R] ...
-    driftgate serve [--config FILE] [--check] [--host H] [--port P]
+    driftgate serve [--config FILE] [--check] [--host H] [--port P] [--log-level LEVEL]
     driftgate status --url URL [--check] [--json]
     driftgate advance|rollback --url URL [--json]
     driftgate probe --url URL --body FILE [--field PATH] [--count N] [--interval S]
     driftgate token-hash --name NAME --scopes SCOPE[,SCOPE...] < token
 
 Exit codes: 0 done (drift within the limit, signature stable, nothing needs a person); 1 the
-service refused the action, or an internal error; 2 bad flags or input, or a service that
-cannot be reached; 3 drift above the limit, or an unstable signature; 4 (`status --check`)
-the rollout waits for approval; 5 (`status --check`) the rollout is aborted or its last check
-failed. Errors are one line on stderr, never a traceback.
+service refused the action, or an internal error; 2 bad flags or input, credentials the
+service refuses, or a service that cannot be reached; 3 drift above the limit, or an unstable
+signature; 4 (`status --check`) the rollout waits for approval; 5 (`status --check`) the
+rollout is aborted or its last check failed; 6 the rollout moved since it was read; 7 the
+service cannot move it now; 8 a move whose outcome is not known; 9 the rollout's state needs
+repair. Which answer gives which code is EXIT_CODES, documented in docs/cli.md. Errors are
+one line on stderr, never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import enum
 import json
 import math
 import os
@@ -26,6 +30,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, NoReturn
 
 if TYPE_CHECKING:  # imported when a command needs them, for a quick --help
@@ -34,6 +39,7 @@ if TYPE_CHECKING:  # imported when a command needs them, for a quick --help
     from driftgate._core import EnforceOptions
 
 from driftgate._messages import one_line, printable, shown
+from driftgate.identity import Scope
 from driftgate.reasons import ReasonCode
 
 EXIT_OK = 0
@@ -42,8 +48,90 @@ EXIT_USAGE = 2
 EXIT_FAILED_CHECK = 3
 EXIT_AWAITING_APPROVAL = 4
 EXIT_NEEDS_ATTENTION = 5
+EXIT_CHANGED = 6
+EXIT_UNAVAILABLE = 7
+EXIT_OUTCOME_UNKNOWN = 8
+EXIT_STATE_NEEDS_REPAIR = 9
+
+
+class Unanswered(str, enum.Enum):
+    """How a request to the service ended without an HTTP answer."""
+
+    #: Nothing reached the service: connection refused, unknown host, no connection in time.
+    UNREACHABLE = "unreachable"
+    #: A read (the status, or the one before a move) got no answer within --timeout.
+    TIMEOUT = "timeout"
+    #: A move was sent and no answer came back: it may have been applied.
+    MOVE_UNANSWERED = "move unanswered"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+EXIT_CODES: MappingProxyType[str, int] = MappingProxyType(
+    {
+        # A reason code in the answer decides first...
+        ReasonCode.UNKNOWN_ROLLOUT: EXIT_USAGE,
+        ReasonCode.STATE_STORE: EXIT_UNAVAILABLE,
+        ReasonCode.IDENTITY_PROVIDER: EXIT_UNAVAILABLE,
+        ReasonCode.MOVE_QUEUE_FULL: EXIT_UNAVAILABLE,
+        ReasonCode.STATE_UNKNOWN: EXIT_OUTCOME_UNKNOWN,
+        ReasonCode.STATE_REGRESSED: EXIT_STATE_NEEDS_REPAIR,
+        ReasonCode.STATE_FILE: EXIT_STATE_NEEDS_REPAIR,
+        # ...then the status code...
+        "2xx": EXIT_OK,
+        "400": EXIT_REFUSED,
+        "401": EXIT_USAGE,
+        "403": EXIT_USAGE,
+        "404": EXIT_USAGE,
+        "409": EXIT_CHANGED,
+        "412": EXIT_CHANGED,
+        "413": EXIT_REFUSED,
+        "422": EXIT_REFUSED,
+        "503": EXIT_UNAVAILABLE,
+        # ...then its class; a move answered by another 5xx (a proxy's 502 or 504, a crash
+        # after the commit) may have been applied.
+        "4xx": EXIT_REFUSED,
+        "5xx": EXIT_UNAVAILABLE,
+        "move 5xx": EXIT_OUTCOME_UNKNOWN,
+        # No answer at all.
+        Unanswered.UNREACHABLE: EXIT_USAGE,
+        Unanswered.TIMEOUT: EXIT_USAGE,
+        Unanswered.MOVE_UNANSWERED: EXIT_OUTCOME_UNKNOWN,
+    }
+)
+"""The exit code of `status`, `advance` and `rollback` for each answer of the service: the one
+table, documented as it is in docs/cli.md."""
+
+_ADVICE = {
+    EXIT_CHANGED: "nothing was changed: check `driftgate status` and try again",
+    EXIT_UNAVAILABLE: "nothing was changed: try again later",
+    EXIT_OUTCOME_UNKNOWN: "the move may have been applied: check `driftgate status` before "
+    "trying again",
+    EXIT_STATE_NEEDS_REPAIR: "moves stay refused until the rollout's state is repaired "
+    "(docs/runbook_rollout.md)",
+}
+
+
+_BY_REASON = {key.value: code for key, code in EXIT_CODES.items() if isinstance(key, ReasonCode)}
+
+
+def exit_code(status_code: int, reason: str | None = None, *, move: bool = False) -> int:
+    """The exit code for an HTTP answer: its reason code's row, else its status code's, else
+    its class's (EXIT_CODES)."""
+    if reason in _BY_REASON:
+        return _BY_REASON[reason]
+    if 200 <= status_code < 300:
+        return EXIT_CODES["2xx"]
+    if str(status_code) in EXIT_CODES:
+        return EXIT_CODES[str(status_code)]
+    if status_code >= 500:
+        return EXIT_CODES["move 5xx" if move else "5xx"]
+    return EXIT_CODES["4xx"]
+
 
 TOKEN_ENV = "DRIFTGATE_ADMIN_TOKEN"
+URL_ENV = "DRIFTGATE_URL"
 ENGINE_FLAGS = ("--ir", "--selector", "--weights")
 
 
@@ -172,6 +260,25 @@ def _fastapi_extra(error: ImportError) -> CommandError:
     return CommandError(f"needs the fastapi extra (pip install 'driftgate[fastapi]'): {error}")
 
 
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")  # driftgate.settings.LOG_LEVELS
+
+
+def _log_to_stderr(level: str) -> None:
+    """driftgate's log lines on stderr at `level`, beside uvicorn's: the rollout monitor's
+    decisions (INFO, logger `driftgate.rollout`) show where an operator looks."""
+    import logging
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.set_name("driftgate serve")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logger = logging.getLogger("driftgate")
+    for old in [h for h in logger.handlers if h.get_name() == handler.get_name()]:
+        logger.removeHandler(old)
+    logger.addHandler(handler)
+    logger.setLevel(level.upper())
+    logger.propagate = False  # once, even where the root logger has a handler too
+
+
 def _serve(args: argparse.Namespace) -> int:
     try:
         from driftgate.settings import SettingsError, load_settings
@@ -181,6 +288,14 @@ def _serve(args: argparse.Namespace) -> int:
         settings = load_settings(args.config)
     except SettingsError as error:
         raise CommandError(f"--config {error}") from None
+    try:  # every variable the values name, before anything is made, with or without --check
+        from driftgate.demo import check_environment
+
+        check_environment(settings)
+    except SettingsError as error:
+        raise CommandError(f"--config {args.config}: {error}") from None
+    except ImportError as error:
+        raise _fastapi_extra(error) from None
     if args.check:
         try:  # the approvers too: a token file that cannot be read stops a start
             from driftgate.demo import demo_approvers
@@ -209,8 +324,10 @@ def _serve(args: argparse.Namespace) -> int:
             state_path = args.state_dir / state_path.name
         where = error.filename or state_path.parent
         raise CommandError(f"rollout.state_path: cannot use {where} ({error.strerror})") from None
+    level = args.log_level or settings.log_level  # the flag wins over the values
+    _log_to_stderr(level)
     # One worker: the tracker's windows and the rollout state live in this process.
-    uvicorn.run(app, host=args.host, port=args.port, workers=1, log_level=args.log_level)
+    uvicorn.run(app, host=args.host, port=args.port, workers=1, log_level=level)
     return EXIT_OK
 
 
@@ -261,7 +378,22 @@ def _seconds(value: str) -> float:
     return seconds
 
 
-def _request(method: str, url: str, timeout: float, **kwargs: Any) -> httpx.Response:
+def _url_from_environment() -> str:
+    """The service's URL when --url is not given: $DRIFTGATE_URL, checked as --url is."""
+    value = os.environ.get(URL_ENV, "")
+    if not value:
+        raise CommandError(f"required: --url URL, or {URL_ENV} set to the service's base URL")
+    try:
+        return _url(value)
+    except argparse.ArgumentTypeError as error:
+        raise CommandError(f"{URL_ENV}: {error}") from None
+
+
+def _request(
+    method: str, url: str, timeout: float, *, move: bool = False, **kwargs: Any
+) -> httpx.Response:
+    """The service's answer; without one, a CommandError whose code says whether a `move`
+    may have reached the service."""
     try:
         import httpx
     except ImportError:
@@ -269,10 +401,30 @@ def _request(method: str, url: str, timeout: float, **kwargs: Any) -> httpx.Resp
 
     try:
         return httpx.request(method, url, timeout=timeout, **kwargs)
-    except httpx.TimeoutException:
-        raise CommandError(f"{url}: no answer within {timeout:g} s (--timeout)") from None
-    except httpx.TransportError as error:
-        raise CommandError(f"cannot reach {url} ({type(error).__name__})") from None
+    except (
+        httpx.ConnectError,
+        httpx.ConnectTimeout,
+        httpx.PoolTimeout,
+        httpx.ProxyError,
+        httpx.UnsupportedProtocol,
+    ) as error:
+        raise CommandError(
+            f"cannot reach {url} ({type(error).__name__})", EXIT_CODES[Unanswered.UNREACHABLE]
+        ) from None
+    except (httpx.TimeoutException, httpx.TransportError) as error:
+        if move:  # sent, perhaps committed: only the status can tell
+            raise CommandError(
+                f"{url}: no answer ({type(error).__name__}, --timeout {timeout:g} s); "
+                + _ADVICE[EXIT_CODES[Unanswered.MOVE_UNANSWERED]],
+                EXIT_CODES[Unanswered.MOVE_UNANSWERED],
+            ) from None
+        if isinstance(error, httpx.TimeoutException):
+            raise CommandError(
+                f"{url}: no answer within {timeout:g} s (--timeout)", EXIT_CODES[Unanswered.TIMEOUT]
+            ) from None
+        raise CommandError(
+            f"cannot reach {url} ({type(error).__name__})", EXIT_CODES[Unanswered.UNREACHABLE]
+        ) from None
 
 
 def _json_answer(response: httpx.Response) -> Any:
@@ -284,16 +436,22 @@ def _json_answer(response: httpx.Response) -> Any:
         ) from None
 
 
-def _refusal(response: httpx.Response) -> CommandError:
-    """A non-2xx answer as an error: auth problems are the caller's (2), the rest the
-    service's refusal (1)."""
-    body = _json_answer(response)
+def _refusal(response: httpx.Response, *, move: bool = False) -> CommandError:
+    """A non-2xx answer as an error, with its exit code from EXIT_CODES."""
+    try:
+        body = _json_answer(response)
+    except CommandError:
+        body = None  # e.g. a proxy's HTML error page: the status code says enough
     detail = body.get("detail") if isinstance(body, dict) else None
-    code = EXIT_USAGE if response.status_code in (401, 403) else EXIT_REFUSED
+    reason = detail.partition(":")[0] if isinstance(detail, str) else None
+    code = exit_code(response.status_code, reason, move=move)
     hint = f" (is {TOKEN_ENV} right?)" if response.status_code in (401, 403) else ""
-    if isinstance(detail, str) and detail.startswith(ReasonCode.MISSING_SCOPE.value):
+    if reason == ReasonCode.MISSING_SCOPE.value:
         hint = f" (the approver of {TOKEN_ENV} does not hold that scope)"
-    return CommandError(f"the service answered {response.status_code} {detail}{hint}", code)
+    if code in _ADVICE:
+        hint = f": {_ADVICE[code]}"
+    said = "" if detail is None else f" {detail}"
+    return CommandError(f"the service answered {response.status_code}{said}{hint}", code)
 
 
 def _status_text(status: dict[str, Any]) -> str:
@@ -446,17 +604,17 @@ def _move(args: argparse.Namespace) -> int:
         "POST",
         f"{args.url}/api/guardian/rollout/{args.command}",
         args.timeout,
+        move=True,
         headers={"Authorization": f"Bearer {token}", "If-Match": f'"{expected}"'},
         json=body,
     )
     if response.status_code == 412:
         raise CommandError(
-            f"the rollout changed since version {expected} was read; nothing was changed: "
-            "check `driftgate status` and try again",
-            EXIT_REFUSED,
+            f"the rollout changed since version {expected} was read; " + _ADVICE[EXIT_CODES["412"]],
+            EXIT_CODES["412"],
         )
     if response.status_code != 200:
-        raise _refusal(response)
+        raise _refusal(response, move=True)
     answer = _json_answer(response)
     try:
         text = (
@@ -557,13 +715,7 @@ def _probe(args: argparse.Namespace) -> int:
 
 
 def _add_service_flags(parser: argparse.ArgumentParser, what: str) -> None:
-    parser.add_argument(
-        "--url",
-        type=_url,
-        default=os.environ.get("DRIFTGATE_URL"),
-        required="DRIFTGATE_URL" not in os.environ,
-        help=f"{what} (default: $DRIFTGATE_URL)",
-    )
+    parser.add_argument("--url", type=_url, help=f"{what} (default: ${URL_ENV})")
     parser.add_argument("--timeout", type=_seconds, default=10.0, help="seconds (default: 10)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
 
@@ -607,7 +759,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--state-dir", type=Path, help="folder for the rollout state file (default: from config)"
     )
     serve.add_argument(
-        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
+        "--log-level",
+        choices=LOG_LEVELS,
+        help="of driftgate's lines and uvicorn's, on stderr (default: the values' log_level, "
+        "else info)",
     )
     serve.set_defaults(run=_serve)
 
@@ -673,7 +828,7 @@ def build_parser() -> argparse.ArgumentParser:
     token_hash.add_argument(
         "--scopes",
         required=True,
-        help="comma-separated: rollout:advance, rollout:rollback, rollout:read",
+        help="comma-separated: " + ", ".join(scope.value for scope in Scope),
     )
     token_hash.set_defaults(run=_token_hash)
     return parser
@@ -687,6 +842,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code
 
     try:
+        if getattr(args, "url", "") is None:
+            args.url = _url_from_environment()
         code: int = args.run(args)
         return code
     except CommandError as error:

@@ -21,7 +21,7 @@ import json
 import logging
 import os
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -103,14 +103,33 @@ def _input_fingerprint(body: VerifyRequest) -> str:
 verify_request = json_body(VerifyRequest)
 
 
+def required_environment(settings: Settings) -> list[tuple[str, str]]:
+    """The environment variables the values name, as (key, variable): each must be set and
+    not empty for the service to start. The admin token's only when `admin.token_env` is
+    named (unnamed and unset, the admin endpoints refuse every request, as ever)."""
+    required: list[tuple[str, str]] = []
+    if settings.store is not None:
+        required.append(("rollout.store.url_env", settings.store.url_env))
+    if settings.admin_token_required:
+        required.append(("admin.token_env", settings.admin_token_env))
+    for i, entry in enumerate(settings.notifications):
+        required.append((f"notifications[{i}].url_env", entry.url_env))
+        if entry.secret_env is not None:
+            required.append((f"notifications[{i}].secret_env", entry.secret_env))
+    return required
+
+
+def check_environment(settings: Settings, environ: Mapping[str, str] | None = None) -> None:
+    """A SettingsError naming the first variable the values name that is unset or empty (its
+    value is never shown)."""
+    environ = os.environ if environ is None else environ
+    for key, name in required_environment(settings):
+        _environment(name, key, environ)
+
+
 def _redis_store(settings: StoreSettings) -> RedisStateStore:
     """The fleet's store; its URL comes from the environment variable the values name."""
-    url = os.environ.get(settings.url_env)
-    if not url:
-        raise SettingsError(
-            f"rollout.store.url_env names {settings.url_env}, which is not set: export the "
-            "Redis URL (redis://host:6379/0) in it"
-        )
+    url = _environment(settings.url_env, "rollout.store.url_env")
     return RedisStateStore(
         url,
         settings.key,
@@ -119,10 +138,11 @@ def _redis_store(settings: StoreSettings) -> RedisStateStore:
     )
 
 
-def _environment(name: str, what: str) -> str:
-    value = os.environ.get(name)
+def _environment(name: str, what: str, environ: Mapping[str, str] | None = None) -> str:
+    value = (os.environ if environ is None else environ).get(name)
     if not value:
-        raise SettingsError(f"{what} names {name}, which is not set: export it")
+        state = "empty" if value is not None else "not set"
+        raise SettingsError(f"{what} names {name}, which is {state}: export it")
     return value
 
 

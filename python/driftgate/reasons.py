@@ -53,6 +53,16 @@ class ReasonCode(str, enum.Enum):
     BODY_TOO_LARGE = "BODY_TOO_LARGE"
     #: The Content-Length header is not a number (400).
     BAD_CONTENT_LENGTH = "BAD_CONTENT_LENGTH"
+    #: A move was sent but its outcome is not known (its commit timed out and could not be
+    #: read back): the rollout may or may not have moved; read the status before trying again.
+    STATE_UNKNOWN = "STATE_UNKNOWN"
+    #: The shared store lost data (key missing, an older incarnation, a lower version than
+    #: seen): moves are frozen (503) until `driftgate state restore` repairs it.
+    STATE_REGRESSED = "STATE_REGRESSED"
+    #: The path names a rollout the service does not have (404).
+    UNKNOWN_ROLLOUT = "UNKNOWN_ROLLOUT"
+    #: Too many moves are waiting for the store already (503): nothing changed; try again.
+    MOVE_QUEUE_FULL = "MOVE_QUEUE_FULL"
 
     def __str__(self) -> str:
         return self.value

@@ -120,6 +120,7 @@ _LIVE_FIELDS = frozenset(
         "notifications",
         "status_url",
         "max_unready_replicas",
+        "admin_token_required",  # read at start only: whether the token's variable must be set
     }
 )
 # The values-file key of a restart-only field, for the refusal's message.

@@ -544,7 +544,7 @@ async def run_rollout_monitor(
     store = manager.store
     claim = getattr(store, "claim_check", None)
     campaign = getattr(store, "campaign", None)
-    logger.info("rollout monitor started (every %s)", check_interval)
+    logger.info("rollout monitor started (every %s)", timedelta(seconds=_seconds(check_interval)))
     if callable(campaign):
         campaign(True)
     try:

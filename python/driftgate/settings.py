@@ -57,6 +57,7 @@ from driftgate.readiness_budget import MAX_UNREADY_REPLICAS
 from driftgate.rollout import PrometheusErrorRate
 
 __all__ = [
+    "LOG_LEVELS",
     "MAX_CHECK_INTERVAL_SECONDS",
     "MAX_STAGE_SECONDS",
     "MAX_VALUES_BYTES",
@@ -82,6 +83,8 @@ MAX_COUNT = 10**9
 MAX_STAGES = 100
 MAX_NESTING = 32
 """A values file nests four levels deep; YAML that nests more than this is not one."""
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+"""What `log_level` (and `driftgate serve --log-level`) may be."""
 
 
 class SettingsError(ValueError):
@@ -131,6 +134,9 @@ class Settings:
     rollout_min_requests: int = 0
     error_rate_source: PrometheusErrorRate | None = None
     admin_token_env: str = "DRIFTGATE_ADMIN_TOKEN"
+    # The values name admin.token_env: its variable must hold the token, else the service
+    # refuses to start. Not named, an unset variable only leaves the admin token out.
+    admin_token_required: bool = False
     store: StoreSettings | None = None  # None: the local state file at state_path
     notifications: tuple[NotificationSettings, ...] = ()
     status_url: str | None = None  # linked from notifications
@@ -139,6 +145,7 @@ class Settings:
     admin_protect_status: bool = False
     # With a shared store: how many replicas may fail readiness for drift at once.
     max_unready_replicas: int = 1
+    log_level: str = "info"  # of the driftgate loggers and uvicorn's, under driftgate serve
 
 
 # -- the schema ------------------------------------------------------------------------------
@@ -305,6 +312,7 @@ class _Values(_Section):
     rollout: _Rollout | None = None
     admin: _Admin | None = None
     notifications: Annotated[list[_Notification], Field(max_length=16)] | None = None
+    log_level: Literal[LOG_LEVELS] = "info"  # type: ignore[valid-type]
 
 
 # -- one line per problem --------------------------------------------------------------------
@@ -508,6 +516,7 @@ def parse_settings(values: Any) -> Settings:
         rollout_min_requests=rollout_values.min_requests,
         error_rate_source=source,
         admin_token_env=admin.token_env,
+        admin_token_required="token_env" in admin.model_fields_set,
         store=None
         if rollout_values.store is None
         else StoreSettings(**rollout_values.store.model_dump()),
@@ -533,6 +542,7 @@ def parse_settings(values: Any) -> Settings:
         ),
         admin_protect_status=admin.protect_status,
         max_unready_replicas=gate_values.max_unready_replicas,
+        log_level=checked.log_level,
     )
 
 

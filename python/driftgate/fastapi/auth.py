@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "TOKEN_ACTOR",
+    "TOKEN_ENV",
     "TOKEN_FILE_ENV",
     "AdminDependency",
     "Approvers",
@@ -59,14 +60,21 @@ TOKEN_ACTOR = "admin-token"
 TOKEN_FILE_ENV = "DRIFTGATE_TOKEN_FILE"
 """Where the token file is when the values file names none."""
 
-# Declares the bearer scheme in the OpenAPI of the operations that use it; the checks below
-# answer the errors themselves (auto_error=False), with driftgate's reason codes.
-bearer_scheme = HTTPBearer(
-    auto_error=False,
-    scheme_name="adminBearer",
-    description="The admin token (DRIFTGATE_ADMIN_TOKEN) or an approver's token from the "
-    "token file, as `Authorization: Bearer <token>`.",
-)
+TOKEN_ENV = "DRIFTGATE_ADMIN_TOKEN"
+"""Where the admin token is when the values file names no other variable (`admin.token_env`)."""
+
+
+def bearer_scheme(token_env: str = TOKEN_ENV) -> HTTPBearer:
+    """The bearer scheme the OpenAPI declares on the operations that use it, naming the
+    variable the admin token is read from; the checks below answer the errors themselves
+    (auto_error=False), with driftgate's reason codes."""
+    return HTTPBearer(
+        auto_error=False,
+        scheme_name="adminBearer",
+        description=f"The admin token ({token_env}) or an approver's token from the "
+        "token file, as `Authorization: Bearer <token>`.",
+    )
+
 
 AdminDependency = Callable[..., str]
 
@@ -87,6 +95,7 @@ class Approvers:
         token_file: TokenFile | None = None,
         oidc: OIDCVerifier | None = None,
         protect_status: bool = False,
+        token_env: str = TOKEN_ENV,
     ):
         self._token = token.encode() if token else None
         self.token_file = token_file
@@ -94,7 +103,7 @@ class Approvers:
         self.protect_status = protect_status
         schemes: list[SecurityBase] = []
         if self._token is not None or token_file is not None or oidc is None:
-            schemes.append(bearer_scheme)
+            schemes.append(bearer_scheme(token_env))
         if oidc is not None:
             schemes.append(
                 OpenIdConnect(
@@ -244,5 +253,9 @@ def approvers_from_settings(
             algorithms=o.algorithms,
         )
     return Approvers(
-        token=token, token_file=token_file, oidc=oidc, protect_status=settings.admin_protect_status
+        token=token,
+        token_file=token_file,
+        oidc=oidc,
+        protect_status=settings.admin_protect_status,
+        token_env=settings.admin_token_env,
     )

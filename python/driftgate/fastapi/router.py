@@ -17,7 +17,13 @@ from driftgate._core import (
     StateStoreError,
 )
 from driftgate.exposition import render
-from driftgate.fastapi.auth import AdminDependency, bearer_token_admin, scoped, status_guard
+from driftgate.fastapi.auth import (
+    TOKEN_ENV,
+    AdminDependency,
+    bearer_token_admin,
+    scoped,
+    status_guard,
+)
 from driftgate.identity import Scope
 from driftgate.readiness_budget import ReadinessBudget
 from driftgate.reasons import ReasonCode
@@ -28,7 +34,6 @@ MAX_BODY_BYTES = 1 << 20
 MAX_VERSION = (1 << 53) - 1
 READY = {"status": "ready"}
 READY_WITHIN_BUDGET = {"status": "ready", "reason": ReasonCode.DRIFT_GATE_BUDGET.value}
-TOKEN_ENV = "DRIFTGATE_ADMIN_TOKEN"
 
 ReadinessCheck = Callable[[], str | None]
 ModelT = TypeVar("ModelT", bound=BaseModel)
