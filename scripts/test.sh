@@ -17,8 +17,9 @@ esac
 # prometheus: promtool checks and unit-tests the alert rules; the server is scraped by a test.
 # wrk: the HTTP load benchmark, whose smoke run is a test. strace: the state file's write
 # faults are injected with it. redis-server: the fleet's tests, its benchmark and its demo run
-# real Redis servers.
-install_debian_packages prometheus wrk strace redis-server
+# real Redis servers. faketime: a service whose clocks run faster shows a gate reopening after
+# its five-minute window in seconds.
+install_debian_packages prometheus wrk strace redis-server faketime
 install_driftgate test
 
 jobs="$(nproc)"

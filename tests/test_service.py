@@ -1,10 +1,12 @@
 """The real demo service under uvicorn on 127.0.0.1, driven over HTTP."""
 
+import time
+
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from servers import cohort_keys, demo_service
+from servers import cohort_keys, demo_service, require_tool
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -80,3 +82,42 @@ def test_admin_over_http(service):
         json={"reason": "test"},
     )
     assert back.json()["new_stage"] == "canary"
+
+
+LIBFAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1"
+SPEED = 30  # the service's clocks run 30 times as fast: its 5m window passes in 10 s
+
+
+def test_a_gate_closed_by_drift_reopens_without_traffic(tmp_path):
+    """A not-ready replica gets no traffic from its Service: five minutes of its own time after
+    the last drift, with no request in between, it answers ready again."""
+    require_tool("faketime", "faketime")
+    values = VALUES.replace(
+        "rollout: {enabled: true, check_interval_seconds: 3600}\n", "enforce_rollout_percent: 100\n"
+    )
+    faster = {"LD_PRELOAD": LIBFAKETIME, "FAKETIME": f"+0 x{SPEED}"}
+    with (
+        demo_service(tmp_path, values, env=faster) as base,
+        httpx.Client(base_url=base, timeout=5) as client,
+    ):
+        for subject in cohort_keys(10, percent=100):
+            assert verify(client, subject, drift=True)["result"]["drift"] is True
+        closed = client.get("/api/v1/readyz")
+        assert (closed.status_code, closed.json()["reason"]) == (503, "DRIFT_GATE")
+        promised = closed.json()["reopens_within_seconds"]
+        assert 250 <= promised <= 300  # the drift entered the window moments ago
+        started = time.monotonic()
+        answers = []
+        while time.monotonic() - started < (promised + 30) / SPEED:
+            answer = client.get("/api/v1/readyz")
+            answers.append(answer.status_code)
+            if answer.status_code == 200:
+                break
+            assert answer.json()["reopens_within_seconds"] <= promised
+            time.sleep(0.2)
+        assert answers[-1] == 200, f"still not ready {promised} service seconds later"
+        waited = (time.monotonic() - started) * SPEED
+        assert waited >= promised - 2 * SPEED  # it did wait for the drift to leave
+        metrics = client.get("/api/v1/metrics").text
+        assert 'adapt_drift_window_requests{window="5m"} 0' in metrics  # no traffic came
+        assert "adapt_readiness_gate_open 1" in metrics

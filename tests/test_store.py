@@ -3,6 +3,7 @@ fencing, following by hint and by polling, and a URL whose password never shows.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import logging
@@ -502,3 +503,61 @@ def test_a_recurring_problem_is_logged_when_it_starts_changes_recurs_a_minute_on
     assert said() == ["refused"]
     problem.ended()
     assert said() == ["redis://h:6379 key k: answers again"]
+
+
+# -- each stage judged on its own requests, across replicas --------------------------------
+
+
+def _serve(enforcer: driftgate.Enforcer, requests: int, failures: int) -> None:
+    def fail() -> driftgate.Verdict:
+        raise RuntimeError("the enforced evaluator broke")
+
+    keys = (f"key-{i}" for i in itertools.count())
+    cohort = [key for key in itertools.islice(keys, 100_000) if enforcer.in_rollout(key)]
+    for i, key in enumerate(cohort[:requests]):
+        enforcer.decide("p", key, "ok", fail if i < failures else "ok")
+
+
+def test_the_evaluator_judges_a_stage_another_replica_entered_on_that_stage_alone(make, managers):
+    clock = driftgate.ManualClock(1_700_000_000.0)
+    operator = manager_on(make(), managers, clock=clock)  # where people's moves commit
+    enforcer = driftgate.Enforcer(
+        driftgate.EnforceOptions(enforce=True), driftgate.DriftTracker(clock=clock)
+    )
+    store = make()
+    evaluator = manager_on(store, managers, enforcer=enforcer, clock=clock, min_requests=10)
+    assert store.renew_lease()
+    operator.manual_advance("alice")
+    until(lambda: evaluator.version == 2, "the evaluator followed to half", 5)
+    _serve(enforcer, 100, failures=50)  # half breaks on the evaluator's replica
+    clock.advance(60)
+    operator.manual_rollback("alice", "errors at half")  # a person saw it first
+    until(lambda: evaluator.version == 3, "the evaluator followed the rollback", 5)
+    clock.advance(60)
+    decision = asyncio.run(evaluator.check_and_advance())
+    # canary has served nothing since it was entered: half's failures are not canary's
+    assert (decision.action, decision.to_stage) == (DecisionAction.INSUFFICIENT_DATA, "canary")
+    _serve(enforcer, 10, failures=1)  # canary's own requests: 10 % failing, above 5 %
+    aborted = asyncio.run(evaluator.check_and_advance())
+    assert (aborted.action, aborted.to_stage) == (DecisionAction.ABORTED, "aborted")
+    until(lambda: operator.version == 4, "the operator's replica followed the abort", 5)
+
+
+def test_a_source_taking_the_window_gets_the_time_since_the_shared_stage_start(make, managers):
+    clock = driftgate.ManualClock(1_700_000_000.0)
+    operator = manager_on(make(), managers, clock=clock)
+    windows: list[float] = []
+
+    def source(window) -> tuple[int, int]:
+        windows.append(window.total_seconds())
+        return (0, 1000)
+
+    store = make()
+    evaluator = manager_on(store, managers, clock=clock, error_rate_source=source)
+    assert store.renew_lease()
+    clock.advance(600)
+    operator.manual_advance("alice")  # half, started at +600 s on the operator's replica
+    until(lambda: evaluator.version == 2, "the evaluator followed", 5)
+    clock.advance(45)
+    asyncio.run(evaluator.check_and_advance())
+    assert windows == [45.0]

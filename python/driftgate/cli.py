@@ -41,6 +41,7 @@ if TYPE_CHECKING:  # imported when a command needs them, for a quick --help
 from driftgate._messages import one_line, printable, shown
 from driftgate.identity import Scope
 from driftgate.reasons import ReasonCode
+from driftgate.status import RolloutState, WaitingFor
 
 EXIT_OK = 0
 EXIT_REFUSED = 1
@@ -488,7 +489,7 @@ def _check(status: dict[str, Any]) -> tuple[int, str]:
     stage = status["current_stage"]
     where = f"{stage['name']} ({stage['percentage']:g}%)"
     check = status.get("last_check")
-    if status["state"] == "aborted":
+    if status["state"] == RolloutState.ABORTED:
         return EXIT_NEEDS_ATTENTION, (
             "the rollout is aborted: enforcement is at 0% until `driftgate advance` resumes it"
         )
@@ -515,7 +516,7 @@ def _check(status: dict[str, Any]) -> tuple[int, str]:
             "`driftgate advance` (needs rollout:advance)"
         )
     waiting = status.get("waiting_for")
-    why = f", waiting for {waiting}" if isinstance(waiting, str) and waiting != "nothing" else ""
+    why = f", waiting for {waiting}" if waiting not in (None, WaitingFor.NOTHING) else ""
     return EXIT_OK, f"nothing needs a person: stage {where}, {status['state']}{why}"
 
 

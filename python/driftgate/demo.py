@@ -274,7 +274,8 @@ def create_demo_app(
             manager=manager,
             registry=registry,
             admin=admin,
-            readiness_checks=[lambda: state_problem[0] if state_problem else None, live.readiness],
+            gate=live,  # the gate the values file has in force, through reloads
+            readiness_checks=[lambda: state_problem[0] if state_problem else None],
             reload=None if reloader is None else reloader.reload,
             readiness_budget=budget,
         )

@@ -189,6 +189,15 @@ class LiveSettings:
         ready, reason = self._current.gate.check()
         return None if ready else reason
 
+    def check(self) -> tuple[bool, str]:
+        """The gate in force now, as `ReadinessGate.check`: so `create_router(gate=live)`
+        answers readiness from whichever gate the values file has in force."""
+        return self._current.gate.check()
+
+    def reopens_within(self) -> float | None:
+        """The gate in force now, as `ReadinessGate.reopens_within`."""
+        return self._current.gate.reopens_within()
+
     def max_unready_replicas(self) -> int:
         """The fleet's readiness budget in force now, for `RedisStateStore.readiness_budget`."""
         return self._current.settings.max_unready_replicas

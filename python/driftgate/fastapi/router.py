@@ -3,7 +3,7 @@
 import math
 import os
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Protocol, TypeVar
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 from fastapi.responses import JSONResponse
@@ -12,7 +12,6 @@ from pydantic import BaseModel, Field, ValidationError
 from driftgate._core import (
     DriftTracker,
     MetricsRegistry,
-    ReadinessGate,
     StateError,
     StateStoreError,
 )
@@ -36,6 +35,16 @@ READY = {"status": "ready"}
 READY_WITHIN_BUDGET = {"status": "ready", "reason": ReasonCode.DRIFT_GATE_BUDGET.value}
 
 ReadinessCheck = Callable[[], str | None]
+
+
+class Gate(Protocol):
+    """What readiness asks of a gate: a `ReadinessGate`, or a live configuration's gate in
+    force (`LiveSettings`)."""
+
+    def check(self) -> tuple[bool, str]: ...
+    def reopens_within(self) -> float | None: ...
+
+
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
@@ -189,7 +198,7 @@ def create_router(
     *,
     tracker: DriftTracker,
     manager: RolloutManager | None = None,
-    gate: ReadinessGate | None = None,
+    gate: Gate | None = None,
     registry: MetricsRegistry | None = None,
     admin: AdminDependency | None = None,
     include_process_metrics: bool = True,
