@@ -78,7 +78,7 @@ def run_against(answer: str, capsys) -> tuple[int, str, str]:
     if answer == Unanswered.UNREACHABLE:
         code = main(["status", "--url", f"http://127.0.0.1:{free_port()}"])
     else:
-        move = answer not in ("5xx", Unanswered.TIMEOUT)
+        move = answer not in ("5xx", "503", Unanswered.TIMEOUT)  # these rows are status reads
 
         def answer_request(method: str, path: str, body: bytes) -> tuple[int, Any]:
             if answer == Unanswered.TIMEOUT or (
@@ -124,6 +124,22 @@ def test_the_message_says_what_to_do(answer, said, capsys, monkeypatch):
     monkeypatch.setenv("DRIFTGATE_ADMIN_TOKEN", TOKEN)
     _, _, err = run_against(answer, capsys)
     assert said in err, err
+
+
+def test_a_move_answered_503_without_a_reason_may_have_been_applied(capsys, monkeypatch):
+    """A proxy may answer 503 after it forwarded the move: only driftgate's own reason codes
+    say that nothing was changed."""
+    monkeypatch.setenv("DRIFTGATE_ADMIN_TOKEN", TOKEN)
+
+    def answer_request(method: str, path: str, body: bytes) -> tuple[int, Any]:
+        if method == "GET":
+            return 200, {"version": 3}
+        return 503, {"detail": "upstream connect error"}
+
+    with json_server(answer_request) as base:
+        code = main(["advance", "--url", base, "--expected-version", "3"])
+    assert code == 8
+    assert "the move may have been applied" in capsys.readouterr().err
 
 
 # -- the service's URL ------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from driftgate.cli import main
-from driftgate.demo import create_demo_app
+from driftgate.demo import check_environment, create_demo_app
 from driftgate.fastapi.auth import approvers_from_settings
 from driftgate.identity import TokenFile, TokenFileError, token_digest, token_file_line
 from driftgate.readiness_budget import MAX_UNREADY_REPLICAS
@@ -331,8 +331,13 @@ def _write(path: Path, data: bytes) -> Path:
     return path
 
 
+# What the base values files name (admin.token_env): set, so a valid file passes serve --check.
+SERVE_ENVIRONMENT = {"DRIFTGATE_ADMIN_TOKEN": "a-token-of-at-least-32-characters-long!"}
+
+
 def _run(*args: object) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DRIFTGATE_")}
+    env.update(SERVE_ENVIRONMENT)
     return subprocess.run(
         [str(DRIFTGATE), *map(str, args)],
         capture_output=True, text=True, errors="backslashreplace", timeout=60, env=env,
@@ -351,10 +356,15 @@ def test_serve_check_on_a_sample_of_mutated_values_files(tmp_path):
     for i, (_, name, data) in enumerate(_sample(values_corpus(), 1200, "serve")):
         path = _write(tmp_path / f"values-{i}.yaml", data)
         try:
-            load_settings(path)
-            code, line = 0, f"{path}: valid"
+            settings = load_settings(path)
         except SettingsError as error:
             code, line = 2, f"driftgate serve: --config {error}"
+        else:
+            try:
+                check_environment(settings, SERVE_ENVIRONMENT)
+                code, line = 0, f"{path}: valid"
+            except SettingsError as error:  # a mutated token_env naming another variable
+                code, line = 2, f"driftgate serve: --config {path}: {error}"
         if kinds[code] < 10:  # ten of each
             kinds[code] += 1
             expected[name] = (path, code, line)

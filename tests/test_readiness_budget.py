@@ -263,13 +263,16 @@ class ClosedGate:
     def check(self) -> tuple[bool, str]:
         return CLOSED
 
+    def reopens_within(self) -> float | None:
+        return 120.0
+
 
 def test_readyz_fails_for_drift_only_while_this_replica_holds_a_slot():
     budget = budget_on(FakeSlots())
     budget.update()
     assert readyz(budget, gate=ClosedGate()) == (
         503,
-        {"status": "not_ready", "reason": "DRIFT_GATE"},
+        {"status": "not_ready", "reason": "DRIFT_GATE", "reopens_within_seconds": 120},
     )
     budget.lose()
     assert readyz(budget, gate=ClosedGate()) == (

@@ -4,6 +4,7 @@ for: the rules of the core applied to the last reading of the current stage."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from datetime import timedelta
 
 import pytest
@@ -274,3 +275,74 @@ def test_an_automatic_move_carries_no_comment(enforcer, rollout_clock):
     assert manager.evaluate(0.5).action == DecisionAction.ABORTED
     notifier.close()
     assert [(n.event, n.comment) for n in sink.sent] == [(Event.ABORTED, None)]
+
+
+def test_a_move_without_a_reason_carries_no_comment(enforcer, rollout_clock):
+    manager, sink, notifier = notified(enforcer, rollout_clock)
+    manager.manual_advance("alice")
+    manager.manual_rollback("bob")
+    notifier.close()
+    assert [(n.actor, n.comment) for n in sink.sent] == [("alice", None), ("bob", None)]
+
+
+class HeldSource:
+    """A source whose reading waits until the test lets it answer."""
+
+    def __init__(self, reading: tuple[int, int]) -> None:
+        self.reading = reading
+        self.asked = threading.Event()
+        self.answer = threading.Event()
+
+    def __call__(self) -> tuple[int, int]:
+        self.asked.set()
+        assert self.answer.wait(5)
+        return self.reading
+
+
+def test_a_reading_taken_before_a_persons_move_is_not_judged(enforcer, rollout_clock):
+    source = HeldSource((50, 100))  # failures of the stage being read: canary
+    manager = RolloutManager(
+        quick_stages(), enforcer, clock=rollout_clock, error_rate_source=source
+    )
+
+    async def check_while_a_person_moves() -> driftgate.Decision:
+        checking = asyncio.create_task(manager.check_and_advance())
+        await asyncio.to_thread(source.asked.wait, 5)
+        manager.manual_advance("ops", "fix deployed")  # half, while canary's rate is read
+        source.answer.set()
+        return await checking
+
+    decision = asyncio.run(check_while_a_person_moves())
+    assert decision.action == DecisionAction.CONFLICT
+    assert (decision.to_stage, manager.get_status()["current_stage"]["name"]) == ("half", "half")
+    assert manager.get_status()["stage_requests"] is None  # canary's reading was not kept
+
+
+def test_a_reloaded_source_counts_from_its_swap(enforcer, rollout_clock):
+    manager = RolloutManager(quick_stages(), enforcer, clock=rollout_clock)
+    serve(enforcer, 10, failures=10)
+    fresh = LocalErrorRate(enforcer)
+    manager.error_rate_source = fresh  # as a reload that changes the source does
+    serve(enforcer, 20, failures=0)
+    assert fresh() == (0, 20)
+
+
+def test_racing_followers_mark_a_stage_once(enforcer, rollout_clock):
+    marks: list[int] = []
+
+    class Counting(LocalErrorRate):
+        def stage_entered(self) -> None:
+            marks.append(1)
+            super().stage_entered()
+
+    manager = RolloutManager(
+        quick_stages(), enforcer, clock=rollout_clock, error_rate_source=Counting(enforcer)
+    )
+    marks.clear()
+    manager.manual_advance("ops")
+    threads = [threading.Thread(target=manager._note_stage) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert marks == [1]

@@ -278,8 +278,9 @@ def drive(manager: RolloutManager, clock: driftgate.ManualClock, action: str) ->
     if action == "INSUFFICIENT_DATA":
         manager.min_requests = 100
         return manager.evaluate_counts(0, 99)
+    waiting = manager.evaluate(0.0)
     if action == "WAITING_FOR_APPROVAL":
-        return manager.evaluate(0.0)
+        return waiting
     first = manager.manual_advance("alice")
     if action == "APPROVAL_RECORDED":
         return first

@@ -526,7 +526,8 @@ def test_the_evaluator_judges_a_stage_another_replica_entered_on_that_stage_alon
     )
     store = make()
     evaluator = manager_on(store, managers, enforcer=enforcer, clock=clock, min_requests=10)
-    assert store.renew_lease()
+    store.campaign(True)  # as its monitor does: it holds the evaluation lease
+    until(lambda: store.holds_lease, "the lease taken", 5)
     operator.manual_advance("alice")
     until(lambda: evaluator.version == 2, "the evaluator followed to half", 5)
     _serve(enforcer, 100, failures=50)  # half breaks on the evaluator's replica
@@ -539,7 +540,7 @@ def test_the_evaluator_judges_a_stage_another_replica_entered_on_that_stage_alon
     assert (decision.action, decision.to_stage) == (DecisionAction.INSUFFICIENT_DATA, "canary")
     _serve(enforcer, 10, failures=1)  # canary's own requests: 10 % failing, above 5 %
     aborted = asyncio.run(evaluator.check_and_advance())
-    assert (aborted.action, aborted.to_stage) == (DecisionAction.ABORTED, "aborted")
+    assert (aborted.action, aborted.to_stage) == (DecisionAction.ABORTED, "aborted"), aborted
     until(lambda: operator.version == 4, "the operator's replica followed the abort", 5)
 
 
@@ -561,3 +562,79 @@ def test_a_source_taking_the_window_gets_the_time_since_the_shared_stage_start(m
     clock.advance(45)
     asyncio.run(evaluator.check_and_advance())
     assert windows == [45.0]
+
+
+def test_every_replica_reports_what_the_evaluator_read(make, managers, redis_server, key):
+    """Only the evaluator reads the error rate; a status served by any other replica still
+    says the rollout waits for approval, not for data it never read itself."""
+    clock = driftgate.ManualClock(1_700_000_000.0)
+    stages = [
+        driftgate.RolloutStage("canary", 10, 3600, 0.05),
+        driftgate.RolloutStage("half", 50, 3600, 0.05, requires_approval=True),
+    ]
+
+    def replica(store: RedisStateStore, **options) -> RolloutManager:
+        made = RolloutManager(
+            driftgate.RolloutConfig(stages), store=store, clock=clock, min_requests=100, **options
+        )
+        managers.append(made)
+        return made
+
+    store = make()
+    evaluator = replica(store, error_rate_source=lambda: (1, 500))
+    other = replica(make())
+    assert store.renew_lease()
+    clock.advance(3600)
+    assert other.get_status()["waiting_for"] == "data"  # no reading of its own
+    decision = asyncio.run(evaluator.check_and_advance())
+    assert decision.action == DecisionAction.WAITING_FOR_APPROVAL
+    until(lambda: other.get_status()["awaiting_approval"], "the other replica heard", 5)
+    assert other.get_status()["stage_requests"] == 500
+    with redis_server.client() as client:
+        client.set(f"{key}:evidence", b"not a reading")  # a foreign value is left alone
+    third = replica(make())
+    until(lambda: third.synced, "a third replica started", 5)
+    assert third.get_status()["waiting_for"] == "data"
+    assert evaluator.manual_advance("alice").success  # the foreign reading stops no follower
+    until(lambda: third.version == evaluator.version == 2, "the third replica followed", 5)
+
+
+GOOD_READING = {
+    "stage_index": 1,
+    "state": "active",
+    "started_at": 1_700_000_000.5,
+    "error_rate": 0.002,
+    "requests": 500,
+    "failed": 1,
+}
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"",
+        b"null",
+        b"[]",
+        b"x" * 2000,
+        json.dumps({**GOOD_READING, "requests": True}).encode(),
+        json.dumps({**GOOD_READING, "stage_index": 1.5}).encode(),
+        json.dumps({**GOOD_READING, "state": 3}).encode(),
+        json.dumps({**GOOD_READING, "extra": 1}).encode(),
+        json.dumps({k: v for k, v in GOOD_READING.items() if k != "failed"}).encode(),
+        b'{"stage_index": 1, "state": "active", "started_at": NaN, "error_rate": 0.1, '
+        b'"requests": null, "failed": null}',
+        "not bytes",
+    ],
+)
+def test_a_shared_reading_that_is_not_one_is_ignored(raw):
+    from driftgate.store import _evidence
+
+    assert _evidence(raw) is None
+
+
+def test_a_shared_reading_parses_to_the_adopt_arguments():
+    from driftgate.store import _evidence
+
+    assert _evidence(json.dumps(GOOD_READING).encode()) == GOOD_READING
+    whole = {**GOOD_READING, "started_at": 1_700_000_000, "requests": None, "failed": None}
+    assert _evidence(json.dumps(whole).encode()) == {**whole, "started_at": 1_700_000_000.0}

@@ -380,10 +380,13 @@ void register_rollout(py::module_& m) {
              py::arg("min_requests") = 0, py::arg("confidence") = py::none(),
              py::arg("store") = py::none())
         .def("evaluate", &RolloutManager::evaluate, py::arg("error_rate"),
-             py::arg("requests") = py::none(), py::call_guard<py::gil_scoped_release>(),
-             "The synchronous decision on an error rate.")
+             py::arg("requests") = py::none(), py::kw_only(), py::arg("read_at") = py::none(),
+             py::call_guard<py::gil_scoped_release>(),
+             "The synchronous decision on an error rate; with read_at (the version the rate "
+             "was read at), nothing is judged once the rollout has moved since.")
         .def("evaluate_counts", &RolloutManager::evaluate_counts, py::arg("failed"),
-             py::arg("total"), py::call_guard<py::gil_scoped_release>(),
+             py::arg("total"), py::kw_only(), py::arg("read_at") = py::none(),
+             py::call_guard<py::gil_scoped_release>(),
              "The synchronous decision on (failed, total); Wilson bounds with confidence.")
         .def(
             "manual_advance",
@@ -419,6 +422,22 @@ void register_rollout(py::module_& m) {
              "Re-reads the shared store and follows it; returns the version held.")
         .def("_count_notification", &RolloutManager::count_notification, py::arg("sink"),
              py::arg("event"), py::arg("outcome"), py::call_guard<py::gil_scoped_release>())
+        .def(
+            "_adopt_evidence",
+            [](RolloutManager& manager, long long stage_index, const std::string& state,
+               double started_at, double error_rate, std::optional<long long> requests,
+               std::optional<long long> failed) {
+                const auto parsed = parse_rollout_state(state);
+                if (!parsed) throw py::value_error("unknown rollout state " + state);
+                RolloutPosition at{size_arg(stage_index, "stage_index"), started_at, *parsed};
+                Evidence evidence{error_rate, std::nullopt, std::nullopt};
+                if (requests) evidence.requests = size_arg(*requests, "requests");
+                if (failed) evidence.failed = size_arg(*failed, "failed");
+                py::gil_scoped_release release;
+                return manager.adopt_evidence(at, evidence);
+            },
+            py::arg("stage_index"), py::arg("state"), py::arg("started_at"), py::arg("error_rate"),
+            py::arg("requests") = py::none(), py::arg("failed") = py::none())
         .def("_note_store", &RolloutManager::note_store, py::arg("up"), py::arg("sync_age_seconds"),
              py::call_guard<py::gil_scoped_release>())
         .def_property_readonly(
@@ -487,6 +506,15 @@ void register_rollout(py::module_& m) {
                 out["stage_requests"] = *s.evidence->requests;
             } else {
                 out["stage_requests"] = py::none();
+            }
+            if (s.evidence) {
+                py::dict evidence;
+                evidence["error_rate"] = s.evidence->error_rate;
+                evidence["requests"] = s.evidence->requests;
+                evidence["failed"] = s.evidence->failed;
+                out["evidence"] = evidence;
+            } else {
+                out["evidence"] = py::none();
             }
             py::list transitions;
             for (const auto& t : s.transitions) transitions.append(transition_dict(t));

@@ -102,6 +102,11 @@ Judgement judge(const StagePlan& plan, const RolloutPosition& position,
                 "Rollout aborted at 0%: a manual advance resumes it"};
     }
     const RolloutStage& stage = plan.stage(position.stage_index);
+    if (!evidence && confidence && !plan.is_final(position.stage_index)) {
+        // The bounds need counts: nothing can be said about the error rate before a reading.
+        return {DecisionAction::InsufficientData, WaitingFor::Data,
+                "Holding: no error rate read in this stage yet"};
+    }
     const std::optional<std::uint64_t> requests =
         evidence ? evidence->requests : std::optional<std::uint64_t>();
     if (requests && *requests < min_requests) return insufficient_data(requests, min_requests);
@@ -328,6 +333,22 @@ std::uint64_t RolloutManager::refresh() {
     return version_;
 }
 
+bool RolloutManager::adopt_evidence(const RolloutPosition& at, const Evidence& evidence) {
+    validate_error_rate(evidence.error_rate);
+    if (evidence.failed && (!evidence.requests || *evidence.failed > *evidence.requests)) {
+        throw std::invalid_argument("evidence of " + std::to_string(*evidence.failed) +
+                                    " failed requests needs at least as many requests");
+    }
+    std::lock_guard lock(mutex_);
+    if (!synced_ || evidence_ || at.stage_index != position_.stage_index ||
+        at.state != position_.state || at.started_at != position_.started_at) {
+        return false;
+    }
+    evidence_ = evidence;
+    publish_snapshot_locked();
+    return true;
+}
+
 void RolloutManager::note_store(bool up, double sync_age_seconds) {
     if (store_up_gauge_ == nullptr) return;
     store_up_gauge_->Set(up ? 1.0 : 0.0);
@@ -535,24 +556,33 @@ Decision RolloutManager::decision_locked(bool success, DecisionAction action, st
     return out;
 }
 
-Decision RolloutManager::decide_locked(const Evidence& evidence) {
+Decision RolloutManager::decide_locked(const Evidence& evidence,
+                                       std::optional<std::uint64_t> read_at) {
+    if (read_at && *read_at != version_) {
+        return decision_locked(false, DecisionAction::Conflict,
+                               "Holding: the rollout moved to version " + std::to_string(version_) +
+                                   " while its error rate was read at version " +
+                                   std::to_string(*read_at) + "; that reading is not judged",
+                               position_, "");
+    }
     last_error_rate_ = evidence.error_rate;
     error_rate_gauge_.Set(evidence.error_rate);
     evidence_ = evidence;
-    Decision decision;
+    // Published on every way out, a failed write included: the status shows this reading.
+    struct PublishOnExit {
+        RolloutManager& manager;
+        ~PublishOnExit() { manager.publish_snapshot_locked(); }
+    } publish{*this};
     if (!synced_) {
-        decision = decision_locked(false, DecisionAction::Held,
-                                   "Holding: the shared rollout state has not been read yet",
-                                   position_, "");
-    } else {
-        try {
-            decision = decide_moving_locked(evidence);
-        } catch (const CommitLost& lost) {
-            decision = conflict_locked(lost, std::nullopt);
-        }
+        return decision_locked(false, DecisionAction::Held,
+                               "Holding: the shared rollout state has not been read yet", position_,
+                               "");
     }
-    publish_snapshot_locked();
-    return decision;
+    try {
+        return decide_moving_locked(evidence);
+    } catch (const CommitLost& lost) {
+        return conflict_locked(lost, std::nullopt);
+    }
 }
 
 Decision RolloutManager::decide_moving_locked(const Evidence& evidence) {
@@ -592,20 +622,22 @@ Decision RolloutManager::decide_moving_locked(const Evidence& evidence) {
     }
 }
 
-Decision RolloutManager::evaluate(double error_rate, std::optional<std::uint64_t> requests) {
+Decision RolloutManager::evaluate(double error_rate, std::optional<std::uint64_t> requests,
+                                  std::optional<std::uint64_t> read_at) {
     validate_error_rate(error_rate);
     std::lock_guard lock(mutex_);
-    return decide_locked(Evidence{error_rate, requests, std::nullopt});
+    return decide_locked(Evidence{error_rate, requests, std::nullopt}, read_at);
 }
 
-Decision RolloutManager::evaluate_counts(std::uint64_t failed, std::uint64_t total) {
+Decision RolloutManager::evaluate_counts(std::uint64_t failed, std::uint64_t total,
+                                         std::optional<std::uint64_t> read_at) {
     if (failed > total) {
         throw std::invalid_argument("failed=" + std::to_string(failed) +
                                     " exceeds total=" + std::to_string(total));
     }
     const double rate = total == 0 ? 0.0 : static_cast<double>(failed) / static_cast<double>(total);
     std::lock_guard lock(mutex_);
-    return decide_locked(Evidence{rate, total, failed});
+    return decide_locked(Evidence{rate, total, failed}, read_at);
 }
 
 std::optional<Decision> RolloutManager::precondition_locked(

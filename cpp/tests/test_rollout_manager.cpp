@@ -763,6 +763,7 @@ TEST_CASE("held by confidence, the status waits for the error rate, not a person
     options.confidence = 0.95;
     auto manager = f.make(options);
     f.clock->advance(25 * kHour);
+    CHECK(judged(manager).waiting_for == WaitingFor::Data);  // no reading: no bounds to judge
     // canary allows 0.5 %: 1 of 200 is within it, but its upper bound is not
     const Decision held = manager.evaluate_counts(1, 200);
     CHECK(held.action == DecisionAction::Held);

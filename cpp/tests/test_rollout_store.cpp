@@ -351,3 +351,55 @@ TEST_CASE("a status read does not wait for a move stuck in the store", "[store][
     CHECK(after.version == 2);
     CHECK(after.plan->position_name(after.position) == "quarter");
 }
+
+TEST_CASE("a reading taken before the rollout moved is not judged", "[store]") {
+    auto store = std::make_shared<MemoryStore>();
+    auto clock = fleet_clock();
+    Replica evaluator(store, clock, quick_stages());
+    Replica person(store, clock, quick_stages());
+    const std::uint64_t read_at = evaluator.manager->version();  // the source is read now...
+    REQUIRE(person.manager->manual_advance("alice").success);    // ...a person moves meanwhile
+    evaluator.manager->refresh();
+    const auto decision = evaluator.manager->evaluate(0.5, 1000, read_at);
+    CHECK(decision.action == DecisionAction::Conflict);
+    CHECK(decision.message.find("while its error rate was read at version 1") != std::string::npos);
+    CHECK(decision.to_stage == "b");  // b is not rolled back on a's reading
+    CHECK_FALSE(evaluator.manager->snapshot().evidence.has_value());
+    CHECK(evaluator.manager->evaluate(0.5, 1000, evaluator.manager->version()).action ==
+          DecisionAction::RolledBack);
+}
+
+TEST_CASE("a reading whose move fails to commit still shows in the status", "[store]") {
+    auto store = std::make_shared<MemoryStore>();
+    auto clock = fleet_clock();
+    Replica a(store, clock, quick_stages());
+    store->down = true;
+    CHECK_THROWS_AS(a.manager->evaluate_counts(0, 500), StateStoreError);  // would advance
+    const auto snapshot = a.manager->snapshot();
+    REQUIRE(snapshot.evidence.has_value());
+    CHECK(snapshot.evidence->requests == 500u);
+    CHECK(snapshot.last_error_rate == 0.0);
+    CHECK(snapshot.version == 1);
+}
+
+TEST_CASE("a replica adopts the evaluator's reading of the stage it stands at", "[store]") {
+    auto store = std::make_shared<MemoryStore>();
+    auto clock = fleet_clock();
+    Replica evaluator(store, clock);
+    Replica other(store, clock);
+    clock->advance(25 * kHour);  // canary's day is over; quarter needs approval
+    const driftgate::Evidence reading{0.001, 50, std::nullopt};
+    CHECK(evaluator.manager->evaluate(0.001, 50).action == DecisionAction::WaitingForApproval);
+    const auto at = evaluator.manager->snapshot().position;
+    CHECK(other.manager->adopt_evidence(at, reading));
+    CHECK(other.manager->snapshot().evidence->requests == 50u);
+    CHECK(other.manager->snapshot().judgement().action == DecisionAction::WaitingForApproval);
+    CHECK_FALSE(other.manager->adopt_evidence(at, reading));  // it has a reading now
+    driftgate::RolloutPosition elsewhere = at;
+    elsewhere.started_at = *at.started_at + 1;
+    Replica third(store, clock);
+    CHECK_FALSE(third.manager->adopt_evidence(elsewhere, reading));  // another stage entry
+    CHECK_FALSE(third.manager->snapshot().evidence.has_value());
+    CHECK_THROWS_AS(third.manager->adopt_evidence(at, {0.5, 1, 2}), std::invalid_argument);
+    CHECK_THROWS_AS(third.manager->adopt_evidence(at, {1.5, 1, 0}), std::invalid_argument);
+}

@@ -119,9 +119,12 @@ _BY_REASON = {key.value: code for key, code in EXIT_CODES.items() if isinstance(
 
 def exit_code(status_code: int, reason: str | None = None, *, move: bool = False) -> int:
     """The exit code for an HTTP answer: its reason code's row, else its status code's, else
-    its class's (EXIT_CODES)."""
+    its class's (EXIT_CODES). A move answered by a 5xx that carries no reason code of
+    driftgate's (a proxy's 503 after it forwarded the request) may have been applied."""
     if reason in _BY_REASON:
         return _BY_REASON[reason]
+    if move and status_code >= 500:
+        return EXIT_CODES["move 5xx"]
     if 200 <= status_code < 300:
         return EXIT_CODES["2xx"]
     if str(status_code) in EXIT_CODES:
@@ -314,6 +317,8 @@ def _serve(args: argparse.Namespace) -> int:
         from driftgate.demo import create_demo_app
     except ImportError as error:
         raise _fastapi_extra(error) from None
+    level = args.log_level or settings.log_level  # the flag wins over the values
+    _log_to_stderr(level)  # before the app is built: what starting it logs is shown too
     try:
         # The service reloads --config while it runs (folder change, SIGHUP, admin endpoint).
         app = create_demo_app(settings, values_file=args.config, state_dir=args.state_dir)
@@ -325,8 +330,6 @@ def _serve(args: argparse.Namespace) -> int:
             state_path = args.state_dir / state_path.name
         where = error.filename or state_path.parent
         raise CommandError(f"rollout.state_path: cannot use {where} ({error.strerror})") from None
-    level = args.log_level or settings.log_level  # the flag wins over the values
-    _log_to_stderr(level)
     # One worker: the tracker's windows and the rollout state live in this process.
     uvicorn.run(app, host=args.host, port=args.port, workers=1, log_level=level)
     return EXIT_OK

@@ -39,6 +39,7 @@ __all__ = [
     "DecisionAction",
     "ErrorRateSource",
     "FileStateStore",
+    "InsufficientData",
     "LocalErrorRate",
     "PrometheusErrorRate",
     "RolloutConfig",
@@ -66,9 +67,19 @@ ErrorRateSource = (
 _POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
 
 
+class InsufficientData(Exception):
+    """Raised by an error-rate source that has too little to judge the stage on yet (e.g. a
+    window shorter than its metrics' resolution): the check holds as INSUFFICIENT_DATA, which
+    is not an analysis error. The message says why."""
+
+
 def _takes_window(source: Any) -> bool:
-    """Whether an error-rate source wants the analysis window: True for `source(window)`,
-    False for `source()`; TypeError naming the expected signatures for anything else."""
+    """Whether an error-rate source wants the analysis window: its `takes_window` attribute
+    when it has one, else True for `source(window)` and False for `source()`; TypeError naming
+    the expected signatures for anything else."""
+    declared = getattr(source, "takes_window", None)
+    if isinstance(declared, bool):
+        return declared
     try:
         parameters = inspect.signature(source).parameters.values()
     except (TypeError, ValueError):  # no signature to read (some builtins): call it bare
@@ -118,30 +129,58 @@ class LocalErrorRate:
         return f"LocalErrorRate(window={self._window!r})"
 
 
+WINDOW_PLACEHOLDER = "$window"
+"""Where a Prometheus query takes the analysis window, e.g. ``[$window]``."""
+
+
 class PrometheusErrorRate:
     """An error rate read from Prometheus's HTTP query API (`GET /api/v1/query`).
 
     `query` must evaluate to a single number in [0, 1], as a scalar or a one-element vector,
-    for example ``sum(rate(guardian_enforcement_failed_total[1h])) /
-    clamp_min(sum(rate(guardian_enforcement_total[1h])), 1e-9)``. Anything else raises, and
-    the manager holds."""
+    for example ``sum(rate(guardian_enforcement_failed_total[$window])) /
+    clamp_min(sum(rate(guardian_enforcement_total[$window])), 1e-9)``. Anything else raises,
+    and the manager holds. Each ``$window`` is replaced by the analysis window the manager
+    passes, `min(analysis_window, time in stage)` in whole seconds (``"3600s"``), so the rate
+    covers the current stage alone; a window shorter than `min_window_seconds` (two scrape
+    intervals, by default 60 s) is insufficient data. A query without ``$window`` is read as it
+    is and cannot tell the stages apart."""
 
-    def __init__(self, base_url: str, query: str, timeout: float = 5.0):
+    def __init__(
+        self, base_url: str, query: str, timeout: float = 5.0, min_window_seconds: float = 60.0
+    ):
         if not base_url.startswith(("http://", "https://")):
             raise ValueError(f"base_url={base_url!r}: expected an http:// or https:// URL")
         if not query.strip():
             raise ValueError("query must not be empty")
         if not (timeout > 0 and math.isfinite(timeout)):
             raise ValueError(f"timeout={timeout!r}: expected seconds > 0")
+        if not (min_window_seconds >= 1 and math.isfinite(min_window_seconds)):
+            raise ValueError(f"min_window_seconds={min_window_seconds!r}: expected seconds >= 1")
         self.base_url = base_url.rstrip("/")
         self.query = query
         self.timeout = timeout
+        self.min_window_seconds = min_window_seconds
 
-    def __call__(self) -> float:
+    @property
+    def takes_window(self) -> bool:
+        """Whether the query has a ``$window`` for the manager's analysis window."""
+        return WINDOW_PLACEHOLDER in self.query
+
+    def __call__(self, window: timedelta | None = None) -> float:
         import httpx  # only this source needs it
 
+        query = self.query
+        if self.takes_window:
+            if window is None:
+                raise ValueError(f"the query has {WINDOW_PLACEHOLDER} but no window was given")
+            seconds = math.floor(window.total_seconds())
+            if seconds < self.min_window_seconds:
+                raise InsufficientData(
+                    f"the stage's window is {seconds} s, under {self.min_window_seconds:g} s"
+                )
+            query = query.replace(WINDOW_PLACEHOLDER, f"{seconds}s")
         response = httpx.get(
-            f"{self.base_url}/api/v1/query", params={"query": self.query}, timeout=self.timeout
+            f"{self.base_url}/api/v1/query", params={"query": query}, timeout=self.timeout
         )
         response.raise_for_status()
         body = response.json()
@@ -218,6 +257,9 @@ class RolloutManager(_RolloutManager):
             )
         self.analysis_window = analysis_window
         self.source_timeout = source_timeout
+        self._stage_lock = threading.Lock()
+        # (version, (stage index, state, started_at)) of the stage last marked entered
+        self._stage: tuple[int, tuple[Any, ...]] | None = None
         self.error_rate_source = error_rate_source  # checked before anything is started
         super().__init__(
             config,
@@ -243,8 +285,6 @@ class RolloutManager(_RolloutManager):
         self._failure_streaks = 0
         self._wall: Callable[[], float] = time.time if clock is None else clock.wall
         self._last_check: tuple[float, Decision] | None = None
-        self._stage_lock = threading.Lock()
-        self._stage: tuple[Any, ...] | None = None
         if error_rate_source is None and enforcer is not None:
             self.error_rate_source = LocalErrorRate(enforcer)
         self._note_stage()
@@ -269,11 +309,13 @@ class RolloutManager(_RolloutManager):
     # Every decision passes through here, so each committed transition is announced once,
     # by the replica that committed it.
 
-    def evaluate(self, error_rate: float, requests: int | None = None) -> Decision:
-        return self._announce(super().evaluate(error_rate, requests))
+    def evaluate(
+        self, error_rate: float, requests: int | None = None, *, read_at: int | None = None
+    ) -> Decision:
+        return self._announce(super().evaluate(error_rate, requests, read_at=read_at))
 
-    def evaluate_counts(self, failed: int, total: int) -> Decision:
-        return self._announce(super().evaluate_counts(failed, total))
+    def evaluate_counts(self, failed: int, total: int, *, read_at: int | None = None) -> Decision:
+        return self._announce(super().evaluate_counts(failed, total, read_at=read_at))
 
     def manual_advance(
         self,
@@ -283,7 +325,8 @@ class RolloutManager(_RolloutManager):
         expected_version: int | None = None,
     ) -> Decision:
         return self._announce(
-            super().manual_advance(actor, reason, expected_version=expected_version)
+            super().manual_advance(actor, reason, expected_version=expected_version),
+            said=bool(reason),
         )
 
     def manual_rollback(
@@ -294,7 +337,8 @@ class RolloutManager(_RolloutManager):
         expected_version: int | None = None,
     ) -> Decision:
         return self._announce(
-            super().manual_rollback(actor, reason, expected_version=expected_version)
+            super().manual_rollback(actor, reason, expected_version=expected_version),
+            said=bool(reason),
         )
 
     def follow(self, document: str) -> bool:
@@ -310,18 +354,23 @@ class RolloutManager(_RolloutManager):
     def _note_stage(self) -> None:
         """Tells a source that counts by itself (`stage_entered`) when the stage changes, so
         that each stage is judged on its own requests; called after every decision and every
-        state followed from a shared store."""
-        snapshot = self._snapshot()
-        stage = (snapshot["stage_index"], snapshot["state"], snapshot["started_at"])
+        state followed from a shared store. The state is read under the lock, and only a newer
+        version can enter a stage, so callers racing each other mark a stage once."""
         with self._stage_lock:
-            if stage == self._stage:
+            snapshot = self._snapshot()
+            stage = (snapshot["stage_index"], snapshot["state"], snapshot["started_at"])
+            if self._stage is not None and (
+                stage == self._stage[1] or snapshot["version"] < self._stage[0]
+            ):
                 return
-            self._stage = stage
+            self._stage = (snapshot["version"], stage)
             entered = getattr(self._source, "stage_entered", None)
             if callable(entered):
                 entered()
 
-    def _announce(self, decision: Decision) -> Decision:
+    def _announce(self, decision: Decision, said: bool = False) -> Decision:
+        """Notes a new stage, and announces a committed move or a wait for approval; `said`
+        when a person gave the move a reason, which the notification carries."""
         self._note_stage()
         if decision.action != DecisionAction.ANALYSIS_FAILED:
             self._analysis_failures = 0
@@ -331,11 +380,17 @@ class RolloutManager(_RolloutManager):
         if event is not None:
             automatic = decision.actor in ("", "auto")
             reason = "manual" if not automatic else _AUTOMATIC_REASONS[event]
-            self.notifier.publish(self._notification(decision, event, reason))
+            comment = decision.reason if said and not automatic and decision.reason else None
+            self.notifier.publish(self._notification(decision, event, reason, comment=comment))
         return decision
 
     def _notification(
-        self, decision: Decision, event: Event, reason: str, occurrence: int = 0
+        self,
+        decision: Decision,
+        event: Event,
+        reason: str,
+        occurrence: int = 0,
+        comment: str | None = None,
     ) -> Notification:
         to_stage, to_percentage = decision.to_stage, decision.to_percentage
         approvals_given: int | None = None
@@ -349,7 +404,6 @@ class RolloutManager(_RolloutManager):
                 to_stage, to_percentage = waiting.name, waiting.percentage
                 approvals_given = len(snapshot["approvals"])
                 approvals_required = waiting.approvals_required
-        automatic = decision.actor in ("", "auto")
         return Notification(
             event=event,
             rollout=self.name,
@@ -363,7 +417,7 @@ class RolloutManager(_RolloutManager):
             error_rate=decision.error_rate,
             status_url=None if self.notifier is None else self.notifier.status_url,
             occurrence=occurrence,
-            comment=None if automatic or not decision.reason else decision.reason,
+            comment=comment,
             approvals_given=approvals_given,
             approvals_required=approvals_required,
         )
@@ -389,11 +443,15 @@ class RolloutManager(_RolloutManager):
     def error_rate_source(self, source: ErrorRateSource | None) -> None:
         if source is not None and not callable(source):
             raise TypeError(f"error_rate_source must be callable, got {source!r}")
-        self._source_takes_window = source is not None and _takes_window(source)
-        self._source = source
+        takes_window = source is not None and _takes_window(source)
         entered = getattr(source, "stage_entered", None)
-        if callable(entered):
-            entered()  # a new source counts from now: nothing older is this stage's for sure
+        # A new source (e.g. after a reload) counts from now: nothing older is surely this
+        # stage's. Under the stage lock, so a stage entered meanwhile is not marked twice.
+        with self._stage_lock:
+            self._source_takes_window = takes_window
+            self._source = source
+            if callable(entered):
+                entered()
 
     # The name an error-rate hook has in code written for the original rollout manager.
     get_current_error_rate = error_rate_source
@@ -417,17 +475,39 @@ class RolloutManager(_RolloutManager):
         this manager made (`last_check`)."""
         decision = await self._check()
         self._last_check = (self._wall(), decision)
+        await self._share_evidence()
         return decision
+
+    async def _share_evidence(self) -> None:
+        """With a shared store, hands this check's reading of the stage to the other replicas,
+        so that the status says the same on every one of them."""
+        share = getattr(self._store, "share_evidence", None)
+        if not callable(share):
+            return
+        snapshot = self._snapshot()
+        if snapshot["evidence"] is None:
+            return  # nothing read in this stage (or the check moved the rollout on)
+        stage = {
+            "stage_index": snapshot["stage_index"],
+            "state": snapshot["state"],
+            "started_at": snapshot["started_at"],
+        }
+        try:
+            await asyncio.to_thread(share, stage, snapshot["evidence"])
+        except StateStoreError as error:
+            logger.warning("could not share the stage's reading with the fleet: %s", error)
 
     async def _check(self) -> Decision:
         source = self.error_rate_source
         if source is None:
             return self._hold("Holding: no error-rate source")
+        # The reading is judged only if the rollout is still where it was when it was taken.
+        snapshot = self._snapshot()
+        read_at: int = snapshot["version"]
         arguments: tuple[timedelta, ...] = ()
         if self._source_takes_window:
             # Only this stage's requests: never more than the time since it was entered (or
             # resumed), measured from the start the shared state records.
-            snapshot = self._snapshot()
             in_stage = snapshot["now"] - snapshot["started_at"]
             if not in_stage > 0:
                 return self._hold(
@@ -437,9 +517,13 @@ class RolloutManager(_RolloutManager):
             arguments = (min(self.analysis_window, timedelta(seconds=in_stage)),)
         try:
             reading = await _within(self.source_timeout, _read(source, arguments))
-            decide = _decision_for(self, reading)
+            decide = _decision_for(self, reading, read_at)
         except asyncio.CancelledError:
             raise
+        except InsufficientData as why:
+            return self._hold(
+                f"Holding: insufficient data ({why})", DecisionAction.INSUFFICIENT_DATA
+            )
         except Exception as error:  # any failure of the source means hold
             self.record_analysis_error()
             logger.warning("rollout error-rate source failed (%s); holding", type(error).__name__)
@@ -499,21 +583,21 @@ async def _read(source: Any, arguments: tuple[Any, ...]) -> Any:
     return result
 
 
-def _decision_for(manager: RolloutManager, reading: Any) -> Callable[[], Decision]:
-    """The evaluate call for a source's reading, or ValueError for a reading that is neither a
-    rate in [0, 1] nor a (failed, total) pair of counts."""
+def _decision_for(manager: RolloutManager, reading: Any, read_at: int) -> Callable[[], Decision]:
+    """The evaluate call for a source's reading taken at version `read_at`, or ValueError for a
+    reading that is neither a rate in [0, 1] nor a (failed, total) pair of counts."""
     if isinstance(reading, tuple) and len(reading) == 2:
         failed, total = reading
         if not all(isinstance(n, int) and not isinstance(n, bool) for n in reading):
             raise ValueError(f"(failed, total) must be integers, got {reading!r}")
         if not 0 <= failed <= total:
             raise ValueError(f"(failed, total) must have 0 <= failed <= total, got {reading!r}")
-        return lambda: manager.evaluate_counts(failed, total)
+        return lambda: manager.evaluate_counts(failed, total, read_at=read_at)
     if isinstance(reading, (int, float)) and not isinstance(reading, bool):
         rate = float(reading)
         if not 0.0 <= rate <= 1.0:
             raise ValueError(f"error rate {rate!r} is outside [0, 1]")
-        return lambda: manager.evaluate(rate)
+        return lambda: manager.evaluate(rate, read_at=read_at)
     raise ValueError(f"error-rate source returned {type(reading).__name__}")
 
 

@@ -12,8 +12,8 @@ rollout:
   prometheus:           # error rate across replicas; without it, this process's own
     url: http://prometheus:9090
     query: >-
-      sum(rate(guardian_enforcement_failed_total[1h]))
-      / sum(rate(guardian_enforcement_total[1h]))
+      sum(rate(guardian_enforcement_failed_total[$window]))
+      / sum(rate(guardian_enforcement_total[$window]))
     timeout_seconds: 5
 admin:
   token_env: DRIFTGATE_ADMIN_TOKEN

@@ -20,6 +20,7 @@ holders by expiry, in ms of Redis's clock), and the channel `key:changed`.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import re
@@ -482,6 +483,32 @@ class RedisStateStore(SharedStateStore):
             "leave", self._leave, keys=[self._replicas_key, self._unready_key], args=[self._holder]
         )
 
+    def share_evidence(self, stage: dict[str, Any], evidence: dict[str, Any]) -> None:
+        """Stores the evaluator's last reading of the current stage (`<key>:evidence`), so that
+        every replica's status judges the same evidence. `stage` names the stage entry it was
+        read in (stage_index, state, started_at); a replica elsewhere ignores it."""
+        document = json.dumps({**stage, **evidence}, allow_nan=False)
+
+        def share() -> None:
+            # The hint makes the followers read it now rather than at their next poll.
+            with self._client.pipeline(transaction=True) as pipe:
+                pipe.set(self._evidence_key, document)
+                pipe.publish(self._channel, b"evidence")
+                pipe.execute()
+
+        self._call("share evidence", share)
+
+    def shared_evidence(self) -> dict[str, Any] | None:
+        """The reading `share_evidence` stored, or None when there is none or it is not one
+        (a foreign value is left alone: the status then judges without it)."""
+        try:
+            raw = self._call("read evidence", self._client.get, name=self._evidence_key)
+        except StateStoreError as error:
+            if isinstance(error.__context__, self._wrong_type):
+                return None
+            raise
+        return _evidence(raw)
+
     @property
     def sync_age(self) -> float | None:
         """Seconds since the state was last read successfully (None: not following)."""
@@ -500,6 +527,10 @@ class RedisStateStore(SharedStateStore):
     @property
     def _last_check_key(self) -> str:
         return f"{self.key}:last_check"
+
+    @property
+    def _evidence_key(self) -> str:
+        return f"{self.key}:evidence"
 
     @property
     def _replicas_key(self) -> str:
@@ -534,6 +565,37 @@ class RedisStateStore(SharedStateStore):
 
     def __repr__(self) -> str:
         return f"RedisStateStore({redact_url(self._url)!r}, key={self.key!r})"
+
+
+_EVIDENCE_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "stage_index": int,
+    "state": str,
+    "started_at": float,
+    "error_rate": float,
+    "requests": (int, type(None)),
+    "failed": (int, type(None)),
+}
+
+
+def _evidence(raw: Any) -> dict[str, Any] | None:
+    """A shared reading as `_adopt_evidence`'s arguments, or None for anything else."""
+    if not isinstance(raw, bytes) or len(raw) > 1024:
+        return None
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(value, dict) or set(value) != set(_EVIDENCE_FIELDS):
+        return None
+    for name, kind in _EVIDENCE_FIELDS.items():
+        field = value[name]
+        if kind is float and isinstance(field, int) and not isinstance(field, bool):
+            value[name] = field = float(field)
+        if isinstance(field, bool) or not isinstance(field, kind):
+            return None
+        if isinstance(field, float) and not math.isfinite(field):
+            return None
+    return value
 
 
 class _RecurringProblem:
@@ -642,6 +704,12 @@ class _Follower:
             self._unreadable.report(logging.ERROR, str(error))
             return
         self._last_sync = time.monotonic()
+        # The evaluator's reading of this stage, for this replica's status: never needed for a
+        # decision, so a problem with it is not the store's.
+        with contextlib.suppress(StateStoreError, ValueError):
+            shared = self._store.shared_evidence()
+            if shared is not None:
+                manager._adopt_evidence(**shared)
 
     def _update_budget(self) -> None:
         """Renews the readiness budget's slot; the store away raises StateStoreError (an

@@ -77,7 +77,8 @@ struct Judgement {
 /// bound is above it); with `confidence`, the upper bound above it (held); requests not
 /// counted while `min_requests` asks for some (insufficient data); then
 /// StagePlan::check_advance at `now`. Without evidence (no reading in this stage yet) the
-/// error-rate rules are skipped.
+/// error-rate rules are skipped, except that with `confidence` nothing is known before the
+/// stage's first reading (insufficient data).
 Judgement judge(const StagePlan& plan, const RolloutPosition& position,
                 const std::optional<Evidence>& evidence, std::uint64_t min_requests,
                 std::optional<double> confidence, double now);
@@ -157,10 +158,15 @@ class RolloutManager {
     RolloutManager& operator=(const RolloutManager&) = delete;
 
     /// The synchronous decision on an error rate (and the requests behind it, when known).
-    Decision evaluate(double error_rate, std::optional<std::uint64_t> requests = std::nullopt);
+    /// With `read_at`, the version at which the rate was read: when the rollout has moved since
+    /// (a person's move, or one followed from another replica), the reading belongs to another
+    /// stage, so nothing is decided or kept (action Conflict).
+    Decision evaluate(double error_rate, std::optional<std::uint64_t> requests = std::nullopt,
+                      std::optional<std::uint64_t> read_at = std::nullopt);
     /// The same from (failed, total); with `confidence`, rollback needs the Wilson lower bound
     /// above the stage maximum and advance needs the upper bound at or below it.
-    Decision evaluate_counts(std::uint64_t failed, std::uint64_t total);
+    Decision evaluate_counts(std::uint64_t failed, std::uint64_t total,
+                             std::optional<std::uint64_t> read_at = std::nullopt);
 
     /// A human's advance: resumes an aborted rollout at the first stage, else enters the next
     /// stage whether or not it needs approval. A stage that needs several approvals is entered
@@ -183,6 +189,10 @@ class RolloutManager {
     /// unsynced manager that finds nothing stored stores the fresh rollout, as at a first
     /// start. StateStoreError when the store cannot be reached.
     std::uint64_t refresh();
+    /// Adopts a reading the fleet's evaluator made of the stage at `at`, so every replica's
+    /// status judges the same evidence; ignored unless this replica stands at that very stage
+    /// (index, state and start) and has no reading of its own. True when adopted.
+    bool adopt_evidence(const RolloutPosition& at, const Evidence& evidence);
     /// Publishes the store's health: driftgate_state_store_up and the age of the last
     /// successful contact (driftgate_state_sync_age_seconds).
     void note_store(bool up, double sync_age_seconds);
@@ -234,7 +244,7 @@ class RolloutManager {
     void refresh_locked();
     void require_synced_locked() const;
     void start_shared_locked(RolloutPosition start);
-    Decision decide_locked(const Evidence& evidence);
+    Decision decide_locked(const Evidence& evidence, std::optional<std::uint64_t> read_at);
     Decision decide_moving_locked(const Evidence& evidence);
     /// Persists then applies a move, and counts it as an advancement or a rollback. A move that
     /// lowers enforcement is applied even when the write fails (the StateError still raised);
