@@ -84,8 +84,9 @@ RollingWindow::Position RollingWindow::position(std::uint32_t buckets, std::uint
             make_tag(generation, bucket)};
 }
 
-void RollingWindow::read_into(WindowCounts& out, std::uint32_t generation,
-                              std::int64_t now_bucket) const noexcept {
+template <typename Visit>
+void RollingWindow::for_each_counted(std::uint32_t generation, std::int64_t now_bucket,
+                                     Visit&& visit) const noexcept {
     const std::uint32_t wanted_generation = generation & kGenerationMask;
     for (std::uint32_t i = 0; i < buckets_; ++i) {
         const BucketSlot& slot = slots_[i];
@@ -98,38 +99,31 @@ void RollingWindow::read_into(WindowCounts& out, std::uint32_t generation,
             const std::uint64_t events = slot.events.load(std::memory_order_acquire);
             const std::uint64_t total = slot.total.load(std::memory_order_acquire);
             if (slot.tag.load(std::memory_order_relaxed) != before) continue;
-            const std::int64_t age = now_bucket - tag_bucket(before);
+            const std::int64_t bucket = tag_bucket(before);
+            const std::int64_t age = now_bucket - bucket;
             if (tag_generation(before) == wanted_generation && age >= 0 && age < buckets_) {
-                out.events += events;
-                out.total += total;
+                visit(bucket, events, total);
             }
             break;
         }
     }
 }
 
+void RollingWindow::read_into(WindowCounts& out, std::uint32_t generation,
+                              std::int64_t now_bucket) const noexcept {
+    for_each_counted(generation, now_bucket,
+                     [&out](std::int64_t, std::uint64_t events, std::uint64_t total) {
+                         out.events += events;
+                         out.total += total;
+                     });
+}
+
 void RollingWindow::newest_event_into(std::optional<std::int64_t>& newest, std::uint32_t generation,
                                       std::int64_t now_bucket) const noexcept {
-    const std::uint32_t wanted_generation = generation & kGenerationMask;
-    for (std::uint32_t i = 0; i < buckets_; ++i) {
-        const BucketSlot& slot = slots_[i];
-        for (;;) {
-            const std::uint64_t before = slot.tag.load(std::memory_order_acquire);
-            if (before & kBusy) {
-                std::this_thread::yield();
-                continue;
-            }
-            const std::uint64_t events = slot.events.load(std::memory_order_acquire);
-            if (slot.tag.load(std::memory_order_relaxed) != before) continue;
-            const std::int64_t bucket = tag_bucket(before);
-            const std::int64_t age = now_bucket - bucket;
-            if (events > 0 && tag_generation(before) == wanted_generation && age >= 0 &&
-                age < buckets_ && (!newest || bucket > *newest)) {
-                newest = bucket;
-            }
-            break;
-        }
-    }
+    for_each_counted(generation, now_bucket,
+                     [&newest](std::int64_t bucket, std::uint64_t events, std::uint64_t) {
+                         if (events > 0 && (!newest || bucket > *newest)) newest = bucket;
+                     });
 }
 
 }  // namespace driftgate

@@ -117,6 +117,12 @@ class RollingWindow {
     /// Marks a bucket being recycled, so a reader retries instead of reading a half-cleared pair.
     static constexpr std::uint64_t kBusy = std::uint64_t{1} << 63;
 
+    /// Calls visit(bucket, events, total) with a consistent pair of each bucket that a read at
+    /// `now_bucket` of `generation` counts.
+    template <typename Visit>
+    void for_each_counted(std::uint32_t generation, std::int64_t now_bucket,
+                          Visit&& visit) const noexcept;
+
     BucketSlot* slots_;
     std::uint32_t buckets_;
 };
