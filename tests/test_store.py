@@ -526,6 +526,7 @@ def test_the_evaluator_judges_a_stage_another_replica_entered_on_that_stage_alon
     )
     store = make()
     evaluator = manager_on(store, managers, enforcer=enforcer, clock=clock, min_requests=10)
+    store.campaign(True)  # as its monitor does: else its follower gives the lease back
     assert store.renew_lease()
     operator.manual_advance("alice")
     until(lambda: evaluator.version == 2, "the evaluator followed to half", 5)
