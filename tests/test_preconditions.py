@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 import driftgate
 from driftgate import DriftTracker, EnforceOptions, Enforcer, ManualClock, RolloutConfig
-from driftgate.cli import main
+from driftgate.cli import EXIT_CHANGED, main
 from driftgate.fastapi import create_router
 
 TOKEN = "s3cret-token"
@@ -155,7 +155,7 @@ def test_cli_moves_send_the_version_the_status_answered(client, manager, monkeyp
     assert seen[1].headers["if-match"] == '"1"'
     assert manager.version == 2
     # Someone else moves between this command's read and its move: it is told, nothing moves.
-    assert main(["advance", "--url", "http://service", "--expected-version", "1"]) == 1
+    assert main(["advance", "--url", "http://service", "--expected-version", "1"]) == EXIT_CHANGED
     assert "changed since version 1 was read; nothing was changed" in capsys.readouterr().err
     assert manager.version == 2
     assert main(["rollback", "--url", "http://service", "--expected-version", "2", "--json"]) == 0
