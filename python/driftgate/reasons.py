@@ -29,7 +29,8 @@ class ReasonCode(str, enum.Enum):
     VERSION_MISMATCH = "VERSION_MISMATCH"
     #: A move without a precondition kept losing to concurrent moves on other replicas (409).
     STATE_CONFLICT = "STATE_CONFLICT"
-    #: The If-Match header is not one quoted version like "7" (400).
+    #: The If-Match header is not `*` or a list of entity tags like "7", or does not list the
+    #: ETag of the body's expected_version (400).
     BAD_PRECONDITION = "BAD_PRECONDITION"
     #: The router has no rollout manager: the rollout endpoints answer 404.
     NO_ROLLOUT = "NO_ROLLOUT"
