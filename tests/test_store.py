@@ -341,6 +341,37 @@ def test_a_key_holding_something_else_is_reported_and_left_alone(make, redis_ser
         assert client.get(key) == b"somebody else's"
 
 
+def test_a_move_past_the_last_version_is_503_and_never_reaches_redis(
+    make, managers, redis_server, key, monkeypatch
+):
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from driftgate.fastapi import create_router
+
+    last = 2**53 - 1
+    manager = manager_on(make(), managers)
+    document = json.loads(manager.store.load())
+    with redis_server.client() as client:
+        client.hset(
+            key, mapping={"version": last, "doc": json.dumps({**document, "version": last})}
+        )
+        before = client.hgetall(key)
+    assert manager.refresh() == last  # such a state loads
+    monkeypatch.setenv("DRIFTGATE_ADMIN_TOKEN", "t0ken")
+    app = FastAPI()
+    app.include_router(create_router(tracker=driftgate.DriftTracker(), manager=manager))
+    answer = TestClient(app).post(
+        "/api/guardian/rollout/advance", headers={"Authorization": "Bearer t0ken"}
+    )
+    assert answer.status_code == 503 and answer.json() == {"detail": "STATE_STORE"}
+    with pytest.raises(driftgate.StateError, match="version 9007199254740992"):
+        manager.manual_rollback("ops")
+    with redis_server.client() as client:
+        assert client.hgetall(key) == before
+    assert manager.version == last and manager.enforced_percentage == 10
+
+
 # A store whose commit waits (without the GIL) while another thread reads the manager.
 _READ_DURING_COMMIT = """
 import threading

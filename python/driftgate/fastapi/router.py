@@ -1,5 +1,6 @@
 """create_router: the HTTP face of a tracker, a readiness gate and a rollout manager."""
 
+import logging
 import math
 import os
 import re
@@ -29,6 +30,8 @@ from driftgate.readiness_budget import ReadinessBudget
 from driftgate.reasons import ReasonCode
 from driftgate.rollout import Decision, DecisionAction, RolloutManager
 from driftgate.status import RolloutStatus
+
+logger = logging.getLogger("driftgate.http")
 
 MAX_BODY_BYTES = 1 << 20
 MAX_VERSION = (1 << 53) - 1
@@ -370,6 +373,9 @@ def create_router(
                 manager is not None and manager.store is not None
             )
             code = ReasonCode.STATE_STORE if shared else ReasonCode.STATE_FILE
+            # The answer is a fixed code; the log says which value or step was at fault (a
+            # store's description never carries its password).
+            logger.warning("rollout move refused (%s): %s", code.value, error)
             raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, code.value) from None
         if decision.action == DecisionAction.CONFLICT:
             if expected is not None:
