@@ -83,11 +83,13 @@ def test_expected_version_in_the_body_works_like_if_match(client, manager):
     ("headers", "body", "code", "detail"),
     [
         ({"If-Match": "1"}, None, 400, "BAD_PRECONDITION"),  # unquoted
-        ({"If-Match": '"one"'}, None, 400, "BAD_PRECONDITION"),
-        ({"If-Match": '"-1"'}, None, 400, "BAD_PRECONDITION"),
-        ({"If-Match": '"99999999999999999"'}, None, 400, "BAD_PRECONDITION"),
-        ({"If-Match": '"1", "2"'}, None, 400, "BAD_PRECONDITION"),
+        ({"If-Match": '" 1"'}, None, 400, "BAD_PRECONDITION"),  # a space is no tag character
+        ({"If-Match": '"1'}, None, 400, "BAD_PRECONDITION"),
+        ({"If-Match": '"1" "2"'}, None, 400, "BAD_PRECONDITION"),  # a list needs its commas
+        ({"If-Match": 'w/"1"'}, None, 400, "BAD_PRECONDITION"),
+        ({"If-Match": '"1", *'}, None, 400, "BAD_PRECONDITION"),
         ({"If-Match": '"1"'}, {"expected_version": 2}, 400, "BAD_PRECONDITION"),
+        ({"If-Match": '"01"'}, {"expected_version": 1}, 400, "BAD_PRECONDITION"),
         ({}, {"expected_version": -1}, 422, None),
         ({}, {"expected_version": "1"}, 422, None),
         ({}, {"expected_version": 1.5}, 422, None),
@@ -103,6 +105,35 @@ def test_bad_preconditions_are_refused_before_anything_moves(
     if detail is not None:
         assert answer.json() == {"detail": detail}
     assert manager.version == 1
+
+
+@pytest.mark.parametrize(
+    "header",
+    ['"01"', 'W/"1"', '"+1"', '"1.0"', '"one"', '"-1"', '"99999999999999999"', '"1,"', '""'],
+)
+def test_if_match_compares_entity_tags_strongly(client, manager, header):
+    # Only the ETag itself, character for character, matches "1": never a weak tag, never
+    # another spelling of the number.
+    answer = client.post(ADVANCE, headers={**AUTH, "If-Match": header})
+    assert answer.status_code == 412, answer.text
+    assert answer.json() == {"detail": "VERSION_MISMATCH"}
+    assert answer.headers["etag"] == '"1"'
+    assert manager.version == 1
+
+
+@pytest.mark.parametrize("header", ['"7", "1"', '"1", "2"', ' W/"1" , "1" ', ', "1",,'])
+def test_if_match_list_moves_when_one_member_is_the_etag(client, manager, header):
+    answer = client.post(ADVANCE, headers={**AUTH, "If-Match": header})
+    assert answer.status_code == 200, answer.text
+    assert manager.version == 2
+
+
+def test_if_match_list_without_the_etag_is_412(client, manager):
+    assert client.post(ADVANCE, headers=AUTH).status_code == 200
+    answer = client.post(ADVANCE, headers={**AUTH, "If-Match": '"1", W/"2", "02", "3"'})
+    assert answer.status_code == 412
+    assert answer.headers["etag"] == '"2"'
+    assert manager.version == 2
 
 
 def test_if_match_star_means_any_version(client, manager):
@@ -192,3 +223,21 @@ def test_the_file_store_is_a_store_argument_and_state_path_its_shorthand(tmp_pat
         driftgate.RolloutManager(
             RolloutConfig.default(), state_path=path, store=driftgate.FileStateStore(path)
         )
+
+
+def test_the_cli_sends_the_etag_it_read_as_it_came():
+    import httpx
+
+    from driftgate.cli import _precondition_of
+
+    request = httpx.Request("GET", "http://service" + STATUS)
+
+    def status(etag: str | None) -> httpx.Response:
+        headers = {} if etag is None else {"ETag": etag}
+        return httpx.Response(200, headers=headers, json={"version": 7}, request=request)
+
+    # Compared strongly by the service, so never rebuilt from the number it stands for.
+    assert _precondition_of(status('"a1b2.7"')) == (7, '"a1b2.7"')
+    assert _precondition_of(status('"7"')) == (7, '"7"')
+    assert _precondition_of(status(None)) == (7, '"7"')
+    assert _precondition_of(status('W/"7"')) == (7, '"7"')  # a weak tag can never match

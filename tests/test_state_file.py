@@ -3,6 +3,7 @@ file (fuzzed and hand-picked), every file that loads a state the machine can rea
 failed step of a write reported, and temp files and links handled."""
 
 import json
+import logging
 import os
 import random
 import shutil
@@ -13,11 +14,13 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 import driftgate
 from driftgate import ManualClock, RolloutConfig, RolloutManager, StateError
 from driftgate.demo import create_demo_app
+from driftgate.fastapi import create_router
 from driftgate.settings import parse_settings
 
 START = 1_700_000_000.0
@@ -373,6 +376,48 @@ def test_a_failed_write_and_rename_keep_the_old_file(tmp_path):
         assert f"({step}: No space left on device); the previous state is kept" in out
         assert json.loads((tmp_path / "rollout.json").read_text()) == before
         assert sorted(p.name for p in tmp_path.iterdir()) == ["rollout.json"]
+
+
+# -- the writer writes only what the reader accepts back --------------------------------------
+
+LAST_VERSION = 2**53 - 1
+LAST_INSTANT = "9999-12-31T23:59:59.9999999Z"  # read as a double, it is 10000-01-01
+
+
+def _at_the_limit(original: dict, limit: str) -> str:
+    if limit == "version":
+        return mutate(original, version=LAST_VERSION)
+    transitions = [{**t, "time": LAST_INSTANT} for t in original["transitions"]]
+    return mutate(original, started_at=LAST_INSTANT, transitions=transitions)
+
+
+@pytest.mark.parametrize("limit", ["version", "time"])
+@pytest.mark.parametrize("move", ["advance", "rollback"])
+def test_a_move_past_what_a_state_file_holds_is_503_and_nothing_is_written(
+    tmp_path, monkeypatch, caplog, limit, move
+):
+    path = tmp_path / "rollout.json"
+    path.write_text(_at_the_limit(valid_state(path), limit))
+    before = path.read_bytes()
+    manager = load(path)  # the state itself loads
+    version = manager.version
+    status = manager.get_status()
+    monkeypatch.setenv("DRIFTGATE_ADMIN_TOKEN", "t0ken")
+    app = FastAPI()
+    app.include_router(create_router(tracker=driftgate.DriftTracker(), manager=manager))
+    client = TestClient(app)
+    caplog.set_level(logging.WARNING, logger="driftgate.http")
+    answer = client.post(f"/api/guardian/rollout/{move}", headers={"Authorization": "Bearer t0ken"})
+    assert answer.status_code == 503
+    assert answer.json() == {"detail": "STATE_FILE"}
+    named = "9007199254740992" if limit == "version" else "253402300800"
+    assert [r.getMessage() for r in caplog.records if named in r.getMessage()]
+    assert path.read_bytes() == before
+    assert manager.version == version
+    assert manager.get_status()["current_stage"] == status["current_stage"]
+    with pytest.raises(StateError, match=named):
+        getattr(manager, f"manual_{move}")("ops")
+    assert load(path).version == version  # the next start still takes the file
 
 
 def test_driftgate_package_exports_the_state_error():

@@ -341,6 +341,175 @@ def test_a_key_holding_something_else_is_reported_and_left_alone(make, redis_ser
         assert client.get(key) == b"somebody else's"
 
 
+# -- foreign values in the auxiliary keys ----------------------------------------------------
+
+# What a person or another program may leave in the lease or fence key: another Redis type, a
+# string that is no lease or no fencing number, a lease without an expiry.
+FOREIGN_LEASES = {
+    "lease hash": ("lease", lambda c, k: c.hset(k, "holder", "me"), "a Redis hash"),
+    "lease string": (
+        "lease",
+        lambda c, k: c.set(k, "garbage"),
+        "a string that is not an evaluation lease",
+    ),
+    "lease without ttl": ("lease", lambda c, k: c.set(k, "7:x/1"), "a lease that never expires"),
+    "fence list": ("fence", lambda c, k: c.rpush(k, "1"), "a Redis list"),
+    "fence string": (
+        "fence",
+        lambda c, k: c.set(k, "seven"),
+        "a string that is not a fencing number",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FOREIGN_LEASES))
+def test_a_foreign_lease_or_fence_holds_automatic_moves_and_is_left_alone(
+    make, managers, redis_server, key, case, caplog
+):
+    caplog.set_level(logging.INFO, logger="driftgate.store")
+    suffix, put, holds = FOREIGN_LEASES[case]
+    aux = f"{key}:{suffix}"
+    store = make()
+    manager = manager_on(store, managers)
+    with redis_server.client() as client:
+        put(client, aux)
+        before = client.dump(aux)
+    for _ in range(5):
+        assert store.renew_lease() is False  # no exception: Redis answers
+        assert store.observe_lease() is None
+    assert not store.holds_lease and store.claim_check(0.001) > 0  # nobody evaluates
+    (problem,) = store.problems
+    assert f"key {aux!r} holds {holds}" in problem and "left untouched" in problem
+    assert manager.get_status()["store"]["problems"] == [problem]
+    said = [r for r in caplog.records if aux in r.getMessage()]
+    assert len(said) == 1 and said[0].levelno == logging.ERROR  # once, not once per call
+    # An automatic decision is fenced; a person's move is not held.
+    assert manager.evaluate(0.0).action == DecisionAction.CONFLICT
+    assert manager.manual_advance("alice").version == 2
+    with redis_server.client() as client:
+        assert client.dump(aux) == before  # never overwritten
+        client.delete(aux)
+    assert store.renew_lease() is True and store.problems == []
+    assert store.claim_check(0.001) == 0
+    assert manager.get_status()["store"]["problems"] == []
+    ended = [r.getMessage() for r in caplog.records if "driftgate's again" in r.getMessage()]
+    assert len(ended) == 1
+    assert ended[0].startswith(
+        f"{store.describe()}: the evaluation lease and fence keys are driftgate's again"
+    )
+
+
+@pytest.mark.parametrize(
+    ("put", "holds"),
+    [
+        pytest.param(lambda c, k: c.sadd(k, "x"), "a Redis set", id="set"),
+        pytest.param(
+            lambda c, k: c.set(k, "yesterday"),
+            "a string that is not a time in milliseconds",
+            id="word",
+        ),
+        pytest.param(
+            lambda c, k: c.set(k, "-1"),
+            "a string that is not a time in milliseconds",
+            id="negative",
+        ),
+    ],
+)
+def test_a_foreign_last_check_holds_automatic_checks_and_is_left_alone(
+    make, managers, redis_server, key, put, holds, caplog
+):
+    caplog.set_level(logging.INFO, logger="driftgate.store")
+    aux = f"{key}:last_check"
+    store = make()
+    manager = manager_on(store, managers)
+    store.campaign(True)  # as its monitor does
+    assert store.renew_lease()
+    with redis_server.client() as client:
+        put(client, aux)
+        before = client.dump(aux)
+    for _ in range(5):
+        assert store.claim_check(0.001) > 0  # never due: no replica checks on its own
+    assert store.holds_lease  # the lease is fine: the holder simply does not check
+    (problem,) = store.problems
+    assert f"key {aux!r} holds {holds}" in problem
+    assert manager.get_status()["store"]["problems"] == [problem]
+    assert len([r for r in caplog.records if aux in r.getMessage()]) == 1
+    assert manager.manual_advance("alice").version == 2
+    with redis_server.client() as client:
+        assert client.dump(aux) == before
+        client.delete(aux)
+    assert store.claim_check(0.001) == 0 and store.problems == []
+    assert any("the last check key is driftgate's again" in r.getMessage() for r in caplog.records)
+
+
+def test_a_follower_on_a_foreign_lease_stays_up_and_does_not_reconnect(
+    make, managers, redis_server, key
+):
+    registry = driftgate.MetricsRegistry()
+    store = make(lease_ttl_seconds=0.5, sync_interval_seconds=0.1)
+    connections = 0
+    pubsub = store._client.pubsub
+
+    def counted_pubsub(**options):
+        nonlocal connections
+        connections += 1
+        return pubsub(**options)
+
+    store._client.pubsub = counted_pubsub
+    renewals = 0
+    renew = store.renew_lease
+
+    def counted_renew() -> bool:
+        nonlocal renewals
+        renewals += 1
+        return renew()
+
+    store.renew_lease = counted_renew  # type: ignore[method-assign]
+    with redis_server.client() as client:
+        client.hset(f"{key}:lease", "holder", "me")
+    manager = manager_on(store, managers, registry=registry)
+    store.campaign(True)
+    until(lambda: renewals >= 5, "five renewals against the foreign lease", 5)
+    assert "driftgate_state_store_up 1" in registry.exposition()
+    assert connections == 1, "the follower reconnected: it took the foreign lease for an outage"
+    assert not store.holds_lease and manager.synced
+    with redis_server.client() as client:
+        client.delete(f"{key}:lease")
+    until(lambda: store.holds_lease, "the lease taken once the key is removed", 5)
+    assert store.problems == [] and connections == 1
+
+
+def test_a_move_past_the_last_version_is_503_and_never_reaches_redis(
+    make, managers, redis_server, key, monkeypatch
+):
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from driftgate.fastapi import create_router
+
+    last = 2**53 - 1
+    manager = manager_on(make(), managers)
+    document = json.loads(manager.store.load())
+    with redis_server.client() as client:
+        client.hset(
+            key, mapping={"version": last, "doc": json.dumps({**document, "version": last})}
+        )
+        before = client.hgetall(key)
+    assert manager.refresh() == last  # such a state loads
+    monkeypatch.setenv("DRIFTGATE_ADMIN_TOKEN", "t0ken")
+    app = FastAPI()
+    app.include_router(create_router(tracker=driftgate.DriftTracker(), manager=manager))
+    answer = TestClient(app).post(
+        "/api/guardian/rollout/advance", headers={"Authorization": "Bearer t0ken"}
+    )
+    assert answer.status_code == 503 and answer.json() == {"detail": "STATE_STORE"}
+    with pytest.raises(driftgate.StateError, match="version 9007199254740992"):
+        manager.manual_rollback("ops")
+    with redis_server.client() as client:
+        assert client.hgetall(key) == before
+    assert manager.version == last and manager.enforced_percentage == 10
+
+
 # A store whose commit waits (without the GIL) while another thread reads the manager.
 _READ_DURING_COMMIT = """
 import threading

@@ -12,9 +12,6 @@ namespace driftgate {
 
 namespace {
 
-/// Times a state file can hold and Python can show: the years 1970 to 9999.
-constexpr double kLastWallSecond = 253402300799.0;
-
 RolloutManager::Options with_defaults(RolloutManager::Options options) {
     if (!options.clock) options.clock = SystemClock::instance();
     if (!options.registry) {
@@ -384,7 +381,7 @@ void RolloutManager::require_synced_locked() const {
 
 double RolloutManager::wall_now() const {
     const double now = options_.clock->wall();
-    if (!(now >= 0 && now <= kLastWallSecond)) {
+    if (!(now >= 0 && now < StateFile::kEndOfTime)) {
         throw std::invalid_argument("the clock's wall time " + detail::format_number(now) +
                                     " is outside the years 1970 to 9999; nothing was changed");
     }
@@ -419,6 +416,9 @@ void RolloutManager::persist_and_apply_locked(const RolloutPosition& next, std::
         saved.transitions.erase(saved.transitions.begin(),
                                 saved.transitions.end() - StateFile::kMaxTransitions);
     }
+    // Refused here, before the store or the file sees it and before anything is applied (not
+    // even a move that lowers enforcement): the next start would refuse what it wrote.
+    check_writable(saved);
 
     // Called once, when the move is acknowledged (or lowers enforcement whatever the disk says).
     auto apply = [&] { adopt_locked(std::move(saved)); };

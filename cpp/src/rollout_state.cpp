@@ -258,7 +258,34 @@ PersistedRollout decode_rollout(std::string_view text, const StagePlan& plan,
     return rollout;
 }
 
+void check_writable(const PersistedRollout& rollout) {
+    if (rollout.version < 1 || rollout.version > StateFile::kMaxVersion) {
+        throw StateError("refusing to write a rollout state at version " +
+                         std::to_string(rollout.version) + ": a state holds versions from 1 to " +
+                         std::to_string(StateFile::kMaxVersion) + "; nothing was written");
+    }
+    auto check_time = [](double time, const char* what) {
+        if (!(time >= 0 && time < StateFile::kEndOfTime)) {
+            throw StateError(std::string("refusing to write a rollout state with ") + what + " " +
+                             detail::format_number(time) +
+                             " (unix seconds): a state holds times from "
+                             "1970-01-01T00:00:00Z to 9999-12-31T23:59:59.999999Z; nothing "
+                             "was written");
+        }
+    };
+    check_time(rollout.started_at, "a stage start");
+    // Only the history that is written: the last kMaxTransitions steps.
+    const auto& history = rollout.transitions;
+    const std::size_t first = history.size() > StateFile::kMaxTransitions
+                                  ? history.size() - StateFile::kMaxTransitions
+                                  : 0;
+    for (std::size_t i = first; i < history.size(); ++i) {
+        check_time(history[i].time, "a transition time");
+    }
+}
+
 std::string encode_rollout(const PersistedRollout& rollout, const StagePlan& plan) {
+    check_writable(rollout);
     Json transitions = Json::array();
     const std::size_t first = rollout.transitions.size() > StateFile::kMaxTransitions
                                   ? rollout.transitions.size() - StateFile::kMaxTransitions

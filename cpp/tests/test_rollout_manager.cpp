@@ -626,6 +626,81 @@ TEST_CASE("a rollback whose write fails is applied and still reported", "[rollou
                Catch::Contains("guardian_rollout_stage{stage_name=\"aborted\"} -1"));
 }
 
+namespace {
+
+/// The file a fresh manager writes, with every time in it replaced by `time` (ISO 8601).
+std::string state_file_timed(const std::string& path, const std::string& time) {
+    std::ifstream in(path);
+    std::string text(std::istreambuf_iterator<char>(in), {});
+    const std::string now = "2023-11-14T22:13:20.000000Z";  // the fixture clock's start
+    for (auto at = text.find(now); at != std::string::npos; at = text.find(now, at)) {
+        text.replace(at, now.size(), time);
+        at += time.size();
+    }
+    return text;
+}
+
+std::string contents(const std::string& path) {
+    std::ifstream in(path);
+    return {std::istreambuf_iterator<char>(in), {}};
+}
+
+}  // namespace
+
+TEST_CASE("a move past the last version a state holds is refused and nothing changes",
+          "[rollout][state_file]") {
+    Fixture f;
+    const std::string path = f.dir + "/state.json";
+    {
+        driftgate::PersistedRollout last;
+        last.stage_index = 1;
+        last.started_at = f.clock->wall();
+        last.version = driftgate::StateFile::kMaxVersion;
+        last.transitions = {{f.clock->wall(), "ops", "canary", "quarter", "manual advance"}};
+        const auto plan =
+            std::make_shared<const driftgate::StagePlan>(driftgate::StagePlan::default_stages());
+        driftgate::StateFile(path, plan).save(last);
+    }
+    const std::string before = contents(path);
+    auto manager = f.make();
+    CHECK(manager.version() == driftgate::StateFile::kMaxVersion);
+    f.clock->advance(48 * kHour);
+    CHECK_THROWS_WITH(manager.manual_advance("ops"), Catch::Contains("version 9007199254740992") &&
+                                                         Catch::Contains("nothing was written"));
+    // Not even a move that lowers enforcement is applied: the next start would refuse it.
+    CHECK_THROWS_AS(manager.manual_rollback("ops"), StateError);
+    CHECK_THROWS_AS(manager.evaluate(0.5), StateError);
+    CHECK(contents(path) == before);
+    const auto snapshot = manager.snapshot();
+    CHECK(snapshot.version == driftgate::StateFile::kMaxVersion);
+    CHECK(stage_name(snapshot) == "quarter");
+    CHECK(snapshot.transitions.size() == 1);
+    CHECK(f.enforcer->options().rollout_percent == 25);
+    CHECK_THAT(f.registry->exposition(),
+               Catch::Contains("guardian_rollout_rollback_total{from_stage=\"quarter\","
+                               "to_stage=\"canary\"} 0"));
+}
+
+TEST_CASE("a move that would write a time past the year 9999 is refused and nothing changes",
+          "[rollout][state_file]") {
+    Fixture f;
+    const std::string path = f.dir + "/state.json";
+    { f.make(); }  // a fresh rollout at canary, version 1
+    // Read to the tenth of a microsecond this is still 9999; as a double it is 10000-01-01.
+    const std::string timed = state_file_timed(path, "9999-12-31T23:59:59.9999999Z");
+    std::ofstream(path) << timed;
+    const std::string before = contents(path);
+    auto manager = f.make();
+    CHECK(*manager.snapshot().position.started_at == driftgate::StateFile::kEndOfTime);
+    CHECK_THROWS_WITH(manager.manual_advance("ops"),
+                      Catch::Contains("253402300800") && Catch::Contains("nothing was written"));
+    CHECK_THROWS_AS(manager.manual_rollback("ops"), StateError);
+    CHECK(contents(path) == before);
+    CHECK(manager.version() == 1);
+    CHECK(stage_name(manager.snapshot()) == "canary");
+    CHECK(f.enforcer->options().rollout_percent == 10);
+}
+
 TEST_CASE("a manager whose first write fails does not start and frees the enforcer",
           "[rollout][state_file]") {
     Fixture f;

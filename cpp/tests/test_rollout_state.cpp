@@ -6,10 +6,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cmath>
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <string>
 #include <vector>
@@ -416,6 +418,83 @@ TEST_CASE("a symbolic link to a valid file is refused and left as it was", "[rol
     CHECK(std::filesystem::is_symlink(link));
     CHECK(std::filesystem::read_symlink(link) == target);
     CHECK(read(target) == text);
+}
+
+// -- What the writer writes -----------------------------------------------------------------
+
+TEST_CASE("the last version and time a state holds are written and read back", "[rollout_state]") {
+    TempDir dir;
+    StateFile file(dir.file("state.json"), default_plan());
+    PersistedRollout rollout = half_rollout();
+    rollout.version = StateFile::kMaxVersion;
+    // The last double before the year 10000: written to the microsecond, still 9999.
+    const double last = std::nextafter(StateFile::kEndOfTime, 0.0);
+    rollout.started_at = last;
+    rollout.transitions.back().time = last;
+    file.save(rollout);
+    const auto loaded = file.load();
+    REQUIRE(loaded.has_value());
+    CHECK(loaded->version == StateFile::kMaxVersion);
+    CHECK(read(file.path()).find("\"started_at\": \"9999-12-31T23:59:59.999969Z\"") !=
+          std::string::npos);
+}
+
+TEST_CASE("a state the reader would refuse is never written and the file stays",
+          "[rollout_state]") {
+    TempDir dir;
+    StateFile file(dir.file("state.json"), default_plan());
+    file.save(half_rollout());
+    const std::string before = read(file.path());
+    struct Case {
+        std::string what;
+        std::function<void(PersistedRollout&)> change;
+        std::string named;  // the value the message must name
+    };
+    const std::vector<Case> cases = {
+        {"a version past 2^53-1", [](auto& r) { r.version = StateFile::kMaxVersion + 1; },
+         "version 9007199254740992"},
+        {"version 0", [](auto& r) { r.version = 0; }, "version 0"},
+        {"a stage start in the year 10000", [](auto& r) { r.started_at = StateFile::kEndOfTime; },
+         "a stage start 253402300800"},
+        {"a transition in the year 10000",
+         [](auto& r) { r.transitions.front().time = StateFile::kEndOfTime + 1; },
+         "a transition time 253402300801"},
+        {"a stage start before 1970", [](auto& r) { r.started_at = -1; }, "a stage start -1"},
+        {"a time that is not a number",
+         [](auto& r) { r.started_at = std::numeric_limits<double>::quiet_NaN(); },
+         "a stage start nan"},
+    };
+    CreatedFiles created(dir.path);
+    for (const Case& c : cases) {
+        INFO(c.what);
+        PersistedRollout rollout = half_rollout();
+        c.change(rollout);
+        CHECK_THROWS_AS(file.save(rollout), StateError);
+        CHECK_THROWS_WITH(file.save(rollout),
+                          Catch::Contains(c.named) && Catch::Contains("nothing was written"));
+        CHECK_THROWS_AS(driftgate::encode_rollout(rollout, *default_plan()), StateError);
+        CHECK(read(file.path()) == before);
+    }
+    // Refused before a temp file was even made.
+    CHECK(created.names().empty());
+}
+
+TEST_CASE("a time at the very end of 9999 loads but cannot be written back", "[rollout_state]") {
+    // Read to the tenth of a microsecond, 23:59:59.9999999 rounds to the year 10000 as a
+    // double: the reader takes it, and the writer refuses to write it rather than write a file
+    // the next start would refuse.
+    TempDir dir;
+    StateFile file(dir.file("state.json"), default_plan());
+    RawState raw;
+    raw.started_at = R"("9999-12-31T23:59:59.9999999Z")";
+    raw.transitions =
+        R"([{"time": "9999-12-31T23:59:59.9999999Z", "actor": "ops", "from": "quarter", )"
+        R"("to": "half", "reason": "manual advance"}])";
+    write(file.path(), raw.text());
+    const auto loaded = file.load();
+    REQUIRE(loaded.has_value());
+    CHECK_THROWS_WITH(file.save(*loaded), Catch::Contains("253402300800"));
+    CHECK(read(file.path()) == raw.text());
 }
 
 // -- Durability -----------------------------------------------------------------------------

@@ -579,16 +579,17 @@ def _token_hash(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _version_of(status: httpx.Response) -> int:
-    """The rollout version a status answer carries (its ETag, else its body)."""
-    tag = status.headers.get("etag", "").strip('"')
-    if tag.isdigit():
-        return int(tag)
+def _precondition_of(status: httpx.Response) -> tuple[int, str]:
+    """The rollout version a status answer carries and the If-Match that names it: its ETag
+    as sent (compared strongly, so never rebuilt from the number), else the body's version."""
     body = _json_answer(status)
     version = body.get("version") if isinstance(body, dict) else None
-    if isinstance(version, int) and not isinstance(version, bool) and version >= 0:
-        return version
-    raise CommandError(f"{status.request.url} answered without a rollout version")
+    tag = status.headers.get("etag", "").strip()
+    if not (isinstance(version, int) and not isinstance(version, bool) and version >= 0):
+        raise CommandError(f"{status.request.url} answered without a rollout version")
+    if not tag or tag.startswith("W/"):
+        tag = f'"{version}"'
+    return version, tag
 
 
 def _move(args: argparse.Namespace) -> int:
@@ -603,13 +604,15 @@ def _move(args: argparse.Namespace) -> int:
         status = _request("GET", f"{args.url}/api/guardian/rollout/status", args.timeout)
         if status.status_code != 200:
             raise _refusal(status)
-        expected = _version_of(status)
+        expected, tag = _precondition_of(status)
+    else:
+        tag = f'"{expected}"'
     response = _request(
         "POST",
         f"{args.url}/api/guardian/rollout/{args.command}",
         args.timeout,
         move=True,
-        headers={"Authorization": f"Bearer {token}", "If-Match": f'"{expected}"'},
+        headers={"Authorization": f"Bearer {token}", "If-Match": tag},
         json=body,
     )
     if response.status_code == 412:

@@ -20,16 +20,19 @@ class ReasonCode(str, enum.Enum):
     #: replicas, or this replica cannot confirm a slot in the store, so it keeps serving
     #: (200). Its drift still shows in `adapt_readiness_gate_open` and the alerts.
     DRIFT_GATE_BUDGET = "DRIFT_GATE_BUDGET"
-    #: The rollout state file was refused or cannot be written: not ready, or 503 on a move.
+    #: The rollout state file was refused or cannot be written (by the disk, or because the
+    #: move would write a version or time the file cannot hold): not ready, or 503 on a move.
     STATE_FILE = "STATE_FILE"
-    #: The shared rollout state store (Redis) cannot be reached or has not been read yet: a
-    #: move answers 503 and nothing changes. Readiness is not failed for it.
+    #: The shared rollout state store (Redis) cannot be reached or has not been read yet, or
+    #: the move would write a version or time a state cannot hold: a move answers 503 and
+    #: nothing changes. Readiness is not failed for it.
     STATE_STORE = "STATE_STORE"
     #: The move's precondition (If-Match or expected_version) no longer holds (412).
     VERSION_MISMATCH = "VERSION_MISMATCH"
     #: A move without a precondition kept losing to concurrent moves on other replicas (409).
     STATE_CONFLICT = "STATE_CONFLICT"
-    #: The If-Match header is not one quoted version like "7" (400).
+    #: The If-Match header is not `*` or a list of entity tags like "7", or does not list the
+    #: ETag of the body's expected_version (400).
     BAD_PRECONDITION = "BAD_PRECONDITION"
     #: The router has no rollout manager: the rollout endpoints answer 404.
     NO_ROLLOUT = "NO_ROLLOUT"

@@ -110,6 +110,9 @@ class StoreStatus(TypedDict):
     replica: str | None
     evaluator: str | None
     readiness_budget: BudgetStatus | None
+    #: What is wrong with the store's auxiliary keys (a foreign value in the evaluation lease,
+    #: the fence or the last check, which holds automatic moves); empty when nothing is.
+    problems: list[str]
 
 
 class LastCheck(TypedDict):
@@ -248,6 +251,7 @@ def build_status(
             "replica": getattr(store, "replica", None),
             "evaluator": getattr(store, "evaluator", None),
             "readiness_budget": _budget_status(store),
+            "problems": list(getattr(store, "problems", ())),
         },
         "next_stage": None if following is None else _stage(following),
         "awaiting_approval": waiting_for is WaitingFor.APPROVAL,

@@ -63,7 +63,9 @@ if kind ~= 'none' and kind ~= 'hash' then return {'foreign', kind} end
 local stored = redis.call('HGET', KEYS[1], 'version')
 if kind == 'hash' and not stored then return {'foreign', 'hash'} end
 if ARGV[4] == '1' then
-  if redis.call('GET', KEYS[2]) ~= ARGV[5] then return {'fenced'} end
+  if redis.call('TYPE', KEYS[2])['ok'] ~= 'string' or redis.call('GET', KEYS[2]) ~= ARGV[5] then
+    return {'fenced'}
+  end
   local last_fence = tonumber(redis.call('HGET', KEYS[1], 'fence') or '0')
   if tonumber(ARGV[6]) < last_fence then return {'fenced'} end
 end
@@ -76,37 +78,91 @@ redis.call('PUBLISH', KEYS[3], ARGV[2])
 return {'committed'}
 """
 
+# Whether the lease and fence keys hold what the lease script writes: the lease a string
+# "<fence>:<holder>" with an expiry, the fence a string of at most 15 digits (a number Lua's
+# doubles hold exactly). Anything else was put there by something else: it is reported and
+# never overwritten, and nobody evaluates until it is gone. KEYS: lease, fence.
+_FOREIGN_LEASE = """
+local function foreign_lease()
+  local kind = redis.call('TYPE', KEYS[1])['ok']
+  if kind ~= 'none' and kind ~= 'string' then return {'foreign', KEYS[1], 'a Redis ' .. kind} end
+  if kind == 'string' then
+    local number = string.match(redis.call('GET', KEYS[1]), '^(%d+):.')
+    if not number or #number > 15 then
+      return {'foreign', KEYS[1], 'a string that is not an evaluation lease'}
+    end
+    if redis.call('PTTL', KEYS[1]) < 0 then
+      return {'foreign', KEYS[1], 'a lease that never expires'}
+    end
+  end
+  kind = redis.call('TYPE', KEYS[2])['ok']
+  if kind ~= 'none' and kind ~= 'string' then return {'foreign', KEYS[2], 'a Redis ' .. kind} end
+  if kind == 'string' then
+    local fence = redis.call('GET', KEYS[2])
+    if not string.match(fence, '^%d+$') or #fence > 15 then
+      return {'foreign', KEYS[2], 'a string that is not a fencing number'}
+    end
+  end
+  return nil
+end
+local foreign = foreign_lease()
+if foreign then return foreign end
+"""
+
 # Renews this holder's lease, or takes a free one with the next fencing number.
-# ARGV: holder, ttl in ms. Returns the lease value held now (whoever holds it).
-_LEASE = """
+# ARGV: holder, ttl in ms. Returns {'held', the lease value held now (whoever holds it)}, or
+# {'foreign', key, what it holds}.
+_LEASE = (
+    _FOREIGN_LEASE
+    + """
 local held = redis.call('GET', KEYS[1])
 if held then
   local holder = string.sub(held, string.find(held, ':', 1, true) + 1)
   if holder == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-  return held
+  return {'held', held}
 end
 local fence = redis.call('INCR', KEYS[2])
 held = fence .. ':' .. ARGV[1]
 redis.call('SET', KEYS[1], held, 'PX', ARGV[2])
-return held
+return {'held', held}
 """
+)
+
+# Who holds the lease: {'held', value or nil}, or {'foreign', key, what it holds}.
+_OBSERVE = (
+    _FOREIGN_LEASE
+    + """
+return {'held', redis.call('GET', KEYS[1])}
+"""
+)
 
 _RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+if redis.call('TYPE', KEYS[1])['ok'] == 'string' and redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
 return 0
 """
 
 # The fleet's check interval: the lease holder may evaluate when the last check (by anyone)
-# is at least ARGV[2] ms old, by the server's clock. Returns 0 when due (and records the check),
-# else the ms to wait; -1 when the caller does not hold the lease.
+# is at least ARGV[2] ms old, by the server's clock. Returns {'due'} (and records the check),
+# {'wait', ms to wait}, {'not_holder'} when the caller does not hold the lease, or
+# {'foreign', key, what it holds} when the last check is not a time in ms (never overwritten).
 _CLAIM_CHECK = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+if redis.call('TYPE', KEYS[1])['ok'] ~= 'string' or redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return {'not_holder'}
+end
+local kind = redis.call('TYPE', KEYS[2])['ok']
+if kind ~= 'none' and kind ~= 'string' then return {'foreign', KEYS[2], 'a Redis ' .. kind} end
+local last = redis.call('GET', KEYS[2]) or '0'
+if not string.match(last, '^%d+$') or #last > 15 then
+  return {'foreign', KEYS[2], 'a string that is not a time in milliseconds'}
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local wait = tonumber(redis.call('GET', KEYS[2]) or '0') + tonumber(ARGV[2]) - now
-if wait > 0 then return wait end
+local wait = tonumber(last) + tonumber(ARGV[2]) - now
+if wait > 0 then return {'wait', wait} end
 redis.call('SET', KEYS[2], now)
-return 0
+return {'due'}
 """
 
 # One heartbeat of a replica: registers it for another TTL and takes, renews or gives back its
@@ -253,6 +309,7 @@ class RedisStateStore(SharedStateStore):
         self._load = self._client.register_script(_LOAD)
         self._commit = self._client.register_script(_COMMIT)
         self._lease_script = self._client.register_script(_LEASE)
+        self._observe = self._client.register_script(_OBSERVE)
         self._release = self._client.register_script(_RELEASE)
         self._claim = self._client.register_script(_CLAIM_CHECK)
         self._heartbeat = self._client.register_script(_HEARTBEAT)
@@ -262,6 +319,17 @@ class RedisStateStore(SharedStateStore):
         self._evaluator: str | None = None
         self._lease_lock = threading.Lock()
         self._follower: _Follower | None = None
+        # Auxiliary keys holding what driftgate did not write ("lease", "last_check"): what is
+        # wrong now, and its log lines (once, then at most once a minute).
+        self._foreign: dict[str, str] = {}
+        self._foreign_log = {
+            "lease": _RecurringProblem(
+                self.describe(), "the evaluation lease and fence keys are driftgate's again"
+            ),
+            "last_check": _RecurringProblem(
+                self.describe(), "the last check key is driftgate's again"
+            ),
+        }
 
     # -- SharedStateStore --------------------------------------------------------------------
 
@@ -312,21 +380,23 @@ class RedisStateStore(SharedStateStore):
             return self._lease is not None
 
     def renew_lease(self) -> bool:
-        """Renews this replica's lease, or takes it when free; False when another holds it.
-        Raises StateStoreError when Redis cannot be reached (the lease is then dropped)."""
+        """Renews this replica's lease, or takes it when free; False when another holds it,
+        or when the lease or fence key holds a foreign value (see `problems`). Raises
+        StateStoreError when Redis cannot be reached (the lease is then dropped)."""
         ttl_ms = max(1, int(self.lease_ttl_seconds * 1000))
         try:
-            held = _text(
-                self._call(
-                    "lease",
-                    self._lease_script,
-                    keys=[self._lease_key, self._fence_key],
-                    args=[self._holder, ttl_ms],
-                )
+            answer = self._call(
+                "lease",
+                self._lease_script,
+                keys=[self._lease_key, self._fence_key],
+                args=[self._holder, ttl_ms],
             )
         except StateStoreError:
             self._drop_lease()
             raise
+        if self._lease_is_foreign(answer):
+            return False
+        held = _text(answer[1])
         mine = held.split(":", 1)[1] == self._holder
         self._note_evaluator(held)
         with self._lease_lock:
@@ -342,10 +412,20 @@ class RedisStateStore(SharedStateStore):
         """The replica that held the evaluation lease when last looked (None: nobody)."""
         return self._evaluator
 
+    @property
+    def problems(self) -> list[str]:
+        """What is wrong with the store's auxiliary keys now: each one holding a value
+        driftgate did not write (the lease, the fence, the last check), which keeps automatic
+        moves held until it is removed. Empty when nothing is."""
+        with self._lease_lock:
+            return list(self._foreign.values())
+
     def observe_lease(self) -> str | None:
         """Reads who holds the evaluation lease now (see `evaluator`)."""
-        held = self._call("read", lambda: self._client.get(self._lease_key))
-        self._note_evaluator(None if held is None else _text(held))
+        answer = self._call("read", self._observe, keys=[self._lease_key, self._fence_key], args=[])
+        if not self._lease_is_foreign(answer):
+            held = answer[1] if len(answer) > 1 else None
+            self._note_evaluator(None if held is None else _text(held))
         return self._evaluator
 
     def _note_evaluator(self, held: str | None) -> None:
@@ -370,24 +450,28 @@ class RedisStateStore(SharedStateStore):
 
     def claim_check(self, interval_seconds: float) -> float:
         """0 when this replica may evaluate now (the check is then recorded for the fleet);
-        else the seconds to wait before asking again."""
+        else the seconds to wait before asking again. While the last check key holds a
+        foreign value, never 0 (see `problems`)."""
         with self._lease_lock:
             lease = self._lease
         if lease is None:
             return self._lease_tick
         interval_ms = max(1, int(interval_seconds * 1000))
-        wait = int(
-            self._call(
-                "claim check",
-                self._claim,
-                keys=[self._lease_key, self._last_check_key],
-                args=[lease, interval_ms],
-            )
+        answer = self._call(
+            "claim check",
+            self._claim,
+            keys=[self._lease_key, self._last_check_key],
+            args=[lease, interval_ms],
         )
-        if wait < 0:
+        status = _text(answer[0])
+        if status == "not_holder":
             self._drop_lease()
             return self._lease_tick
-        return wait / 1000.0
+        if status == "foreign":
+            self._note_foreign("last_check", _text(answer[1]), _text(answer[2]))
+            return self._lease_tick
+        self._note_foreign("last_check", None)
+        return 0.0 if status == "due" else int(answer[1]) / 1000.0
 
     def stored_version(self) -> int:
         """The version stored now (0: nothing stored)."""
@@ -548,6 +632,33 @@ class RedisStateStore(SharedStateStore):
     def _lease_tick(self) -> float:
         """How often the lease is renewed or sought: well inside its TTL."""
         return min(self.lease_ttl_seconds / 5, 1.0)
+
+    def _lease_is_foreign(self, answer: Any) -> bool:
+        """Whether a lease script found a foreign value; the lease is then dropped."""
+        if _text(answer[0]) != "foreign":
+            self._note_foreign("lease", None)
+            return False
+        self._drop_lease()
+        self._evaluator = None
+        self._note_foreign("lease", _text(answer[1]), _text(answer[2]))
+        return True
+
+    def _note_foreign(self, name: str, key: str | None, holds: str = "") -> None:
+        """Records (key given) or clears what is wrong with an auxiliary key, and logs it."""
+        log = self._foreign_log[name]
+        if key is None:
+            with self._lease_lock:
+                self._foreign.pop(name, None)
+            log.ended()
+            return
+        message = (
+            f"Redis {redact_url(self._url)} key {key!r} holds {holds}, which driftgate did not "
+            "write; it is left untouched, and no replica makes automatic moves until it is "
+            "removed (admin moves still work)"
+        )
+        with self._lease_lock:
+            self._foreign[name] = message
+        log.report(logging.ERROR, message)
 
     def _drop_lease(self) -> None:
         with self._lease_lock:

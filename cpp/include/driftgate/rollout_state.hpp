@@ -63,6 +63,10 @@ class StateFile {
     static constexpr std::size_t kMaxFileBytes = 1 << 20;
     /// Versions stay exact as JSON numbers in every consumer (JavaScript, Lua, doubles).
     static constexpr std::uint64_t kMaxVersion = (std::uint64_t{1} << 53) - 1;
+    /// 10000-01-01T00:00:00Z, the first instant a state cannot hold: the reader accepts times
+    /// of the years 1970 to 9999, so the writer writes none at or past this one (written to
+    /// the microsecond, any time before it still reads as the year 9999).
+    static constexpr double kEndOfTime = 253402300800.0;
 
     /// std::invalid_argument for an empty path or one containing NUL.
     StateFile(std::string path, std::shared_ptr<const StagePlan> plan);
@@ -86,8 +90,14 @@ class StateFile {
     std::shared_ptr<const StagePlan> plan_;
 };
 
+/// Throws StateError naming the value unless the reader would accept every number of
+/// `rollout` back: a version from 1 to StateFile::kMaxVersion, and a stage start and
+/// transition times from 1970 up to StateFile::kEndOfTime. Checked before anything is written.
+void check_writable(const PersistedRollout& rollout);
+
 /// The JSON document a state file or a shared store holds for `rollout` (at most
-/// StateFile::kMaxTransitions of its history, newest last).
+/// StateFile::kMaxTransitions of its history, newest last); StateError when check_writable
+/// refuses it.
 std::string encode_rollout(const PersistedRollout& rollout, const StagePlan& plan);
 
 /// Parses and checks a document as strictly as a state file is loaded: exact JSON types, this

@@ -1,7 +1,9 @@
 """create_router: the HTTP face of a tracker, a readiness gate and a rollout manager."""
 
+import logging
 import math
 import os
+import re
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Annotated, Any, Protocol, TypeVar
 
@@ -28,6 +30,8 @@ from driftgate.readiness_budget import ReadinessBudget
 from driftgate.reasons import ReasonCode
 from driftgate.rollout import Decision, DecisionAction, RolloutManager
 from driftgate.status import RolloutStatus
+
+logger = logging.getLogger("driftgate.http")
 
 MAX_BODY_BYTES = 1 << 20
 MAX_VERSION = (1 << 53) - 1
@@ -114,19 +118,39 @@ def etag(version: int) -> str:
     return f'"{version}"'
 
 
-def if_match_version(header: str | None) -> int | None:
-    """The version an If-Match header requires: None for no header or "*" (anything);
-    400 BAD_PRECONDITION for anything but one quoted version."""
-    if header is None or header.strip() == "*":
-        return None
-    tag = header.strip()
-    digits = tag[1:-1] if len(tag) >= 2 and tag[0] == tag[-1] == '"' else ""
-    if not (digits.isascii() and digits.isdigit() and len(digits) <= 16):
-        raise HTTPException(status.HTTP_400_BAD_REQUEST, ReasonCode.BAD_PRECONDITION.value)
-    version = int(digits)
-    if version > MAX_VERSION:
-        raise HTTPException(status.HTTP_400_BAD_REQUEST, ReasonCode.BAD_PRECONDITION.value)
-    return version
+# RFC 9110 8.8.3: entity-tag = [ "W/" ] DQUOTE *etagc DQUOTE, etagc = %x21 / %x23-7E / obs-text
+# (a header arrives decoded as Latin-1, so obs-text is U+0080-U+00FF).
+_TAG = r'(?:W/)?"[\x21\x23-\x7e\x80-\xff]*"'
+# A list of them, which may hold empty elements (RFC 9110 5.6.1).
+_TAG_LIST = re.compile(rf"[ \t]*(?:,[ \t]*)*{_TAG}(?:[ \t]*,(?:[ \t]*{_TAG})?)*[ \t]*")
+
+
+class IfMatch:
+    """What an If-Match header asks: `*` (any current tag) or a list of entity tags, compared
+    strongly (RFC 9110 8.8.3.2): a tag matches only if it is the current ETag character for
+    character, and a weak tag never does."""
+
+    def __init__(self, header: str) -> None:
+        text = header.strip(" \t")
+        self.any = text == "*"
+        if not self.any and not _TAG_LIST.fullmatch(text):
+            raise HTTPException(status.HTTP_400_BAD_REQUEST, ReasonCode.BAD_PRECONDITION.value)
+        self.tags = frozenset(t for t in re.findall(_TAG, text) if not t.startswith("W/"))
+
+    def matches(self, tag: str) -> bool:
+        return self.any or tag in self.tags
+
+    def versions(self) -> list[int]:
+        """The versions whose ETag the list names, newest first: each tag read back as a
+        version and kept only if that version's ETag is the very same string."""
+        named: set[int] = set()
+        for tag in self.tags:
+            digits = tag[1:-1]
+            if digits.isascii() and digits.isdigit() and len(digits) <= 16:
+                version = int(digits)
+                if version <= MAX_VERSION and self.matches(etag(version)):
+                    named.add(version)
+        return sorted(named, reverse=True)
 
 
 def _none_match(header: str | None, tag: str) -> bool:
@@ -305,15 +329,43 @@ def create_router(
         response.headers["ETag"] = tag
         return report
 
-    def expected_version(request: Request, body: MoveRequest) -> int | None:
-        header = if_match_version(request.headers.get("if-match"))
-        if header is not None and body.expected_version not in (None, header):
-            raise HTTPException(status.HTTP_400_BAD_REQUEST, ReasonCode.BAD_PRECONDITION.value)
-        return header if header is not None else body.expected_version
+    def expected_version(
+        request: Request, body: MoveRequest, rollout: RolloutManager
+    ) -> int | None:
+        """The version a move is conditional on (None: none): the body's `expected_version`,
+        or the version whose ETag the If-Match header names. A header naming no version's ETag
+        can never hold: 412 at once."""
+        header = request.headers.get("if-match")
+        if header is None:
+            return body.expected_version
+        condition = IfMatch(header)
+        if body.expected_version is not None:
+            if not condition.matches(etag(body.expected_version)):
+                raise HTTPException(status.HTTP_400_BAD_REQUEST, ReasonCode.BAD_PRECONDITION.value)
+            return body.expected_version
+        if condition.any:
+            return None
+        versions = condition.versions()
+        if rollout.store is not None and (not versions or len(versions) > 1):
+            # This replica may not have heard of the newest version yet: ask the store, so
+            # that a list naming it matches and a 412 carries the stored ETag.
+            rollout.refresh()
+        current = rollout.version
+        if not versions:
+            raise HTTPException(
+                status.HTTP_412_PRECONDITION_FAILED,
+                ReasonCode.VERSION_MISMATCH.value,
+                headers={"ETag": etag(current)},
+            )
+        # The manager checks the version again as it commits: a move in between answers 412.
+        return current if current in versions else versions[0]
 
-    def moved(move: Callable[[], Decision], expected: int | None) -> dict[str, Any]:
+    def moved(
+        move: Callable[[int | None], Decision], precondition: Callable[[], int | None]
+    ) -> dict[str, Any]:
         try:
-            decision = move()
+            expected = precondition()
+            decision = move(expected)
         except StateError as error:
             # A shared store that is away, or holds what is not this rollout, is the store's
             # problem; a state file that cannot be written is the file's.
@@ -321,6 +373,9 @@ def create_router(
                 manager is not None and manager.store is not None
             )
             code = ReasonCode.STATE_STORE if shared else ReasonCode.STATE_FILE
+            # The answer is a fixed code; the log says which value or step was at fault (a
+            # store's description never carries its password).
+            logger.warning("rollout move refused (%s): %s", code.value, error)
             raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, code.value) from None
         if decision.action == DecisionAction.CONFLICT:
             if expected is not None:
@@ -358,10 +413,9 @@ def create_router(
         rollout: Annotated[RolloutManager, Depends(require_manager)],
         body: Annotated[MoveRequest, Depends(move_body)],
     ) -> dict[str, Any]:
-        expected = expected_version(request, body)
         return moved(
-            lambda: rollout.manual_advance(actor, body.reason, expected_version=expected),
-            expected,
+            lambda expected: rollout.manual_advance(actor, body.reason, expected_version=expected),
+            lambda: expected_version(request, body, rollout),
         )
 
     @router.post(
@@ -377,10 +431,9 @@ def create_router(
         rollout: Annotated[RolloutManager, Depends(require_manager)],
         body: Annotated[MoveRequest, Depends(move_body)],
     ) -> dict[str, Any]:
-        expected = expected_version(request, body)
         return moved(
-            lambda: rollout.manual_rollback(actor, body.reason, expected_version=expected),
-            expected,
+            lambda expected: rollout.manual_rollback(actor, body.reason, expected_version=expected),
+            lambda: expected_version(request, body, rollout),
         )
 
     if reload is not None:
