@@ -9,6 +9,7 @@ import json
 import logging
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 
@@ -807,3 +808,33 @@ def test_a_shared_reading_parses_to_the_adopt_arguments():
     assert _evidence(json.dumps(GOOD_READING).encode()) == GOOD_READING
     whole = {**GOOD_READING, "started_at": 1_700_000_000, "requests": None, "failed": None}
     assert _evidence(json.dumps(whole).encode()) == {**whole, "started_at": 1_700_000_000.0}
+
+
+def test_a_problem_met_by_two_threads_at_once_is_logged_once():
+    """The follower and a request can meet the same foreign key at the same instant."""
+    inside = threading.Event()
+    lines: list[str] = []
+
+    class SlowFirstLine(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+            if len(lines) == 1:  # the first reporter, inside report(), while the second arrives
+                inside.set()
+                threading.Event().wait(0.3)
+
+    problem = _RecurringProblem("Redis redis://127.0.0.1:1/0 key 'k'", "fine again")
+    handler = SlowFirstLine()
+    store_logger = logging.getLogger("driftgate.store")
+    store_logger.addHandler(handler)
+    try:
+        message = "key 'k:lease' is foreign"
+        first = threading.Thread(target=problem.report, args=(logging.ERROR, message))
+        first.start()
+        assert inside.wait(5)
+        second = threading.Thread(target=problem.report, args=(logging.ERROR, message))
+        second.start()
+        first.join()
+        second.join()
+    finally:
+        store_logger.removeHandler(handler)
+    assert lines == [message]

@@ -317,8 +317,6 @@ def _serve(args: argparse.Namespace) -> int:
         from driftgate.demo import create_demo_app
     except ImportError as error:
         raise _fastapi_extra(error) from None
-    level = args.log_level or settings.log_level  # the flag wins over the values
-    _log_to_stderr(level)  # before the app is built: what starting it logs is shown too
     try:
         # The service reloads --config while it runs (folder change, SIGHUP, admin endpoint).
         app = create_demo_app(settings, values_file=args.config, state_dir=args.state_dir)
@@ -330,6 +328,10 @@ def _serve(args: argparse.Namespace) -> int:
             state_path = args.state_dir / state_path.name
         where = error.filename or state_path.parent
         raise CommandError(f"rollout.state_path: cannot use {where} ({error.strerror})") from None
+    # Set up only once serving is certain: a refused start leaves logging as it was (warnings
+    # and errors of the start itself reach stderr through Python's last-resort handler).
+    level = args.log_level or settings.log_level  # the flag wins over the values
+    _log_to_stderr(level)
     # One worker: the tracker's windows and the rollout state live in this process.
     uvicorn.run(app, host=args.host, port=args.port, workers=1, log_level=level)
     return EXIT_OK

@@ -730,8 +730,15 @@ class _RecurringProblem:
         self._every = every
         self._clock = clock
         self._seen: dict[str, list[float]] = {}  # message -> [last logged at, repeats since]
+        # The follower and the calls of a request or the monitor may meet the same problem at
+        # once: one of them logs it.
+        self._lock = threading.Lock()
 
     def report(self, level: int, message: str) -> None:
+        with self._lock:
+            self._report(level, message)
+
+    def _report(self, level: int, message: str) -> None:
         now = self._clock()
         seen = self._seen.get(message)
         if seen is not None and now - seen[0] < self._every:
@@ -746,6 +753,10 @@ class _RecurringProblem:
         self._seen[message] = [now, 0]
 
     def ended(self) -> None:
+        with self._lock:
+            self._ended_locked()
+
+    def _ended_locked(self) -> None:
         if not self._seen:
             return
         unlogged = int(sum(repeats for _, repeats in self._seen.values()))
