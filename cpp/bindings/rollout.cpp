@@ -52,6 +52,7 @@ py::dict transition_dict(const Transition& t) {
     out["from"] = t.from;
     out["to"] = t.to;
     out["reason"] = t.reason;
+    out["op"] = t.op;
     return out;
 }
 
@@ -73,6 +74,8 @@ py::dict decision_dict(const Decision& d) {
     out["error_rate"] = d.error_rate;
     out["actor"] = d.actor;
     out["reason"] = d.reason;
+    out["operation"] = d.operation;
+    out["replayed"] = d.replayed;
     return out;
 }
 
@@ -95,6 +98,7 @@ std::optional<std::uint64_t> version_arg(std::optional<long long> value) {
 /// The Python classes of the state exceptions, set once at import.
 PyObject* state_error_type = nullptr;
 PyObject* state_store_error_type = nullptr;
+PyObject* state_outcome_unknown_type = nullptr;
 
 /// A Python exception raised by a store's method, as the C++ error the manager handles: a
 /// StateError (not a rollout document) stays one; anything else means the store failed.
@@ -103,6 +107,7 @@ PyObject* state_store_error_type = nullptr;
         throw StateError(py::str(error.value()).cast<std::string>());
     }
     std::string message = py::str(error.value()).cast<std::string>();
+    if (error.matches(state_outcome_unknown_type)) throw StateOutcomeUnknown(message);
     if (!error.matches(state_store_error_type)) {
         message = std::string("state store ") + step + " failed (" +
                   py::str(error.type().attr("__name__")).cast<std::string>() +
@@ -185,6 +190,16 @@ void register_rollout(py::module_& m) {
         "A shared rollout state store that cannot be reached or answered nonsense; nothing was "
         "committed. A StateError.";
     state_store_error_type = store_error.ptr();
+    auto& outcome_unknown =
+        py::register_exception<StateOutcomeUnknown>(m, "StateOutcomeUnknown", store_error.ptr());
+    outcome_unknown.doc() =
+        "A commit whose outcome the shared store could not tell (it stopped answering after the "
+        "commit was sent): the move may have landed. Retry with the same operation id, which is "
+        "answered with what happened. A StateStoreError.";
+    state_outcome_unknown_type = outcome_unknown.ptr();
+    py::register_exception<StateRegressed>(m, "StateRegressed", store_error.ptr()).doc() =
+        "The shared store holds an older rollout state than this replica has seen (lost, "
+        "flushed or failed over); nothing moves until it is restored. A StateStoreError.";
 
     py::class_<SharedStateStore, PySharedStateStore, std::shared_ptr<SharedStateStore>>(
         m, "SharedStateStore",
@@ -326,6 +341,10 @@ void register_rollout(py::module_& m) {
         .def_readonly("actor", &Decision::actor)
         .def_readonly("reason", &Decision::reason,
                       "The history's reason for a move or a recorded approval; '' otherwise.")
+        .def_readonly("operation", &Decision::operation,
+                      "The id of the operation that moved the rollout; '' when nothing moved.")
+        .def_readonly("replayed", &Decision::replayed,
+                      "True when the operation had already been applied: its first outcome.")
         .def_property_readonly("moved", &Decision::moved,
                                "True when the rollout changed stage (or aborted or resumed).")
         .def("as_dict", &decision_dict,
@@ -391,25 +410,33 @@ void register_rollout(py::module_& m) {
         .def(
             "manual_advance",
             [](RolloutManager& manager, std::optional<std::string> actor,
-               std::optional<std::string> reason, std::optional<long long> expected_version) {
+               std::optional<std::string> reason, std::optional<long long> expected_version,
+               std::optional<std::string> expected_incarnation,
+               std::optional<std::string> operation) {
                 const auto expected = version_arg(expected_version);
                 py::gil_scoped_release release;
                 return manager.manual_advance(actor.value_or("manual"), reason.value_or(""),
-                                              expected);
+                                              expected, std::move(expected_incarnation),
+                                              operation.value_or(""));
             },
             py::arg("actor") = py::none(), py::arg("reason") = py::none(), py::kw_only(),
-            py::arg("expected_version") = py::none())
+            py::arg("expected_version") = py::none(), py::arg("expected_incarnation") = py::none(),
+            py::arg("operation") = py::none())
         .def(
             "manual_rollback",
             [](RolloutManager& manager, std::optional<std::string> actor,
-               std::optional<std::string> reason, std::optional<long long> expected_version) {
+               std::optional<std::string> reason, std::optional<long long> expected_version,
+               std::optional<std::string> expected_incarnation,
+               std::optional<std::string> operation) {
                 const auto expected = version_arg(expected_version);
                 py::gil_scoped_release release;
                 return manager.manual_rollback(actor.value_or("manual"), reason.value_or(""),
-                                               expected);
+                                               expected, std::move(expected_incarnation),
+                                               operation.value_or(""));
             },
             py::arg("actor") = py::none(), py::arg("reason") = py::none(), py::kw_only(),
-            py::arg("expected_version") = py::none())
+            py::arg("expected_version") = py::none(), py::arg("expected_incarnation") = py::none(),
+            py::arg("operation") = py::none())
         .def(
             "follow",
             [](RolloutManager& manager, const std::string& document) {
@@ -420,6 +447,18 @@ void register_rollout(py::module_& m) {
             "Adopts a stored document if it is newer than what this manager holds.")
         .def("refresh", &RolloutManager::refresh, py::call_guard<py::gil_scoped_release>(),
              "Re-reads the shared store and follows it; returns the version held.")
+        .def_property_readonly(
+            "regressed",
+            [](const RolloutManager& manager) -> std::optional<std::string> {
+                std::string why;
+                {
+                    py::gil_scoped_release release;
+                    why = manager.regressed();
+                }
+                if (why.empty()) return std::nullopt;
+                return why;
+            },
+            "Why the shared store is behind what this replica has seen (None while it is not).")
         .def("_count_notification", &RolloutManager::count_notification, py::arg("sink"),
              py::arg("event"), py::arg("outcome"), py::call_guard<py::gil_scoped_release>())
         .def(
@@ -522,6 +561,10 @@ void register_rollout(py::module_& m) {
             out["state_path"] = s.state_path;
             out["synced"] = s.synced;
             out["approvals"] = s.approvals;
+            out["incarnation"] = s.incarnation;
+            out["restore_generation"] = s.restore_generation;
+            out["regressed"] =
+                s.regressed.empty() ? py::object(py::none()) : py::object(py::str(s.regressed));
             out["store"] = manager.store() ? py::object(py::str(manager.store()->describe()))
                                            : py::object(py::none());
             out["rollback_on_error"] = s.plan->rollback_on_error();

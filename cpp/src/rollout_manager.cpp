@@ -152,6 +152,8 @@ Judgement RolloutManager::Snapshot::judgement() const {
         return {DecisionAction::Held, WaitingFor::Store,
                 "Holding: the shared rollout state has not been read yet"};
     }
+    if (!regressed.empty())
+        return {DecisionAction::Held, WaitingFor::Store, "Holding: " + regressed};
     return judge(*plan, position, evidence, min_requests, confidence, now);
 }
 
@@ -198,6 +200,7 @@ RolloutManager::RolloutManager(const RolloutConfig& config, Options options)
         if (options_.store) {
             store_up_gauge_ = &options_.registry->gauge(metrics::kStateStoreUp).Add({});
             sync_age_gauge_ = &options_.registry->gauge(metrics::kStateSyncAge).Add({});
+            regressed_gauge_ = &options_.registry->gauge(metrics::kStateStoreRegressed).Add({});
             start_shared_locked(start);
         } else if (options_.state_path) {
             state_file_.emplace(*options_.state_path, plan_);
@@ -282,14 +285,68 @@ void RolloutManager::adopt_locked(PersistedRollout saved) {
     version_ = saved.version;
     transitions_ = std::move(saved.transitions);
     approvals_ = std::move(saved.approvals);
+    // A state written before incarnations existed (a replica of an older release wrote it)
+    // continues the one this replica holds: its next write carries it on.
+    if (!saved.incarnation.empty()) {
+        incarnation_ = std::move(saved.incarnation);
+        restore_generation_ = saved.restore_generation;
+    }
     synced_ = true;
     publish_locked();
 }
 
 bool RolloutManager::adopt_if_newer_locked(PersistedRollout saved) {
-    if (synced_ && saved.version <= version_) return false;
+    if (!synced_) {
+        adopt_locked(std::move(saved));
+        return true;
+    }
+    std::string problem;
+    if (saved.restore_generation > restore_generation_) {
+        // Restored from an export: whatever this replica saw before, this is the state now.
+    } else if (!saved.incarnation.empty() && !incarnation_.empty() &&
+               saved.incarnation != incarnation_) {
+        problem = "holds incarnation " + saved.incarnation + " at version " +
+                  std::to_string(saved.version) + ", not incarnation " + incarnation_ +
+                  " this replica has seen at version " + std::to_string(version_) +
+                  " (the store lost the state, or another rollout wrote it)";
+    } else if (saved.restore_generation < restore_generation_) {
+        problem = "holds restore generation " + std::to_string(saved.restore_generation) +
+                  ", older than generation " + std::to_string(restore_generation_) +
+                  " this replica has seen";
+    } else if (saved.version < version_) {
+        problem = "holds version " + std::to_string(saved.version) + ", older than version " +
+                  std::to_string(version_) +
+                  " this replica has seen (the store lost its newest commits)";
+    } else if (saved.version == version_) {
+        clear_regressed_locked();  // the state this replica saw is back
+        return false;
+    }
+    if (!problem.empty()) {
+        note_regressed_locked("the rollout state in " + options_.store->describe() + " " + problem);
+        return false;
+    }
+    clear_regressed_locked();
     adopt_locked(std::move(saved));
     return true;
+}
+
+void RolloutManager::note_regressed_locked(const std::string& problem) {
+    if (regressed_ == problem) return;
+    regressed_ = problem;
+    if (regressed_gauge_ != nullptr) regressed_gauge_->Set(1.0);
+    publish_snapshot_locked();
+}
+
+void RolloutManager::clear_regressed_locked() {
+    if (regressed_.empty()) return;
+    regressed_.clear();
+    if (regressed_gauge_ != nullptr) regressed_gauge_->Set(0.0);
+    publish_snapshot_locked();
+}
+
+std::string RolloutManager::regressed() const {
+    std::lock_guard lock(mutex_);
+    return regressed_;
 }
 
 void RolloutManager::refresh_locked() {
@@ -310,8 +367,12 @@ void RolloutManager::refresh_locked() {
         return;
     }
     if (!stored) {
-        throw StateStoreError("no rollout state is stored in " + options_.store->describe() +
-                              " any more; nothing was changed");
+        note_regressed_locked("no rollout state is stored in " + options_.store->describe() +
+                              " any more, though this replica has seen version " +
+                              std::to_string(version_));
+        throw StateRegressed(regressed_ +
+                             "; nothing was changed (restore it with driftgate "
+                             "state restore)");
     }
     adopt_if_newer_locked(decode_stored(*stored));
 }
@@ -399,7 +460,8 @@ void RolloutManager::declare_transition_counters() {
 
 void RolloutManager::persist_and_apply_locked(const RolloutPosition& next, std::string_view actor,
                                               std::string reason, bool first, Mover mover,
-                                              std::vector<std::string> approvals) {
+                                              std::vector<std::string> approvals,
+                                              std::string_view operation) {
     if (options_.store) require_synced_locked();
     const double now = wall_now();
     PersistedRollout saved;
@@ -408,10 +470,14 @@ void RolloutManager::persist_and_apply_locked(const RolloutPosition& next, std::
     saved.started_at = next.started_at.value_or(now);
     saved.version = version_ + 1;
     saved.approvals = std::move(approvals);
+    // The first write of a state (or of one an older release wrote) chooses its incarnation.
+    saved.incarnation = incarnation_.empty() ? random_id() : incarnation_;
+    saved.restore_generation = restore_generation_;
     saved.transitions = transitions_;
     saved.transitions.push_back({now, std::string(actor),
                                  first ? std::string() : plan_->position_name(position_),
-                                 plan_->position_name(next), std::move(reason)});
+                                 plan_->position_name(next), std::move(reason),
+                                 operation.empty() ? random_id() : std::string(operation)});
     if (saved.transitions.size() > StateFile::kMaxTransitions) {
         saved.transitions.erase(saved.transitions.begin(),
                                 saved.transitions.end() - StateFile::kMaxTransitions);
@@ -429,6 +495,15 @@ void RolloutManager::persist_and_apply_locked(const RolloutPosition& next, std::
                                                    mover == Mover::Automatic);
         switch (result.status) {
             case SharedStateStore::CommitStatus::Committed:
+                // Learnt by reading it back (the answer was lost): what is stored now holds
+                // this move, and maybe others' after it.
+                if (result.current) {
+                    PersistedRollout stored = decode_stored(*result.current);
+                    if (stored.version > saved.version) {
+                        adopt_if_newer_locked(std::move(stored));
+                        return;
+                    }
+                }
                 apply();
                 return;
             case SharedStateStore::CommitStatus::Conflict:
@@ -453,7 +528,8 @@ void RolloutManager::persist_and_apply_locked(const RolloutPosition& next, std::
             // The unacknowledged state reached the file: put the acknowledged one back.
             PersistedRollout current{position_.stage_index, position_.started_at.value_or(now),
                                      position_.state,       version_,
-                                     transitions_,          approvals_};
+                                     transitions_,          approvals_,
+                                     incarnation_,          restore_generation_};
             try {
                 state_file_->save(current);
             } catch (const StateError&) {
@@ -465,7 +541,8 @@ void RolloutManager::persist_and_apply_locked(const RolloutPosition& next, std::
 }
 
 void RolloutManager::transition_locked(const RolloutPosition& next, std::string_view actor,
-                                       std::string reason, Mover mover) {
+                                       std::string reason, Mover mover,
+                                       std::string_view operation) {
     const RolloutPosition before = position_;
     // A move that lowers enforcement is applied even when its write fails: count it then too.
     auto count_if_applied = [&] {
@@ -484,7 +561,7 @@ void RolloutManager::transition_locked(const RolloutPosition& next, std::string_
         }
     };
     try {
-        persist_and_apply_locked(next, actor, std::move(reason), false, mover);
+        persist_and_apply_locked(next, actor, std::move(reason), false, mover, {}, operation);
     } catch (const StateError&) {
         count_if_applied();
         throw;
@@ -528,6 +605,9 @@ void RolloutManager::publish_snapshot_locked() {
     next->state_path = options_.state_path;
     next->synced = synced_;
     next->approvals = approvals_;
+    next->incarnation = incarnation_;
+    next->restore_generation = restore_generation_;
+    next->regressed = regressed_;
     std::shared_ptr<const Snapshot> old;
     std::lock_guard lock(published_mutex_);
     old.swap(published_);
@@ -552,6 +632,7 @@ Decision RolloutManager::decision_locked(bool success, DecisionAction action, st
     if (out.from_stage != out.to_stage) out.actor = actor;
     if ((out.moved() || action == DecisionAction::ApprovalRecorded) && !transitions_.empty()) {
         out.reason = transitions_.back().reason;
+        out.operation = transitions_.back().op;
     }
     return out;
 }
@@ -576,6 +657,10 @@ Decision RolloutManager::decide_locked(const Evidence& evidence,
     if (!synced_) {
         return decision_locked(false, DecisionAction::Held,
                                "Holding: the shared rollout state has not been read yet", position_,
+                               "");
+    }
+    if (!regressed_.empty()) {
+        return decision_locked(false, DecisionAction::Held, "Holding: " + regressed_, position_,
                                "");
     }
     try {
@@ -641,13 +726,82 @@ Decision RolloutManager::evaluate_counts(std::uint64_t failed, std::uint64_t tot
 }
 
 std::optional<Decision> RolloutManager::precondition_locked(
-    std::optional<std::uint64_t> expected_version) {
-    if (options_.store) require_synced_locked();
-    if (!expected_version || *expected_version == version_) return std::nullopt;
+    std::optional<std::uint64_t> expected_version,
+    const std::optional<std::string>& expected_incarnation) {
+    if (options_.store) {
+        require_synced_locked();
+        if (!regressed_.empty()) {
+            refresh_locked();  // restored meanwhile?
+            if (!regressed_.empty()) {
+                throw StateRegressed(regressed_ +
+                                     "; nothing was changed (restore it with "
+                                     "driftgate state restore)");
+            }
+        }
+    }
+    auto holds = [&] {
+        return *expected_version == version_ &&
+               (!expected_incarnation || *expected_incarnation == incarnation_);
+    };
+    if (!expected_version || holds()) return std::nullopt;
     // This replica may not have heard of the newest version yet: ask the store first.
     if (options_.store) refresh_locked();
-    if (*expected_version == version_) return std::nullopt;
+    if (holds()) return std::nullopt;
     return conflict_locked(CommitLost{}, expected_version);
+}
+
+namespace {
+
+/// What a step of the history did, told from its two ends.
+DecisionAction action_of(const StagePlan& plan, const Transition& step) {
+    if (step.from == step.to) return DecisionAction::ApprovalRecorded;
+    if (step.to == "aborted") return DecisionAction::Aborted;
+    if (step.from == "aborted") return DecisionAction::Resumed;
+    std::size_t from = 0;
+    std::size_t to = 0;
+    for (std::size_t i = 0; i < plan.size(); ++i) {
+        if (plan.stage(i).name == step.from) from = i;
+        if (plan.stage(i).name == step.to) to = i;
+    }
+    return to > from ? DecisionAction::Advanced : DecisionAction::RolledBack;
+}
+
+double percentage_of(const StagePlan& plan, const std::string& position) {
+    for (const auto& stage : plan.stages()) {
+        if (stage.name == position) return stage.percentage;
+    }
+    return 0.0;  // aborted
+}
+
+}  // namespace
+
+std::optional<Decision> RolloutManager::replay_locked(std::string_view operation) const {
+    if (operation.empty()) return std::nullopt;
+    for (std::size_t i = transitions_.size(); i-- > 0;) {
+        const Transition& step = transitions_[i];
+        if (step.op != operation) continue;
+        Decision out;
+        out.success = true;
+        out.replayed = true;
+        out.action = action_of(*plan_, step);
+        out.from_stage = step.from;
+        out.to_stage = step.to;
+        out.from_percentage = percentage_of(*plan_, step.from);
+        out.to_percentage = percentage_of(*plan_, step.to);
+        // Every version adds one step to the history: this one made version `version`.
+        out.version = version_ - (transitions_.size() - 1 - i);
+        out.state = step.to == "aborted"                              ? RolloutState::Aborted
+                    : step.to == plan_->stage(plan_->size() - 1).name ? RolloutState::Completed
+                                                                      : RolloutState::Active;
+        out.error_rate = last_error_rate_;
+        out.actor = step.actor;
+        out.reason = step.reason;
+        out.operation = step.op;
+        out.message = "Already applied as version " + std::to_string(out.version) + " (operation " +
+                      step.op + "): " + step.from + " -> " + step.to;
+        return out;
+    }
+    return std::nullopt;
 }
 
 Decision RolloutManager::conflict_locked(const CommitLost& lost,
@@ -673,7 +827,8 @@ constexpr int kMoveAttempts = 8;
 
 }  // namespace
 
-Decision RolloutManager::advance_locked(std::string_view actor, std::string_view reason) {
+Decision RolloutManager::advance_locked(std::string_view actor, std::string_view reason,
+                                        std::string_view operation) {
     const RolloutPosition before = position_;
     const std::optional<std::size_t> target = plan_->advance_target(position_);
     if (!target) {
@@ -702,7 +857,7 @@ Decision RolloutManager::advance_locked(std::string_view actor, std::string_view
                 position_, actor,
                 clean_reason("approval " + count + " to enter " + next.name +
                              (reason.empty() ? std::string() : ": " + std::string(reason))),
-                false, Mover::Human, std::move(approvals));
+                false, Mover::Human, std::move(approvals), operation);
             return decision_locked(true, DecisionAction::ApprovalRecorded,
                                    "Approval " + count + " to enter " + next.name + " recorded",
                                    before, actor);
@@ -712,7 +867,8 @@ Decision RolloutManager::advance_locked(std::string_view actor, std::string_view
     transition_locked(plan_->advanced(position_, wall_now()), actor,
                       !reason.empty() ? std::string(reason)
                       : resuming      ? "manual resume"
-                                      : "manual advance");
+                                      : "manual advance",
+                      Mover::Human, operation);
     if (resuming) {
         return decision_locked(
             true, DecisionAction::Resumed,
@@ -723,15 +879,48 @@ Decision RolloutManager::advance_locked(std::string_view actor, std::string_view
                            "Manually advanced to stage " + next.name, before, actor);
 }
 
+namespace {
+
+void validate_operation(std::string_view operation) {
+    if (!operation.empty() && !PolicyIndex::is_valid(operation)) {
+        throw std::invalid_argument("invalid operation id " + detail::quote(operation) +
+                                    ": expected 1-64 characters of [A-Za-z0-9_.:-]");
+    }
+}
+
+}  // namespace
+
+std::optional<Decision> RolloutManager::begin_move_locked(
+    std::string_view operation, std::optional<std::uint64_t> expected_version,
+    const std::optional<std::string>& expected_incarnation) {
+    if (!operation.empty()) {
+        // A retry may come to another replica than the first attempt: ask the store first.
+        if (options_.store) {
+            require_synced_locked();
+            refresh_locked();
+        }
+        if (auto first = replay_locked(operation)) return first;
+    }
+    return precondition_locked(expected_version, expected_incarnation);
+}
+
 Decision RolloutManager::manual_advance(std::string_view actor, std::string_view reason,
-                                        std::optional<std::uint64_t> expected_version) {
+                                        std::optional<std::uint64_t> expected_version,
+                                        std::optional<std::string> expected_incarnation,
+                                        std::string_view operation) {
     validate_actor(actor);
+    validate_operation(operation);
     const std::string why = reason.empty() ? std::string() : clean_reason(reason);
+    // One id for every attempt, so a commit that landed unseen is found by the next one.
+    const std::string op = operation.empty() ? random_id() : std::string(operation);
     for (int attempt = 1;; ++attempt) {
         std::lock_guard lock(mutex_);
-        if (auto refused = precondition_locked(expected_version)) return *refused;
+        if (auto answered = begin_move_locked(attempt > 1 ? std::string_view(op) : operation,
+                                              expected_version, expected_incarnation)) {
+            return *answered;
+        }
         try {
-            return advance_locked(actor, why);
+            return advance_locked(actor, why, op);
         } catch (const CommitLost& lost) {
             if (expected_version || attempt == kMoveAttempts) {
                 return conflict_locked(lost, std::nullopt);
@@ -741,19 +930,27 @@ Decision RolloutManager::manual_advance(std::string_view actor, std::string_view
 }
 
 Decision RolloutManager::manual_rollback(std::string_view actor, std::string_view reason,
-                                         std::optional<std::uint64_t> expected_version) {
+                                         std::optional<std::uint64_t> expected_version,
+                                         std::optional<std::string> expected_incarnation,
+                                         std::string_view operation) {
     validate_actor(actor);
+    validate_operation(operation);
     const std::string why = reason.empty() ? "manual rollback" : clean_reason(reason);
+    const std::string op = operation.empty() ? random_id() : std::string(operation);
     for (int attempt = 1;; ++attempt) {
         std::lock_guard lock(mutex_);
-        if (auto refused = precondition_locked(expected_version)) return *refused;
+        if (auto answered = begin_move_locked(attempt > 1 ? std::string_view(op) : operation,
+                                              expected_version, expected_incarnation)) {
+            return *answered;
+        }
         const RolloutPosition before = position_;
         if (position_.state == RolloutState::Aborted) {
             return decision_locked(false, DecisionAction::AlreadyAborted, "Rollout already aborted",
                                    before, actor);
         }
         try {
-            transition_locked(plan_->rolled_back(position_, wall_now()), actor, why);
+            transition_locked(plan_->rolled_back(position_, wall_now()), actor, why, Mover::Human,
+                              op);
         } catch (const CommitLost& lost) {
             if (expected_version || attempt == kMoveAttempts) {
                 return conflict_locked(lost, std::nullopt);

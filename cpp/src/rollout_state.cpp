@@ -52,18 +52,24 @@ bool write_all(int fd, const std::string& data) {
     return true;
 }
 
+std::uint64_t random_bits() {
+    static std::atomic<std::uint64_t> counter{0};
+    std::uint64_t random = 0;
+    if (::getrandom(&random, sizeof random, GRND_NONBLOCK) != static_cast<ssize_t>(sizeof random)) {
+        // No entropy yet (early boot): time, pid and a counter still differ from any other's.
+        random = static_cast<std::uint64_t>(::time(nullptr)) * 1000003u +
+                 static_cast<std::uint64_t>(::getpid()) * 7919u + counter.fetch_add(1);
+    }
+    return random;
+}
+
 /// The prefix every temp file of `path` starts with.
 std::string temp_prefix(const std::string& path) { return path + ".tmp."; }
 
 /// `<path>.tmp.<pid>.<64 random bits>`: a restarted process that gets the same pid (pid 1 in a
 /// container) never meets its predecessor's name.
 std::string temp_name(const std::string& path) {
-    static std::atomic<std::uint64_t> counter{0};
-    std::uint64_t random = 0;
-    if (::getrandom(&random, sizeof random, GRND_NONBLOCK) != static_cast<ssize_t>(sizeof random)) {
-        // No entropy yet (early boot): time and a counter still differ from any predecessor's.
-        random = static_cast<std::uint64_t>(::time(nullptr)) * 1000003u + counter.fetch_add(1);
-    }
+    const std::uint64_t random = random_bits();
     char suffix[48];
     std::snprintf(suffix, sizeof suffix, "%d.%016llx", static_cast<int>(::getpid()),
                   static_cast<unsigned long long>(random));
@@ -71,17 +77,30 @@ std::string temp_name(const std::string& path) {
 }
 
 Json to_json(const Transition& t) {
-    return {{"time", detail::format_iso8601(t.time)},
-            {"actor", t.actor},
-            {"from", t.from},
-            {"to", t.to},
-            {"reason", t.reason}};
+    Json json = {{"time", detail::format_iso8601(t.time)},
+                 {"actor", t.actor},
+                 {"from", t.from},
+                 {"to", t.to},
+                 {"reason", t.reason}};
+    if (!t.op.empty()) json["op"] = t.op;
+    return json;
 }
 
 }  // namespace
 
 StateError::StateError(const std::string& message, bool replaced)
     : std::runtime_error(detail::printable(message)), replaced_(replaced) {}
+
+std::string random_id() {
+    char text[17];
+    std::snprintf(text, sizeof text, "%016llx", static_cast<unsigned long long>(random_bits()));
+    return text;
+}
+
+std::string entity_tag(const std::string& incarnation, std::uint64_t version) {
+    return incarnation.empty() ? std::to_string(version)
+                               : incarnation + "." + std::to_string(version);
+}
 
 std::string clean_reason(std::string_view reason) {
     std::string out;
@@ -148,9 +167,10 @@ PersistedRollout decode_rollout(std::string_view text, const StagePlan& plan,
     };
 
     if (!json.is_object()) throw refuse("does not hold a JSON object");
-    static const std::set<std::string> kKnown = {"schema_version",     "stage_index", "stage_name",
-                                                 "started_at",         "state",       "version",
-                                                 "stages_fingerprint", "transitions", "approvals"};
+    static const std::set<std::string> kKnown = {
+        "schema_version", "stage_index", "stage_name",        "started_at",
+        "state",          "version",     "transitions",       "stages_fingerprint",
+        "approvals",      "incarnation", "restore_generation"};
     for (const auto& item : json.items()) {
         if (!kKnown.contains(item.key()))
             throw refuse("has an unknown field " + detail::quote(item.key()));
@@ -198,8 +218,8 @@ PersistedRollout decode_rollout(std::string_view text, const StagePlan& plan,
     }
     std::set<std::string> positions = {"aborted"};
     for (const auto& stage : plan.stages()) positions.insert(stage.name);
-    static const std::set<std::string> kTransitionFields = {"time", "actor", "from", "to",
-                                                            "reason"};
+    static const std::set<std::string> kTransitionFields = {"time", "actor",  "from",
+                                                            "to",   "reason", "op"};
     for (const Json& t : transitions) {
         const char* where = " in a transition";
         if (!t.is_object()) throw refuse("has a transition that is not an object");
@@ -228,6 +248,13 @@ PersistedRollout decode_rollout(std::string_view text, const StagePlan& plan,
                          std::to_string(StateFile::kMaxReasonLength) +
                          " printable ASCII characters");
         }
+        if (t.contains("op")) {
+            transition.op = text_field(t, "op", where);
+            if (!PolicyIndex::is_valid(transition.op)) {
+                throw refuse("has an operation id " + detail::quote(transition.op) + where +
+                             " that is not 1-64 characters of [A-Za-z0-9_.:-]");
+            }
+        }
         rollout.transitions.push_back(std::move(transition));
     }
     const RolloutPosition position{rollout.stage_index, rollout.started_at, rollout.state};
@@ -254,6 +281,17 @@ PersistedRollout decode_rollout(std::string_view text, const StagePlan& plan,
             }
             rollout.approvals.push_back(actor.get<std::string>());
         }
+    }
+    if (json.contains("incarnation")) {
+        rollout.incarnation = text_field(json, "incarnation");
+        if (!PolicyIndex::is_valid(rollout.incarnation)) {
+            throw refuse("has an incarnation " + detail::quote(rollout.incarnation) +
+                         " that is not 1-64 characters of [A-Za-z0-9_.:-]");
+        }
+        rollout.restore_generation =
+            unsigned_field(json, "restore_generation", StateFile::kMaxVersion);
+    } else if (json.contains("restore_generation")) {
+        throw refuse("has a restore_generation but no incarnation");
     }
     return rollout;
 }
@@ -304,6 +342,10 @@ std::string encode_rollout(const PersistedRollout& rollout, const StagePlan& pla
         {"transitions", transitions},
     };
     if (!rollout.approvals.empty()) json["approvals"] = rollout.approvals;
+    if (!rollout.incarnation.empty()) {
+        json["incarnation"] = rollout.incarnation;
+        json["restore_generation"] = rollout.restore_generation;
+    }
     return json.dump(2) + "\n";
 }
 

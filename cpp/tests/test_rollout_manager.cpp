@@ -656,7 +656,7 @@ TEST_CASE("a move past the last version a state holds is refused and nothing cha
         last.stage_index = 1;
         last.started_at = f.clock->wall();
         last.version = driftgate::StateFile::kMaxVersion;
-        last.transitions = {{f.clock->wall(), "ops", "canary", "quarter", "manual advance"}};
+        last.transitions = {{f.clock->wall(), "ops", "canary", "quarter", "manual advance", ""}};
         const auto plan =
             std::make_shared<const driftgate::StagePlan>(driftgate::StagePlan::default_stages());
         driftgate::StateFile(path, plan).save(last);

@@ -64,9 +64,9 @@ PersistedRollout half_rollout() {
     rollout.started_at = 1700000000.25;
     rollout.state = RolloutState::Active;
     rollout.version = 3;
-    rollout.transitions = {{1699990000.0, "system", "", "canary", "rollout started"},
-                           {1699995000.5, "ops", "canary", "quarter", "manual advance"},
-                           {1700000000.25, "ops", "quarter", "half", "manual advance"}};
+    rollout.transitions = {{1699990000.0, "system", "", "canary", "rollout started", ""},
+                           {1699995000.5, "ops", "canary", "quarter", "manual advance", ""},
+                           {1700000000.25, "ops", "quarter", "half", "manual advance", ""}};
     return rollout;
 }
 
@@ -154,7 +154,7 @@ TEST_CASE("a saved state loads back", "[rollout_state]") {
     rollout.started_at = 1700000000.25;
     rollout.state = RolloutState::Active;
     rollout.version = 7;
-    rollout.transitions = {{1700000000.25, "ops", "quarter", "half", "manual advance"}};
+    rollout.transitions = {{1700000000.25, "ops", "quarter", "half", "manual advance", ""}};
     file.save(rollout);
     const auto loaded = file.load();
     REQUIRE(loaded.has_value());
@@ -231,7 +231,7 @@ TEST_CASE("only the last 100 transitions are kept", "[rollout_state]") {
     PersistedRollout rollout;
     rollout.version = 150;
     for (int i = 0; i < 150; ++i) {
-        rollout.transitions.push_back({1.0 * i, "a", "quarter", "canary", std::to_string(i)});
+        rollout.transitions.push_back({1.0 * i, "a", "quarter", "canary", std::to_string(i), ""});
     }
     file.save(rollout);
     const auto loaded = file.load();
@@ -592,7 +592,7 @@ TEST_CASE("a save to a symbolic link throws and leaves the link and its target",
     std::filesystem::create_symlink(target, link);
     PersistedRollout after = before;
     after.version = 4;
-    after.transitions.push_back({1700000001.0, "ops", "half", "most", "manual advance"});
+    after.transitions.push_back({1700000001.0, "ops", "half", "most", "manual advance", ""});
     after.stage_index = 3;
     const StateFile file(link, default_plan());
     CHECK_THROWS_AS(file.save(after), StateError);
@@ -622,4 +622,39 @@ TEST_CASE("actors are role names, not free text", "[rollout_state]") {
     CHECK_THROWS_WITH(driftgate::validate_actor("ops team"), Catch::Contains("'ops team'"));
     CHECK_THROWS_AS(driftgate::validate_actor(""), std::invalid_argument);
     CHECK_THROWS_AS(driftgate::validate_actor(std::string(65, 'a')), std::invalid_argument);
+}
+
+TEST_CASE("incarnation, restore generation and operation ids round-trip and are checked",
+          "[rollout_state]") {
+    const auto plan = default_plan();
+    PersistedRollout rollout = half_rollout();
+    rollout.incarnation = "0123456789abcdef";
+    rollout.restore_generation = 2;
+    rollout.transitions.back().op = "op-7";
+    const std::string text = driftgate::encode_rollout(rollout, *plan);
+    const auto back = driftgate::decode_rollout(text, *plan, "doc", "fix it");
+    CHECK(back.incarnation == "0123456789abcdef");
+    CHECK(back.restore_generation == 2);
+    CHECK(back.transitions.back().op == "op-7");
+    CHECK(back.transitions.front().op.empty());
+    CHECK(driftgate::entity_tag(back.incarnation, back.version) == "0123456789abcdef.3");
+    CHECK(driftgate::entity_tag("", 3) == "3");
+    // Written before incarnations existed: loads with none.
+    rollout.incarnation.clear();
+    const auto legacy = driftgate::decode_rollout(driftgate::encode_rollout(rollout, *plan), *plan,
+                                                  "doc", "fix it");
+    CHECK(legacy.incarnation.empty());
+    CHECK(legacy.restore_generation == 0);
+    auto refused = [&](const std::string& from, const std::string& to) {
+        std::string bad = text;
+        bad.replace(bad.find(from), from.size(), to);
+        CHECK_THROWS_AS(driftgate::decode_rollout(bad, *plan, "doc", "fix it"),
+                        driftgate::StateError);
+    };
+    refused(R"("incarnation": "0123456789abcdef")", R"("incarnation": "has space")");
+    refused(R"("incarnation": "0123456789abcdef")", R"("incarnation": 7)");
+    refused(R"("incarnation": "0123456789abcdef",)", "");
+    refused(R"("restore_generation": 2)", R"("restore_generation": -1)");
+    refused(R"("op": "op-7")", R"("op": "")");
+    refused(R"("op": "op-7")", R"("op": 7)");
 }

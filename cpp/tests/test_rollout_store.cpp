@@ -10,6 +10,8 @@
 #include <thread>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "driftgate/rollout_manager.hpp"
 
 using driftgate::DecisionAction;
@@ -24,6 +26,7 @@ using driftgate::RolloutStage;
 using driftgate::RolloutState;
 using driftgate::SharedStateStore;
 using driftgate::StateError;
+using driftgate::StateRegressed;
 using driftgate::StateStoreError;
 
 namespace {
@@ -45,7 +48,11 @@ class MemoryStore : public SharedStateStore {
         std::lock_guard lock(mutex_);
         if (down) throw StateStoreError("memory store is down");
         if (automatic && !lease_held) return {CommitStatus::Fenced, std::nullopt};
-        if (version_ != version - 1) return {CommitStatus::Conflict, document_};
+        // A document commits only onto one of its own incarnation (or one without any).
+        const std::string stored = document_ ? incarnation_of(*document_) : "";
+        if (version_ != version - 1 || (!stored.empty() && stored != incarnation_of(document))) {
+            return {CommitStatus::Conflict, document_};
+        }
         version_ = version;
         document_ = document;
         ++commits;
@@ -62,6 +69,15 @@ class MemoryStore : public SharedStateStore {
     std::optional<std::string> stored() {
         std::lock_guard lock(mutex_);
         return document_;
+    }
+    /// Forgets everything, as a Redis restarted without persistence does.
+    void forget() {
+        std::lock_guard lock(mutex_);
+        version_ = 0;
+        document_.reset();
+    }
+    static std::string incarnation_of(const std::string& document) {
+        return nlohmann::json::parse(document).value("incarnation", std::string());
     }
 
     std::atomic<bool> down{false};
@@ -402,4 +418,152 @@ TEST_CASE("a replica adopts the evaluator's reading of the stage it stands at", 
     CHECK_FALSE(third.manager->snapshot().evidence.has_value());
     CHECK_THROWS_AS(third.manager->adopt_evidence(at, {0.5, 1, 2}), std::invalid_argument);
     CHECK_THROWS_AS(third.manager->adopt_evidence(at, {1.5, 1, 0}), std::invalid_argument);
+}
+
+TEST_CASE("every move records an operation id; a retried one is answered with its first outcome",
+          "[store]") {
+    auto store = std::make_shared<MemoryStore>();
+    auto clock = fleet_clock();
+    Replica a(store, clock);
+    Replica b(store, clock);
+    const auto first = a.manager->manual_advance("alice", "", std::nullopt, std::nullopt, "op-1");
+    REQUIRE(first.success);
+    CHECK(first.operation == "op-1");
+    CHECK_FALSE(first.replayed);
+    const int commits = store->commits;
+    // The retry reaches another replica that has not heard of the move yet.
+    const auto again = b.manager->manual_advance("alice", "", std::nullopt, std::nullopt, "op-1");
+    CHECK(again.success);
+    CHECK(again.replayed);
+    CHECK(again.action == DecisionAction::Advanced);
+    CHECK(again.from_stage == "canary");
+    CHECK(again.to_stage == "quarter");
+    CHECK(again.version == 2);
+    CHECK(store->commits == commits);
+    // Still the first outcome after later moves, whatever the retry asks.
+    REQUIRE(a.manager->manual_advance("alice").success);
+    const auto late = b.manager->manual_rollback("bob", "", 1, std::nullopt, "op-1");
+    CHECK(late.replayed);
+    CHECK(late.version == 2);
+    CHECK(late.to_stage == "quarter");
+    CHECK(store->commits == commits + 1);
+    // A move without an id gets one of its own; another id moves again.
+    const auto other = b.manager->manual_rollback("bob", "", std::nullopt, std::nullopt, "op-2");
+    CHECK_FALSE(other.replayed);
+    CHECK(other.version == 4);
+    CHECK(a.manager->snapshot().transitions.back().op.empty() == false);
+    CHECK_THROWS_AS(a.manager->manual_advance("alice", "", std::nullopt, std::nullopt, "bad id"),
+                    std::invalid_argument);
+}
+
+TEST_CASE("a store that forgot the state is reported and never rebuilt", "[store]") {
+    auto store = std::make_shared<MemoryStore>();
+    auto clock = fleet_clock();
+    Replica a(store, clock);
+    REQUIRE(a.manager->manual_advance("alice").success);
+    CHECK(a.manager->regressed().empty());
+    store->forget();
+    CHECK_THROWS_AS(a.manager->refresh(), StateRegressed);
+    CHECK_FALSE(a.manager->regressed().empty());
+    CHECK(a.manager->snapshot().judgement().waiting_for == driftgate::WaitingFor::Store);
+    CHECK_THROWS_AS(a.manager->manual_rollback("alice"), StateRegressed);
+    CHECK(a.manager->evaluate(0.9, 1000).action == DecisionAction::Held);
+    CHECK_FALSE(store->stored());
+    // It keeps serving the last state it knew.
+    CHECK(a.enforcer->options().rollout_percent == 25);
+}
+
+TEST_CASE("another incarnation at any version is a regression, a restored one is not", "[store]") {
+    auto store = std::make_shared<MemoryStore>();
+    auto clock = fleet_clock();
+    Replica a(store, clock);
+    REQUIRE(a.manager->manual_advance("alice").success);
+    REQUIRE(a.manager->manual_advance("alice").success);  // version 3
+    const std::string backup = *store->stored();
+    const std::string seen = a.manager->snapshot().incarnation;
+    REQUIRE(seen.size() == 16);
+    // The store restarts empty; a replica started now stores a fresh rollout, which people
+    // move on to the same version number.
+    store->forget();
+    Replica fresh(store, clock);
+    REQUIRE(fresh.manager->manual_rollback("bob").success);
+    REQUIRE(fresh.manager->manual_advance("bob").success);  // version 3 of another incarnation
+    CHECK(fresh.manager->snapshot().incarnation != seen);
+    CHECK_FALSE(a.manager->follow(*store->stored()));
+    CHECK_FALSE(a.manager->regressed().empty());
+    // The old replica's precondition names version 3, which the store also holds: refused.
+    const auto before = store->stored();
+    CHECK_THROWS_AS(a.manager->manual_advance("alice", "", 3), StateRegressed);
+    CHECK(store->stored() == before);
+    // The backup comes back with a higher restore generation: every replica takes it.
+    auto restored = nlohmann::json::parse(backup);
+    restored["restore_generation"] = 1;
+    store->put(3, restored.dump());
+    CHECK(a.manager->refresh() == 3);
+    CHECK(a.manager->regressed().empty());
+    CHECK(fresh.manager->follow(*store->stored()));
+    CHECK(fresh.manager->snapshot().incarnation == seen);
+    CHECK(a.manager->manual_advance("alice", "", 3, seen).success);
+}
+
+TEST_CASE("an older version of the same incarnation is a regression until it catches up",
+          "[store]") {
+    auto store = std::make_shared<MemoryStore>();
+    auto clock = fleet_clock();
+    Replica a(store, clock);
+    const std::string version1 = *store->stored();
+    REQUIRE(a.manager->manual_advance("alice").success);
+    const std::string version2 = *store->stored();
+    store->put(1, version1);  // a failover to a replica that missed the last commit
+    CHECK_THROWS_AS(a.manager->manual_advance("alice"), StateRegressed);
+    CHECK_FALSE(a.manager->regressed().empty());
+    store->put(2, version2);
+    CHECK(a.manager->manual_advance("alice").success);
+    CHECK(a.manager->regressed().empty());
+}
+
+TEST_CASE("a precondition with an incarnation holds only for that incarnation", "[store]") {
+    auto store = std::make_shared<MemoryStore>();
+    auto clock = fleet_clock();
+    Replica a(store, clock);
+    const std::string incarnation = a.manager->snapshot().incarnation;
+    const auto wrong = a.manager->manual_advance("alice", "", 1, std::string("0000000000000000"));
+    CHECK(wrong.action == DecisionAction::Conflict);
+    CHECK(a.manager->version() == 1);
+    CHECK(a.manager->manual_advance("alice", "", 1, incarnation).success);
+}
+
+namespace {
+
+/// Commits, then answers as a store that lost the answer and read the state back: another
+/// replica committed on top meanwhile.
+class ReadBackStore : public MemoryStore {
+  public:
+    CommitResult commit(std::uint64_t version, const std::string& document,
+                        bool automatic) override {
+        auto result = MemoryStore::commit(version, document, automatic);
+        if (result.status == CommitStatus::Committed && on_top) {
+            auto next = nlohmann::json::parse(document);
+            next["version"] = version + 1;
+            next["transitions"].push_back(next["transitions"].back());
+            next["transitions"].back()["op"] = "someone-else";
+            put(version + 1, next.dump());
+            result.current = next.dump();
+        }
+        return result;
+    }
+    bool on_top = false;
+};
+
+}  // namespace
+
+TEST_CASE("a commit learnt by reading it back is applied with what came after it", "[store]") {
+    auto store = std::make_shared<ReadBackStore>();
+    auto clock = fleet_clock();
+    Replica a(store, clock);
+    store->on_top = true;
+    const auto decision = a.manager->manual_advance("alice", "", std::nullopt, std::nullopt, "op");
+    CHECK(decision.success);
+    CHECK(a.manager->version() == 3);
+    CHECK(a.manager->snapshot().transitions.back().op == "someone-else");
 }

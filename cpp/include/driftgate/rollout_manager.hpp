@@ -98,7 +98,11 @@ struct Decision {
     RolloutState state = RolloutState::Active;
     std::optional<double> error_rate;  // the rate judged, when there was one
     std::string actor;                 // who moved the rollout; empty when nothing moved
-    std::string reason;  // the history's reason for a move or a recorded approval, else empty
+    std::string reason;     // the history's reason for a move or a recorded approval, else empty
+    std::string operation;  // the id of the operation that moved it (or recorded an approval)
+    /// True when the operation had already been applied: this is its first outcome, read from
+    /// the history, and nothing moved now.
+    bool replayed = false;
 
     bool moved() const { return from_stage != to_stage; }
 };
@@ -137,6 +141,9 @@ class RolloutManager {
         std::optional<std::string> state_path;
         bool synced = true;                  // false until a shared store's state has been read
         std::vector<std::string> approvals;  // of entering the next stage, so far
+        std::string incarnation;             // empty until the state's first write
+        std::uint64_t restore_generation = 0;
+        std::string regressed;  // why the shared store is behind this replica; empty if not
 
         /// What the next automatic decision would make of this snapshot at `now`: judge()
         /// on the position and the last reading, or WaitingFor::Store while unsynced.
@@ -175,20 +182,38 @@ class RolloutManager {
     /// moves (action Conflict) unless the rollout is at that version when the move commits; without
     /// it, a move that loses its commit to another replica is decided again on the new state.
     /// `reason` (cleaned like a rollback's) is kept in the history.
+    /// `expected_incarnation` (with `expected_version`, from an entity tag) also requires the
+    /// state's incarnation, so a precondition taken before the store lost its state never
+    /// holds after it. `operation` names the move (1-64 of [A-Za-z0-9_.:-], e.g. a client's
+    /// Idempotency-Key; one is chosen when empty) and is kept in its history entry: a move
+    /// whose operation is already in the history is answered with that first outcome
+    /// (`replayed`), never applied twice. StateRegressed while the shared store is behind
+    /// what this replica has seen.
     Decision manual_advance(std::string_view actor = "manual", std::string_view reason = "",
-                            std::optional<std::uint64_t> expected_version = std::nullopt);
-    /// A human's rollback; from the first stage it aborts. `expected_version` as for advance.
+                            std::optional<std::uint64_t> expected_version = std::nullopt,
+                            std::optional<std::string> expected_incarnation = std::nullopt,
+                            std::string_view operation = "");
+    /// A human's rollback; from the first stage it aborts. The rest as for advance.
     Decision manual_rollback(std::string_view actor = "manual", std::string_view reason = "",
-                             std::optional<std::uint64_t> expected_version = std::nullopt);
+                             std::optional<std::uint64_t> expected_version = std::nullopt,
+                             std::optional<std::string> expected_incarnation = std::nullopt,
+                             std::string_view operation = "");
 
     /// Adopts a document read from the shared store when it is newer than what this manager
-    /// holds (or when it holds nothing yet); never goes back to an older version. Returns
-    /// whether it adopted it. StateError when the document is not this rollout's.
+    /// holds (or when it holds nothing yet); never goes back to an older version. A document
+    /// behind what this manager has seen (an older version, or another incarnation without a
+    /// higher restore generation) is not adopted: the manager reports the store regressed
+    /// (regressed(), driftgate_state_store_regressed) and holds every move until a restored
+    /// state (a higher restore generation) or the state it saw comes back. Returns whether it
+    /// adopted it. StateError when the document is not this rollout's.
     bool follow(std::string_view document);
     /// Re-reads the shared store and follows it; returns the version held afterwards. An
     /// unsynced manager that finds nothing stored stores the fresh rollout, as at a first
-    /// start. StateStoreError when the store cannot be reached.
+    /// start; a synced one reports the store regressed (StateRegressed) and recreates nothing.
+    /// StateStoreError when the store cannot be reached.
     std::uint64_t refresh();
+    /// Why the shared store is behind what this manager has seen; empty while it is not.
+    std::string regressed() const;
     /// Adopts a reading the fleet's evaluator made of the stage at `at`, so every replica's
     /// status judges the same evidence; ignored unless this replica stands at that very stage
     /// (index, state and start) and has no reading of its own. True when adopted.
@@ -232,15 +257,27 @@ class RolloutManager {
     };
     enum class Mover { Automatic, Human };
 
-    std::optional<Decision> precondition_locked(std::optional<std::uint64_t> expected_version);
+    std::optional<Decision> precondition_locked(
+        std::optional<std::uint64_t> expected_version,
+        const std::optional<std::string>& expected_incarnation);
+    /// Before a person's move: its first outcome when `operation` is in the history, else
+    /// the precondition's refusal, else nullopt (go on).
+    std::optional<Decision> begin_move_locked(
+        std::string_view operation, std::optional<std::uint64_t> expected_version,
+        const std::optional<std::string>& expected_incarnation);
+    /// The first outcome of `operation` when the history holds it.
+    std::optional<Decision> replay_locked(std::string_view operation) const;
     Decision conflict_locked(const CommitLost& lost,
                              std::optional<std::uint64_t> expected_version) const;
     RolloutPosition fresh_start(RolloutPosition start) const;
     PersistedRollout decode_stored(std::string_view document) const;
     void adopt_locked(PersistedRollout saved);
     /// Adopts a state read from the store when it is newer than this replica's, or when
-    /// this replica holds none yet; true when it did.
+    /// this replica holds none yet; true when it did. A state behind this replica's is
+    /// reported (note_regressed_locked) instead.
     bool adopt_if_newer_locked(PersistedRollout saved);
+    void note_regressed_locked(const std::string& problem);
+    void clear_regressed_locked();
     void refresh_locked();
     void require_synced_locked() const;
     void start_shared_locked(RolloutPosition start);
@@ -251,12 +288,14 @@ class RolloutManager {
     /// one that raises it is not, and the old state is written back if the new one had already
     /// replaced the file.
     void transition_locked(const RolloutPosition& next, std::string_view actor, std::string reason,
-                           Mover mover = Mover::Human);
+                           Mover mover = Mover::Human, std::string_view operation = "");
     void persist_and_apply_locked(const RolloutPosition& next, std::string_view actor,
                                   std::string reason, bool first, Mover mover = Mover::Human,
-                                  std::vector<std::string> approvals = {});
+                                  std::vector<std::string> approvals = {},
+                                  std::string_view operation = "");
     /// An advance by a person, or their approval of it when the next stage needs more.
-    Decision advance_locked(std::string_view actor, std::string_view reason);
+    Decision advance_locked(std::string_view actor, std::string_view reason,
+                            std::string_view operation);
     void publish_locked();
     /// Makes the current state the one snapshot() answers with.
     void publish_snapshot_locked();
@@ -278,6 +317,9 @@ class RolloutManager {
     std::optional<Evidence> evidence_;  // read in the current stage; forgotten when it changes
     std::vector<Transition> transitions_;
     std::vector<std::string> approvals_;
+    std::string incarnation_;  // of the state held; kept when a state without one is adopted
+    std::uint64_t restore_generation_ = 0;
+    std::string regressed_;  // why the shared store is behind this replica; empty if it is not
     std::optional<StateFile> state_file_;
     bool synced_ = true;                 // false while a shared store's state has not been read
     RolloutPosition unsynced_start_;     // where an unsynced manager starts once it can
@@ -296,6 +338,7 @@ class RolloutManager {
     prometheus::Family<prometheus::Counter>& notifications_;
     prometheus::Gauge* store_up_gauge_ = nullptr;  // only with a shared store
     prometheus::Gauge* sync_age_gauge_ = nullptr;
+    prometheus::Gauge* regressed_gauge_ = nullptr;
 };
 
 }  // namespace driftgate

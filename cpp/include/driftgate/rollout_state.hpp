@@ -34,6 +34,10 @@ struct Transition {
     std::string from;
     std::string to;
     std::string reason;
+    /// The id of the operation that made this step (a client's Idempotency-Key, or one the
+    /// manager chose): how a writer that lost its answer finds out whether the step landed, and
+    /// how a retried request is answered with the first outcome. Empty in older histories.
+    std::string op;
 };
 
 /// What the state file holds.
@@ -45,6 +49,14 @@ struct PersistedRollout {
     std::vector<Transition> transitions;  // oldest first, at most kMaxTransitions
     /// Who approved entering the next stage so far (distinct; fewer than it requires).
     std::vector<std::string> approvals;
+    /// Chosen when the state is first written and kept by every later write, so a store that
+    /// lost the state and was started afresh is told apart from the one a replica has seen,
+    /// whatever its version. Empty in a state written before incarnations existed (it gets one
+    /// at its next write).
+    std::string incarnation;
+    /// 0 when created; raised by each restore from an export, so replicas accept a restored
+    /// state whatever incarnation they saw.
+    std::uint64_t restore_generation = 0;
 };
 
 /// The rollout state file: JSON, replaced atomically and durably (temp file in the same folder,
@@ -105,6 +117,13 @@ std::string encode_rollout(const PersistedRollout& rollout, const StagePlan& pla
 /// StateError reading "<what> <problem>; <advice>".
 PersistedRollout decode_rollout(std::string_view text, const StagePlan& plan,
                                 const std::string& what, const std::string& advice);
+
+/// 16 random hex digits: an incarnation, or the id of an operation that came without one.
+std::string random_id();
+
+/// The entity tag of a state: `<incarnation>.<version>`, or `<version>` for a state that has
+/// no incarnation yet (unquoted).
+std::string entity_tag(const std::string& incarnation, std::uint64_t version);
 
 /// Reasons land in the persisted history and the HTTP status: printable ASCII, at most
 /// StateFile::kMaxReasonLength characters; anything else becomes '?'.

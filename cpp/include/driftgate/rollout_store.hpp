@@ -17,6 +17,11 @@ inline constexpr MetricName kStateStoreUp{
 inline constexpr MetricName kStateSyncAge{
     "driftgate_state_sync_age_seconds",
     "Seconds since this process last read the shared rollout state successfully."};
+inline constexpr MetricName kStateStoreRegressed{
+    "driftgate_state_store_regressed",
+    "1 while the shared store holds an older rollout state than this process has seen (lost, "
+    "flushed or failed over): automatic moves are held and admin moves refused until it is "
+    "restored."};
 inline constexpr MetricName kNotifications{
     "driftgate_notifications_total",
     "Rollout notifications by sink, event and outcome (sent, failed, dropped, duplicate)."};
@@ -28,6 +33,23 @@ inline constexpr MetricName kNotifications{
 class StateStoreError : public StateError {
   public:
     explicit StateStoreError(const std::string& message) : StateError(message) {}
+};
+
+/// A commit whose outcome the store could not learn (it stopped answering after the commit was
+/// sent, and did not answer the read-back either): the move may or may not have landed. The
+/// manager follows the stored state at its next read; a retry with the same operation id is
+/// answered with what really happened.
+class StateOutcomeUnknown : public StateStoreError {
+  public:
+    explicit StateOutcomeUnknown(const std::string& message) : StateStoreError(message) {}
+};
+
+/// The shared store holds an older state than this process has seen: the key is gone, its
+/// version went back, or it holds another incarnation without a higher restore generation.
+/// Nothing is moved until an operator restores the state (driftgate state restore).
+class StateRegressed : public StateStoreError {
+  public:
+    explicit StateRegressed(const std::string& message) : StateStoreError(message) {}
 };
 
 /// Where the rollout state of several processes (the replicas of one service) lives. It holds
@@ -59,9 +81,12 @@ class SharedStateStore {
     virtual std::optional<std::string> load() = 0;
 
     /// Stores `document` as `version` if the stored version is `version - 1` (nothing stored
-    /// counts as 0). `automatic` marks a decision of the fleet's evaluator, which commits only
-    /// while its lease holds. StateStoreError when the store cannot be reached: then nothing
-    /// was committed, or the store cannot tell (the manager then reloads before deciding again).
+    /// counts as 0) and the stored document is of the same incarnation as `document` (or has
+    /// none yet). `automatic` marks a decision of the fleet's evaluator, which commits only
+    /// while its lease holds. The newest transition of `document` carries the move's operation
+    /// id: a store that loses the answer looks for it in what is stored, so every commit has
+    /// one known outcome. StateStoreError when nothing was committed; StateOutcomeUnknown when
+    /// the store cannot tell yet (the manager then follows what it reads next).
     virtual CommitResult commit(std::uint64_t version, const std::string& document,
                                 bool automatic) = 0;
 
