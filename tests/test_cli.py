@@ -312,7 +312,9 @@ def test_advance_rollback_and_the_final_stage(service):
     assert status["transitions"][-1]["reason"] == "canary clean for 2 days"
     back = run("rollback", "--url", service, "--reason", "drift-2x", "--json", env=token)
     assert back.returncode == 0, back.stderr
-    assert json.loads(back.stdout) == {
+    answer = json.loads(back.stdout)
+    assert len(answer.pop("operation")) == 32  # the CLI's Idempotency-Key
+    assert answer == {
         "success": True,
         "message": "Rolled back from quarter to canary",
         "new_stage": "canary",
@@ -320,6 +322,7 @@ def test_advance_rollback_and_the_final_stage(service):
         "action": "rolled_back",
         "previous_stage": "quarter",
         "version": 3,
+        "replayed": False,
     }
     status = json.loads(run("status", "--url", service, "--json").stdout)
     last = status["transitions"][-1]

@@ -113,8 +113,8 @@ def test_each_answer_exits_with_its_documented_code(answer, capsys, monkeypatch)
 @pytest.mark.parametrize(
     ("answer", "said"),
     [
-        ("STATE_UNKNOWN", "the move may have been applied: check `driftgate status`"),
-        ("move unanswered", "the move may have been applied: check `driftgate status`"),
+        ("STATE_UNKNOWN", "the move may have been applied: run the same command again with"),
+        ("move unanswered", "the move may have been applied: run the same command again with"),
         ("412", "nothing was changed: check `driftgate status` and try again"),
         ("MOVE_QUEUE_FULL", "503 MOVE_QUEUE_FULL: nothing was changed: try again later"),
         ("STATE_REGRESSED", "moves stay refused until the rollout's state is repaired"),
@@ -124,6 +124,8 @@ def test_the_message_says_what_to_do(answer, said, capsys, monkeypatch):
     monkeypatch.setenv("DRIFTGATE_ADMIN_TOKEN", TOKEN)
     _, _, err = run_against(answer, capsys)
     assert said in err, err
+    if "may have been applied" in said:  # with the key that learns what happened
+        assert re.search(r"\(--idempotency-key [0-9a-f]{32}\)$", err.strip()), err
 
 
 def test_a_move_answered_503_without_a_reason_may_have_been_applied(capsys, monkeypatch):

@@ -176,6 +176,13 @@ def test_admin_endpoints_refuse_without_a_token(parts, monkeypatch):
     assert (response.status_code, response.json()) == (403, {"detail": "ADMIN_DISABLED"})
 
 
+def history_operation(manager) -> str:
+    """The operation id of the newest step: one the service chose, when no key was sent."""
+    operation: str = manager.get_status()["transitions"][-1]["operation"]
+    assert len(operation) == 16
+    return operation
+
+
 def test_advance_and_rollback_with_the_token(client, parts):
     response = client.post("/api/guardian/rollout/advance", headers=AUTH)
     assert response.status_code == 200
@@ -187,6 +194,8 @@ def test_advance_and_rollback_with_the_token(client, parts):
         "action": "advanced",
         "previous_stage": "canary",
         "version": 2,
+        "operation": history_operation(parts["manager"]),
+        "replayed": False,
     }
     history = parts["manager"].get_status()["transitions"]
     assert history[-1]["reason"] == "manual advance"  # no body: the default reason

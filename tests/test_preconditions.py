@@ -34,6 +34,12 @@ def manager(tmp_path):
     )
 
 
+def tag(manager) -> str:
+    """The ETag of the manager's state: its incarnation and version, quoted."""
+    status = manager.get_status()
+    return f'"{status["incarnation"]}.{status["version"]}"'
+
+
 @pytest.fixture
 def client(manager, monkeypatch):
     monkeypatch.setenv("DRIFTGATE_ADMIN_TOKEN", TOKEN)
@@ -42,32 +48,71 @@ def client(manager, monkeypatch):
     return TestClient(app)
 
 
-def test_status_answers_its_version_as_etag_and_304_when_unchanged(client):
+def test_status_answers_its_incarnation_and_version_as_etag_and_304_when_unchanged(client, manager):
     first = client.get(STATUS)
     assert first.status_code == 200
-    assert first.headers["etag"] == '"1"' == f'"{first.json()["version"]}"'
-    same = client.get(STATUS, headers={"If-None-Match": '"1"'})
+    incarnation = first.json()["incarnation"]
+    assert len(incarnation) == 16
+    etag = f'"{incarnation}.1"'
+    assert first.headers["etag"] == etag == first.json()["etag"] == tag(manager)
+    same = client.get(STATUS, headers={"If-None-Match": etag})
     assert same.status_code == 304
-    assert same.headers["etag"] == '"1"'
+    assert same.headers["etag"] == etag
     assert same.content == b""
-    assert client.get(STATUS, headers={"If-None-Match": 'W/"1", "7"'}).status_code == 304
+    assert client.get(STATUS, headers={"If-None-Match": f'W/{etag}, "7"'}).status_code == 304
+    assert client.get(STATUS, headers={"If-None-Match": '"1"'}).status_code == 200
     client.post(ADVANCE, headers=AUTH)
-    moved = client.get(STATUS, headers={"If-None-Match": '"1"'})
+    moved = client.get(STATUS, headers={"If-None-Match": etag})
     assert moved.status_code == 200
-    assert moved.headers["etag"] == '"2"'
+    assert moved.headers["etag"] == f'"{incarnation}.2"'
 
 
 def test_if_match_moves_once_then_412_with_the_current_etag(client, manager):
-    assert client.post(ADVANCE, headers={**AUTH, "If-Match": '"1"'}).status_code == 200
-    stale = client.post(ADVANCE, headers={**AUTH, "If-Match": '"1"'})
+    first = tag(manager)
+    assert client.post(ADVANCE, headers={**AUTH, "If-Match": first}).status_code == 200
+    stale = client.post(ADVANCE, headers={**AUTH, "If-Match": first})
     assert stale.status_code == 412
     assert stale.json() == {"detail": "VERSION_MISMATCH"}
-    assert stale.headers["etag"] == '"2"'
+    assert stale.headers["etag"] == tag(manager) == first.replace(".1", ".2")
     assert manager.version == 2
     assert client.get(STATUS).json()["current_stage"]["name"] == "quarter"
-    rolled = client.post(ROLLBACK, headers={**AUTH, "If-Match": '"2"'}, json={"reason": "x"})
+    rolled = client.post(ROLLBACK, headers={**AUTH, "If-Match": tag(manager)}, json={"reason": "x"})
     assert rolled.status_code == 200
     assert rolled.json()["version"] == 3
+
+
+def test_if_match_of_another_incarnation_never_holds_but_a_bare_version_still_does(client, manager):
+    # A tag from before the store lost its state names another incarnation: 412, even at the
+    # same version. A bare version (clients from before incarnations) cannot tell them apart.
+    other = client.post(ADVANCE, headers={**AUTH, "If-Match": '"0123456789abcdef.1"'})
+    assert other.status_code == 412
+    assert other.headers["etag"] == tag(manager)
+    assert manager.version == 1
+    assert client.post(ADVANCE, headers={**AUTH, "If-Match": '"1"'}).status_code == 200
+    assert manager.version == 2
+
+
+def test_a_retry_with_the_same_idempotency_key_gets_the_first_outcome(client, manager):
+    first = client.post(ADVANCE, headers={**AUTH, "Idempotency-Key": "deploy-42"})
+    assert first.status_code == 200
+    assert first.json()["operation"] == "deploy-42" and first.json()["replayed"] is False
+    again = client.post(
+        ADVANCE, headers={**AUTH, "Idempotency-Key": "deploy-42", "If-Match": '"1"'}
+    )
+    assert again.status_code == 200
+    body = again.json()
+    assert body["replayed"] is True and body["version"] == 2 and body["new_stage"] == "quarter"
+    assert manager.version == 2
+    status = client.get(STATUS).json()
+    assert status["transitions"][-1]["operation"] == "deploy-42"
+    # Without a key, each move gets an id of its own.
+    other = client.post(ADVANCE, headers=AUTH).json()
+    assert len(other["operation"]) == 16 and other["version"] == 3
+    for bad in ("", "has space", "x" * 65, "semi;colon"):
+        refused = client.post(ADVANCE, headers={**AUTH, "Idempotency-Key": bad})
+        assert refused.status_code == 400
+        assert refused.json() == {"detail": "BAD_IDEMPOTENCY_KEY"}
+    assert manager.version == 3
 
 
 def test_expected_version_in_the_body_works_like_if_match(client, manager):
@@ -117,7 +162,7 @@ def test_if_match_compares_entity_tags_strongly(client, manager, header):
     answer = client.post(ADVANCE, headers={**AUTH, "If-Match": header})
     assert answer.status_code == 412, answer.text
     assert answer.json() == {"detail": "VERSION_MISMATCH"}
-    assert answer.headers["etag"] == '"1"'
+    assert answer.headers["etag"] == tag(manager)
     assert manager.version == 1
 
 
@@ -132,7 +177,7 @@ def test_if_match_list_without_the_etag_is_412(client, manager):
     assert client.post(ADVANCE, headers=AUTH).status_code == 200
     answer = client.post(ADVANCE, headers={**AUTH, "If-Match": '"1", W/"2", "02", "3"'})
     assert answer.status_code == 412
-    assert answer.headers["etag"] == '"2"'
+    assert answer.headers["etag"] == tag(manager)
     assert manager.version == 2
 
 
@@ -183,7 +228,8 @@ def test_cli_moves_send_the_version_the_status_answered(client, manager, monkeyp
     monkeypatch.setenv("DRIFTGATE_ADMIN_TOKEN", TOKEN)
     assert main(["advance", "--url", "http://service"]) == 0
     assert seen[0].method == "GET" and seen[0].url.path == STATUS
-    assert seen[1].headers["if-match"] == '"1"'
+    assert seen[1].headers["if-match"] == tag(manager).replace(".2", ".1")
+    assert len(seen[1].headers["idempotency-key"]) == 32
     assert manager.version == 2
     # Someone else moves between this command's read and its move: it is told, nothing moves.
     assert main(["advance", "--url", "http://service", "--expected-version", "1"]) == EXIT_CHANGED

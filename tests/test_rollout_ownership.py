@@ -268,7 +268,8 @@ def test_a_failed_source_is_an_analysis_failure(enforcer):
 
 def test_as_dict_is_json_ready(enforcer):
     manager = RolloutManager(RolloutConfig.default(), enforcer)
-    assert manager.manual_rollback("ops", "drift").as_dict() == {
+    decision = manager.manual_rollback("ops", "drift", operation="incident-7")
+    assert decision.as_dict() == {
         "success": True,
         "message": "Rolled back from canary: rollout aborted at 0%",
         "action": "aborted",
@@ -281,6 +282,8 @@ def test_as_dict_is_json_ready(enforcer):
         "error_rate": None,
         "actor": "ops",
         "reason": "drift",
+        "operation": "incident-7",
+        "replayed": False,
     }
 
 

@@ -230,9 +230,12 @@ def test_a_follower_polls_when_no_hint_comes(make, managers, redis_server, key):
     other = manager_on(make(key=f"{key}:elsewhere"), managers)
     other.manual_advance("alice")
     other.manual_advance("alice")
-    newer = other.store.load()
     follower = manager_on(make(sync_interval_seconds=0.2), managers)
     assert follower.version == 1
+    # Of the follower's incarnation, as its own fleet's later commits would be.
+    newer = json.dumps(
+        {**json.loads(other.store.load()), "incarnation": follower.get_status()["incarnation"]}
+    )
     with redis_server.client() as client:
         client.hset(key, mapping={"version": 3, "doc": newer})  # written, nothing published
     took = until(lambda: follower.version == 3, "the poll found the new version", 2.0)

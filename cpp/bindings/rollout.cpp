@@ -260,6 +260,35 @@ void register_rollout(py::module_& m) {
                    ")";
         });
 
+    m.def(
+        "_read_rollout_document",
+        [](const RolloutConfig& config, const std::string& document, const std::string& what) {
+            const PersistedRollout saved = decode_rollout(
+                document, *config.plan(), what, "nothing was changed (is it a driftgate export?)");
+            py::dict out;
+            out["version"] = saved.version;
+            out["incarnation"] = saved.incarnation;
+            out["restore_generation"] = saved.restore_generation;
+            out["etag"] = entity_tag(saved.incarnation, saved.version);
+            return out;
+        },
+        py::arg("config"), py::arg("document"), py::arg("what"),
+        "Checks a rollout document as strictly as a replica loads one (StateError naming "
+        "`what`); returns its version, incarnation, restore generation and entity tag.");
+    m.def(
+        "_restored_rollout_document",
+        [](const RolloutConfig& config, const std::string& document, const std::string& what,
+           long long restore_generation) {
+            PersistedRollout saved = decode_rollout(
+                document, *config.plan(), what, "nothing was changed (is it a driftgate export?)");
+            saved.restore_generation = size_arg(restore_generation, "restore_generation");
+            // An export from before incarnations gets one now, as its next write would give it.
+            if (saved.incarnation.empty()) saved.incarnation = random_id();
+            return encode_rollout(saved, *config.plan());
+        },
+        py::arg("config"), py::arg("document"), py::arg("what"), py::arg("restore_generation"),
+        "The document as a restore writes it back: checked, with `restore_generation`.");
+
     py::class_<RolloutConfig>(
         m, "RolloutConfig",
         "The stages of a rollout and where it stands. On its own it moves itself on its own "
@@ -439,11 +468,13 @@ void register_rollout(py::module_& m) {
             py::arg("operation") = py::none())
         .def(
             "follow",
-            [](RolloutManager& manager, const std::string& document) {
+            [](RolloutManager& manager, const std::string& document,
+               std::optional<long long> read_at) {
+                const auto held = version_arg(read_at);
                 py::gil_scoped_release release;
-                return manager.follow(document);
+                return manager.follow(document, held);
             },
-            py::arg("document"),
+            py::arg("document"), py::arg("read_at") = py::none(),
             "Adopts a stored document if it is newer than what this manager holds.")
         .def("refresh", &RolloutManager::refresh, py::call_guard<py::gil_scoped_release>(),
              "Re-reads the shared store and follows it; returns the version held.")

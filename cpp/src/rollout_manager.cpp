@@ -377,10 +377,20 @@ void RolloutManager::refresh_locked() {
     adopt_if_newer_locked(decode_stored(*stored));
 }
 
-bool RolloutManager::follow(std::string_view document) {
+bool RolloutManager::follow(std::string_view document, std::optional<std::uint64_t> read_at) {
     if (!options_.store) throw std::logic_error("follow() needs a manager with a shared store");
     PersistedRollout saved = decode_stored(document);
     std::lock_guard lock(mutex_);
+    if (synced_ && read_at && *read_at != version_) {
+        // Read before this replica's own commit: older than what it holds now, and no sign of
+        // a store going back. Only a newer state of the same lineage is taken.
+        const bool lineage =
+            saved.incarnation.empty() || incarnation_.empty() || saved.incarnation == incarnation_;
+        if (!(lineage && saved.version > version_) &&
+            saved.restore_generation <= restore_generation_) {
+            return false;
+        }
+    }
     return adopt_if_newer_locked(std::move(saved));
 }
 
@@ -498,8 +508,9 @@ void RolloutManager::persist_and_apply_locked(const RolloutPosition& next, std::
                 // Learnt by reading it back (the answer was lost): what is stored now holds
                 // this move, and maybe others' after it.
                 if (result.current) {
+                    // Another replica's attempt of the same operation may be the one stored.
                     PersistedRollout stored = decode_stored(*result.current);
-                    if (stored.version > saved.version) {
+                    if (stored.version >= saved.version) {
                         adopt_if_newer_locked(std::move(stored));
                         return;
                     }

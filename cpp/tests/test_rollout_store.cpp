@@ -567,3 +567,16 @@ TEST_CASE("a commit learnt by reading it back is applied with what came after it
     CHECK(a.manager->version() == 3);
     CHECK(a.manager->snapshot().transitions.back().op == "someone-else");
 }
+
+TEST_CASE("a document read before this replica's own commit is not a regression", "[store]") {
+    auto store = std::make_shared<MemoryStore>();
+    auto clock = fleet_clock();
+    Replica a(store, clock);
+    const std::string read_before = *store->stored();     // a follower's read at version 1...
+    REQUIRE(a.manager->manual_advance("alice").success);  // ...then this replica commits
+    CHECK_FALSE(a.manager->follow(read_before, 1));
+    CHECK(a.manager->regressed().empty());
+    // Read when the replica already held version 2, the same document is a regression.
+    CHECK_FALSE(a.manager->follow(read_before, 2));
+    CHECK_FALSE(a.manager->regressed().empty());
+}

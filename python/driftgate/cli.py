@@ -24,6 +24,8 @@ import enum
 import json
 import math
 import os
+import re
+import secrets
 import sys
 import tempfile
 import time
@@ -107,8 +109,8 @@ table, documented as it is in docs/cli.md."""
 _ADVICE = {
     EXIT_CHANGED: "nothing was changed: check `driftgate status` and try again",
     EXIT_UNAVAILABLE: "nothing was changed: try again later",
-    EXIT_OUTCOME_UNKNOWN: "the move may have been applied: check `driftgate status` before "
-    "trying again",
+    EXIT_OUTCOME_UNKNOWN: "the move may have been applied: run the same command again with the "
+    "same --idempotency-key, which answers what happened and never moves twice",
     EXIT_STATE_NEEDS_REPAIR: "moves stay refused until the rollout's state is repaired "
     "(docs/runbook_rollout.md)",
 }
@@ -281,6 +283,118 @@ def _log_to_stderr(level: str) -> None:
     logger.addHandler(handler)
     logger.setLevel(level.upper())
     logger.propagate = False  # once, even where the root logger has a handler too
+
+
+# -- state export and restore ----------------------------------------------------------------
+
+
+def _state_source(args: argparse.Namespace) -> tuple[Any, Any, Any]:
+    """(rollout config, Redis store or None, state file path) from --config's values."""
+    try:
+        from driftgate.demo import _redis_store as redis_store
+        from driftgate.settings import SettingsError, load_settings
+    except ImportError as error:
+        raise _fastapi_extra(error) from None
+    try:
+        settings = load_settings(args.config)
+        if settings.rollout is None:
+            raise CommandError(f"--config {args.config}: the values configure no rollout")
+        store = None if settings.store is None else redis_store(settings.store)
+    except (SettingsError, ValueError) as error:
+        raise CommandError(f"--config {error}") from None
+    state_path = settings.state_path
+    if args.state_dir is not None:
+        state_path = args.state_dir / state_path.name
+    return settings.rollout, store, state_path
+
+
+def _read_state(store: Any, state_path: Path) -> str | None:
+    from driftgate._core import StateError
+
+    if store is None:
+        try:
+            return state_path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        except (OSError, UnicodeDecodeError) as error:
+            raise CommandError(f"state file {state_path}: cannot read ({error})") from None
+    try:
+        document: str | None = store.load()
+    except StateError as error:
+        raise CommandError(str(error), EXIT_UNAVAILABLE) from None
+    return document
+
+
+def _where(store: Any, state_path: Path) -> str:
+    return f"state file {state_path}" if store is None else str(store.describe())
+
+
+def _state_export(args: argparse.Namespace) -> int:
+    from driftgate._core import StateError
+    from driftgate.backup import document_info, pretty
+
+    config, store, state_path = _state_source(args)
+    try:
+        document = _read_state(store, state_path)
+    finally:
+        if store is not None:
+            store.close()
+    where = _where(store, state_path)
+    if document is None:
+        raise CommandError(f"{where} holds no rollout state to export", EXIT_STATE_NEEDS_REPAIR)
+    try:
+        info = document_info(config, document, where)
+    except StateError as error:
+        raise CommandError(str(error), EXIT_STATE_NEEDS_REPAIR) from None
+    text = pretty(document)
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        try:
+            args.output.write_text(text, encoding="utf-8")
+        except OSError as error:
+            raise CommandError(f"--output {args.output}: cannot write ({error.strerror})") from None
+        print(f'exported {where} at ETag "{info.etag}" to {args.output}', file=sys.stderr)
+    return EXIT_OK
+
+
+def _state_restore(args: argparse.Namespace) -> int:
+    from driftgate._core import StateError
+    from driftgate.backup import RestoreOutcome, restore_plan, write_state_file
+
+    try:
+        export = args.file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise CommandError(f"{args.file}: no such file") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise CommandError(f"{args.file}: cannot read ({error})") from None
+    config, store, state_path = _state_source(args)
+    where = _where(store, state_path)
+    try:
+        for _ in range(3):  # the store may change between the read and the write
+            stored = _read_state(store, state_path)
+            document, info = restore_plan(
+                config, export, stored, force=args.force, what=str(args.file)
+            )
+            if document is None:
+                print(f'{where} already holds "{info.etag}"; nothing was changed')
+                return EXIT_OK
+            if store is None:
+                write_state_file(state_path, document)
+                break
+            if store.replace(document, stored):
+                break
+        else:
+            raise CommandError(f"{where} kept changing; nothing was restored", EXIT_CHANGED)
+    except StateError as error:
+        raise CommandError(str(error), EXIT_REFUSED) from None
+    except OSError as error:
+        raise CommandError(f"{where}: cannot write ({error.strerror})") from None
+    finally:
+        if store is not None:
+            store.close()
+    print(f'{RestoreOutcome.RESTORED} "{info.etag}" into {where}')
+    return EXIT_OK
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -594,11 +708,25 @@ def _precondition_of(status: httpx.Response) -> tuple[int, str]:
     return version, tag
 
 
+_KEY = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+
+
+def _idempotency_key(text: str) -> str:
+    if not _KEY.fullmatch(text):
+        raise argparse.ArgumentTypeError(
+            f"{shown(text)}: expected 1-64 characters of [A-Za-z0-9_.:-]"
+        )
+    return text
+
+
 def _move(args: argparse.Namespace) -> int:
     token = os.environ.get(TOKEN_ENV)
     if not token:
         raise CommandError(f"{TOKEN_ENV} is not set: the admin endpoints need its token")
     body = {"reason": args.reason} if getattr(args, "reason", None) else None
+    # One id for this move, kept in its history entry: a rerun with it is answered with the
+    # first outcome (e.g. after a timeout), never applied twice.
+    key = args.idempotency_key or secrets.token_hex(16)
     # The move applies only to the version just read: two people who both saw one stage and
     # both ask to advance move the rollout once, and the second is told.
     expected = args.expected_version
@@ -609,21 +737,26 @@ def _move(args: argparse.Namespace) -> int:
         expected, tag = _precondition_of(status)
     else:
         tag = f'"{expected}"'
-    response = _request(
-        "POST",
-        f"{args.url}/api/guardian/rollout/{args.command}",
-        args.timeout,
-        move=True,
-        headers={"Authorization": f"Bearer {token}", "If-Match": tag},
-        json=body,
-    )
+    try:
+        response = _request(
+            "POST",
+            f"{args.url}/api/guardian/rollout/{args.command}",
+            args.timeout,
+            move=True,
+            headers={"Authorization": f"Bearer {token}", "If-Match": tag, "Idempotency-Key": key},
+            json=body,
+        )
+        if response.status_code not in (200, 412):
+            raise _refusal(response, move=True)
+    except CommandError as refusal:
+        if refusal.code == EXIT_OUTCOME_UNKNOWN:
+            refusal.args = (f"{refusal} (--idempotency-key {key})",)
+        raise
     if response.status_code == 412:
         raise CommandError(
             f"the rollout changed since version {expected} was read; " + _ADVICE[EXIT_CODES["412"]],
             EXIT_CODES["412"],
         )
-    if response.status_code != 200:
-        raise _refusal(response, move=True)
     answer = _json_answer(response)
     try:
         text = (
@@ -775,6 +908,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(run=_serve)
 
+    state = commands.add_parser(
+        "state",
+        help="export or restore the rollout's state (backup and recovery)",
+        description="Export the rollout's whole state (history, version, incarnation) from the "
+        "store or state file the values name, or restore an export into a store that lost it.",
+    )
+    state_commands = state.add_subparsers(dest="state_command", metavar="ACTION", required=True)
+    export = state_commands.add_parser("export", help="write the state as JSON")
+    restore = state_commands.add_parser(
+        "restore", help="write an export back (raises its restore generation)"
+    )
+    restore.add_argument("file", type=Path, metavar="FILE", help="an export")
+    restore.add_argument(
+        "--force",
+        action="store_true",
+        help="replace even a state that is not behind the export",
+    )
+    for action in (export, restore):
+        action.add_argument("--config", type=Path, help="the service's values file (YAML)")
+        action.add_argument(
+            "--state-dir", type=Path, help="the state file's folder, as given to serve"
+        )
+    export.add_argument("--output", "-o", type=Path, metavar="FILE", help="default: stdout")
+    export.set_defaults(run=_state_export)
+    restore.set_defaults(run=_state_restore)
+
     status = commands.add_parser(
         "status",
         help="a service's rollout status",
@@ -804,8 +963,15 @@ def build_parser() -> argparse.ArgumentParser:
             "--expected-version",
             type=_version,
             metavar="N",
-            help="move only if the rollout is at version N (default: the version the status "
-            "answers just before)",
+            help="move only if the rollout is at version N (default: the state the status "
+            "answers just before, named by its ETag)",
+        )
+        move.add_argument(
+            "--idempotency-key",
+            type=_idempotency_key,
+            metavar="KEY",
+            help="the move's operation id (default: a fresh one); rerun with the key a move "
+            "whose outcome was unknown printed, to learn what happened without moving twice",
         )
         move.set_defaults(run=_move)
 

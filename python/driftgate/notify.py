@@ -82,17 +82,24 @@ class Notification:
     # waiting_for_approval: approvals to enter `to_stage` so far, and how many it needs
     approvals_given: int | None = None
     approvals_required: int | None = None
+    # Which state the version counts in: after a store lost the state, or a restore, version
+    # numbers come again, and their events are new ones.
+    incarnation: str = ""
+    restore_generation: int = 0
 
     @property
     def key(self) -> str:
-        """What a fleet deduplicates on: one notification per rollout, version and event."""
+        """What a fleet deduplicates on: one notification per rollout, state (incarnation and
+        restore generation), version and event."""
         suffix = f":{self.occurrence}" if self.occurrence else ""
-        return f"{self.rollout}:{self.version}:{self.event.value}{suffix}"
+        state = f"{self.incarnation}.{self.restore_generation}." if self.incarnation else ""
+        return f"{self.rollout}:{state}{self.version}:{self.event.value}{suffix}"
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["event"] = self.event.value
-        del out["occurrence"]
+        for internal in ("occurrence", "incarnation", "restore_generation"):
+            del out[internal]
         return out
 
     def text(self) -> str:

@@ -56,8 +56,10 @@ class ReasonCode(str, enum.Enum):
     BODY_TOO_LARGE = "BODY_TOO_LARGE"
     #: The Content-Length header is not a number (400).
     BAD_CONTENT_LENGTH = "BAD_CONTENT_LENGTH"
-    #: A move was sent but its outcome is not known (its commit timed out and could not be
-    #: read back): the rollout may or may not have moved; read the status before trying again.
+    #: A move was sent but its outcome is not known yet (its commit timed out and could not be
+    #: read back, or too few Redis replicas confirmed it): the rollout may or may not have
+    #: moved (503 with Retry-After). A retry with the same Idempotency-Key is answered with
+    #: what happened, and never moves twice.
     STATE_UNKNOWN = "STATE_UNKNOWN"
     #: The shared store lost data (key missing, an older incarnation, a lower version than
     #: seen): moves are frozen (503) until `driftgate state restore` repairs it.
@@ -66,6 +68,8 @@ class ReasonCode(str, enum.Enum):
     UNKNOWN_ROLLOUT = "UNKNOWN_ROLLOUT"
     #: Too many moves are waiting for the store already (503): nothing changed; try again.
     MOVE_QUEUE_FULL = "MOVE_QUEUE_FULL"
+    #: 400: the Idempotency-Key header is not 1-64 characters of [A-Za-z0-9_.:-].
+    BAD_IDEMPOTENCY_KEY = "BAD_IDEMPOTENCY_KEY"
 
     def __str__(self) -> str:
         return self.value

@@ -27,6 +27,8 @@ from driftgate._core import (
     RolloutStage,
     SharedStateStore,
     StateError,
+    StateOutcomeUnknown,
+    StateRegressed,
     StateStoreError,
     _RolloutManager,
 )
@@ -48,6 +50,8 @@ __all__ = [
     "RolloutState",
     "SharedStateStore",
     "StateError",
+    "StateOutcomeUnknown",
+    "StateRegressed",
     "StateStoreError",
     "WaitingFor",
     "rollout_lifespan",
@@ -323,9 +327,17 @@ class RolloutManager(_RolloutManager):
         reason: str | None = None,
         *,
         expected_version: int | None = None,
+        expected_incarnation: str | None = None,
+        operation: str | None = None,
     ) -> Decision:
         return self._announce(
-            super().manual_advance(actor, reason, expected_version=expected_version),
+            super().manual_advance(
+                actor,
+                reason,
+                expected_version=expected_version,
+                expected_incarnation=expected_incarnation,
+                operation=operation,
+            ),
             said=bool(reason),
         )
 
@@ -335,14 +347,22 @@ class RolloutManager(_RolloutManager):
         reason: str | None = None,
         *,
         expected_version: int | None = None,
+        expected_incarnation: str | None = None,
+        operation: str | None = None,
     ) -> Decision:
         return self._announce(
-            super().manual_rollback(actor, reason, expected_version=expected_version),
+            super().manual_rollback(
+                actor,
+                reason,
+                expected_version=expected_version,
+                expected_incarnation=expected_incarnation,
+                operation=operation,
+            ),
             said=bool(reason),
         )
 
-    def follow(self, document: str) -> bool:
-        adopted = super().follow(document)
+    def follow(self, document: str, read_at: int | None = None) -> bool:
+        adopted = super().follow(document, read_at)
         self._note_stage()
         return adopted
 
@@ -395,9 +415,9 @@ class RolloutManager(_RolloutManager):
         to_stage, to_percentage = decision.to_stage, decision.to_percentage
         approvals_given: int | None = None
         approvals_required: int | None = None
+        snapshot = self._snapshot()
         if event is Event.WAITING_FOR_APPROVAL:
             # The stage waiting to be entered, and who has approved entering it so far.
-            snapshot = self._snapshot()
             target = snapshot["advance_target"]
             if target is not None:
                 waiting = snapshot["stages"][target]
@@ -420,6 +440,8 @@ class RolloutManager(_RolloutManager):
             comment=comment,
             approvals_given=approvals_given,
             approvals_required=approvals_required,
+            incarnation=snapshot["incarnation"],
+            restore_generation=snapshot["restore_generation"],
         )
 
     def _analysis_failed(self, decision: Decision) -> Decision:

@@ -25,6 +25,7 @@ __all__ = [
     "TransitionStatus",
     "WaitingFor",
     "build_status",
+    "entity_tag",
     "format_duration",
     "format_time",
 ]
@@ -79,7 +80,7 @@ class StageStatus(TypedDict):
 # "from" is a keyword, hence the functional form.
 TransitionStatus = TypedDict(
     "TransitionStatus",
-    {"time": str, "actor": str, "from": str, "to": str, "reason": str},
+    {"time": str, "actor": str, "from": str, "to": str, "reason": str, "operation": str},
 )
 
 
@@ -113,6 +114,9 @@ class StoreStatus(TypedDict):
     #: What is wrong with the store's auxiliary keys (a foreign value in the evaluation lease,
     #: the fence or the last check, which holds automatic moves); empty when nothing is.
     problems: list[str]
+    #: Why the store is behind what this replica has seen (lost, flushed or failed over),
+    #: which holds every move until the state is restored; None while it is not.
+    regressed: str | None
 
 
 class LastCheck(TypedDict):
@@ -132,7 +136,10 @@ class RolloutStatus(TypedDict):
     `waiting_reason` why, as the next automatic check would decide on the last reading of this
     stage (`stage_requests` requests of the `min_requests` it needs); `awaiting_approval` is
     true only when that is a person. `last_check` is None until this replica has checked (with
-    a shared store, only the replica that holds the evaluation lease checks)."""
+    a shared store, only the replica that holds the evaluation lease checks). `etag` is the
+    status's entity tag, `"<incarnation>.<version>"` (quotes included), which a move's If-Match
+    names; `incarnation` is None for a state that has not been written since before
+    incarnations existed."""
 
     current_stage: StageStatus
     stage_index: int
@@ -144,6 +151,9 @@ class RolloutStatus(TypedDict):
     enforced_percentage: float
     last_error_rate: float | None
     version: int
+    etag: str
+    incarnation: str | None
+    restore_generation: int
     transitions: list[TransitionStatus]
     store: StoreStatus | None
     approvals: ApprovalStatus | None
@@ -158,6 +168,12 @@ class RolloutStatus(TypedDict):
 
 # datetime's range: every time a state file can hold is inside it.
 _LAST_SECOND = datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone.utc).timestamp()
+
+
+def entity_tag(incarnation: str, version: int) -> str:
+    """The entity tag of a rollout state, quoted: `"<incarnation>.<version>"`, or `"<version>"`
+    for a state without an incarnation yet."""
+    return f'"{incarnation}.{version}"' if incarnation else f'"{version}"'
 
 
 def format_time(unix_seconds: float) -> str:
@@ -226,6 +242,9 @@ def build_status(
         "enforced_percentage": snapshot["enforced_percentage"],
         "last_error_rate": snapshot["last_error_rate"],
         "version": snapshot["version"],
+        "etag": entity_tag(snapshot["incarnation"], snapshot["version"]),
+        "incarnation": snapshot["incarnation"] or None,
+        "restore_generation": snapshot["restore_generation"],
         "transitions": [
             {
                 "time": format_time(t["time"]),
@@ -233,6 +252,7 @@ def build_status(
                 "from": t["from"],
                 "to": t["to"],
                 "reason": t["reason"],
+                "operation": t["op"],
             }
             for t in history
         ],
@@ -252,6 +272,7 @@ def build_status(
             "evaluator": getattr(store, "evaluator", None),
             "readiness_budget": _budget_status(store),
             "problems": list(getattr(store, "problems", ())),
+            "regressed": snapshot["regressed"],
         },
         "next_stage": None if following is None else _stage(following),
         "awaiting_approval": waiting_for is WaitingFor.APPROVAL,

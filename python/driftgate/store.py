@@ -33,14 +33,22 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from driftgate._core import Clock, MetricsRegistry, SharedStateStore, StateError, StateStoreError
+from driftgate._core import (
+    Clock,
+    MetricsRegistry,
+    SharedStateStore,
+    StateError,
+    StateOutcomeUnknown,
+    StateRegressed,
+    StateStoreError,
+)
 from driftgate._messages import one_line
 from driftgate.readiness_budget import ReadinessBudget, SlotGrant
 
 if TYPE_CHECKING:
     from driftgate.rollout import RolloutManager
 
-__all__ = ["RedisStateStore", "StateStoreError", "redact_url"]
+__all__ = ["RedisStateStore", "StateOutcomeUnknown", "StateStoreError", "redact_url"]
 
 logger = logging.getLogger("driftgate.store")
 
@@ -56,12 +64,18 @@ if not fields[1] or not fields[2] then return {'foreign', 'hash'} end
 return {'ok', fields[1], fields[2]}
 """
 
-# ARGV: expected version, new version, document, automatic (1/0), lease value, fence.
+# KEYS: state, lease, channel, abandoned attempts. ARGV: expected version, new version, document,
+# automatic (1/0), lease value, fence, the document's incarnation, this attempt's id. An attempt
+# the read-back gave up on (`_SETTLE`) never commits, however late it reaches the server; a
+# document commits only onto one of its own incarnation (or one written before incarnations).
 _COMMIT = """
 local kind = redis.call('TYPE', KEYS[1])['ok']
 if kind ~= 'none' and kind ~= 'hash' then return {'foreign', kind} end
 local stored = redis.call('HGET', KEYS[1], 'version')
 if kind == 'hash' and not stored then return {'foreign', 'hash'} end
+local abandoned = redis.call('TYPE', KEYS[4])['ok']
+if abandoned ~= 'none' and abandoned ~= 'zset' then return {'foreign_key', KEYS[4], abandoned} end
+if redis.call('ZSCORE', KEYS[4], ARGV[8]) then return {'abandoned'} end
 if ARGV[4] == '1' then
   if redis.call('TYPE', KEYS[2])['ok'] ~= 'string' or redis.call('GET', KEYS[2]) ~= ARGV[5] then
     return {'fenced'}
@@ -69,13 +83,62 @@ if ARGV[4] == '1' then
   local last_fence = tonumber(redis.call('HGET', KEYS[1], 'fence') or '0')
   if tonumber(ARGV[6]) < last_fence then return {'fenced'} end
 end
-if tonumber(stored or '0') ~= tonumber(ARGV[1]) then
+local incarnation = redis.call('HGET', KEYS[1], 'incarnation')
+if tonumber(stored or '0') ~= tonumber(ARGV[1]) or (incarnation and incarnation ~= ARGV[7]) then
   return {'conflict', redis.call('HGET', KEYS[1], 'doc')}
 end
-redis.call('HSET', KEYS[1], 'version', ARGV[2], 'doc', ARGV[3])
+redis.call('HSET', KEYS[1], 'version', ARGV[2], 'doc', ARGV[3], 'incarnation', ARGV[7])
 if ARGV[4] == '1' then redis.call('HSET', KEYS[1], 'fence', ARGV[6]) end
 redis.call('PUBLISH', KEYS[3], ARGV[2])
 return {'committed'}
+"""
+
+# After a commit whose answer was lost: whether the operation is in the stored history
+# ({'committed', document}); if not, the attempt is marked abandoned, so that it never commits
+# later ({'abandoned'}). Either way the outcome is known from here on. Abandoned attempts are
+# kept a day. KEYS: state, abandoned attempts. ARGV: operation id, attempt id.
+_SETTLE = """
+if redis.call('TYPE', KEYS[1])['ok'] == 'hash' then
+  local doc = redis.call('HGET', KEYS[1], 'doc')
+  if doc then
+    local ok, parsed = pcall(cjson.decode, doc)
+    if ok and type(parsed) == 'table' and type(parsed['transitions']) == 'table' then
+      for _, step in ipairs(parsed['transitions']) do
+        if type(step) == 'table' and step['op'] == ARGV[1] then return {'committed', doc} end
+      end
+    end
+  end
+end
+local kind = redis.call('TYPE', KEYS[2])['ok']
+if kind ~= 'none' and kind ~= 'zset' then return {'foreign_key', KEYS[2], kind} end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - 86400000)
+redis.call('ZADD', KEYS[2], now, ARGV[2])
+redis.call('PEXPIRE', KEYS[2], 86400000)
+return {'abandoned'}
+"""
+
+# A restore: writes ARGV[1] (version ARGV[2], incarnation ARGV[3]) if the stored document is
+# still ARGV[4] (ARGV[5] == '1'), or nothing is stored (ARGV[5] == '0'). KEYS: state, channel.
+_REPLACE = """
+local kind = redis.call('TYPE', KEYS[1])['ok']
+if kind ~= 'none' and kind ~= 'hash' then return {'foreign', kind} end
+local doc = false
+if kind == 'hash' then
+  if not redis.call('HGET', KEYS[1], 'version') then return {'foreign', 'hash'} end
+  doc = redis.call('HGET', KEYS[1], 'doc')
+end
+if (ARGV[5] == '1' and doc ~= ARGV[4]) or (ARGV[5] == '0' and doc) then return {'changed'} end
+redis.call('HSET', KEYS[1], 'version', ARGV[2], 'doc', ARGV[1], 'incarnation', ARGV[3])
+redis.call('PUBLISH', KEYS[2], ARGV[2])
+return {'replaced'}
+"""
+
+# The stored version and incarnation, for the follower's poll (a key of another type: nil).
+_POLL = """
+if redis.call('TYPE', KEYS[1])['ok'] ~= 'hash' then return {false, false} end
+return redis.call('HMGET', KEYS[1], 'version', 'incarnation')
 """
 
 # Whether the lease and fence keys hold what the lease script writes: the lease a string
@@ -278,6 +341,8 @@ class RedisStateStore(SharedStateStore):
         lease_ttl_seconds: float = 15.0,
         socket_timeout: float = 2.0,
         replica: str | None = None,
+        min_replicas_acked: int = 0,
+        replica_ack_timeout: float = 1.0,
     ) -> None:
         super().__init__()
         import redis  # only the shared store needs it
@@ -291,6 +356,17 @@ class RedisStateStore(SharedStateStore):
         )
         self.lease_ttl_seconds = _seconds(lease_ttl_seconds, "lease_ttl_seconds", 0.1, 3600)
         self.socket_timeout = _seconds(socket_timeout, "socket_timeout", 0.01, 60)
+        if (
+            isinstance(min_replicas_acked, bool)
+            or not isinstance(min_replicas_acked, int)
+            or not 0 <= min_replicas_acked <= 100
+        ):
+            raise ValueError(
+                f"min_replicas_acked={min_replicas_acked!r}: expected a whole number of Redis "
+                "replicas from 0 to 100"
+            )
+        self.min_replicas_acked = min_replicas_acked
+        self.replica_ack_timeout = _seconds(replica_ack_timeout, "replica_ack_timeout", 0.01, 60)
         name = replica or f"{socket.gethostname()}-{threading.get_native_id()}"
         if not _KEY.fullmatch(name):
             raise ValueError(f"replica={name!r}: expected 1-200 characters of [A-Za-z0-9_.:-]")
@@ -308,6 +384,10 @@ class RedisStateStore(SharedStateStore):
         self._wrong_type: type[BaseException] = redis.ResponseError
         self._load = self._client.register_script(_LOAD)
         self._commit = self._client.register_script(_COMMIT)
+        self._settle = self._client.register_script(_SETTLE)
+        self._poll = self._client.register_script(_POLL)
+        self._replace = self._client.register_script(_REPLACE)
+        self._no_script: type[BaseException] = redis.exceptions.NoScriptError
         self._lease_script = self._client.register_script(_LEASE)
         self._observe = self._client.register_script(_OBSERVE)
         self._release = self._client.register_script(_RELEASE)
@@ -349,16 +429,138 @@ class RedisStateStore(SharedStateStore):
         return _text(answer[2])
 
     def commit(self, version: int, document: str, automatic: bool) -> tuple[str, str | None]:
+        """Commits `document` as `version` (see SharedStateStore). Every call has one known
+        outcome: when Redis stops answering after the commit was sent, the stored history is
+        read back for the move's operation id (the newest transition's), and an attempt not
+        found there is marked abandoned so that it can never land later. StateStoreError when
+        nothing was committed; StateOutcomeUnknown when Redis did not answer the read-back in
+        time either, or when fewer than `min_replicas_acked` replicas confirmed the commit."""
         with self._lease_lock:
             lease = self._lease
         if automatic and lease is None:
             return ("fenced", None)
         fence = lease.split(":", 1)[0] if lease else "0"
+        incarnation, operation = _commit_ids(document)
+        attempt = secrets.token_hex(8)
+        keys = [self.key, self._lease_key, self._channel, self._abandoned_key]
+        args = [version - 1, version, document, int(automatic), lease or "", fence]
+        answer = self._send_commit(keys, [*args, incarnation, attempt], operation)
+        if answer is None:
+            return self._settle_commit(operation, attempt)
+        status = _text(answer[0])
+        if status == "foreign":
+            raise StateError(
+                f"{self.describe()} holds a Redis {_text(answer[1])} that is not a driftgate "
+                "rollout; nothing was written"
+            )
+        if status == "foreign_key":
+            raise StateError(
+                f"Redis {redact_url(self._url)} key {_text(answer[1])!r} holds a Redis "
+                f"{_text(answer[2])}, which driftgate did not write; nothing was committed "
+                "(remove it)"
+            )
+        if status == "conflict":
+            current = answer[1] if len(answer) > 1 and answer[1] else None
+            return ("conflict", None if current is None else _text(current))
+        if status == "abandoned":  # a fresh attempt id never is: someone wrote the key
+            raise StateStoreError(f"{self.describe()}: commit refused; nothing was committed")
+        return (status, None)
+
+    def _send_commit(self, keys: list[str], args: list[Any], operation: str) -> Any:
+        """The commit script's answer; None when the commit may have reached Redis but no
+        answer came back. On a connection of its own, so that a failure to connect (nothing
+        sent, nothing committed) is told apart from a lost answer, so that redis-py never sends
+        it twice, and so that WAIT counts the replicas that have this very write."""
+        pool = self._client.connection_pool
+        try:
+            connection = pool.get_connection()
+        except self._errors as error:
+            raise StateStoreError(
+                f"{self.describe()}: commit failed ({type(error).__name__}); nothing was committed"
+            ) from None
+        try:
+            try:
+                connection.send_command("EVALSHA", self._commit.sha, len(keys), *keys, *args)
+                answer = connection.read_response()
+            except self._no_script:  # not run: load it by sending it whole
+                connection.send_command("EVAL", _COMMIT, len(keys), *keys, *args)
+                answer = connection.read_response()
+            if _text(answer[0]) == "committed" and self.min_replicas_acked:
+                self._wait_for_replicas(connection, operation)
+            return answer
+        except self._wrong_type as error:  # an error reply: the script wrote nothing
+            raise StateStoreError(
+                f"{self.describe()}: commit refused ({one_line(str(error))}); nothing was committed"
+            ) from None
+        except self._errors:
+            connection.disconnect()
+            return None
+        finally:
+            pool.release(connection)
+
+    def _wait_for_replicas(self, connection: Any, operation: str) -> None:
+        timeout_ms = max(1, int(self.replica_ack_timeout * 1000))
+        connection.send_command("WAIT", self.min_replicas_acked, timeout_ms)
+        acked = int(connection.read_response())
+        if acked < self.min_replicas_acked:
+            raise StateOutcomeUnknown(
+                f"{self.describe()}: operation {operation} committed on the primary, but only "
+                f"{acked} of the {self.min_replicas_acked} replicas required confirmed it within "
+                f"{timeout_ms} ms; a failover now may lose it (the status tells; a retry with the "
+                "same operation id is answered with what happened)"
+            )
+
+    def _settle_commit(self, operation: str, attempt: str) -> tuple[str, str | None]:
+        """Reads back whether `operation` landed, within a bound; see commit()."""
+        deadline = time.monotonic() + max(1.0, 3 * self.socket_timeout)
+        delay = 0.05
+        while True:
+            try:
+                answer = self._call(
+                    "read back",
+                    self._settle,
+                    keys=[self.key, self._abandoned_key],
+                    args=[operation, attempt],
+                )
+            except StateStoreError:
+                if time.monotonic() + delay >= deadline:
+                    raise StateOutcomeUnknown(
+                        f"{self.describe()} stopped answering after operation {operation} was "
+                        "sent; whether it committed is not known yet (the status tells; a retry "
+                        "with the same operation id is answered with what happened)"
+                    ) from None
+                time.sleep(delay)
+                delay = min(delay * 2, 0.5)
+                continue
+            status = _text(answer[0])
+            if status == "committed":
+                logger.warning(
+                    "%s: the answer to operation %s was lost; read back, it committed",
+                    self.describe(),
+                    operation,
+                )
+                return ("committed", _text(answer[1]))
+            if status == "foreign_key":
+                raise StateOutcomeUnknown(
+                    f"Redis {redact_url(self._url)} key {_text(answer[1])!r} holds a Redis "
+                    f"{_text(answer[2])}, which driftgate did not write: whether operation "
+                    f"{operation} committed is not known (remove the key)"
+                )
+            raise StateStoreError(
+                f"{self.describe()}: the answer to operation {operation} was lost; read back, it "
+                "did not commit and never will; nothing was committed"
+            )
+
+    def replace(self, document: str, expected: str | None) -> bool:
+        """Writes `document` (a restore: see driftgate.backup) if what is stored is still
+        `expected` (None: nothing stored); False when it changed meanwhile. Every replica
+        hears of it at once. StateError when the key holds something that is not a rollout."""
+        version, incarnation = _document_tag(document)
         answer = self._call(
-            "commit",
-            self._commit,
-            keys=[self.key, self._lease_key, self._channel],
-            args=[version - 1, version, document, int(automatic), lease or "", fence],
+            "restore",
+            self._replace,
+            keys=[self.key, self._channel],
+            args=[document, version, incarnation, expected or "", int(expected is not None)],
         )
         status = _text(answer[0])
         if status == "foreign":
@@ -366,10 +568,7 @@ class RedisStateStore(SharedStateStore):
                 f"{self.describe()} holds a Redis {_text(answer[1])} that is not a driftgate "
                 "rollout; nothing was written"
             )
-        if status == "conflict":
-            current = answer[1] if len(answer) > 1 and answer[1] else None
-            return ("conflict", None if current is None else _text(current))
-        return (status, None)
+        return status == "replaced"
 
     # -- following, lease and the fleet's check interval -------------------------------------
 
@@ -475,18 +674,16 @@ class RedisStateStore(SharedStateStore):
 
     def stored_version(self) -> int:
         """The version stored now (0: nothing stored)."""
+        return self.stored_tag()[0]
 
-        def read() -> Any:
-            try:
-                return self._client.hget(self.key, "version")
-            except self._wrong_type:  # a key of another type: not ours, load() says why
-                return None
-
-        value = self._call("read", read)
+    def stored_tag(self) -> tuple[int, str]:
+        """The version and incarnation stored now ((0, ""): nothing stored, or not ours: load()
+        says why)."""
+        version, incarnation = self._call("read", self._poll, keys=[self.key], args=[])
         try:
-            return int(value or 0)
+            return (int(version or 0), _text(incarnation) if incarnation else "")
         except ValueError:
-            return 0  # not ours: load() says why
+            return (0, "")
 
     def follow(self, manager: RolloutManager) -> None:
         """Starts following the shared state for `manager` in a background thread (the
@@ -613,6 +810,10 @@ class RedisStateStore(SharedStateStore):
         return f"{self.key}:last_check"
 
     @property
+    def _abandoned_key(self) -> str:
+        return f"{self.key}:abandoned"
+
+    @property
     def _evidence_key(self) -> str:
         return f"{self.key}:evidence"
 
@@ -676,6 +877,23 @@ class RedisStateStore(SharedStateStore):
 
     def __repr__(self) -> str:
         return f"RedisStateStore({redact_url(self._url)!r}, key={self.key!r})"
+
+
+def _document_tag(document: str) -> tuple[int, str]:
+    parsed = json.loads(document)
+    return (int(parsed["version"]), str(parsed.get("incarnation", "")))
+
+
+def _commit_ids(document: str) -> tuple[str, str]:
+    """The incarnation of a document the manager commits, and its newest step's operation
+    ("" for what a document does not say)."""
+    try:
+        parsed = json.loads(document)
+        incarnation = parsed.get("incarnation", "")
+        operation = parsed["transitions"][-1].get("op", "")
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+        return ("", "")
+    return (str(incarnation), str(operation))
 
 
 _EVIDENCE_FIELDS: dict[str, type | tuple[type, ...]] = {
@@ -772,6 +990,11 @@ class _RecurringProblem:
         self._seen.clear()
 
 
+def _held_tag(manager: RolloutManager) -> tuple[int, str]:
+    snapshot = manager._snapshot()
+    return (snapshot["version"], snapshot["incarnation"])
+
+
 class _Follower:
     """The thread that keeps a manager on the stored version: a hint on every commit
     (pub/sub), a poll every sync interval, a full reload after every reconnect; and, while the
@@ -794,6 +1017,9 @@ class _Follower:
         self._budget_failing = _RecurringProblem(
             store.describe(), "the readiness budget is kept again"
         )
+        self._regressed = _RecurringProblem(
+            store.describe(), "the rollout state this replica has seen is stored again"
+        )
 
     def start(self) -> None:
         self._thread.start()
@@ -810,14 +1036,18 @@ class _Follower:
 
     def _sync(self, manager: RolloutManager) -> None:
         try:
+            held = manager.version  # a commit of this replica's after the read is no regression
             document = self._store.load()
-            if document is None and not manager.synced:
+            if document is None:
                 # Started while Redis was away, and nothing is stored: store the fresh rollout.
+                # Synced, the state is lost: the manager reports it and recreates nothing.
                 manager.refresh()
-                self._unreadable.ended()
-            elif document is not None:
-                manager.follow(document)
-                self._unreadable.ended()
+            else:
+                manager.follow(document, read_at=held)
+            self._unreadable.ended()
+            self._note_regressed(manager)
+        except StateRegressed:
+            self._note_regressed(manager)
         except StateStoreError:
             raise
         except StateError as error:
@@ -832,6 +1062,17 @@ class _Follower:
             shared = self._store.shared_evidence()
             if shared is not None:
                 manager._adopt_evidence(**shared)
+
+    def _note_regressed(self, manager: RolloutManager) -> None:
+        problem = manager.regressed
+        if problem is None:
+            self._regressed.ended()
+        else:
+            self._regressed.report(
+                logging.ERROR,
+                f"{problem}; automatic moves are held and admin moves refused until it is "
+                "restored (driftgate state restore)",
+            )
 
     def _update_budget(self) -> None:
         """Renews the readiness budget's slot; the store away raises StateStoreError (an
@@ -879,7 +1120,11 @@ class _Follower:
                     self._update_budget()
                     next_lease = now + store._lease_tick
                 if now >= next_poll:
-                    if store.stored_version() != manager.version or not manager.synced:
+                    if (
+                        store.stored_tag() != _held_tag(manager)
+                        or not manager.synced
+                        or manager.regressed is not None  # the state it saw may be back
+                    ):
                         self._sync(manager)
                     else:
                         # The version this replica holds is stored (again): readable.

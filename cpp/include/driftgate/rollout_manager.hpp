@@ -205,8 +205,10 @@ class RolloutManager {
     /// higher restore generation) is not adopted: the manager reports the store regressed
     /// (regressed(), driftgate_state_store_regressed) and holds every move until a restored
     /// state (a higher restore generation) or the state it saw comes back. Returns whether it
-    /// adopted it. StateError when the document is not this rollout's.
-    bool follow(std::string_view document);
+    /// adopted it. `read_at` is the version this manager held when the read began: when it has
+    /// moved since (this replica committed meanwhile), the document is only adopted if newer,
+    /// never judged a regression. StateError when the document is not this rollout's.
+    bool follow(std::string_view document, std::optional<std::uint64_t> read_at = std::nullopt);
     /// Re-reads the shared store and follows it; returns the version held afterwards. An
     /// unsynced manager that finds nothing stored stores the fresh rollout, as at a first
     /// start; a synced one reports the store regressed (StateRegressed) and recreates nothing.

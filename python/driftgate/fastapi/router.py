@@ -15,6 +15,8 @@ from driftgate._core import (
     DriftTracker,
     MetricsRegistry,
     StateError,
+    StateOutcomeUnknown,
+    StateRegressed,
     StateStoreError,
 )
 from driftgate.exposition import render
@@ -29,12 +31,17 @@ from driftgate.identity import Scope
 from driftgate.readiness_budget import ReadinessBudget
 from driftgate.reasons import ReasonCode
 from driftgate.rollout import Decision, DecisionAction, RolloutManager
-from driftgate.status import RolloutStatus
+from driftgate.status import RolloutStatus, entity_tag
 
 logger = logging.getLogger("driftgate.http")
 
 MAX_BODY_BYTES = 1 << 20
 MAX_VERSION = (1 << 53) - 1
+# What a client may send as an operation id: as the history keeps it.
+_OPERATION = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+# How long a client should wait before asking again after STATE_UNKNOWN: the store's
+# read-back gives up after a few seconds.
+UNKNOWN_RETRY_AFTER = "5"
 READY = {"status": "ready"}
 READY_WITHIN_BUDGET = {"status": "ready", "reason": ReasonCode.DRIFT_GATE_BUDGET.value}
 
@@ -85,6 +92,14 @@ class MoveBody(BaseModel):
     action: str = Field(description="What happened: advanced, resumed, rolled_back, aborted.")
     previous_stage: str
     version: int = Field(description="The rollout's version after the move.")
+    operation: str = Field(
+        "", description="The id of the operation that moved it (the Idempotency-Key, if sent)."
+    )
+    replayed: bool = Field(
+        False,
+        description="True when this operation had already been applied: the answer is its "
+        "first outcome, and nothing moved now.",
+    )
 
 
 class MoveRequest(BaseModel):
@@ -113,9 +128,16 @@ STATUS_ERRORS = _errors(404)
 ADMIN_ERRORS = _errors(400, 401, 403, 404, 409, 412, 413, 422, 503)
 
 
-def etag(version: int) -> str:
-    """The status's entity tag: the rollout's version, quoted."""
-    return f'"{version}"'
+def etag(version: int, incarnation: str = "") -> str:
+    """The status's entity tag, quoted: `"<incarnation>.<version>"`, or the bare version for a
+    state without an incarnation."""
+    return entity_tag(incarnation, version)
+
+
+def current_tag(rollout: RolloutManager) -> tuple[int, str]:
+    """The version and incarnation the manager holds now."""
+    snapshot = rollout._snapshot()
+    return (snapshot["version"], snapshot["incarnation"])
 
 
 # RFC 9110 8.8.3: entity-tag = [ "W/" ] DQUOTE *etagc DQUOTE, etagc = %x21 / %x23-7E / obs-text
@@ -140,17 +162,22 @@ class IfMatch:
     def matches(self, tag: str) -> bool:
         return self.any or tag in self.tags
 
-    def versions(self) -> list[int]:
-        """The versions whose ETag the list names, newest first: each tag read back as a
-        version and kept only if that version's ETag is the very same string."""
-        named: set[int] = set()
+    def conditions(self) -> list[tuple[int, str | None]]:
+        """The states the list names, newest first, as (version, incarnation): each tag read
+        back and kept only if that state's ETag is the very same string. A bare version
+        (`"7"`, from clients older than incarnations) names no incarnation, so it cannot tell
+        a state from one at the same version after the store lost it."""
+        named: set[tuple[int, str | None]] = set()
         for tag in self.tags:
-            digits = tag[1:-1]
-            if digits.isascii() and digits.isdigit() and len(digits) <= 16:
-                version = int(digits)
-                if version <= MAX_VERSION and self.matches(etag(version)):
-                    named.add(version)
-        return sorted(named, reverse=True)
+            incarnation, _, digits = tag[1:-1].rpartition(".")
+            if not (digits.isascii() and digits.isdigit() and len(digits) <= 16):
+                continue
+            version = int(digits)
+            if incarnation and not _OPERATION.fullmatch(incarnation):
+                continue
+            if version <= MAX_VERSION and self.matches(etag(version, incarnation)):
+                named.add((version, incarnation or None))
+        return sorted(named, key=lambda c: (c[0], c[1] or ""), reverse=True)
 
 
 def _none_match(header: str | None, tag: str) -> bool:
@@ -323,49 +350,75 @@ def create_router(
         rollout: Annotated[RolloutManager, Depends(require_manager)],
     ) -> Any:
         report = rollout.get_status()
-        tag = etag(report["version"])
+        tag = report["etag"]
         if _none_match(request.headers.get("if-none-match"), tag):
             return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": tag})
         response.headers["ETag"] = tag
         return report
 
-    def expected_version(
+    def expected_state(
         request: Request, body: MoveRequest, rollout: RolloutManager
-    ) -> int | None:
-        """The version a move is conditional on (None: none): the body's `expected_version`,
-        or the version whose ETag the If-Match header names. A header naming no version's ETag
-        can never hold: 412 at once."""
+    ) -> tuple[int, str | None] | None:
+        """The state a move is conditional on, as (version, incarnation or None), or None:
+        the state whose ETag the If-Match header names, or the body's `expected_version`. A
+        header naming no state's ETag can never hold: 412 at once."""
         header = request.headers.get("if-match")
         if header is None:
-            return body.expected_version
+            return None if body.expected_version is None else (body.expected_version, None)
         condition = IfMatch(header)
+        named = condition.conditions()
         if body.expected_version is not None:
-            if not condition.matches(etag(body.expected_version)):
+            same = [c for c in named if c[0] == body.expected_version]
+            if not same and not condition.any:
                 raise HTTPException(status.HTTP_400_BAD_REQUEST, ReasonCode.BAD_PRECONDITION.value)
-            return body.expected_version
+            return same[0] if same else (body.expected_version, None)
         if condition.any:
             return None
-        versions = condition.versions()
-        if rollout.store is not None and (not versions or len(versions) > 1):
+        if rollout.store is not None and (not named or len(named) > 1):
             # This replica may not have heard of the newest version yet: ask the store, so
             # that a list naming it matches and a 412 carries the stored ETag.
             rollout.refresh()
-        current = rollout.version
-        if not versions:
+        version, incarnation = current_tag(rollout)
+        if not named:
             raise HTTPException(
                 status.HTTP_412_PRECONDITION_FAILED,
                 ReasonCode.VERSION_MISMATCH.value,
-                headers={"ETag": etag(current)},
+                headers={"ETag": etag(version, incarnation)},
             )
-        # The manager checks the version again as it commits: a move in between answers 412.
-        return current if current in versions else versions[0]
+        # The manager checks the state again as it commits: a move in between answers 412.
+        for candidate in named:
+            if candidate[0] == version and candidate[1] in (None, incarnation):
+                return candidate
+        return named[0]
+
+    def operation_of(request: Request) -> str | None:
+        """The Idempotency-Key header: the operation id the history keeps for the move."""
+        key = request.headers.get("idempotency-key")
+        if key is None:
+            return None
+        if not _OPERATION.fullmatch(key):
+            raise HTTPException(status.HTTP_400_BAD_REQUEST, ReasonCode.BAD_IDEMPOTENCY_KEY.value)
+        return key
 
     def moved(
-        move: Callable[[int | None], Decision], precondition: Callable[[], int | None]
+        move: Callable[[tuple[int, str | None] | None], Decision],
+        precondition: Callable[[], tuple[int, str | None] | None],
     ) -> dict[str, Any]:
         try:
             expected = precondition()
             decision = move(expected)
+        except StateOutcomeUnknown as error:
+            logger.warning("rollout move outcome unknown (%s): %s", ReasonCode.STATE_UNKNOWN, error)
+            raise HTTPException(
+                status.HTTP_503_SERVICE_UNAVAILABLE,
+                ReasonCode.STATE_UNKNOWN.value,
+                headers={"Retry-After": UNKNOWN_RETRY_AFTER},
+            ) from None
+        except StateRegressed as error:
+            logger.warning("rollout move refused (%s): %s", ReasonCode.STATE_REGRESSED, error)
+            raise HTTPException(
+                status.HTTP_503_SERVICE_UNAVAILABLE, ReasonCode.STATE_REGRESSED.value
+            ) from None
         except StateError as error:
             # A shared store that is away, or holds what is not this rollout, is the store's
             # problem; a state file that cannot be written is the file's.
@@ -378,11 +431,11 @@ def create_router(
             logger.warning("rollout move refused (%s): %s", code.value, error)
             raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, code.value) from None
         if decision.action == DecisionAction.CONFLICT:
-            if expected is not None:
+            if expected is not None and manager is not None:
                 raise HTTPException(
                     status.HTTP_412_PRECONDITION_FAILED,
                     ReasonCode.VERSION_MISMATCH.value,
-                    headers={"ETag": etag(decision.version)},
+                    headers={"ETag": etag(*current_tag(manager))},
                 )
             raise HTTPException(status.HTTP_409_CONFLICT, ReasonCode.STATE_CONFLICT.value)
         if not decision.success:
@@ -396,6 +449,8 @@ def create_router(
             "action": decision.action.name.lower(),
             "previous_stage": decision.from_stage,
             "version": decision.version,
+            "operation": decision.operation,
+            "replayed": decision.replayed,
         }
 
     move_body = json_body(MoveRequest, optional=True)
@@ -413,9 +468,16 @@ def create_router(
         rollout: Annotated[RolloutManager, Depends(require_manager)],
         body: Annotated[MoveRequest, Depends(move_body)],
     ) -> dict[str, Any]:
+        operation = operation_of(request)
         return moved(
-            lambda expected: rollout.manual_advance(actor, body.reason, expected_version=expected),
-            lambda: expected_version(request, body, rollout),
+            lambda expected: rollout.manual_advance(
+                actor,
+                body.reason,
+                expected_version=None if expected is None else expected[0],
+                expected_incarnation=None if expected is None else expected[1],
+                operation=operation,
+            ),
+            lambda: expected_state(request, body, rollout),
         )
 
     @router.post(
@@ -431,9 +493,16 @@ def create_router(
         rollout: Annotated[RolloutManager, Depends(require_manager)],
         body: Annotated[MoveRequest, Depends(move_body)],
     ) -> dict[str, Any]:
+        operation = operation_of(request)
         return moved(
-            lambda expected: rollout.manual_rollback(actor, body.reason, expected_version=expected),
-            lambda: expected_version(request, body, rollout),
+            lambda expected: rollout.manual_rollback(
+                actor,
+                body.reason,
+                expected_version=None if expected is None else expected[0],
+                expected_incarnation=None if expected is None else expected[1],
+                operation=operation,
+            ),
+            lambda: expected_state(request, body, rollout),
         )
 
     if reload is not None:
