@@ -367,9 +367,9 @@ def create_router(
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    # On the event loop: the gate's check and the readiness budget's read counters and a
-    # confirmed grant in microseconds, and take neither the manager's lock nor the store, so
-    # readiness answers while moves wait on a stalled store and the thread pool is full.
+    # On the event loop: the gate's check reads counters and the readiness budget a confirmed
+    # grant, in microseconds, taking neither the manager's lock nor the store, so readiness
+    # answers while moves wait on a stalled store and the shared thread pool is full.
     @router.get(
         f"{probes}/readyz",
         response_model=ReadyBody,
