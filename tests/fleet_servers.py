@@ -211,7 +211,9 @@ class Replica:
         response = self.http.get(f"{ROLLOUT}/status")
         assert response.status_code == 200, response.text
         body: dict[str, Any] = response.json()
-        assert response.headers["etag"] == f'"{body["version"]}"'
+        assert (
+            response.headers["etag"] == body["etag"] == f'"{body["incarnation"]}.{body["version"]}"'
+        )
         return body
 
     def version(self) -> int:
@@ -230,12 +232,14 @@ class Replica:
         self,
         action: str,
         *,
-        if_match: int | None = None,
+        if_match: int | str | None = None,
         body: dict[str, Any] | None = None,
         client: httpx.Client | None = None,
     ) -> httpx.Response:
         headers = dict(ADMIN)
-        if if_match is not None:
+        if isinstance(if_match, str):  # an ETag, as the status answered it
+            headers["If-Match"] = if_match
+        elif if_match is not None:  # a bare version, as older clients send
             headers["If-Match"] = f'"{if_match}"'
         url = f"{self.base}{ROLLOUT}/{action}"
         return (client or self.http).post(url, headers=headers, json=body)

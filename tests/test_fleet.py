@@ -100,12 +100,13 @@ def test_a_move_on_one_replica_is_enforced_by_the_others_within_a_second(manual_
             seen = replica.status()
             assert seen["current_stage"]["name"] == moved["new_stage"]
             assert seen["enforced_percentage"] == percentage
-            # The ETag is the version: a client holding the new one is told nothing changed.
-            tag = f'"{version}"'
+            # The ETag names the state: a client holding the new one is told nothing changed.
+            tag = f'"{seen["incarnation"]}.{version}"'
             fresh = replica.http.get(f"{ROLLOUT}/status", headers={"If-None-Match": tag})
             assert fresh.status_code == 304 and fresh.headers["etag"] == tag
             stale = replica.http.get(
-                f"{ROLLOUT}/status", headers={"If-None-Match": f'"{version - 1}"'}
+                f"{ROLLOUT}/status",
+                headers={"If-None-Match": f'"{seen["incarnation"]}.{version - 1}"'},
             )
             assert stale.status_code == 200 and stale.headers["etag"] == tag
     print(f"propagation to the last replica: max {max(times) * 1000:.0f} ms over {len(times)}")
@@ -118,6 +119,7 @@ def test_two_admins_with_the_same_if_match_on_different_replicas_move_once(manua
     for round_ in range(8):
         status = replicas[0].status()
         version = status["version"]
+        tag = status["etag"]
         action = next_move(status)
         pair = (replicas[round_ % 3], replicas[(round_ + 1) % 3])
         barrier = threading.Barrier(2)
@@ -126,17 +128,16 @@ def test_two_admins_with_the_same_if_match_on_different_replicas_move_once(manua
         def press(
             replica: Replica,
             action: str,
-            version: int,
+            tag: str,
             barrier: threading.Barrier,
             answers: list[httpx.Response],
         ) -> None:
             with httpx.Client(timeout=10) as client:
                 barrier.wait()
-                answers.append(replica.move(action, if_match=version, client=client))
+                answers.append(replica.move(action, if_match=tag, client=client))
 
         threads = [
-            threading.Thread(target=press, args=(r, action, version, barrier, answers))
-            for r in pair
+            threading.Thread(target=press, args=(r, action, tag, barrier, answers)) for r in pair
         ]
         for thread in threads:
             thread.start()
@@ -148,7 +149,7 @@ def test_two_admins_with_the_same_if_match_on_different_replicas_move_once(manua
         lost = next(a for a in answers if a.status_code == 412)
         assert won.json()["version"] == version + 1
         assert lost.json() == {"detail": "VERSION_MISMATCH"}
-        assert lost.headers["etag"] == f'"{version + 1}"'
+        assert lost.headers["etag"] == f'"{status["incarnation"]}.{version + 1}"'
         assert f.stored(key)["version"] == version + 1  # one move, not two
 
 

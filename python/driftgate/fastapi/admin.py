@@ -1,10 +1,11 @@
 """The configuration reload endpoint: `POST {prefix}/admin/reload`, admin only."""
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, status
 from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
 
 from driftgate.fastapi.auth import AdminDependency
 from driftgate.reload import ReloadResult
@@ -23,22 +24,30 @@ class _ErrorBody(BaseModel):
 
 
 def create_admin_router(
-    *, reload: Callable[[str], ReloadResult], admin: AdminDependency, prefix: str = "/api/v1"
+    *,
+    reload: Callable[[str], ReloadResult],
+    admin: AdminDependency,
+    prefix: str = "/api/v1",
+    run: Callable[[Callable[[], ReloadResult]], Awaitable[ReloadResult]] | None = None,
 ) -> APIRouter:
     """A router with `POST {prefix}/admin/reload`: re-reads the values file through `reload`
     (e.g. `ConfigReloader.reload`) and answers what changed, or 400 with the reason the file
-    was refused (the running configuration then stays). `admin` guards it."""
+    was refused (the running configuration then stays). `admin` guards it. `run` runs the
+    reload off the event loop (`create_router` passes its move queue, so a reload waits its
+    turn with the moves and is refused as they are when too many wait); without it, the
+    reload runs in the shared thread pool."""
     router = APIRouter()
+    run_reload = run or run_in_threadpool
 
     @router.post(
         f"{prefix}/admin/reload",
         response_model=ReloadBody,
-        responses={code: {"model": _ErrorBody} for code in (400, 401, 403)},
+        responses={code: {"model": _ErrorBody} for code in (400, 401, 403, 503)},
         name="driftgate:config_reload",
     )
-    def config_reload(actor: Annotated[str, Depends(admin)]) -> dict[str, Any]:
-        # Sync: reading the file and swapping the configuration run in the threadpool.
-        result = reload(f"admin:{actor}")
+    async def config_reload(actor: Annotated[str, Depends(admin)]) -> dict[str, Any]:
+        # Reading the file and swapping the configuration block: off the event loop.
+        result = await run_reload(lambda: reload(f"admin:{actor}"))
         if not result.success:
             raise HTTPException(status.HTTP_400_BAD_REQUEST, result.message)
         return {"success": True, "message": result.message, "changed": list(result.changed)}

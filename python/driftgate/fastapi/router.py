@@ -1,9 +1,12 @@
 """create_router: the HTTP face of a tracker, a readiness gate and a rollout manager."""
 
+import asyncio
+import concurrent.futures
 import logging
 import math
 import os
 import re
+import threading
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Annotated, Any, Protocol, TypeVar
 
@@ -57,6 +60,16 @@ class Gate(Protocol):
 
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
+ResultT = TypeVar("ResultT")
+
+MAX_PENDING_MOVES = 16
+"""Admin moves a router holds at once by default, the one in flight and those queued behind
+it: several operators and a retrying script at the same time, while a store that stalls ties
+up no more than this many connections."""
+
+MAX_MOVE_WAIT_SECONDS = 5.0
+"""How long a move may wait for its turn by default: under the command line's own 10 s
+`--timeout`, so that a refused move is a clear 503, not a client's timeout."""
 
 
 class ErrorBody(BaseModel):
@@ -245,6 +258,86 @@ def _prefix(value: str, name: str) -> str:
     return value
 
 
+def _checked_pending(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1000:
+        raise ValueError(f"max_pending_moves={value!r}: expected an integer from 1 to 1000")
+    return value
+
+
+def _checked_wait(value: object) -> float:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not 0 < value <= 3600
+        or not math.isfinite(value)
+    ):
+        raise ValueError(f"max_move_wait_seconds={value!r}: expected seconds in (0, 3600]")
+    return float(value)
+
+
+class MoveQueue:
+    """The admin moves of one router (and its configuration reloads): run one at a time on a
+    thread of their own, never in the thread pool that serves the application's other sync
+    endpoints, with at most `max_pending` of them in flight plus queued.
+
+    One thread, because moves serialise on the rollout manager anyway: a second would only
+    wait for the manager's lock. A move past the limit, or one that waited longer than
+    `max_wait_seconds` without starting, is refused at once with 503 MOVE_QUEUE_FULL and a
+    Retry-After header; it never started, so nothing moved. A move that has started is waited
+    for: its outcome is known only when it ends."""
+
+    def __init__(self, max_pending: int, max_wait_seconds: float) -> None:
+        self.max_pending = _checked_pending(max_pending)
+        self.max_wait_seconds = _checked_wait(max_wait_seconds)
+        self._free = threading.BoundedSemaphore(self.max_pending)
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="driftgate-moves"
+        )
+
+    @property
+    def retry_after(self) -> int:
+        """Whole seconds after which every move queued now has started or been refused."""
+        return max(1, math.ceil(self.max_wait_seconds))
+
+    def _full(self) -> HTTPException:
+        return HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            ReasonCode.MOVE_QUEUE_FULL.value,
+            headers={"Retry-After": str(self.retry_after)},
+        )
+
+    async def run(self, work: Callable[[], ResultT]) -> ResultT:
+        """`work()`'s result (or exception) once its turn has come and it has run."""
+        if not self._free.acquire(blocking=False):
+            logger.warning(
+                "rollout move refused (%s): %d moves pending",
+                ReasonCode.MOVE_QUEUE_FULL.value,
+                self.max_pending,
+            )
+            raise self._full()
+        try:
+            future = self._executor.submit(work)
+        except BaseException:
+            self._free.release()
+            raise
+        # Released however the move ends, cancelled before it started included.
+        future.add_done_callback(lambda _: self._free.release())
+        waiting = asyncio.wrap_future(future)
+        try:
+            done, _ = await asyncio.wait({waiting}, timeout=self.max_wait_seconds)
+            if not done and future.cancel():
+                logger.warning(
+                    "rollout move refused (%s): not started within %g s",
+                    ReasonCode.MOVE_QUEUE_FULL.value,
+                    self.max_wait_seconds,
+                )
+                raise self._full()
+            return await waiting
+        except asyncio.CancelledError:
+            future.cancel()  # the request is gone: a move that has not started never will
+            raise
+
+
 def create_router(
     *,
     tracker: DriftTracker,
@@ -258,6 +351,8 @@ def create_router(
     rollout_prefix: str = "/api/guardian/rollout",
     reload: Callable[[str], Any] | None = None,
     readiness_budget: ReadinessBudget | None = None,
+    max_pending_moves: int = MAX_PENDING_MOVES,
+    max_move_wait_seconds: float = MAX_MOVE_WAIT_SECONDS,
 ) -> APIRouter:
     """The driftgate endpoints as a bare APIRouter.
 
@@ -272,8 +367,23 @@ def create_router(
     `ConfigReloader.reload`), `POST {probe_prefix}/admin/reload` reloads the configuration.
     With `readiness_budget` (`RedisStateStore.readiness_budget`), drift (DRIFT_GATE, from the
     gate or a readiness check) fails readiness only while this replica holds one of the fleet's
-    unready slots; otherwise readyz answers 200 with the reason DRIFT_GATE_BUDGET."""
+    unready slots; otherwise readyz answers 200 with the reason DRIFT_GATE_BUDGET.
+
+    The probes never wait for the rollout manager, the store or the thread pool that serves
+    sync endpoints: healthz and readyz answer on the event loop, so `readiness_checks` (and
+    the gate's check) run there too and must return at once, never block or call out; metrics
+    render on two threads of the router's own. The status reads the manager's published
+    snapshot on the event loop. Advance, rollback and reload run one at a time on a thread of
+    their own: at most `max_pending_moves` (default 16) in flight plus queued, and a move not
+    started within `max_move_wait_seconds` (default 5, under the command line's 10 s timeout)
+    is refused; either way 503 MOVE_QUEUE_FULL with Retry-After, nothing moved."""
     probes = _prefix(probe_prefix, "probe_prefix")
+    moves = MoveQueue(max_pending_moves, max_move_wait_seconds)
+    # Scrapes render off the event loop but never in the shared pool, which stalled sync
+    # endpoints of the application may hold; two, for a pair of Prometheus servers.
+    renderer = concurrent.futures.ThreadPoolExecutor(
+        max_workers=2, thread_name_prefix="driftgate-metrics"
+    )
     rollout_path = _prefix(rollout_prefix, "rollout_prefix")
     registry = registry or tracker.registry
     require_admin = admin or bearer_token_admin(os.environ.get(TOKEN_ENV) or None)
@@ -284,8 +394,9 @@ def create_router(
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    # Sync endpoints: the C++ calls release the GIL, so they run in the threadpool, never on
-    # the event loop.
+    # On the event loop: the gate's check reads counters and the readiness budget a confirmed
+    # grant, in microseconds, taking neither the manager's lock nor the store, so readiness
+    # answers while moves wait on a stalled store and the shared thread pool is full.
     @router.get(
         f"{probes}/readyz",
         response_model=ReadyBody,
@@ -293,7 +404,7 @@ def create_router(
         responses={503: {"model": ReadyBody}},
         name="driftgate:readyz",
     )
-    def readyz() -> JSONResponse:
+    async def readyz() -> JSONResponse:
         # Answered as a ready-made JSONResponse: probes hit this often, and skipping the
         # response-model pass keeps it as cheap as a bare endpoint. The schema is documented.
         excused = False  # drift that the fleet's readiness budget answers as ready
@@ -322,13 +433,15 @@ def create_router(
         responses={200: {"content": {"text/plain": {}, "application/openmetrics-text": {}}}},
         name="driftgate:metrics",
     )
-    def metrics(request: Request) -> Response:
-        body, content_type = render(
-            registry, request.headers.get("accept"), include_process_metrics
+    async def metrics(request: Request) -> Response:
+        accept = request.headers.get("accept")
+        body, content_type = await asyncio.get_running_loop().run_in_executor(
+            renderer, render, registry, accept, include_process_metrics
         )
         return Response(body, media_type=content_type)
 
-    def require_manager() -> RolloutManager:
+    # async: a sync dependency would take a token of the shared thread pool.
+    async def require_manager() -> RolloutManager:
         if manager is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, ReasonCode.NO_ROLLOUT.value)
         return manager
@@ -344,11 +457,12 @@ def create_router(
         name="driftgate:rollout_status",
         dependencies=read_guard,
     )
-    def rollout_status(
+    async def rollout_status(
         request: Request,
         response: Response,
         rollout: Annotated[RolloutManager, Depends(require_manager)],
     ) -> Any:
+        # The published snapshot: no manager lock and no store call, so on the event loop.
         report = rollout.get_status()
         tag = report["etag"]
         if _none_match(request.headers.get("if-none-match"), tag):
@@ -462,22 +576,24 @@ def create_router(
         name="driftgate:rollout_advance",
         openapi_extra=json_body_schema(MoveRequest, required=False),
     )
-    def rollout_advance(
+    async def rollout_advance(
         request: Request,
         actor: Annotated[str, Depends(scoped(require_admin, Scope.ADVANCE))],
         rollout: Annotated[RolloutManager, Depends(require_manager)],
         body: Annotated[MoveRequest, Depends(move_body)],
     ) -> dict[str, Any]:
         operation = operation_of(request)
-        return moved(
-            lambda expected: rollout.manual_advance(
-                actor,
-                body.reason,
-                expected_version=None if expected is None else expected[0],
-                expected_incarnation=None if expected is None else expected[1],
-                operation=operation,
-            ),
-            lambda: expected_state(request, body, rollout),
+        return await moves.run(
+            lambda: moved(
+                lambda expected: rollout.manual_advance(
+                    actor,
+                    body.reason,
+                    expected_version=None if expected is None else expected[0],
+                    expected_incarnation=None if expected is None else expected[1],
+                    operation=operation,
+                ),
+                lambda: expected_state(request, body, rollout),
+            )
         )
 
     @router.post(
@@ -487,22 +603,24 @@ def create_router(
         name="driftgate:rollout_rollback",
         openapi_extra=json_body_schema(MoveRequest, required=False),
     )
-    def rollout_rollback(
+    async def rollout_rollback(
         request: Request,
         actor: Annotated[str, Depends(scoped(require_admin, Scope.ROLLBACK))],
         rollout: Annotated[RolloutManager, Depends(require_manager)],
         body: Annotated[MoveRequest, Depends(move_body)],
     ) -> dict[str, Any]:
         operation = operation_of(request)
-        return moved(
-            lambda expected: rollout.manual_rollback(
-                actor,
-                body.reason,
-                expected_version=None if expected is None else expected[0],
-                expected_incarnation=None if expected is None else expected[1],
-                operation=operation,
-            ),
-            lambda: expected_state(request, body, rollout),
+        return await moves.run(
+            lambda: moved(
+                lambda expected: rollout.manual_rollback(
+                    actor,
+                    body.reason,
+                    expected_version=None if expected is None else expected[0],
+                    expected_incarnation=None if expected is None else expected[1],
+                    operation=operation,
+                ),
+                lambda: expected_state(request, body, rollout),
+            )
         )
 
     if reload is not None:
@@ -510,7 +628,10 @@ def create_router(
 
         router.include_router(
             create_admin_router(
-                reload=reload, admin=scoped(require_admin, Scope.RELOAD), prefix=probes
+                reload=reload,
+                admin=scoped(require_admin, Scope.RELOAD),
+                prefix=probes,
+                run=moves.run,
             )
         )
     return router
