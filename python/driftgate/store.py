@@ -205,11 +205,12 @@ return 0
 """
 
 # Every command driftgate sends, with the keys and channel it sends it on, checked against the
-# user's ACL without running it (Redis 7 checks the commands a script runs too). KEYS: the
-# rollout key, lease, fence, last check, evidence, replicas, unready, a claim; ARGV[1]: the
-# channel. Returns the first command refused, with its arguments, or nothing.
+# user's ACL without running it (Redis 7 checks the commands a script runs too). ARGV: the
+# channel, then the rollout key, lease, fence, last check, evidence, replicas, unready and a
+# claim; arguments, not KEYS, so that a key the user may not touch is named here rather than
+# refused with the script. Returns the first command refused, with its arguments, or nothing.
 _ACCESS = """
-local k, c = KEYS, ARGV[1]
+local c, k = ARGV[1], {unpack(ARGV, 2)}
 local needed = {
   {'type', k[1]}, {'hmget', k[1], 'version', 'doc'}, {'hget', k[1], 'version'},
   {'hset', k[1], 'version', '1'}, {'publish', c, '1'}, {'subscribe', c}, {'unsubscribe', c},
@@ -532,7 +533,7 @@ class RedisStateStore(SharedStateStore):
             f"{self.key}:claimed:access",
         ]
         try:
-            refused = self._access(keys=keys, args=[self._channel])
+            refused = self._access(keys=[], args=[self._channel, *keys])
         except redis.ResponseError as error:
             if "acl_check_cmd" in str(error) or "nil value" in str(error):
                 return False  # before Redis 7: nothing to ask
