@@ -260,7 +260,8 @@ class _Store(_Section):
             for key, where in _SECRET_STORE_KEYS.items():
                 if key in values:
                     raise ValueError(
-                        f"rollout.store.{key}: a secret is never read from the values file; {where}"
+                        f"{key} is never read from the values file (it is or may carry a "
+                        f"secret): {where}"
                     )
         return values
 

@@ -896,9 +896,7 @@ class RedisStateStore(SharedStateStore):
         service, addresses = self._sentinel
         parts = urllib.parse.urlsplit(self._url)
         to_sentinels = {
-            key: value
-            for key, value in connection.items()
-            if key.startswith(("socket_", "ssl_")) or key == "retry_on_timeout"
+            key: value for key, value in connection.items() if key.startswith(("socket_", "ssl_"))
         }
         if password is not None:
             to_sentinels["password"] = password
