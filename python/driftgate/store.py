@@ -890,6 +890,8 @@ class RedisStateStore(SharedStateStore):
     def _sentinel_client(self, connection: dict[str, Any], password: str | None) -> Any:
         """A client of the primary the sentinels name now: redis-py asks them again on every
         new connection, so a reconnect after a failover reaches the new primary."""
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
         from redis.sentinel import Sentinel
 
         assert self._sentinel is not None
@@ -898,6 +900,9 @@ class RedisStateStore(SharedStateStore):
         to_sentinels = {
             key: value for key, value in connection.items() if key.startswith(("socket_", "ssl_"))
         }
+        # Without waits between attempts: the sentinels are asked in turn anyway, and a
+        # follower that finds no primary backs off itself (redis-py's default waits seconds).
+        to_sentinels["retry"] = Retry(NoBackoff(), 0)
         if password is not None:
             to_sentinels["password"] = password
         if parts.scheme == "rediss":
@@ -909,6 +914,7 @@ class RedisStateStore(SharedStateStore):
             password=urllib.parse.unquote(parts.password) if parts.password else None,
             db=int(parts.path.lstrip("/") or 0),
             ssl=parts.scheme == "rediss",
+            retry=Retry(NoBackoff(), 1),  # once at once: a pooled connection to a lost primary
             **connection,
         )
 
