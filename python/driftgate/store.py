@@ -890,9 +890,9 @@ class RedisStateStore(SharedStateStore):
     def _sentinel_client(self, connection: dict[str, Any], password: str | None) -> Any:
         """A client of the primary the sentinels name now: redis-py asks them again on every
         new connection, so a reconnect after a failover reaches the new primary."""
+        from redis import sentinel as redis_sentinel
         from redis.backoff import NoBackoff
         from redis.retry import Retry
-        from redis.sentinel import Sentinel
 
         assert self._sentinel is not None
         service, addresses = self._sentinel
@@ -907,7 +907,8 @@ class RedisStateStore(SharedStateStore):
             to_sentinels["password"] = password
         if parts.scheme == "rediss":
             to_sentinels["ssl"] = True
-        manager = Sentinel(addresses, sentinel_kwargs=to_sentinels)
+        sentinel: Any = redis_sentinel.Sentinel  # redis-py leaves it untyped
+        manager = sentinel(addresses, sentinel_kwargs=to_sentinels)
         return manager.master_for(
             service,
             username=urllib.parse.unquote(parts.username) if parts.username else None,
