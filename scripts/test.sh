@@ -17,7 +17,8 @@ esac
 # prometheus: promtool checks and unit-tests the alert rules; the server is scraped by a test.
 # wrk: the HTTP load benchmark, whose smoke run is a test. strace: the state file's write
 # faults are injected with it. redis-server: the fleet's tests, its benchmark and its demo run
-# real Redis servers. faketime: a service whose clocks run faster shows a gate reopening after
+# real Redis servers (over TLS too, and as Sentinels: `redis-server --sentinel`, so no
+# redis-sentinel package). faketime: a service whose clocks run faster shows a gate reopening after
 # its five-minute window in seconds.
 install_debian_packages prometheus wrk strace redis-server faketime
 install_driftgate test

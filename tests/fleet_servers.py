@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
@@ -44,9 +44,10 @@ def values_yaml(
     lease_ttl: float = 1.5,
     prometheus_timeout: float = 5,
     gate: dict[str, Any] | None = None,
+    store: dict[str, Any] | None = None,
 ) -> str:
     """A values file for a replica of the fleet: JSON is YAML, and the file is read strictly.
-    `gate` is the `enforce_readiness_gate` section, if any."""
+    `gate` is the `enforce_readiness_gate` section, if any; `store` more `rollout.store` keys."""
     rollout: dict[str, Any] = {
         "enabled": True,
         "check_interval_seconds": 1,
@@ -56,6 +57,7 @@ def values_yaml(
             "key": key,
             "sync_interval_seconds": sync_interval,
             "lease_ttl_seconds": lease_ttl,
+            **(store or {}),
         },
     }
     if prometheus is not None:
@@ -75,14 +77,29 @@ def values_yaml(
 
 class RedisServer:
     """redis-server on a free port of 127.0.0.1 with its data in `folder`; killed and started
-    again on the same port and data, as after a crash."""
+    again on the same port and data, as after a crash. With `tls` (a folder holding ca.crt,
+    server.crt and server.key) it speaks TLS only on that port, client certificates optional;
+    `args` are more redis-server arguments."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, *, tls: Path | None = None, args: Sequence[str] = ()):
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.tls = tls
+        self.args = list(args)
+        self.url = f"{'rediss' if tls else 'redis'}://127.0.0.1:{self.port}/0"
         self.process: subprocess.Popen[bytes] | None = None
+
+    def _listen(self) -> list[str]:
+        if self.tls is None:
+            return ["--port", str(self.port)]
+        return [
+            *("--port", "0", "--tls-port", str(self.port)),
+            *("--tls-cert-file", str(self.tls / "server.crt")),
+            *("--tls-key-file", str(self.tls / "server.key")),
+            *("--tls-ca-cert-file", str(self.tls / "ca.crt")),
+            *("--tls-auth-clients", "optional"),
+        ]
 
     def start(self) -> None:
         binary = require_tool("redis-server", package="redis-server")
@@ -90,10 +107,11 @@ class RedisServer:
             self.process = subprocess.Popen(
                 [
                     binary,
-                    *("--bind", "127.0.0.1", "--port", str(self.port)),
+                    *("--bind", "127.0.0.1", *self._listen()),
                     *("--dir", str(self.folder), "--save", ""),
                     *("--appendonly", "yes", "--appendfsync", "always"),
                     *("--daemonize", "no", "--loglevel", "warning"),
+                    *self.args,
                 ],
                 stdout=log,
                 stderr=log,
@@ -117,13 +135,67 @@ class RedisServer:
     def client(self) -> Any:
         import redis
 
-        return redis.Redis.from_url(self.url, socket_timeout=2, socket_connect_timeout=2)
+        # The test's own client trusts the test's authority for any host name: a server whose
+        # certificate names another host is for the store to refuse, not the test.
+        tls = {}
+        if self.tls is not None:
+            tls = {"ssl_ca_certs": str(self.tls / "ca.crt"), "ssl_check_hostname": False}
+            if (self.tls / "client.crt").exists():  # for a server that asks for one
+                tls["ssl_certfile"] = str(self.tls / "client.crt")
+                tls["ssl_keyfile"] = str(self.tls / "client.key")
+        return redis.Redis.from_url(self.url, socket_timeout=2, socket_connect_timeout=2, **tls)
 
     def kill(self) -> None:
         """SIGKILL, as a crash: only what reached the append-only file survives."""
         assert self.process is not None
         self.process.send_signal(signal.SIGKILL)
         self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+
+
+class SentinelServer:
+    """A Redis Sentinel (redis-server in sentinel mode) on a free port of 127.0.0.1, watching
+    the primary at `primary_port` as `service`. Its timings are cut down so that a failover
+    takes seconds: the primary is down after 1 s without an answer."""
+
+    def __init__(self, folder: Path, primary_port: int, service: str = "primary"):
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.service = service
+        # Sentinel rewrites its file with what it learns: one file per sentinel.
+        (folder / "sentinel.conf").write_text(
+            f"bind 127.0.0.1\nport {self.port}\ndir {folder}\n"
+            f"sentinel monitor {service} 127.0.0.1 {primary_port} 2\n"
+            f"sentinel down-after-milliseconds {service} 1000\n"
+            f"sentinel failover-timeout {service} 3000\n"
+            f"sentinel parallel-syncs {service} 1\n"
+        )
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        binary = require_tool("redis-server", package="redis-server")
+        with (self.folder / "sentinel.log").open("ab") as log:
+            self.process = subprocess.Popen(
+                [binary, str(self.folder / "sentinel.conf"), "--sentinel"],
+                stdout=log,
+                stderr=log,
+            )
+
+    def primary(self) -> int | None:
+        """The port of the primary this sentinel names now (None: it does not answer)."""
+        import redis
+
+        try:
+            with redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1) as client:
+                answer = client.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service)
+        except (redis.RedisError, OSError):
+            return None
+        return None if not answer else int(answer[1])
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

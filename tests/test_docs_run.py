@@ -46,6 +46,13 @@ SKIPPED_BLOCKS = {
         "docs/runbook_rollout.md",
         "driftgate probe --url http://127.0.0.1:8000/api/v1/schedule --body canary.json --count 3",
     ): "a solver service's endpoint and request file, which the demo service does not have",
+    (
+        "docs/fleet.md",
+        "ACL SETUSER driftgate on ><password> resetkeys ~driftgate:rollout* resetchannels "
+        "&driftgate:rollout:changed -@all +evalsha +script|load +type +hmget +hget +hset +get "
+        "+set +incr +pexpire +pttl +del +time +zadd +zrem +zremrangebyscore +zcard +zrange "
+        "+zscore +exists +publish +subscribe +unsubscribe +multi +exec +ping +wait",
+    ): "tests/test_store_transport.py runs it on a real redis-server and a fleet under that user",
 }
 
 # Shell commands that set up a machine rather than show the product; tests of their own cover

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
+from unittest import mock
 
 import pytest
 from fastapi.testclient import TestClient
@@ -24,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from driftgate.cli import main
-from driftgate.demo import check_environment, create_demo_app
+from driftgate.demo import _redis_store, check_environment, create_demo_app, required_environment
 from driftgate.fastapi.auth import approvers_from_settings
 from driftgate.identity import TokenFile, TokenFileError, token_digest, token_file_line
 from driftgate.readiness_budget import MAX_UNREADY_REPLICAS
@@ -414,6 +415,52 @@ def _section(keys: list[str], extra: dict | None = None) -> st.SearchStrategy:
     return st.fixed_dictionaries({}, optional=values)
 
 
+HOST_PORT = st.one_of(
+    # names that resolve without DNS: an accepted store is built, and asks them at start
+    st.sampled_from(["127.0.0.1:26379", "[::1]:26379", "localhost:1", "127.0.0.1:65535"]),
+    st.sampled_from(["h:0", "h:65536", "h:x", "h", ":1", "[::1]", "a b:1", "h:1:2", "h:007",
+                     "h:99999", "\ud800:1", "h:-1", "h: 1"]),
+    st.text(max_size=12),
+)  # fmt: skip
+
+
+def _mostly(*good: object) -> st.SearchStrategy:
+    """A value the key takes, or anything."""
+    return st.one_of(st.sampled_from(good), st.sampled_from(good), ANY_VALUE)
+
+
+_STORE_KEYS = {
+    "tls_ca_file": _mostly("ca.crt", "/nonexistent/ca.crt"),
+    "tls_cert_file": _mostly("tls.crt"),
+    "tls_key_file": _mostly("tls.key"),
+    "sentinels": st.one_of(st.lists(HOST_PORT, min_size=1, max_size=3), ANY_VALUE),
+    "sentinel_service": _mostly("mymaster", "a b", "x" * 129),
+    "sentinel_password_env": _mostly("DRIFTGATE_SENTINEL_PASSWORD"),
+    "key": _mostly("driftgate:rollout"),
+    "sync_interval_seconds": _mostly(0.5, 5),
+}
+STORE = st.one_of(
+    st.fixed_dictionaries({}, optional=_STORE_KEYS),
+    st.fixed_dictionaries(
+        {
+            "sentinels": st.lists(HOST_PORT, min_size=1, max_size=3),
+            "sentinel_service": _mostly("mymaster"),
+        },
+        optional={k: v for k, v in _STORE_KEYS.items() if not k.startswith("sentinel")},
+    ),
+    st.fixed_dictionaries(
+        {},
+        optional={
+            **_STORE_KEYS,
+            "url": st.just("redis://:hunter2@127.0.0.1:6379/0"),
+            "password": st.just("hunter2"),
+            "sentinel_password": st.just("hunter2"),
+            "tls_verify": ANY_VALUE,
+        },
+    ),
+)
+
+
 VALUES = st.one_of(
     ANY_VALUE,
     _section(
@@ -439,6 +486,7 @@ VALUES = st.one_of(
                     {
                         "stages": st.one_of(ANY_VALUE, st.lists(STAGE, max_size=4)),
                         "prometheus": _section(["url", "query", "timeout_seconds"]),
+                        "store": st.one_of(ANY_VALUE, STORE),
                     },
                 ),
             ),
@@ -479,6 +527,38 @@ def test_any_parsed_values_are_usable_or_refused_in_one_line(values):
         assert all(s.duration_seconds <= MAX_STAGE_SECONDS for s in loaded.rollout.stages)
     # an accepted issuer builds its verifier (the token file is read, and fuzzed, below)
     approvers_from_settings(replace(loaded, admin_token_file=None), environ={})
+    if loaded.store is not None:
+        _assert_store_usable_or_refused(loaded)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@given(store=STORE)
+def test_any_store_values_are_usable_or_refused_in_one_line_naming_the_key(store):
+    try:
+        loaded = parse_settings({"rollout": {"enabled": True, "store": store}})
+    except SettingsError as error:
+        message = one_line(str(error))
+        assert message.startswith("rollout.store"), message
+        assert "hunter2" not in message
+        return
+    assert loaded.store is not None
+    _assert_store_usable_or_refused(loaded)
+
+
+def _assert_store_usable_or_refused(loaded: Settings) -> None:
+    """Accepted store values build their store at start, or stop it with one line naming the
+    setting (a TLS file that is not there); Redis itself is not there (port 1)."""
+    environ = {name: "redis://127.0.0.1:1/0" for _, name in required_environment(loaded)}
+    if loaded.store.tls_ca_file or loaded.store.tls_cert_file:
+        environ[loaded.store.url_env] = "rediss://127.0.0.1:1/0"
+    with mock.patch.dict(os.environ, environ):
+        try:
+            check_environment(loaded)
+            store = _redis_store(loaded.store)
+        except SettingsError as error:
+            assert one_line(str(error)).startswith("rollout.store."), error
+        else:
+            store.close()
 
 
 # -- decision files --------------------------------------------------------------------------

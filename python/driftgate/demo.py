@@ -36,6 +36,7 @@ from driftgate._core import (
     ReadinessGate,
     SignatureLRU,
     StateError,
+    StateStoreError,
     Verdict,
 )
 from driftgate.fastapi import create_router
@@ -110,6 +111,10 @@ def required_environment(settings: Settings) -> list[tuple[str, str]]:
     required: list[tuple[str, str]] = []
     if settings.store is not None:
         required.append(("rollout.store.url_env", settings.store.url_env))
+        if settings.store.sentinel_password_env is not None:
+            required.append(
+                ("rollout.store.sentinel_password_env", settings.store.sentinel_password_env)
+            )
     if settings.admin_token_required:
         required.append(("admin.token_env", settings.admin_token_env))
     for i, entry in enumerate(settings.notifications):
@@ -121,21 +126,59 @@ def required_environment(settings: Settings) -> list[tuple[str, str]]:
 
 def check_environment(settings: Settings, environ: Mapping[str, str] | None = None) -> None:
     """A SettingsError naming the first variable the values name that is unset or empty (its
-    value is never shown)."""
+    value is never shown), or the first TLS file of the store that cannot be read."""
     environ = os.environ if environ is None else environ
     for key, name in required_environment(settings):
         _environment(name, key, environ)
+    if settings.store is not None:
+        for key in ("tls_ca_file", "tls_cert_file", "tls_key_file"):
+            path = getattr(settings.store, key)
+            if path is not None:
+                try:
+                    with open(path, "rb") as file:
+                        file.read(1)
+                except OSError as error:
+                    raise SettingsError(
+                        f"rollout.store.{key}: {path} cannot be read ({error.strerror})"
+                    ) from None
 
 
 def _redis_store(settings: StoreSettings) -> RedisStateStore:
-    """The fleet's store; its URL comes from the environment variable the values name."""
+    """The fleet's store; its URL (and the sentinels' password) come from the environment
+    variables the values name. A Redis that answers but refuses the store's user, its password
+    or its certificate stops the start with one line; one that does not answer yet is
+    followed until it does."""
     url = _environment(settings.url_env, "rollout.store.url_env")
-    return RedisStateStore(
-        url,
-        settings.key,
-        sync_interval_seconds=settings.sync_interval_seconds,
-        lease_ttl_seconds=settings.lease_ttl_seconds,
-    )
+    password = None
+    if settings.sentinel_password_env is not None:
+        password = _environment(
+            settings.sentinel_password_env, "rollout.store.sentinel_password_env"
+        )
+    try:
+        store = RedisStateStore(
+            url,
+            settings.key,
+            sync_interval_seconds=settings.sync_interval_seconds,
+            lease_ttl_seconds=settings.lease_ttl_seconds,
+            tls_ca_file=settings.tls_ca_file,
+            tls_cert_file=settings.tls_cert_file,
+            tls_key_file=settings.tls_key_file,
+            sentinels=settings.sentinels or None,
+            sentinel_service=settings.sentinel_service,
+            sentinel_password=password,
+        )
+    except ValueError as error:
+        # The store names its own argument: the values file's key is rollout.store.<that>.
+        message = str(error)
+        if message.startswith(("tls_", "sentinel")):
+            message = f"rollout.store.{message}"
+        raise SettingsError(message) from None
+    try:
+        store.check_access()
+    except StateStoreError as error:
+        store.close()
+        raise SettingsError(f"rollout.store: {error}") from None
+    return store
 
 
 def _environment(name: str, what: str, environ: Mapping[str, str] | None = None) -> str:

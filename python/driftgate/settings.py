@@ -33,6 +33,7 @@ naming the file, and the line or the key.
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,6 +102,16 @@ class StoreSettings:
     key: str = "driftgate:rollout"
     sync_interval_seconds: float = 5.0
     lease_ttl_seconds: float = 15.0
+    # rediss:// only: the CA bundle the server's certificate is verified against (None: the
+    # system's), and a client certificate and key for mutual TLS.
+    tls_ca_file: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    # Redis behind Sentinel: "host:port" of each sentinel, the name they monitor the primary
+    # under, and the variable holding the sentinels' password, if they have one.
+    sentinels: tuple[str, ...] = ()
+    sentinel_service: str | None = None
+    sentinel_password_env: str | None = None
 
 
 @dataclass(frozen=True)
@@ -202,22 +213,71 @@ class _Prometheus(_Section):
     timeout_seconds: _QueryTimeout = 5.0
 
 
+def _host_port(entry: str) -> str:
+    """A sentinel's "host:port" ("[v6]:port" for an IPv6 address)."""
+    host, _, port = entry.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if (
+        not re.fullmatch(r"[A-Za-z0-9_.:-]{1,253}", host)
+        or not re.fullmatch(r"[0-9]{1,5}", port)
+        or not 1 <= int(port) <= 65535
+    ):
+        raise ValueError("expected host:port with a port from 1 to 65535")
+    return entry
+
+
+_HostPort = Annotated[str, Field(min_length=3, max_length=300), AfterValidator(_host_port)]
+_SentinelService = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,128}$")]
+
+
+_SECRET_STORE_KEYS = {
+    "url": "put it in an environment variable and name that in rollout.store.url_env",
+    "password": "put it in the URL in the variable that rollout.store.url_env names",
+    "sentinel_password": "put it in an environment variable and name that in "
+    "rollout.store.sentinel_password_env",
+}
+
+
 class _Store(_Section):
     url_env: _EnvName = "DRIFTGATE_REDIS_URL"
     key: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:{}/-]{1,200}$")] = "driftgate:rollout"
     sync_interval_seconds: Annotated[float, Field(ge=0.05, le=3600, allow_inf_nan=False)] = 5.0
     lease_ttl_seconds: Annotated[float, Field(ge=0.1, le=3600, allow_inf_nan=False)] = 15.0
+    tls_ca_file: _PathText | None = None
+    tls_cert_file: _PathText | None = None
+    tls_key_file: _PathText | None = None
+    sentinels: Annotated[list[_HostPort], Field(min_length=1, max_length=16)] | None = None
+    sentinel_service: _SentinelService | None = None
+    sentinel_password_env: _EnvName | None = None
 
     @model_validator(mode="before")
     @classmethod
     def _no_url(cls, values: Any) -> Any:
-        # A Redis URL may carry a password: it comes from the environment only.
-        if isinstance(values, dict) and "url" in values:
-            raise ValueError(
-                "a store URL is not read from the values file (it may carry a password): "
-                "put it in an environment variable and name that in rollout.store.url_env"
-            )
+        # A Redis URL may carry a password: it comes from the environment only, as do the
+        # passwords themselves.
+        if isinstance(values, dict):
+            for key, where in _SECRET_STORE_KEYS.items():
+                if key in values:
+                    raise ValueError(
+                        f"{key} is never read from the values file (it is or may carry a "
+                        f"secret): {where}"
+                    )
         return values
+
+    @model_validator(mode="after")
+    def _together(self) -> _Store:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file: mutual TLS needs both or neither")
+        if self.sentinels is None:
+            for name in ("sentinel_service", "sentinel_password_env"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f"{name} is set but sentinels is not")
+        elif self.sentinel_service is None:
+            raise ValueError(
+                "sentinels needs sentinel_service: the name the sentinels monitor the primary under"
+            )
+        return self
 
 
 _EventName = Literal[
@@ -443,6 +503,12 @@ def _build(what: str, make: Callable[[], T]) -> T:
 # -- values to settings ----------------------------------------------------------------------
 
 
+def _store_settings(store: _Store) -> StoreSettings:
+    values = store.model_dump()
+    values["sentinels"] = tuple(values["sentinels"] or ())
+    return StoreSettings(**values)
+
+
 def parse_settings(values: Any) -> Settings:
     """Settings from already-parsed values (a dict; None for an empty file), or a
     SettingsError naming the key."""
@@ -517,9 +583,7 @@ def parse_settings(values: Any) -> Settings:
         error_rate_source=source,
         admin_token_env=admin.token_env,
         admin_token_required="token_env" in admin.model_fields_set,
-        store=None
-        if rollout_values.store is None
-        else StoreSettings(**rollout_values.store.model_dump()),
+        store=None if rollout_values.store is None else _store_settings(rollout_values.store),
         notifications=tuple(
             NotificationSettings(
                 kind=n.kind,

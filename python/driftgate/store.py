@@ -23,14 +23,16 @@ import contextlib
 import json
 import logging
 import math
+import os
 import re
 import secrets
 import socket
+import ssl
 import threading
 import time
 import urllib.parse
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from driftgate._core import (
@@ -265,6 +267,36 @@ redis.call('ZREM', KEYS[2], ARGV[1])
 return 0
 """
 
+# Every command driftgate sends, with the keys and channel it sends it on, checked against the
+# user's ACL without running it (Redis 7 checks the commands a script runs too). ARGV: the
+# channel, then the rollout key, lease, fence, last check, evidence, replicas, unready and a
+# claim; arguments, not KEYS, so that a key the user may not touch is named here rather than
+# refused with the script. Returns the first command refused, with its arguments, or nothing.
+_ACCESS = """
+local c, k = ARGV[1], {unpack(ARGV, 2)}
+local needed = {
+  {'type', k[1]}, {'hmget', k[1], 'version', 'doc'}, {'hget', k[1], 'version'},
+  {'hset', k[1], 'version', '1'}, {'publish', c, '1'}, {'subscribe', c}, {'unsubscribe', c},
+  {'get', k[2]}, {'set', k[2], '1', 'PX', '1'}, {'pexpire', k[2], '1'}, {'pttl', k[2]},
+  {'del', k[2]}, {'incr', k[3]}, {'get', k[4]}, {'set', k[4], '1'}, {'time'},
+  {'get', k[5]}, {'set', k[5], '1'}, {'multi'}, {'exec'},
+  {'zremrangebyscore', k[6], '-inf', '1'}, {'zadd', k[6], '1', 'm'}, {'pexpire', k[6], '1'},
+  {'zcard', k[6]}, {'zrem', k[6], 'm'}, {'zremrangebyscore', k[7], '-inf', '1'},
+  {'zadd', k[7], '1', 'm'}, {'zscore', k[7], 'm'}, {'zrem', k[7], 'm'}, {'zcard', k[7]},
+  {'zrange', k[7], '0', '-1'}, {'exists', k[7]}, {'pexpire', k[7], '1'},
+  {'type', k[2]}, {'type', k[3]}, {'get', k[3]}, {'type', k[4]},
+  {'set', k[8], '1', 'NX', 'EX', '1'}, {'evalsha', 'x', '0'},
+  {'script', 'load', 'x'}, {'ping'},
+}
+for _, command in ipairs(needed) do
+  if not redis.acl_check_cmd(unpack(command)) then return table.concat(command, ' ') end
+end
+return false
+"""
+
+ACL_DOCS = "docs/fleet.md#redis-users-acl"
+"""Where the Redis ACL a store's user needs is written down."""
+
 
 def redact_url(url: str) -> str:
     """`url` without its password (and user name), for logs and messages."""
@@ -289,7 +321,8 @@ def _checked_url(url: str) -> str:
         # Not the parser's words: they quote the text after the last colon of the netloc,
         # which is the password when it holds an unescaped '/', '?' or '#'.
         raise ValueError(
-            f"store URL {shown!r} is malformed: expected redis://[:password@]host[:port][/db] "
+            f"store URL {shown!r} is malformed: expected "
+            "redis://[[user]:password@]host[:port][/db] "
             "with a port from 1 to 65535 and the password percent-encoded"
         ) from None
     if parts.scheme not in ("redis", "rediss"):
@@ -304,6 +337,119 @@ def _checked_url(url: str) -> str:
     if parts.query or parts.fragment:
         raise ValueError(f"store URL {shown!r}: query parameters are not supported")
     return url
+
+
+def _readable_file(value: Any, name: str) -> str:
+    """The path of a TLS file the store is given, refused now (naming `name`) when it cannot
+    be read, rather than as a handshake failure on every reconnect."""
+    if isinstance(value, bytes) or not isinstance(value, (str, os.PathLike)):
+        raise ValueError(f"{name}={value!r}: expected the path of a PEM file")
+    path = os.fspath(value)
+    if not path or "\0" in path:
+        raise ValueError(f"{name}={path!r}: expected the path of a PEM file")
+    try:
+        with open(path, "rb") as file:
+            file.read(1)
+    except OSError as error:
+        raise ValueError(f"{name}={path!r} cannot be read ({error.strerror})") from None
+    return path
+
+
+def _tls_options(tls: bool, ca_file: Any, cert_file: Any, key_file: Any) -> dict[str, Any]:
+    """redis-py's TLS arguments: the server's certificate verified against `ca_file` (the
+    system's CAs when None), its host name checked, a client certificate for mutual TLS."""
+    given = {
+        name: value
+        for name, value in (
+            ("tls_ca_file", ca_file),
+            ("tls_cert_file", cert_file),
+            ("tls_key_file", key_file),
+        )
+        if value is not None
+    }
+    if not tls:
+        if given:
+            raise ValueError(
+                f"{next(iter(given))} is given but the store URL is redis://, which does not "
+                "use TLS: use a rediss:// URL"
+            )
+        return {}
+    if (cert_file is None) != (key_file is None):
+        raise ValueError("tls_cert_file and tls_key_file: mutual TLS needs both or neither")
+    options: dict[str, Any] = {"ssl_cert_reqs": "required", "ssl_check_hostname": True}
+    if ca_file is not None:
+        options["ssl_ca_certs"] = path = _readable_file(ca_file, "tls_ca_file")
+        try:  # a file that reads but holds no certificate fails here, not at every handshake
+            ssl.create_default_context(cafile=path)
+        except (ssl.SSLError, ValueError) as error:
+            raise ValueError(
+                f"tls_ca_file={path!r} holds no usable PEM certificate ({one_line(str(error))})"
+            ) from None
+    if cert_file is not None:
+        options["ssl_certfile"] = _readable_file(cert_file, "tls_cert_file")
+        options["ssl_keyfile"] = _readable_file(key_file, "tls_key_file")
+    return options
+
+
+_MAX_SENTINELS = 16
+
+
+def _sentinel_address(entry: Any) -> tuple[str, int]:
+    """("host", port) from "host:port", "[v6]:port" or a (host, port) pair."""
+    if isinstance(entry, tuple) and len(entry) == 2:
+        host, port = entry
+    elif isinstance(entry, str):
+        host, _, port_text = entry.rpartition(":")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        port = int(port_text) if port_text.isdigit() and len(port_text) <= 5 else -1
+    else:
+        host, port = "", -1
+    if (
+        not isinstance(host, str)
+        or not re.fullmatch(r"[A-Za-z0-9_.:-]{1,253}", host)
+        or isinstance(port, bool)
+        or not isinstance(port, int)
+        or not 1 <= port <= 65535
+    ):
+        raise ValueError(f"sentinels: {entry!r} is not host:port (a port from 1 to 65535)")
+    return host, port
+
+
+def _sentinel_addresses(entries: Any) -> tuple[tuple[str, int], ...]:
+    if isinstance(entries, (str, bytes)) or not isinstance(entries, Sequence):
+        raise ValueError(f"sentinels={entries!r}: expected a list of host:port")
+    if not 1 <= len(entries) <= _MAX_SENTINELS:
+        raise ValueError(f"sentinels: expected 1 to {_MAX_SENTINELS} host:port entries")
+    return tuple(_sentinel_address(entry) for entry in entries)
+
+
+def _sentinel_service(name: Any) -> str:
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.:-]{1,128}", name):
+        raise ValueError(
+            f"sentinel_service={name!r}: expected the name the sentinels monitor the primary "
+            "under (1-128 characters of [A-Za-z0-9_.:-])"
+        )
+    return name
+
+
+def _why(error: BaseException) -> str:
+    """What went wrong with a Redis call, in words an operator acts on; never a password
+    (redis-py's messages name the host and the command, not the credentials)."""
+    import redis
+
+    name = type(error).__name__
+    if isinstance(error, redis.exceptions.NoPermissionError) or (
+        isinstance(error, redis.ResponseError) and "can't run this command" in str(error)
+    ):
+        return (
+            f"the Redis user may not do this: {one_line(str(error))}; grant the ACL in {ACL_DOCS}"
+        )
+    if isinstance(error, redis.AuthenticationError):
+        return f"{name}: Redis refused the user name or password in the store URL"
+    if isinstance(error, redis.ConnectionError) and "CERTIFICATE_VERIFY_FAILED" in str(error):
+        return f"{name}: the server's TLS certificate is not trusted ({one_line(str(error))})"
+    return name
 
 
 def _seconds(value: float, name: str, low: float, high: float) -> float:
@@ -327,8 +473,15 @@ class RedisStateStore(SharedStateStore):
     """The rollout state of a fleet, in Redis (redis-py). Give it to a `RolloutManager`
     (`store=`); the manager then follows the shared state in a background thread.
 
-    `url` is a redis:// or rediss:// URL and may carry a password: read it from the
-    environment, never from a file, and it is never logged (`describe()` drops it).
+    `url` is a redis:// or rediss:// (TLS) URL and may carry a user and password: read it from
+    the environment, never from a file, and it is never logged (`describe()` drops it).
+    Over TLS the server's certificate and host name are always verified, against
+    `tls_ca_file` (a PEM bundle) or the system's CAs; `tls_cert_file` and `tls_key_file` give
+    a client certificate for mutual TLS. With `sentinels` ("host:port" or (host, port)), the
+    primary of `sentinel_service` is asked of the sentinels (with `sentinel_password`, and
+    over TLS for a rediss:// URL), and the store follows it through failovers; the URL then
+    gives only the scheme, user, password and database. `check_access()` says at start
+    whether the Redis user may do what the store needs (docs/fleet.md).
     Durability: an acknowledged transition survives a Redis crash only with `appendonly yes`
     and `appendfsync always`."""
 
@@ -343,11 +496,19 @@ class RedisStateStore(SharedStateStore):
         replica: str | None = None,
         min_replicas_acked: int = 0,
         replica_ack_timeout: float = 1.0,
+        tls_ca_file: str | os.PathLike[str] | None = None,
+        tls_cert_file: str | os.PathLike[str] | None = None,
+        tls_key_file: str | os.PathLike[str] | None = None,
+        sentinels: Sequence[str | tuple[str, int]] | None = None,
+        sentinel_service: str | None = None,
+        sentinel_password: str | None = None,
     ) -> None:
         super().__init__()
         import redis  # only the shared store needs it
 
         self._url = _checked_url(url)
+        tls = urllib.parse.urlsplit(self._url).scheme == "rediss"
+        tls_options = _tls_options(tls, tls_ca_file, tls_cert_file, tls_key_file)
         if not isinstance(key, str) or not _KEY.fullmatch(key):
             raise ValueError(f"key={key!r}: expected 1-200 characters of [A-Za-z0-9_.:{{}}/-]")
         self.key = key
@@ -373,13 +534,24 @@ class RedisStateStore(SharedStateStore):
         self.replica = name
         # The holder name is unique per store object: a restarted replica never inherits a lease.
         self._holder = f"{name}/{secrets.token_hex(8)}"
-        self._client: Any = redis.Redis.from_url(
-            self._url,
-            socket_timeout=self.socket_timeout,
-            socket_connect_timeout=self.socket_timeout,
-            retry_on_timeout=False,
-            decode_responses=False,
-        )
+        connection: dict[str, Any] = {
+            "socket_timeout": self.socket_timeout,
+            "socket_connect_timeout": self.socket_timeout,
+            "retry_on_timeout": False,
+            "decode_responses": False,
+            **tls_options,
+        }
+        self._sentinel: tuple[str, tuple[tuple[str, int], ...]] | None = None
+        if sentinels is None:
+            if sentinel_service is not None or sentinel_password is not None:
+                raise ValueError("sentinel_service and sentinel_password need sentinels")
+            self._client: Any = redis.Redis.from_url(self._url, **connection)
+        else:
+            self._sentinel = (
+                _sentinel_service(sentinel_service),
+                _sentinel_addresses(sentinels),
+            )
+            self._client = self._sentinel_client(connection, sentinel_password)
         self._errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
         self._wrong_type: type[BaseException] = redis.ResponseError
         self._load = self._client.register_script(_LOAD)
@@ -394,6 +566,7 @@ class RedisStateStore(SharedStateStore):
         self._claim = self._client.register_script(_CLAIM_CHECK)
         self._heartbeat = self._client.register_script(_HEARTBEAT)
         self._leave = self._client.register_script(_LEAVE)
+        self._access = self._client.register_script(_ACCESS)
         self._budget: ReadinessBudget | None = None
         self._lease: str | None = None  # "fence:holder" while this store holds the lease
         self._evaluator: str | None = None
@@ -414,7 +587,49 @@ class RedisStateStore(SharedStateStore):
     # -- SharedStateStore --------------------------------------------------------------------
 
     def describe(self) -> str:
+        if self._sentinel is not None:
+            service, addresses = self._sentinel
+            where = ", ".join(f"{host}:{port}" for host, port in addresses)
+            scheme = urllib.parse.urlsplit(self._url).scheme
+            return f"Redis {scheme} primary {service!r} (sentinels {where}) key {self.key!r}"
         return f"Redis {redact_url(self._url)} key {self.key!r}"
+
+    def check_access(self) -> bool:
+        """Whether the Redis user may run every command the store sends, on its keys and
+        channel (asked of Redis 7's ACL without running them). Raises StateStoreError naming
+        the first command refused, or saying that the password or the server's certificate was
+        refused; False when Redis cannot be reached now, or is older than 7 (not checked:
+        the follower keeps trying, and reports a refusal when it meets one)."""
+        import redis
+
+        keys = [
+            self.key,
+            self._lease_key,
+            self._fence_key,
+            self._last_check_key,
+            self._evidence_key,
+            self._replicas_key,
+            self._unready_key,
+            f"{self.key}:claimed:access",
+        ]
+        try:
+            refused = self._access(keys=[], args=[self._channel, *keys])
+        except redis.ResponseError as error:
+            if "acl_check_cmd" in str(error) or "nil value" in str(error):
+                return False  # before Redis 7: nothing to ask
+            raise StateStoreError(f"{self.describe()}: {_why(error)}") from None
+        except redis.AuthenticationError as error:
+            raise StateStoreError(f"{self.describe()}: {_why(error)}") from None
+        except self._errors as error:
+            if "CERTIFICATE_VERIFY_FAILED" in str(error):
+                raise StateStoreError(f"{self.describe()}: {_why(error)}") from None
+            return False
+        if refused:
+            raise StateStoreError(
+                f"{self.describe()}: the Redis user may not run {_text(refused)!r}; grant "
+                f"the ACL in {ACL_DOCS}"
+            )
+        return True
 
     def load(self) -> str | None:
         answer = self._call("read", self._load, keys=[self.key])
@@ -476,14 +691,16 @@ class RedisStateStore(SharedStateStore):
             connection = pool.get_connection()
         except self._errors as error:
             raise StateStoreError(
-                f"{self.describe()}: commit failed ({type(error).__name__}); nothing was committed"
+                f"{self.describe()}: commit failed ({_why(error)}); nothing was committed"
             ) from None
         try:
             try:
                 connection.send_command("EVALSHA", self._commit.sha, len(keys), *keys, *args)
                 answer = connection.read_response()
-            except self._no_script:  # not run: load it by sending it whole
-                connection.send_command("EVAL", _COMMIT, len(keys), *keys, *args)
+            except self._no_script:  # not run: load it, then run it (no EVAL: see the ACL)
+                connection.send_command("SCRIPT", "LOAD", _COMMIT)
+                connection.read_response()
+                connection.send_command("EVALSHA", self._commit.sha, len(keys), *keys, *args)
                 answer = connection.read_response()
             if _text(answer[0]) == "committed" and self.min_replicas_acked:
                 self._wait_for_replicas(connection, operation)
@@ -871,9 +1088,39 @@ class RedisStateStore(SharedStateStore):
         try:
             return function(**kwargs)
         except self._errors as error:
-            raise StateStoreError(
-                f"{self.describe()}: {step} failed ({type(error).__name__})"
-            ) from None
+            raise StateStoreError(f"{self.describe()}: {step} failed ({_why(error)})") from None
+
+    def _sentinel_client(self, connection: dict[str, Any], password: str | None) -> Any:
+        """A client of the primary the sentinels name now: redis-py asks them again on every
+        new connection, so a reconnect after a failover reaches the new primary."""
+        from redis import sentinel as redis_sentinel
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        assert self._sentinel is not None
+        service, addresses = self._sentinel
+        parts = urllib.parse.urlsplit(self._url)
+        to_sentinels = {
+            key: value for key, value in connection.items() if key.startswith(("socket_", "ssl_"))
+        }
+        # Without waits between attempts: the sentinels are asked in turn anyway, and a
+        # follower that finds no primary backs off itself (redis-py's default waits seconds).
+        to_sentinels["retry"] = Retry(NoBackoff(), 0)
+        if password is not None:
+            to_sentinels["password"] = password
+        if parts.scheme == "rediss":
+            to_sentinels["ssl"] = True
+        sentinel: Any = redis_sentinel.Sentinel  # redis-py leaves it untyped
+        manager = sentinel(addresses, sentinel_kwargs=to_sentinels)
+        return manager.master_for(
+            service,
+            username=urllib.parse.unquote(parts.username) if parts.username else None,
+            password=urllib.parse.unquote(parts.password) if parts.password else None,
+            db=int(parts.path.lstrip("/") or 0),
+            ssl=parts.scheme == "rediss",
+            retry=Retry(NoBackoff(), 1),  # once at once: a pooled connection to a lost primary
+            **connection,
+        )
 
     def __repr__(self) -> str:
         return f"RedisStateStore({redact_url(self._url)!r}, key={self.key!r})"
