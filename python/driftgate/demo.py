@@ -135,6 +135,7 @@ def _redis_store(settings: StoreSettings) -> RedisStateStore:
         settings.key,
         sync_interval_seconds=settings.sync_interval_seconds,
         lease_ttl_seconds=settings.lease_ttl_seconds,
+        max_clock_skew_seconds=settings.max_clock_skew_seconds,
     )
 
 

@@ -101,6 +101,7 @@ class StoreSettings:
     key: str = "driftgate:rollout"
     sync_interval_seconds: float = 5.0
     lease_ttl_seconds: float = 15.0
+    max_clock_skew_seconds: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -207,6 +208,7 @@ class _Store(_Section):
     key: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:{}/-]{1,200}$")] = "driftgate:rollout"
     sync_interval_seconds: Annotated[float, Field(ge=0.05, le=3600, allow_inf_nan=False)] = 5.0
     lease_ttl_seconds: Annotated[float, Field(ge=0.1, le=3600, allow_inf_nan=False)] = 15.0
+    max_clock_skew_seconds: Annotated[float, Field(ge=0.01, le=3600, allow_inf_nan=False)] = 1.0
 
     @model_validator(mode="before")
     @classmethod
