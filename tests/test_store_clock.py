@@ -118,6 +118,22 @@ def test_the_manager_gets_a_store_clock_unless_it_brings_a_clock_of_its_own():
     assert other.read_clock() is None
 
 
+@pytest.mark.integration
+@pytest.mark.slow
+def test_a_store_serving_a_manager_gives_no_clock_to_another(redis_server: RedisServer):
+    store = RedisStateStore(redis_server.url, f"test:clock:{next(_keys)}")
+    stages = [driftgate.RolloutStage("full", 100, 0, 0.05)]
+    manager = RolloutManager(driftgate.RolloutConfig(stages), store=store)
+    try:
+        clock = store._clock
+        with pytest.raises(ValueError, match="already serves a RolloutManager"):
+            RolloutManager(driftgate.RolloutConfig(stages), store=store)
+        assert store._clock is clock  # the first manager's clock is the one still read
+        assert store.read_clock() is not None and store.clock_problem() is None
+    finally:
+        manager.close()
+
+
 def test_automatic_moves_wait_for_a_current_reading_of_redis_time():
     base = driftgate.ManualClock(5_000.0)
     fake = FakeRedis(base, store=1_700_000_000.0)
@@ -216,6 +232,7 @@ def unix(text: str) -> float:
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_a_manager_two_days_ahead_times_its_stage_by_redis_and_holds_without_its_clock(
     redis_server: RedisServer,
 ):
@@ -255,6 +272,7 @@ def test_a_manager_two_days_ahead_times_its_stage_by_redis_and_holds_without_its
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_an_admin_move_works_on_the_last_reading(redis_server: RedisServer):
     base = driftgate.ManualClock(time.time() - 2 * DAY)
     store = RedisStateStore(redis_server.url, f"test:clock:{next(_keys)}", sync_interval_seconds=60)

@@ -538,6 +538,8 @@ class RedisStateStore(SharedStateStore):
         the system clock (None), a `StoreClock` on Redis's time, read now and at every poll, so
         that stage start times and durations do not depend on this machine's wall clock; a
         StoreClock given is the one read; any other clock (a test's) is kept as it is."""
+        if self._follower is not None:
+            raise ValueError("this store already serves a RolloutManager; give each its own")
         if clock is None or isinstance(clock, SystemClock):
             clock = StoreClock(clock)
         if not isinstance(clock, StoreClock):
