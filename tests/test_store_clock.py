@@ -18,9 +18,8 @@ from typing import Any
 import pytest
 
 import driftgate
-from driftgate._core import StoreClock
 from driftgate.rollout import DecisionAction, RolloutManager
-from driftgate.store import CLOCK_SKEW, RedisStateStore, StateStoreError
+from driftgate.store import CLOCK_SKEW, RedisStateStore, StateStoreError, StoreClock
 from fleet_servers import ErrorRates, Fleet, RedisServer, Replica, fleet, until, values_yaml
 from servers import require_tool
 
@@ -138,7 +137,8 @@ def test_automatic_moves_wait_for_a_current_reading_of_redis_time():
     base = driftgate.ManualClock(5_000.0)
     fake = FakeRedis(base, store=1_700_000_000.0)
     fake.down = True
-    store = store_on(fake, sync_interval_seconds=5, lease_ttl_seconds=15)
+    # 10 ms at 500 ppm (the fastest NTP slews a clock) is 20 s, more than three polls.
+    store = store_on(fake, sync_interval_seconds=5, max_clock_skew_seconds=0.01)
     store.clock_for(StoreClock(base))  # Redis away: read later
     assert store.clock_problem() == (
         f"Holding: the clock of {store.describe()} has not been read yet"
@@ -146,12 +146,13 @@ def test_automatic_moves_wait_for_a_current_reading_of_redis_time():
     fake.down = False
     store.read_clock()
     assert store.clock_problem() is None
-    base.advance(15.0)  # three polls of 5 s, and the lease's TTL
+    assert store_on(fake).clock_current_seconds == 2000  # 1 s, the default bound
+    base.advance(20.0)
     assert store.clock_problem() is None
     base.advance(1.0)
     assert store.clock_problem() == (
-        f"Holding: the clock of {store.describe()} was last read 16 s ago "
-        "(a reading counts for 15 s)"
+        f"Holding: the clock of {store.describe()} was last read 21 s ago "
+        "(a reading counts for 20 s)"
     )
     with pytest.raises(StateStoreError, match="clock failed"):
         fake.down = True
@@ -258,11 +259,11 @@ def test_a_manager_two_days_ahead_times_its_stage_by_redis_and_holds_without_its
         base.advance(10.0)
         held = manager.evaluate(0.0)
         assert (held.action, held.to_stage) == (DecisionAction.HELD, "canary")
-        base.advance(200.0)  # the reading is stale: the duration is met, but by a guess
+        base.advance(2000.0)  # the reading is stale: the duration is met, but by a guess
         held = manager.evaluate(0.0)
         assert held.action == DecisionAction.HELD
-        assert "was last read 210 s ago" in held.message
-        # Read again, Redis's clock says the stage has run for a few seconds, not 210.
+        assert "was last read 2010 s ago" in held.message
+        # Read again, Redis's clock says the stage has run for a few seconds, not 2010.
         store.read_clock()
         held = manager.evaluate(0.0)
         assert (held.action, held.to_stage) == (DecisionAction.HELD, "canary")
@@ -285,12 +286,16 @@ def test_an_admin_move_works_on_the_last_reading(redis_server: RedisServer):
     )
     try:
         until(lambda: CLOCK_SKEW in manager.registry.exposition(), "the first reading", 5)
-        base.advance(1000.0)  # stale for automatic moves
-        assert manager.evaluate(0.0).action == DecisionAction.HELD
+        base.advance(2500.0)  # stale for automatic moves (2000 s for the default 1 s)
+        held = manager.evaluate(0.0)
+        assert (held.action, held.message.split(" was")[0]) == (
+            DecisionAction.HELD,
+            f"Holding: the clock of {store.describe()}",
+        )
         moved = manager.manual_advance("admin", "by hand")
         assert moved.moved
         started = manager._snapshot()["started_at"]
-        assert abs(started - (redis_time(redis_server) + 1000.0)) < 2
+        assert abs(started - (redis_time(redis_server) + 2500.0)) < 2
     finally:
         manager.close()
 

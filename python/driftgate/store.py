@@ -48,7 +48,7 @@ from driftgate.readiness_budget import ReadinessBudget, SlotGrant
 if TYPE_CHECKING:
     from driftgate.rollout import RolloutManager
 
-__all__ = ["RedisStateStore", "StateStoreError", "redact_url"]
+__all__ = ["RedisStateStore", "StateStoreError", "StoreClock", "redact_url"]
 
 logger = logging.getLogger("driftgate.store")
 
@@ -57,6 +57,9 @@ CLOCK_SKEW_HELP = (
     "This replica's wall clock minus the shared store's (Redis TIME), in seconds, at the last "
     "reading; the rollout's times follow the store's clock."
 )
+
+# The fastest a clock disciplined by NTP runs off true time (its largest slew), per second.
+_MAX_DRIFT = 500e-6
 
 _KEY = re.compile(r"[A-Za-z0-9_.:{}/-]{1,200}")
 
@@ -551,9 +554,10 @@ class RedisStateStore(SharedStateStore):
 
     @property
     def clock_current_seconds(self) -> float:
-        """How long a reading of Redis's clock counts for automatic moves: three polls, and
-        never less than the lease's TTL."""
-        return max(3 * self.sync_interval_seconds, self.lease_ttl_seconds)
+        """How long a reading of Redis's clock counts for automatic moves: while the monotonic
+        clock that carries it on cannot have drifted past `max_clock_skew_seconds` (at the
+        most NTP slews a clock, 500 ppm: 2000 s for 1 s), and at least three polls."""
+        return max(self.max_clock_skew_seconds / _MAX_DRIFT, 3 * self.sync_interval_seconds)
 
     def read_clock(self) -> float | None:
         """Reads Redis's clock (TIME) into the manager's clock, as of the middle of the round
