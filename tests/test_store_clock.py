@@ -348,6 +348,7 @@ def test_an_evaluator_two_days_ahead_leaves_a_stage_only_after_its_time_by_redis
         # It advances once 20 s have passed by Redis's clock, not before.
         until(lambda: f.stored(key)["stage_name"] == "second", "the advance", 30)
         left = redis_now(f)
+        print(f"the replica two days ahead left a 20 s stage after {left - started:.2f} s")
         assert left - started >= 20
         document = f.stored(key)
         assert document["transitions"][-1]["actor"] == "auto"
@@ -376,7 +377,9 @@ def test_a_stage_entered_by_a_replica_two_days_behind_starts_at_redis_time(tmp_p
         entered = redis_now(f)
         document = f.stored(key)
         assert document["stage_name"] == "second"
-        assert abs(unix(document["started_at"]) - entered) < 2
+        stamped = unix(document["started_at"]) - entered
+        print(f"the replica two days behind started the stage at Redis's time {stamped:+.3f} s")
+        assert abs(stamped) < 2
         # The evaluator checks every second and holds: 20 s of "second" have not passed.
         until(lambda: evaluator.version() == document["version"], "the evaluator following", 5)
         checks = rates.queries
