@@ -206,12 +206,20 @@ class SentinelServer:
 class Replica:
     """`driftgate serve` for one values file; its output goes to `log` for the test to read."""
 
-    def __init__(self, folder: Path, values: str, redis_url: str, name: str):
+    def __init__(
+        self,
+        folder: Path,
+        values: str,
+        redis_url: str,
+        name: str,
+        env: dict[str, str] | None = None,
+    ):
         self.folder = folder / name
         self.folder.mkdir(parents=True, exist_ok=True)
         (self.folder / "values.yaml").write_text(values)
         self.name = name
         self.redis_url = redis_url
+        self.env = env or {}  # added to its environment (e.g. libfaketime's)
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log_path = self.folder / "serve.log"
@@ -221,7 +229,7 @@ class Replica:
 
     def launch(self) -> subprocess.Popen[bytes]:
         env = {k: v for k, v in os.environ.items() if k != "DRIFTGATE_ADMIN_TOKEN"}
-        env.update({"DRIFTGATE_ADMIN_TOKEN": TOKEN, URL_ENV: self.redis_url})
+        env.update({"DRIFTGATE_ADMIN_TOKEN": TOKEN, URL_ENV: self.redis_url, **self.env})
         command = [
             *(sys.executable, "-m", "driftgate.cli", "serve"),
             *("--config", str(self.folder / "values.yaml")),
@@ -326,9 +334,9 @@ class Fleet:
         self.replicas: list[Replica] = []
         self._count = 0
 
-    def add(self, values: str, *, start: bool = True) -> Replica:
+    def add(self, values: str, *, start: bool = True, env: dict[str, str] | None = None) -> Replica:
         self._count += 1
-        replica = Replica(self.folder, values, self.redis.url, f"replica{self._count}")
+        replica = Replica(self.folder, values, self.redis.url, f"replica{self._count}", env)
         self._stack.callback(replica.stop)
         self.replicas.append(replica)
         return replica.start() if start else replica

@@ -1,3 +1,5 @@
+#include <pybind11/stl.h>
+
 #include "bindings.hpp"
 
 namespace driftgate::bindings {
@@ -21,6 +23,28 @@ void register_clock(py::module_& m) {
         .def("set", &ManualClock::set, py::arg("seconds"), "Moves to seconds, backwards too.")
         .def("__repr__", [](const ManualClock& clock) {
             return "ManualClock(" + py::repr(py::float_(clock.now())).cast<std::string>() + ")";
+        });
+
+    py::class_<StoreClock, Clock, std::shared_ptr<StoreClock>>(
+        m, "StoreClock",
+        "A shared store's wall time, kept through the base clock's monotonic now(): wall() is "
+        "the last reading plus the monotonic time since (the base's wall time before the first "
+        "reading); now() is the base's.")
+        .def(py::init([](std::shared_ptr<Clock> base) {
+                 return std::make_shared<StoreClock>(base ? std::move(base)
+                                                          : SystemClock::instance());
+             }),
+             py::arg("base") = nullptr)
+        .def_property_readonly("base", &StoreClock::base, "The clock this one follows.")
+        .def("observe", &StoreClock::observe, py::arg("store_wall"), py::arg("at"),
+             "Records a reading: the store's unix seconds as of the base's monotonic `at`.")
+        .def("age", &StoreClock::age,
+             "Seconds since the reading in force was taken (None before the first).")
+        .def("skew", &StoreClock::skew,
+             "This machine's wall time minus the store's, in seconds (None before the first "
+             "reading).")
+        .def("__repr__", [](const StoreClock& clock) {
+            return "StoreClock(" + py::repr(py::cast(clock.base())).cast<std::string>() + ")";
         });
 }
 

@@ -4,8 +4,10 @@
 
 #include <chrono>
 #include <cmath>
+#include <limits>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 #include "format.hpp"
 
@@ -62,6 +64,36 @@ void ManualClock::advance(double seconds) {
 
 void ManualClock::set(double seconds) {
     value_.store(require_finite(seconds, "ManualClock.set"), std::memory_order_release);
+}
+
+StoreClock::StoreClock(std::shared_ptr<Clock> base)
+    : base_(std::move(base)),
+      offset_(std::numeric_limits<double>::quiet_NaN()),
+      observed_at_(std::numeric_limits<double>::quiet_NaN()) {
+    if (!base_) throw std::invalid_argument("StoreClock needs a base clock, got None");
+}
+
+double StoreClock::wall() const {
+    const double offset = offset_.load(std::memory_order_acquire);
+    return std::isnan(offset) ? base_->wall() : base_->now() + offset;
+}
+
+void StoreClock::observe(double store_wall, double at) {
+    require_finite(store_wall, "StoreClock.observe store_wall");
+    require_finite(at, "StoreClock.observe at");
+    observed_at_.store(at, std::memory_order_release);
+    offset_.store(store_wall - at, std::memory_order_release);
+}
+
+std::optional<double> StoreClock::age() const {
+    if (std::isnan(offset_.load(std::memory_order_acquire))) return std::nullopt;
+    return base_->now() - observed_at_.load(std::memory_order_acquire);
+}
+
+std::optional<double> StoreClock::skew() const {
+    const double offset = offset_.load(std::memory_order_acquire);
+    if (std::isnan(offset)) return std::nullopt;
+    return base_->wall() - (base_->now() + offset);
 }
 
 }  // namespace driftgate

@@ -166,6 +166,7 @@ def _redis_store(settings: StoreSettings) -> RedisStateStore:
             sentinels=settings.sentinels or None,
             sentinel_service=settings.sentinel_service,
             sentinel_password=password,
+            max_clock_skew_seconds=settings.max_clock_skew_seconds,
         )
     except ValueError as error:
         # The store names its own argument: the values file's key is rollout.store.<that>.

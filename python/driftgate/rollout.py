@@ -265,6 +265,10 @@ class RolloutManager(_RolloutManager):
         # (version, (stage index, state, started_at)) of the stage last marked entered
         self._stage: tuple[int, tuple[Any, ...]] | None = None
         self.error_rate_source = error_rate_source  # checked before anything is started
+        # A shared store's replicas all date and time the rollout by the store's clock.
+        clock_for = getattr(store, "clock_for", None)
+        if callable(clock_for):
+            clock = clock_for(clock)
         super().__init__(
             config,
             enforcer=enforcer,
@@ -316,10 +320,23 @@ class RolloutManager(_RolloutManager):
     def evaluate(
         self, error_rate: float, requests: int | None = None, *, read_at: int | None = None
     ) -> Decision:
+        held = self._clock_hold()
+        if held is not None:
+            return held
         return self._announce(super().evaluate(error_rate, requests, read_at=read_at))
 
     def evaluate_counts(self, failed: int, total: int, *, read_at: int | None = None) -> Decision:
+        held = self._clock_hold()
+        if held is not None:
+            return held
         return self._announce(super().evaluate_counts(failed, total, read_at=read_at))
+
+    def _clock_hold(self) -> Decision | None:
+        """A hold while the shared store's clock is unknown: an automatic move judges a
+        stage's duration and dates the next stage, and must not do either on a guess."""
+        problem = getattr(self._store, "clock_problem", None)
+        why = problem() if callable(problem) else None
+        return None if why is None else self._hold(why)
 
     def manual_advance(
         self,

@@ -112,6 +112,7 @@ class StoreSettings:
     sentinels: tuple[str, ...] = ()
     sentinel_service: str | None = None
     sentinel_password_env: str | None = None
+    max_clock_skew_seconds: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -250,6 +251,7 @@ class _Store(_Section):
     sentinels: Annotated[list[_HostPort], Field(min_length=1, max_length=16)] | None = None
     sentinel_service: _SentinelService | None = None
     sentinel_password_env: _EnvName | None = None
+    max_clock_skew_seconds: Annotated[float, Field(ge=0.01, le=3600, allow_inf_nan=False)] = 1.0
 
     @model_validator(mode="before")
     @classmethod

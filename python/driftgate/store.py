@@ -43,6 +43,8 @@ from driftgate._core import (
     StateOutcomeUnknown,
     StateRegressed,
     StateStoreError,
+    StoreClock,
+    SystemClock,
 )
 from driftgate._messages import one_line
 from driftgate.readiness_budget import ReadinessBudget, SlotGrant
@@ -50,9 +52,18 @@ from driftgate.readiness_budget import ReadinessBudget, SlotGrant
 if TYPE_CHECKING:
     from driftgate.rollout import RolloutManager
 
-__all__ = ["RedisStateStore", "StateOutcomeUnknown", "StateStoreError", "redact_url"]
+__all__ = ["RedisStateStore", "StateOutcomeUnknown", "StateStoreError", "StoreClock", "redact_url"]
 
 logger = logging.getLogger("driftgate.store")
+
+CLOCK_SKEW = "driftgate_clock_skew_seconds"
+CLOCK_SKEW_HELP = (
+    "This replica's wall clock minus the shared store's (Redis TIME), in seconds, at the last "
+    "reading; the rollout's times follow the store's clock."
+)
+
+# The fastest a clock disciplined by NTP runs off true time (its largest slew), per second.
+_MAX_DRIFT = 500e-6
 
 _KEY = re.compile(r"[A-Za-z0-9_.:{}/-]{1,200}")
 
@@ -502,6 +513,7 @@ class RedisStateStore(SharedStateStore):
         sentinels: Sequence[str | tuple[str, int]] | None = None,
         sentinel_service: str | None = None,
         sentinel_password: str | None = None,
+        max_clock_skew_seconds: float = 1.0,
     ) -> None:
         super().__init__()
         import redis  # only the shared store needs it
@@ -528,6 +540,11 @@ class RedisStateStore(SharedStateStore):
             )
         self.min_replicas_acked = min_replicas_acked
         self.replica_ack_timeout = _seconds(replica_ack_timeout, "replica_ack_timeout", 0.01, 60)
+        self.max_clock_skew_seconds = _seconds(
+            max_clock_skew_seconds, "max_clock_skew_seconds", 0.01, 3600
+        )
+        self._clock: StoreClock | None = None
+        self._skew_logged: float | None = None  # when the skew was last logged (monotonic)
         name = replica or f"{socket.gethostname()}-{threading.get_native_id()}"
         if not _KEY.fullmatch(name):
             raise ValueError(f"replica={name!r}: expected 1-200 characters of [A-Za-z0-9_.:-]")
@@ -925,6 +942,91 @@ class RedisStateStore(SharedStateStore):
             self._budget.release()
         self._client.close()
 
+    # -- the fleet's clock --------------------------------------------------------------------
+
+    def clock_for(self, clock: Clock | None) -> Clock:
+        """The clock for the manager that follows this store (the manager asks for it): for
+        the system clock (None), a `StoreClock` on Redis's time, read now and at every poll, so
+        that stage start times and durations do not depend on this machine's wall clock; a
+        StoreClock given is the one read; any other clock (a test's) is kept as it is."""
+        if self._follower is not None:
+            raise ValueError("this store already serves a RolloutManager; give each its own")
+        if clock is None or isinstance(clock, SystemClock):
+            clock = StoreClock(clock)
+        if not isinstance(clock, StoreClock):
+            return clock
+        self._clock = clock
+        with contextlib.suppress(StateStoreError):  # Redis away: the follower reads it later
+            self.read_clock()
+        return clock
+
+    @property
+    def clock_current_seconds(self) -> float:
+        """How long a reading of Redis's clock counts for automatic moves: while the monotonic
+        clock that carries it on cannot have drifted past `max_clock_skew_seconds` (at the
+        most NTP slews a clock, 500 ppm: 2000 s for 1 s), and at least three polls."""
+        return max(self.max_clock_skew_seconds / _MAX_DRIFT, 3 * self.sync_interval_seconds)
+
+    def read_clock(self) -> float | None:
+        """Reads Redis's clock (TIME) into the manager's clock, as of the middle of the round
+        trip, and returns this machine's wall time minus Redis's, in seconds (None: no
+        `StoreClock` to read into, or an answer too slow to place within
+        `max_clock_skew_seconds`, which keeps the last reading). A skew beyond
+        `max_clock_skew_seconds` is logged, once and then at most once a minute. Raises
+        StateStoreError when Redis cannot be reached."""
+        clock = self._clock
+        if clock is None:
+            return None
+        before = clock.now()
+        seconds, microseconds = self._call("clock", self._client.time)
+        after = clock.now()
+        if after - before > self.max_clock_skew_seconds:
+            return None
+        clock.observe(int(seconds) + int(microseconds) / 1e6, (before + after) / 2)
+        skew = clock.skew()
+        if skew is not None:
+            self._note_skew(skew, after)
+        return skew
+
+    def clock_problem(self) -> str | None:
+        """Why automatic moves must wait for Redis's clock (never read, or not read for
+        `clock_current_seconds`), or None. Admin moves do not wait: they use the last reading."""
+        clock = self._clock
+        if clock is None:
+            return None
+        age = clock.age()
+        if age is None:
+            return f"Holding: the clock of {self.describe()} has not been read yet"
+        if age > self.clock_current_seconds:
+            return (
+                f"Holding: the clock of {self.describe()} was last read {age:.0f} s ago "
+                f"(a reading counts for {self.clock_current_seconds:g} s)"
+            )
+        return None
+
+    def _note_skew(self, skew: float, now: float) -> None:
+        if abs(skew) <= self.max_clock_skew_seconds:
+            if self._skew_logged is not None:
+                logger.info(
+                    "this replica's wall clock is within %g s of the clock of %s again",
+                    self.max_clock_skew_seconds,
+                    self.describe(),
+                )
+            self._skew_logged = None
+            return
+        if self._skew_logged is not None and now - self._skew_logged < 60.0:
+            return
+        self._skew_logged = now
+        logger.warning(
+            "this replica's wall clock is %.3f s %s the clock of %s (more than "
+            "rollout.store.max_clock_skew_seconds, %g s): the rollout's times and durations "
+            "follow Redis's clock, but fix this machine's time (NTP)",
+            abs(skew),
+            "ahead of" if skew > 0 else "behind",
+            self.describe(),
+            self.max_clock_skew_seconds,
+        )
+
     # -- the readiness budget ----------------------------------------------------------------
 
     def readiness_budget(
@@ -1321,6 +1423,12 @@ class _Follower:
                 "restored (driftgate state restore)",
             )
 
+    def _read_clock(self, manager: RolloutManager) -> None:
+        """Reads Redis's clock into the manager's, and publishes this machine's skew."""
+        skew = self._store.read_clock()
+        if skew is not None:
+            manager.registry.set_gauge(CLOCK_SKEW, CLOCK_SKEW_HELP, skew)
+
     def _update_budget(self) -> None:
         """Renews the readiness budget's slot; the store away raises StateStoreError (an
         outage); anything else (a gate check that raised) means no slot, logged."""
@@ -1355,6 +1463,7 @@ class _Follower:
                 if pubsub is None:
                     pubsub = store._client.pubsub(ignore_subscribe_messages=True)
                     pubsub.subscribe(store._channel)
+                    self._read_clock(manager)
                     self._sync(manager)  # a reconnect may have missed hints: reload fully
                     next_poll = now + store.sync_interval_seconds
                 if not self.campaigning and store.holds_lease:
@@ -1367,6 +1476,7 @@ class _Follower:
                     self._update_budget()
                     next_lease = now + store._lease_tick
                 if now >= next_poll:
+                    self._read_clock(manager)
                     if (
                         store.stored_tag() != _held_tag(manager)
                         or not manager.synced

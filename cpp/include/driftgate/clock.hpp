@@ -2,6 +2,7 @@
 
 #include <atomic>
 #include <memory>
+#include <optional>
 
 namespace driftgate {
 
@@ -43,6 +44,41 @@ class ManualClock final : public Clock {
 
   private:
     std::atomic<double> value_;
+};
+
+/// The wall time of a shared store, kept by this process. Each reading of the store's clock
+/// (`observe`) is tied to the base clock's monotonic `now()`, and `wall()` is that reading plus
+/// the monotonic time since: a step of this machine's wall clock between readings (a wrong
+/// clock, an NTP correction) moves nothing, and only the monotonic clock's rate error (parts
+/// per million) accrues until the next reading. `now()` is the base clock's.
+/// Before the first reading `wall()` is the base's wall time and `age()` is empty: what may
+/// rely on the store's time is for the caller to decide.
+/// Thread-safe: readers and the one taking readings may run concurrently.
+class StoreClock final : public Clock {
+  public:
+    /// `base` must not be null.
+    explicit StoreClock(std::shared_ptr<Clock> base);
+
+    double now() const override { return base_->now(); }
+    double wall() const override;
+
+    /// Records a reading: the store's wall time `store_wall` (unix seconds) as of the base's
+    /// monotonic `at` (the middle of the round trip that read it). Both must be finite.
+    void observe(double store_wall, double at);
+    /// Seconds since the reading in force was taken, by the base's monotonic clock; empty
+    /// before the first reading.
+    std::optional<double> age() const;
+    /// The base's wall time minus the store's, now (positive: this machine's wall clock is
+    /// ahead of the store's); empty before the first reading.
+    std::optional<double> skew() const;
+    const std::shared_ptr<Clock>& base() const noexcept { return base_; }
+
+  private:
+    std::shared_ptr<Clock> base_;
+    // The store's wall time minus the base's monotonic time; NaN before the first reading.
+    // One atomic, so wall() never mixes two readings.
+    std::atomic<double> offset_;
+    std::atomic<double> observed_at_;
 };
 
 }  // namespace driftgate
