@@ -16,6 +16,7 @@ import pytest
 
 import driftgate
 from driftgate import cli
+from driftgate.notify import Event, Notification, Notifier
 from driftgate.rollout import DecisionAction, RolloutManager
 from driftgate.store import RedisStateStore, StateOutcomeUnknown, StateStoreError
 from fleet_servers import URL_ENV, RedisServer, until, values_yaml
@@ -175,6 +176,64 @@ def test_a_commit_sent_to_a_stopped_server_is_known_once_it_answers(
     assert retried.success and retried.replayed == (landed == 1)
     assert ops_in(stored_history(redis_server, key), "op-stopped") == 1
     until(lambda: manager.version == other.version, "the replicas agree", 5)
+
+
+class Collect:
+    """A notification sink that keeps what it gets."""
+
+    name = "collect"
+    events = frozenset(Event)
+
+    def __init__(self) -> None:
+        self.got: list[Notification] = []
+
+    def send(self, notification: Notification, timeout: float) -> None:
+        self.got.append(notification)
+
+
+def announcing_replica(
+    redis_server: RedisServer, key: str, made: list[RolloutManager], sink: Collect
+) -> RolloutManager:
+    store = RedisStateStore(redis_server.url, key, sync_interval_seconds=0.1, socket_timeout=0.25)
+    manager = RolloutManager(
+        driftgate.RolloutConfig(STAGES),
+        store=store,
+        registry=driftgate.MetricsRegistry(),
+        notifier=Notifier([sink], claim=store.claim),
+    )
+    made.append(manager)
+    return manager
+
+
+def test_a_commit_whose_answer_was_lost_is_announced_once_by_the_fleet(
+    redis_server, key, replicas, monkeypatch
+):
+    sink = Collect()
+    first = announcing_replica(redis_server, key, replicas, sink)
+    second = announcing_replica(redis_server, key, replicas, sink)
+    process = redis_server.process
+    assert process is not None and isinstance(first.store, RedisStateStore)
+    send = first.store._send_commit
+
+    def stopped_as_it_is_sent(keys, args, operation):
+        process.send_signal(signal.SIGSTOP)
+        return send(keys, args, operation)
+
+    monkeypatch.setattr(first.store, "_send_commit", stopped_as_it_is_sent)
+    try:
+        assert move(first, "op-announced") == "unknown"  # nothing announced yet
+    finally:
+        process.send_signal(signal.SIGCONT)
+    monkeypatch.undo()
+    time.sleep(0.3)
+    # Retried on both replicas: the fleet announces the move once, whoever answers it.
+    assert second.manual_advance("alice", operation="op-announced").success
+    assert first.manual_advance("alice", operation="op-announced").replayed
+    for manager in (first, second):
+        assert manager.notifier is not None
+        manager.notifier.join()
+    advanced = [n for n in sink.got if n.event is Event.ADVANCED]
+    assert [(n.version, n.to_stage) for n in advanced] == [(2, "quarter")]
 
 
 def test_a_read_back_that_finds_the_commit_answers_it_and_applies_it(
