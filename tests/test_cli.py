@@ -339,6 +339,36 @@ def test_advance_rollback_and_the_final_stage(service):
     assert "stage      full (5 of 5), completed" in run("status", "--url", service).stdout
 
 
+def test_state_export_from_a_service_saves_the_document_it_holds(service, tmp_path):
+    export = tmp_path / "export.json"
+    saved = run("state", "export", "--url", service, "-o", export)
+    assert saved.returncode == 0, saved.stderr
+    status = json.loads(run("status", "--url", service, "--json").stdout)
+    document = json.loads(export.read_text())
+    assert document["version"] == status["version"]
+    assert f'"{document["incarnation"]}.{document["version"]}"' == status["etag"]
+    assert saved.stderr.strip().endswith(f"at ETag {status['etag']} to {export}")
+    assert [t["to"] for t in document["transitions"]][-1] == status["current_stage"]["name"]
+    printed = run("state", "export", "--url", service)  # to standard output
+    assert json.loads(printed.stdout)["version"] == document["version"]
+    assert_usage_error(run("state", "export"), "required: --url")
+
+
+def test_state_restore_refuses_what_is_not_an_export(tmp_path):
+    values = tmp_path / "values.yaml"
+    values.write_text("rollout: {enabled: true}\n")
+    state_dir = tmp_path / "state"
+    for text, said in (("{}", "has no field"), ("not json", "is not valid JSON")):
+        export = tmp_path / "export.json"
+        export.write_text(text)
+        refused = run("state", "restore", export, "--config", values, "--state-dir", state_dir)
+        assert refused.returncode == 1 and said in refused.stderr, refused.stderr
+        assert "Traceback" not in refused.stderr
+    assert not (state_dir / "rollout.json").exists()
+    missing = run("state", "restore", tmp_path / "nope.json", "--config", values)
+    assert missing.returncode == 2 and "no such file" in missing.stderr
+
+
 def test_service_commands_with_bad_urls(free_url):
     assert_usage_error(run("status", "--url", "localhost:8000"), "expected an http:// or https://")
     assert_usage_error(run("status", "--url", free_url), f"cannot reach {free_url}")

@@ -5,6 +5,7 @@ The same contract holds with the local state file as with a shared store."""
 import functools
 import json
 import threading
+from pathlib import Path
 
 import pytest
 from fastapi import FastAPI
@@ -287,3 +288,15 @@ def test_the_cli_sends_the_etag_it_read_as_it_came():
     assert _precondition_of(status('"7"')) == (7, '"7"')
     assert _precondition_of(status(None)) == (7, '"7"')
     assert _precondition_of(status('W/"7"')) == (7, '"7"')  # a weak tag can never match
+
+
+def test_the_state_endpoint_answers_the_whole_document_with_its_etag(client, manager):
+    assert client.post(ADVANCE, headers=AUTH).status_code == 200
+    answer = client.get("/api/guardian/rollout/state")
+    assert answer.status_code == 200
+    assert answer.headers["content-type"] == "application/json"
+    document = answer.json()
+    assert answer.headers["etag"] == tag(manager) == f'"{document["incarnation"]}.2"'
+    assert document["version"] == 2 and document["stage_name"] == "quarter"
+    assert [t["to"] for t in document["transitions"]] == ["canary", "quarter"]
+    assert document == json.loads(Path(manager.state_path).read_text())

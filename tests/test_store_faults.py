@@ -445,3 +445,33 @@ def test_a_state_file_from_before_incarnations_loads_and_gets_one_at_its_next_wr
     written = json.loads(path.read_text())
     assert len(written["incarnation"]) == 16
     assert manager.get_status()["etag"] == f'"{written["incarnation"]}.2"'
+
+
+def test_a_state_file_exported_and_restored_gives_the_same_etag(tmp_path: Path, capsys):
+    values = tmp_path / "values.yaml"
+    stages = [
+        {"name": s.name, "percentage": s.percentage, "duration_seconds": 0, "max_error_rate": 0.05}
+        for s in STAGES
+    ]
+    values.write_text(json.dumps({"rollout": {"enabled": True, "stages": stages}}))
+    folder = tmp_path / "state"
+    folder.mkdir()
+    path = folder / "rollout.json"
+    manager = RolloutManager(driftgate.RolloutConfig(STAGES), state_path=str(path))
+    assert manager.manual_advance("alice").success
+    before = manager.get_status()["etag"]
+    del manager
+    export = tmp_path / "export.json"
+    where = ["--config", str(values), "--state-dir", str(folder)]
+    assert cli.main(["state", "export", *where, "-o", str(export)]) == 0
+    path.unlink()  # the disk lost it
+    assert cli.main(["state", "restore", str(export), *where]) == 0
+    assert f"restored {before} into state file" in capsys.readouterr().out
+    restored = RolloutManager(driftgate.RolloutConfig(STAGES), state_path=str(path))
+    assert restored.get_status()["etag"] == before
+    assert restored.get_status()["restore_generation"] == 1
+    # The file now holds a later state than the export: restoring it again is refused.
+    assert restored.manual_advance("alice").success
+    del restored
+    assert cli.main(["state", "restore", str(export), *where]) == 1
+    assert cli.main(["state", "restore", str(export), *where, "--force"]) == 0

@@ -551,6 +551,28 @@ void register_rollout(py::module_& m) {
         .def_property_readonly("confidence", &RolloutManager::confidence)
         .def_property_readonly("enforcer", &RolloutManager::enforcer)
         .def_property_readonly("registry", &RolloutManager::registry)
+        .def(
+            "_document",
+            [](const RolloutManager& manager) -> std::optional<std::string> {
+                RolloutManager::Snapshot s;
+                {
+                    py::gil_scoped_release release;
+                    s = manager.snapshot();
+                }
+                if (!s.synced || s.version == 0) return std::nullopt;
+                PersistedRollout state;
+                state.stage_index = s.position.stage_index;
+                state.started_at = s.position.started_at.value_or(s.now);
+                state.state = s.position.state;
+                state.version = s.version;
+                state.transitions = s.transitions;
+                state.approvals = s.approvals;
+                state.incarnation = s.incarnation;
+                state.restore_generation = s.restore_generation;
+                return encode_rollout(state, *s.plan);
+            },
+            "The rollout document of the state held (as a state file or store holds it), or None "
+            "before the state has been read.")
         .def("_snapshot", [](const RolloutManager& manager) {
             RolloutManager::Snapshot s;
             {

@@ -329,23 +329,44 @@ def _where(store: Any, state_path: Path) -> str:
     return f"state file {state_path}" if store is None else str(store.describe())
 
 
+def _exported_by_service(args: argparse.Namespace) -> tuple[str, str, str]:
+    """(document, its ETag unquoted, where) as a running service holds it."""
+    response = _request(
+        "GET", f"{args.url}/api/guardian/rollout/state", args.timeout, headers=_auth_headers()
+    )
+    if response.status_code != 200:
+        raise _refusal(response)
+    document = response.text
+    try:
+        held = json.loads(document)
+        tag = f"{held.get('incarnation', '')}.{held['version']}".lstrip(".")
+    except (ValueError, TypeError, KeyError, AttributeError):
+        raise CommandError(f"{response.request.url} answered without a rollout document") from None
+    return document, tag, str(response.request.url)
+
+
 def _state_export(args: argparse.Namespace) -> int:
     from driftgate._core import StateError
     from driftgate.backup import document_info, pretty
 
-    config, store, state_path = _state_source(args)
-    try:
-        document = _read_state(store, state_path)
-    finally:
-        if store is not None:
-            store.close()
-    where = _where(store, state_path)
-    if document is None:
-        raise CommandError(f"{where} holds no rollout state to export", EXIT_STATE_NEEDS_REPAIR)
-    try:
-        info = document_info(config, document, where)
-    except StateError as error:
-        raise CommandError(str(error), EXIT_STATE_NEEDS_REPAIR) from None
+    if args.config is None:  # from the service at --url (or $DRIFTGATE_URL)
+        args.url = getattr(args, "url", None) or _url_from_environment()
+        document, tag, where = _exported_by_service(args)
+    else:
+        config, store, state_path = _state_source(args)
+        try:
+            stored = _read_state(store, state_path)
+        finally:
+            if store is not None:
+                store.close()
+        where = _where(store, state_path)
+        if stored is None:
+            raise CommandError(f"{where} holds no rollout state to export", EXIT_STATE_NEEDS_REPAIR)
+        try:
+            tag = document_info(config, stored, where).etag
+        except StateError as error:
+            raise CommandError(str(error), EXIT_STATE_NEEDS_REPAIR) from None
+        document = stored
     text = pretty(document)
     if args.output is None:
         sys.stdout.write(text)
@@ -354,7 +375,7 @@ def _state_export(args: argparse.Namespace) -> int:
             args.output.write_text(text, encoding="utf-8")
         except OSError as error:
             raise CommandError(f"--output {args.output}: cannot write ({error.strerror})") from None
-        print(f'exported {where} at ETag "{info.etag}" to {args.output}', file=sys.stderr)
+        print(f'exported {where} at ETag "{tag}" to {args.output}', file=sys.stderr)
     return EXIT_OK
 
 
@@ -915,7 +936,20 @@ def build_parser() -> argparse.ArgumentParser:
         "store or state file the values name, or restore an export into a store that lost it.",
     )
     state_commands = state.add_subparsers(dest="state_command", metavar="ACTION", required=True)
-    export = state_commands.add_parser("export", help="write the state as JSON")
+    export = state_commands.add_parser(
+        "export",
+        help="write the state as JSON",
+        description="Exports from the store or state file --config names, or, without "
+        "--config, from the running service at --url (or $DRIFTGATE_URL).",
+    )
+    # No default at all: only an export without --config needs a service's URL.
+    export.add_argument(
+        "--url",
+        type=_url,
+        default=argparse.SUPPRESS,
+        help=f"a service's base URL (default: ${URL_ENV})",
+    )
+    export.add_argument("--timeout", type=_seconds, default=10.0, help="seconds (default: 10)")
     restore = state_commands.add_parser(
         "restore", help="write an export back (raises its restore generation)"
     )

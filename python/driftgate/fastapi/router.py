@@ -2,6 +2,7 @@
 
 import asyncio
 import concurrent.futures
+import json
 import logging
 import math
 import os
@@ -469,6 +470,30 @@ def create_router(
             return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": tag})
         response.headers["ETag"] = tag
         return report
+
+    @router.get(
+        f"{rollout_path}/state",
+        response_class=Response,
+        responses={
+            **STATUS_ERRORS,
+            **_errors(503),
+            **(_errors(401, 403) if read_guard else {}),
+            200: {"content": {"application/json": {}}},
+        },
+        name="driftgate:rollout_state",
+        dependencies=read_guard,
+    )
+    async def rollout_state(
+        rollout: Annotated[RolloutManager, Depends(require_manager)],
+    ) -> Response:
+        """The whole rollout document this replica holds (what `driftgate state export`
+        saves): position, history, version, incarnation. As public as the status."""
+        document = rollout._document()  # from the published snapshot: no lock, no store call
+        if document is None:
+            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, ReasonCode.STATE_STORE.value)
+        held = json.loads(document)
+        tag = entity_tag(held.get("incarnation", ""), held["version"])
+        return Response(document, media_type="application/json", headers={"ETag": tag})
 
     def expected_state(
         request: Request, body: MoveRequest, rollout: RolloutManager
