@@ -19,8 +19,9 @@ esac
 # faults are injected with it. redis-server: the fleet's tests, its benchmark and its demo run
 # real Redis servers (over TLS too, and as Sentinels: `redis-server --sentinel`, so no
 # redis-sentinel package). faketime: a service whose clocks run faster shows a gate reopening after
-# its five-minute window in seconds.
-install_debian_packages prometheus wrk strace redis-server faketime
+# its five-minute window in seconds. iproute2: the partition tests put a replica in a network
+# namespace of its own (`ip netns`, veth links) and cut its link to Redis.
+install_debian_packages prometheus wrk strace redis-server faketime iproute2
 install_driftgate test
 
 jobs="$(nproc)"

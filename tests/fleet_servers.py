@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -81,8 +82,18 @@ class RedisServer:
     server.crt and server.key) it speaks TLS only on that port, client certificates optional;
     `args` are more redis-server arguments."""
 
-    def __init__(self, folder: Path, *, tls: Path | None = None, args: Sequence[str] = ()):
+    def __init__(
+        self,
+        folder: Path,
+        *,
+        tls: Path | None = None,
+        args: Sequence[str] = (),
+        bind: Sequence[str] = (),
+    ):
         self.folder = folder
+        # More addresses to listen on besides 127.0.0.1 (e.g. the root ends of veth links);
+        # nobody else can reach those, so protected mode (loopback only) is turned off there.
+        self.bind = list(bind)
         folder.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.tls = tls
@@ -107,7 +118,8 @@ class RedisServer:
             self.process = subprocess.Popen(
                 [
                     binary,
-                    *("--bind", "127.0.0.1", *self._listen()),
+                    *("--bind", "127.0.0.1", *self.bind, *self._listen()),
+                    *(("--protected-mode", "no") if self.bind else ()),
                     *("--dir", str(self.folder), "--save", ""),
                     *("--appendonly", "yes", "--appendfsync", "always"),
                     *("--daemonize", "no", "--loglevel", "warning"),
@@ -213,6 +225,9 @@ class Replica:
         redis_url: str,
         name: str,
         env: dict[str, str] | None = None,
+        *,
+        prefix: Sequence[str] = (),
+        host: str = "127.0.0.1",
     ):
         self.folder = folder / name
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -221,7 +236,11 @@ class Replica:
         self.redis_url = redis_url
         self.env = env or {}  # added to its environment (e.g. libfaketime's)
         self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
+        # `prefix` runs the command elsewhere (e.g. `ip netns exec NS`), where it listens on
+        # `host`; the process it starts is the replica (ip netns exec execs it).
+        self.prefix = list(prefix)
+        self.host = host
+        self.base = f"http://{host}:{self.port}"
         self.log_path = self.folder / "serve.log"
         self.process: subprocess.Popen[bytes] | None = None
         # One connection pool: a client per request costs more than the request on a busy machine.
@@ -231,10 +250,12 @@ class Replica:
         env = {k: v for k, v in os.environ.items() if k != "DRIFTGATE_ADMIN_TOKEN"}
         env.update({"DRIFTGATE_ADMIN_TOKEN": TOKEN, URL_ENV: self.redis_url, **self.env})
         command = [
+            *self.prefix,
             *(sys.executable, "-m", "driftgate.cli", "serve"),
             *("--config", str(self.folder / "values.yaml")),
             *("--state-dir", str(self.folder / "state")),
             *("--port", str(self.port), "--log-level", "warning"),
+            *(("--host", self.host) if self.host != "127.0.0.1" else ()),
         ]
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(command, env=env, stdout=log, stderr=log)
@@ -334,9 +355,25 @@ class Fleet:
         self.replicas: list[Replica] = []
         self._count = 0
 
-    def add(self, values: str, *, start: bool = True, env: dict[str, str] | None = None) -> Replica:
+    def add(
+        self,
+        values: str,
+        *,
+        start: bool = True,
+        env: dict[str, str] | None = None,
+        host: NetnsHost | None = None,
+    ) -> Replica:
+        """A replica of `values`; with `host`, run in that namespace and reaching Redis over its
+        store link (Redis must listen on `host.store_gateway`)."""
         self._count += 1
-        replica = Replica(self.folder, values, self.redis.url, f"replica{self._count}", env)
+        name = f"replica{self._count}"
+        if host is None:
+            replica = Replica(self.folder, values, self.redis.url, name, env)
+        else:
+            url = f"redis://{host.store_gateway}:{self.redis.port}/0"
+            replica = Replica(
+                self.folder, values, url, name, env, prefix=host.prefix, host=host.address
+            )
         self._stack.callback(replica.stop)
         self.replicas.append(replica)
         return replica.start() if start else replica
@@ -415,8 +452,8 @@ class ErrorRates:
         }
 
     @contextmanager
-    def serve(self) -> Iterator[str]:
-        with json_server(self.answer) as url:
+    def serve(self, host: str = "127.0.0.1") -> Iterator[str]:
+        with json_server(self.answer, host) as url:
             try:
                 yield url
             finally:
@@ -431,3 +468,89 @@ def until(check: Any, what: str, timeout: float) -> float:
             raise AssertionError(f"not within {timeout:g} s: {what}")
         time.sleep(0.01)
     return time.monotonic() - start
+
+
+class NetnsHost:
+    """A host of its own for one replica: a network namespace joined to the root namespace by
+    two veth pairs, each a /30 of 10.213.0.0/16. Over the store link (`store_gateway`, the
+    root end) it reaches Redis; over the client link the test reaches its HTTP port
+    (`address`) and it reaches the root end (`client_gateway`, e.g. a Prometheus stand-in
+    listening there). `cut()` takes the store link down, so that Redis and the replica lose
+    each other while its clients still reach it; `heal()` brings it back. Names carry the
+    test process's id; `delete()` removes the namespace and links."""
+
+    _made = 0
+
+    def __init__(self) -> None:
+        NetnsHost._made += 1
+        number, pid = NetnsHost._made, os.getpid()
+        self.namespace = f"dgnet-{pid}-{number}"
+        self._devices = {kind: f"dg{pid}{kind}{number}" for kind in ("s", "c")}
+        # A /24 per test process, two /30s per host: a pid's hosts never meet another's.
+        prefix = f"10.213.{pid % 251}"
+        base = (number * 8) % 256
+        self.store_gateway, self._store_end = f"{prefix}.{base + 1}", f"{prefix}.{base + 2}"
+        self.client_gateway, self.address = f"{prefix}.{base + 5}", f"{prefix}.{base + 6}"
+        self.prefix = ["ip", "netns", "exec", self.namespace]
+
+    @staticmethod
+    def _ip(*args: str) -> None:
+        result = subprocess.run(["ip", *args], capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"ip {' '.join(args)}: {result.stderr.strip()}")
+
+    def create(self) -> NetnsHost:
+        self._ip("netns", "add", self.namespace)
+        inside = ["-n", self.namespace]
+        self._ip(*inside, "link", "set", "lo", "up")
+        links = [
+            (self._devices["s"], "store0", self.store_gateway, self._store_end),
+            (self._devices["c"], "client0", self.client_gateway, self.address),
+        ]
+        for device, peer, gateway, end in links:
+            self._ip("link", "add", device, "type", "veth", "peer", "name", peer,
+                     "netns", self.namespace)  # fmt: skip
+            self._ip("addr", "add", f"{gateway}/30", "dev", device)
+            self._ip("link", "set", device, "up")
+            self._ip(*inside, "addr", "add", f"{end}/30", "dev", peer)
+            self._ip(*inside, "link", "set", peer, "up")
+        return self
+
+    def cut(self) -> None:
+        self._ip("link", "set", self._devices["s"], "down")
+
+    def heal(self) -> None:
+        self._ip("link", "set", self._devices["s"], "up")
+
+    def sockets_to(self, port: int) -> list[tuple[str, int, int]]:
+        """The replica's TCP sockets to the store link's `port`, orphans too: (state, local
+        port, bytes sent but not yet acknowledged)."""
+        result = subprocess.run(
+            [*self.prefix, "ss", "-tnH", "state", "all", "dst", f"{self.store_gateway}:{port}"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        sockets = []
+        for line in result.stdout.splitlines():
+            state, _, unsent, local, *_ = line.split()
+            sockets.append((state, int(local.rsplit(":", 1)[1]), int(unsent)))
+        return sockets
+
+    def delete(self) -> None:
+        # Deleting the namespace deletes its veth ends, and with them the root ends.
+        subprocess.run(["ip", "netns", "delete", self.namespace], capture_output=True)
+        for device in self._devices.values():
+            subprocess.run(["ip", "link", "delete", device], capture_output=True)
+
+
+def netns_refused() -> str | None:
+    """Why network namespaces cannot be made here (None: they can)."""
+    if shutil.which("ip") is None:
+        return "no `ip` command (Debian package iproute2)"
+    name = f"dgnet-probe-{os.getpid()}"
+    result = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
+    if result.returncode != 0:
+        return f"`ip netns add` refused: {result.stderr.strip()} (needs root)"
+    subprocess.run(["ip", "netns", "delete", name], capture_output=True)
+    return None

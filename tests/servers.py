@@ -97,8 +97,10 @@ def demo_service(
 
 
 @contextmanager
-def json_server(answer: Callable[[str, str, bytes], tuple[int, Any]]) -> Iterator[str]:
-    """An HTTP server on 127.0.0.1 that answers every GET and POST with JSON:
+def json_server(
+    answer: Callable[[str, str, bytes], tuple[int, Any]], host: str = "127.0.0.1"
+) -> Iterator[str]:
+    """An HTTP server on `host` that answers every GET and POST with JSON:
     `answer(method, path, body)` gives (status, value). Yields its base URL."""
 
     class Handler(BaseHTTPRequestHandler):
@@ -117,13 +119,13 @@ def json_server(answer: Callable[[str, str, bytes], tuple[int, Any]]) -> Iterato
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = ThreadingHTTPServer((host, 0), Handler)
     thread = threading.Thread(
         target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
     )
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
+        yield f"http://{host}:{server.server_address[1]}"
     finally:
         server.shutdown()
         server.server_close()
