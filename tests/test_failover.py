@@ -173,6 +173,10 @@ def test_with_one_replica_acknowledging_no_move_answered_200_is_lost_in_a_failov
             assert replica.metric("driftgate_state_store_regressed") == 0
 
 
+def _no_retry(key: str) -> Answer:
+    raise AssertionError(f"{key} retried")
+
+
 def _lose_a_move(cluster: SentinelRedis, mover: Replica) -> tuple[str, float]:
     """A move answered 200 that only the primary has: the standby is stopped while it commits,
     the primary is killed, and the standby, continued, is made the primary. Its key and how
@@ -215,6 +219,8 @@ def test_with_no_acknowledgement_a_lost_move_is_reported_and_restore_repairs_it(
         key, took = _lose_a_move(cluster, first)
         print(f"failover in {took:.1f} s")
         assert key not in _history(cluster.standby)
+        with pytest.raises(AssertionError, match="the-lost-move answered 200 is lost"):
+            _check_storm([Answer(key, 200, "")], _history(cluster.standby), _no_retry)
         for replica in replicas:
             until(
                 lambda r=replica: r.status()["store"].get("regressed"),
