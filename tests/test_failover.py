@@ -18,8 +18,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+import driftgate
 from driftgate.cli import main as cli
+from driftgate.rollout import RolloutManager
 from driftgate.settings import SettingsError, parse_settings
+from driftgate.store import RedisStateStore, StateOutcomeUnknown
 from fleet_servers import (
     ADMIN,
     ROLLOUT,
@@ -30,6 +33,8 @@ from fleet_servers import (
     until,
     values_yaml,
 )
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 # Advances only, and more stages than a storm makes moves: every answer 200 adds one step to
 # a history that keeps them all (the history keeps 100).
@@ -240,6 +245,52 @@ def test_with_no_acknowledgement_a_lost_move_is_reported_and_restore_repairs_it(
             assert not replica.status()["store"].get("regressed")
             assert replica.metric("driftgate_state_store_regressed") == 0
         assert second.move("advance", if_match=etag).status_code == 200
+
+
+# -- waiting for the replicas ----------------------------------------------------------------
+
+
+def _standby_manager(tmp_path: Path, stack: ExitStack, **options: object) -> RolloutManager:
+    """A manager whose store's primary has one replica, which is stopped (SIGSTOP): it never
+    confirms a commit. The rollout is stored before it stops."""
+    primary = RedisServer(tmp_path / "primary")
+    stack.callback(primary.stop)
+    primary.start()
+    standby = RedisServer(
+        tmp_path / "standby", args=["--replicaof", "127.0.0.1", str(primary.port)]
+    )
+    stack.callback(standby.stop)
+    standby.start()
+    with primary.client() as client:
+        until(lambda: client.execute_command("WAIT", 1, 100) == 1, "the standby to sync", 10)
+    store = RedisStateStore(primary.url, KEY, sync_interval_seconds=0.1, **options)  # type: ignore[arg-type]
+    stages = [
+        driftgate.RolloutStage("s0", 1, 0, 0.05),
+        driftgate.RolloutStage("full", 100, 0, 0.05),
+    ]
+    manager = RolloutManager(driftgate.RolloutConfig(stages), store=store)
+    stack.callback(manager.close)
+    assert manager.version == 1
+    with primary.client() as client:
+        assert client.execute_command("WAIT", 1, 2000) == 1
+    process = standby.process
+    assert process is not None
+    process.send_signal(signal.SIGSTOP)
+    stack.callback(process.send_signal, signal.SIGCONT)
+    return manager
+
+
+def test_a_replica_wait_longer_than_the_socket_timeout_is_never_taken_for_a_lost_answer(tmp_path):
+    # The wait outlasts the socket timeout: its answer must be waited for, and an unconfirmed
+    # commit is an unknown outcome, never a 200 read back from the primary alone.
+    with ExitStack() as stack:
+        manager = _standby_manager(
+            tmp_path, stack, socket_timeout=0.5, min_replicas_acked=1, replica_ack_timeout=2.0
+        )
+        start = time.monotonic()
+        with pytest.raises(StateOutcomeUnknown, match="0 of the 1 replicas"):
+            manager.manual_advance("alice", operation="op-slow-replica")
+        assert time.monotonic() - start >= 2.0  # the whole wait, not one socket timeout
 
 
 # -- the values ------------------------------------------------------------------------------

@@ -257,9 +257,7 @@ class _Store(_Section):
     sentinel_password_env: _EnvName | None = None
     max_clock_skew_seconds: Annotated[float, Field(ge=0.01, le=3600, allow_inf_nan=False)] = 1.0
     min_replicas_acked: Annotated[int, Field(ge=0, le=100)] = 0
-    replica_ack_timeout_seconds: Annotated[
-        float, Field(ge=0.01, le=60, allow_inf_nan=False)
-    ] = 1.0
+    replica_ack_timeout_seconds: Annotated[float, Field(ge=0.01, le=60, allow_inf_nan=False)] = 1.0
 
     @model_validator(mode="before")
     @classmethod
