@@ -554,3 +554,48 @@ def netns_refused() -> str | None:
         return f"`ip netns add` refused: {result.stderr.strip()} (needs root)"
     subprocess.run(["ip", "netns", "delete", name], capture_output=True)
     return None
+
+
+class SentinelRedis:
+    """A primary, one replica of it (`standby`) and three sentinels watching them as
+    "primary", all on 127.0.0.1 and stopped when `stack` closes; ready once every sentinel
+    knows the standby and the two other sentinels."""
+
+    def __init__(self, folder: Path, stack: ExitStack):
+        import redis
+
+        self.primary = RedisServer(folder / "primary")
+        stack.callback(self.primary.stop)
+        self.primary.start()
+        self.standby = RedisServer(
+            folder / "standby", args=["--replicaof", "127.0.0.1", str(self.primary.port)]
+        )
+        stack.callback(self.standby.stop)
+        self.standby.start()
+        self.sentinels = [
+            SentinelServer(folder / f"sentinel{i}", self.primary.port) for i in range(3)
+        ]
+        for sentinel in self.sentinels:
+            stack.callback(sentinel.stop)
+            sentinel.start()
+
+        def knows_everyone(sentinel: SentinelServer) -> bool:
+            try:
+                with redis.Redis(port=sentinel.port, socket_timeout=1) as client:
+                    state = client.sentinel_master("primary")
+                    return state["num-slaves"] == 1 and state["num-other-sentinels"] == 2
+            except (redis.RedisError, OSError):
+                return False
+
+        until(lambda: all(knows_everyone(s) for s in self.sentinels), "the sentinels to meet", 20)
+
+    def store(self) -> dict[str, Any]:
+        """The `rollout.store` keys that reach this primary through the sentinels."""
+        return {
+            "sentinels": [f"127.0.0.1:{s.port}" for s in self.sentinels],
+            "sentinel_service": "primary",
+        }
+
+    def named(self, server: RedisServer) -> bool:
+        """Whether every sentinel names `server` the primary."""
+        return all(s.primary() == server.port for s in self.sentinels)

@@ -438,6 +438,8 @@ _STORE_KEYS = {
     "sentinel_password_env": _mostly("DRIFTGATE_SENTINEL_PASSWORD"),
     "key": _mostly("driftgate:rollout"),
     "sync_interval_seconds": _mostly(0.5, 5),
+    "min_replicas_acked": _mostly(0, 1, 100, 101, -1, 1.0, True, "1"),
+    "replica_ack_timeout_seconds": _mostly(0.01, 1, 60, 0, 61, 0.001, float("nan"), "1"),
 }
 STORE = st.one_of(
     st.fixed_dictionaries({}, optional=_STORE_KEYS),

@@ -167,6 +167,8 @@ def _redis_store(settings: StoreSettings) -> RedisStateStore:
             sentinel_service=settings.sentinel_service,
             sentinel_password=password,
             max_clock_skew_seconds=settings.max_clock_skew_seconds,
+            min_replicas_acked=settings.min_replicas_acked,
+            replica_ack_timeout=settings.replica_ack_timeout_seconds,
         )
     except ValueError as error:
         # The store names its own argument: the values file's key is rollout.store.<that>.

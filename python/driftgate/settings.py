@@ -113,6 +113,10 @@ class StoreSettings:
     sentinel_service: str | None = None
     sentinel_password_env: str | None = None
     max_clock_skew_seconds: float = 1.0
+    # How many Redis replicas must confirm a commit (WAIT) before a move is answered as done,
+    # and how long to wait for them; 0: the primary's word is enough.
+    min_replicas_acked: int = 0
+    replica_ack_timeout_seconds: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -252,6 +256,8 @@ class _Store(_Section):
     sentinel_service: _SentinelService | None = None
     sentinel_password_env: _EnvName | None = None
     max_clock_skew_seconds: Annotated[float, Field(ge=0.01, le=3600, allow_inf_nan=False)] = 1.0
+    min_replicas_acked: Annotated[int, Field(ge=0, le=100)] = 0
+    replica_ack_timeout_seconds: Annotated[float, Field(ge=0.01, le=60, allow_inf_nan=False)] = 1.0
 
     @model_validator(mode="before")
     @classmethod

@@ -720,7 +720,18 @@ class RedisStateStore(SharedStateStore):
                 connection.send_command("EVALSHA", self._commit.sha, len(keys), *keys, *args)
                 answer = connection.read_response()
             if _text(answer[0]) == "committed" and self.min_replicas_acked:
-                self._wait_for_replicas(connection, operation)
+                try:
+                    self._wait_for_replicas(connection, operation)
+                except self._errors as error:
+                    # Committed on the primary: a read-back would find it there and answer it
+                    # done, with no replica known to have it.
+                    connection.disconnect()
+                    raise StateOutcomeUnknown(
+                        f"{self.describe()}: operation {operation} committed on the primary, but "
+                        f"whether {self.min_replicas_acked} replicas have it is not known "
+                        f"({_why(error)}); a failover now may lose it (the status tells; a retry "
+                        "with the same operation id is answered with what happened)"
+                    ) from None
             return answer
         except self._wrong_type as error:  # an error reply: the script wrote nothing
             raise StateStoreError(
@@ -734,8 +745,16 @@ class RedisStateStore(SharedStateStore):
 
     def _wait_for_replicas(self, connection: Any, operation: str) -> None:
         timeout_ms = max(1, int(self.replica_ack_timeout * 1000))
-        connection.send_command("WAIT", self.min_replicas_acked, timeout_ms)
-        acked = int(connection.read_response())
+        # WAIT blocks the connection: asked in slices shorter than the socket timeout, so that
+        # waiting for slow replicas is never taken for a Redis that stopped answering.
+        slice_ms = max(1, int(self.socket_timeout * 500))
+        deadline = time.monotonic() + timeout_ms / 1000
+        while True:
+            left_ms = max(1, min(slice_ms, int((deadline - time.monotonic()) * 1000)))
+            connection.send_command("WAIT", self.min_replicas_acked, left_ms)
+            acked = int(connection.read_response())
+            if acked >= self.min_replicas_acked or time.monotonic() >= deadline:
+                break
         if acked < self.min_replicas_acked:
             raise StateOutcomeUnknown(
                 f"{self.describe()}: operation {operation} committed on the primary, but only "
