@@ -236,9 +236,9 @@ def test_with_no_acknowledgement_a_lost_move_is_reported_and_restore_repairs_it(
             refused = replica.move("advance")
             assert (refused.status_code, refused.json()["detail"]) == (503, "STATE_REGRESSED")
 
-        # The store holds the export itself (the version the failover fell back to): without
-        # --force the restore writes nothing and the replicas stay regressed.
-        restore = ["state", "restore", str(export), "--config", str(values), "--force"]
+        # The store holds the export itself (the version the failover fell back to): the
+        # restore writes it again with a raised generation, which the replicas take.
+        restore = ["state", "restore", str(export), "--config", str(values)]
         assert cli(restore) == 0
         for replica in replicas:
             until(lambda r=replica: r.status()["etag"] == etag, f"{replica.name} restored", 15)

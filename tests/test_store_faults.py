@@ -352,12 +352,19 @@ def test_a_store_restarted_empty_never_takes_a_stale_write_and_restore_brings_th
         for name, value in environment.items():
             patch.setenv(name, value)
         assert cli.main(["state", "restore", str(export), "--config", str(values)]) == 0
-        # Now the store holds the export: a second restore has nothing to do.
-        assert cli.main(["state", "restore", str(export), "--config", str(values)]) == 0
     everyone = [*fleet, fresh]
     until(lambda: all(m.get_status()["etag"] == before for m in everyone), "the ETag comes back", 5)
     assert all(m.regressed is None for m in everyone)
     assert all(m.get_status()["restore_generation"] == 1 for m in everyone)
+    # Restored again while the store holds the export's state: written with the next
+    # generation, the same ETag.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(URL_ENV, redis_server.url)
+        assert cli.main(["state", "restore", str(export), "--config", str(values)]) == 0
+    until(
+        lambda: all(m.get_status()["restore_generation"] == 2 for m in everyone), "generation 2", 5
+    )
+    assert all(m.get_status()["etag"] == before for m in everyone)
     assert fleet[2].manual_advance("alice", expected_version=3).success
 
 

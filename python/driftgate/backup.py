@@ -4,13 +4,14 @@ incarnation), from the shared store or the state file the values name, and back.
 A restore writes an export back into a store that lost its state (restarted empty, flushed,
 failed over to a replica that missed commits) with its restore generation raised: every replica
 accepts it whatever it saw before, and resumes with the ETag the export had. It refuses to go
-back in time over a healthy state (the same incarnation at the same or a later version, or
-another one further on than the export) unless forced.
+back in time over a state further on than the export (the same incarnation at a later version,
+or another one at a later version) unless forced. A store that holds the export's very state
+is written too: replicas that saw later commits, which a failover lost, take it only with the
+raised generation.
 """
 
 from __future__ import annotations
 
-import enum
 import json
 import os
 import tempfile
@@ -25,7 +26,7 @@ from driftgate._core import (
     _restored_rollout_document,
 )
 
-__all__ = ["DocumentInfo", "RestoreOutcome", "RestoreResult", "document_info", "restore_plan"]
+__all__ = ["DocumentInfo", "document_info", "restore_plan"]
 
 
 @dataclass(frozen=True)
@@ -44,29 +45,12 @@ def document_info(config: RolloutConfig, document: str, what: str) -> DocumentIn
     return DocumentInfo(**_read_rollout_document(config, document, what))
 
 
-class RestoreOutcome(str, enum.Enum):
-    RESTORED = "restored"
-    #: The store already holds the exported state: nothing to do.
-    UNCHANGED = "unchanged"
-
-    def __str__(self) -> str:
-        return self.value
-
-
-@dataclass(frozen=True)
-class RestoreResult:
-    outcome: RestoreOutcome
-    etag: str  # of the state stored now, unquoted
-    restore_generation: int
-
-
 def restore_plan(
     config: RolloutConfig, export: str, stored: str | None, *, force: bool, what: str
-) -> tuple[str | None, DocumentInfo]:
-    """The document a restore of `export` writes over `stored` (None: nothing to write, the
-    store holds it already), and the export's identity. StateError when the export is not
-    this rollout's, or when the store holds a healthy state the export would set back (unless
-    `force`); the message says which."""
+) -> tuple[str, DocumentInfo]:
+    """The document a restore of `export` writes over `stored`, and the export's identity.
+    StateError when the export is not this rollout's, or when the store holds a state further
+    on that the export would set back (unless `force`); the message says which."""
     wanted = document_info(config, export, what)
     generation = wanted.restore_generation
     if stored is not None:
@@ -80,16 +64,12 @@ def restore_plan(
                     "it without --force"
                 ) from None
         if current is not None:
-            same = current.incarnation == wanted.incarnation
-            if same and current.version == wanted.version and not force:
-                return None, wanted
-            ahead = current.version >= wanted.version if same else current.version > wanted.version
-            if ahead and not force:
+            if current.version > wanted.version and not force:
                 raise StateError(
                     f"the store holds {current.etag} (restore generation "
-                    f"{current.restore_generation}), which is not behind the export's "
-                    f"{wanted.etag}; restoring would set a healthy rollout back. Refusing "
-                    "without --force"
+                    f"{current.restore_generation}), which is further on than the export's "
+                    f"{wanted.etag}; restoring would set the rollout back. Refusing without "
+                    "--force"
                 )
             generation = max(generation, current.restore_generation)
     return _restored_rollout_document(config, export, what, generation + 1), wanted

@@ -381,7 +381,7 @@ def _state_export(args: argparse.Namespace) -> int:
 
 def _state_restore(args: argparse.Namespace) -> int:
     from driftgate._core import StateError
-    from driftgate.backup import RestoreOutcome, restore_plan, write_state_file
+    from driftgate.backup import restore_plan, write_state_file
 
     try:
         export = args.file.read_text(encoding="utf-8")
@@ -397,9 +397,6 @@ def _state_restore(args: argparse.Namespace) -> int:
             document, info = restore_plan(
                 config, export, stored, force=args.force, what=str(args.file)
             )
-            if document is None:
-                print(f'{where} already holds "{info.etag}"; nothing was changed')
-                return EXIT_OK
             if store is None:
                 write_state_file(state_path, document)
                 break
@@ -414,7 +411,7 @@ def _state_restore(args: argparse.Namespace) -> int:
     finally:
         if store is not None:
             store.close()
-    print(f'{RestoreOutcome.RESTORED} "{info.etag}" into {where}')
+    print(f'restored "{info.etag}" into {where}')
     return EXIT_OK
 
 
