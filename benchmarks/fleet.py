@@ -69,8 +69,8 @@ class Replica(RolloutManager):
         self.changed = threading.Condition()
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
 
-    def follow(self, document: str) -> bool:
-        moved = super().follow(document)
+    def follow(self, document: str, read_at: int | None = None) -> bool:
+        moved = super().follow(document, read_at)
         version = self.version
         with self.changed:
             self.applied.setdefault(version, time.perf_counter())

@@ -109,6 +109,14 @@ def test_a_retry_with_the_same_idempotency_key_gets_the_first_outcome(client, ma
     # Without a key, each move gets an id of its own.
     other = client.post(ADVANCE, headers=AUTH).json()
     assert len(other["operation"]) == 16 and other["version"] == 3
+    # The same key for another kind of move: refused, nothing moves.
+    reused = client.post(ROLLBACK, headers={**AUTH, "Idempotency-Key": "deploy-42"})
+    assert reused.status_code == 422
+    assert reused.json()["detail"] == (
+        "operation deploy-42 already advanced the rollout at version 2: it is not a rollback; "
+        "nothing was changed (use another Idempotency-Key for another move)"
+    )
+    assert manager.version == 3
     for bad in ("", "has space", "x" * 65, "semi;colon"):
         refused = client.post(ADVANCE, headers={**AUTH, "Idempotency-Key": bad})
         assert refused.status_code == 400

@@ -278,16 +278,44 @@ def test_an_abandoned_attempt_never_commits_later(redis_server, key, replicas, m
 def test_fewer_replicas_than_required_confirming_a_commit_is_an_unknown_outcome(
     redis_server, key, replicas
 ):
-    replica(redis_server, key, replicas)  # stores the rollout
+    plain = replica(redis_server, key, replicas)  # stores the rollout
     # This server has no replicas: WAIT times out with 0.
     manager = replica(redis_server, key, replicas, min_replicas_acked=1, replica_ack_timeout=0.05)
     with pytest.raises(StateOutcomeUnknown, match="0 of the 1 replicas"):
         manager.manual_advance("alice", operation="op-wait")
-    # It is on the primary: the retry answers it.
-    retried = manager.manual_advance("alice", operation="op-wait")
+    # It is on the primary, but no replica has it: the retry is not answered done either.
+    with pytest.raises(StateOutcomeUnknown, match="0 of the 1 replicas"):
+        manager.manual_advance("alice", operation="op-wait")
+    # A replica that asks for no acknowledgement answers it from the history.
+    retried = plain.manual_advance("alice", operation="op-wait")
     assert retried.success and retried.replayed and retried.version == 2
+    assert ops_in(stored_history(redis_server, key), "op-wait") == 1
     with pytest.raises(ValueError, match="min_replicas_acked=-1"):
         RedisStateStore(redis_server.url, key, min_replicas_acked=-1)
+
+
+def test_a_replica_that_missed_a_restore_cannot_write_over_it(redis_server, key, replicas):
+    a = replica(redis_server, key, replicas)
+    late = replica(redis_server, key, replicas)
+    assert a.manual_advance("alice").success
+    until(lambda: late.version == 2, "late follows", 5)
+    assert isinstance(late.store, RedisStateStore) and isinstance(a.store, RedisStateStore)
+    late.store._follower.stop()  # it hears of nothing from now on  # type: ignore[union-attr]
+    # The store's very state restored: the same version, a higher generation.
+    with redis_server.client() as client:
+        stored = client.hget(key, "doc").decode()
+    restored = json.dumps({**json.loads(stored), "restore_generation": 1})
+    assert a.store.replace(restored, stored)
+    until(lambda: a.get_status()["restore_generation"] == 1, "a takes the restore", 5)
+    # The late replica's move is decided on generation 0: it loses the commit, follows the
+    # restore and moves on it, so the fleet stays on the restored line.
+    moved = late.manual_advance("bob")
+    assert moved.success and moved.version == 3
+    with redis_server.client() as client:
+        assert client.hget(key, "generation") == b"1"
+        assert json.loads(client.hget(key, "doc"))["restore_generation"] == 1
+    until(lambda: a.version == 3, "a follows", 5)
+    assert a.regressed is None
 
 
 # -- a store that forgets ---------------------------------------------------------------------

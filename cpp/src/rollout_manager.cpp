@@ -317,6 +317,12 @@ bool RolloutManager::adopt_if_newer_locked(PersistedRollout saved) {
         problem = "holds version " + std::to_string(saved.version) + ", older than version " +
                   std::to_string(version_) +
                   " this replica has seen (the store lost its newest commits)";
+    } else if (!continues_history(saved)) {
+        // A failover lost this replica's newest step and others were committed in its place:
+        // the same version number (or a later one) on another history.
+        problem = "holds version " + std::to_string(saved.version) +
+                  " on a history without the step this replica saw at version " +
+                  std::to_string(version_) + " (the store lost it, and others moved since)";
     } else if (saved.version == version_) {
         clear_regressed_locked();  // the state this replica saw is back
         return false;
@@ -328,6 +334,15 @@ bool RolloutManager::adopt_if_newer_locked(PersistedRollout saved) {
     clear_regressed_locked();
     adopt_locked(std::move(saved));
     return true;
+}
+
+bool RolloutManager::continues_history(const PersistedRollout& saved) const {
+    if (transitions_.empty() || transitions_.back().op.empty()) return true;  // nothing to tell
+    // Every version adds one step: the step this replica holds last sits this far back.
+    const std::uint64_t back = saved.version - version_;
+    if (back >= saved.transitions.size()) return true;  // no longer in the kept history
+    const Transition& step = saved.transitions[saved.transitions.size() - 1 - back];
+    return step.op.empty() || step.op == transitions_.back().op;
 }
 
 void RolloutManager::note_regressed_locked(const std::string& problem) {

@@ -580,3 +580,24 @@ TEST_CASE("a document read before this replica's own commit is not a regression"
     CHECK_FALSE(a.manager->follow(read_before, 2));
     CHECK_FALSE(a.manager->regressed().empty());
 }
+
+TEST_CASE("a lost step replaced by another at the same version is a regression", "[store]") {
+    auto store = std::make_shared<MemoryStore>();
+    auto clock = fleet_clock();
+    Replica a(store, clock);
+    Replica c(store, clock);
+    const std::string version1 = *store->stored();
+    REQUIRE(a.manager->manual_advance("alice").success);   // version 2, answered to alice
+    store->put(1, version1);                               // a failover loses it
+    REQUIRE(c.manager->manual_rollback("carol").success);  // c never saw it: aborts as version 2
+    CHECK_FALSE(a.manager->follow(*store->stored()));
+    CHECK_FALSE(a.manager->regressed().empty());
+    const auto before = store->stored();
+    CHECK_THROWS_AS(a.manager->manual_advance("alice"), StateRegressed);
+    CHECK(store->stored() == before);
+    // Moved on further, the history still lacks alice's step: still a regression.
+    REQUIRE(c.manager->manual_advance("carol").success);
+    CHECK_FALSE(a.manager->follow(*store->stored()));
+    CHECK_FALSE(a.manager->regressed().empty());
+    CHECK(a.manager->version() == 2);
+}

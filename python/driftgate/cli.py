@@ -380,7 +380,7 @@ def _state_export(args: argparse.Namespace) -> int:
 
 
 def _state_restore(args: argparse.Namespace) -> int:
-    from driftgate._core import StateError
+    from driftgate._core import StateError, StateStoreError
     from driftgate.backup import restore_plan, write_state_file
 
     try:
@@ -404,6 +404,8 @@ def _state_restore(args: argparse.Namespace) -> int:
                 break
         else:
             raise CommandError(f"{where} kept changing; nothing was restored", EXIT_CHANGED)
+    except StateStoreError as error:  # Redis away: nothing was restored
+        raise CommandError(str(error), EXIT_UNAVAILABLE) from None
     except StateError as error:
         raise CommandError(str(error), EXIT_REFUSED) from None
     except OSError as error:

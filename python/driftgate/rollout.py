@@ -347,16 +347,20 @@ class RolloutManager(_RolloutManager):
         expected_incarnation: str | None = None,
         operation: str | None = None,
     ) -> Decision:
-        return self._announce(
-            super().manual_advance(
-                actor,
-                reason,
-                expected_version=expected_version,
-                expected_incarnation=expected_incarnation,
-                operation=operation,
-            ),
-            said=bool(reason),
+        decision = super().manual_advance(
+            actor,
+            reason,
+            expected_version=expected_version,
+            expected_incarnation=expected_incarnation,
+            operation=operation,
         )
+        if decision.replayed:
+            self._replayed(
+                decision,
+                (DecisionAction.ADVANCED, DecisionAction.RESUMED, DecisionAction.APPROVAL_RECORDED),
+                "an advance",
+            )
+        return self._announce(decision, said=bool(reason))
 
     def manual_rollback(
         self,
@@ -367,16 +371,33 @@ class RolloutManager(_RolloutManager):
         expected_incarnation: str | None = None,
         operation: str | None = None,
     ) -> Decision:
-        return self._announce(
-            super().manual_rollback(
-                actor,
-                reason,
-                expected_version=expected_version,
-                expected_incarnation=expected_incarnation,
-                operation=operation,
-            ),
-            said=bool(reason),
+        decision = super().manual_rollback(
+            actor,
+            reason,
+            expected_version=expected_version,
+            expected_incarnation=expected_incarnation,
+            operation=operation,
         )
+        if decision.replayed:
+            self._replayed(
+                decision, (DecisionAction.ROLLED_BACK, DecisionAction.ABORTED), "a rollback"
+            )
+        return self._announce(decision, said=bool(reason))
+
+    def _replayed(self, decision: Decision, kinds: tuple[DecisionAction, ...], asked: str) -> None:
+        """Checks a first outcome answered again: the operation id must have named this kind
+        of move (ValueError otherwise: the id was reused for another move, nothing moves), and
+        with `min_replicas_acked` its commit must be on that many Redis replicas."""
+        if decision.action not in kinds:
+            did = decision.action.name.lower().replace("_", " ")
+            raise ValueError(
+                f"operation {decision.operation} already {did} the rollout at version "
+                f"{decision.version}: it is not {asked}; nothing was changed (use another "
+                "Idempotency-Key for another move)"
+            )
+        confirm = getattr(self._store, "confirm_replicated", None)
+        if callable(confirm):
+            confirm(decision.operation)
 
     def follow(self, document: str, read_at: int | None = None) -> bool:
         adopted = super().follow(document, read_at)

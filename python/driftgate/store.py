@@ -78,9 +78,13 @@ return {'ok', fields[1], fields[2]}
 """
 
 # KEYS: state, lease, channel, abandoned attempts. ARGV: expected version, new version, document,
-# automatic (1/0), lease value, fence, the document's incarnation, this attempt's id. An attempt
-# the read-back gave up on (`_SETTLE`) never commits, however late it reaches the server; a
-# document commits only onto one of its own incarnation (or one written before incarnations).
+# automatic (1/0), lease value, fence, the document's incarnation, this attempt's id, the
+# document's restore generation, its newest step's operation id. An attempt the read-back gave
+# up on (`_SETTLE`) never commits, however late it reaches the server; a document commits only
+# onto one of its own incarnation (or one written before incarnations) and restore generation,
+# so a replica that missed a restore cannot write over it. The hash keeps the newest step's
+# operation, incarnation and generation beside the version, for the followers' poll. The hint
+# is published before anything is written: a refused PUBLISH leaves the state as it was.
 _COMMIT = """
 local kind = redis.call('TYPE', KEYS[1])['ok']
 if kind ~= 'none' and kind ~= 'hash' then return {'foreign', kind} end
@@ -97,12 +101,15 @@ if ARGV[4] == '1' then
   if tonumber(ARGV[6]) < last_fence then return {'fenced'} end
 end
 local incarnation = redis.call('HGET', KEYS[1], 'incarnation')
-if tonumber(stored or '0') ~= tonumber(ARGV[1]) or (incarnation and incarnation ~= ARGV[7]) then
+local generation = tonumber(redis.call('HGET', KEYS[1], 'generation') or '0')
+if tonumber(stored or '0') ~= tonumber(ARGV[1]) or (incarnation and incarnation ~= ARGV[7])
+    or generation ~= tonumber(ARGV[9]) then
   return {'conflict', redis.call('HGET', KEYS[1], 'doc')}
 end
-redis.call('HSET', KEYS[1], 'version', ARGV[2], 'doc', ARGV[3], 'incarnation', ARGV[7])
-if ARGV[4] == '1' then redis.call('HSET', KEYS[1], 'fence', ARGV[6]) end
 redis.call('PUBLISH', KEYS[3], ARGV[2])
+redis.call('HSET', KEYS[1], 'version', ARGV[2], 'doc', ARGV[3], 'incarnation', ARGV[7],
+  'generation', ARGV[9], 'op', ARGV[10])
+if ARGV[4] == '1' then redis.call('HSET', KEYS[1], 'fence', ARGV[6]) end
 return {'committed'}
 """
 
@@ -132,8 +139,9 @@ redis.call('PEXPIRE', KEYS[2], 86400000)
 return {'abandoned'}
 """
 
-# A restore: writes ARGV[1] (version ARGV[2], incarnation ARGV[3]) if the stored document is
-# still ARGV[4] (ARGV[5] == '1'), or nothing is stored (ARGV[5] == '0'). KEYS: state, channel.
+# A restore: writes ARGV[1] (version ARGV[2], incarnation ARGV[3], restore generation ARGV[6],
+# newest operation ARGV[7]) if the stored document is still ARGV[4] (ARGV[5] == '1'), or
+# nothing is stored (ARGV[5] == '0'). KEYS: state, channel.
 _REPLACE = """
 local kind = redis.call('TYPE', KEYS[1])['ok']
 if kind ~= 'none' and kind ~= 'hash' then return {'foreign', kind} end
@@ -143,15 +151,17 @@ if kind == 'hash' then
   doc = redis.call('HGET', KEYS[1], 'doc')
 end
 if (ARGV[5] == '1' and doc ~= ARGV[4]) or (ARGV[5] == '0' and doc) then return {'changed'} end
-redis.call('HSET', KEYS[1], 'version', ARGV[2], 'doc', ARGV[1], 'incarnation', ARGV[3])
 redis.call('PUBLISH', KEYS[2], ARGV[2])
+redis.call('HSET', KEYS[1], 'version', ARGV[2], 'doc', ARGV[1], 'incarnation', ARGV[3],
+  'generation', ARGV[6], 'op', ARGV[7])
 return {'replaced'}
 """
 
-# The stored version and incarnation, for the follower's poll (a key of another type: nil).
+# What tells one stored state from another, for the follower's poll: version, incarnation,
+# restore generation and newest operation (a key of another type: all nil).
 _POLL = """
-if redis.call('TYPE', KEYS[1])['ok'] ~= 'hash' then return {false, false} end
-return redis.call('HMGET', KEYS[1], 'version', 'incarnation')
+if redis.call('TYPE', KEYS[1])['ok'] ~= 'hash' then return {false, false, false, false} end
+return redis.call('HMGET', KEYS[1], 'version', 'incarnation', 'generation', 'op')
 """
 
 # Whether the lease and fence keys hold what the lease script writes: the lease a string
@@ -672,11 +682,13 @@ class RedisStateStore(SharedStateStore):
         if automatic and lease is None:
             return ("fenced", None)
         fence = lease.split(":", 1)[0] if lease else "0"
-        incarnation, operation = _commit_ids(document)
+        incarnation, operation, generation = _commit_ids(document)
         attempt = secrets.token_hex(8)
         keys = [self.key, self._lease_key, self._channel, self._abandoned_key]
         args = [version - 1, version, document, int(automatic), lease or "", fence]
-        answer = self._send_commit(keys, [*args, incarnation, attempt], operation)
+        answer = self._send_commit(
+            keys, [*args, incarnation, attempt, generation, operation], operation
+        )
         if answer is None:
             return self._settle_commit(operation, attempt)
         status = _text(answer[0])
@@ -763,6 +775,36 @@ class RedisStateStore(SharedStateStore):
                 "same operation id is answered with what happened)"
             )
 
+    def confirm_replicated(self, operation: str) -> None:
+        """With `min_replicas_acked`, waits until that many replicas hold everything the
+        primary holds now, `operation`'s commit included (a write of its own, then WAIT on the
+        same connection); StateOutcomeUnknown when they do not in time or Redis does not
+        answer. For a commit learnt by reading it back, or a retry answered from the history:
+        never answered done from the primary alone."""
+        if not self.min_replicas_acked:
+            return
+        pool = self._client.connection_pool
+        try:
+            connection = pool.get_connection()
+        except self._errors as error:
+            raise StateOutcomeUnknown(
+                f"{self.describe()}: operation {operation} is on the primary, but whether "
+                f"{self.min_replicas_acked} replicas hold it cannot be asked ({_why(error)})"
+            ) from None
+        try:
+            # A write after the commit: once replicas acknowledge it, they hold the commit too.
+            connection.send_command("INCR", self._confirmed_key)
+            connection.read_response()
+            self._wait_for_replicas(connection, operation)
+        except self._errors as error:
+            connection.disconnect()
+            raise StateOutcomeUnknown(
+                f"{self.describe()}: operation {operation} is on the primary, but whether "
+                f"{self.min_replicas_acked} replicas hold it is not known ({_why(error)})"
+            ) from None
+        finally:
+            pool.release(connection)
+
     def _settle_commit(self, operation: str, attempt: str) -> tuple[str, str | None]:
         """Reads back whether `operation` landed, within a bound; see commit()."""
         deadline = time.monotonic() + max(1.0, 3 * self.socket_timeout)
@@ -792,6 +834,7 @@ class RedisStateStore(SharedStateStore):
                     self.describe(),
                     operation,
                 )
+                self.confirm_replicated(operation)
                 return ("committed", _text(answer[1]))
             if status == "foreign_key":
                 raise StateOutcomeUnknown(
@@ -808,12 +851,20 @@ class RedisStateStore(SharedStateStore):
         """Writes `document` (a restore: see driftgate.backup) if what is stored is still
         `expected` (None: nothing stored); False when it changed meanwhile. Every replica
         hears of it at once. StateError when the key holds something that is not a rollout."""
-        version, incarnation = _document_tag(document)
+        version, incarnation, generation, operation = _document_tag(document)
         answer = self._call(
             "restore",
             self._replace,
             keys=[self.key, self._channel],
-            args=[document, version, incarnation, expected or "", int(expected is not None)],
+            args=[
+                document,
+                version,
+                incarnation,
+                expected or "",
+                int(expected is not None),
+                generation,
+                operation,
+            ],
         )
         status = _text(answer[0])
         if status == "foreign":
@@ -929,14 +980,22 @@ class RedisStateStore(SharedStateStore):
         """The version stored now (0: nothing stored)."""
         return self.stored_tag()[0]
 
-    def stored_tag(self) -> tuple[int, str]:
-        """The version and incarnation stored now ((0, ""): nothing stored, or not ours: load()
-        says why)."""
-        version, incarnation = self._call("read", self._poll, keys=[self.key], args=[])
+    def stored_tag(self) -> tuple[int, str, int, str]:
+        """What tells the stored state from another: version, incarnation, restore generation
+        and newest step's operation ((0, "", 0, ""): nothing stored, or not ours: load() says
+        why)."""
+        version, incarnation, generation, operation = self._call(
+            "read", self._poll, keys=[self.key], args=[]
+        )
         try:
-            return (int(version or 0), _text(incarnation) if incarnation else "")
+            return (
+                int(version or 0),
+                _text(incarnation) if incarnation else "",
+                int(generation or 0),
+                _text(operation) if operation else "",
+            )
         except ValueError:
-            return (0, "")
+            return (0, "", 0, "")
 
     def follow(self, manager: RolloutManager) -> None:
         """Starts following the shared state for `manager` in a background thread (the
@@ -1148,6 +1207,10 @@ class RedisStateStore(SharedStateStore):
         return f"{self.key}:last_check"
 
     @property
+    def _confirmed_key(self) -> str:
+        return f"{self.key}:confirmed"
+
+    @property
     def _abandoned_key(self) -> str:
         return f"{self.key}:abandoned"
 
@@ -1247,21 +1310,24 @@ class RedisStateStore(SharedStateStore):
         return f"RedisStateStore({redact_url(self._url)!r}, key={self.key!r})"
 
 
-def _document_tag(document: str) -> tuple[int, str]:
+def _document_tag(document: str) -> tuple[int, str, int, str]:
+    """What the poll compares of a document: version, incarnation, generation, newest op."""
     parsed = json.loads(document)
-    return (int(parsed["version"]), str(parsed.get("incarnation", "")))
+    incarnation, operation, generation = _commit_ids(document)
+    return (int(parsed["version"]), incarnation, generation, operation)
 
 
-def _commit_ids(document: str) -> tuple[str, str]:
-    """The incarnation of a document the manager commits, and its newest step's operation
-    ("" for what a document does not say)."""
+def _commit_ids(document: str) -> tuple[str, str, int]:
+    """The incarnation of a document the manager commits, its newest step's operation and its
+    restore generation ("" and 0 for what a document does not say)."""
     try:
         parsed = json.loads(document)
         incarnation = parsed.get("incarnation", "")
         operation = parsed["transitions"][-1].get("op", "")
+        generation = int(parsed.get("restore_generation", 0))
     except (ValueError, TypeError, KeyError, IndexError, AttributeError):
-        return ("", "")
-    return (str(incarnation), str(operation))
+        return ("", "", 0)
+    return (str(incarnation), str(operation), generation)
 
 
 _EVIDENCE_FIELDS: dict[str, type | tuple[type, ...]] = {
@@ -1358,9 +1424,19 @@ class _RecurringProblem:
         self._seen.clear()
 
 
-def _held_tag(manager: RolloutManager) -> tuple[int, str]:
+def _held(manager: RolloutManager) -> tuple[tuple[int, str, int, str], bool, bool]:
+    """What the manager holds, from its published snapshot (never waiting for a move in
+    progress): the tag `stored_tag` compares it with, whether it is synced, and whether it
+    reports the store regressed."""
     snapshot = manager._snapshot()
-    return (snapshot["version"], snapshot["incarnation"])
+    steps = snapshot["transitions"]
+    tag = (
+        snapshot["version"],
+        snapshot["incarnation"],
+        snapshot["restore_generation"],
+        steps[-1]["op"] if steps else "",
+    )
+    return tag, snapshot["synced"], snapshot["regressed"] is not None
 
 
 class _Follower:
@@ -1404,7 +1480,8 @@ class _Follower:
 
     def _sync(self, manager: RolloutManager) -> None:
         try:
-            held = manager.version  # a commit of this replica's after the read is no regression
+            # A commit of this replica's after the read is no regression.
+            held = _held(manager)[0][0]
             document = self._store.load()
             if document is None:
                 # Started while Redis was away, and nothing is stored: store the fresh rollout.
@@ -1432,7 +1509,7 @@ class _Follower:
                 manager._adopt_evidence(**shared)
 
     def _note_regressed(self, manager: RolloutManager) -> None:
-        problem = manager.regressed
+        problem = manager._snapshot()["regressed"]
         if problem is None:
             self._regressed.ended()
         else:
@@ -1496,11 +1573,9 @@ class _Follower:
                     next_lease = now + store._lease_tick
                 if now >= next_poll:
                     self._read_clock(manager)
-                    if (
-                        store.stored_tag() != _held_tag(manager)
-                        or not manager.synced
-                        or manager.regressed is not None  # the state it saw may be back
-                    ):
+                    held, synced, regressed = _held(manager)
+                    # Regressed, the state it saw may be back.
+                    if store.stored_tag() != held or not synced or regressed:
                         self._sync(manager)
                     else:
                         # The version this replica holds is stored (again): readable.

@@ -278,6 +278,10 @@ class RolloutManager {
     /// this replica holds none yet; true when it did. A state behind this replica's is
     /// reported (note_regressed_locked) instead.
     bool adopt_if_newer_locked(PersistedRollout saved);
+    /// Whether `saved` (of this replica's incarnation, at its version or later) holds the
+    /// step this replica holds last where it belongs; true when that cannot be told (legacy
+    /// steps without operation ids, or a step no longer in the kept history).
+    bool continues_history(const PersistedRollout& saved) const;
     void note_regressed_locked(const std::string& problem);
     void clear_regressed_locked();
     void refresh_locked();

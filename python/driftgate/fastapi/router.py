@@ -547,17 +547,21 @@ def create_router(
             expected = precondition()
             decision = move(expected)
         except StateOutcomeUnknown as error:
-            logger.warning("rollout move outcome unknown (%s): %s", ReasonCode.STATE_UNKNOWN, error)
+            logger.warning(
+                "rollout move outcome unknown (%s): %s", ReasonCode.STATE_UNKNOWN.value, error
+            )
             raise HTTPException(
                 status.HTTP_503_SERVICE_UNAVAILABLE,
                 ReasonCode.STATE_UNKNOWN.value,
                 headers={"Retry-After": UNKNOWN_RETRY_AFTER},
             ) from None
         except StateRegressed as error:
-            logger.warning("rollout move refused (%s): %s", ReasonCode.STATE_REGRESSED, error)
+            logger.warning("rollout move refused (%s): %s", ReasonCode.STATE_REGRESSED.value, error)
             raise HTTPException(
                 status.HTTP_503_SERVICE_UNAVAILABLE, ReasonCode.STATE_REGRESSED.value
             ) from None
+        except ValueError as error:  # an Idempotency-Key reused for another kind of move
+            raise HTTPException(422, str(error)) from None
         except StateError as error:
             # A shared store that is away, or holds what is not this rollout, is the store's
             # problem; a state file that cannot be written is the file's.
