@@ -598,6 +598,29 @@ def create_router(
 
     move_body = json_body(MoveRequest, optional=True)
 
+    async def admin_move(
+        move: Callable[..., Decision],
+        request: Request,
+        actor: str,
+        rollout: RolloutManager,
+        body: MoveRequest,
+    ) -> dict[str, Any]:
+        """A person's advance or rollback (`move`), through the move queue, on the state the
+        request's precondition names, as the operation its Idempotency-Key names."""
+        operation = operation_of(request)
+        return await moves.run(
+            lambda: moved(
+                lambda expected: move(
+                    actor,
+                    body.reason,
+                    expected_version=None if expected is None else expected[0],
+                    expected_incarnation=None if expected is None else expected[1],
+                    operation=operation,
+                ),
+                lambda: expected_state(request, body, rollout),
+            )
+        )
+
     @router.post(
         f"{rollout_path}/advance",
         response_model=MoveBody,
@@ -611,19 +634,7 @@ def create_router(
         rollout: Annotated[RolloutManager, Depends(require_manager)],
         body: Annotated[MoveRequest, Depends(move_body)],
     ) -> dict[str, Any]:
-        operation = operation_of(request)
-        return await moves.run(
-            lambda: moved(
-                lambda expected: rollout.manual_advance(
-                    actor,
-                    body.reason,
-                    expected_version=None if expected is None else expected[0],
-                    expected_incarnation=None if expected is None else expected[1],
-                    operation=operation,
-                ),
-                lambda: expected_state(request, body, rollout),
-            )
-        )
+        return await admin_move(rollout.manual_advance, request, actor, rollout, body)
 
     @router.post(
         f"{rollout_path}/rollback",
@@ -638,19 +649,7 @@ def create_router(
         rollout: Annotated[RolloutManager, Depends(require_manager)],
         body: Annotated[MoveRequest, Depends(move_body)],
     ) -> dict[str, Any]:
-        operation = operation_of(request)
-        return await moves.run(
-            lambda: moved(
-                lambda expected: rollout.manual_rollback(
-                    actor,
-                    body.reason,
-                    expected_version=None if expected is None else expected[0],
-                    expected_incarnation=None if expected is None else expected[1],
-                    operation=operation,
-                ),
-                lambda: expected_state(request, body, rollout),
-            )
-        )
+        return await admin_move(rollout.manual_rollback, request, actor, rollout, body)
 
     if reload is not None:
         from driftgate.fastapi.admin import create_admin_router
