@@ -165,8 +165,14 @@ class RedisServer:
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)  # a stopped server cannot act on SIGTERM
             self.process.terminate()
-            self.process.wait(10)
+            try:
+                # A primary waits up to shutdown-timeout (10 s) for lagging replicas.
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
 
 
 class SentinelServer:
