@@ -441,16 +441,16 @@ void register_rollout(py::module_& m) {
             [](RolloutManager& manager, std::optional<std::string> actor,
                std::optional<std::string> reason, std::optional<long long> expected_version,
                std::optional<std::string> expected_incarnation,
-               std::optional<std::string> operation) {
+               std::optional<std::string> operation, std::optional<std::string> person) {
                 const auto expected = version_arg(expected_version);
                 py::gil_scoped_release release;
                 return manager.manual_advance(actor.value_or("manual"), reason.value_or(""),
                                               expected, std::move(expected_incarnation),
-                                              operation.value_or(""));
+                                              operation.value_or(""), std::move(person));
             },
             py::arg("actor") = py::none(), py::arg("reason") = py::none(), py::kw_only(),
             py::arg("expected_version") = py::none(), py::arg("expected_incarnation") = py::none(),
-            py::arg("operation") = py::none())
+            py::arg("operation") = py::none(), py::arg("person") = py::none())
         .def(
             "manual_rollback",
             [](RolloutManager& manager, std::optional<std::string> actor,

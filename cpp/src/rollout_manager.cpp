@@ -853,8 +853,8 @@ constexpr int kMoveAttempts = 8;
 
 }  // namespace
 
-Decision RolloutManager::advance_locked(std::string_view actor, std::string_view reason,
-                                        std::string_view operation) {
+Decision RolloutManager::advance_locked(std::string_view actor, std::string_view person,
+                                        std::string_view reason, std::string_view operation) {
     const RolloutPosition before = position_;
     const std::optional<std::size_t> target = plan_->advance_target(position_);
     if (!target) {
@@ -862,14 +862,22 @@ Decision RolloutManager::advance_locked(std::string_view actor, std::string_view
                                before, actor);
     }
     const RolloutStage& next = plan_->stage(*target);
-    const std::string who(actor);
     if (next.approvals_required > 1) {
-        if (std::find(approvals_.begin(), approvals_.end(), who) != approvals_.end()) {
+        const std::string needs =
+            "; it needs " + std::to_string(next.approvals_required) + " different people";
+        if (person.empty()) {
             return decision_locked(false, DecisionAction::AlreadyApproved,
-                                   who + " already approved entering " + next.name + "; it needs " +
-                                       std::to_string(next.approvals_required) +
-                                       " different people",
+                                   std::string(actor) +
+                                       " is not a person and never counts as an approval of " +
+                                       next.name + needs,
                                    before, actor);
+        }
+        const std::string who(person);
+        if (std::find(approvals_.begin(), approvals_.end(), who) != approvals_.end()) {
+            return decision_locked(
+                false, DecisionAction::AlreadyApproved,
+                std::string(actor) + " already approved entering " + next.name + needs, before,
+                actor);
         }
         std::vector<std::string> approvals = approvals_;
         approvals.push_back(who);
@@ -933,8 +941,10 @@ std::optional<Decision> RolloutManager::begin_move_locked(
 Decision RolloutManager::manual_advance(std::string_view actor, std::string_view reason,
                                         std::optional<std::uint64_t> expected_version,
                                         std::optional<std::string> expected_incarnation,
-                                        std::string_view operation) {
+                                        std::string_view operation,
+                                        std::optional<std::string> person) {
     validate_actor(actor);
+    if (person && !person->empty()) validate_actor(*person);
     validate_operation(operation);
     const std::string why = reason.empty() ? std::string() : clean_reason(reason);
     // One id for every attempt, so a commit that landed unseen is found by the next one.
@@ -946,7 +956,7 @@ Decision RolloutManager::manual_advance(std::string_view actor, std::string_view
             return *answered;
         }
         try {
-            return advance_locked(actor, why, op);
+            return advance_locked(actor, person ? std::string_view(*person) : actor, why, op);
         } catch (const CommitLost& lost) {
             if (expected_version || attempt == kMoveAttempts) {
                 return conflict_locked(lost, std::nullopt);

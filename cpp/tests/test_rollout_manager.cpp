@@ -771,6 +771,54 @@ TEST_CASE("a stage for four eyes is entered by the second distinct approver", "[
     CHECK(manager.manual_advance("carol").to_stage == "c");
 }
 
+TEST_CASE("four eyes compares people, not the names they sign in with", "[rollout]") {
+    Fixture f;
+    auto manager = f.make({}, four_eyes());
+    const auto first = manager.manual_advance("alice-laptop", "", std::nullopt, std::nullopt, "",
+                                              std::string("alice"));
+    REQUIRE(first.action == DecisionAction::ApprovalRecorded);
+    CHECK(manager.snapshot().approvals == std::vector<std::string>{"alice"});
+    // The history shows the name used; the approval is the person's.
+    CHECK(manager.snapshot().transitions.back().actor == "alice-laptop");
+    const auto same = manager.manual_advance("alice-sso", "", std::nullopt, std::nullopt, "",
+                                             std::string("alice"));
+    CHECK(same.action == DecisionAction::AlreadyApproved);
+    CHECK_FALSE(same.success);
+    CHECK(same.version == first.version);
+    CHECK_THAT(same.message, Catch::Contains("alice-sso already approved entering b"));
+    // Without a person, the actor is the person: "alice" is the one who approved.
+    CHECK(manager.manual_advance("alice").action == DecisionAction::AlreadyApproved);
+    CHECK_THROWS_AS(manager.manual_advance("bob", "", std::nullopt, std::nullopt, "",
+                                           std::string("not a person id")),
+                    std::invalid_argument);
+    const auto second =
+        manager.manual_advance("bob", "", std::nullopt, std::nullopt, "", std::string("bob"));
+    CHECK(second.action == DecisionAction::Advanced);
+    CHECK(second.to_stage == "b");
+}
+
+TEST_CASE("a credential that is nobody never counts as one of several approvals", "[rollout]") {
+    Fixture f;
+    auto manager = f.make({}, four_eyes());
+    const auto alone =
+        manager.manual_advance("admin-token", "", std::nullopt, std::nullopt, "", std::string());
+    CHECK(alone.action == DecisionAction::AlreadyApproved);
+    CHECK_THAT(alone.message, Catch::Contains("admin-token is not a person"));
+    CHECK(alone.version == 1);
+    CHECK(manager.snapshot().approvals.empty());
+    REQUIRE(manager.manual_advance("alice").action == DecisionAction::ApprovalRecorded);
+    // After one person's approval, the shared credential still does not make the second.
+    CHECK(manager.manual_advance("admin-token", "", std::nullopt, std::nullopt, "", std::string())
+              .action == DecisionAction::AlreadyApproved);
+    CHECK(f.enforcer->options().rollout_percent == 10);
+    REQUIRE(manager.manual_advance("bob").to_stage == "b");
+    // A stage that needs one approval is entered by it: a first rollout needs nothing more.
+    const auto single =
+        manager.manual_advance("admin-token", "", std::nullopt, std::nullopt, "", std::string());
+    CHECK(single.action == DecisionAction::Advanced);
+    CHECK(single.to_stage == "c");
+}
+
 TEST_CASE("approvals survive a restart and a rollback forgets them", "[rollout]") {
     Fixture f;
     {

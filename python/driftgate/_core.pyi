@@ -343,6 +343,7 @@ class _RolloutManager:
         expected_version: int | None = None,
         expected_incarnation: str | None = None,
         operation: str | None = None,
+        person: str | None = None,
     ) -> Decision: ...
     def manual_rollback(
         self,

@@ -27,7 +27,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,9 +41,11 @@ __all__ = [
     "Identity",
     "IdentityError",
     "OIDCVerifier",
+    "People",
     "Scope",
     "TokenFile",
     "TokenFileError",
+    "oidc_person",
     "token_digest",
     "token_file_line",
 ]
@@ -96,14 +98,72 @@ _SCOPES_BY_NAME = {scope.value: scope for scope in Scope}
 @dataclass(frozen=True)
 class Identity:
     """An authenticated approver: the `name` recorded as the actor in the rollout history,
-    the scopes it holds, and how it was recognised (`token`, `token_file`, `oidc`)."""
+    the scopes it holds, and how it was recognised (`token`, `token_file`, `oidc`).
+
+    `subject` is the stable id of the credential, as `People` names it: `token_file:NAME`,
+    `oidc:SUB` (of the one configured issuer), empty for the shared admin token. `person` is
+    who the approvals of a stage needing several people count it as: the person `People` maps
+    the subject to, else the token file's name, else a digest of the issuer and `sub` (never
+    the display name, which a person may change); empty for the admin token, which is nobody."""
 
     name: str
     scopes: frozenset[Scope]
     method: str
+    subject: str = ""
+    person: str = ""
 
     def allows(self, scope: Scope | str) -> bool:
         return Scope(scope) in self.scopes
+
+
+TOKEN_FILE_SUBJECT = "token_file:"
+OIDC_SUBJECT = "oidc:"
+_SUBJECT = re.compile(r"(token_file:[A-Za-z0-9_.:-]{1,64}|oidc:[\x21-\x7e]{1,255})")
+
+
+def oidc_person(issuer: str, sub: str) -> str:
+    """The person id of an OIDC subject no `People` entry names: `oidc:` and 32 hex digits of
+    SHA-256 over the issuer and `sub`, so it fits the history's actor rule whatever
+    characters the issuer puts in `sub`, and two issuers' equal `sub`s stay apart."""
+    digest = hashlib.sha256(f"{issuer}\n{sub}".encode("utf-8", "surrogatepass")).hexdigest()
+    return OIDC_SUBJECT + digest[:32]
+
+
+class People:
+    """Which credentials belong to one person, so that a stage asking for two approvals gets
+    two people however many names each signs in with. Built from `{person: [subject, ...]}`
+    (a subject is `token_file:NAME` or `oidc:SUB`); ValueError naming a bad person or subject,
+    or a subject listed under two people. Immutable."""
+
+    def __init__(self, people: Mapping[str, Sequence[str]] | None = None):
+        owners: dict[str, str] = {}
+        for person, subjects in (people or {}).items():
+            if ACTOR_PATTERN.fullmatch(person) is None:
+                raise ValueError(
+                    f"person {shown(person)}: expected 1-64 characters of [A-Za-z0-9_.:-]"
+                )
+            for subject in subjects:
+                if _SUBJECT.fullmatch(subject) is None:
+                    raise ValueError(
+                        f"{person}: subject {shown(subject)}: expected token_file:NAME (a "
+                        "name of the token file) or oidc:SUB (the issuer's sub claim, "
+                        "printable ASCII without spaces)"
+                    )
+                if subject in owners and owners[subject] != person:
+                    raise ValueError(
+                        f"subject {shown(subject)} is listed under both {owners[subject]} "
+                        f"and {person}: one credential belongs to one person"
+                    )
+                owners[subject] = person
+        self._owners = owners
+
+    def __len__(self) -> int:
+        return len(self._owners)
+
+    def person(self, identity: Identity) -> Identity:
+        """`identity` with the person its subject is mapped to, if any."""
+        owner = self._owners.get(identity.subject)
+        return identity if owner is None else replace(identity, person=owner)
 
 
 class IdentityError(Exception):
@@ -242,7 +302,11 @@ class TokenFile:
         for entry in self._entries:
             if hmac.compare_digest(presented, entry.digest):
                 found = entry
-        return None if found is None else Identity(found.name, found.scopes, "token_file")
+        if found is None:
+            return None
+        return Identity(
+            found.name, found.scopes, "token_file", TOKEN_FILE_SUBJECT + found.name, found.name
+        )
 
 
 # -- OIDC ------------------------------------------------------------------------------------
@@ -367,7 +431,17 @@ class OIDCVerifier:
             raise IdentityError(
                 ReasonCode.INVALID_CREDENTIALS, f"refused: {type(error).__name__}"
             ) from None
-        return Identity(self._actor(claims), _claimed_scopes(claims), "oidc")
+        sub = claims.get("sub")
+        if not isinstance(sub, str) or not sub or len(sub) > 255:
+            # the subject is who approves: a token without one names nobody in particular
+            raise IdentityError(ReasonCode.INVALID_ACTOR, "no usable sub claim")
+        return Identity(
+            self._actor(claims),
+            _claimed_scopes(claims),
+            "oidc",
+            OIDC_SUBJECT + sub,
+            oidc_person(self.issuer, sub),
+        )
 
     def _actor(self, claims: Mapping[str, Any]) -> str:
         actor = claims.get(self.actor_claim)

@@ -346,6 +346,7 @@ class RolloutManager(_RolloutManager):
         expected_version: int | None = None,
         expected_incarnation: str | None = None,
         operation: str | None = None,
+        person: str | None = None,
     ) -> Decision:
         decision = super().manual_advance(
             actor,
@@ -353,6 +354,7 @@ class RolloutManager(_RolloutManager):
             expected_version=expected_version,
             expected_incarnation=expected_incarnation,
             operation=operation,
+            person=person,
         )
         if decision.replayed:
             self._replayed(

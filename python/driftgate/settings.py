@@ -21,6 +21,8 @@ admin:
   oidc: {issuer: https://id.example.com/realms/ops, audience: driftgate,
          jwks_url: https://id.example.com/realms/ops/protocol/openid-connect/certs}
   protect_status: false           # true: the status endpoint needs rollout:read
+  people:                         # credentials of one person count as one approval
+    alice: [token_file:alice, "oidc:f81d4fae-7dec-11d0-a765-00a0c91e6bf6"]
 
 The file is read strictly, so that a typo stops the service at start instead of changing what
 it enforces: keys are strings and appear once per mapping, unknown keys are refused, a `true`
@@ -53,7 +55,7 @@ from pydantic import (
 
 from driftgate._core import EnforceOptions, GateConfig, RolloutConfig, RolloutStage
 from driftgate._messages import one_line, read_capped, shown
-from driftgate.identity import ALLOWED_ALGORITHMS
+from driftgate.identity import ALLOWED_ALGORITHMS, People
 from driftgate.readiness_budget import MAX_UNREADY_REPLICAS
 from driftgate.rollout import PrometheusErrorRate
 
@@ -159,6 +161,8 @@ class Settings:
     admin_token_file: Path | None = None  # None: $DRIFTGATE_TOKEN_FILE, if set
     admin_oidc: OIDCSettings | None = None
     admin_protect_status: bool = False
+    # person -> the credentials that are theirs (token_file:NAME, oidc:SUB)
+    admin_people: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     # With a shared store: how many replicas may fail readiness for drift at once.
     max_unready_replicas: int = 1
     log_level: str = "info"  # of the driftgate loggers and uvicorn's, under driftgate serve
@@ -365,11 +369,26 @@ class _OIDC(_Section):
     ] = list(ALLOWED_ALGORITHMS)
 
 
+_Subject = Annotated[str, Field(min_length=1, max_length=300)]
+
+
 class _Admin(_Section):
     token_env: _EnvName = "DRIFTGATE_ADMIN_TOKEN"
     token_file: _PathText | None = None
     oidc: _OIDC | None = None
     protect_status: bool = False
+    people: (
+        Annotated[
+            dict[_Name, Annotated[list[_Subject], Field(min_length=1, max_length=16)]],
+            Field(max_length=1000),
+        ]
+        | None
+    ) = None
+
+    @model_validator(mode="after")
+    def _people(self) -> _Admin:
+        People(self.people)  # a subject listed twice, or not one
+        return self
 
 
 class _Values(_Section):
@@ -613,6 +632,7 @@ def parse_settings(values: Any) -> Settings:
             algorithms=tuple(dict.fromkeys(admin.oidc.algorithms)),
         ),
         admin_protect_status=admin.protect_status,
+        admin_people={person: tuple(subjects) for person, subjects in (admin.people or {}).items()},
         max_unready_replicas=gate_values.max_unready_replicas,
         log_level=checked.log_level,
     )

@@ -189,10 +189,16 @@ class RolloutManager {
     /// whose operation is already in the history is answered with that first outcome
     /// (`replayed`), never applied twice. StateRegressed while the shared store is behind
     /// what this replica has seen.
+    /// `person` is who the approval counts as where a stage needs several: the stable id of
+    /// the person behind `actor` (the same person may sign in under several names). Without
+    /// it the actor is the person; an empty one is nobody (a shared break-glass credential),
+    /// which may enter a stage needing one approval but is never one of the several people a
+    /// stage asks for (action AlreadyApproved, nothing recorded).
     Decision manual_advance(std::string_view actor = "manual", std::string_view reason = "",
                             std::optional<std::uint64_t> expected_version = std::nullopt,
                             std::optional<std::string> expected_incarnation = std::nullopt,
-                            std::string_view operation = "");
+                            std::string_view operation = "",
+                            std::optional<std::string> person = std::nullopt);
     /// A human's rollback; from the first stage it aborts. The rest as for advance.
     Decision manual_rollback(std::string_view actor = "manual", std::string_view reason = "",
                              std::optional<std::uint64_t> expected_version = std::nullopt,
@@ -300,8 +306,8 @@ class RolloutManager {
                                   std::vector<std::string> approvals = {},
                                   std::string_view operation = "");
     /// An advance by a person, or their approval of it when the next stage needs more.
-    Decision advance_locked(std::string_view actor, std::string_view reason,
-                            std::string_view operation);
+    Decision advance_locked(std::string_view actor, std::string_view person,
+                            std::string_view reason, std::string_view operation);
     void publish_locked();
     /// Makes the current state the one snapshot() answers with.
     void publish_snapshot_locked();

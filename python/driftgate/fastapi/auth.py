@@ -28,11 +28,13 @@ from fastapi.security.base import SecurityBase
 from fastapi.security.utils import get_authorization_scheme_param
 
 from driftgate.identity import (
+    ACTOR_PATTERN,
     ALL_SCOPES,
     MAX_TOKEN_LENGTH,
     Identity,
     IdentityError,
     OIDCVerifier,
+    People,
     Scope,
     TokenFile,
     looks_like_jwt,
@@ -50,6 +52,7 @@ __all__ = [
     "Approvers",
     "approvers_from_settings",
     "bearer_token_admin",
+    "identified",
     "scoped",
     "status_guard",
 ]
@@ -96,8 +99,10 @@ class Approvers:
         oidc: OIDCVerifier | None = None,
         protect_status: bool = False,
         token_env: str = TOKEN_ENV,
+        people: People | None = None,
     ):
         self._token = token.encode() if token else None
+        self.people = people or People()
         self.token_file = token_file
         self.oidc = oidc
         self.protect_status = protect_status
@@ -115,7 +120,7 @@ class Approvers:
                 )
             )
         self.schemes: tuple[SecurityBase, ...] = tuple(schemes)
-        self.__signature__ = self._dependency(None).__signature__  # type: ignore[attr-defined]
+        self.__signature__ = self._dependency(None, str).__signature__  # type: ignore[attr-defined]
 
     @property
     def configured(self) -> bool:
@@ -125,12 +130,18 @@ class Approvers:
         return self.authorize(request.headers.get("authorization"), None).name
 
     def require(self, scope: Scope | str) -> AdminDependency:
-        """The dependency of an endpoint that needs `scope`."""
-        return self._dependency(Scope(scope))
+        """The dependency of an endpoint that needs `scope`, answering the approver's name."""
+        return self._dependency(Scope(scope), str)
 
-    def _dependency(self, scope: Scope | None) -> AdminDependency:
-        def require_approver(request: Request, **_declared: Any) -> str:
-            return self.authorize(request.headers.get("authorization"), scope).name
+    def require_identity(self, scope: Scope | str) -> Callable[..., Identity]:
+        """The dependency of an endpoint that needs `scope`, answering the whole Identity (a
+        move needs the person behind the name)."""
+        return self._dependency(Scope(scope), Identity)
+
+    def _dependency(self, scope: Scope | None, answer: type[Any]) -> Callable[..., Any]:
+        def require_approver(request: Request, **_declared: Any) -> Any:
+            identity = self.authorize(request.headers.get("authorization"), scope)
+            return identity if answer is Identity else identity.name
 
         # The schemes are parameters only so that FastAPI declares them, with the scope, in
         # the OpenAPI of the operation; the header is read once, above.
@@ -152,7 +163,7 @@ class Approvers:
             for i, scheme in enumerate(self.schemes)
         ]
         require_approver.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
-            parameters, return_annotation=str
+            parameters, return_annotation=answer
         )
         return require_approver
 
@@ -191,7 +202,11 @@ class Approvers:
         return identity
 
     def identify(self, token: str) -> Identity:
-        """The approver holding `token`, or IdentityError."""
+        """The approver holding `token` (with the person `people` maps it to), or
+        IdentityError."""
+        return self.people.person(self._identify(token))
+
+    def _identify(self, token: str) -> Identity:
         if len(token) > MAX_TOKEN_LENGTH:
             raise IdentityError(ReasonCode.INVALID_CREDENTIALS, "longer than any token")
         if self.oidc is not None and looks_like_jwt(token):
@@ -217,8 +232,62 @@ def bearer_token_admin(token: str | None) -> Approvers:
 
 def scoped(admin: AdminDependency, scope: Scope | str) -> AdminDependency:
     """The dependency for an endpoint that needs `scope`: an Approvers' own, or a service's
-    `admin` dependency as it is (that one decides for itself)."""
-    return admin.require(scope) if isinstance(admin, Approvers) else admin
+    `admin` dependency (that one decides for itself) whose answer is checked to be a name."""
+    return admin.require(scope) if isinstance(admin, Approvers) else _service_actor(admin)
+
+
+def identified(admin: AdminDependency, scope: Scope | str) -> Callable[..., Identity]:
+    """As `scoped`, answering the Identity. A name from a service's own `admin` dependency is
+    its own person: the service vouches that it names one."""
+    if isinstance(admin, Approvers):
+        return admin.require_identity(scope)
+
+    def service_identity(actor: str) -> Identity:
+        return Identity(actor, ALL_SCOPES, "service", "service:" + actor, actor)
+
+    return _depending_on(service_identity, _service_actor(admin), Identity)
+
+
+def _depending_on(
+    function: Callable[..., Any], dependency: Callable[..., Any], answer: type[Any]
+) -> Callable[..., Any]:
+    """`function(actor)` as a FastAPI dependency whose `actor` is `dependency`'s answer (a
+    signature of objects: annotations in this module are strings, and a closure's variable
+    is not among the names FastAPI resolves them with)."""
+    actor = inspect.Parameter(
+        "actor",
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        annotation=Annotated[Any, Depends(dependency)],
+    )
+    function.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [actor], return_annotation=answer
+    )
+    return function
+
+
+def _service_actor(admin: AdminDependency) -> AdminDependency:
+    """`admin` with its answer checked against the actor rule: anything else (an e-mail
+    address, a name too long, not a string) is refused as 403 INVALID_ACTOR, and the log says
+    what kind of value it was, never the value (it may be PII, or forge a log line)."""
+
+    def service_actor(actor: Any) -> str:
+        if isinstance(actor, str) and ACTOR_PATTERN.fullmatch(actor) is not None:
+            return actor
+        what = (
+            f"a string of {len(actor)} characters"
+            if isinstance(actor, str)
+            else type(actor).__name__
+        )
+        logger.warning(
+            "admin request refused (%s): the service's admin dependency %s answered %s, not "
+            "1-64 characters of [A-Za-z0-9_.:-]",
+            ReasonCode.INVALID_ACTOR.value,
+            getattr(admin, "__name__", type(admin).__name__),
+            what,
+        )
+        raise HTTPException(status.HTTP_403_FORBIDDEN, ReasonCode.INVALID_ACTOR.value)
+
+    return _depending_on(service_actor, admin, str)
 
 
 def status_guard(admin: AdminDependency) -> Sequence[DependsParam]:
@@ -258,4 +327,5 @@ def approvers_from_settings(
         oidc=oidc,
         protect_status=settings.admin_protect_status,
         token_env=settings.admin_token_env,
+        people=People(settings.admin_people),
     )

@@ -2,6 +2,7 @@
 
 import asyncio
 import concurrent.futures
+import functools
 import json
 import logging
 import math
@@ -28,10 +29,11 @@ from driftgate.fastapi.auth import (
     TOKEN_ENV,
     AdminDependency,
     bearer_token_admin,
+    identified,
     scoped,
     status_guard,
 )
-from driftgate.identity import Scope
+from driftgate.identity import Identity, Scope
 from driftgate.readiness_budget import ReadinessBudget
 from driftgate.reasons import ReasonCode
 from driftgate.rollout import Decision, DecisionAction, RolloutManager
@@ -630,11 +632,13 @@ def create_router(
     )
     async def rollout_advance(
         request: Request,
-        actor: Annotated[str, Depends(scoped(require_admin, Scope.ADVANCE))],
+        approver: Annotated[Identity, Depends(identified(require_admin, Scope.ADVANCE))],
         rollout: Annotated[RolloutManager, Depends(require_manager)],
         body: Annotated[MoveRequest, Depends(move_body)],
     ) -> dict[str, Any]:
-        return await admin_move(rollout.manual_advance, request, actor, rollout, body)
+        # The approvals of a stage needing several count people, not the names they use.
+        advance = functools.partial(rollout.manual_advance, person=approver.person)
+        return await admin_move(advance, request, approver.name, rollout, body)
 
     @router.post(
         f"{rollout_path}/rollback",
