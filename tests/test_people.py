@@ -285,3 +285,31 @@ def test_the_admin_token_alone_is_the_approvers_nobody():
         token_file=TokenFile.parse(token_file_line("alice", ALICE, [Scope.ADVANCE]).encode())
     ).identify(ALICE)
     assert (alice.subject, alice.person) == ("token_file:alice", "alice")
+
+
+def test_a_reload_by_a_service_dependency_logs_only_a_checked_name(tmp_path, rollout_clock):
+    from driftgate.reload import ReloadResult
+
+    triggers: list[str] = []
+
+    def reload(trigger: str) -> ReloadResult:
+        triggers.append(trigger)
+        return ReloadResult(True, "applied (no change)", (), trigger)
+
+    def app_answering(answer: str) -> TestClient:
+        def who() -> str:
+            return answer
+
+        app = FastAPI()
+        app.include_router(
+            create_router(
+                tracker=driftgate.DriftTracker(clock=rollout_clock), admin=who, reload=reload
+            )
+        )
+        return TestClient(app)
+
+    forged = app_answering("bob\nERROR driftgate: forged")
+    assert forged.post("/api/v1/admin/reload").status_code == 403
+    assert triggers == []
+    assert app_answering("bob").post("/api/v1/admin/reload").status_code == 200
+    assert triggers == ["admin:bob"]
