@@ -45,9 +45,9 @@ def read_request(conn: socket.socket) -> bytes:
 
 
 @contextmanager
-def raw_receiver(answer: Answer) -> Iterator[str]:
-    """A bare TCP server: each connection is handed to `answer`, which writes what it likes
-    until `stop` is set."""
+def raw_receiver(answer: Answer, requests: list[bytes] | None = None) -> Iterator[str]:
+    """A bare TCP server: each connection's request is added to `requests`, then the
+    connection is handed to `answer`, which writes what it likes until `stop` is set."""
     listener = socket.create_server(("127.0.0.1", 0))
     listener.settimeout(0.05)
     stop = threading.Event()
@@ -55,7 +55,9 @@ def raw_receiver(answer: Answer) -> Iterator[str]:
 
     def serve(conn: socket.socket) -> None:
         with conn, suppress(OSError):
-            read_request(conn)
+            request = read_request(conn)
+            if requests is not None:
+                requests.append(request)
             answer(conn, stop)
 
     def accept() -> None:
@@ -277,3 +279,50 @@ def test_a_huge_retry_after_is_bounded_by_max_backoff_and_a_503_hint_is_honoured
         notifier.close()
     assert sleeps.waits == [10.0, 4.0]
     assert counts.seen == [("slack", "advanced", "sent")]
+
+
+def proxy_variables(monkeypatch, **values: str) -> None:
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
+        for spelled in (name, name.upper()):
+            monkeypatch.delenv(spelled, raising=False)
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+
+
+def test_an_http_proxy_named_in_the_environment_is_asked_for_the_whole_url(monkeypatch):
+    seen: list[bytes] = []
+    with raw_receiver(hang_after(b"HTTP/1.1 204 No Content\r\n\r\n"), seen) as proxy:
+        proxy_variables(monkeypatch, HTTP_PROXY=proxy.removesuffix("/hook"))
+        counts, _ = deliver_once(WebhookSink("http://hooks.invalid:8080/in?x=1", SECRET))
+    assert counts.seen == [("webhook", "advanced", "sent")]
+    [request] = seen
+    assert request.startswith(b"POST http://hooks.invalid:8080/in?x=1 HTTP/1.1\r\n")
+    assert b"\r\nHost: hooks.invalid:8080\r\n" in request
+
+
+def test_https_goes_through_the_proxys_tunnel_and_no_proxy_is_followed(monkeypatch):
+    seen: list[bytes] = []
+    established = b"HTTP/1.1 200 Connection established\r\n\r\n"
+    with raw_receiver(hang_after(established), seen) as proxy:
+        proxy_variables(monkeypatch, HTTPS_PROXY=proxy.removesuffix("/hook"))
+        # The proxy opens no tunnel anywhere: the TLS handshake finds nobody and times out.
+        counts, _ = deliver_once(SlackSink("https://hooks.invalid/services/x"), timeout=1.0)
+    assert counts.seen == [("slack", "advanced", "failed")]
+    assert [request.split(b"\r\n")[0] for request in seen] == [
+        b"CONNECT hooks.invalid:443 HTTP/1.1"
+    ]
+    receiver = Receiver()
+    with receiving(receiver) as url:
+        proxy_variables(monkeypatch, HTTP_PROXY="http://127.0.0.1:9", NO_PROXY="127.0.0.1")
+        counts, _ = deliver_once(SlackSink(url))
+    assert counts.seen == [("slack", "advanced", "sent")]
+    assert len(receiver.requests) == 1
+
+
+def deliver_once(sink, **kwargs) -> tuple[Counts, Sleeps]:
+    counts, sleeps = Counts(), Sleeps()
+    notifier = Notifier([sink], count=counts, sleep=sleeps, attempts=1, **kwargs)
+    assert notifier.publish(notification())
+    notifier.join()
+    notifier.close()
+    return counts, sleeps

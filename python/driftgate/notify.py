@@ -14,6 +14,7 @@ and, when configured, the status URL: never request data.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import enum
 import hashlib
@@ -29,6 +30,7 @@ import ssl
 import threading
 import time
 import urllib.parse
+import urllib.request
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -220,8 +222,26 @@ class _BoundedSocket(socket.socket):
         super().sendall(data, flags)
 
 
-class _BoundedTLSSocket(_BoundedSocket, ssl.SSLSocket):
-    """The same over TLS: SSLSocket's reads and writes go through these overrides first."""
+class _BoundedTLSSocket(ssl.SSLSocket):
+    """The same over TLS (the handshake is bounded by the timeout set before it)."""
+
+    deadline: _Deadline
+
+    def recv(self, buflen: int = 1024, flags: int = 0) -> bytes:
+        self.settimeout(self.deadline.left())
+        return super().recv(buflen, flags)
+
+    def recv_into(self, buffer: WriteableBuffer, nbytes: int | None = None, flags: int = 0) -> int:
+        self.settimeout(self.deadline.left())
+        return super().recv_into(buffer, nbytes, flags)
+
+    def send(self, data: ReadableBuffer, flags: int = 0) -> int:
+        self.settimeout(self.deadline.left())
+        return super().send(data, flags)
+
+    def sendall(self, data: ReadableBuffer, flags: int = 0) -> None:
+        self.settimeout(self.deadline.left())
+        super().sendall(data, flags)
 
 
 _tls_context: ssl.SSLContext | None = None
@@ -275,6 +295,41 @@ def _connect(host: str, port: int, deadline: _Deadline) -> _BoundedSocket:
     raise error
 
 
+def _proxy(url: urllib.parse.SplitResult) -> urllib.parse.SplitResult | None:
+    """The proxy that HTTPS_PROXY, HTTP_PROXY or ALL_PROXY name for `url`, unless NO_PROXY
+    exempts its host: the same variables any HTTP client in the process follows."""
+    proxies = urllib.request.getproxies_environment()
+    proxy = proxies.get(url.scheme) or proxies.get("all")
+    if not proxy or urllib.request.proxy_bypass(url.netloc):
+        return None
+    parts = urllib.parse.urlsplit(proxy if "://" in proxy else "http://" + proxy)
+    if parts.scheme != "http" or not parts.hostname:
+        raise OSError("the proxy variable names no http:// proxy")
+    return parts
+
+
+def _proxy_headers(proxy: urllib.parse.SplitResult) -> dict[str, str]:
+    if proxy.username is None:
+        return {}
+    user = urllib.parse.unquote(proxy.username) + ":" + urllib.parse.unquote(proxy.password or "")
+    return {"Proxy-Authorization": "Basic " + base64.b64encode(user.encode()).decode()}
+
+
+def _tunnel(sock: socket.socket, host: str, port: int, proxy: urllib.parse.SplitResult) -> None:
+    """CONNECT through an HTTP proxy, on the attempt's bounded socket."""
+    target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    lines = [f"CONNECT {target} HTTP/1.1", f"Host: {target}"]
+    lines += [f"{name}: {value}" for name, value in _proxy_headers(proxy).items()]
+    sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("ascii"))
+    answer = http.client.HTTPResponse(sock, method="CONNECT")
+    try:
+        answer.begin()
+    finally:
+        answer.close()  # its reader only: the socket goes on as the tunnel
+    if answer.status != 200:
+        raise OSError(f"the proxy answered {answer.status} to CONNECT")
+
+
 def _post_once(
     url: urllib.parse.SplitResult, body: bytes, headers: dict[str, str], timeout: float
 ) -> http.client.HTTPResponse:
@@ -284,10 +339,21 @@ def _post_once(
     host = url.hostname or ""
     https = url.scheme == "https"
     port = url.port or (443 if https else 80)
-    sock: socket.socket = _connect(host, port, deadline)
+    path = url.path or "/"
+    if url.query:
+        path += "?" + url.query
+    extra: dict[str, str] = {}
+    proxy = _proxy(url)
+    if proxy is None:
+        sock: socket.socket = _connect(host, port, deadline)
+    else:
+        sock = _connect(proxy.hostname or "", proxy.port or 80, deadline)
+    answer: http.client.HTTPResponse | None = None
     try:
         connection: http.client.HTTPConnection
         if https:
+            if proxy is not None:
+                _tunnel(sock, host, port, proxy)
             tls = _tls().wrap_socket(sock, server_hostname=host, do_handshake_on_connect=False)
             assert isinstance(tls, _BoundedTLSSocket)
             sock = tls
@@ -296,16 +362,16 @@ def _post_once(
             tls.do_handshake()
             connection = http.client.HTTPSConnection(host, port, context=_tls())
         else:
+            if proxy is not None:  # a plain HTTP proxy is asked for the whole URL
+                path = urllib.parse.urlunsplit(url._replace(fragment=""))
+                extra = _proxy_headers(proxy)
             connection = http.client.HTTPConnection(host, port)
         connection.sock = sock  # connected and bounded: http.client only speaks HTTP over it
-        path = url.path or "/"
-        if url.query:
-            path += "?" + url.query
         connection.request(
             "POST",
             path,
             body,
-            {"Content-Type": "application/json", "Connection": "close", **headers},
+            {"Content-Type": "application/json", "Connection": "close", **extra, **headers},
         )
         answer = connection.getresponse()
         # The status decides; reading a little of the body lets a receiver finish its answer,
@@ -319,6 +385,8 @@ def _post_once(
                 unread -= len(chunk)
         return answer
     finally:
+        if answer is not None:
+            answer.close()
         sock.close()
 
 
@@ -499,7 +567,9 @@ class Notifier:
     `claim` deduplicates across a fleet (default: within this process). `count` is told
     every outcome: sent, failed (retries exhausted or a final refusal), dropped (queue full),
     duplicate; a RolloutManager given a notifier without one counts them in
-    driftgate_notifications_total. `sleep` and `rng` are injectable so tests never wait."""
+    driftgate_notifications_total. `timeout` is each attempt's whole deadline in seconds
+    (connecting, sending and reading the answer). `sleep` and `rng` are injectable so tests
+    never wait."""
 
     def __init__(
         self,
