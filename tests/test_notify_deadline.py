@@ -326,3 +326,33 @@ def deliver_once(sink, **kwargs) -> tuple[Counts, Sleeps]:
     notifier.join()
     notifier.close()
     return counts, sleeps
+
+
+def test_a_resolver_that_never_answers_ends_the_attempt_by_its_deadline(monkeypatch):
+    released = threading.Event()
+    resolve = socket.getaddrinfo
+
+    def stuck(host, *args, **kwargs):
+        if host == "hooks.invalid":
+            released.wait(30)
+        return resolve(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", stuck)
+    proxy_variables(monkeypatch)
+    counts = Timed()
+    notifier = Notifier(
+        [WebhookSink("http://hooks.invalid/hook", SECRET)],
+        count=counts,
+        sleep=Sleeps(),
+        attempts=1,
+        timeout=0.5,
+    )
+    started = time.monotonic()
+    try:
+        assert notifier.publish(notification())
+        notifier.join()
+    finally:
+        released.set()
+        notifier.close()
+    assert counts.seen == [("webhook", "advanced", "failed")]
+    assert 0.45 <= counts.at[0] - started <= 1.0

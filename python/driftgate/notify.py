@@ -158,7 +158,7 @@ class Sink(Protocol):
 
 
 #: How much of an answer's body is read (then discarded): the status code decides.
-BODY_LIMIT = 64 * 1024
+_BODY_LIMIT = 64 * 1024
 
 #: A Retry-After of more digits than this is simply "very long" (and int() refuses thousands).
 _LONGEST_DELTA = 12
@@ -334,7 +334,7 @@ def _post_once(
     url: urllib.parse.SplitResult, body: bytes, headers: dict[str, str], timeout: float
 ) -> http.client.HTTPResponse:
     """One POST within `timeout` seconds in all; the answer's status and headers, its body read
-    up to BODY_LIMIT and discarded."""
+    up to _BODY_LIMIT and discarded."""
     deadline = _Deadline(timeout)
     host = url.hostname or ""
     https = url.scheme == "https"
@@ -377,7 +377,7 @@ def _post_once(
         # The status decides; reading a little of the body lets a receiver finish its answer,
         # and whatever goes wrong reading it (the deadline, a reset) changes nothing.
         with contextlib.suppress(OSError, http.client.HTTPException):
-            unread = BODY_LIMIT
+            unread = _BODY_LIMIT
             while unread > 0:
                 chunk = answer.read(min(unread, 16 * 1024))
                 if not chunk:
@@ -405,7 +405,6 @@ class _HttpSink:
         if not url.startswith(("https://", "http://")):
             # The URL is a secret (Slack's carries its token): never shown.
             raise ValueError(f"{kind} URL: expected an http:// or https:// URL")
-        self._url = url
         try:
             self._parts = urllib.parse.urlsplit(url)
             valid = bool(self._parts.hostname) and self._parts.port != 0
