@@ -391,7 +391,9 @@ def _post_once(
 
 
 class _HttpSink:
-    """POSTs a JSON body; 2xx is sent, 429 and 5xx are retried, other 4xx are final."""
+    """POSTs a JSON body; 2xx is sent, 429 and 5xx are retried, other 4xx are final.
+    `wall_clock` (unix seconds, time.time by default) is what a Retry-After date is read
+    against and what a webhook's timestamp says."""
 
     name = "http"
 
