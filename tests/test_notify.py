@@ -234,7 +234,9 @@ def test_sinks_get_only_the_events_they_asked_for():
     assert len(receiver.requests) == 1
 
 
-@pytest.mark.parametrize("url", ["ftp://x", "hooks.slack.com/x", ""])
+@pytest.mark.parametrize(
+    "url", ["ftp://x", "hooks.slack.com/x", "", "https:///services/x", "https://h:port/x"]
+)
 def test_bad_sink_urls_are_refused_without_showing_them(url):
     with pytest.raises(ValueError, match="expected an http") as error:
         SlackSink(url)
