@@ -245,3 +245,41 @@ TEST_CASE("options change atomically while decisions run", "[enforcer][threads]"
     CHECK(counts.total == static_cast<std::uint64_t>(decisions.load()));
     CHECK(enforcer.error_counts("5m").total == counts.events);
 }
+
+namespace {
+
+/// The first key "key-N" whose bucket (seed 0) is `bucket`.
+std::string key_in_bucket(std::uint32_t bucket) {
+    for (int i = 0;; ++i) {
+        std::string key = "key-" + std::to_string(i);
+        if (driftgate::sampling_bucket(key, 0) == bucket) return key;
+    }
+}
+
+}  // namespace
+
+TEST_CASE("boundary: a key whose bucket equals the basis points is outside the cohort",
+          "[enforcer][boundary]") {
+    Fixture f;
+    Enforcer enforcer = f.make(true, 25.0);
+    CHECK_FALSE(enforcer.in_rollout(key_in_bucket(2500)));
+    CHECK(enforcer.in_rollout(key_in_bucket(2499)));
+    // the 0.01 % step: one basis point more takes the key in
+    enforcer.set_rollout_percent(25.01);
+    CHECK(enforcer.in_rollout(key_in_bucket(2500)));
+    CHECK_FALSE(enforcer.in_rollout(key_in_bucket(2501)));
+}
+
+TEST_CASE("boundary: 0 % holds no key and 100 % every bucket", "[enforcer][boundary]") {
+    Fixture f;
+    Enforcer enforcer = f.make(true, 0.0);
+    CHECK_FALSE(enforcer.in_rollout(key_in_bucket(0)));
+    enforcer.set_rollout_percent(0.01);
+    CHECK(enforcer.in_rollout(key_in_bucket(0)));
+    CHECK_FALSE(enforcer.in_rollout(key_in_bucket(1)));
+    enforcer.set_rollout_percent(100.0);
+    CHECK(enforcer.in_rollout(key_in_bucket(9999)));
+    enforcer.set_rollout_percent(99.99);
+    CHECK_FALSE(enforcer.in_rollout(key_in_bucket(9999)));
+    CHECK(enforcer.in_rollout(key_in_bucket(9998)));
+}

@@ -1,8 +1,10 @@
 #include <catch2/catch.hpp>
 
+#include <cmath>
 #include <memory>
 
 #include "driftgate/readiness_gate.hpp"
+#include "driftgate/statistics.hpp"
 
 using driftgate::DriftTracker;
 using driftgate::GateConfig;
@@ -175,4 +177,85 @@ TEST_CASE("the stateless check has no memory", "[gate]") {
     CHECK_FALSE(driftgate::readiness_gate_ok(enabled(), *f.tracker).first);
     CHECK(driftgate::readiness_gate_ok(enabled(0.02), *f.tracker).first);
     CHECK(driftgate::readiness_gate_ok(GateConfig{}, *f.tracker).first);
+}
+
+// -- Boundaries: each rule at its limit, on both sides ---------------------------------------
+
+TEST_CASE("boundary: a ratio equal to max_ratio keeps the gate open, above it closes",
+          "[gate][boundary]") {
+    Fixture f;
+    ReadinessGate gate(enabled(0.005), f.tracker);
+    f.record(200, 1);  // 1 / 200 is 0.005 exactly
+    CHECK(gate.check().first);
+    CHECK(driftgate::readiness_gate_ok(enabled(0.005), *f.tracker).first);
+    f.record(1, 1);  // 2 / 201
+    CHECK_FALSE(gate.check().first);
+    CHECK_FALSE(driftgate::readiness_gate_ok(enabled(0.005), *f.tracker).first);
+}
+
+TEST_CASE("boundary: with a lower reopen_ratio, a ratio equal to max_ratio still keeps it open",
+          "[gate][boundary]") {
+    // Without reopen_ratio a close at the limit would reopen in the same check; with one
+    // below the limit, it would stay closed.
+    Fixture f;
+    GateConfig config = enabled(0.005);
+    config.reopen_ratio = 0.001;
+    ReadinessGate gate(config, f.tracker);
+    f.record(200, 1);
+    CHECK(gate.check().first);
+    f.record(1, 1);
+    CHECK_FALSE(gate.check().first);
+}
+
+TEST_CASE("boundary: the gate judges from min_requests requests on, not one before",
+          "[gate][boundary]") {
+    Fixture f;
+    ReadinessGate gate(enabled(0.005), f.tracker);
+    f.record(99, 99);
+    CHECK(gate.check().first);
+    CHECK(driftgate::readiness_gate_ok(enabled(0.005), *f.tracker).first);
+    f.record(1, 0);
+    CHECK_FALSE(gate.check().first);
+    CHECK_FALSE(driftgate::readiness_gate_ok(enabled(0.005), *f.tracker).first);
+}
+
+namespace {
+
+/// A gate with confidence, closed by 50 drifts in 100 requests, then shown 900 clean ones.
+bool reopens_with_confidence(double reopen_ratio) {
+    Fixture f;
+    GateConfig config = enabled(0.2);
+    config.confidence = 0.95;
+    config.reopen_ratio = reopen_ratio;
+    ReadinessGate gate(config, f.tracker);
+    f.record(100, 50);
+    REQUIRE_FALSE(gate.check().first);
+    f.record(900, 0);
+    return gate.check().first;
+}
+
+/// Whether a gate with confidence and this max_ratio stays open on 50 drifts in 1000.
+bool open_with_confidence(double max_ratio) {
+    Fixture f;
+    GateConfig config = enabled(max_ratio);
+    config.confidence = 0.95;
+    ReadinessGate gate(config, f.tracker);
+    f.record(1000, 50);
+    return gate.check().first;
+}
+
+}  // namespace
+
+TEST_CASE("boundary: with confidence the gate reopens at an upper bound equal to reopen_ratio",
+          "[gate][boundary]") {
+    const double upper = driftgate::wilson_bounds(50, 1000, 0.95).upper;
+    CHECK(reopens_with_confidence(upper));
+    CHECK_FALSE(reopens_with_confidence(std::nextafter(upper, 0.0)));
+}
+
+TEST_CASE("boundary: with confidence a lower bound equal to max_ratio keeps the gate open",
+          "[gate][boundary]") {
+    const double lower = driftgate::wilson_bounds(50, 1000, 0.95).lower;
+    CHECK(open_with_confidence(lower));
+    CHECK_FALSE(open_with_confidence(std::nextafter(lower, 0.0)));
 }
