@@ -219,7 +219,8 @@ def test_the_example_values_file_loads():
         ),
         (
             {"admin": {"token": "x"}},
-            "admin: unknown key 'token' (known: token_env, token_file, oidc, protect_status, people)",
+            "admin: unknown key 'token' "
+            "(known: token_env, token_file, oidc, protect_status, people)",
         ),
         ({"admin": {"token_env": "MY TOKEN"}}, "admin.token_env: string should match pattern"),
         (

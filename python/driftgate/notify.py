@@ -14,7 +14,6 @@ and, when configured, the status URL: never request data.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import enum
 import hashlib
@@ -25,21 +24,17 @@ import logging
 import math
 import queue
 import random
-import socket
-import ssl
 import threading
 import time
 import urllib.parse
-import urllib.request
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import timezone
 from email.utils import parsedate_to_datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from _typeshed import ReadableBuffer, WriteableBuffer
+from driftgate._http import Unreached, exchange
 
 __all__ = [
     "Event",
@@ -184,212 +179,6 @@ def _retry_after(value: str | None, now: float) -> float | None:
         return None
 
 
-class _Deadline:
-    """The end of one attempt: resolving, connecting, the TLS handshake, sending and every read
-    get only what is left of it, so a receiver that trickles or hangs cannot stretch it."""
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self._end = time.monotonic() + seconds
-
-    def left(self) -> float:
-        left = self._end - time.monotonic()
-        if left <= 0:
-            raise TimeoutError(f"deadline of {self.seconds:g} s passed")
-        return left
-
-
-class _BoundedSocket(socket.socket):
-    """A socket whose every send and read may take only what is left of its deadline (a
-    socket timeout alone bounds each read, and a byte every few seconds resets it)."""
-
-    deadline: _Deadline
-
-    def recv(self, bufsize: int, flags: int = 0) -> bytes:
-        self.settimeout(self.deadline.left())
-        return super().recv(bufsize, flags)
-
-    def recv_into(self, buffer: WriteableBuffer, nbytes: int = 0, flags: int = 0) -> int:
-        self.settimeout(self.deadline.left())
-        return super().recv_into(buffer, nbytes, flags)
-
-    def send(self, data: ReadableBuffer, flags: int = 0) -> int:
-        self.settimeout(self.deadline.left())
-        return super().send(data, flags)
-
-    def sendall(self, data: ReadableBuffer, flags: int = 0) -> None:
-        self.settimeout(self.deadline.left())
-        super().sendall(data, flags)
-
-
-class _BoundedTLSSocket(ssl.SSLSocket):
-    """The same over TLS (the handshake is bounded by the timeout set before it)."""
-
-    deadline: _Deadline
-
-    def recv(self, buflen: int = 1024, flags: int = 0) -> bytes:
-        self.settimeout(self.deadline.left())
-        return super().recv(buflen, flags)
-
-    def recv_into(self, buffer: WriteableBuffer, nbytes: int | None = None, flags: int = 0) -> int:
-        self.settimeout(self.deadline.left())
-        return super().recv_into(buffer, nbytes, flags)
-
-    def send(self, data: ReadableBuffer, flags: int = 0) -> int:
-        self.settimeout(self.deadline.left())
-        return super().send(data, flags)
-
-    def sendall(self, data: ReadableBuffer, flags: int = 0) -> None:
-        self.settimeout(self.deadline.left())
-        super().sendall(data, flags)
-
-
-_tls_context: ssl.SSLContext | None = None
-
-
-def _tls() -> ssl.SSLContext:
-    global _tls_context
-    if _tls_context is None:
-        context = ssl.create_default_context()
-        context.sslsocket_class = _BoundedTLSSocket
-        _tls_context = context
-    return _tls_context
-
-
-def _resolve(host: str, port: int, deadline: _Deadline) -> list[Any]:
-    """getaddrinfo has no timeout: it runs in a thread the attempt stops waiting for."""
-    found: list[Any] = []
-
-    def lookup() -> None:
-        try:
-            found.append(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
-        except OSError as error:
-            found.append(error)
-
-    thread = threading.Thread(target=lookup, name="driftgate-notify-resolve", daemon=True)
-    thread.start()
-    thread.join(deadline.left())
-    if not found:
-        raise TimeoutError(f"no address within {deadline.seconds:g} s")
-    if isinstance(found[0], OSError):
-        raise found[0]
-    addresses: list[Any] = found[0]
-    return addresses
-
-
-def _connect(host: str, port: int, deadline: _Deadline) -> _BoundedSocket:
-    error: OSError = OSError("no address")
-    for family, kind, proto, _, address in _resolve(host, port, deadline):
-        sock = _BoundedSocket(family, kind, proto)
-        sock.deadline = deadline
-        try:
-            sock.settimeout(deadline.left())
-            sock.connect(address)
-        except OSError as failed:
-            sock.close()
-            if isinstance(failed, TimeoutError):
-                raise
-            error = failed
-        else:
-            return sock
-    raise error
-
-
-def _proxy(url: urllib.parse.SplitResult) -> urllib.parse.SplitResult | None:
-    """The proxy that HTTPS_PROXY, HTTP_PROXY or ALL_PROXY name for `url`, unless NO_PROXY
-    exempts its host: the same variables any HTTP client in the process follows."""
-    proxies = urllib.request.getproxies_environment()
-    proxy = proxies.get(url.scheme) or proxies.get("all")
-    if not proxy or urllib.request.proxy_bypass(url.netloc):
-        return None
-    parts = urllib.parse.urlsplit(proxy if "://" in proxy else "http://" + proxy)
-    if parts.scheme != "http" or not parts.hostname:
-        raise OSError("the proxy variable names no http:// proxy")
-    return parts
-
-
-def _proxy_headers(proxy: urllib.parse.SplitResult) -> dict[str, str]:
-    if proxy.username is None:
-        return {}
-    user = urllib.parse.unquote(proxy.username) + ":" + urllib.parse.unquote(proxy.password or "")
-    return {"Proxy-Authorization": "Basic " + base64.b64encode(user.encode()).decode()}
-
-
-def _tunnel(sock: socket.socket, host: str, port: int, proxy: urllib.parse.SplitResult) -> None:
-    """CONNECT through an HTTP proxy, on the attempt's bounded socket."""
-    target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    lines = [f"CONNECT {target} HTTP/1.1", f"Host: {target}"]
-    lines += [f"{name}: {value}" for name, value in _proxy_headers(proxy).items()]
-    sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("ascii"))
-    answer = http.client.HTTPResponse(sock, method="CONNECT")
-    try:
-        answer.begin()
-    finally:
-        answer.close()  # its reader only: the socket goes on as the tunnel
-    if answer.status != 200:
-        raise OSError(f"the proxy answered {answer.status} to CONNECT")
-
-
-def _post_once(
-    url: urllib.parse.SplitResult, body: bytes, headers: dict[str, str], timeout: float
-) -> http.client.HTTPResponse:
-    """One POST within `timeout` seconds in all; the answer's status and headers, its body read
-    up to _BODY_LIMIT and discarded."""
-    deadline = _Deadline(timeout)
-    host = url.hostname or ""
-    https = url.scheme == "https"
-    port = url.port or (443 if https else 80)
-    path = url.path or "/"
-    if url.query:
-        path += "?" + url.query
-    extra: dict[str, str] = {}
-    proxy = _proxy(url)
-    if proxy is None:
-        sock: socket.socket = _connect(host, port, deadline)
-    else:
-        sock = _connect(proxy.hostname or "", proxy.port or 80, deadline)
-    answer: http.client.HTTPResponse | None = None
-    try:
-        connection: http.client.HTTPConnection
-        if https:
-            if proxy is not None:
-                _tunnel(sock, host, port, proxy)
-            tls = _tls().wrap_socket(sock, server_hostname=host, do_handshake_on_connect=False)
-            assert isinstance(tls, _BoundedTLSSocket)
-            sock = tls
-            tls.deadline = deadline
-            tls.settimeout(deadline.left())
-            tls.do_handshake()
-            connection = http.client.HTTPSConnection(host, port, context=_tls())
-        else:
-            if proxy is not None:  # a plain HTTP proxy is asked for the whole URL
-                path = urllib.parse.urlunsplit(url._replace(fragment=""))
-                extra = _proxy_headers(proxy)
-            connection = http.client.HTTPConnection(host, port)
-        connection.sock = sock  # connected and bounded: http.client only speaks HTTP over it
-        connection.request(
-            "POST",
-            path,
-            body,
-            {"Content-Type": "application/json", "Connection": "close", **extra, **headers},
-        )
-        answer = connection.getresponse()
-        # The status decides; reading a little of the body lets a receiver finish its answer,
-        # and whatever goes wrong reading it (the deadline, a reset) changes nothing.
-        with contextlib.suppress(OSError, http.client.HTTPException):
-            unread = _BODY_LIMIT
-            while unread > 0:
-                chunk = answer.read(min(unread, 16 * 1024))
-                if not chunk:
-                    break
-                unread -= len(chunk)
-        return answer
-    finally:
-        if answer is not None:
-            answer.close()
-        sock.close()
-
-
 class _HttpSink:
     """POSTs a JSON body; 2xx is sent, 429 and 5xx are retried, other 4xx are final.
     `wall_clock` (unix seconds, time.time by default) is what a Retry-After date is read
@@ -419,7 +208,19 @@ class _HttpSink:
 
     def _post(self, body: bytes, headers: dict[str, str], timeout: float) -> None:
         try:
-            answer = _post_once(self._parts, body, headers, timeout)
+            answer = exchange(
+                "POST",
+                self._parts,
+                timeout=timeout,
+                body=body,
+                headers=headers,
+                body_limit=_BODY_LIMIT,
+                whole_body=False,
+            )
+        except Unreached as error:
+            if error.timed_out:
+                raise SendError(f"{self.name}: no answer within {timeout:g} s") from None
+            raise SendError(f"{self.name}: {error.kind}") from None
         except TimeoutError:
             raise SendError(f"{self.name}: no answer within {timeout:g} s") from None
         except (OSError, http.client.HTTPException) as error:
@@ -428,7 +229,7 @@ class _HttpSink:
         if 200 <= code < 300:
             return
         if code == 429 or code >= 500:
-            wait = _retry_after(answer.getheader("retry-after"), self._wall_clock())
+            wait = _retry_after(answer.header("retry-after"), self._wall_clock())
             raise SendError(f"{self.name}: answered {code}", retry_after=wait)
         raise SendError(f"{self.name}: answered {code}", final=True)
 
