@@ -378,10 +378,40 @@ def test_service_commands_with_bad_urls(free_url):
     assert_usage_error(run("status"), "required: --url")
 
 
-def test_service_commands_without_httpx_say_what_to_install(tmp_path, free_url):
-    (tmp_path / "httpx.py").write_text("raise ImportError('httpx is not installed')\n")
-    result = run("status", "--url", free_url, env={"PYTHONPATH": str(tmp_path)})
-    assert_usage_error(result, "needs httpx: pip install 'driftgate[fastapi]'")
+EXTRAS = ("httpx", "fastapi", "starlette", "pydantic", "yaml", "uvicorn", "watchfiles", "jwt")
+
+
+def without_extras(folder: Path) -> dict[str, str]:
+    """An environment where none of the extras' packages can be imported, as after a plain
+    `pip install driftgate`."""
+    for name in EXTRAS:
+        (folder / f"{name}.py").write_text(f"raise ImportError('{name} is not installed')\n")
+    return {"PYTHONPATH": str(folder)}
+
+
+def test_the_service_commands_need_no_extra(tmp_path, service):
+    env = without_extras(tmp_path)
+    status = run("status", "--url", service, "--json", env=env)
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["current_stage"]["name"]
+    admin = {**env, "DRIFTGATE_ADMIN_TOKEN": TOKEN}
+    # the module's service may stand at any stage: a rollback always has somewhere to go (an
+    # abort at the first stage), and an advance after it too
+    for command in ("rollback", "advance"):
+        moved = run(command, "--url", service, env=admin)
+        assert moved.returncode == 0, moved.stderr
+        assert "now " in moved.stdout
+    hashed = subprocess.run(
+        [str(DRIFTGATE), "token-hash", "--name", "alice", "--scopes", "rollout:advance"],
+        input="x" * 40, capture_output=True, text=True, timeout=60, env={**os.environ, **env},
+    )  # fmt: skip
+    assert hashed.returncode == 0, hashed.stderr
+    assert hashed.stdout.startswith("alice  sha256:")
+
+
+def test_serve_without_the_fastapi_extra_says_which_to_install(tmp_path):
+    result = run("serve", "--check", env=without_extras(tmp_path))
+    assert_usage_error(result, "pip install 'driftgate[fastapi]'")
 
 
 @pytest.fixture

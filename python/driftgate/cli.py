@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import argparse
 import enum
+import http.client
 import json
+import json as _json
 import math
 import os
 import re
@@ -35,11 +37,10 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, NoReturn
 
-if TYPE_CHECKING:  # imported when a command needs them, for a quick --help
-    import httpx
-
+if TYPE_CHECKING:  # imported when a command needs it, for a quick --help
     from driftgate._core import EnforceOptions
 
+from driftgate._http import Answer, BodyTooLarge, Unreached, exchange
 from driftgate._messages import one_line, printable, shown
 from driftgate.identity import Scope
 from driftgate.reasons import ReasonCode
@@ -334,15 +335,15 @@ def _exported_by_service(args: argparse.Namespace) -> tuple[str, str, str]:
     response = _request(
         "GET", f"{args.url}/api/guardian/rollout/state", args.timeout, headers=_auth_headers()
     )
-    if response.status_code != 200:
+    if response.status != 200:
         raise _refusal(response)
     document = response.text
     try:
         held = json.loads(document)
         tag = f"{held.get('incarnation', '')}.{held['version']}".lstrip(".")
     except (ValueError, TypeError, KeyError, AttributeError):
-        raise CommandError(f"{response.request.url} answered without a rollout document") from None
-    return document, tag, str(response.request.url)
+        raise CommandError(f"{response.url} answered without a rollout document") from None
+    return document, tag, response.url
 
 
 def _state_export(args: argparse.Namespace) -> int:
@@ -530,53 +531,52 @@ def _url_from_environment() -> str:
 
 
 def _request(
-    method: str, url: str, timeout: float, *, move: bool = False, **kwargs: Any
-) -> httpx.Response:
+    method: str,
+    url: str,
+    timeout: float,
+    *,
+    move: bool = False,
+    headers: dict[str, str] | None = None,
+    json: Any = None,
+    content: bytes | None = None,
+) -> Answer:
     """The service's answer; without one, a CommandError whose code says whether a `move`
-    may have reached the service."""
+    may have reached the service. The standard library's HTTP within one deadline: the
+    command line needs no HTTP package, so a plain `pip install driftgate` runs it."""
+    body = content if json is None else _json.dumps(json).encode()
     try:
-        import httpx
-    except ImportError:
-        raise CommandError("needs httpx: pip install 'driftgate[fastapi]'") from None
-
-    try:
-        return httpx.request(method, url, timeout=timeout, **kwargs)
-    except (
-        httpx.ConnectError,
-        httpx.ConnectTimeout,
-        httpx.PoolTimeout,
-        httpx.ProxyError,
-        httpx.UnsupportedProtocol,
-    ) as error:
+        return exchange(method, url, timeout=timeout, body=body, headers=headers)
+    except Unreached as error:  # nothing was sent
         raise CommandError(
-            f"cannot reach {url} ({type(error).__name__})", EXIT_CODES[Unanswered.UNREACHABLE]
+            f"cannot reach {url} ({error.kind})", EXIT_CODES[Unanswered.UNREACHABLE]
         ) from None
-    except (httpx.TimeoutException, httpx.TransportError) as error:
+    except (OSError, http.client.HTTPException, BodyTooLarge) as error:
+        kind = "TimeoutError" if isinstance(error, TimeoutError) else type(error).__name__
         if move:  # sent, perhaps committed: only the status can tell
             raise CommandError(
-                f"{url}: no answer ({type(error).__name__}, --timeout {timeout:g} s); "
+                f"{url}: no answer ({kind}, --timeout {timeout:g} s); "
                 + _ADVICE[EXIT_CODES[Unanswered.MOVE_UNANSWERED]],
                 EXIT_CODES[Unanswered.MOVE_UNANSWERED],
             ) from None
-        if isinstance(error, httpx.TimeoutException):
+        if isinstance(error, TimeoutError):
             raise CommandError(
                 f"{url}: no answer within {timeout:g} s (--timeout)", EXIT_CODES[Unanswered.TIMEOUT]
             ) from None
         raise CommandError(
-            f"cannot reach {url} ({type(error).__name__})", EXIT_CODES[Unanswered.UNREACHABLE]
+            f"cannot reach {url} ({kind})", EXIT_CODES[Unanswered.UNREACHABLE]
         ) from None
 
 
-def _json_answer(response: httpx.Response) -> Any:
+def _json_answer(response: Answer) -> Any:
     try:
         return response.json()
     except (ValueError, RecursionError):
         raise CommandError(
-            f"{response.request.url} answered {response.status_code} without JSON that can be read"
+            f"{response.url} answered {response.status} without JSON that can be read"
         ) from None
 
 
-def _refusal(response: httpx.Response, *, move: bool = False) -> CommandError:
+def _refusal(response: Answer, *, move: bool = False) -> CommandError:
     """A non-2xx answer as an error, with its exit code from EXIT_CODES."""
     try:
         body = _json_answer(response)
@@ -584,14 +584,14 @@ def _refusal(response: httpx.Response, *, move: bool = False) -> CommandError:
         body = None  # e.g. a proxy's HTML error page: the status code says enough
     detail = body.get("detail") if isinstance(body, dict) else None
     reason = detail.partition(":")[0] if isinstance(detail, str) else None
-    code = exit_code(response.status_code, reason, move=move)
-    hint = f" (is {TOKEN_ENV} right?)" if response.status_code in (401, 403) else ""
+    code = exit_code(response.status, reason, move=move)
+    hint = f" (is {TOKEN_ENV} right?)" if response.status in (401, 403) else ""
     if reason == ReasonCode.MISSING_SCOPE.value:
         hint = f" (the approver of {TOKEN_ENV} does not hold that scope)"
     if code in _ADVICE:
         hint = f": {_ADVICE[code]}"
     said = "" if detail is None else f" {detail}"
-    return CommandError(f"the service answered {response.status_code}{said}{hint}", code)
+    return CommandError(f"the service answered {response.status}{said}{hint}", code)
 
 
 def _status_text(status: dict[str, Any]) -> str:
@@ -673,14 +673,14 @@ def _status(args: argparse.Namespace) -> int:
     response = _request(
         "GET", f"{args.url}/api/guardian/rollout/status", args.timeout, headers=_auth_headers()
     )
-    if response.status_code != 200:
+    if response.status != 200:
         raise _refusal(response)
     status = _json_answer(response)
     try:
         text = json.dumps(status, indent=2) if args.json else _status_text(status)
         code, verdict = _check(status) if args.check else (EXIT_OK, "")
     except (KeyError, TypeError, ValueError, IndexError, AttributeError):
-        raise CommandError(f"{response.request.url} answered without a rollout status") from None
+        raise CommandError(f"{response.url} answered without a rollout status") from None
     print(printable(text))
     if args.check:
         if not args.json:
@@ -715,14 +715,14 @@ def _token_hash(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _precondition_of(status: httpx.Response) -> tuple[int, str]:
+def _precondition_of(status: Answer) -> tuple[int, str]:
     """The rollout version a status answer carries and the If-Match that names it: its ETag
     as sent (compared strongly, so never rebuilt from the number), else the body's version."""
     body = _json_answer(status)
     version = body.get("version") if isinstance(body, dict) else None
-    tag = status.headers.get("etag", "").strip()
+    tag = (status.header("etag") or "").strip()
     if not (isinstance(version, int) and not isinstance(version, bool) and version >= 0):
-        raise CommandError(f"{status.request.url} answered without a rollout version")
+        raise CommandError(f"{status.url} answered without a rollout version")
     if not tag or tag.startswith("W/"):
         tag = f'"{version}"'
     return version, tag
@@ -752,7 +752,7 @@ def _move(args: argparse.Namespace) -> int:
     expected = args.expected_version
     if expected is None:
         status = _request("GET", f"{args.url}/api/guardian/rollout/status", args.timeout)
-        if status.status_code != 200:
+        if status.status != 200:
             raise _refusal(status)
         expected, tag = _precondition_of(status)
     else:
@@ -766,13 +766,13 @@ def _move(args: argparse.Namespace) -> int:
             headers={"Authorization": f"Bearer {token}", "If-Match": tag, "Idempotency-Key": key},
             json=body,
         )
-        if response.status_code not in (200, 412):
+        if response.status not in (200, 412):
             raise _refusal(response, move=True)
     except CommandError as refusal:
         if refusal.code == EXIT_OUTCOME_UNKNOWN:
             refusal.args = (f"{refusal} (--idempotency-key {key})",)
         raise
-    if response.status_code == 412:
+    if response.status == 412:
         raise CommandError(
             f"the rollout changed since version {expected} was read; " + _ADVICE[EXIT_CODES["412"]],
             EXIT_CODES["412"],
@@ -785,7 +785,7 @@ def _move(args: argparse.Namespace) -> int:
             else f"{answer['message']}: now {answer['new_stage']} at {answer['new_percentage']:g}%"
         )
     except (KeyError, TypeError, ValueError):
-        raise CommandError(f"{response.request.url} answered without a transition") from None
+        raise CommandError(f"{response.url} answered without a transition") from None
     print(printable(text))
     return EXIT_OK
 
@@ -852,8 +852,8 @@ def _probe(args: argparse.Namespace) -> int:
         response = _request(
             "POST", args.url, args.timeout, content=body, headers={"Content-Type": JSON}
         )
-        if not 200 <= response.status_code < 300:
-            raise CommandError(f"answer {attempt}: the service answered {response.status_code}")
+        if not 200 <= response.status < 300:
+            raise CommandError(f"answer {attempt}: the service answered {response.status}")
         signatures.append(_field(_json_answer(response), args.field, attempt))
     counts = Counter(signatures)
     stable = len(counts) == 1
