@@ -2,9 +2,10 @@
 If-Match or expected_version on advance and rollback, and the CLI sending the version it read.
 The same contract holds with the local state file as with a shared store."""
 
-import functools
+import http.client
 import json
 import threading
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from fastapi.testclient import TestClient
 
 import driftgate
 from driftgate import DriftTracker, EnforceOptions, Enforcer, ManualClock, RolloutConfig
+from driftgate._http import Answer
 from driftgate.cli import EXIT_CHANGED, main
 from driftgate.fastapi import create_router
 
@@ -222,23 +224,22 @@ def test_openapi_documents_304_409_and_412(client):
 
 
 def test_cli_moves_send_the_version_the_status_answered(client, manager, monkeypatch, capsys):
-    import httpx
+    import driftgate.cli
 
-    seen: list[httpx.Request] = []
+    seen: list[tuple[str, str, dict[str, str]]] = []
 
-    def transport(request: httpx.Request) -> httpx.Response:
-        seen.append(request)
-        answer = client.request(
-            request.method, request.url.path, headers=dict(request.headers), content=request.content
-        )
-        return httpx.Response(answer.status_code, headers=answer.headers, content=answer.content)
+    def exchange(method: str, url: str, *, timeout: float, body=None, headers=None) -> Answer:
+        path = urllib.parse.urlsplit(url).path
+        seen.append((method, path, dict(headers or {})))
+        answer = client.request(method, path, headers=headers, content=body)
+        return _answer(url, answer.status_code, dict(answer.headers), answer.content)
 
-    monkeypatch.setattr(httpx, "request", functools.partial(_via, transport))
+    monkeypatch.setattr(driftgate.cli, "exchange", exchange)
     monkeypatch.setenv("DRIFTGATE_ADMIN_TOKEN", TOKEN)
     assert main(["advance", "--url", "http://service"]) == 0
-    assert seen[0].method == "GET" and seen[0].url.path == STATUS
-    assert seen[1].headers["if-match"] == tag(manager).replace(".2", ".1")
-    assert len(seen[1].headers["idempotency-key"]) == 32
+    assert seen[0][:2] == ("GET", STATUS)
+    assert seen[1][2]["If-Match"] == tag(manager).replace(".2", ".1")
+    assert len(seen[1][2]["Idempotency-Key"]) == 32
     assert manager.version == 2
     # Someone else moves between this command's read and its move: it is told, nothing moves.
     assert main(["advance", "--url", "http://service", "--expected-version", "1"]) == EXIT_CHANGED
@@ -248,12 +249,11 @@ def test_cli_moves_send_the_version_the_status_answered(client, manager, monkeyp
     assert json.loads(capsys.readouterr().out)["version"] == 3
 
 
-def _via(transport, method, url, timeout=None, **kwargs):
-    """httpx.request through a MockTransport that hands each request to the test client."""
-    import httpx
-
-    with httpx.Client(transport=httpx.MockTransport(transport)) as http:
-        return http.request(method, url, **kwargs)
+def _answer(url: str, status: int, headers: dict[str, str], body: bytes) -> Answer:
+    message = http.client.HTTPMessage()
+    for name, value in headers.items():
+        message[name] = value
+    return Answer(url, status, message, body)
 
 
 @pytest.mark.parametrize("value", ["-1", "x", "1.0", "", "99999999999999999"])
@@ -281,15 +281,11 @@ def test_the_file_store_is_a_store_argument_and_state_path_its_shorthand(tmp_pat
 
 
 def test_the_cli_sends_the_etag_it_read_as_it_came():
-    import httpx
-
     from driftgate.cli import _precondition_of
 
-    request = httpx.Request("GET", "http://service" + STATUS)
-
-    def status(etag: str | None) -> httpx.Response:
+    def status(etag: str | None) -> Answer:
         headers = {} if etag is None else {"ETag": etag}
-        return httpx.Response(200, headers=headers, json={"version": 7}, request=request)
+        return _answer("http://service" + STATUS, 200, headers, b'{"version": 7}')
 
     # Compared strongly by the service, so never rebuilt from the number it stands for.
     assert _precondition_of(status('"a1b2.7"')) == (7, '"a1b2.7"')

@@ -149,18 +149,18 @@ def test_the_status_sends_the_token_when_one_is_set(monkeypatch, manager):
 
     with json_server(answer) as base:
         monkeypatch.setenv("DRIFTGATE_ADMIN_TOKEN", "reader-" + "r" * 40)
-        import httpx
+        import driftgate.cli
 
-        sent: list[httpx.Request] = []
-        real = httpx.request
+        sent: list[dict[str, str]] = []
+        real = driftgate.cli.exchange
 
-        def spy(method: str, url: str, **kwargs: Any) -> httpx.Response:
-            sent.append(httpx.Request(method, url, headers=kwargs.get("headers")))
+        def spy(method: str, url: str, **kwargs: Any) -> Any:
+            sent.append(dict(kwargs.get("headers") or {}))
             return real(method, url, **kwargs)
 
-        monkeypatch.setattr(httpx, "request", spy)
+        monkeypatch.setattr(driftgate.cli, "exchange", spy)
         assert main(["status", "--url", base]) == EXIT_OK
-    assert sent[0].headers["authorization"] == "Bearer reader-" + "r" * 40
+    assert sent[0]["Authorization"] == "Bearer reader-" + "r" * 40
 
 
 # -- token-hash ------------------------------------------------------------------------------
