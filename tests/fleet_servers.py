@@ -144,7 +144,7 @@ class RedisServer:
                 return False
             raise
 
-    def client(self) -> Any:
+    def client(self, socket_timeout: float = 2) -> Any:
         import redis
 
         # The test's own client trusts the test's authority for any host name: a server whose
@@ -155,7 +155,9 @@ class RedisServer:
             if (self.tls / "client.crt").exists():  # for a server that asks for one
                 tls["ssl_certfile"] = str(self.tls / "client.crt")
                 tls["ssl_keyfile"] = str(self.tls / "client.key")
-        return redis.Redis.from_url(self.url, socket_timeout=2, socket_connect_timeout=2, **tls)
+        return redis.Redis.from_url(
+            self.url, socket_timeout=socket_timeout, socket_connect_timeout=2, **tls
+        )
 
     def kill(self) -> None:
         """SIGKILL, as a crash: only what reached the append-only file survives."""

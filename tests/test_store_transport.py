@@ -391,8 +391,8 @@ def test_after_a_failover_the_fleet_follows_the_new_primary_and_moves_commit_the
         first, second = replicas
         assert first.move("advance").status_code == 200
         until(lambda: second.version() == 2, "the second replica follows", timeout=5)
-        with primary.client() as client:
-            assert client.execute_command("WAIT", 1, 2000) == 1  # on the standby too
+        with primary.client(socket_timeout=15) as client:  # a loaded machine syncs slowly
+            assert client.execute_command("WAIT", 1, 10_000) == 1  # on the standby too
 
         primary.kill()
         took = until(
