@@ -55,6 +55,7 @@ __all__ = [
     "StateStoreError",
     "WaitingFor",
     "rollout_lifespan",
+    "rollout_monitor",
     "run_rollout_monitor",
 ]
 
@@ -229,7 +230,9 @@ class RolloutManager(_RolloutManager):
     The manager alone moves the rollout: the `config` it is given becomes a live, read-only
     view of where it stands, and the enforcer's rollout percent is the manager's to set. Every
     decision is a `Decision`, which unpacks as `(success, message)`. `error_rate_source` is
-    called as `source()` or, if it takes one argument, `source(analysis_window)`.
+    called as `source()` or, if it takes one argument, `source(analysis_window)`. A shared
+    store is followed from the start, or, with `follow=False`, once `store.follow(manager)`
+    is called (a `driftgate.service.Service` does that while its app runs).
     Thread-safe."""
 
     def __init__(
@@ -248,6 +251,7 @@ class RolloutManager(_RolloutManager):
         notifier: Notifier | None = None,
         name: str | None = None,
         analysis_failures_to_notify: int = 3,
+        follow: bool = True,
     ):
         if isinstance(store, FileStateStore):
             if state_path is not None:
@@ -296,9 +300,9 @@ class RolloutManager(_RolloutManager):
         if error_rate_source is None and enforcer is not None:
             self.error_rate_source = LocalErrorRate(enforcer)
         self._note_stage()
-        follow = getattr(store, "follow", None)
-        if callable(follow):
-            follow(self)
+        follow_store = getattr(store, "follow", None)
+        if follow and callable(follow_store):
+            follow_store(self)
 
     @property
     def store(self) -> SharedStateStore | None:
@@ -737,17 +741,30 @@ def rollout_lifespan(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
-        task = asyncio.create_task(run_rollout_monitor(manager, check_interval))
         try:
-            yield
+            async with rollout_monitor(manager, check_interval):
+                yield
         finally:
-            # Cancelled again until it ends: on Python 3.10, asyncio.wait_for inside a check
-            # can swallow one cancellation.
-            while not task.done():
-                task.cancel()
-                await asyncio.wait({task}, timeout=1.0)
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
             await asyncio.to_thread(manager.close)
 
     return lifespan
+
+
+@contextlib.asynccontextmanager
+async def rollout_monitor(
+    manager: RolloutManager, check_interval: CheckInterval = timedelta(minutes=15)
+) -> AsyncIterator[None]:
+    """Runs `run_rollout_monitor` while inside, and cancels it (waiting until it has ended)
+    on the way out; unlike `rollout_lifespan` it leaves the manager open."""
+    _seconds(check_interval)
+    task = asyncio.create_task(run_rollout_monitor(manager, check_interval))
+    try:
+        yield
+    finally:
+        # Cancelled again until it ends: on Python 3.10, asyncio.wait_for inside a check can
+        # swallow one cancellation.
+        while not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=1.0)
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -599,6 +599,7 @@ class RedisStateStore(SharedStateStore):
         self._evaluator: str | None = None
         self._lease_lock = threading.Lock()
         self._follower: _Follower | None = None
+        self._served = False  # a manager took this store's clock: it serves that one only
         # Auxiliary keys holding what driftgate did not write ("lease", "last_check"): what is
         # wrong now, and its log lines (once, then at most once a minute).
         self._foreign: dict[str, str] = {}
@@ -999,11 +1000,22 @@ class RedisStateStore(SharedStateStore):
 
     def follow(self, manager: RolloutManager) -> None:
         """Starts following the shared state for `manager` in a background thread (the
-        manager does this itself)."""
+        manager does this itself, unless made with `follow=False`); after `unfollow`, again."""
         if self._follower is not None:
             raise ValueError("this store already serves a RolloutManager; give each its own")
         self._follower = _Follower(self, manager)
         self._follower.start()
+
+    def unfollow(self) -> None:
+        """Stops following, and gives up the lease and the unready slot, so that another
+        replica takes over at once; the connections stay and `follow` may start again (a
+        service whose app stops and runs again)."""
+        follower, self._follower = self._follower, None
+        if follower is not None:
+            follower.stop()
+        self.release_lease()
+        if self._budget is not None:
+            self._budget.release()
 
     def campaign(self, enabled: bool) -> None:
         """Whether this replica competes for the evaluation lease (its monitor runs)."""
@@ -1013,11 +1025,7 @@ class RedisStateStore(SharedStateStore):
     def close(self) -> None:
         """Stops following, gives up the lease and the unready slot, and closes the
         connections."""
-        if self._follower is not None:
-            self._follower.stop()
-        self.release_lease()
-        if self._budget is not None:
-            self._budget.release()
+        self.unfollow()
         self._client.close()
 
     # -- the fleet's clock --------------------------------------------------------------------
@@ -1027,8 +1035,9 @@ class RedisStateStore(SharedStateStore):
         the system clock (None), a `StoreClock` on Redis's time, read now and at every poll, so
         that stage start times and durations do not depend on this machine's wall clock; a
         StoreClock given is the one read; any other clock (a test's) is kept as it is."""
-        if self._follower is not None:
+        if self._served or self._follower is not None:
             raise ValueError("this store already serves a RolloutManager; give each its own")
+        self._served = True
         if clock is None or isinstance(clock, SystemClock):
             clock = StoreClock(clock)
         if not isinstance(clock, StoreClock):

@@ -2,6 +2,7 @@
 
 import asyncio
 import concurrent.futures
+import contextlib
 import functools
 import json
 import logging
@@ -9,7 +10,7 @@ import math
 import os
 import re
 import threading
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from typing import Annotated, Any, Protocol, TypeVar
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
@@ -278,6 +279,33 @@ def _checked_wait(value: object) -> float:
     return float(value)
 
 
+class Workers:
+    """A thread pool of the router's own, started at its first task and stopped by the
+    router's lifespan at the app's end (and started again should the app run again), so an
+    app that has stopped leaves no thread of driftgate's behind. Thread-safe."""
+
+    def __init__(self, max_workers: int, name: str) -> None:
+        self._max_workers = max_workers
+        self._name = name
+        self._lock = threading.Lock()
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+
+    def executor(self) -> concurrent.futures.ThreadPoolExecutor:
+        with self._lock:
+            if self._executor is None:
+                self._executor = concurrent.futures.ThreadPoolExecutor(
+                    max_workers=self._max_workers, thread_name_prefix=self._name
+                )
+            return self._executor
+
+    def stop(self) -> None:
+        """Waits for the tasks under way, then ends the threads."""
+        with self._lock:
+            executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)
+
+
 class MoveQueue:
     """The admin moves of one router (and its configuration reloads): run one at a time on a
     thread of their own, never in the thread pool that serves the application's other sync
@@ -293,9 +321,7 @@ class MoveQueue:
         self.max_pending = _checked_pending(max_pending)
         self.max_wait_seconds = _checked_wait(max_wait_seconds)
         self._free = threading.BoundedSemaphore(self.max_pending)
-        self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="driftgate-moves"
-        )
+        self.workers = Workers(1, "driftgate-moves")
 
     @property
     def retry_after(self) -> int:
@@ -319,7 +345,7 @@ class MoveQueue:
             )
             raise self._full()
         try:
-            future = self._executor.submit(work)
+            future = self.workers.executor().submit(work)
         except BaseException:
             self._free.release()
             raise
@@ -356,6 +382,7 @@ def create_router(
     readiness_budget: ReadinessBudget | None = None,
     max_pending_moves: int = MAX_PENDING_MOVES,
     max_move_wait_seconds: float = MAX_MOVE_WAIT_SECONDS,
+    lifespan: Callable[[Any], contextlib.AbstractAsyncContextManager[Any]] | None = None,
 ) -> APIRouter:
     """The driftgate endpoints as a bare APIRouter.
 
@@ -379,19 +406,33 @@ def create_router(
     snapshot on the event loop. Advance, rollback and reload run one at a time on a thread of
     their own: at most `max_pending_moves` (default 16) in flight plus queued, and a move not
     started within `max_move_wait_seconds` (default 5, under the command line's 10 s timeout)
-    is refused; either way 503 MOVE_QUEUE_FULL with Retry-After, nothing moved."""
+    is refused; either way 503 MOVE_QUEUE_FULL with Retry-After, nothing moved.
+
+    The router has a lifespan, which FastAPI runs inside the app's own once the router is
+    included: it runs `lifespan` (if given) and at the end stops the router's threads."""
     probes = _prefix(probe_prefix, "probe_prefix")
     moves = MoveQueue(max_pending_moves, max_move_wait_seconds)
     # Scrapes render off the event loop but never in the shared pool, which stalled sync
     # endpoints of the application may hold; two, for a pair of Prometheus servers.
-    renderer = concurrent.futures.ThreadPoolExecutor(
-        max_workers=2, thread_name_prefix="driftgate-metrics"
-    )
+    renderer = Workers(2, "driftgate-metrics")
     rollout_path = _prefix(rollout_prefix, "rollout_prefix")
     registry = registry or tracker.registry
     require_admin = admin or bearer_token_admin(os.environ.get(TOKEN_ENV) or None)
     read_guard = status_guard(require_admin)  # rollout:read, when the status is protected
-    router = APIRouter()
+
+    @contextlib.asynccontextmanager
+    async def router_lifespan(app: Any) -> AsyncIterator[None]:
+        try:
+            if lifespan is None:
+                yield
+            else:
+                async with lifespan(app):
+                    yield
+        finally:
+            await asyncio.to_thread(moves.workers.stop)
+            await asyncio.to_thread(renderer.stop)
+
+    router = APIRouter(lifespan=router_lifespan)
 
     @router.get(f"{probes}/healthz", response_model=HealthBody, name="driftgate:healthz")
     async def healthz() -> dict[str, str]:
@@ -439,7 +480,7 @@ def create_router(
     async def metrics(request: Request) -> Response:
         accept = request.headers.get("accept")
         body, content_type = await asyncio.get_running_loop().run_in_executor(
-            renderer, render, registry, accept, include_process_metrics
+            renderer.executor(), render, registry, accept, include_process_metrics
         )
         return Response(body, media_type=content_type)
 
