@@ -25,11 +25,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from driftgate.cli import main
-from driftgate.demo import _redis_store, check_environment, create_demo_app, required_environment
+from driftgate.demo import create_demo_app
 from driftgate.fastapi.auth import approvers_from_settings
 from driftgate.identity import TokenFile, TokenFileError, token_digest, token_file_line
 from driftgate.readiness_budget import MAX_UNREADY_REPLICAS
 from driftgate.rollout import RolloutManager
+from driftgate.service import check_environment, required_environment
+from driftgate.service.stores import build_store
 from driftgate.settings import (
     MAX_CHECK_INTERVAL_SECONDS,
     MAX_STAGE_SECONDS,
@@ -556,7 +558,7 @@ def _assert_store_usable_or_refused(loaded: Settings) -> None:
     with mock.patch.dict(os.environ, environ):
         try:
             check_environment(loaded)
-            store = _redis_store(loaded.store)
+            store = build_store(loaded.store)
         except SettingsError as error:
             assert one_line(str(error)).startswith("rollout.store."), error
         else:

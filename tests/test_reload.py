@@ -571,7 +571,7 @@ def test_python_sets_gauges_and_counters_in_the_core_registry(registry):
 def test_notification_sinks_change_live_and_an_unset_variable_refuses_the_file(
     tmp_path, monkeypatch
 ):
-    from driftgate.demo import _notifier
+    from driftgate.service.sinks import build_notifier
 
     text = "rollout: {enabled: true, check_interval_seconds: 60}\n"
     path = tmp_path / "values.yaml"
@@ -585,7 +585,7 @@ def test_notification_sinks_change_live_and_an_unset_variable_refuses_the_file(
         tracker=tracker,
         enforcer=enforcer,
         manager=manager,
-        notifier=lambda new: _notifier(new, None),
+        notifier=lambda new: build_notifier(new),
     )
     reloader = ConfigReloader(path, live.apply, registry=driftgate.MetricsRegistry())
     assert manager.notifier is None

@@ -292,7 +292,7 @@ def _log_to_stderr(level: str) -> None:
 def _state_source(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     """(rollout config, Redis store or None, state file path) from --config's values."""
     try:
-        from driftgate.demo import _redis_store as redis_store
+        from driftgate.service.stores import build_store
         from driftgate.settings import SettingsError, load_settings
     except ImportError as error:
         raise _fastapi_extra(error) from None
@@ -300,7 +300,7 @@ def _state_source(args: argparse.Namespace) -> tuple[Any, Any, Any]:
         settings = load_settings(args.config)
         if settings.rollout is None:
             raise CommandError(f"--config {args.config}: the values configure no rollout")
-        store = None if settings.store is None else redis_store(settings.store)
+        store = None if settings.store is None else build_store(settings.store)
     except (SettingsError, ValueError) as error:
         raise CommandError(f"--config {error}") from None
     state_path = settings.state_path
@@ -428,7 +428,7 @@ def _serve(args: argparse.Namespace) -> int:
     except SettingsError as error:
         raise CommandError(f"--config {error}") from None
     try:  # every variable the values name, before anything is made, with or without --check
-        from driftgate.demo import check_environment
+        from driftgate.service import check_environment
 
         check_environment(settings)
     except SettingsError as error:
@@ -437,9 +437,9 @@ def _serve(args: argparse.Namespace) -> int:
         raise _fastapi_extra(error) from None
     if args.check:
         try:  # the approvers too: a token file that cannot be read stops a start
-            from driftgate.demo import demo_approvers
+            from driftgate.service import approvers_from
 
-            demo_approvers(settings)
+            approvers_from(settings)
         except SettingsError as error:
             raise CommandError(f"--config {error}") from None
         except ImportError as error:

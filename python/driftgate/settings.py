@@ -100,6 +100,7 @@ class StoreSettings:
     """Where a fleet shares its rollout state: Redis at the URL in the environment variable
     `url_env` (it may carry a password, so it never sits in the values file)."""
 
+    kind: str = "redis"  # driftgate.service.stores.STORE_KINDS
     url_env: str = "DRIFTGATE_REDIS_URL"
     key: str = "driftgate:rollout"
     sync_interval_seconds: float = 5.0
@@ -249,6 +250,7 @@ _SECRET_STORE_KEYS = {
 
 
 class _Store(_Section):
+    kind: Literal["redis"] = "redis"
     url_env: _EnvName = "DRIFTGATE_REDIS_URL"
     key: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:{}/-]{1,200}$")] = "driftgate:rollout"
     sync_interval_seconds: Annotated[float, Field(ge=0.05, le=3600, allow_inf_nan=False)] = 5.0
