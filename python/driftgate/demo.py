@@ -212,10 +212,10 @@ def _notifier(settings: Settings, store: RedisStateStore | None) -> Notifier | N
     )
 
 
-def demo_approvers(settings: Settings) -> Approvers:
+def demo_approvers(settings: Settings, registry: MetricsRegistry | None = None) -> Approvers:
     """Who may move the rollout, from the values file and the environment."""
     try:
-        return approvers_from_settings(settings)
+        return approvers_from_settings(settings, registry=registry)
     except TokenFileError as error:
         raise SettingsError(f"admin.token_file: {error}") from None
     except ImportError as error:
@@ -240,8 +240,8 @@ def create_demo_app(
         return dataclasses.replace(loaded, state_path=state_dir / loaded.state_path.name)
 
     settings = placed(settings or Settings())
-    admin = demo_approvers(settings)  # a bad token file stops the start before anything is made
     registry = MetricsRegistry()
+    admin = demo_approvers(settings, registry)  # a bad token file stops the start first
     tracker = DriftTracker(registry=registry)
     enforcer = Enforcer(settings.enforce, tracker)
     gate = ReadinessGate(settings.gate, tracker)
