@@ -24,15 +24,18 @@ import enum
 import hashlib
 import hmac
 import re
-import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from driftgate._messages import read_capped, shown
 from driftgate.reasons import ReasonCode
+
+if TYPE_CHECKING:
+    from driftgate._core import MetricsRegistry
+    from driftgate._jwks import IssuerKeys
 
 __all__ = [
     "ACTOR_PATTERN",
@@ -325,10 +328,21 @@ class OIDCVerifier:
     `algorithms` (a subset of ALLOWED_ALGORITHMS). The actor is the `actor_claim` claim, else
     `sub`; scopes come from `scope` (space-separated) or `scp` (a list).
 
-    The key set is fetched on first use and cached (`cache_seconds`); a token whose `kid` is
-    not in the cached set makes one refetch (a rotated key), at most once per
-    `refresh_interval` seconds, so tokens with made-up `kid`s cannot turn the service into a
-    flood of requests at the issuer. Thread-safe."""
+    The key set (`keys`, a `driftgate._jwks.IssuerKeys`) is fetched on first use, on a thread
+    of its own, one fetch at a time, and used for `cache_seconds`; then it is refreshed in the
+    background while tokens go on being checked against it, for up to `max_stale_seconds`
+    past its expiry while refreshes fail, after which JWTs are refused with
+    IDENTITY_PROVIDER until a fetch succeeds. A failed fetch is not retried for
+    `failure_cache_seconds`. A token whose `kid` is not in the set makes one refetch (a
+    rotated key), at most once per `refresh_interval` seconds in this process, so tokens with
+    made-up `kid`s cannot turn the service into a flood of requests at the issuer. A token
+    waits for a fetch only when there is no key to check it with (no set yet, one past its
+    stale bound, a `kid` being refetched), for `max_wait_seconds` at most; a token whose key
+    is held never waits. Each fetch has one deadline of `timeout` seconds and reads at most
+    1 MiB. With `registry`, fetches by outcome and the set's age are exported there.
+    Thread-safe."""
+
+    keys: IssuerKeys
 
     def __init__(
         self,
@@ -343,9 +357,15 @@ class OIDCVerifier:
         refresh_interval: float = 30.0,
         timeout: float = 5.0,
         monotonic: Callable[[], float] = time.monotonic,
+        failure_cache_seconds: float = 10.0,
+        max_stale_seconds: float = 3600.0,
+        max_wait_seconds: float = 1.0,
+        registry: MetricsRegistry | None = None,
     ):
         try:
             import jwt
+
+            from driftgate._jwks import IssuerKeys
         except ImportError:
             raise ImportError("OIDC approvers need PyJWT: pip install 'driftgate[oidc]'") from None
         refused = [a for a in algorithms if a not in ALLOWED_ALGORITHMS]
@@ -362,43 +382,28 @@ class OIDCVerifier:
         self.leeway_seconds = leeway_seconds
         self.refresh_interval = refresh_interval
         self._jwt = jwt
-        self._client = jwt.PyJWKClient(
-            jwks_url, cache_jwk_set=True, lifespan=max(cache_seconds, 1), timeout=timeout
+        self.keys = IssuerKeys(
+            jwks_url,
+            cache_seconds=cache_seconds,
+            refresh_interval=refresh_interval,
+            failure_cache_seconds=failure_cache_seconds,
+            max_stale_seconds=max_stale_seconds,
+            timeout=timeout,
+            max_wait_seconds=max_wait_seconds,
+            monotonic=monotonic,
+            registry=registry,
         )
-        self._monotonic = monotonic
-        self._lock = threading.Lock()
-        self._last_fetch: float | None = None
-
-    def _keys(self, refresh: bool) -> Mapping[str, Any]:
-        jwt = self._jwt
-        try:
-            keys = self._client.get_signing_keys(refresh=refresh)
-        except jwt.PyJWKClientConnectionError as error:
-            raise IdentityError(
-                ReasonCode.IDENTITY_PROVIDER, f"the key set cannot be fetched: {error}"
-            ) from None
-        except (jwt.PyJWTError, ValueError, OSError) as error:  # no keys, not JSON, ...
-            raise IdentityError(
-                ReasonCode.IDENTITY_PROVIDER, f"the key set is not usable: {error}"
-            ) from None
-        return {key.key_id: key for key in keys if key.key_id}
 
     def _signing_key(self, kid: str) -> Any:
-        with self._lock:
-            first = self._last_fetch is None
-            keys = self._keys(refresh=False)
-            if first:
-                self._last_fetch = self._monotonic()
-            if kid in keys:
-                return keys[kid]
-            now = self._monotonic()
-            assert self._last_fetch is not None
-            if not first and now - self._last_fetch >= self.refresh_interval:
-                self._last_fetch = now
-                keys = self._keys(refresh=True)
-                if kid in keys:
-                    return keys[kid]
-        raise IdentityError(ReasonCode.INVALID_CREDENTIALS, "no published key has this kid")
+        from driftgate._jwks import KeySetUnavailable
+
+        try:
+            key = self.keys.key(kid)
+        except KeySetUnavailable as error:
+            raise IdentityError(ReasonCode.IDENTITY_PROVIDER, str(error)) from None
+        if key is None:
+            raise IdentityError(ReasonCode.INVALID_CREDENTIALS, "no published key has this kid")
+        return key
 
     def identify(self, token: str) -> Identity:
         """The approver a JWT names, or IdentityError with the reason to answer."""

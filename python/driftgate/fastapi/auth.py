@@ -42,6 +42,7 @@ from driftgate.identity import (
 from driftgate.reasons import ReasonCode
 
 if TYPE_CHECKING:
+    from driftgate._core import MetricsRegistry
     from driftgate.settings import Settings
 
 __all__ = [
@@ -299,12 +300,16 @@ def status_guard(admin: AdminDependency) -> Sequence[DependsParam]:
 
 
 def approvers_from_settings(
-    settings: Settings, environ: Mapping[str, str] | None = None
+    settings: Settings,
+    environ: Mapping[str, str] | None = None,
+    *,
+    registry: MetricsRegistry | None = None,
 ) -> Approvers:
     """The approvers a values file configures: the admin token from the variable
     `admin.token_env`, the token file at `admin.token_file` (else at $DRIFTGATE_TOKEN_FILE),
-    and the OIDC issuer of `admin.oidc`. A token file that cannot be used is a
-    TokenFileError naming it and the line."""
+    and the OIDC issuer of `admin.oidc`, whose key-set fetches are exported in `registry`
+    (none: not exported). A token file that cannot be used is a TokenFileError naming it and
+    the line."""
     environ = os.environ if environ is None else environ
     token = environ.get(settings.admin_token_env) or None
     path = settings.admin_token_file or (
@@ -320,6 +325,7 @@ def approvers_from_settings(
             jwks_url=o.jwks_url,
             actor_claim=o.actor_claim,
             algorithms=o.algorithms,
+            registry=registry,
         )
     return Approvers(
         token=token,

@@ -112,11 +112,16 @@ def check_environment(settings: Settings, environ: Mapping[str, str] | None = No
                     ) from None
 
 
-def approvers_from(settings: Settings, environ: Mapping[str, str] | None = None) -> Approvers:
-    """Who may move the rollout, from the values and the environment: a token file that
-    cannot be used is a SettingsError naming `admin.token_file` and the line."""
+def approvers_from(
+    settings: Settings,
+    environ: Mapping[str, str] | None = None,
+    registry: MetricsRegistry | None = None,
+) -> Approvers:
+    """Who may move the rollout, from the values and the environment (an OIDC issuer's key
+    fetches counted in `registry`): a token file that cannot be used is a SettingsError
+    naming `admin.token_file` and the line."""
     try:
-        return approvers_from_settings(settings, environ)
+        return approvers_from_settings(settings, environ, registry=registry)
     except TokenFileError as error:
         raise SettingsError(f"admin.token_file: {error}") from None
     except ImportError as error:
@@ -172,9 +177,11 @@ class Service:
         self._lock = threading.Lock()
         self._running = False
         self._closed = False
-        # A bad token file or an unset variable stops the start before anything runs.
-        self.approvers: Approvers | AdminDependency = admin or approvers_from(settings, environ)
         self.registry = registry or MetricsRegistry()
+        # A bad token file or an unset variable stops the start before anything runs.
+        self.approvers: Approvers | AdminDependency = admin or approvers_from(
+            settings, environ, self.registry
+        )
         self.tracker = DriftTracker(clock=clock, registry=self.registry)
         self.enforcer = Enforcer(settings.enforce, self.tracker)
         self.store: RedisStateStore | None = None
