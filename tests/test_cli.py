@@ -409,6 +409,13 @@ def test_the_service_commands_need_no_extra(tmp_path, service):
     assert hashed.stdout.startswith("alice  sha256:")
 
 
+def test_a_url_without_the_routers_prefix_is_told_about_the_prefix(service):
+    result = run("status", "--url", f"{service}/elsewhere")
+    assert result.returncode == 2
+    assert "the service answered 404" in result.stderr
+    assert "is its router under a prefix? give it in --url" in result.stderr
+
+
 def test_serve_without_the_fastapi_extra_says_which_to_install(tmp_path):
     result = run("serve", "--check", env=without_extras(tmp_path))
     assert_usage_error(result, "pip install 'driftgate[fastapi]'")

@@ -190,6 +190,12 @@ def test_an_unset_variable_stops_the_build_with_nothing_left_running(tmp_path):
             {**ROLLOUT, "rollout": {"enabled": True, "store": {"url_env": "REDIS_NOWHERE"}}},
             environ={},
         )
+    with pytest.raises(SettingsError, match=r"admin.token_env names ORDERS_ADMIN_TOKEN"):
+        Service.from_values({"admin": {"token_env": "ORDERS_ADMIN_TOKEN"}}, environ={})
+    named = Service.from_values(
+        {"admin": {"token_env": "ORDERS_ADMIN_TOKEN"}}, environ={"ORDERS_ADMIN_TOKEN": "t" * 32}
+    )
+    assert named.approvers is not None
     assert driftgate_threads() == before
 
 

@@ -176,7 +176,12 @@ def test_every_block_is_run_or_skipped_with_a_reason() -> None:
 
 
 def is_fastapi_app(code: str) -> bool:
-    return re.search(r"^app = (FastAPI|create_app)\(", code, re.MULTILINE) is not None
+    return re.search(r"^app = FastAPI\(", code, re.MULTILINE) is not None or is_app_factory(code)
+
+
+def is_app_factory(code: str) -> bool:
+    """A module with `def create_app(...)`, served with `uvicorn --factory`."""
+    return re.search(r"^def create_app\(", code, re.MULTILINE) is not None
 
 
 @pytest.fixture
@@ -221,6 +226,8 @@ def test_python_block_runs(
             exec(compile(block.code, block.id, "exec"), namespace)
     else:
         exec(compile(block.code, block.id, "exec"), namespace)
+    if is_app_factory(block.code):
+        namespace["app"] = namespace["create_app"]()  # type: ignore[operator]
     if is_fastapi_app(block.code):
         assert type(namespace["app"]).__name__ == "FastAPI"
 
@@ -233,7 +240,9 @@ def test_fastapi_block_serves_under_uvicorn(block: Block, tmp_path: Path) -> Non
     (tmp_path / "documented_app.py").write_text(block.code)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    command = [sys.executable, "-m", "uvicorn", "documented_app:app"]
+    command = [sys.executable, "-m", "uvicorn"]
+    command += ["--factory", "documented_app:create_app"] if is_app_factory(block.code) else []
+    command += [] if is_app_factory(block.code) else ["documented_app:app"]
     command += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
     process = subprocess.Popen(command, cwd=tmp_path)
     try:

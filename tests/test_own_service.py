@@ -49,7 +49,9 @@ import asyncio
 import json
 import threading
 
-from app import app as inner
+from app import create_app
+
+inner = create_app()
 
 
 def left_running() -> None:

@@ -590,6 +590,8 @@ def _refusal(response: Answer, *, move: bool = False) -> CommandError:
         hint = f" (the approver of {TOKEN_ENV} does not hold that scope)"
     if code in _ADVICE:
         hint = f": {_ADVICE[code]}"
+    elif response.status == 404 and reason != ReasonCode.NO_ROLLOUT.value:
+        hint = " (no driftgate endpoint there: is its router under a prefix? give it in --url)"
     said = "" if detail is None else f" {detail}"
     return CommandError(f"the service answered {response.status}{said}{hint}", code)
 

@@ -351,7 +351,10 @@ class ServiceFactory:
         if stages is not None:
             settings = dataclasses.replace(settings, rollout=_stages(list(stages)))
         if self.approvers is not None and len(self.approvers):
-            settings = dataclasses.replace(settings, admin_token_file=self.approvers.path)
+            # this test's approvers only: none of the values' token file or issuer
+            settings = dataclasses.replace(
+                settings, admin_token_file=self.approvers.path, admin_oidc=None
+            )
             self.approvers.read = True
         options.setdefault("clock", self.clock)
         options.setdefault("state_dir", self.state_dir)

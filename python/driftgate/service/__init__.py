@@ -177,8 +177,10 @@ class Service:
         self._lock = threading.Lock()
         self._running = False
         self._closed = False
+        # Every variable the values name, then the approvers (a bad token file): either
+        # stops the start before anything is made.
+        check_environment(settings, environ)
         self.registry = registry or MetricsRegistry()
-        # A bad token file or an unset variable stops the start before anything runs.
         self.approvers: Approvers | AdminDependency = admin or approvers_from(
             settings, environ, self.registry
         )
