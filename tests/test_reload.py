@@ -4,6 +4,7 @@ endpoint), a bad one never takes effect, and a request sees one configuration or
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 import subprocess
@@ -20,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 import driftgate
 from driftgate.reload import ConfigReloader, LiveSettings
 from driftgate.rollout import RolloutManager, run_rollout_monitor
-from driftgate.settings import load_settings
+from driftgate.settings import Settings, load_settings, values_key
 from servers import free_port, wait_for
 
 TOKEN = "reload-token"
@@ -457,6 +458,64 @@ def test_a_key_that_changes_only_with_a_restart_is_refused(tmp_path):
     )
     path.write_text(values(0.02, rollout="{enabled: true}"))
     assert "rollout.enabled: true differs" in reloader.reload("test").message
+    assert live.current is before
+
+
+# Every Settings field, the values that change it from RESTART_BASE, and whether a reload
+# applies them where the service hands over neither a notifier nor its approvers.
+RESTART_BASE = "rollout: {enabled: true}\n"
+EVERY_FIELD = {
+    "enforce": (RESTART_BASE + "enforce_enabled: true\n", "live"),
+    "gate": (RESTART_BASE + "enforce_readiness_gate: {enabled: true}\n", "live"),
+    "rollout": ("rollout: {enabled: false}\n", "restart"),
+    "state_path": ("rollout: {enabled: true, state_path: elsewhere.json}\n", "restart"),
+    "check_interval_seconds": ("rollout: {enabled: true, check_interval_seconds: 60}\n", "live"),
+    "rollout_min_requests": ("rollout: {enabled: true, min_requests: 5}\n", "live"),
+    "error_rate_source": (
+        "rollout: {enabled: true, prometheus: {url: 'http://127.0.0.1:9', query: up}}\n",
+        "live",
+    ),
+    "admin_token_env": (RESTART_BASE + "admin: {token_env: OTHER_TOKEN}\n", "restart"),
+    # read at start only (whether the variable must be set): a reload takes no notice
+    "admin_token_required": (RESTART_BASE + "admin: {token_env: DRIFTGATE_ADMIN_TOKEN}\n", "live"),
+    "store": ("rollout: {enabled: true, store: {key: 'other:rollout'}}\n", "restart"),
+    "notifications": (RESTART_BASE + "notifications: [{kind: slack, url_env: HOOK}]\n", "restart"),
+    "status_url": ("rollout: {enabled: true, status_url: 'https://ops.example'}\n", "restart"),
+    "admin_token_file": (RESTART_BASE + "admin: {token_file: approvers.tokens}\n", "restart"),
+    "admin_oidc": (
+        RESTART_BASE + "admin: {oidc: {issuer: 'https://id.example', audience: a, "
+        "jwks_url: 'https://id.example/certs'}}\n",
+        "restart",
+    ),
+    "admin_protect_status": (RESTART_BASE + "admin: {protect_status: true}\n", "restart"),
+    "admin_people": (RESTART_BASE + "admin: {people: {alice: [token_file:alice]}}\n", "restart"),
+    "max_unready_replicas": (
+        RESTART_BASE + "enforce_readiness_gate: {max_unready_replicas: 2}\n",
+        "live",
+    ),
+    "log_level": (RESTART_BASE + "log_level: debug\n", "restart"),
+}
+
+
+def test_every_settings_field_is_covered_by_the_reload_cases():
+    assert set(EVERY_FIELD) == {field.name for field in dataclasses.fields(Settings)}
+
+
+@pytest.mark.parametrize("field", sorted(EVERY_FIELD))
+def test_a_refusal_names_the_values_key_as_written_in_the_file(tmp_path, field):
+    text, outcome = EVERY_FIELD[field]
+    path, _, _, _, live, reloader = live_service(tmp_path, RESTART_BASE, rollout=True)
+    before = live.current
+    path.write_text(text)
+    assert load_settings(path) != before.settings  # the case changes the field
+    result = reloader.reload("test")
+    if outcome == "live":
+        assert result.success, result.message
+        return
+    assert not result.success
+    keys = values_key(field).split(", ")
+    named = [key for key in keys if result.message.startswith(f"{path}: {key}: ")]
+    assert named, f"{field}: {result.message!r} names none of {keys}"
     assert live.current is before
 
 

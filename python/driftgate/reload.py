@@ -48,7 +48,7 @@ from driftgate._core import (
 from driftgate._messages import one_line, shown
 from driftgate.notify import Notifier
 from driftgate.rollout import LocalErrorRate, PrometheusErrorRate, RolloutManager
-from driftgate.settings import MAX_VALUES_BYTES, Settings, load_settings
+from driftgate.settings import MAX_VALUES_BYTES, Settings, load_settings, values_key
 
 __all__ = [
     "RELOADS_TOTAL",
@@ -107,8 +107,7 @@ class LiveConfig:
 
 # Settings fields that a reload may change; every other field changes only with a restart, so
 # a section added to Settings later is refused by a reload until it is listed here and applied
-# in LiveSettings.apply. Notification sinks are such a field for now: to make them live, build
-# the new Notifier with the gate (before the commit) and hand it to the manager in the commit.
+# in LiveSettings.apply.
 _LIVE_FIELDS = frozenset(
     {
         "enforce",
@@ -123,13 +122,6 @@ _LIVE_FIELDS = frozenset(
         "admin_token_required",  # read at start only: whether the token's variable must be set
     }
 )
-# The values-file key of a restart-only field, for the refusal's message.
-_KEYS = {
-    "state_path": "rollout.state_path",
-    "admin_token_env": "admin.token_env",
-    "store": "rollout.store",
-    "status_url": "rollout.status_url",
-}
 
 _CREDENTIALS = re.compile(r"(?<=://)[^/@\s]+@")
 
@@ -152,6 +144,28 @@ def _gate_fields(config: GateConfig) -> tuple[Any, ...]:
 
 def _source_fields(source: PrometheusErrorRate | None) -> tuple[Any, ...] | None:
     return None if source is None else (source.base_url, source.query, source.timeout)
+
+
+def _restart_only(key: str, before: Any, after: Any) -> str:
+    """Why a reload refuses a change of a restart-only key: its new and running values, as the
+    file writes them, where they are plain values; else only that it changed."""
+
+    def plain(value: Any) -> str | None:
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, (int, float, str, Path)):
+            return shown(str(value) if isinstance(value, Path) else value)
+        return None
+
+    restart = "it changes only with a restart"
+    new, running = plain(after), plain(before)
+    if before is None and new is not None:
+        return f"{key}: {new} where the running service has none; {restart}"
+    if after is None and running is not None:
+        return f"{key}: removed, the running service has {running}; {restart}"
+    if new is None or running is None:
+        return f"{key}: changed; {restart}"
+    return f"{key}: {new} differs from the running {running}; {restart}"
 
 
 class LiveSettings:
@@ -236,9 +250,10 @@ class LiveSettings:
                 except ValueError as error:
                     raise ReloadRefused(one_line(str(error))) from None
             elif notifier_changed:
+                field = "notifications" if new.notifications != old.notifications else "status_url"
                 raise ReloadRefused(
-                    "notifications: this service builds no notifier on reload; it changes only "
-                    "with a restart"
+                    f"{values_key(field)}: this service builds no notifier on reload; it changes "
+                    "only with a restart"
                 )
             # The commit: the enforcer's options in one step of the core, then one reference.
             self._enforcer.set_options(**options)
@@ -269,12 +284,7 @@ class LiveSettings:
                 continue
             before, after = getattr(old, field.name), getattr(new, field.name)
             if before != after:
-                key = _KEYS.get(field.name, field.name)
-                raise ReloadRefused(
-                    f"{key}: {shown(str(after) if isinstance(after, Path) else after)} differs "
-                    f"from the running {shown(str(before) if isinstance(before, Path) else before)}"
-                    "; it changes only with a restart"
-                )
+                raise ReloadRefused(_restart_only(values_key(field.name), before, after))
         if old.rollout is not None and new.rollout is not None:
             self._refuse_stage_change(old.rollout, new.rollout, new)
 
