@@ -10,7 +10,8 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -122,14 +123,22 @@ class Service:
 
 
 @contextmanager
-def serve(config: Path, state_dir: Path) -> Iterator[Service]:
-    """`driftgate serve --config CONFIG` on 127.0.0.1, its log in a file; stopped on exit."""
+def serve(
+    config: Path,
+    state_dir: Path,
+    *,
+    launcher: Sequence[str] = ("-m", "driftgate.cli"),
+    log_level: str = "warning",
+    starting: Callable[[subprocess.Popen[bytes]], None] | None = None,
+) -> Iterator[Service]:
+    """`driftgate serve --config CONFIG` on 127.0.0.1 (`python LAUNCHER serve ...`), its log
+    in a file; stopped on exit. `starting(process)` is called while it is not serving yet."""
     port = free_port()
     env = {**os.environ, "DRIFTGATE_ADMIN_TOKEN": TOKEN}
     log = state_dir.parent / f"serve-{port}.log"
     command = [
-        *(sys.executable, "-m", "driftgate.cli", "serve", "--config", str(config)),
-        *("--state-dir", str(state_dir), "--port", str(port), "--log-level", "warning"),
+        *(sys.executable, *launcher, "serve", "--config", str(config)),
+        *("--state-dir", str(state_dir), "--port", str(port), "--log-level", log_level),
     ]
     with log.open("wb") as output:
         process = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT)
@@ -138,6 +147,8 @@ def serve(config: Path, state_dir: Path) -> Iterator[Service]:
     def up() -> bool | None:
         if process.poll() is not None:
             raise RuntimeError(f"serve exited with {process.returncode}: {log.read_text()}")
+        if starting is not None:
+            starting(process)
         try:
             return httpx.get(f"{base}/api/v1/healthz", timeout=1).status_code == 200 or None
         except httpx.TransportError:
@@ -231,6 +242,68 @@ def test_sighup_and_the_admin_endpoint_reload(tmp_path):
         )
         assert service.value(SUCCESSFUL) == 0
         assert service.process.poll() is None  # SIGHUP did not end the service
+
+
+# A values file is built, the store and the state file are read, uvicorn is imported: a SIGHUP
+# in those seconds, before the reloader's handler exists, once ended the service.
+SIGHUP_WHILE_THE_APP_IS_BUILT = """
+import os, signal, sys
+import driftgate.demo
+from driftgate.cli import main
+build = driftgate.demo.create_demo_app
+def build_after_a_sighup(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGHUP)
+    return build(*args, **kwargs)
+driftgate.demo.create_demo_app = build_after_a_sighup
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_a_sighup_while_serve_builds_the_app_is_a_reload_once_it_runs(tmp_path):
+    config = tmp_path / "values.yaml"
+    config.write_text(values(0.01))
+    launcher = ("-c", SIGHUP_WHILE_THE_APP_IS_BUILT)
+    with serve(config, tmp_path / "state", launcher=launcher, log_level="info") as service:
+        service.wait_for_value(RELOADS, 1, outcome="success")
+        assert service.process.poll() is None
+    log = service.log.read_text()
+    assert f"configuration reload (SIGHUP): {config}: applied (no change)" in log
+
+
+def sighup_caught(pid: int) -> bool:
+    """Whether the process has a handler for SIGHUP now, as the kernel says (SigCgt)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    line = next(line for line in status.splitlines() if line.startswith("SigCgt:"))
+    return bool(int(line.split()[1], 16) & (1 << (signal.SIGHUP - 1)))
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc/PID/status")
+@pytest.mark.parametrize("attempt", range(3))
+def test_sighups_while_serve_starts_never_end_it(tmp_path, attempt):
+    # A SIGHUP before the interpreter runs any of driftgate's code ends any Python process, so
+    # the first one goes out as soon as the kernel reports SIGHUP caught (the first thing serve
+    # does), then one every 0.1 s until the service answers.
+    config = tmp_path / "values.yaml"
+    config.write_text(values(0.01))
+    sent: list[float] = []
+
+    def hang_up(process: subprocess.Popen[bytes]) -> None:
+        while not sent and not sighup_caught(process.pid):
+            if process.poll() is not None:
+                return  # serve's own check reports how it ended
+            time.sleep(0.002)
+        process.send_signal(signal.SIGHUP)
+        sent.append(time.monotonic())
+
+    with serve(config, tmp_path / "state", log_level="info", starting=hang_up) as service:
+        assert service.process.poll() is None
+        assert httpx.get(f"{service.base}/api/v1/healthz", timeout=5).status_code == 200
+    assert sent
+    assert "configuration reload (SIGHUP)" in service.log.read_text()
 
 
 def cohort_bucket(key: str) -> float:

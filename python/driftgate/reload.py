@@ -37,6 +37,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from driftgate import _sighup
 from driftgate._core import (
     DriftTracker,
     Enforcer,
@@ -474,7 +475,8 @@ class ConfigReloader:
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
         """While inside: the folder is watched and SIGHUP reloads (where the event loop runs
-        in the main thread, as under uvicorn)."""
+        in the main thread, as under uvicorn); a SIGHUP that `driftgate serve` held while it
+        started reloads once at the entry."""
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         pending: set[asyncio.Future[Any]] = set()
@@ -490,12 +492,15 @@ class ConfigReloader:
                 loop.add_signal_handler(signal.SIGHUP, on_sighup)
             except (RuntimeError, ValueError, NotImplementedError):  # not the main thread
                 sighup = False
+        if sighup and _sighup.take():
+            on_sighup()  # one that came while the service started (driftgate serve held it)
         watcher = asyncio.create_task(self.watch(stop))
         try:
             yield
         finally:
             if sighup:
-                loop.remove_signal_handler(signal.SIGHUP)
+                loop.remove_signal_handler(signal.SIGHUP)  # back to the default: fatal
+                _sighup.restore()  # unless the start held it: then remembered again
             stop.set()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
