@@ -20,7 +20,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import driftgate
-from driftgate.reload import ConfigReloader, LiveSettings
+from driftgate.reload import SETTLE_READS, SETTLE_SECONDS, ConfigReloader, LiveSettings
 from driftgate.rollout import RolloutManager, run_rollout_monitor
 from driftgate.settings import Settings, load_settings, values_key
 from servers import free_port, wait_for
@@ -453,8 +453,14 @@ def live_service(tmp_path: Path, text: str, rollout: bool = False):
             min_requests=settings.rollout_min_requests,
         )
     live = LiveSettings(settings, tracker=tracker, enforcer=enforcer, manager=manager)
-    reloader = ConfigReloader(path, live.apply, registry=registry, wall=lambda: 1234.0)
+    reloader = ConfigReloader(
+        path, live.apply, registry=registry, wall=lambda: 1234.0, sleep=no_wait
+    )
     return path, registry, enforcer, manager, live, reloader
+
+
+def no_wait(seconds: float) -> None:
+    """The pause between the two reads of a values file: nobody writes it meanwhile."""
 
 
 def test_a_reload_applies_the_live_keys_and_says_which_changed(tmp_path):
@@ -683,6 +689,78 @@ def test_the_polling_fallback_reloads_a_changed_file(tmp_path):
     asyncio.run(run())
     assert enforcer.options.drift_max_ratio == 0.03
     assert metric(registry.exposition(), RELOADS, outcome="success") == 1
+
+
+# -- a file written in place --------------------------------------------------------------
+
+
+WHOLE = b"enforce_enabled: true\nenforce_rollout_percent: 100\n"
+HALF = WHOLE[:-2]  # "enforce_rollout_percent: 10": half of the file, and it parses
+
+
+def test_a_file_read_half_written_is_applied_once_two_reads_agree(tmp_path):
+    path, registry, enforcer, _, live, _ = live_service(tmp_path, "enforce_enabled: true\n")
+    reads = iter([HALF, WHOLE, WHOLE])
+    waits: list[float] = []
+    reloader = ConfigReloader(
+        path, live.apply, registry=registry, read=lambda _: next(reads), sleep=waits.append
+    )
+    result = reloader.reload("test")
+    assert result.success, result.message
+    assert enforcer.options.rollout_percent == 100
+    assert waits == [SETTLE_SECONDS, SETTLE_SECONDS]  # half != whole, then whole == whole
+
+
+def test_two_reads_that_agree_at_once_apply_after_one_pause(tmp_path):
+    path, registry, enforcer, _, live, _ = live_service(tmp_path, "enforce_enabled: true\n")
+    reads = iter([HALF, HALF])
+    waits: list[float] = []
+    reloader = ConfigReloader(
+        path, live.apply, registry=registry, read=lambda _: next(reads), sleep=waits.append
+    )
+    assert reloader.reload("test").success
+    assert enforcer.options.rollout_percent == 10  # what held still is the file
+    assert waits == [SETTLE_SECONDS]
+
+
+def test_a_file_that_keeps_changing_is_not_applied(tmp_path):
+    path, registry, enforcer, _, live, _ = live_service(tmp_path, "enforce_enabled: true\n")
+    reads = iter([HALF, WHOLE] * SETTLE_READS)
+    waits: list[float] = []
+    reloader = ConfigReloader(
+        path, live.apply, registry=registry, read=lambda _: next(reads), sleep=waits.append
+    )
+    result = reloader.reload("test")
+    assert not result.success
+    assert result.message == (
+        f"{path}: changed between each of {SETTLE_READS + 1} reads {SETTLE_SECONDS:g} s apart: "
+        "not applied until it holds still"
+    )
+    assert len(waits) == SETTLE_READS
+    assert enforcer.options.rollout_percent == 0
+    assert metric(registry.exposition(), SUCCESSFUL) == 0
+
+
+def test_a_values_file_written_in_place_is_applied_whole(tmp_path):
+    path, registry, enforcer, _, live, _ = live_service(tmp_path, "enforce_enabled: true\n")
+    waits: list[float] = []
+    inode = path.stat().st_ino
+    with open(path, "wb") as file:  # in place: the same file, truncated, written in two parts
+        file.write(HALF)
+        file.flush()
+
+        def writer_finishes(seconds: float) -> None:  # the pause between the two reads
+            waits.append(seconds)
+            if not file.closed:
+                file.write(WHOLE[len(HALF) :])
+                file.close()
+
+        reloader = ConfigReloader(path, live.apply, registry=registry, sleep=writer_finishes)
+        result = reloader.reload("test")
+    assert path.stat().st_ino == inode
+    assert result.success, result.message
+    assert enforcer.options.rollout_percent == 100
+    assert waits == [SETTLE_SECONDS, SETTLE_SECONDS]
 
 
 def test_python_sets_gauges_and_counters_in_the_core_registry(registry):

@@ -47,7 +47,13 @@ from driftgate.notify import Event, Notifier, Sink, SlackSink, WebhookSink
 from driftgate.reasons import ReasonCode
 from driftgate.reload import ConfigReloader, LiveSettings
 from driftgate.rollout import RolloutManager, rollout_lifespan
-from driftgate.settings import Settings, SettingsError, StoreSettings, load_settings
+from driftgate.settings import (
+    Settings,
+    SettingsError,
+    StoreSettings,
+    load_settings,
+    parse_values_file,
+)
 from driftgate.store import RedisStateStore
 
 logger = logging.getLogger("driftgate.demo")
@@ -294,7 +300,7 @@ def create_demo_app(
             values_file,
             live.apply,
             registry=registry,
-            load=lambda path: placed(load_settings(path)),
+            parse=lambda raw, path: placed(parse_values_file(raw, path)),
         )
 
     @contextlib.asynccontextmanager

@@ -3,9 +3,10 @@ takes effect.
 
 Three things trigger a reload: a change in the values file's folder (Kubernetes updates a
 mounted ConfigMap by swapping the folder's `..data` symlink, so the folder is watched, not the
-file), SIGHUP, and `POST /api/v1/admin/reload`. A reload reads and validates the whole file
-first (`load_settings`, the same strict reading as at start); only a fully valid file is
-applied, in one step as requests see it. A refused file changes nothing: the old configuration
+file), SIGHUP, and `POST /api/v1/admin/reload`. A reload reads the file until two reads a
+moment apart agree (a file written in place is never applied half-written) and validates all
+of it (the same strict reading as at start); only a fully valid file is applied, in one step
+as requests see it. A refused file changes nothing: the old configuration
 stays, the log names the key and value at fault, and
 `driftgate_config_last_reload_successful` drops to 0 until a reload succeeds.
 
@@ -49,7 +50,14 @@ from driftgate._core import (
 from driftgate._messages import one_line, shown
 from driftgate.notify import Notifier
 from driftgate.rollout import LocalErrorRate, PrometheusErrorRate, RolloutManager
-from driftgate.settings import MAX_VALUES_BYTES, Settings, load_settings, values_key
+from driftgate.settings import (
+    MAX_VALUES_BYTES,
+    Settings,
+    SettingsError,
+    parse_values_file,
+    read_values_file,
+    values_key,
+)
 
 __all__ = [
     "RELOADS_TOTAL",
@@ -82,6 +90,13 @@ WATCH_DEBOUNCE_MS = 300
 swap): they are read as one change once the folder has been quiet for a moment."""
 POLL_INTERVAL_SECONDS = 1.0
 """How often the polling fallback reads the values file when the folder cannot be watched."""
+SETTLE_SECONDS = 0.05
+"""A reload applies the values file only once two reads this far apart agree: a file written in
+place (not renamed into place) is read whole, never as the half that happened to parse. A
+writer's bursts are microseconds to milliseconds apart: 50 ms is ample, and all it adds to a
+reload."""
+SETTLE_READS = 20
+"""Reads before a file that keeps changing is refused (for now: the next change reloads)."""
 
 
 class ReloadRefused(ValueError):
@@ -364,9 +379,10 @@ class ConfigReloader:
     endpoint call it), and, while `running()`, on every change of the file's folder.
 
     `apply` takes the new Settings, returns the keys it changed, and raises ReloadRefused (or
-    ValueError) to refuse them; `load` reads the file (default `load_settings`, so a reload
-    reads exactly as the start did). The outcome is exported in `registry`. Thread-safe:
-    reloads are serialised."""
+    ValueError) to refuse them; `parse` makes Settings of the file's bytes (default
+    `parse_values_file`, so a reload reads exactly as the start did), once `read` (default
+    `read_values_file`) has given the same bytes twice, `settle_seconds` apart (`sleep` waits
+    them). The outcome is exported in `registry`. Thread-safe: reloads are serialised."""
 
     def __init__(
         self,
@@ -374,20 +390,28 @@ class ConfigReloader:
         apply: Callable[[Settings], Sequence[str]],
         *,
         registry: MetricsRegistry,
-        load: Callable[[Path], Settings] = load_settings,
+        parse: Callable[[bytes, Path], Settings] = parse_values_file,
+        read: Callable[[Path], bytes] = read_values_file,
         wall: Callable[[], float] = time.time,
         poll_interval: float = POLL_INTERVAL_SECONDS,
         watch: bool = True,
+        settle_seconds: float = SETTLE_SECONDS,
+        sleep: Callable[[float], None] = time.sleep,
     ):
         if not poll_interval > 0:
             raise ValueError(f"poll_interval={poll_interval!r}: expected seconds > 0")
+        if not settle_seconds >= 0:
+            raise ValueError(f"settle_seconds={settle_seconds!r}: expected seconds >= 0")
         self.path = Path(path).absolute()
         self._apply = apply
-        self._load = load
+        self._parse = parse
+        self._read = read
         self._wall = wall
         self._registry = registry
         self._poll_interval = poll_interval
         self._watch = watch
+        self._settle_seconds = settle_seconds
+        self._sleep = sleep
         self._lock = threading.Lock()
         # The content last read: the watcher reloads only when it differs, so the many events
         # of one ConfigMap update make one reload.
@@ -401,12 +425,29 @@ class ConfigReloader:
     def _set(self, metric: tuple[str, str], value: float) -> None:
         self._registry.set_gauge(*metric, value)
 
+    def _settled(self) -> bytes:
+        """The values file once two reads `settle_seconds` apart agree: a file written in place
+        while it is read is read again until the writer is done."""
+        raw = self._read(self.path)
+        for _ in range(SETTLE_READS):
+            self._sleep(self._settle_seconds)
+            again = self._read(self.path)
+            if again == raw:
+                return raw
+            raw = again
+        raise SettingsError(
+            f"{self.path}: changed between each of {SETTLE_READS + 1} reads "
+            f"{self._settle_seconds:g} s apart: not applied until it holds still"
+        )
+
     def reload(self, trigger: str = "manual") -> ReloadResult:
         """Reads, validates and applies the values file now; never raises for a bad file."""
         with self._lock:
             self._seen = _digest(self.path)
             try:
-                changed = tuple(self._apply(self._load(self.path)))
+                raw = self._settled()
+                self._seen = hashlib.sha256(raw).hexdigest()
+                changed = tuple(self._apply(self._parse(raw, self.path)))
             except ValueError as error:  # SettingsError, ReloadRefused, or the core refusing
                 message = _without_credentials(one_line(str(error)))
                 if isinstance(error, ReloadRefused):

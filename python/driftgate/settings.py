@@ -69,6 +69,8 @@ __all__ = [
     "SettingsError",
     "load_settings",
     "parse_settings",
+    "parse_values_file",
+    "read_values_file",
     "values_key",
 ]
 
@@ -761,7 +763,17 @@ def load_settings(path: str | Path | None) -> Settings:
     """Settings from a YAML values file; the defaults when `path` is None."""
     if path is None:
         return Settings()
-    raw = read_capped(path, MAX_VALUES_BYTES, SettingsError, ": not a values file")
+    return parse_values_file(read_values_file(path), path)
+
+
+def read_values_file(path: str | Path) -> bytes:
+    """The bytes of a values file, or a SettingsError naming it (unreadable, or too large to
+    be one)."""
+    return read_capped(path, MAX_VALUES_BYTES, SettingsError, ": not a values file")
+
+
+def parse_values_file(raw: bytes, path: str | Path) -> Settings:
+    """Settings from the bytes of the values file at `path` (named in every message)."""
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as error:
