@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import os
 import signal
 import subprocess
@@ -20,6 +21,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import driftgate
+from driftgate.identity import token_digest, token_file_line
 from driftgate.reload import SETTLE_READS, SETTLE_SECONDS, ConfigReloader, LiveSettings
 from driftgate.rollout import RolloutManager, run_rollout_monitor
 from driftgate.settings import Settings, load_settings, values_key
@@ -57,30 +59,31 @@ class ConfigMapFolder:
     writes a new timestamped folder and renames a new `..data` over the old one (one atomic
     step), then removes the old folder."""
 
-    def __init__(self, folder: Path, text: str):
+    def __init__(self, folder: Path, text: str, name: str = "values.yaml"):
         self.folder = folder
+        self.name = name
         folder.mkdir(parents=True)
         self.generation = 0
         self._current = self._write(text)
         os.symlink(self._current, folder / "..data")
-        os.symlink("..data/values.yaml", folder / "values.yaml")
+        os.symlink(f"..data/{name}", folder / name)
 
     @property
     def values_file(self) -> Path:
-        return self.folder / "values.yaml"
+        return self.folder / self.name
 
     def _write(self, text: str) -> str:
         self.generation += 1
         name = f"..2026_01_01_00_00_00.{self.generation:06d}"
         (self.folder / name).mkdir()
-        (self.folder / name / "values.yaml").write_text(text)
+        (self.folder / name / self.name).write_text(text)
         return name
 
     def swap(self, text: str) -> None:
         old, self._current = self._current, self._write(text)
         os.symlink(self._current, self.folder / "..data_tmp")
         os.rename(self.folder / "..data_tmp", self.folder / "..data")
-        (self.folder / old / "values.yaml").unlink()
+        (self.folder / old / self.name).unlink()
         (self.folder / old).rmdir()
 
 
@@ -176,6 +179,52 @@ def test_a_configmap_swap_changes_the_drift_limit_within_two_seconds(tmp_path):
         assert metric(exposition, RELOADS, outcome="success") == 2
         assert metric(exposition, RELOADS, outcome="failure") == 0
         assert metric(exposition, SUCCESSFUL) == 1
+
+
+ALICE = "alice-" + "a" * 40
+BOB = "bob-" + "b" * 40
+
+
+def approvers(*names: str) -> str:
+    tokens = {"alice": ALICE, "bob": BOB}
+    return "".join(
+        token_file_line(name, tokens[name], ["rollout:read", "rollout:advance"]) + "\n"
+        for name in names
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_a_token_removed_from_a_mounted_secret_is_refused_within_seconds(tmp_path):
+    # The token file is a Secret mounted apart from the values' ConfigMap: a change of its
+    # own folder reloads, and the revoked token is refused from the next request.
+    secret = ConfigMapFolder(tmp_path / "secret", approvers("alice", "bob"), "approvers.tokens")
+    token_file = json.dumps(str(secret.values_file))
+    config = ConfigMapFolder(
+        tmp_path / "config",
+        values(0.01)
+        + "rollout: {enabled: true}\n"
+        + f"admin: {{token_file: {token_file}, protect_status: true}}\n",
+    )
+
+    def status(token: str) -> int:
+        url = f"{service.base}/api/guardian/rollout/status"
+        return httpx.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=5).status_code
+
+    with serve(config.values_file, tmp_path / "state") as service:
+        assert (status(ALICE), status(BOB)) == (200, 200)
+        secret.swap(approvers("bob"))
+        wait_for(lambda: True if status(ALICE) == 403 else None, "alice refused", 5.0)
+        assert status(BOB) == 200
+        assert service.value(RELOADS, outcome="success") == 1
+        # a token file that cannot be used keeps the approvers in force
+        secret.swap(approvers("bob").replace("bob  ", "carol\u00a0", 1) + approvers("alice"))
+        service.wait_for_value(RELOADS, 1, outcome="failure")
+        assert service.value(SUCCESSFUL) == 0
+        assert (status(ALICE), status(BOB)) == (403, 200)
+    log = service.log.read_text()
+    assert f"admin.token_file: {secret.values_file}:1: contains U+00A0 (NO-BREAK SPACE)" in log
+    assert ALICE not in log and token_digest(ALICE).removeprefix("sha256:") not in log
 
 
 BAD_FILES = {

@@ -40,9 +40,8 @@ from driftgate._core import (
     Verdict,
 )
 from driftgate.fastapi import create_router
-from driftgate.fastapi.auth import Approvers, approvers_from_settings
+from driftgate.fastapi.auth import Approvers, configured_approvers, token_file_path
 from driftgate.fastapi.router import ErrorBody, json_body, json_body_schema
-from driftgate.identity import TokenFileError
 from driftgate.notify import Event, Notifier, Sink, SlackSink, WebhookSink
 from driftgate.reasons import ReasonCode
 from driftgate.reload import ConfigReloader, LiveSettings
@@ -219,13 +218,9 @@ def _notifier(settings: Settings, store: RedisStateStore | None) -> Notifier | N
 
 
 def demo_approvers(settings: Settings) -> Approvers:
-    """Who may move the rollout, from the values file and the environment."""
-    try:
-        return approvers_from_settings(settings)
-    except TokenFileError as error:
-        raise SettingsError(f"admin.token_file: {error}") from None
-    except ImportError as error:
-        raise SettingsError(f"admin.oidc: {error}") from None
+    """Who may move the rollout, from the values file and the environment; a SettingsError
+    naming the key (and the token file's line) when they cannot be built."""
+    return configured_approvers(settings)
 
 
 def create_demo_app(
@@ -237,8 +232,10 @@ def create_demo_app(
     """The demo service for `settings` (defaults: shadow only, no gate, no rollout).
 
     With `values_file` (the file `settings` came from), the service reloads it while it runs:
-    on a change of its folder, on SIGHUP and on `POST /api/v1/admin/reload`. `state_dir`
-    replaces the folder of `rollout.state_path`, at start and in every reload."""
+    on a change of its folder or of the token file's, on SIGHUP and on `POST
+    /api/v1/admin/reload`; a reload reads the token file again, so a line removed from it
+    revokes that token from the next request. `state_dir` replaces the folder of
+    `rollout.state_path`, at start and in every reload."""
 
     def placed(loaded: Settings) -> Settings:
         if state_dir is None:
@@ -284,6 +281,7 @@ def create_demo_app(
         manager=manager,
         gate=gate,
         notifier=lambda new: _notifier(new, store),
+        approvers=admin,  # the router's: a reload swaps who they are
     )
     # With a shared store, at most max_unready_replicas replicas fail readiness for drift at
     # once; the store's follower asks the gate in force and keeps this replica's slot.
@@ -301,6 +299,9 @@ def create_demo_app(
             live.apply,
             registry=registry,
             parse=lambda raw, path: placed(parse_values_file(raw, path)),
+            # the token file, often a Secret mounted apart from the values' ConfigMap
+            also_watch=lambda loaded: [p for p in [token_file_path(loaded)] if p is not None],
+            settings=settings,
         )
 
     @contextlib.asynccontextmanager
@@ -373,6 +374,7 @@ def create_demo_app(
         "tracker": tracker,
         "enforcer": enforcer,
         "live": live,  # live.current.gate is the readiness gate in force
+        "approvers": admin,  # who approves now: a reload swaps them
         "reloader": reloader,
         "manager": manager,
         "readiness_budget": budget,

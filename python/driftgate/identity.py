@@ -276,11 +276,18 @@ def _refuse_writable_by_others(path: str) -> Callable[[os.stat_result], None]:
 
 class TokenFile:
     """Named approvers read from a token file (see the module's docstring). Immutable once
-    read, so any number of threads may look tokens up at once."""
+    read, so any number of threads may look tokens up at once. Two token files are equal when
+    they hold the same approvers with the same tokens and scopes (comments, order and spacing
+    aside)."""
 
     def __init__(self, entries: Sequence[_Entry], path: str = "<token file>"):
         self._entries = tuple(entries)
         self.path = path
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, TokenFile):
+            return NotImplemented
+        return set(self._entries) == set(other._entries)
 
     @property
     def names(self) -> list[str]:
