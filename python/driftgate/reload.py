@@ -398,6 +398,7 @@ class LiveSettings:
 MAX_WATCHED_BYTES = 1 << 20
 """What the watcher reads of a file to tell a change: more than a values file or a token file
 may hold (both are refused past their limit)."""
+_TRIGGER = re.compile(r"[A-Za-z0-9_.:-]{1,80}")
 
 
 def _digest(path: Path) -> str | None:
@@ -508,7 +509,12 @@ class ConfigReloader:
         )
 
     def reload(self, trigger: str = "manual") -> ReloadResult:
-        """Reads, validates and applies the values file now; never raises for a bad file."""
+        """Reads, validates and applies the values file now; never raises for a bad file.
+        `trigger` says what asked (`watch`, `SIGHUP`, `admin:NAME`): logged as it is when it
+        is 1-80 characters of [A-Za-z0-9_.:-], else quoted and escaped, so no caller's text
+        forges a log line."""
+        if _TRIGGER.fullmatch(trigger) is None:
+            trigger = shown(trigger)
         with self._lock:
             self._seen = self._fingerprint()
             try:
