@@ -282,3 +282,28 @@ def test_a_path_source_names_its_file(tmp_path: Path):
     path.write_text("enforce_rollout_percent: 101\n")
     with pytest.raises(SettingsError, match=rf"{path}: enforce_rollout_percent"):
         Service.from_values(path)
+
+
+def test_sighup_reloads_every_service_of_the_process(tmp_path):
+    import os
+    import signal
+
+    files = [tmp_path / "a.yaml", tmp_path / "b.yaml"]
+    for file in files:
+        file.write_text("enforce_enabled: true\nenforce_rollout_percent: 10\n")
+    services = [Service.from_values(file, state_dir=tmp_path, watch=False) for file in files]
+
+    async def reload_both() -> None:
+        assert all(service.reloader is not None for service in services)
+        async with services[0].reloader.running(), services[1].reloader.running():  # type: ignore[union-attr]
+            for file in files:
+                file.write_text("enforce_enabled: true\nenforce_rollout_percent: 40\n")
+            os.kill(os.getpid(), signal.SIGHUP)
+            for _ in range(500):  # the reloads run on the loop's executor
+                if all(s.enforcer.options.rollout_percent == 40 for s in services):
+                    break
+                await asyncio.sleep(0.01)
+
+    asyncio.run(reload_both())
+    assert [s.enforcer.options.rollout_percent for s in services] == [40, 40]
+    assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL  # handed back when both ended

@@ -313,3 +313,58 @@ def test_a_reload_by_a_service_dependency_logs_only_a_checked_name(tmp_path, rol
     assert triggers == []
     assert app_answering("bob").post("/api/v1/admin/reload").status_code == 200
     assert triggers == ["admin:bob"]
+
+
+@pytest.mark.parametrize(
+    ("answer", "status"),
+    [
+        ("alice@example.com", 403),
+        ("a" * 65, 403),
+        ("a" * 64, 200),  # the actor rule's boundary, both sides
+        ("bob\nERROR driftgate.reload: forged", 403),
+    ],
+)
+def test_the_reload_log_names_only_a_checked_actor(tmp_path, rollout_clock, caplog, answer, status):
+    from driftgate.reload import ConfigReloader
+
+    path = tmp_path / "values.yaml"
+    path.write_text("drift_max_ratio: 0.01\n")
+    reloader = ConfigReloader(
+        path, lambda settings: [], registry=driftgate.MetricsRegistry(), sleep=lambda s: None
+    )
+
+    def who() -> str:
+        return answer
+
+    app = FastAPI()
+    app.include_router(
+        create_router(
+            tracker=driftgate.DriftTracker(clock=rollout_clock), admin=who, reload=reloader.reload
+        )
+    )
+    with caplog.at_level(logging.INFO, logger="driftgate"):
+        response = TestClient(app).post("/api/v1/admin/reload")
+    assert response.status_code == status, response.text
+    if status == 403:
+        assert response.json() == {"detail": "INVALID_ACTOR"}
+        assert "configuration reload" not in caplog.text  # refused before any reload
+        assert answer not in caplog.text and "forged" not in caplog.text
+    else:
+        assert f"configuration reload (admin:{answer}): {path}: applied (no change)" in (
+            caplog.text
+        )
+
+
+def test_a_reload_trigger_outside_the_rule_is_logged_quoted_on_one_line(tmp_path, caplog):
+    from driftgate.reload import ConfigReloader
+
+    path = tmp_path / "values.yaml"
+    path.write_text("drift_max_ratio: 0.01\n")
+    reloader = ConfigReloader(
+        path, lambda settings: [], registry=driftgate.MetricsRegistry(), sleep=lambda s: None
+    )
+    with caplog.at_level(logging.INFO, logger="driftgate.reload"):
+        result = reloader.reload("admin:bob\nERROR driftgate: forged")
+    assert result.trigger == "'admin:bob\\nERROR driftgate: forged'"
+    assert len(caplog.records) == 1
+    assert "\n" not in caplog.records[0].getMessage()

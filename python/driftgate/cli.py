@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 if TYPE_CHECKING:  # imported when a command needs it, for a quick --help
     from driftgate._core import EnforceOptions
 
+from driftgate import _sighup
 from driftgate._http import Answer, BodyTooLarge, Unreached, exchange
 from driftgate._messages import one_line, printable, shown
 from driftgate.identity import Scope
@@ -419,6 +420,9 @@ def _state_restore(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    # First: a SIGHUP from now on is a reload the reloader makes once it runs, not the end of
+    # a service that is still starting (its default action).
+    _sighup.hold()
     try:
         from driftgate.settings import SettingsError, load_settings
     except ImportError as error:
@@ -437,9 +441,9 @@ def _serve(args: argparse.Namespace) -> int:
         raise _fastapi_extra(error) from None
     if args.check:
         try:  # the approvers too: a token file that cannot be read stops a start
-            from driftgate.service import approvers_from
+            from driftgate.fastapi.auth import configured_approvers
 
-            approvers_from(settings)
+            configured_approvers(settings)
         except SettingsError as error:
             raise CommandError(f"--config {error}") from None
         except ImportError as error:

@@ -7,6 +7,12 @@ A token file holds one approver per line, `NAME  sha256:HEX  SCOPE[,SCOPE...]`:
     alice  sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08  rollout:advance
     bob    sha256:60303ae22b998861bce3b28f33eec1be758a213c86c93c076dbe9f558c11c752  rollout:rollback
 
+Fields are separated by spaces and tabs (a no-break space or another Unicode space is refused,
+naming the line); `#` starts a comment line; a UTF-8 byte order mark at the start is skipped,
+as in the values file. Whoever can write the file decides who approves, so, as ssh's
+StrictModes does, a file writable by its group or by others is refused (a Kubernetes Secret's
+default mode, 0644, is fine; `defaultMode: 0664` or `0666` is not).
+
 The file holds SHA-256 digests, never the tokens. A fast hash is the right one here: the tokens
 are random and long (at least 32 characters, e.g. `secrets.token_urlsafe(32)`, 256 bits), so
 nobody recovers one from its digest by guessing, however fast each guess is; a deliberately
@@ -23,8 +29,11 @@ from __future__ import annotations
 import enum
 import hashlib
 import hmac
+import os
 import re
+import stat
 import time
+import unicodedata
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -222,6 +231,7 @@ class TokenFileError(ValueError):
 
 
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+_FIELD_SEPARATOR = re.compile(r"[ \t]+")
 
 
 @dataclass(frozen=True)
@@ -231,13 +241,56 @@ class _Entry:
     scopes: frozenset[Scope]
 
 
+def _odd_character(content: str) -> str | None:
+    """What a line must not hold, said without the line itself: a control character, or a
+    Unicode space or invisible character (it would separate fields, or hide inside one)."""
+    if content.isascii():
+        if any((ord(ch) < 32 and ch != "\t") or ch == "\x7f" for ch in content):
+            return "a control character"
+        return None
+    for ch in content:
+        category = unicodedata.category(ch)
+        if category == "Cc" and ch != "\t":
+            return "a control character"
+        if ch.isspace() or category in ("Zs", "Zl", "Zp", "Cf"):
+            name = unicodedata.name(ch, "a Unicode space")
+            return f"U+{ord(ch):04X} ({name}): fields are separated by spaces and tabs only"
+    return None
+
+
+_WRITERS = ((stat.S_IWGRP, "its group"), (stat.S_IWOTH, "others"))
+
+
+def _refuse_writable_by_others(path: str) -> Callable[[os.stat_result], None]:
+    """A check of the token file as opened: whoever may write it decides who approves."""
+
+    def check(status: os.stat_result) -> None:
+        mode = stat.S_IMODE(status.st_mode)
+        writable = [who for bit, who in _WRITERS if mode & bit]
+        if os.name == "posix" and writable:
+            raise TokenFileError(
+                f"{path}: writable by {' and '.join(writable)} (mode {mode:04o}), who could make "
+                "themselves approvers: chmod go-w it (a Kubernetes Secret's default mode, 0644, "
+                "is fine)"
+            )
+
+    return check
+
+
 class TokenFile:
     """Named approvers read from a token file (see the module's docstring). Immutable once
-    read, so any number of threads may look tokens up at once."""
+    read, so any number of threads may look tokens up at once. Two token files are equal when
+    they hold the same approvers with the same tokens and scopes (comments, order and spacing
+    aside)."""
 
     def __init__(self, entries: Sequence[_Entry], path: str = "<token file>"):
         self._entries = tuple(entries)
         self.path = path
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, TokenFile):
+            return NotImplemented
+        return set(self._entries) == set(other._entries)
 
     @property
     def names(self) -> list[str]:
@@ -245,12 +298,16 @@ class TokenFile:
 
     @classmethod
     def load(cls, path: str | Path) -> TokenFile:
-        return cls.parse(read_capped(path, MAX_TOKEN_FILE_BYTES, TokenFileError), str(path))
+        """The token file at `path`; TokenFileError naming the file (and the line) when it
+        cannot be read or used, or when its group or others may write it."""
+        check = _refuse_writable_by_others(str(path))
+        raw = read_capped(path, MAX_TOKEN_FILE_BYTES, TokenFileError, opened=check)
+        return cls.parse(raw, str(path))
 
     @classmethod
     def parse(cls, raw: bytes, path: str = "<token file>") -> TokenFile:
         try:
-            text = raw.decode("utf-8")
+            text = raw.decode("utf-8-sig")  # a byte order mark at the start is skipped
         except UnicodeDecodeError as error:
             at = raw.count(b"\n", 0, error.start) + 1
             raise TokenFileError(f"{path}:{at}: not UTF-8") from None
@@ -262,9 +319,10 @@ class TokenFile:
             if not content or content.startswith("#"):
                 continue
             where = f"{path}:{number}"
-            if any(ord(ch) < 32 and ch != "\t" for ch in content):
-                raise TokenFileError(f"{where}: contains a control character")
-            fields = content.split()
+            odd = _odd_character(content)
+            if odd is not None:
+                raise TokenFileError(f"{where}: contains {odd}")
+            fields = _FIELD_SEPARATOR.split(content)
             if len(fields) != 3:
                 raise TokenFileError(
                     f"{where}: expected 3 fields 'NAME sha256:HEX SCOPE[,SCOPE...]', "

@@ -34,6 +34,7 @@ naming the file, and the line or the key.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 from collections.abc import Callable, Mapping
@@ -68,6 +69,9 @@ __all__ = [
     "SettingsError",
     "load_settings",
     "parse_settings",
+    "parse_values_file",
+    "read_values_file",
+    "values_key",
 ]
 
 MAX_VALUES_BYTES = 64 << 10
@@ -143,30 +147,68 @@ class OIDCSettings:
     algorithms: tuple[str, ...] = ALLOWED_ALGORITHMS
 
 
+def _key(key: str) -> dict[str, str]:
+    return {"key": key}
+
+
 @dataclass(frozen=True)
 class Settings:
-    enforce: EnforceOptions = field(default_factory=EnforceOptions)
-    gate: GateConfig = field(default_factory=GateConfig)
-    rollout: RolloutConfig | None = None
-    state_path: Path = Path("driftgate-state/rollout.json")
-    check_interval_seconds: float = 900.0
-    rollout_min_requests: int = 0
-    error_rate_source: PrometheusErrorRate | None = None
-    admin_token_env: str = "DRIFTGATE_ADMIN_TOKEN"
+    """What a values file says, validated. Each field's metadata `key` is the values-file key
+    it is read from, as written in the file (several, comma-separated, for a field built from
+    more than one): messages about a field name that key (`values_key`)."""
+
+    enforce: EnforceOptions = field(
+        default_factory=EnforceOptions,
+        metadata=_key("enforce_enabled, enforce_rollout_percent, drift_max_ratio"),
+    )
+    gate: GateConfig = field(default_factory=GateConfig, metadata=_key("enforce_readiness_gate"))
+    rollout: RolloutConfig | None = field(
+        default=None, metadata=_key("rollout.enabled, rollout.stages")
+    )
+    state_path: Path = field(
+        default=Path("driftgate-state/rollout.json"), metadata=_key("rollout.state_path")
+    )
+    check_interval_seconds: float = field(
+        default=900.0, metadata=_key("rollout.check_interval_seconds")
+    )
+    rollout_min_requests: int = field(default=0, metadata=_key("rollout.min_requests"))
+    error_rate_source: PrometheusErrorRate | None = field(
+        default=None, metadata=_key("rollout.prometheus")
+    )
+    admin_token_env: str = field(default="DRIFTGATE_ADMIN_TOKEN", metadata=_key("admin.token_env"))
     # The values name admin.token_env: its variable must hold the token, else the service
     # refuses to start. Not named, an unset variable only leaves the admin token out.
-    admin_token_required: bool = False
-    store: StoreSettings | None = None  # None: the local state file at state_path
-    notifications: tuple[NotificationSettings, ...] = ()
-    status_url: str | None = None  # linked from notifications
-    admin_token_file: Path | None = None  # None: $DRIFTGATE_TOKEN_FILE, if set
-    admin_oidc: OIDCSettings | None = None
-    admin_protect_status: bool = False
+    admin_token_required: bool = field(default=False, metadata=_key("admin.token_env"))
+    # None: the local state file at state_path
+    store: StoreSettings | None = field(default=None, metadata=_key("rollout.store"))
+    notifications: tuple[NotificationSettings, ...] = field(
+        default=(), metadata=_key("notifications")
+    )
+    # linked from notifications
+    status_url: str | None = field(default=None, metadata=_key("rollout.status_url"))
+    # None: $DRIFTGATE_TOKEN_FILE, if set
+    admin_token_file: Path | None = field(default=None, metadata=_key("admin.token_file"))
+    admin_oidc: OIDCSettings | None = field(default=None, metadata=_key("admin.oidc"))
+    admin_protect_status: bool = field(default=False, metadata=_key("admin.protect_status"))
     # person -> the credentials that are theirs (token_file:NAME, oidc:SUB)
-    admin_people: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    admin_people: Mapping[str, tuple[str, ...]] = field(
+        default_factory=dict, metadata=_key("admin.people")
+    )
     # With a shared store: how many replicas may fail readiness for drift at once.
-    max_unready_replicas: int = 1
-    log_level: str = "info"  # of the driftgate loggers and uvicorn's, under driftgate serve
+    max_unready_replicas: int = field(
+        default=1, metadata=_key("enforce_readiness_gate.max_unready_replicas")
+    )
+    # of the driftgate loggers and uvicorn's, under driftgate serve
+    log_level: str = field(default="info", metadata=_key("log_level"))
+
+
+def values_key(field_name: str) -> str:
+    """The values-file key a Settings field is read from, as written in the file; KeyError for
+    a name that is no field."""
+    for each in dataclasses.fields(Settings):
+        if each.name == field_name:
+            return str(each.metadata["key"])
+    raise KeyError(field_name)
 
 
 # -- the schema ------------------------------------------------------------------------------
@@ -723,7 +765,17 @@ def load_settings(path: str | Path | None) -> Settings:
     """Settings from a YAML values file; the defaults when `path` is None."""
     if path is None:
         return Settings()
-    raw = read_capped(path, MAX_VALUES_BYTES, SettingsError, ": not a values file")
+    return parse_values_file(read_values_file(path), path)
+
+
+def read_values_file(path: str | Path) -> bytes:
+    """The bytes of a values file, or a SettingsError naming it (unreadable, or too large to
+    be one)."""
+    return read_capped(path, MAX_VALUES_BYTES, SettingsError, ": not a values file")
+
+
+def parse_values_file(raw: bytes, path: str | Path) -> Settings:
+    """Settings from the bytes of the values file at `path` (named in every message)."""
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as error:

@@ -32,6 +32,7 @@ from driftgate.fastapi.auth import (
     bearer_token_admin,
     identified,
     scoped,
+    status_declared_protected,
     status_guard,
 )
 from driftgate.identity import Identity, Scope
@@ -387,11 +388,12 @@ def create_router(
     """The driftgate endpoints as a bare APIRouter.
 
     `admin` is a FastAPI dependency returning the actor's name, or an `Approvers`, which asks
-    each endpoint's scope (rollout:advance, rollout:rollback, rollout:read for a protected
-    status); without one, a bearer token
-    from DRIFTGATE_ADMIN_TOKEN (read now, not at import) guards the admin endpoints, and with
-    neither they refuse every request. `readiness_checks` are extra callables returning a
-    reason code while the service must not be ready (e.g. ReasonCode.STATE_FILE), None otherwise.
+    each endpoint's scope (rollout:advance, rollout:rollback, rollout:read while the status is
+    protected) of the approvers in force at each request (a reload swaps them); without one, a
+    bearer token from DRIFTGATE_ADMIN_TOKEN (read now, not at import) guards the admin
+    endpoints, and with neither they refuse every request. `readiness_checks` are extra
+    callables returning a reason code while the service must not be ready (e.g.
+    ReasonCode.STATE_FILE), None otherwise.
     `probe_prefix` places healthz, readyz and metrics (`""` serves `/healthz`, `/readyz`,
     `/metrics`); `rollout_prefix` places status, advance and rollback. With `reload` (e.g.
     `ConfigReloader.reload`), `POST {probe_prefix}/admin/reload` reloads the configuration.
@@ -418,7 +420,8 @@ def create_router(
     rollout_path = _prefix(rollout_prefix, "rollout_prefix")
     registry = registry or tracker.registry
     require_admin = admin or bearer_token_admin(os.environ.get(TOKEN_ENV) or None)
-    read_guard = status_guard(require_admin)  # rollout:read, when the status is protected
+    read_guard = status_guard(require_admin)  # rollout:read, while the status is protected
+    read_declared = status_declared_protected(require_admin)  # in the OpenAPI: as at start
 
     @contextlib.asynccontextmanager
     async def router_lifespan(app: Any) -> AsyncIterator[None]:
@@ -495,7 +498,7 @@ def create_router(
         response_model=RolloutStatus,
         responses={
             **STATUS_ERRORS,
-            **(_errors(401, 403, 503) if read_guard else {}),
+            **(_errors(401, 403, 503) if read_declared else {}),
             304: {"description": "Not modified: If-None-Match names the current ETag."},
         },
         name="driftgate:rollout_status",
@@ -520,7 +523,7 @@ def create_router(
         responses={
             **STATUS_ERRORS,
             **_errors(503),
-            **(_errors(401, 403) if read_guard else {}),
+            **(_errors(401, 403) if read_declared else {}),
             200: {"content": {"application/json": {}}},
         },
         name="driftgate:rollout_state",

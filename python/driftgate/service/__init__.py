@@ -44,9 +44,13 @@ from driftgate._core import (
     ReadinessGate,
     StateError,
 )
-from driftgate.fastapi.auth import AdminDependency, Approvers, approvers_from_settings
+from driftgate.fastapi.auth import (
+    AdminDependency,
+    Approvers,
+    configured_approvers,
+    token_file_path,
+)
 from driftgate.fastapi.router import create_router
-from driftgate.identity import TokenFileError
 from driftgate.notify import Notifier
 from driftgate.readiness_budget import ReadinessBudget
 from driftgate.reasons import ReasonCode
@@ -55,7 +59,13 @@ from driftgate.rollout import ErrorRateSource, RolloutManager, rollout_monitor
 from driftgate.service.environment import from_environment
 from driftgate.service.sinks import build_notifier, sink_environment
 from driftgate.service.stores import build_store, store_environment
-from driftgate.settings import Settings, SettingsError, load_settings, parse_settings
+from driftgate.settings import (
+    Settings,
+    SettingsError,
+    load_settings,
+    parse_settings,
+    parse_values_file,
+)
 
 if TYPE_CHECKING:
     from driftgate.store import RedisStateStore
@@ -65,7 +75,6 @@ __all__ = [
     "CurrentService",
     "Service",
     "ValuesSource",
-    "approvers_from",
     "check_environment",
     "current_service",
     "required_environment",
@@ -110,22 +119,6 @@ def check_environment(settings: Settings, environ: Mapping[str, str] | None = No
                     raise SettingsError(
                         f"rollout.store.{key}: {path} cannot be read ({error.strerror})"
                     ) from None
-
-
-def approvers_from(
-    settings: Settings,
-    environ: Mapping[str, str] | None = None,
-    registry: MetricsRegistry | None = None,
-) -> Approvers:
-    """Who may move the rollout, from the values and the environment (an OIDC issuer's key
-    fetches counted in `registry`): a token file that cannot be used is a SettingsError
-    naming `admin.token_file` and the line."""
-    try:
-        return approvers_from_settings(settings, environ, registry=registry)
-    except TokenFileError as error:
-        raise SettingsError(f"admin.token_file: {error}") from None
-    except ImportError as error:
-        raise SettingsError(f"admin.oidc: {error}") from None
 
 
 def _settings_of(source: ValuesSource) -> tuple[Settings, Path | None]:
@@ -181,8 +174,8 @@ class Service:
         # stops the start before anything is made.
         check_environment(settings, environ)
         self.registry = registry or MetricsRegistry()
-        self.approvers: Approvers | AdminDependency = admin or approvers_from(
-            settings, environ, self.registry
+        self.approvers: Approvers | AdminDependency = admin or configured_approvers(
+            settings, environ, registry=self.registry
         )
         self.tracker = DriftTracker(clock=clock, registry=self.registry)
         self.enforcer = Enforcer(settings.enforce, self.tracker)
@@ -211,6 +204,8 @@ class Service:
             notifier=lambda new: build_notifier(
                 new, None if store is None else store.claim, environ
             ),
+            # the approvers the values describe: a reload swaps who they are
+            approvers=self.approvers if isinstance(self.approvers, Approvers) else None,
         )
         # With a shared store, at most max_unready_replicas replicas fail readiness for drift
         # at once; the store's follower asks the gate in force and keeps this replica's slot.
@@ -225,7 +220,10 @@ class Service:
                 Path(values_file),
                 self.live.apply,
                 registry=self.registry,
-                load=lambda path: self._placed(load_settings(path)),
+                parse=lambda raw, path: self._placed(parse_values_file(raw, path)),
+                # the token file, often a Secret mounted apart from the values' ConfigMap
+                also_watch=lambda loaded: [p for p in [token_file_path(loaded)] if p is not None],
+                settings=settings,
                 watch=watch,
             )
         self.router: APIRouter = create_router(
