@@ -43,6 +43,11 @@ SKIPPED_BLOCKS = {
         "h      = MurmurHash3_x86_32(key_bytes, seed)          # unsigned 32-bit",
     ): ("pseudo-code of the bucket rule; tests/test_sampling.py checks the rule itself"),
     (
+        "docs/sampling.md",
+        'cohort_seed = seed                                        # rollout "default", or '
+        'cohort="shared"',
+    ): "pseudo-code of a rollout's cohort; tests/test_sampling.py checks it against mmh3",
+    (
         "docs/runbook_rollout.md",
         "driftgate probe --url http://127.0.0.1:8000/api/v1/schedule --body canary.json --count 3",
     ): "a solver service's endpoint and request file, which the demo service does not have",

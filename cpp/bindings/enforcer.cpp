@@ -156,10 +156,19 @@ void register_enforcer(py::module_& m) {
              py::arg("seed") = 0)
         .def(
             "in_rollout",
-            [](const Enforcer& enforcer, py::handle key) {
-                return enforcer.in_rollout(text_arg(key, "key"));
+            [](const Enforcer& enforcer, py::handle key, std::optional<std::string> policy_id) {
+                const std::string_view key_text = text_arg(key, "key");
+                return policy_id ? enforcer.in_rollout(key_text, *policy_id)
+                                 : enforcer.in_rollout(key_text);
             },
-            py::arg("key"), "Whether the key (str or UTF-8 bytes) is in the enforced cohort.")
+            py::arg("key"), py::arg("policy_id") = py::none(),
+            "Whether the key (str or UTF-8 bytes) is in the enforced cohort: of the policy's "
+            "rollout share when one holds it, else the global one.")
+        .def("rollout_percent_of", &Enforcer::rollout_percent_of, py::arg("policy_id"),
+             "The percent the policy is enforced at now: its rollout share's, else the global "
+             "rollout percent; 0 while enforce is off.")
+        .def("share_policies", &Enforcer::share_policies, py::arg("rollout"),
+             "The policies the share of `rollout` holds, or None when it holds none.")
         .def_property_readonly("options", &Enforcer::options)
         .def(
             "set_options",
@@ -213,6 +222,19 @@ void register_enforcer(py::module_& m) {
         },
         py::arg("key"), py::arg("seed") = 0,
         "The key's bucket in [0, 10000): floor(murmur3_x86_32(key, seed) * 10000 / 2**32).");
+    m.def(
+        "cohort_seed",
+        [](const std::string& rollout, std::uint32_t seed) {
+            validate_rollout_name(rollout);
+            return cohort_seed(rollout, seed);
+        },
+        py::arg("rollout"), py::arg("seed") = 0,
+        "The seed of a rollout's own cohort: murmur3_x86_32(rollout, seed), or `seed` itself "
+        "for the rollout named 'default'. A key is in it iff sampling_bucket(key, "
+        "cohort_seed(rollout, seed)) is below the share's basis points.");
+    m.def("validate_rollout_name", &validate_rollout_name, py::arg("rollout"),
+          "ValueError unless the name is 1-64 characters of [A-Za-z0-9_.:-].");
+    m.attr("DEFAULT_ROLLOUT") = std::string(kDefaultRollout);
 }
 
 }  // namespace driftgate::bindings
