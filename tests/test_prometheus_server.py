@@ -249,4 +249,7 @@ def test_with_prometheus_stopped_the_manager_holds_and_counts(fleet, tmp_path):
     assert not advanced
     assert message == "Holding: error-rate source failed (ConnectError)"
     assert manager.get_status()["current_stage"]["name"] == "quarter"
-    assert "guardian_rollout_analysis_errors_total 1" in manager.registry.exposition()
+    assert (
+        'guardian_rollout_analysis_errors_total{rollout="default"} 1'
+        in manager.registry.exposition()
+    )

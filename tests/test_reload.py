@@ -443,7 +443,7 @@ def test_a_stage_list_the_state_file_was_not_written_for_is_refused(tmp_path):
         service.wait_for_value(RELOADS, 1, outcome="failure")
         assert service.value(SUCCESSFUL) == 0
         assert service.value("adapt_drift_max_ratio") == 0.01  # nothing of the file applied
-        assert service.value("adapt_enforce_rollout_percent") == 10
+        assert service.value("adapt_enforce_rollout_percent", rollout="default") == 10
         assert state.read_bytes() == before
         response = service.reload()
         assert response.status_code == 400

@@ -411,7 +411,8 @@ void register_rollout(py::module_& m) {
                          std::shared_ptr<MetricsRegistry> registry,
                          std::optional<std::string> state_path, std::shared_ptr<Clock> clock,
                          long long min_requests, std::optional<double> confidence,
-                         std::shared_ptr<SharedStateStore> store) {
+                         std::shared_ptr<SharedStateStore> store, std::string rollout,
+                         py::object policies, const std::string& cohort) {
                  RolloutManager::Options options;
                  options.enforcer = std::move(enforcer);
                  options.registry = std::move(registry);
@@ -420,13 +421,25 @@ void register_rollout(py::module_& m) {
                  options.clock = std::move(clock);
                  options.min_requests = size_arg(min_requests, "min_requests");
                  options.confidence = confidence;
+                 options.rollout = std::move(rollout);
+                 options.cohort = parse_cohort(cohort);
+                 if (!policies.is_none()) {
+                     // One string is not a list of one policy.
+                     if (py::isinstance<py::str>(policies) || py::isinstance<py::bytes>(policies)) {
+                         throw py::type_error("policies=" + short_repr(policies) +
+                                              ": expected a list of policy ids or None");
+                     }
+                     options.policies = policies.cast<std::vector<std::string>>();
+                 }
                  py::gil_scoped_release release;  // reads the state file
                  return std::make_shared<RolloutManager>(config, std::move(options));
              }),
              py::arg("config"), py::arg("enforcer") = py::none(), py::arg("registry") = py::none(),
              py::arg("state_path") = py::none(), py::arg("clock") = py::none(),
              py::arg("min_requests") = 0, py::arg("confidence") = py::none(),
-             py::arg("store") = py::none())
+             py::arg("store") = py::none(), py::kw_only(),
+             py::arg("rollout") = std::string(kDefaultRollout), py::arg("policies") = py::none(),
+             py::arg("cohort") = "independent")
         .def("evaluate", &RolloutManager::evaluate, py::arg("error_rate"),
              py::arg("requests") = py::none(), py::kw_only(), py::arg("read_at") = py::none(),
              py::call_guard<py::gil_scoped_release>(),
@@ -549,6 +562,16 @@ void register_rollout(py::module_& m) {
             },
             "Requests a decision needs before it may advance; settable while the rollout runs.")
         .def_property_readonly("confidence", &RolloutManager::confidence)
+        .def_property_readonly("rollout", &RolloutManager::rollout,
+                               "The rollout's name: its metrics' `rollout` label.")
+        .def_property_readonly("policies", &RolloutManager::policies,
+                               "The policies this rollout governs; None: every policy no other "
+                               "rollout names (the enforcer's global percent).")
+        .def_property_readonly(
+            "cohort",
+            [](const RolloutManager& manager) { return std::string(to_string(manager.cohort())); },
+            "'independent' (keys hashed with the rollout's own seed) or 'shared' (the "
+            "enforcer's); a rollout without policies samples the enforcer's own cohort.")
         .def_property_readonly("enforcer", &RolloutManager::enforcer)
         .def_property_readonly("registry", &RolloutManager::registry)
         .def(
@@ -621,6 +644,8 @@ void register_rollout(py::module_& m) {
             out["store"] = manager.store() ? py::object(py::str(manager.store()->describe()))
                                            : py::object(py::none());
             out["rollback_on_error"] = s.plan->rollback_on_error();
+            out["rollout"] = manager.rollout();
+            out["policies"] = manager.policies();
             return out;
         });
 }

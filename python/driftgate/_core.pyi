@@ -51,6 +51,7 @@ _VerdictSource: TypeAlias = _VerdictLike | Callable[[], _VerdictLike]
 
 def parse_verdict(value: _VerdictLike) -> Verdict: ...
 
+ROLLOUT_LABEL: str
 DEFAULT_ROLLOUT: str
 
 class MetricsRegistry:
@@ -334,6 +335,10 @@ class _RolloutManager:
         min_requests: int = 0,
         confidence: float | None = None,
         store: SharedStateStore | None = None,
+        *,
+        rollout: str = "default",
+        policies: Sequence[str] | None = None,
+        cohort: Literal["independent", "shared"] = "independent",
     ) -> None: ...
     def evaluate(
         self, error_rate: float, requests: int | None = None, *, read_at: int | None = None
@@ -392,6 +397,12 @@ class _RolloutManager:
     def min_requests(self, value: int) -> None: ...
     @property
     def confidence(self) -> float | None: ...
+    @property
+    def rollout(self) -> str: ...
+    @property
+    def policies(self) -> list[str] | None: ...
+    @property
+    def cohort(self) -> Literal["independent", "shared"]: ...
     @property
     def enforcer(self) -> Enforcer | None: ...
     @property

@@ -304,7 +304,7 @@ class LiveSettings:
                 self._manager.min_requests = new.rollout_min_requests
                 if _source_fields(new.error_rate_source) != _source_fields(old.error_rate_source):
                     self._manager.error_rate_source = new.error_rate_source or LocalErrorRate(
-                        self._enforcer
+                        self._enforcer, policies=self._manager.policies
                     )
                 if notifier_changed:
                     # The old sinks send what they have queued, then stop.
