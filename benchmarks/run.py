@@ -257,6 +257,54 @@ def bench_decide(sizes: Sizes) -> list[Figure]:
     ]
 
 
+def enforcer_with_rollouts(count: int) -> tuple[Enforcer, list[RolloutManager]]:
+    """An enforcer whose policies policy-0 .. policy-{count-1} each belong to a rollout of
+    their own (one manager each, at its first stage, 10 %), on a registry of its own."""
+    clock = ManualClock(1_700_000_000.0)
+    registry = MetricsRegistry()
+    tracker = DriftTracker(clock=clock, registry=registry, max_policies=max(256, count))
+    enforcer = Enforcer(EnforceOptions(enforce=True), tracker)
+    managers = [
+        RolloutManager(
+            RolloutConfig.default(),
+            enforcer=enforcer,
+            clock=clock,
+            rollout=f"rollout-{i}",
+            policies=[f"policy-{i}"],
+        )
+        for i in range(count)
+    ]
+    return enforcer, managers
+
+
+def bench_rollouts(sizes: Sizes) -> list[Figure]:
+    one, _one_alive = enforcer_with_rollouts(1)
+    hundred, _hundred_alive = enforcer_with_rollouts(100)
+    # Decisions of one rollout's policy: found through its slot's share, whatever the others.
+    args = [("policy-0", f"key-{i}", Verdict.OK, Verdict.OK) for i in range(1024)]
+    loops, repeats = sizes.record_loops, sizes.repeats
+    rounds = []
+    for r in range(repeats):
+        # Interleaved, each side first in every other round, so a drift of the machine's speed
+        # weighs on both.
+        pair = (one, hundred) if r % 2 == 0 else (hundred, one)
+        timed = {id(e): per_call(e.decide, args, loops) for e in pair}
+        rounds.append((timed[id(one)], timed[id(hundred)]))
+    ratio = statistics.median(many / single for single, many in rounds)
+    single = statistics.median(r[0] for r in rounds)
+    many = statistics.median(r[1] for r in rounds)
+    return [
+        Figure(
+            "`Enforcer.decide` of a rollout's policy with 100 rollouts on the enforcer (a manager "
+            "each, one policy each) / with 1 (median of "
+            f"{repeats} interleaved rounds)",
+            f"{many * 1e9:.0f} ns / {single * 1e9:.0f} ns; ratio {ratio:.3f}x",
+            "within 5 % (0.95x to 1.05x)",
+            0.95 <= ratio <= 1.05,
+        )
+    ]
+
+
 def bench_gate(sizes: Sizes) -> list[Figure]:
     clock = ManualClock(1_700_000_000.0)
     tracker = DriftTracker(clock=clock, registry=MetricsRegistry())
@@ -633,6 +681,9 @@ def render(figures: list[Figure], command: str, seconds: float) -> str:
         "the two calls alone cost several times an empty call (each callable returns "
         "`Verdict.OK`, and an enum member lookup costs about 100 ns on Python 3.11); that "
         "ratio is shown for reference.",
+        "- The rollouts figure: two enforcers, one with 1 rollout and one with 100 (a "
+        "`RolloutManager` each, claiming one policy each), deciding the first rollout's policy "
+        "with two verdicts; the rounds alternate which enforcer goes first.",
         "- Metrics figures: a registry with every driftgate family populated (a tracker, an "
         "enforcer at 50 % deciding four requests per policy, one evaluation raising, a rollout "
         "manager, a readiness gate, a signature LRU and a determinism probe). The body is what "
@@ -671,6 +722,7 @@ def main() -> int:
     for bench in (
         bench_record,
         bench_decide,
+        bench_rollouts,
         bench_lru,
         bench_native,
         bench_batch,

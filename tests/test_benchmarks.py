@@ -137,8 +137,9 @@ def test_core_benchmarks_smoke(tmp_path):
     text = output.read_text()
     assert "- Command: `python benchmarks/run.py --smoke --output" in text
     rows = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line]
-    assert len(rows) == 1 + 23  # the header and every figure
+    assert len(rows) == 1 + 24  # the header and every figure
     assert "`Enforcer.decide` with two callables" in text
+    assert "`Enforcer.decide` of a rollout's policy with 100 rollouts on the enforcer" in text
     assert "`/api/v1/metrics` body, OpenMetrics, 8 policies" in text
 
 
