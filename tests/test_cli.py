@@ -584,7 +584,12 @@ def test_status_and_advance_against_a_service_that_is_not_driftgate():
         return 200, {"unrelated": [1, 2]}
 
     with json_server(reply) as url:
-        assert_usage_error(run("status", "--url", url), "answered without a rollout status")
+        # the list of a service's rollouts, asked for first, is not there
+        assert_usage_error(run("status", "--url", url), "answered without a list of rollouts")
+        assert_usage_error(
+            run("status", "--url", url, "--rollout", "default"),
+            "answered without a rollout status",
+        )
         # An advance reads the rollout's version first, and finds none.
         assert_usage_error(
             run("advance", "--url", url, env={"DRIFTGATE_ADMIN_TOKEN": TOKEN}),
