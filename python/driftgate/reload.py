@@ -382,11 +382,12 @@ class LiveSettings:
         changed: list[str] = []
         steps: list[Callable[[], None]] = []
         for name, wanted in after.items():
-            running = before.get(name)
+            was = before.get(name)
             manager = self._rollouts.get(name)
-            if running is None:
+            if was is None:
                 changed.append(wanted.key)
                 continue
+            running = was
             if manager is None:
                 continue  # its state was refused at start: nothing runs to change
             if wanted.min_requests != running.min_requests:
