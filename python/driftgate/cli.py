@@ -611,7 +611,8 @@ def _status_text(status: dict[str, Any]) -> str:
     lines = [
         f"stage      {stage['name']} ({status['stage_index'] + 1} of {status['total_stages']}), "
         f"{status['state']}",
-        f"enforced   {status['enforced_percentage']:g}%",
+        f"enforced   {status['enforced_percentage']:g}%"
+        + ("" if status.get("enforcing", True) else " (enforce_enabled is off: shadow only)"),
         f"started    {status['started_at']}",
         f"elapsed    {status['elapsed_time']} (minimum {status['min_duration']})",
         f"max error  {_percent_text(stage['max_error_rate'])}",
