@@ -292,6 +292,7 @@ def test_sighup_reloads_every_service_of_the_process(tmp_path):
     for file in files:
         file.write_text("enforce_enabled: true\nenforce_rollout_percent: 10\n")
     services = [Service.from_values(file, state_dir=tmp_path, watch=False) for file in files]
+    before = signal.getsignal(signal.SIGHUP)
 
     async def reload_both() -> None:
         assert all(service.reloader is not None for service in services)
@@ -306,4 +307,17 @@ def test_sighup_reloads_every_service_of_the_process(tmp_path):
 
     asyncio.run(reload_both())
     assert [s.enforcer.options.rollout_percent for s in services] == [40, 40]
-    assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL  # handed back when both ended
+    assert signal.getsignal(signal.SIGHUP) is before  # handed back when both ended
+
+
+def test_the_status_says_when_the_kill_switch_is_off(tmp_path):
+    service = Service.from_values(
+        {"enforce_enabled": False, "rollout": {"enabled": True}}, state_dir=tmp_path
+    )
+    with TestClient(users_app(service, [])) as client:
+        status = client.get("/api/guardian/rollout/status").json()
+        assert status["enforced_percentage"] == 10 and status["enforcing"] is False
+        answers = [client.get(f"/decide/subject-{i}").json() for i in range(200)]
+        assert not any(a["in_rollout"] for a in answers)
+    on = Service.from_values(ROLLOUT, state_dir=tmp_path / "on")
+    assert on.rollout is not None and on.rollout.get_status()["enforcing"] is True

@@ -259,10 +259,12 @@ def signature(settings: Settings) -> tuple:
 def assert_usable(settings: Settings, folder: Path) -> None:
     """The demo service built from `settings` starts (its monitor included) and answers its
     status and readiness without a server error."""
-    # the state in its own folder; the error rate from this process, not from the network
-    app = create_demo_app(
-        replace(settings, state_path=folder / "rollout.json", error_rate_source=None)
-    )
+    # the state in its own folder; the error rate from this process, not from the network;
+    # the variables the values name set, as serve needs them
+    with mock.patch.dict(os.environ, SERVE_ENVIRONMENT):
+        app = create_demo_app(
+            replace(settings, state_path=folder / "rollout.json", error_rate_source=None)
+        )
     with TestClient(app, raise_server_exceptions=False) as client:
         status = client.get("/api/guardian/rollout/status")
         assert status.status_code == (200 if settings.rollout is not None else 404), status.text

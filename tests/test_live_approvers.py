@@ -71,7 +71,7 @@ class Service:
             load_settings(self.values), values_file=self.values, state_dir=folder / "state"
         )
         self.client = TestClient(self.app)
-        self.reloader: ConfigReloader = self.app.state.driftgate["reloader"]
+        self.reloader: ConfigReloader = self.app.state.driftgate.reloader
         self.reloader._sleep = lambda seconds: None  # two reads agree at once: nobody writes
 
     def write(self, admin: dict[str, Any]) -> None:
@@ -81,7 +81,7 @@ class Service:
         return self.reloader.reload("test")
 
     def metric(self, name: str) -> str:
-        exposition = self.app.state.driftgate["registry"].exposition()
+        exposition = self.app.state.driftgate.registry.exposition()
         return next(line for line in exposition.splitlines() if line.startswith(name + " "))
 
 
@@ -254,7 +254,7 @@ def test_an_unchanged_oidc_keeps_its_verifier_and_a_changed_one_builds_anew(serv
     assert "it changes only with a restart" in refused.message
 
     started = Service(service.folder / "oidc", {"token_file": tokens, "oidc": oidc()}, None)
-    approvers: Approvers = started.app.state.driftgate["approvers"]
+    approvers: Approvers = started.app.state.driftgate.approvers
     verifier = approvers.oidc
     assert started.reload().changed == ()
     assert approvers.oidc is verifier  # its cached keys kept
@@ -363,7 +363,7 @@ def test_requests_during_swaps_see_the_old_approvers_or_the_new_never_a_mix():
 def watcher(service: Service, *, watch: bool) -> tuple[ConfigReloader, list[tuple[str, ...]]]:
     """A reloader of `service`'s files whose watcher (watchfiles, or the polling fallback)
     records the changed keys of each reload it makes."""
-    live = service.app.state.driftgate["live"]
+    live = service.app.state.driftgate.live
     results: list[tuple[str, ...]] = []
 
     def apply(settings):  # runs in a worker thread
@@ -374,7 +374,7 @@ def watcher(service: Service, *, watch: bool) -> tuple[ConfigReloader, list[tupl
     reloader = ConfigReloader(
         service.values,
         apply,
-        registry=service.app.state.driftgate["registry"],
+        registry=service.app.state.driftgate.registry,
         parse=service.reloader._parse,
         also_watch=service.reloader._also_watch,
         settings=live.current.settings,

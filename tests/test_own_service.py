@@ -157,6 +157,7 @@ def hook() -> Iterator[Hook]:
     receiver = Hook()
     yield receiver
     receiver.server.shutdown()
+    receiver.server.server_close()
 
 
 @pytest.fixture

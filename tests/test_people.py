@@ -368,3 +368,38 @@ def test_a_reload_trigger_outside_the_rule_is_logged_quoted_on_one_line(tmp_path
     assert result.trigger == "'admin:bob\\nERROR driftgate: forged'"
     assert len(caplog.records) == 1
     assert "\n" not in caplog.records[0].getMessage()
+
+
+def test_every_refused_admin_request_is_logged_by_reason_and_never_by_token(tmp_path, caplog):
+    import logging
+
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from driftgate.fastapi import create_router
+    from driftgate.fastapi.auth import Approvers
+    from driftgate.identity import TokenFile, token_file_line
+
+    reader_token = "reader-" + "r" * 40
+    line = token_file_line("reader", reader_token, ["rollout:read"])
+    approvers = Approvers(token_file=TokenFile.parse(line.encode()))
+    tracker = driftgate.DriftTracker(registry=driftgate.MetricsRegistry())
+    enforcer = driftgate.Enforcer(driftgate.EnforceOptions(enforce=True), tracker)
+    manager = driftgate.RolloutManager(
+        driftgate.RolloutConfig.default(), enforcer=enforcer, state_path=tmp_path / "r.json"
+    )
+    app = FastAPI()
+    app.include_router(create_router(tracker=tracker, manager=manager, admin=approvers))
+    advance = "/api/guardian/rollout/advance"
+    with caplog.at_level(logging.INFO, logger="driftgate.auth"), TestClient(app) as client:
+        assert client.post(advance).status_code == 401
+        assert (
+            client.post(advance, headers={"Authorization": "Bearer " + "x" * 40}).status_code == 403
+        )
+        headers = {"Authorization": f"Bearer {reader_token}"}
+        assert client.post(advance, headers=headers).status_code == 403
+    logged = [r.getMessage() for r in caplog.records if r.name == "driftgate.auth"]
+    assert logged[0] == "admin request refused: MISSING_CREDENTIALS"
+    assert logged[1].startswith("admin request refused: INVALID_CREDENTIALS")
+    assert logged[2] == "admin request refused: MISSING_SCOPE rollout:advance for reader"
+    assert not any(reader_token in message for message in logged)

@@ -622,6 +622,8 @@ EVERY_FIELD = {
         "live",
     ),
     "log_level": (RESTART_BASE + "log_level: debug\n", "restart"),
+    # from the one rollout to several: a restart (within rollouts:, see test_rollouts)
+    "rollouts": ("rollouts: {orders: {policies: [orders.v2]}}\n", "restart"),
 }
 
 

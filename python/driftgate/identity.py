@@ -58,6 +58,7 @@ __all__ = [
     "TokenFile",
     "TokenFileError",
     "oidc_person",
+    "parse_grants",
     "token_digest",
     "token_file_line",
 ]
@@ -105,6 +106,11 @@ class Scope(str, enum.Enum):
 
 ALL_SCOPES = frozenset(Scope)
 _SCOPES_BY_NAME = {scope.value: scope for scope in Scope}
+# The scopes a grant may limit to one rollout: `rollout:advance:orders` (NAME by the actor rule).
+_LIMITABLE = (Scope.ADVANCE, Scope.ROLLBACK, Scope.READ)
+_LIMITED = re.compile(
+    "(" + "|".join(re.escape(s.value) for s in _LIMITABLE) + r"):([A-Za-z0-9_.:-]{1,64})"
+)
 
 
 @dataclass(frozen=True)
@@ -123,9 +129,15 @@ class Identity:
     method: str
     subject: str = ""
     person: str = ""
+    # Scopes held for one rollout only, as granted: `rollout:advance:orders`.
+    rollout_scopes: frozenset[str] = frozenset()
 
-    def allows(self, scope: Scope | str) -> bool:
-        return Scope(scope) in self.scopes
+    def allows(self, scope: Scope | str, rollout: str | None = None) -> bool:
+        """Whether this approver holds `scope`: everywhere, or for `rollout` alone."""
+        held = Scope(scope)
+        return held in self.scopes or (
+            rollout is not None and f"{held.value}:{rollout}" in self.rollout_scopes
+        )
 
 
 TOKEN_FILE_SUBJECT = "token_file:"
@@ -194,15 +206,31 @@ def token_digest(token: str) -> str:
 
 def parse_scopes(text: str) -> frozenset[Scope]:
     """`rollout:advance,rollout:rollback` as scopes; ValueError naming an unknown or repeated
-    one."""
+    one, or one limited to a rollout (see `parse_grants`)."""
+    scopes, limited = parse_grants(text)
+    if limited:
+        raise ValueError(f"scope {shown(sorted(limited)[0])} is limited to one rollout")
+    return scopes
+
+
+def parse_grants(text: str) -> tuple[frozenset[Scope], frozenset[str]]:
+    """`rollout:advance,rollout:read:orders` as (scopes held everywhere, scopes held for one
+    rollout): a rollout scope followed by `:NAME` holds it for the rollout NAME only.
+    ValueError naming an unknown or repeated one."""
     names = text.split(",")
-    unknown = [name for name in names if name not in _SCOPES_BY_NAME]
+    unknown = [n for n in names if n not in _SCOPES_BY_NAME and _LIMITED.fullmatch(n) is None]
     if unknown:
         known = ", ".join(_SCOPES_BY_NAME)
-        raise ValueError(f"unknown scope {shown(unknown[0])} (known: {known})")
+        raise ValueError(
+            f"unknown scope {shown(unknown[0])} (known: {known}; a rollout scope may name one "
+            "rollout: rollout:advance:NAME)"
+        )
     if len(set(names)) != len(names):
         raise ValueError(f"scope listed twice in {shown(text)}")
-    return frozenset(_SCOPES_BY_NAME[name] for name in names)
+    return (
+        frozenset(_SCOPES_BY_NAME[n] for n in names if n in _SCOPES_BY_NAME),
+        frozenset(n for n in names if n not in _SCOPES_BY_NAME),
+    )
 
 
 def token_file_line(name: str, token: str, scopes: Iterable[Scope | str]) -> str:
@@ -221,7 +249,7 @@ def token_file_line(name: str, token: str, scopes: Iterable[Scope | str]) -> str
     listed = [Scope(s).value if isinstance(s, Scope) else s for s in scopes]
     if not listed:
         raise ValueError("no scope: expected at least one of " + ", ".join(_SCOPES_BY_NAME))
-    parse_scopes(",".join(listed))
+    parse_grants(",".join(listed))
     return f"{name}  {token_digest(token)}  {','.join(listed)}"
 
 
@@ -239,6 +267,7 @@ class _Entry:
     name: str
     digest: bytes
     scopes: frozenset[Scope]
+    rollout_scopes: frozenset[str] = frozenset()
 
 
 def _odd_character(content: str) -> str | None:
@@ -348,11 +377,11 @@ class TokenFile:
                     f"{where}: {name} has the token of line {digests[digest]}: one token, one name"
                 )
             try:
-                parsed = parse_scopes(scopes)
+                parsed, limited = parse_grants(scopes)
             except ValueError as error:
                 raise TokenFileError(f"{where}: {name}: {error}") from None
             names[name] = digests[digest] = number
-            entries.append(_Entry(name, digest.encode(), parsed))
+            entries.append(_Entry(name, digest.encode(), parsed, limited))
         return cls(entries, path)
 
     def identify(self, token: str) -> Identity | None:
@@ -366,7 +395,12 @@ class TokenFile:
         if found is None:
             return None
         return Identity(
-            found.name, found.scopes, "token_file", TOKEN_FILE_SUBJECT + found.name, found.name
+            found.name,
+            found.scopes,
+            "token_file",
+            TOKEN_FILE_SUBJECT + found.name,
+            found.name,
+            found.rollout_scopes,
         )
 
 
@@ -498,12 +532,14 @@ class OIDCVerifier:
         if not isinstance(sub, str) or not sub or len(sub) > 255:
             # the subject is who approves: a token without one names nobody in particular
             raise IdentityError(ReasonCode.INVALID_ACTOR, "no usable sub claim")
+        scopes, limited = _claimed_scopes(claims)
         return Identity(
             self._actor(claims),
-            _claimed_scopes(claims),
+            scopes,
             "oidc",
             OIDC_SUBJECT + sub,
             oidc_person(self.issuer, sub),
+            limited,
         )
 
     def _actor(self, claims: Mapping[str, Any]) -> str:
@@ -519,9 +555,10 @@ class OIDCVerifier:
         return actor
 
 
-def _claimed_scopes(claims: Mapping[str, Any]) -> frozenset[Scope]:
-    """The rollout scopes a token holds: `scope` as a space-separated string (RFC 8693,
-    RFC 9068) or `scp` as a list or string (Azure AD, Okta); other scopes are ignored."""
+def _claimed_scopes(claims: Mapping[str, Any]) -> tuple[frozenset[Scope], frozenset[str]]:
+    """The rollout scopes a token holds, everywhere and for one rollout: `scope` as a
+    space-separated string (RFC 8693, RFC 9068) or `scp` as a list or string (Azure AD,
+    Okta); other scopes are ignored."""
     names: list[str] = []
     for claim in ("scope", "scp"):
         value = claims.get(claim)
@@ -529,4 +566,7 @@ def _claimed_scopes(claims: Mapping[str, Any]) -> frozenset[Scope]:
             names += value.split()
         elif isinstance(value, list):
             names += [v for v in value if isinstance(v, str)]
-    return frozenset(_SCOPES_BY_NAME[n] for n in names if n in _SCOPES_BY_NAME)
+    return (
+        frozenset(_SCOPES_BY_NAME[n] for n in names if n in _SCOPES_BY_NAME),
+        frozenset(n for n in names if _LIMITED.fullmatch(n) is not None),
+    )

@@ -24,6 +24,12 @@ start). Anything else (`rollout.enabled`, `rollout.state_path`, `rollout.store`,
 and a file that changes it is refused, naming the key. A changed stage list is refused while a
 rollout runs: its state file is bound to the stage list it was written for (see
 `LiveSettings.apply`).
+
+With `rollouts:`, a rollout may be added while the service runs (where the service builds its
+managers live), and each one's `check_interval_seconds`, `min_requests`, `prometheus`,
+`status_url` and `notify_events` change live; removing one that runs, or changing whom it
+governs (`policies`, `cohort`), where its state is (`state_path`, `store`) or its stages, is
+refused naming `rollouts.NAME.KEY`.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import logging
 import re
@@ -56,6 +63,7 @@ from driftgate._messages import one_line, shown
 from driftgate.notify import Notifier
 from driftgate.rollout import LocalErrorRate, PrometheusErrorRate, RolloutManager
 from driftgate.settings import (
+    RolloutSettings,
     Settings,
     SettingsError,
     parse_values_file,
@@ -145,8 +153,11 @@ _LIVE_FIELDS = frozenset(
         "status_url",
         "max_unready_replicas",
         "admin_token_required",  # read at start only: whether the token's variable must be set
+        "rollouts",  # each rollout's own keys: see LiveSettings._rollouts_change
     }
 )
+# Keys of a `rollouts:` entry that change only with a restart: its state and whom it governs.
+_ROLLOUT_RESTART_ONLY = ("policies", "cohort", "state_path", "store")
 # Live where the service hands its approvers to LiveSettings (they are rebuilt from these),
 # restart-only where it does not.
 _APPROVER_FIELDS = frozenset(
@@ -219,12 +230,22 @@ class LiveSettings:
         gate: ReadinessGate | None = None,
         notifier: Callable[[Settings], Notifier | None] | None = None,
         approvers: Approvers | None = None,
+        rollouts: dict[str, RolloutManager] | None = None,
+        add_rollout: Callable[[RolloutSettings, Settings], RolloutManager | None] | None = None,
+        rollout_notifier: Callable[[RolloutSettings, Settings], Notifier | None] | None = None,
     ):
+        """`rollouts` are the managers of a `rollouts:` map by name (the service's own dict:
+        a rollout the values add while it runs is added to it, by `add_rollout`, which builds
+        its manager or answers None when its state cannot be used); `rollout_notifier`
+        builds one such rollout's notifier."""
         self._make_notifier = notifier
         self._approvers = approvers
         self._tracker = tracker
         self._enforcer = enforcer
         self._manager = manager
+        self._rollouts = {} if rollouts is None else rollouts
+        self._add_rollout = add_rollout
+        self._rollout_notifier = rollout_notifier
         self._lock = threading.Lock()
         self._current = LiveConfig(settings, gate or ReadinessGate(settings.gate, tracker))
 
@@ -253,6 +274,17 @@ class LiveSettings:
     def check_interval(self) -> timedelta:
         """The rollout's check interval in force now, for `run_rollout_monitor`."""
         return timedelta(seconds=self._current.settings.check_interval_seconds)
+
+    def check_interval_of(self, name: str) -> Callable[[], timedelta]:
+        """The check interval in force of the rollout `name`, for its monitor."""
+
+        def interval() -> timedelta:
+            for each in self._current.settings.all_rollouts():
+                if each.name == name:
+                    return timedelta(seconds=each.check_interval_seconds)
+            return self.check_interval()
+
+        return interval
 
     def apply(self, new: Settings) -> list[str]:
         """Makes `new` the configuration in force and returns the keys that changed, or raises
@@ -298,27 +330,128 @@ class LiveSettings:
                 except ValueError as error:  # the key and the file's line, never a digest
                     raise ReloadRefused(one_line(str(error))) from None
                 changed += approver_keys
+            # Last of what can fail: the rollouts the values add, built (their state read,
+            # their policies claimed) before anything changes, closed again if one cannot be.
+            commit_rollouts, rollout_keys = self._rollouts_change(old, new)
+            changed += rollout_keys
             # The commit: the enforcer's options in one step of the core, then one reference.
             self._enforcer.set_options(**options)
+            commit_rollouts()
             if self._manager is not None:
                 self._manager.min_requests = new.rollout_min_requests
                 if _source_fields(new.error_rate_source) != _source_fields(old.error_rate_source):
                     self._manager.error_rate_source = new.error_rate_source or LocalErrorRate(
                         self._enforcer, policies=self._manager.policies
                     )
-                if notifier_changed:
-                    # The old sinks send what they have queued, then stop.
-                    previous, self._manager.notifier = self._manager.notifier, notifier
-                    if notifier is not None and notifier.count is None:
-                        notifier.count = self._manager._count_notification
-                    if previous is not None:
-                        threading.Thread(target=previous.close, daemon=True).start()
+                if notifier_changed:  # the old sinks send what they have queued, then stop
+                    _swap_notifier(self._manager, notifier)
             if self._approvers is not None and approvers is not None:
                 self._approvers.adopt(approvers)
             self._current = LiveConfig(new, gate)
             return changed
 
+    def _rollouts_change(
+        self, old: Settings, new: Settings
+    ) -> tuple[Callable[[], None], list[str]]:
+        """What a reload changes of the `rollouts:` map: a step that applies it, and the keys
+        it changes; or ReloadRefused naming the key. A rollout may be added, and its check
+        interval, minimum, error-rate source, status URL and notified events change live; one
+        that runs cannot be removed, nor change its policies, cohort, state or stages."""
+        before = {each.name: each for each in old.rollouts}
+        after = {each.name: each for each in new.rollouts}
+        for name, running in before.items():
+            key = running.key
+            if name not in after:
+                raise ReloadRefused(
+                    f"{key}: removed (or disabled) while it runs; a rollout is removed only "
+                    "with a restart"
+                )
+            wanted = after[name]
+            for field in _ROLLOUT_RESTART_ONLY:
+                was, now = getattr(running, field), getattr(wanted, field)
+                if was != now:
+                    raise ReloadRefused(_restart_only(f"{key}.{field}", was, now))
+            manager = self._rollouts.get(name)
+            if manager is not None and list(wanted.config.stages) != list(manager.config.stages):
+                raise ReloadRefused(
+                    f"{key}.stages: changed ({len(wanted.config.stages)} stages, fingerprint "
+                    f"{wanted.config.fingerprint}), but its state was written for the running "
+                    f"list (fingerprint {manager.config.fingerprint}); a stage list changes "
+                    "only with a restart"
+                )
+        changed: list[str] = []
+        steps: list[Callable[[], None]] = []
+        for name, wanted in after.items():
+            was = before.get(name)
+            manager = self._rollouts.get(name)
+            if was is None:
+                changed.append(wanted.key)
+                continue
+            running = was
+            if manager is None:
+                continue  # its state was refused at start: nothing runs to change
+            if wanted.min_requests != running.min_requests:
+                changed.append(f"{wanted.key}.min_requests")
+                steps.append(functools.partial(setattr, manager, "min_requests",
+                                               wanted.min_requests))  # fmt: skip
+            if _source_fields(wanted.error_rate_source) != _source_fields(
+                running.error_rate_source
+            ):
+                changed.append(f"{wanted.key}.prometheus")
+                source = wanted.error_rate_source or LocalErrorRate(
+                    self._enforcer, policies=wanted.policies
+                )
+                steps.append(functools.partial(setattr, manager, "error_rate_source", source))
+            if wanted.check_interval_seconds != running.check_interval_seconds:
+                changed.append(f"{wanted.key}.check_interval_seconds")  # read by its monitor
+            sinks_changed = new.notifications != old.notifications
+            if sinks_changed or (wanted.notify_events, wanted.status_url) != (
+                running.notify_events,
+                running.status_url,
+            ):
+                if not sinks_changed:
+                    changed.append(f"{wanted.key}.notify_events")
+                if self._rollout_notifier is None:
+                    raise ReloadRefused(
+                        f"{wanted.key}: this service builds no notifier on reload; its "
+                        "notifications change only with a restart"
+                    )
+                try:
+                    notifier = self._rollout_notifier(wanted, new)
+                except ValueError as error:
+                    raise ReloadRefused(one_line(str(error))) from None
+                steps.append(functools.partial(_swap_notifier, manager, notifier))
+        added = [after[name] for name in after if name not in before]
+        built: dict[str, RolloutManager] = {}
+        if added and self._add_rollout is None:
+            raise ReloadRefused(
+                f"{added[0].key}: this service adds no rollout while it runs; it changes only "
+                "with a restart"
+            )
+        try:
+            for wanted in added:
+                assert self._add_rollout is not None
+                manager = self._add_rollout(wanted, new)
+                if manager is not None:
+                    built[wanted.name] = manager
+        except ValueError as error:  # e.g. a policy another rollout's manager holds
+            for manager in built.values():
+                manager.close()
+            raise ReloadRefused(f"{wanted.key}: {one_line(str(error))}") from None
+
+        def commit() -> None:
+            for step in steps:
+                step()
+            self._rollouts.update(built)
+
+        return commit, changed
+
     def _refuse_restart_only(self, old: Settings, new: Settings) -> None:
+        if bool(old.rollouts) != bool(new.rollouts) and (old.rollout or new.rollout):
+            raise ReloadRefused(
+                "rollouts: the values change from rollout to rollouts (or back) while the "
+                "service runs; that changes only with a restart"
+            )
         if (old.rollout is None) != (new.rollout is None):
             raise ReloadRefused(
                 f"rollout.enabled: {'true' if new.rollout is not None else 'false'} differs from "
@@ -393,6 +526,16 @@ class LiveSettings:
         if new.status_url != old.status_url:
             changed.append("rollout.status_url")
         return changed
+
+
+def _swap_notifier(manager: RolloutManager, notifier: Notifier | None) -> None:
+    """`notifier` for `manager`'s next notifications; the old one sends what it holds, then
+    stops."""
+    previous, manager.notifier = manager.notifier, notifier
+    if notifier is not None and notifier.count is None:
+        notifier.count = manager._count_notification
+    if previous is not None:
+        threading.Thread(target=previous.close, name="driftgate-notify-close", daemon=True).start()
 
 
 MAX_WATCHED_BYTES = 1 << 20

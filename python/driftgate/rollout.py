@@ -593,7 +593,9 @@ class RolloutManager(_RolloutManager):
         """Where the rollout stands: the current stage, its index, elapsed and minimum time,
         `state`, the enforced percentage, the version and the last `transitions` transitions
         (oldest first)."""
-        return build_status(self._snapshot(), transitions, self._store, self._last_check)
+        enforcer = self.enforcer
+        enforcing = enforcer is not None and enforcer.options.enforce
+        return build_status(self._snapshot(), transitions, self._store, self._last_check, enforcing)
 
     async def check_and_advance(self) -> Decision:
         """Reads the error-rate source (a blocking one in a worker thread, with

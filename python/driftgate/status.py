@@ -149,6 +149,9 @@ class RolloutStatus(TypedDict):
     started_at: str
     state: RolloutState
     enforced_percentage: float
+    # False while enforce_enabled is off (the kill switch): every request is shadow only,
+    # whatever the stage's percentage says.
+    enforcing: bool
     last_error_rate: float | None
     version: int
     etag: str
@@ -209,10 +212,11 @@ def build_status(
     transitions: int,
     store: Any = None,
     last_check: tuple[float, Any] | None = None,
+    enforcing: bool = True,
 ) -> RolloutStatus:
     """The status from a manager's snapshot, with the last `transitions` transitions; `store`
-    is the manager's shared store, if any, and `last_check` its last check, `(wall time,
-    Decision)`, if any."""
+    is the manager's shared store, if any, `last_check` its last check, `(wall time,
+    Decision)`, if any, and `enforcing` whether its enforcer enforces at all."""
     stages = snapshot["stages"]
     index = snapshot["stage_index"]
     stage = stages[index]
@@ -240,6 +244,7 @@ def build_status(
         "started_at": format_time(snapshot["started_at"]),
         "state": RolloutState(snapshot["state"]),
         "enforced_percentage": snapshot["enforced_percentage"],
+        "enforcing": enforcing,
         "last_error_rate": snapshot["last_error_rate"],
         "version": snapshot["version"],
         "etag": entity_tag(snapshot["incarnation"], snapshot["version"]),

@@ -205,14 +205,20 @@ class Approvers:
                 return None
             # Off the event loop: an OIDC token may make the key set be fetched.
             return await run_in_threadpool(
-                self._authorize, in_force, request.headers.get("authorization"), Scope.READ
+                self._authorize,
+                in_force,
+                request.headers.get("authorization"),
+                Scope.READ,
+                rollout_of(request),
             )
 
         return self._declared(status_reader, Scope.READ, Identity, self.declares_protected_status)
 
     def _dependency(self, scope: Scope | None, answer: type[Any]) -> Callable[..., Any]:
         def require_approver(request: Request, **_declared: Any) -> Any:
-            identity = self.authorize(request.headers.get("authorization"), scope)
+            identity = self.authorize(
+                request.headers.get("authorization"), scope, rollout_of(request)
+            )
             return identity if answer is Identity else identity.name
 
         return self._declared(require_approver, scope, answer, True)
@@ -245,22 +251,30 @@ class Approvers:
         )
         return dependency
 
-    def authorize(self, authorization: str | None, scope: Scope | None) -> Identity:
-        """The approver an Authorization header names, if it holds `scope`; else the
-        HTTPException to answer: 403 ADMIN_DISABLED (nothing configured), 401
-        MISSING_CREDENTIALS, 403 INVALID_CREDENTIALS / TOKEN_EXPIRED / INVALID_ACTOR,
-        403 "MISSING_SCOPE: <scope>", 503 IDENTITY_PROVIDER (the issuer's keys are out of
-        reach)."""
-        return self._authorize(self._in_force, authorization, scope)
+    def authorize(
+        self, authorization: str | None, scope: Scope | None, rollout: str | None = None
+    ) -> Identity:
+        """The approver an Authorization header names, if it holds `scope` (everywhere, or
+        for `rollout`); else the HTTPException to answer: 403 ADMIN_DISABLED (nothing
+        configured), 401 MISSING_CREDENTIALS, 403 INVALID_CREDENTIALS / TOKEN_EXPIRED /
+        INVALID_ACTOR, 403 "MISSING_SCOPE: <scope>", 503 IDENTITY_PROVIDER (the issuer's keys
+        are out of reach)."""
+        return self._authorize(self._in_force, authorization, scope, rollout)
 
     def _authorize(
-        self, in_force: _InForce, authorization: str | None, scope: Scope | None
+        self,
+        in_force: _InForce,
+        authorization: str | None,
+        scope: Scope | None,
+        rollout: str | None = None,
     ) -> Identity:
         if not in_force.configured:
+            logger.info("admin request refused: %s", ReasonCode.ADMIN_DISABLED.value)
             raise HTTPException(status.HTTP_403_FORBIDDEN, ReasonCode.ADMIN_DISABLED.value)
         kind, token = get_authorization_scheme_param(authorization)
         token = token.strip()
         if kind.lower() != "bearer" or not token:
+            logger.info("admin request refused: %s", ReasonCode.MISSING_CREDENTIALS.value)
             raise HTTPException(
                 status.HTTP_401_UNAUTHORIZED,
                 ReasonCode.MISSING_CREDENTIALS.value,
@@ -273,7 +287,14 @@ class Approvers:
             raise HTTPException(
                 _ERROR_STATUS.get(error.reason, status.HTTP_403_FORBIDDEN), error.reason.value
             ) from None
-        if scope is not None and not identity.allows(scope):
+        if scope is not None and not identity.allows(scope, rollout):
+            # the name passed the actor rule: no request data reaches the log
+            logger.info(
+                "admin request refused: %s %s for %s",
+                ReasonCode.MISSING_SCOPE.value,
+                scope.value,
+                identity.name,
+            )
             raise HTTPException(
                 status.HTTP_403_FORBIDDEN,
                 f"{ReasonCode.MISSING_SCOPE.value}: {scope.value}",
@@ -372,6 +393,21 @@ class Approvers:
         """Makes `other`'s approvers the ones in force, from the next request on, in one step
         (its schemes are not taken: the OpenAPI keeps declaring these)."""
         self._in_force = other._in_force
+
+
+DEFAULT_ROLLOUT = "default"
+
+
+def rollout_of(request: Request) -> str | None:
+    """The rollout a request acts on, for scopes limited to one: its `{rollout}` path
+    parameter, `default` on the rollout's own paths (`/api/guardian/rollout/...`), None
+    elsewhere (a configuration reload is no rollout's)."""
+    named = request.path_params.get("rollout")
+    if isinstance(named, str):
+        return named
+    route = request.scope.get("route")
+    name = getattr(route, "name", "") or ""
+    return DEFAULT_ROLLOUT if name.startswith("driftgate:rollout_") else None
 
 
 def bearer_token_admin(token: str | None) -> Approvers:

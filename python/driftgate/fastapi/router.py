@@ -10,7 +10,7 @@ import math
 import os
 import re
 import threading
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from typing import Annotated, Any, Protocol, TypeVar
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
@@ -27,6 +27,7 @@ from driftgate._core import (
 )
 from driftgate.exposition import render
 from driftgate.fastapi.auth import (
+    DEFAULT_ROLLOUT,
     TOKEN_ENV,
     AdminDependency,
     bearer_token_admin,
@@ -136,6 +137,45 @@ class MoveRequest(BaseModel):
 
 # Kept under its old name for code that imported it.
 RollbackRequest = MoveRequest
+
+
+class RolloutLine(BaseModel):
+    """One rollout of a service, as `GET /api/guardian/rollouts` lists it."""
+
+    name: str
+    stage: str
+    stage_index: int
+    total_stages: int
+    percentage: float = Field(description="The enforced share of its policies now.")
+    state: str
+    version: int
+    etag: str
+    waiting_for: str = Field(description="What the next step waits for, as the status says.")
+    policies: list[str] | None = Field(
+        description="The policies it governs; null: every policy no other rollout governs."
+    )
+
+
+class RolloutList(BaseModel):
+    rollouts: list[RolloutLine]
+
+
+def summary(name: str, rollout: RolloutManager) -> dict[str, Any]:
+    """A rollout's line of the list: from its published snapshot, no lock, no store call."""
+    report = rollout.get_status(transitions=0)
+    policies = getattr(rollout, "policies", None)  # until the core names them
+    return {
+        "name": name,
+        "stage": report["current_stage"]["name"],
+        "stage_index": report["stage_index"],
+        "total_stages": report["total_stages"],
+        "percentage": report["enforced_percentage"],
+        "state": report["state"],
+        "version": report["version"],
+        "etag": report["etag"],
+        "waiting_for": report["waiting_for"],
+        "policies": None if policies is None else list(policies),
+    }
 
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -379,6 +419,8 @@ def create_router(
     readiness_checks: Sequence[ReadinessCheck] = (),
     probe_prefix: str = "/api/v1",
     rollout_prefix: str = "/api/guardian/rollout",
+    rollouts: Mapping[str, RolloutManager] | None = None,
+    rollouts_prefix: str = "/api/guardian/rollouts",
     reload: Callable[[str], Any] | None = None,
     readiness_budget: ReadinessBudget | None = None,
     max_pending_moves: int = MAX_PENDING_MOVES,
@@ -395,7 +437,12 @@ def create_router(
     callables returning a reason code while the service must not be ready (e.g.
     ReasonCode.STATE_FILE), None otherwise.
     `probe_prefix` places healthz, readyz and metrics (`""` serves `/healthz`, `/readyz`,
-    `/metrics`); `rollout_prefix` places status, advance and rollback. With `reload` (e.g.
+    `/metrics`); `rollout_prefix` places status, state, advance and rollback of `manager`.
+    `rollouts` (a mapping from name to manager, read at every request, so a service may add
+    one while it runs) serves each under `{rollouts_prefix}/{name}/...`, lists them all at
+    `GET {rollouts_prefix}` and answers 404 UNKNOWN_ROLLOUT for a name it does not hold;
+    its `default` one (or `manager`) is the one under `rollout_prefix`. A scope limited to one
+    rollout (`rollout:advance:orders`) holds there only. With `reload` (e.g.
     `ConfigReloader.reload`), `POST {probe_prefix}/admin/reload` reloads the configuration.
     With `readiness_budget` (`RedisStateStore.readiness_budget`), drift (DRIFT_GATE, from the
     gate or a readiness check) fails readiness only while this replica holds one of the fleet's
@@ -418,6 +465,7 @@ def create_router(
     # endpoints of the application may hold; two, for a pair of Prometheus servers.
     renderer = Workers(2, "driftgate-metrics")
     rollout_path = _prefix(rollout_prefix, "rollout_prefix")
+    rollouts_path = _prefix(rollouts_prefix, "rollouts_prefix")
     registry = registry or tracker.registry
     require_admin = admin or bearer_token_admin(os.environ.get(TOKEN_ENV) or None)
     read_guard = status_guard(require_admin)  # rollout:read, while the status is protected
@@ -489,57 +537,35 @@ def create_router(
 
     # async: a sync dependency would take a token of the shared thread pool.
     async def require_manager() -> RolloutManager:
-        if manager is None:
+        default = manager if rollouts is None else rollouts.get(DEFAULT_ROLLOUT, manager)
+        if default is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, ReasonCode.NO_ROLLOUT.value)
-        return manager
+        return default
+
+    async def require_named(rollout: str) -> RolloutManager:
+        named = None if rollouts is None else rollouts.get(rollout)
+        if named is None and rollout == DEFAULT_ROLLOUT:
+            named = manager
+        if named is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, ReasonCode.UNKNOWN_ROLLOUT.value)
+        return named
+
+    def every_rollout() -> dict[str, RolloutManager]:
+        found = dict(rollouts or {})
+        if manager is not None:
+            found.setdefault(DEFAULT_ROLLOUT, manager)
+        return dict(sorted(found.items()))
 
     @router.get(
-        f"{rollout_path}/status",
-        response_model=RolloutStatus,
-        responses={
-            **STATUS_ERRORS,
-            **(_errors(401, 403, 503) if read_declared else {}),
-            304: {"description": "Not modified: If-None-Match names the current ETag."},
-        },
-        name="driftgate:rollout_status",
+        rollouts_path,
+        response_model=RolloutList,
+        responses={**(_errors(401, 403, 503) if read_declared else {})},
+        name="driftgate:rollouts",
         dependencies=read_guard,
     )
-    async def rollout_status(
-        request: Request,
-        response: Response,
-        rollout: Annotated[RolloutManager, Depends(require_manager)],
-    ) -> Any:
-        # The published snapshot: no manager lock and no store call, so on the event loop.
-        report = rollout.get_status()
-        tag = report["etag"]
-        if _none_match(request.headers.get("if-none-match"), tag):
-            return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": tag})
-        response.headers["ETag"] = tag
-        return report
-
-    @router.get(
-        f"{rollout_path}/state",
-        response_class=Response,
-        responses={
-            **STATUS_ERRORS,
-            **_errors(503),
-            **(_errors(401, 403) if read_declared else {}),
-            200: {"content": {"application/json": {}}},
-        },
-        name="driftgate:rollout_state",
-        dependencies=read_guard,
-    )
-    async def rollout_state(
-        rollout: Annotated[RolloutManager, Depends(require_manager)],
-    ) -> Response:
-        """The whole rollout document this replica holds (what `driftgate state export`
-        saves): position, history, version, incarnation. As public as the status."""
-        document = rollout._document()  # from the published snapshot: no lock, no store call
-        if document is None:
-            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, ReasonCode.STATE_STORE.value)
-        held = json.loads(document)
-        tag = entity_tag(held.get("incarnation", ""), held["version"])
-        return Response(document, media_type="application/json", headers={"ETag": tag})
+    async def rollout_list() -> dict[str, Any]:
+        """Every rollout of this service, one line each: from the published snapshots."""
+        return {"rollouts": [summary(name, each) for name, each in every_rollout().items()]}
 
     def expected_state(
         request: Request, body: MoveRequest, rollout: RolloutManager
@@ -588,6 +614,7 @@ def create_router(
     def moved(
         move: Callable[[tuple[int, str | None] | None], Decision],
         precondition: Callable[[], tuple[int, str | None] | None],
+        rollout: RolloutManager,
     ) -> dict[str, Any]:
         try:
             expected = precondition()
@@ -611,20 +638,18 @@ def create_router(
         except StateError as error:
             # A shared store that is away, or holds what is not this rollout, is the store's
             # problem; a state file that cannot be written is the file's.
-            shared = isinstance(error, StateStoreError) or (
-                manager is not None and manager.store is not None
-            )
+            shared = isinstance(error, StateStoreError) or rollout.store is not None
             code = ReasonCode.STATE_STORE if shared else ReasonCode.STATE_FILE
             # The answer is a fixed code; the log says which value or step was at fault (a
             # store's description never carries its password).
             logger.warning("rollout move refused (%s): %s", code.value, error)
             raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, code.value) from None
         if decision.action == DecisionAction.CONFLICT:
-            if expected is not None and manager is not None:
+            if expected is not None:
                 raise HTTPException(
                     status.HTTP_412_PRECONDITION_FAILED,
                     ReasonCode.VERSION_MISMATCH.value,
-                    headers={"ETag": etag(*current_tag(manager))},
+                    headers={"ETag": etag(*current_tag(rollout))},
                 )
             raise HTTPException(status.HTTP_409_CONFLICT, ReasonCode.STATE_CONFLICT.value)
         if not decision.success:
@@ -664,40 +689,98 @@ def create_router(
                     operation=operation,
                 ),
                 lambda: expected_state(request, body, rollout),
+                rollout,
             )
         )
 
-    @router.post(
-        f"{rollout_path}/advance",
-        response_model=MoveBody,
-        responses=ADMIN_ERRORS,
-        name="driftgate:rollout_advance",
-        openapi_extra=json_body_schema(MoveRequest, required=False),
-    )
-    async def rollout_advance(
-        request: Request,
-        approver: Annotated[Identity, Depends(identified(require_admin, Scope.ADVANCE))],
-        rollout: Annotated[RolloutManager, Depends(require_manager)],
-        body: Annotated[MoveRequest, Depends(move_body)],
-    ) -> dict[str, Any]:
-        # The approvals of a stage needing several count people, not the names they use.
-        advance = functools.partial(rollout.manual_advance, person=approver.person)
-        return await admin_move(advance, request, approver.name, rollout, body)
+    def rollout_routes(path: str, find: Callable[..., Any], route: str) -> None:
+        """Status, state, advance and rollback of the rollout `find` answers, under `path`;
+        `route` names them (`driftgate:{route}_status`, ...)."""
 
-    @router.post(
-        f"{rollout_path}/rollback",
-        response_model=MoveBody,
-        responses=ADMIN_ERRORS,
-        name="driftgate:rollout_rollback",
-        openapi_extra=json_body_schema(MoveRequest, required=False),
-    )
-    async def rollout_rollback(
-        request: Request,
-        actor: Annotated[str, Depends(scoped(require_admin, Scope.ROLLBACK))],
-        rollout: Annotated[RolloutManager, Depends(require_manager)],
-        body: Annotated[MoveRequest, Depends(move_body)],
-    ) -> dict[str, Any]:
-        return await admin_move(rollout.manual_rollback, request, actor, rollout, body)
+        @router.get(
+            f"{path}/status",
+            response_model=RolloutStatus,
+            responses={
+                **STATUS_ERRORS,
+                **(_errors(401, 403, 503) if read_declared else {}),
+                304: {"description": "Not modified: If-None-Match names the current ETag."},
+            },
+            name=f"driftgate:{route}_status",
+            dependencies=read_guard,
+        )
+        async def rollout_status(
+            request: Request,
+            response: Response,
+            rollout: Annotated[RolloutManager, Depends(find)],
+        ) -> Any:
+            # The published snapshot: no manager lock and no store call, so on the event loop.
+            report = rollout.get_status()
+            tag = report["etag"]
+            if _none_match(request.headers.get("if-none-match"), tag):
+                return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": tag})
+            response.headers["ETag"] = tag
+            return report
+
+        @router.get(
+            f"{path}/state",
+            response_class=Response,
+            responses={
+                **STATUS_ERRORS,
+                **_errors(503),
+                **(_errors(401, 403) if read_declared else {}),
+                200: {"content": {"application/json": {}}},
+            },
+            name=f"driftgate:{route}_state",
+            dependencies=read_guard,
+        )
+        async def rollout_state(
+            rollout: Annotated[RolloutManager, Depends(find)],
+        ) -> Response:
+            """The whole rollout document this replica holds (what `driftgate state export`
+            saves): position, history, version, incarnation. As public as the status."""
+            document = rollout._document()  # the published snapshot: no lock, no store call
+            if document is None:
+                raise HTTPException(
+                    status.HTTP_503_SERVICE_UNAVAILABLE, ReasonCode.STATE_STORE.value
+                )
+            held = json.loads(document)
+            tag = entity_tag(held.get("incarnation", ""), held["version"])
+            return Response(document, media_type="application/json", headers={"ETag": tag})
+
+        @router.post(
+            f"{path}/advance",
+            response_model=MoveBody,
+            responses=ADMIN_ERRORS,
+            name=f"driftgate:{route}_advance",
+            openapi_extra=json_body_schema(MoveRequest, required=False),
+        )
+        async def rollout_advance(
+            request: Request,
+            approver: Annotated[Identity, Depends(identified(require_admin, Scope.ADVANCE))],
+            rollout: Annotated[RolloutManager, Depends(find)],
+            body: Annotated[MoveRequest, Depends(move_body)],
+        ) -> dict[str, Any]:
+            # The approvals of a stage needing several count people, not the names they use.
+            advance = functools.partial(rollout.manual_advance, person=approver.person)
+            return await admin_move(advance, request, approver.name, rollout, body)
+
+        @router.post(
+            f"{path}/rollback",
+            response_model=MoveBody,
+            responses=ADMIN_ERRORS,
+            name=f"driftgate:{route}_rollback",
+            openapi_extra=json_body_schema(MoveRequest, required=False),
+        )
+        async def rollout_rollback(
+            request: Request,
+            actor: Annotated[str, Depends(scoped(require_admin, Scope.ROLLBACK))],
+            rollout: Annotated[RolloutManager, Depends(find)],
+            body: Annotated[MoveRequest, Depends(move_body)],
+        ) -> dict[str, Any]:
+            return await admin_move(rollout.manual_rollback, request, actor, rollout, body)
+
+    rollout_routes(rollout_path, require_manager, "rollout")
+    rollout_routes(f"{rollouts_path}/{{rollout}}", require_named, "rollouts")
 
     if reload is not None:
         from driftgate.fastapi.admin import create_admin_router

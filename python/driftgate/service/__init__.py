@@ -55,11 +55,12 @@ from driftgate.notify import Notifier
 from driftgate.readiness_budget import ReadinessBudget
 from driftgate.reasons import ReasonCode
 from driftgate.reload import ConfigReloader, LiveSettings, ReloadResult
-from driftgate.rollout import ErrorRateSource, RolloutManager, rollout_monitor
+from driftgate.rollout import ErrorRateSource, LocalErrorRate, RolloutManager, rollout_monitor
 from driftgate.service.environment import from_environment
 from driftgate.service.sinks import build_notifier, sink_environment
 from driftgate.service.stores import build_store, store_environment
 from driftgate.settings import (
+    RolloutSettings,
     Settings,
     SettingsError,
     load_settings,
@@ -152,7 +153,7 @@ class Service:
         registry: MetricsRegistry | None = None,
         clock: Clock | None = None,
         admin: AdminDependency | None = None,
-        error_rate_source: ErrorRateSource | None = None,
+        error_rate_source: ErrorRateSource | Mapping[str, ErrorRateSource] | None = None,
         watch: bool = True,
         probe_prefix: str = "/api/v1",
         rollout_prefix: str = "/api/guardian/rollout",
@@ -164,12 +165,16 @@ class Service:
         secrets the values name are read (default: the process's environment). `admin`, your
         own FastAPI dependency returning the actor's name, replaces the approvers the values
         describe. `error_rate_source` replaces the rollout's (`rollout.prometheus`, else the
-        enforced cohort's own errors). `clock` and `registry` are for tests."""
+        enforced cohort's own errors); a mapping gives one per rollout name. `clock` and
+        `registry` are for tests."""
         self._state_dir = None if state_dir is None else Path(state_dir)
         settings = self._placed(settings)
         self._lock = threading.Lock()
         self._running = False
         self._closed = False
+        # While the app runs: its event loop, and the stack its rollouts' monitors run in.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._monitors: contextlib.AsyncExitStack | None = None
         # Every variable the values name, then the approvers (a bad token file): either
         # stops the start before anything is made.
         check_environment(settings, environ)
@@ -179,39 +184,47 @@ class Service:
         )
         self.tracker = DriftTracker(clock=clock, registry=self.registry)
         self.enforcer = Enforcer(settings.enforce, self.tracker)
-        self.store: RedisStateStore | None = None
         self.problems: list[str] = []  # reason codes that hold readiness at 503
-        manager: RolloutManager | None = None
-        if settings.rollout is not None:
-            self.store = None if settings.store is None else build_store(settings.store, environ)
-            try:
-                manager = self._rollout(settings, environ, clock, error_rate_source)
-            except BaseException:
-                if self.store is not None:
-                    self.store.close()
-                raise
-        self.rollouts: Mapping[str, RolloutManager] = MappingProxyType(
-            {} if manager is None else {DEFAULT_ROLLOUT: manager}
-        )
-        store = self.store
+        self._environ = environ
+        self._clock = clock
+        self._error_rate_source = error_rate_source
+        # Each rollout's shared store, by the rollout's name (none for a local state file).
+        self.stores: dict[str, RedisStateStore] = {}
+        # The managers by name: the router and the reloader read this very dict, so a rollout
+        # the values add while the service runs serves at once.
+        self._managers: dict[str, RolloutManager] = {}
+        try:
+            for each in settings.all_rollouts():
+                manager = self._build_rollout(each, settings)
+                if manager is not None:
+                    self._managers[each.name] = manager
+        except BaseException:
+            for store in self.stores.values():
+                store.close()
+            raise
+        self.rollouts: Mapping[str, RolloutManager] = MappingProxyType(self._managers)
         # What the values file drives while the service runs; readiness asks its gate in force.
+        default = self._managers.get(DEFAULT_ROLLOUT) if not settings.rollouts else None
         self.live = LiveSettings(
             settings,
             tracker=self.tracker,
             enforcer=self.enforcer,
-            manager=manager,
+            manager=default,
             gate=ReadinessGate(settings.gate, self.tracker),
-            notifier=lambda new: build_notifier(
-                new, None if store is None else store.claim, environ
-            ),
+            notifier=lambda new: self._notifier(new.all_rollouts()[0], new),
             # the approvers the values describe: a reload swaps who they are
             approvers=self.approvers if isinstance(self.approvers, Approvers) else None,
+            rollouts=self._managers if settings.rollouts else None,
+            add_rollout=self._add_rollout,
+            rollout_notifier=self._notifier,
         )
         # With a shared store, at most max_unready_replicas replicas fail readiness for drift
-        # at once; the store's follower asks the gate in force and keeps this replica's slot.
+        # at once; the follower of the first rollout's store asks the gate in force and keeps
+        # this replica's slot (readiness is the replica's, not a rollout's).
         self.readiness_budget: ReadinessBudget | None = None
-        if store is not None and manager is not None:
-            self.readiness_budget = store.readiness_budget(
+        first = next((self.stores[n] for n in sorted(self.stores) if n in self._managers), None)
+        if first is not None:
+            self.readiness_budget = first.readiness_budget(
                 self.live.check, max_unready=self.live.max_unready_replicas, registry=self.registry
             )
         self.reloader: ConfigReloader | None = None
@@ -228,7 +241,7 @@ class Service:
             )
         self.router: APIRouter = create_router(
             tracker=self.tracker,
-            manager=manager,
+            rollouts=self._managers,
             registry=self.registry,
             admin=self.approvers,
             gate=self.live,  # the gate the values file has in force, through reloads
@@ -267,6 +280,11 @@ class Service:
     def rollout(self) -> RolloutManager | None:
         """The `default` rollout (the values' `rollout:`), or None without one."""
         return self.rollouts.get(DEFAULT_ROLLOUT)
+
+    @property
+    def store(self) -> RedisStateStore | None:
+        """The `default` rollout's shared store, or None (a local state file, or none)."""
+        return self.stores.get(DEFAULT_ROLLOUT)
 
     @property
     def notifier(self) -> Notifier | None:
@@ -312,25 +330,34 @@ class Service:
         try:
             async with contextlib.AsyncExitStack() as running:
                 running.push_async_callback(asyncio.to_thread, self._stop)
-                if self.store is not None:
-                    for manager in self.rollouts.values():
-                        self.store.follow(manager)
+                self._loop = asyncio.get_running_loop()
+                self._monitors = running
+                for name, manager in list(self._managers.items()):
+                    await self._run_rollout(name, manager)
                 if self.reloader is not None:
                     await running.enter_async_context(self.reloader.running())
-                for manager in self.rollouts.values():
-                    await running.enter_async_context(
-                        rollout_monitor(manager, self.live.check_interval)
-                    )
                 yield
         finally:
             with self._lock:
                 self._running = False
+                self._loop = None
+                self._monitors = None
+
+    async def _run_rollout(self, name: str, manager: RolloutManager) -> None:
+        """One rollout's part of a run: its store followed, its monitor on its interval."""
+        assert self._monitors is not None
+        store = self.stores.get(name)
+        if store is not None:
+            store.follow(manager)
+        await self._monitors.enter_async_context(
+            rollout_monitor(manager, self.live.check_interval_of(name))
+        )
 
     def _stop(self) -> None:
-        """The end of a run: the follower, the lease and slot, the notifier's worker."""
-        if self.store is not None:
-            self.store.unfollow()
-        for manager in self.rollouts.values():
+        """The end of a run: the followers, the leases and slot, the notifiers' workers."""
+        for store in self.stores.values():
+            store.unfollow()
+        for manager in self._managers.values():
             if manager.notifier is not None:
                 manager.notifier.close()
 
@@ -342,55 +369,109 @@ class Service:
                 return
             self._closed = True
         self._stop()
-        if self.store is not None:
-            self.store.close()
+        for store in self.stores.values():
+            store.close()
 
     # -- building ----------------------------------------------------------------------------
 
     def _placed(self, loaded: Settings) -> Settings:
-        if self._state_dir is None:
+        """`loaded` with every rollout's state file in `state_dir`, if given."""
+        folder = self._state_dir
+        if folder is None:
             return loaded
-        return dataclasses.replace(loaded, state_path=self._state_dir / loaded.state_path.name)
+        return dataclasses.replace(
+            loaded,
+            state_path=folder / loaded.state_path.name,
+            rollouts=tuple(
+                dataclasses.replace(each, state_path=folder / each.state_path.name)
+                for each in loaded.rollouts
+            ),
+        )
 
     def _problem(self) -> str | None:
         return self.problems[0] if self.problems else None
 
-    def _rollout(
-        self,
-        settings: Settings,
-        environ: Mapping[str, str] | None,
-        clock: Clock | None,
-        error_rate_source: ErrorRateSource | None,
-    ) -> RolloutManager | None:
-        assert settings.rollout is not None
-        store = self.store
-        if store is None:
-            settings.state_path.parent.mkdir(parents=True, exist_ok=True)
-        notifier = build_notifier(settings, None if store is None else store.claim, environ)
+    def _notifier(self, rollout: RolloutSettings, settings: Settings) -> Notifier | None:
+        store = self.stores.get(rollout.name)
+        claim = None if store is None else store.claim
+        return build_notifier(settings, claim, self._environ, rollout=rollout)
+
+    def _build_rollout(self, each: RolloutSettings, settings: Settings) -> RolloutManager | None:
+        """The manager of one rollout, its store made first; None, and the service held
+        not-ready and shadow-only, when its state cannot be used (fail closed)."""
+        store = None if each.store is None else build_store(each.store, self._environ)
+        if store is not None:
+            self.stores[each.name] = store
+        else:
+            each.state_path.parent.mkdir(parents=True, exist_ok=True)
+        notifier = self._notifier(each, settings)
+        source = self._error_rate_source
+        if isinstance(source, Mapping):
+            source = source.get(each.name)
+        if source is None and each.error_rate_source is not None:
+            source = each.error_rate_source
+        if source is None and each.policies is not None:
+            source = LocalErrorRate(self.enforcer, policies=each.policies)
+        governed: dict[str, Any] = {}
+        if each.policies is not None:  # a rollout of `rollouts:`, not the one of `rollout:`
+            governed = {
+                "rollout": each.name,
+                "policies": list(each.policies),
+                "cohort": each.cohort,
+                "name": each.name,
+            }
         try:
             return RolloutManager(
-                settings.rollout,
+                each.config,
                 enforcer=self.enforcer,
                 registry=self.registry,
-                state_path=None if store is not None else settings.state_path,
+                state_path=None if store is not None else each.state_path,
                 store=store,
                 follow=False,  # from the start of each run of the app: see lifespan
-                clock=clock,
-                min_requests=settings.rollout_min_requests,
-                error_rate_source=error_rate_source or settings.error_rate_source,
+                clock=self._clock,
+                min_requests=each.min_requests,
+                error_rate_source=source,
                 notifier=notifier,
+                **governed,
             )
         except StateError as error:
             # Fail closed: keep serving shadow-only, report not-ready until someone looks.
-            logger.error("rollout disabled: %s", error)
+            logger.error("rollout %s disabled: %s", each.name, error)
             if notifier is not None:
                 notifier.close()
             if store is not None:
                 store.close()
-                self.store = None
+                del self.stores[each.name]
             self.enforcer.set_options(rollout_percent=0)
             self.problems.append(ReasonCode.STATE_FILE.value)
             return None
+        except BaseException:
+            if notifier is not None:
+                notifier.close()
+            raise
+
+    def _add_rollout(self, each: RolloutSettings, settings: Settings) -> RolloutManager | None:
+        """A rollout the values add while the service runs (a reload calls it, off the event
+        loop): built as at start, and, while the app runs, followed and monitored at once."""
+        try:
+            manager = self._build_rollout(each, settings)
+        except SettingsError as error:
+            raise ValueError(str(error)) from None
+        loop = self._loop
+        if manager is not None and loop is not None:
+            started = self._run_rollout(each.name, manager)
+            if _running_loop() is loop:
+                loop.create_task(started)  # called on the loop itself: it starts next
+            else:
+                asyncio.run_coroutine_threadsafe(started, loop).result()
+        return manager
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def current_service(request: Request) -> Service:

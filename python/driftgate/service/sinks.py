@@ -6,12 +6,13 @@ made) and its name in the settings' `_Notification` model."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from driftgate.notify import Claim, Event, Notifier, Sink, SlackSink, WebhookSink
 from driftgate.service.environment import from_environment
-from driftgate.settings import NotificationSettings, Settings, SettingsError
+from driftgate.settings import NotificationSettings, RolloutSettings, Settings, SettingsError
 
 __all__ = ["SINK_KINDS", "SinkKind", "build_notifier", "build_sink", "sink_environment"]
 
@@ -86,13 +87,23 @@ def build_notifier(
     settings: Settings,
     claim: Claim | None = None,
     environ: Mapping[str, str] | None = None,
+    *,
+    rollout: RolloutSettings | None = None,
 ) -> Notifier | None:
     """The notifier of every sink the values name, or None without any; in a fleet, `claim`
-    (the shared store's) lets one replica send each notification."""
-    sinks = [
-        build_sink(entry, f"notifications[{i}]", environ)
-        for i, entry in enumerate(settings.notifications)
-    ]
+    (the shared store's) lets one replica send each notification. For one rollout of
+    `rollouts:`, each sink takes only the events of its `notify_events` too, and the status
+    link is its `status_url`."""
+    only = set(rollout.notify_events) if rollout is not None and rollout.notify_events else None
+    sinks = []
+    for i, entry in enumerate(settings.notifications):
+        if only is not None:
+            events = tuple(e for e in (entry.events or tuple(only)) if e in only)
+            if not events:
+                continue  # nothing this rollout announces goes to this sink
+            entry = dataclasses.replace(entry, events=events)
+        sinks.append(build_sink(entry, f"notifications[{i}]", environ))
     if not sinks:
         return None
-    return Notifier(sinks, claim=claim, status_url=settings.status_url)
+    status_url = settings.status_url if rollout is None else rollout.status_url
+    return Notifier(sinks, claim=claim, status_url=status_url)
