@@ -137,7 +137,8 @@ def test_the_server_loaded_every_rule_group(fleet):
 def dashboard_queries() -> list[tuple[str, str]]:
     board = json.loads(DASHBOARD.read_text())
     return [
-        (panel["title"], target["expr"].replace("$job", "verifier"))
+        # the fleet's replicas serve one rollout, which is named default
+        (panel["title"], target["expr"].replace("$job", "verifier").replace("$rollout", "default"))
         for panel in board["panels"]
         if panel["type"] != "row"
         for target in panel["targets"]

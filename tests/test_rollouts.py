@@ -3,6 +3,7 @@ enforcer, moves its own policies' percent on its own cohort, counts its own erro
 its own series (labelled `rollout`) in one registry."""
 
 import asyncio
+import gc
 import math
 import re
 
@@ -204,6 +205,25 @@ def test_a_rollout_gone_gives_its_policies_back_to_the_global_percent(enforcer, 
     assert enforcer.share_policies("orders") is None
     assert enforcer.rollout_percent_of("orders") == 30
     assert rollout("checkout", ["orders"]).enforced_percentage == 10
+
+
+def test_a_dropped_manager_with_a_notifier_gives_its_share_back_at_once(enforcer, rollout):
+    """Nothing but the caller keeps a manager alive (its notifier holds it weakly), so a
+    rollout a reload built and then refused frees its policies without a garbage collection."""
+    from driftgate.notify import Notifier
+
+    notifier = Notifier([])
+    gc.disable()
+    try:
+        orders = rollout("orders", ["orders"], notifier=notifier)
+        orders.close()
+        del orders
+        assert enforcer.share_policies("orders") is None
+        assert rollout("again", ["orders"]).policies == ["orders"]
+    finally:
+        gc.enable()
+    # The hook counts while its manager lives, and does nothing once it is gone.
+    notifier.count("slack", "advanced", "sent")
 
 
 # -- refusals ----------------------------------------------------------------------------------

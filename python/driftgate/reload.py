@@ -533,7 +533,7 @@ def _swap_notifier(manager: RolloutManager, notifier: Notifier | None) -> None:
     stops."""
     previous, manager.notifier = manager.notifier, notifier
     if notifier is not None and notifier.count is None:
-        notifier.count = manager._count_notification
+        notifier.count = manager._notification_count()
     if previous is not None:
         threading.Thread(target=previous.close, name="driftgate-notify-close", daemon=True).start()
 

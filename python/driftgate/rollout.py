@@ -12,6 +12,7 @@ import os
 import sys
 import threading
 import time
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import timedelta
 from typing import Any, Literal, Union
@@ -35,7 +36,7 @@ from driftgate._core import (
     cohort_seed,
     validate_rollout_name,
 )
-from driftgate.notify import Event, Notification, Notifier
+from driftgate.notify import Count, Event, Notification, Notifier
 from driftgate.status import RolloutState, RolloutStatus, WaitingFor, build_status
 
 __all__ = [
@@ -347,7 +348,7 @@ class RolloutManager(_RolloutManager):
         self._store = store
         self.notifier = notifier
         if notifier is not None and notifier.count is None:
-            notifier.count = self._count_notification
+            notifier.count = self._notification_count()
         named = None if rollout == DEFAULT_ROLLOUT else rollout
         self.name = name or named or getattr(store, "key", None) or "rollout"
         if not 1 <= analysis_failures_to_notify <= 1000:
@@ -370,6 +371,20 @@ class RolloutManager(_RolloutManager):
     def store(self) -> SharedStateStore | None:
         """The shared state store, or None for a local state file (or none)."""
         return self._store
+
+    def _notification_count(self) -> Count:
+        """The hook a notifier of this manager counts its outcomes with
+        (driftgate_notifications_total). It holds the manager weakly: a notifier must not keep
+        a manager that was dropped alive, since a dropped manager gives its enforcer's share
+        back at once (a reload that refuses the rollouts it built drops them)."""
+        manager = weakref.ref(self)
+
+        def count(sink: str, event: str, outcome: str) -> None:
+            alive = manager()
+            if alive is not None:
+                alive._count_notification(sink, event, outcome)
+
+        return count
 
     def close(self) -> None:
         """Stops following a shared store and gives up its evaluation lease, and sends what
