@@ -54,7 +54,13 @@ from pydantic import (
     model_validator,
 )
 
-from driftgate._core import EnforceOptions, GateConfig, RolloutConfig, RolloutStage
+from driftgate._core import (
+    DEFAULT_ROLLOUT,
+    EnforceOptions,
+    GateConfig,
+    RolloutConfig,
+    RolloutStage,
+)
 from driftgate._messages import one_line, read_capped, shown
 from driftgate.identity import ALLOWED_ALGORITHMS, People
 from driftgate.readiness_budget import MAX_UNREADY_REPLICAS
@@ -154,8 +160,6 @@ def _key(key: str) -> dict[str, str]:
     return {"key": key}
 
 
-DEFAULT_ROLLOUT = "default"
-"""The name of the rollout `rollout:` describes: it governs every policy."""
 MAX_ROLLOUTS = 100
 """More rollouts than a service runs at once: past this `rollouts:` is refused."""
 

@@ -33,6 +33,7 @@ from fastapi.security.base import SecurityBase
 from fastapi.security.utils import get_authorization_scheme_param
 from starlette.concurrency import run_in_threadpool
 
+from driftgate._core import DEFAULT_ROLLOUT
 from driftgate._messages import shown
 from driftgate.identity import (
     ACTOR_PATTERN,
@@ -393,9 +394,6 @@ class Approvers:
         """Makes `other`'s approvers the ones in force, from the next request on, in one step
         (its schemes are not taken: the OpenAPI keeps declaring these)."""
         self._in_force = other._in_force
-
-
-DEFAULT_ROLLOUT = "default"
 
 
 def rollout_of(request: Request) -> str | None:

@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, ValidationError
 
 from driftgate._core import (
+    DEFAULT_ROLLOUT,
     DriftTracker,
     MetricsRegistry,
     StateError,
@@ -27,7 +28,6 @@ from driftgate._core import (
 )
 from driftgate.exposition import render
 from driftgate.fastapi.auth import (
-    DEFAULT_ROLLOUT,
     TOKEN_ENV,
     AdminDependency,
     bearer_token_admin,
@@ -163,7 +163,7 @@ class RolloutList(BaseModel):
 def summary(name: str, rollout: RolloutManager) -> dict[str, Any]:
     """A rollout's line of the list: from its published snapshot, no lock, no store call."""
     report = rollout.get_status(transitions=0)
-    policies = getattr(rollout, "policies", None)  # until the core names them
+    policies = rollout.policies
     return {
         "name": name,
         "stage": report["current_stage"]["name"],

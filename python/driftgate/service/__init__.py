@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 from fastapi import APIRouter, Depends, FastAPI, Request
 
 from driftgate._core import (
+    DEFAULT_ROLLOUT,
     Clock,
     DriftTracker,
     Enforcer,
@@ -44,6 +45,7 @@ from driftgate._core import (
     ReadinessGate,
     StateError,
 )
+from driftgate._messages import one_line
 from driftgate.fastapi.auth import (
     AdminDependency,
     Approvers,
@@ -83,8 +85,6 @@ __all__ = [
 
 logger = logging.getLogger("driftgate.service")
 
-DEFAULT_ROLLOUT = "default"
-"""The name of the rollout a values file's `rollout:` describes."""
 
 ValuesSource = str | os.PathLike[str] | Mapping[str, Any] | Settings | None
 """What a service is built from: a values file's path (reloaded while the service runs), the
@@ -398,20 +398,25 @@ class Service:
 
     def _build_rollout(self, each: RolloutSettings, settings: Settings) -> RolloutManager | None:
         """The manager of one rollout, its store made first; None, and the service held
-        not-ready and shadow-only, when its state cannot be used (fail closed)."""
+        not-ready and shadow-only, when its state cannot be used (fail closed). Whatever
+        else stops it is a SettingsError naming the rollout's key, nothing of it left open."""
         store = None if each.store is None else build_store(each.store, self._environ)
-        if store is not None:
-            self.stores[each.name] = store
-        else:
+        if store is None:
             each.state_path.parent.mkdir(parents=True, exist_ok=True)
-        notifier = self._notifier(each, settings)
+        else:
+            self.stores[each.name] = store
+        notifier = None
+
+        def let_go() -> None:
+            if notifier is not None:
+                notifier.close()
+            if store is not None:
+                store.close()
+                del self.stores[each.name]
+
         source = self._error_rate_source
         if isinstance(source, Mapping):
             source = source.get(each.name)
-        if source is None and each.error_rate_source is not None:
-            source = each.error_rate_source
-        if source is None and each.policies is not None:
-            source = LocalErrorRate(self.enforcer, policies=each.policies)
         governed: dict[str, Any] = {}
         if each.policies is not None:  # a rollout of `rollouts:`, not the one of `rollout:`
             governed = {
@@ -421,6 +426,9 @@ class Service:
                 "name": each.name,
             }
         try:
+            notifier = self._notifier(each, settings)
+            if source is None and each.error_rate_source is None and each.policies is not None:
+                source = LocalErrorRate(self.enforcer, policies=each.policies)
             return RolloutManager(
                 each.config,
                 enforcer=self.enforcer,
@@ -430,24 +438,25 @@ class Service:
                 follow=False,  # from the start of each run of the app: see lifespan
                 clock=self._clock,
                 min_requests=each.min_requests,
-                error_rate_source=source,
+                error_rate_source=source or each.error_rate_source,
                 notifier=notifier,
                 **governed,
             )
         except StateError as error:
             # Fail closed: keep serving shadow-only, report not-ready until someone looks.
             logger.error("rollout %s disabled: %s", each.name, error)
-            if notifier is not None:
-                notifier.close()
-            if store is not None:
-                store.close()
-                del self.stores[each.name]
+            let_go()
             self.enforcer.set_options(rollout_percent=0)
             self.problems.append(ReasonCode.STATE_FILE.value)
             return None
+        except SettingsError:
+            let_go()
+            raise
+        except ValueError as error:  # a policy another rollout holds, past the tracker's cap
+            let_go()
+            raise SettingsError(f"{each.key}.policies: {one_line(str(error))}") from None
         except BaseException:
-            if notifier is not None:
-                notifier.close()
+            let_go()
             raise
 
     def _add_rollout(self, each: RolloutSettings, settings: Settings) -> RolloutManager | None:
