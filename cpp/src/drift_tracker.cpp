@@ -21,8 +21,9 @@ class DriftTracker::WindowExport final : public WindowSource, public ScrapeHook 
 
     void before_scrape() override {
         std::lock_guard lock(mutex_);
+        const std::vector<WindowCounts> lifetimes = windows_->lifetimes();
         for (std::uint32_t slot = 0; slot < published_.size(); ++slot) {
-            const WindowCounts lifetime = windows_->lifetime(slot);
+            const WindowCounts& lifetime = lifetimes[slot];
             if (lifetime.total == 0) continue;  // never recorded: no series yet
             prometheus::Counter& events = *drift_events_.at(slot)[0];
             if (lifetime.events > published_[slot]) {
@@ -74,11 +75,12 @@ bool DriftTracker::record(std::string_view policy_id, Verdict shadow, Verdict en
     return drift;
 }
 
+void DriftTracker::throw_not_held(std::uint32_t slot) {
+    throw std::out_of_range("slot " + std::to_string(slot) + " is held by no policy id");
+}
+
 bool DriftTracker::record_slot(std::uint32_t slot, Verdict shadow, Verdict enforced) {
-    // A slot no id holds yet would count for whichever id takes it later.
-    if (!index_->holds(slot)) {
-        throw std::out_of_range("slot " + std::to_string(slot) + " is held by no policy id");
-    }
+    check_held(slot);
     const bool drift = shadow != enforced;
     add(slot, drift ? 1 : 0, 1);
     return drift;
