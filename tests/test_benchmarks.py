@@ -137,7 +137,7 @@ def test_core_benchmarks_smoke(tmp_path):
     text = output.read_text()
     assert "- Command: `python benchmarks/run.py --smoke --output" in text
     rows = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line]
-    assert len(rows) == 1 + 23  # the header and every figure
+    assert len(rows) == 1 + 25  # the header and every figure
     assert "`Enforcer.decide` with two callables" in text
     assert "`/api/v1/metrics` body, OpenMetrics, 8 policies" in text
 
