@@ -1,5 +1,6 @@
 """The FastAPI router and the demo service, through FastAPI's test client."""
 
+import gzip
 import json
 
 import pytest
@@ -129,6 +130,43 @@ def test_metrics_negotiates_openmetrics(client):
     )
     assert response.headers["content-type"].startswith("application/openmetrics-text")
     assert response.text.rstrip().endswith("# EOF")
+
+
+def raw_metrics(client, **headers: str) -> tuple[int, dict[str, str], bytes]:
+    """A scrape's status, headers and body as sent: the test client would undo gzip."""
+    with client.stream("GET", "/api/v1/metrics", headers=headers) as response:
+        return response.status_code, dict(response.headers), b"".join(response.iter_raw())
+
+
+@pytest.mark.parametrize("accept", ["text/plain", "application/openmetrics-text; version=1.0.0"])
+def test_metrics_are_gzipped_only_when_the_scraper_accepts_gzip(parts, accept):
+    app = FastAPI()
+    # Without prometheus_client's process metrics, two scrapes in a row answer the same body.
+    app.include_router(create_router(**parts, include_process_metrics=False))
+    client = TestClient(app)
+    parts["tracker"].record("lksg.v1", "ok", "fail")
+    status, plain_headers, plain = raw_metrics(
+        client, **{"Accept": accept, "Accept-Encoding": "identity"}
+    )
+    assert status == 200
+    assert "content-encoding" not in plain_headers
+    assert plain.startswith(b"# HELP ")
+    status, headers, gzipped = raw_metrics(
+        client, **{"Accept": accept, "Accept-Encoding": "deflate, gzip"}
+    )
+    assert status == 200
+    assert headers["content-encoding"] == "gzip"
+    assert gzip.decompress(gzipped) == plain  # the same exposition
+    assert int(headers["content-length"]) == len(gzipped)
+    assert headers["content-type"] == plain_headers["content-type"]
+    assert headers["content-type"].startswith(accept.split(";")[0])
+    for answer in (headers, plain_headers):
+        assert {"accept", "accept-encoding"} <= {
+            v.strip().lower() for v in answer["vary"].split(",")
+        }
+    _, refused, body = raw_metrics(client, **{"Accept": accept, "Accept-Encoding": "gzip;q=0"})
+    assert "content-encoding" not in refused
+    assert body == plain
 
 
 def test_metrics_without_process_metrics(parts):

@@ -24,7 +24,7 @@ from driftgate._core import (
     StateRegressed,
     StateStoreError,
 )
-from driftgate.exposition import render
+from driftgate.exposition import scrape
 from driftgate.fastapi.auth import (
     TOKEN_ENV,
     AdminDependency,
@@ -437,11 +437,16 @@ def create_router(
         name="driftgate:metrics",
     )
     async def metrics(request: Request) -> Response:
-        accept = request.headers.get("accept")
-        body, content_type = await asyncio.get_running_loop().run_in_executor(
-            renderer, render, registry, accept, include_process_metrics
+        headers = request.headers
+        answer = await asyncio.get_running_loop().run_in_executor(
+            renderer,
+            scrape,
+            registry,
+            headers.get("accept"),
+            headers.get("accept-encoding"),
+            include_process_metrics,
         )
-        return Response(body, media_type=content_type)
+        return Response(answer.body, media_type=answer.content_type, headers=answer.headers)
 
     # async: a sync dependency would take a token of the shared thread pool.
     async def require_manager() -> RolloutManager:
