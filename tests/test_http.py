@@ -21,6 +21,7 @@ from driftgate import (
 )
 from driftgate.demo import create_demo_app
 from driftgate.fastapi import MAX_BODY_BYTES, create_router
+from driftgate.fastapi.router import READY
 from driftgate.settings import parse_settings
 
 TOKEN = "s3cret-token"
@@ -183,6 +184,24 @@ def test_rollout_status(client):
     assert body["total_stages"] == 5
     assert body["state"] == "active"
     assert body["transitions"][0]["to"] == "canary"
+
+
+def test_rollout_status_answers_the_managers_report_as_json_with_its_etag(client, parts):
+    manager = parts["manager"]
+    manager.manual_advance("alice", "first look")
+    response = client.get("/api/guardian/rollout/status")
+    assert response.headers["content-type"] == "application/json"
+    report = json.loads(json.dumps(manager.get_status()))  # as JSON values: enums by name
+    assert response.json() == report
+    assert response.headers["etag"] == report["etag"]
+
+
+def test_the_probes_answer_what_their_models_say(client):
+    for path, body in (("/api/v1/healthz", {"status": "ok"}), ("/api/v1/readyz", READY)):
+        response = client.get(path)
+        assert (response.status_code, response.json()) == (200, body)
+        assert response.headers["content-type"] == "application/json"
+        assert response.content == json.dumps(body, separators=(",", ":")).encode()
 
 
 def test_rollout_status_without_a_manager(parts):

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Protocol, TypeVar
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from driftgate._core import (
     DriftTracker,
@@ -50,6 +50,29 @@ _OPERATION = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 UNKNOWN_RETRY_AFTER = "5"
 READY = {"status": "ready"}
 READY_WITHIN_BUDGET = {"status": "ready", "reason": ReasonCode.DRIFT_GATE_BUDGET.value}
+HEALTHY = {"status": "ok"}
+
+
+def _encoded(document: Any) -> bytes:
+    """A JSON body as Starlette's JSONResponse writes it."""
+    return json.dumps(
+        document, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")
+    ).encode()
+
+
+def _json_response(body: bytes, status_code: int = 200, **headers: str) -> Response:
+    """An answer of JSON bytes written before: the probes answer the same few bodies over and
+    over, and skipping FastAPI's response-model pass and the encoding keeps them as cheap as an
+    endpoint that returns a dict can be."""
+    return Response(body, status_code=status_code, media_type="application/json", headers=headers)
+
+
+# The status's own serializer (pydantic's, as the response model would use it): the report is
+# built by the manager, so it is written without being validated again.
+_STATUS: TypeAdapter[RolloutStatus] = TypeAdapter(RolloutStatus)
+_HEALTHY_BODY = _encoded(HEALTHY)
+_READY_BODY = _encoded(READY)
+_READY_WITHIN_BUDGET_BODY = _encoded(READY_WITHIN_BUDGET)
 
 ReadinessCheck = Callable[[], str | None]
 
@@ -394,8 +417,8 @@ def create_router(
     router = APIRouter()
 
     @router.get(f"{probes}/healthz", response_model=HealthBody, name="driftgate:healthz")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    async def healthz() -> Response:
+        return _json_response(_HEALTHY_BODY)
 
     # On the event loop: the gate's check reads counters and the readiness budget a confirmed
     # grant, in microseconds, taking neither the manager's lock nor the store, so readiness
@@ -407,9 +430,9 @@ def create_router(
         responses={503: {"model": ReadyBody}},
         name="driftgate:readyz",
     )
-    async def readyz() -> JSONResponse:
-        # Answered as a ready-made JSONResponse: probes hit this often, and skipping the
-        # response-model pass keeps it as cheap as a bare endpoint. The schema is documented.
+    async def readyz() -> Response:
+        # The ready answers are bodies written once (see _json_response); the schema is
+        # documented by the response model.
         excused = False  # drift that the fleet's readiness budget answers as ready
         for check in readiness_checks:
             reason = check()
@@ -422,13 +445,13 @@ def create_router(
             ready, reason = gate.check()
             if not ready:
                 if readiness_budget is not None and readiness_budget.excuses(reason):
-                    return JSONResponse(READY_WITHIN_BUDGET)
+                    return _json_response(_READY_WITHIN_BUDGET_BODY)
                 body: dict[str, Any] = {"status": "not_ready", "reason": reason}
                 reopens = gate.reopens_within()
                 if reopens is not None:
                     body["reopens_within_seconds"] = math.ceil(reopens)
                 return JSONResponse(body, status_code=503)
-        return JSONResponse(READY_WITHIN_BUDGET if excused else READY)
+        return _json_response(_READY_WITHIN_BUDGET_BODY if excused else _READY_BODY)
 
     @router.get(
         f"{probes}/metrics",
@@ -465,18 +488,18 @@ def create_router(
         name="driftgate:rollout_status",
         dependencies=read_guard,
     )
-    async def rollout_status(
-        request: Request,
-        response: Response,
-        rollout: Annotated[RolloutManager, Depends(require_manager)],
-    ) -> Any:
+    async def rollout_status(request: Request) -> Response:
         # The published snapshot: no manager lock and no store call, so on the event loop.
-        report = rollout.get_status()
+        # The manager is looked at here, not through a dependency, and the report is written
+        # as JSON here, not by FastAPI's response-model pass: status pollers (dashboards, the
+        # command line, each replica's neighbours) ask often. The response model documents it.
+        if manager is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, ReasonCode.NO_ROLLOUT.value)
+        report = manager.get_status()
         tag = report["etag"]
         if _none_match(request.headers.get("if-none-match"), tag):
             return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": tag})
-        response.headers["ETag"] = tag
-        return report
+        return _json_response(_STATUS.dump_json(report), ETag=tag)
 
     @router.get(
         f"{rollout_path}/state",
