@@ -31,7 +31,6 @@ from prometheus_client.parser import text_string_to_metric_families as parse_tex
 
 import driftgate
 from driftgate import (
-    DeterminismProbe,
     DriftTracker,
     EnforceOptions,
     Enforcer,
@@ -39,13 +38,12 @@ from driftgate import (
     ManualClock,
     MetricsRegistry,
     ReadinessGate,
-    RolloutConfig,
-    RolloutManager,
     SignatureLRU,
     Verdict,
 )
 from driftgate._core import _bench
 from driftgate.exposition import render as render_metrics
+from populated import populated_registry
 from python_baselines import CachetoolsLRU, OrderedDictLRU, PyDriftTracker
 from report import write_section
 
@@ -315,33 +313,6 @@ def bench_gate(sizes: Sizes) -> list[Figure]:
             True,
         )
     ]
-
-
-def populated_registry(policies: int) -> tuple[MetricsRegistry, list[object]]:
-    """A registry with every driftgate family populated and `policies` policies decided; the
-    objects that keep its families alive come with it."""
-    registry = MetricsRegistry()
-    clock = ManualClock(1_700_000_000.0)
-    tracker = DriftTracker(clock=clock, registry=registry, max_policies=policies)
-    enforcer = Enforcer(EnforceOptions(enforce=True, rollout_percent=50), tracker)
-    manager = RolloutManager(
-        RolloutConfig.default(), enforcer=enforcer, registry=registry, clock=clock
-    )
-    gate = ReadinessGate(GateConfig(enabled=True), tracker)
-    gate.check()
-    lru = SignatureLRU(registry=registry)
-    probe = DeterminismProbe(registry=registry)
-
-    def raises() -> Verdict:
-        raise RuntimeError("evaluation failed")
-
-    for i in range(policies):
-        policy = f"policy-{i:04d}"
-        for j, enforced in enumerate(("fail", raises, "ok", "ok")):
-            enforcer.decide(policy, f"{policy}-{j}", "ok", enforced)
-        lru.is_new(f"sig-{i}")
-        probe.observe(f"input-{i % 64}", f"sig-{i}")
-    return registry, [tracker, enforcer, manager, gate, lru, probe]
 
 
 def prometheus_client_equivalent(core: MetricsRegistry) -> CollectorRegistry:
