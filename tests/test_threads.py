@@ -85,18 +85,20 @@ def short_switch_interval():
 
 
 def test_python_thread_progresses_inside_record_batch(clock, registry, short_switch_interval):
-    """While one thread is inside record_batch on 10 M pairs, another keeps running Python.
+    """While one thread is inside record_batch on 30 M pairs, another keeps running Python.
 
     Without the release, the main thread could not run a single bytecode until the batch
-    returned, so none of its iterations would fall inside a batch call."""
+    returned, so none of its iterations would fall inside a batch call. (The batches are large
+    so that each call lasts a millisecond or more even with a vector scan: long enough for the
+    other thread to be woken and scheduled on a busy machine.)"""
     tracker = DriftTracker(clock=clock, registry=registry)
-    shadow = np.zeros(10_000_000, dtype=np.uint8)
-    enforced = np.ones(10_000_000, dtype=np.uint8)
+    shadow = np.zeros(30_000_000, dtype=np.uint8)
+    enforced = np.ones(30_000_000, dtype=np.uint8)
     intervals: list[tuple[float, float]] = []
     done = threading.Event()
 
     def batches():
-        for _ in range(5):
+        for _ in range(10):
             start = time.perf_counter()
             tracker.record_batch("p", shadow, enforced)
             intervals.append((start, time.perf_counter()))
@@ -109,7 +111,7 @@ def test_python_thread_progresses_inside_record_batch(clock, registry, short_swi
         ticks.append(time.perf_counter())
     worker.join()
 
-    assert tracker.counts("5m", "p") == (50_000_000, 50_000_000)
+    assert tracker.counts("5m", "p") == (300_000_000, 300_000_000)
     # Only the middle of each call counts: its start and end run Python code of the worker.
     inside = 0
     for start, end in intervals:
