@@ -1,5 +1,6 @@
 #include "driftgate/enforcer.hpp"
 
+#include <algorithm>
 #include <array>
 #include <chrono>
 #include <cmath>
@@ -89,12 +90,20 @@ struct Enforcer::DecisionShard {
         if (failed) bump(cells[1]);
     }
 
-    /// (shadow evaluations, failed ones) of a slot, read while the owner may write.
-    std::pair<std::uint64_t, std::uint64_t> counts(std::uint32_t slot) const {
-        const Chunk* chunk = chunks[slot / kChunkSlots].load(std::memory_order_acquire);
-        if (chunk == nullptr) return {0, 0};
-        const std::atomic<std::uint64_t>* cells = &chunk->cells[2 * (slot % kChunkSlots)];
-        return {cells[0].load(std::memory_order_acquire), cells[1].load(std::memory_order_acquire)};
+    /// Adds (shadow evaluations, failed ones) of every slot to `sums`, read while the owner
+    /// may write; the chunks no decision reached are skipped whole.
+    void add_counts_to(std::vector<std::pair<std::uint64_t, std::uint64_t>>& sums) const {
+        for (std::size_t c = 0; c < chunk_count; ++c) {
+            const Chunk* chunk = chunks[c].load(std::memory_order_acquire);
+            if (chunk == nullptr) continue;
+            const std::size_t first = c * kChunkSlots;
+            const std::size_t end = std::min(sums.size(), first + kChunkSlots);
+            for (std::size_t slot = first; slot < end; ++slot) {
+                const std::size_t at = 2 * (slot - first);
+                sums[slot].first += chunk->cells[at].load(std::memory_order_acquire);
+                sums[slot].second += chunk->cells[at + 1].load(std::memory_order_acquire);
+            }
+        }
     }
 
     /// Whether a decision at `now` (the windows' clock) is one of the timed ones (kTimedEvery).
@@ -166,11 +175,7 @@ class Enforcer::DecisionExport final : public ScrapeHook {
         std::uint64_t latency_ns = 0;
         decisions_->with_shards([&](auto shards) {
             for (const auto& shard : shards) {
-                for (std::uint32_t slot = 0; slot < slot_count_; ++slot) {
-                    const auto [requests, failed] = shard->counts(slot);
-                    shadow[slot].first += requests;
-                    shadow[slot].second += failed;
-                }
+                shard->add_counts_to(shadow);
                 // The count before its nanoseconds (see observe).
                 for (std::size_t b = 0; b < kLatencyBuckets; ++b) {
                     latency[b] += shard->latency[b].load(std::memory_order_acquire);

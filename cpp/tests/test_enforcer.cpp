@@ -454,3 +454,24 @@ TEST_CASE("decisions not yet scraped reach the registry when the enforcer goes",
     CHECK(sample(*f.registry, "guardian_enforcement_total", {{"policy_id", "p"}}) == 4);
     CHECK(sample(*f.registry, "adapt_selection_latency_seconds") == 2);  // one per thread
 }
+
+TEST_CASE("the counts of policies in every chunk of slots are published", "[enforcer][metrics]") {
+    auto registry = std::make_shared<MetricsRegistry>();
+    auto tracker = std::make_shared<DriftTracker>(
+        driftgate::default_windows(), std::make_shared<ManualClock>(0.0), registry, 200);
+    Enforcer enforcer(EnforceOptions{true, 100.0, 0.005}, tracker);
+    // Slots 0..149: three of the chunks (of 64 slots) that each thread keeps its counts in.
+    for (int i = 0; i < 150; ++i) {
+        for (int j = 0; j <= i % 3; ++j) {
+            enforcer.decide("p" + std::to_string(i), "k", Verdict::Ok, Verdict::Ok);
+        }
+    }
+    const auto scrape = registry->collect();
+    for (int i = 0; i < 150; ++i) {
+        const std::string policy = "p" + std::to_string(i);
+        INFO(policy);
+        CHECK(sample(scrape, "adapt_requests_total", {{"mode", "shadow"}, {"policy_id", policy}}) ==
+              1 + i % 3);
+        CHECK(sample(scrape, "guardian_enforcement_total", {{"policy_id", policy}}) == 1 + i % 3);
+    }
+}
