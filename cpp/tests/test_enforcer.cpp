@@ -368,6 +368,7 @@ TEST_CASE("every counter equals what the tracker and the error windows counted, 
                 if (call % 5 == 0) return std::nullopt;
                 return call % 3 == 0 ? Verdict::Warn : Verdict::Ok;
             };
+            while (scrapes.load() == 0) std::this_thread::yield();  // scraped while deciding
             for (int i = 0; i < kPerThread; ++i) {
                 const std::string& policy = policies[(t + i) % policies.size()];
                 const int before = call;
