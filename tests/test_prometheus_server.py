@@ -122,6 +122,24 @@ def test_the_traffic_is_what_the_test_means(fleet):
     assert (b.requests, b.enforced, b.drift) == (100, 40, 0)
 
 
+def test_prometheus_scrapes_the_gzipped_exposition(fleet):
+    """Prometheus asks for gzip on every scrape (scrape configs compress by default); the
+    replicas answer it gzipped, and the server reads it: both targets up, no scrape error."""
+    prometheus, a, b = fleet
+    for replica in (a, b):
+        with replica.client.stream(
+            "GET", "/api/v1/metrics", headers={"Accept-Encoding": "gzip"}
+        ) as response:
+            assert response.headers["content-encoding"] == "gzip"
+            assert b"".join(response.iter_raw())[:2] == b"\x1f\x8b"
+    targets = httpx.get(f"{prometheus.url}/api/v1/targets", timeout=5).json()["data"]
+    active = {t["labels"]["instance"]: t for t in targets["activeTargets"]}
+    assert set(active) == {a.instance, b.instance}
+    for target in active.values():
+        assert (target["health"], target["lastError"]) == ("up", "")
+    assert prometheus.value('min(up{job="verifier"})') == 1
+
+
 def test_the_server_loaded_every_rule_group(fleet):
     prometheus, _, _ = fleet
     groups = httpx.get(f"{prometheus.url}/api/v1/rules", timeout=5).json()["data"]["groups"]

@@ -11,30 +11,41 @@ namespace driftgate::bindings {
 
 namespace {
 
+/// Calls a Python callable through vectorcall, without an argument tuple: its verdict, or
+/// nullopt when it raised an Exception or returned something else. BaseExceptions such as
+/// KeyboardInterrupt propagate.
+std::optional<Verdict> call_verdict(void* callable) {
+    PyObject* result = PyObject_CallNoArgs(static_cast<PyObject*>(callable));
+    if (result == nullptr) {
+        if (!PyErr_ExceptionMatches(PyExc_Exception)) throw py::error_already_set();
+        PyErr_Clear();
+        return std::nullopt;
+    }
+    std::optional<Verdict> verdict = verdict_member(result);
+    if (!verdict) verdict = try_verdict(result);
+    Py_DECREF(result);
+    return verdict;
+}
+
 /// A verdict argument of decide(): a verdict, or a zero-argument callable evaluated only when
 /// needed. A callable that raises an Exception, or returns something that is not a verdict,
 /// is a failed evaluation (FAIL). BaseExceptions such as KeyboardInterrupt propagate.
-VerdictSource verdict_source(py::handle value, const char* argument) {
-    if (auto verdict = try_verdict(value)) return *verdict;
-    if (!PyCallable_Check(value.ptr())) {
+inline VerdictSource verdict_source(py::handle value, const char* argument) {
+    if (auto verdict = verdict_member(value)) return *verdict;
+    // A verdict's name is looked for only in a str: the common case, a callable, skips it.
+    const bool text = PyUnicode_Check(value.ptr());
+    if (text) {
+        if (auto verdict = try_verdict(value)) return *verdict;
+    }
+    if (text || PyCallable_Check(value.ptr()) == 0) {
         throw py::value_error(std::string("invalid verdict for ") + argument + ": " +
                               short_repr(value) +
                               "; expected a Verdict, 'ok'/'warn'/'fail', or a callable "
                               "returning one");
     }
     // The callable is borrowed: decide() evaluates it before it returns, while the caller's
-    // arguments still hold it. Called through vectorcall, without an argument tuple.
-    return Evaluator([callable = value.ptr()]() -> std::optional<Verdict> {
-        PyObject* result = PyObject_CallNoArgs(callable);
-        if (result == nullptr) {
-            if (!PyErr_ExceptionMatches(PyExc_Exception)) throw py::error_already_set();
-            PyErr_Clear();
-            return std::nullopt;
-        }
-        const std::optional<Verdict> verdict = try_verdict(result);
-        Py_DECREF(result);
-        return verdict;
-    });
+    // arguments still hold it.
+    return Evaluator(&call_verdict, value.ptr());
 }
 
 /// VerdictPair is immutable and has 18 possible values (drift follows from the verdicts), so

@@ -1,10 +1,14 @@
 #include "driftgate/enforcer.hpp"
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cmath>
+#include <limits>
+#include <mutex>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "driftgate/sampling.hpp"
 #include "format.hpp"
@@ -31,12 +35,40 @@ std::string quoted_names(const std::vector<std::string>& names) {
     return out;
 }
 
+// adapt_selection_latency_seconds' upper bounds, in nanoseconds: a decision's time is counted
+// in whole nanoseconds, so that sums of many are exact.
+constexpr std::array<std::uint64_t, 14> kLatencyBoundsNs{
+    50'000,     100'000,    250'000,    500'000,     1'000'000,   2'500'000,   5'000'000,
+    10'000'000, 25'000'000, 50'000'000, 100'000'000, 250'000'000, 500'000'000, 1'000'000'000};
+constexpr std::size_t kLatencyBuckets = kLatencyBoundsNs.size() + 1;  // the last is +Inf
+
 const prometheus::Histogram::BucketBoundaries& latency_buckets() {
-    static const prometheus::Histogram::BucketBoundaries buckets{
-        0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,
-        0.01,    0.025,  0.05,    0.1,    0.25,  0.5,    1.0};
+    static const prometheus::Histogram::BucketBoundaries buckets = [] {
+        prometheus::Histogram::BucketBoundaries seconds;
+        for (const std::uint64_t ns : kLatencyBoundsNs) {
+            seconds.push_back(static_cast<double>(ns) * 1e-9);
+        }
+        return seconds;
+    }();
     return buckets;
 }
+
+/// Adds to a count that only this thread writes: a plain load and store, no locked
+/// instruction. The release lets a scrape that sees the count see what came before it.
+inline void bump(std::atomic<std::uint64_t>& count, std::uint64_t by = 1) noexcept {
+    count.store(count.load(std::memory_order_relaxed) + by, std::memory_order_release);
+}
+
+// A policy's counters, all created at 0 with its first published decision, in this order.
+enum Counted : std::size_t {
+    kShadowRequests,
+    kEnforcedRequests,
+    kShadowErrors,
+    kEnforcedErrors,
+    kEnforcement,
+    kEnforcementFailed,
+    kCounted
+};
 
 }  // namespace
 
@@ -57,6 +89,173 @@ void validate_rollout_name(std::string_view rollout) {
                                     ": expected 1-64 characters of [A-Za-z0-9_.:-]");
     }
 }
+
+/// One thread's share of the decisions: per policy slot the shadow evaluations and how many of
+/// them failed, and the latency histogram of its timed decisions. Only the thread holding the
+/// shard writes it (ShardPool); a scrape reads it.
+struct Enforcer::DecisionShard {
+    // Slots in chunks allocated on a chunk's first decision, so memory follows use even with
+    // tens of thousands of policy slots and a thread pool of shards.
+    static constexpr std::size_t kChunkSlots = 64;
+    struct Chunk {
+        std::array<std::atomic<std::uint64_t>, 2 * kChunkSlots> cells{};  // shadow, failed
+    };
+
+    explicit DecisionShard(std::size_t slot_count)
+        : chunks(std::make_unique<std::atomic<Chunk*>[]>((slot_count + kChunkSlots - 1) /
+                                                         kChunkSlots)),
+          chunk_count((slot_count + kChunkSlots - 1) / kChunkSlots) {}
+
+    ~DecisionShard() {
+        for (std::size_t i = 0; i < chunk_count; ++i) delete chunks[i].load();
+    }
+
+    DecisionShard(const DecisionShard&) = delete;
+    DecisionShard& operator=(const DecisionShard&) = delete;
+
+    void count(std::uint32_t slot, bool failed) {
+        Chunk* chunk = chunks[slot / kChunkSlots].load(std::memory_order_relaxed);
+        if (chunk == nullptr) {
+            chunk = new Chunk();
+            chunks[slot / kChunkSlots].store(chunk, std::memory_order_release);
+        }
+        std::atomic<std::uint64_t>* cells = &chunk->cells[2 * (slot % kChunkSlots)];
+        bump(cells[0]);
+        if (failed) bump(cells[1]);
+    }
+
+    /// Adds (shadow evaluations, failed ones) of every slot to `sums`, read while the owner
+    /// may write; the chunks no decision reached are skipped whole.
+    void add_counts_to(std::vector<std::pair<std::uint64_t, std::uint64_t>>& sums) const {
+        for (std::size_t c = 0; c < chunk_count; ++c) {
+            const Chunk* chunk = chunks[c].load(std::memory_order_acquire);
+            if (chunk == nullptr) continue;
+            const std::size_t first = c * kChunkSlots;
+            const std::size_t end = std::min(sums.size(), first + kChunkSlots);
+            for (std::size_t slot = first; slot < end; ++slot) {
+                const std::size_t at = 2 * (slot - first);
+                sums[slot].first += chunk->cells[at].load(std::memory_order_acquire);
+                sums[slot].second += chunk->cells[at + 1].load(std::memory_order_acquire);
+            }
+        }
+    }
+
+    /// Whether a decision at `now` (the windows' clock) is one of the timed ones (kTimedEvery).
+    bool take_turn(double now) noexcept {
+        // Written so that a first decision (last_timed NaN) is timed.
+        if (until_timed != 0 && now - last_timed < kTimedAfterSeconds) {
+            --until_timed;
+            return false;
+        }
+        until_timed = kTimedEvery - 1;
+        last_timed = now;
+        return true;
+    }
+
+    void observe(std::uint64_t ns) noexcept {
+        std::size_t bucket = 0;
+        while (bucket < kLatencyBoundsNs.size() && ns > kLatencyBoundsNs[bucket]) ++bucket;
+        bump(latency_ns, ns);
+        // Last, and a release: a scrape that sees the count sees its nanoseconds.
+        bump(latency[bucket]);
+    }
+
+    /// This thread's shards of the tracker's windows and of the error windows, kept here so a
+    /// decision looks up one shard, not three. Forgotten when another thread takes this shard.
+    void handed_over() noexcept {
+        tracker_windows = nullptr;
+        error_windows = nullptr;
+    }
+
+    std::unique_ptr<std::atomic<Chunk*>[]> chunks;
+    std::size_t chunk_count;
+    PolicyWindows::Shard* tracker_windows = nullptr;
+    PolicyWindows::Shard* error_windows = nullptr;
+    std::array<std::atomic<std::uint64_t>, kLatencyBuckets> latency{};  // not cumulative
+    std::atomic<std::uint64_t> latency_ns{0};
+    std::uint32_t until_timed = 0;  // decisions to go before the next timed one
+    double last_timed = std::numeric_limits<double>::quiet_NaN();  // when the last one was
+};
+
+/// Publishes the enforcer's counts into its prometheus-cpp counters and histogram just before
+/// each scrape, from the threads' shards and the error windows' lifetime counts, so a decision
+/// never writes a shared cache line. A policy's counters appear, all six at once, at the first
+/// scrape after its first decision.
+class Enforcer::DecisionExport final : public ScrapeHook {
+  public:
+    DecisionExport(std::shared_ptr<const ShardPool<DecisionShard>> decisions,
+                   std::shared_ptr<const PolicyWindows> errors,
+                   std::shared_ptr<const PolicyIndex> index, MetricsRegistry& registry)
+        : decisions_(std::move(decisions)),
+          errors_(std::move(errors)),
+          counters_({{&registry.counter(metrics::kRequests), {{"mode", "shadow"}}},
+                     {&registry.counter(metrics::kRequests), {{"mode", "enforced"}}},
+                     {&registry.counter(metrics::kEvaluationErrors), {{"mode", "shadow"}}},
+                     {&registry.counter(metrics::kEvaluationErrors), {{"mode", "enforced"}}},
+                     {&registry.counter(metrics::kEnforcement), {}},
+                     {&registry.counter(metrics::kEnforcementFailed), {}}},
+                    index),
+          latency_(registry.histogram(metrics::kSelectionLatency).Add({}, latency_buckets())),
+          slot_count_(index->slot_count()),
+          published_(slot_count_ * kCounted, 0) {}
+
+    void before_scrape() override {
+        std::lock_guard lock(mutex_);
+        // The enforced side first: a decision counts its shadow side before its enforced one,
+        // so counts read in this order never show more enforced decisions than shadow ones.
+        const std::vector<WindowCounts> enforced = errors_->lifetimes();
+        std::vector<std::pair<std::uint64_t, std::uint64_t>> shadow(slot_count_);
+        std::array<std::uint64_t, kLatencyBuckets> latency{};
+        std::uint64_t latency_ns = 0;
+        decisions_->with_shards([&](auto shards) {
+            for (const auto& shard : shards) {
+                shard->add_counts_to(shadow);
+                // The count before its nanoseconds (see observe).
+                for (std::size_t b = 0; b < kLatencyBuckets; ++b) {
+                    latency[b] += shard->latency[b].load(std::memory_order_acquire);
+                }
+                latency_ns += shard->latency_ns.load(std::memory_order_acquire);
+            }
+        });
+        for (std::uint32_t slot = 0; slot < slot_count_; ++slot) {
+            if (shadow[slot].first == 0) continue;  // never decided: no series yet
+            const std::array<std::uint64_t, kCounted> now{
+                shadow[slot].first,    enforced[slot].total, shadow[slot].second,
+                enforced[slot].events, enforced[slot].total, enforced[slot].events};
+            const std::span<prometheus::Counter* const> counters = counters_.at(slot);
+            std::uint64_t* published = &published_[slot * kCounted];
+            for (std::size_t k = 0; k < kCounted; ++k) {
+                if (now[k] > published[k]) {
+                    counters[k]->Increment(static_cast<double>(now[k] - published[k]));
+                    published[k] = now[k];
+                }
+            }
+        }
+        std::vector<double> increments(kLatencyBuckets, 0.0);
+        bool observed = false;
+        for (std::size_t b = 0; b < kLatencyBuckets; ++b) {
+            increments[b] = static_cast<double>(latency[b] - published_latency_[b]);
+            observed = observed || latency[b] != published_latency_[b];
+        }
+        if (observed) {
+            latency_.ObserveMultiple(increments,
+                                     static_cast<double>(latency_ns - published_ns_) * 1e-9);
+            published_latency_ = latency;
+            published_ns_ = latency_ns;
+        }
+    }
+
+  private:
+    std::shared_ptr<const ShardPool<DecisionShard>> decisions_;
+    std::shared_ptr<const PolicyWindows> errors_;
+    SlotCounters counters_;
+    prometheus::Histogram& latency_;
+    std::size_t slot_count_;
+    std::mutex mutex_;  // two scrapes at once publish each count once; guards the rest
+    std::vector<std::uint64_t> published_;  // per slot, kCounted each
+    std::array<std::uint64_t, kLatencyBuckets> published_latency_{};
+    std::uint64_t published_ns_ = 0;
+};
 
 void EnforceOptions::validate() const {
     if (!std::isfinite(rollout_percent) || rollout_percent < 0 || rollout_percent > 100) {
@@ -86,22 +285,22 @@ Enforcer::Enforcer(EnforceOptions options, std::shared_ptr<DriftTracker> tracker
       seed_(seed),
       options_((options.validate(), options)),
       cohort_(pack(options)),
-      errors_(tracker_->windows(), tracker_->clock(), tracker_->index()->slot_count()),
-      counters_({{&registry_->counter(metrics::kRequests), {{"mode", "shadow"}}},
-                 {&registry_->counter(metrics::kRequests), {{"mode", "enforced"}}},
-                 {&registry_->counter(metrics::kEvaluationErrors), {{"mode", "shadow"}}},
-                 {&registry_->counter(metrics::kEvaluationErrors), {{"mode", "enforced"}}},
-                 {&registry_->counter(metrics::kEnforcement), {}},
-                 {&registry_->counter(metrics::kEnforcementFailed), {}}},
-                tracker_->index()),
-      latency_(registry_->histogram(metrics::kSelectionLatency).Add({}, latency_buckets())),
+      errors_(std::make_shared<PolicyWindows>(tracker_->windows(), tracker_->clock(),
+                                              tracker_->index()->slot_count())),
+      decisions_(std::make_shared<ShardPool<DecisionShard>>()),
+      export_(std::make_shared<DecisionExport>(decisions_, errors_, tracker_->index(), *registry_)),
       rollout_percent_(
           registry_->hold_gauge(metrics::kRolloutPercent, {{metrics::kRolloutLabel, ""}})),
       drift_max_ratio_(registry_->gauge(metrics::kDriftMaxRatio).Add({})) {
+    registry_->add_scrape_hook(export_);
     const std::size_t slots = tracker_->index()->slot_count();
     slot_shares_ = std::make_unique<std::atomic<std::uint64_t>[]>(slots);
     for (std::size_t i = 0; i < slots; ++i) slot_shares_[i].store(0, std::memory_order_relaxed);
     publish(options_);
+}
+
+Enforcer::~Enforcer() {
+    export_->before_scrape();  // decisions since the last scrape reach the registry
 }
 
 std::uint32_t Enforcer::pack(const EnforceOptions& options) {
@@ -179,14 +378,19 @@ double Enforcer::rollout_percent_of(std::string_view policy_id) const {
 
 Enforcer::Evaluated Enforcer::evaluate(const VerdictSource& source) {
     if (const auto* verdict = std::get_if<Verdict>(&source)) return {*verdict, false};
-    const auto& evaluator = std::get<Evaluator>(source);
-    const std::optional<Verdict> verdict = evaluator ? evaluator() : std::nullopt;
+    const std::optional<Verdict> verdict = std::get<Evaluator>(source)();
     return verdict ? Evaluated{*verdict, false} : Evaluated{Verdict::Fail, true};
 }
 
 VerdictPair Enforcer::decide(std::string_view policy_id, std::string_view key,
                              const VerdictSource& shadow, const VerdictSource& enforced) {
-    const auto started = std::chrono::steady_clock::now();
+    DecisionShard& shard = decisions_->local(
+        [this] { return std::make_unique<DecisionShard>(tracker_->index()->slot_count()); });
+    // One reading of the windows' clock for the tracker, the error windows and the sampling.
+    const double now = tracker_->clock()->now();
+    const bool timed = shard.take_turn(now);
+    const auto started =
+        timed ? std::chrono::steady_clock::now() : std::chrono::steady_clock::time_point{};
     const std::uint32_t slot = tracker_->index()->slot_for(policy_id);  // validates the id
 
     VerdictPair pair;
@@ -195,23 +399,25 @@ VerdictPair Enforcer::decide(std::string_view policy_id, std::string_view key,
     const Evaluated enforced_result = pair.in_rollout ? evaluate(enforced) : shadow_result;
     pair.shadow = shadow_result.verdict;
     pair.enforced = enforced_result.verdict;
-    pair.drift = tracker_->record_slot(slot, pair.shadow, pair.enforced);
 
-    // Shadow runs on every decision, so it counts every one; enforced counts the cohort's.
-    const std::span<prometheus::Counter* const> counted = counters_.at(slot);
-    counted[kShadowRequests]->Increment();
-    if (shadow_result.failed) counted[kShadowErrors]->Increment();
-    if (pair.in_rollout) {
-        counted[kEnforcedRequests]->Increment();
-        counted[kEnforcement]->Increment();
-        errors_.add(slot, enforced_result.failed ? 1 : 0, 1);
-        if (enforced_result.failed) {
-            counted[kEnforcedErrors]->Increment();
-            counted[kEnforcementFailed]->Increment();
-        }
+    if (shard.tracker_windows == nullptr) [[unlikely]] {
+        shard.tracker_windows = &tracker_->local_shard();
+        shard.error_windows = &errors_->local_shard();
     }
-    latency_.Observe(
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
+    pair.drift =
+        tracker_->record_slot(*shard.tracker_windows, slot, pair.shadow, pair.enforced, now);
+    // Shadow runs on every decision, so it counts every one; the enforced cohort's decisions
+    // are the error windows' lifetime counts. Shadow first (see DecisionExport).
+    shard.count(slot, shadow_result.failed);
+    if (pair.in_rollout) {
+        errors_->add(*shard.error_windows, slot, enforced_result.failed ? 1 : 0, 1, now);
+    }
+    if (timed) {
+        shard.observe(
+            static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                           std::chrono::steady_clock::now() - started)
+                                           .count()));
+    }
     return pair;
 }
 
@@ -394,12 +600,12 @@ std::optional<std::vector<std::string>> Enforcer::share_policies(std::string_vie
 
 WindowCounts Enforcer::error_counts(std::string_view window,
                                     std::optional<std::string_view> policy_id) const {
-    const std::size_t w = errors_.window_index(window);
-    if (!policy_id) return errors_.counts(w);
+    const std::size_t w = errors_->window_index(window);
+    if (!policy_id) return errors_->counts(w);
     PolicyIndex::validate(*policy_id);
     const auto slot = tracker_->index()->find(*policy_id);
-    if (slot) return errors_.counts(w, *slot);
-    errors_.observe_now(w);
+    if (slot) return errors_->counts(w, *slot);
+    errors_->observe_now(w);
     return {};
 }
 
@@ -407,9 +613,9 @@ WindowCounts Enforcer::lifetime_error_counts(std::optional<std::string_view> pol
     if (policy_id) {
         PolicyIndex::validate(*policy_id);
         const auto slot = tracker_->index()->find(*policy_id);
-        return slot ? errors_.lifetime(*slot) : WindowCounts{};
+        return slot ? errors_->lifetime(*slot) : WindowCounts{};
     }
-    return errors_.lifetime();
+    return errors_->lifetime();
 }
 
 }  // namespace driftgate

@@ -55,8 +55,8 @@ void PolicyIndex::validate(std::string_view id) {
     }
 }
 
-const PolicyIndex::Entry* PolicyIndex::lookup(std::string_view id,
-                                              std::uint64_t hash) const noexcept {
+inline const PolicyIndex::Entry* PolicyIndex::lookup(std::string_view id,
+                                                     std::uint64_t hash) const noexcept {
     for (std::size_t i = hash & table_mask_;; i = (i + 1) & table_mask_) {
         const Entry* entry = table_[i].load(std::memory_order_acquire);
         if (entry == nullptr || (entry->hash == hash && equal_bytes(entry->id(), id))) return entry;

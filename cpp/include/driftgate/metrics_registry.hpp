@@ -51,8 +51,9 @@ inline constexpr MetricName kWindowEvents{"adapt_drift_window_events",
                                           "Drift events in the rolling window."};
 inline constexpr MetricName kEvaluationErrors{"adapt_evaluation_errors_total",
                                               "Verdict evaluations that raised; counted as FAIL."};
-inline constexpr MetricName kSelectionLatency{"adapt_selection_latency_seconds",
-                                              "Time spent in Enforcer.decide."};
+inline constexpr MetricName kSelectionLatency{
+    "adapt_selection_latency_seconds",
+    "Time spent in Enforcer.decide, of a sample of the decisions."};
 inline constexpr MetricName kReadinessGateOpen{
     "adapt_readiness_gate_open", "1 while the drift readiness gate is open, 0 while closed."};
 inline constexpr MetricName kEnforcement{"guardian_enforcement_total",

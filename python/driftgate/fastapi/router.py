@@ -15,7 +15,7 @@ from typing import Annotated, Any, Protocol, TypeVar
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from driftgate._core import (
     DEFAULT_ROLLOUT,
@@ -26,7 +26,7 @@ from driftgate._core import (
     StateRegressed,
     StateStoreError,
 )
-from driftgate.exposition import render
+from driftgate.exposition import scrape
 from driftgate.fastapi.auth import (
     TOKEN_ENV,
     AdminDependency,
@@ -53,6 +53,29 @@ _OPERATION = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 UNKNOWN_RETRY_AFTER = "5"
 READY = {"status": "ready"}
 READY_WITHIN_BUDGET = {"status": "ready", "reason": ReasonCode.DRIFT_GATE_BUDGET.value}
+HEALTHY = {"status": "ok"}
+
+
+def _encoded(document: Any) -> bytes:
+    """A JSON body as Starlette's JSONResponse writes it."""
+    return json.dumps(
+        document, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")
+    ).encode()
+
+
+def _json_response(body: bytes, status_code: int = 200, **headers: str) -> Response:
+    """An answer of JSON bytes written before: the probes answer the same few bodies over and
+    over, and skipping FastAPI's response-model pass and the encoding keeps them as cheap as an
+    endpoint that returns a dict can be."""
+    return Response(body, status_code=status_code, media_type="application/json", headers=headers)
+
+
+# The status's own serializer (pydantic's, as the response model would use it): the report is
+# built by the manager, so it is written without being validated again.
+_STATUS: TypeAdapter[RolloutStatus] = TypeAdapter(RolloutStatus)
+_HEALTHY_BODY = _encoded(HEALTHY)
+_READY_BODY = _encoded(READY)
+_READY_WITHIN_BUDGET_BODY = _encoded(READY_WITHIN_BUDGET)
 
 ReadinessCheck = Callable[[], str | None]
 
@@ -486,8 +509,8 @@ def create_router(
     router = APIRouter(lifespan=router_lifespan)
 
     @router.get(f"{probes}/healthz", response_model=HealthBody, name="driftgate:healthz")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    async def healthz() -> Response:
+        return _json_response(_HEALTHY_BODY)
 
     # On the event loop: the gate's check reads counters and the readiness budget a confirmed
     # grant, in microseconds, taking neither the manager's lock nor the store, so readiness
@@ -499,9 +522,9 @@ def create_router(
         responses={503: {"model": ReadyBody}},
         name="driftgate:readyz",
     )
-    async def readyz() -> JSONResponse:
-        # Answered as a ready-made JSONResponse: probes hit this often, and skipping the
-        # response-model pass keeps it as cheap as a bare endpoint. The schema is documented.
+    async def readyz() -> Response:
+        # The ready answers are bodies written once (see _json_response); the schema is
+        # documented by the response model.
         excused = False  # drift that the fleet's readiness budget answers as ready
         for check in readiness_checks:
             reason = check()
@@ -514,13 +537,13 @@ def create_router(
             ready, reason = gate.check()
             if not ready:
                 if readiness_budget is not None and readiness_budget.excuses(reason):
-                    return JSONResponse(READY_WITHIN_BUDGET)
+                    return _json_response(_READY_WITHIN_BUDGET_BODY)
                 body: dict[str, Any] = {"status": "not_ready", "reason": reason}
                 reopens = gate.reopens_within()
                 if reopens is not None:
                     body["reopens_within_seconds"] = math.ceil(reopens)
                 return JSONResponse(body, status_code=503)
-        return JSONResponse(READY_WITHIN_BUDGET if excused else READY)
+        return _json_response(_READY_WITHIN_BUDGET_BODY if excused else _READY_BODY)
 
     @router.get(
         f"{probes}/metrics",
@@ -529,11 +552,16 @@ def create_router(
         name="driftgate:metrics",
     )
     async def metrics(request: Request) -> Response:
-        accept = request.headers.get("accept")
-        body, content_type = await asyncio.get_running_loop().run_in_executor(
-            renderer.executor(), render, registry, accept, include_process_metrics
+        headers = request.headers
+        answer = await asyncio.get_running_loop().run_in_executor(
+            renderer.executor(),
+            scrape,
+            registry,
+            headers.get("accept"),
+            headers.get("accept-encoding"),
+            include_process_metrics,
         )
-        return Response(body, media_type=content_type)
+        return Response(answer.body, media_type=answer.content_type, headers=answer.headers)
 
     # async: a sync dependency would take a token of the shared thread pool.
     async def require_manager() -> RolloutManager:
@@ -693,11 +721,32 @@ def create_router(
             )
         )
 
+    def status_answer(request: Request, rollout: RolloutManager) -> Response:
+        report = rollout.get_status()
+        tag = report["etag"]
+        if _none_match(request.headers.get("if-none-match"), tag):
+            return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": tag})
+        return _json_response(_STATUS.dump_json(report), ETag=tag)
+
     def rollout_routes(path: str, find: Callable[..., Any], route: str) -> None:
         """Status, state, advance and rollback of the rollout `find` answers, under `path`;
         `route` names them (`driftgate:{route}_status`, ...)."""
 
-        @router.get(
+        # The published snapshot: no manager lock and no store call, so on the event loop.
+        # The manager is looked up here, not through a dependency, and the report is written
+        # as JSON here, not by FastAPI's response-model pass: status pollers (dashboards, the
+        # command line, each replica's neighbours) ask often. The response model documents it.
+        if route == "rollout":
+
+            async def rollout_status(request: Request) -> Response:
+                return status_answer(request, await find())
+
+        else:
+
+            async def rollout_status(request: Request, rollout: str) -> Response:  # type: ignore[misc]
+                return status_answer(request, await find(rollout))
+
+        router.get(
             f"{path}/status",
             response_model=RolloutStatus,
             responses={
@@ -707,19 +756,7 @@ def create_router(
             },
             name=f"driftgate:{route}_status",
             dependencies=read_guard,
-        )
-        async def rollout_status(
-            request: Request,
-            response: Response,
-            rollout: Annotated[RolloutManager, Depends(find)],
-        ) -> Any:
-            # The published snapshot: no manager lock and no store call, so on the event loop.
-            report = rollout.get_status()
-            tag = report["etag"]
-            if _none_match(request.headers.get("if-none-match"), tag):
-                return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": tag})
-            response.headers["ETag"] = tag
-            return report
+        )(rollout_status)
 
         @router.get(
             f"{path}/state",
