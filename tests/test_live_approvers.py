@@ -203,9 +203,13 @@ def test_protect_status_applies_live_both_ways(service):
     assert (refused.status_code, refused.json()) == (403, {"detail": "MISSING_SCOPE: rollout:read"})
     assert service.client.get(STATUS, headers=bearer(BOB)).status_code == 200
     assert service.client.get("/api/guardian/rollout/state").status_code == 401
+    # a stranger learns no rollout's name: the credentials are asked for before the lookup
+    assert service.client.get("/api/guardian/rollouts/nope/status").status_code == 401
     service.write({"token_file": tokens, "protect_status": False})
     assert service.reload().changed == ("admin.protect_status",)
     assert service.client.get(STATUS).status_code == 200
+    unknown = service.client.get("/api/guardian/rollouts/nope/status")
+    assert (unknown.status_code, unknown.json()) == (404, {"detail": "UNKNOWN_ROLLOUT"})
     # the OpenAPI describes the service as it started: the status unprotected
     schema = service.client.get("/openapi.json").json()
     assert "security" not in schema["paths"][STATUS]["get"]

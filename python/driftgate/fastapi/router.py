@@ -33,6 +33,7 @@ from driftgate.fastapi.auth import (
     bearer_token_admin,
     identified,
     scoped,
+    status_check,
     status_declared_protected,
     status_guard,
 )
@@ -493,6 +494,8 @@ def create_router(
     require_admin = admin or bearer_token_admin(os.environ.get(TOKEN_ENV) or None)
     read_guard = status_guard(require_admin)  # rollout:read, while the status is protected
     read_declared = status_declared_protected(require_admin)  # in the OpenAPI: as at start
+    # The status's own check, awaited by its handler while no scheme is declared on it
+    read_check = status_check(require_admin)
 
     @contextlib.asynccontextmanager
     async def router_lifespan(app: Any) -> AsyncIterator[None]:
@@ -739,11 +742,15 @@ def create_router(
         if route == "rollout":
 
             async def rollout_status(request: Request) -> Response:
+                if read_check is not None:  # before the lookup: no name told to a stranger
+                    await read_check(request)
                 return status_answer(request, await find())
 
         else:
 
             async def rollout_status(request: Request, rollout: str) -> Response:  # type: ignore[misc]
+                if read_check is not None:
+                    await read_check(request)
                 return status_answer(request, await find(rollout))
 
         router.get(
@@ -755,7 +762,7 @@ def create_router(
                 304: {"description": "Not modified: If-None-Match names the current ETag."},
             },
             name=f"driftgate:{route}_status",
-            dependencies=read_guard,
+            dependencies=read_guard if read_check is None else [],
         )(rollout_status)
 
         @router.get(
