@@ -163,13 +163,13 @@ def move(manager: RolloutManager, n: int) -> int:
     return decision.version
 
 
-def propagation(url: str, key: str, profile: Profile, hints: bool) -> list[float]:
-    """Seconds from the advance call on one replica to the last of the three holding its
-    version, for each transition; the committing replica rotates."""
+def propagation(url: str, key: str, profile: Profile, hints: bool, count: int = 3) -> list[float]:
+    """Seconds from the advance call on one of `count` replicas to the last of them holding
+    its version, for each transition; the committing replica rotates."""
     kind = RedisStateStore if hints else HintlessStore
     stores = [
         kind(url, key, sync_interval_seconds=profile.sync_interval, replica=f"replica-{i}")
-        for i in range(3)
+        for i in range(count)
     ]
     replicas = [manager_for(store, None, Replica) for store in stores]
     rng = random.Random(7)
@@ -178,7 +178,7 @@ def propagation(url: str, key: str, profile: Profile, hints: bool) -> list[float
         deadline = time.monotonic() + timeout
         while not all(r.synced and r.version == replicas[0].version for r in replicas):
             if time.monotonic() > deadline:
-                raise BenchmarkError("the three replicas did not agree on a first version")
+                raise BenchmarkError(f"the {count} replicas did not agree on a first version")
             time.sleep(0.01)
         if replicas[0].config.current_stage().name != "canary":
             raise BenchmarkError(f"the rollout at {key} does not start at canary")
@@ -187,7 +187,7 @@ def propagation(url: str, key: str, profile: Profile, hints: bool) -> list[float
             if not hints:
                 # a random phase against the replicas' polls, as a real commit has
                 time.sleep(rng.uniform(0, profile.sync_interval))
-            writer = replicas[n % 3]
+            writer = replicas[n % count]
             start = time.perf_counter()
             version = move(writer, n)
             committed = time.perf_counter()  # the writer holds it once its call returns

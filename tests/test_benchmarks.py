@@ -1,6 +1,7 @@
 """Every benchmark's smoke mode runs here, so a benchmark that breaks fails the tests; and the
 load benchmark refuses to report a ratio when a side answers errors."""
 
+import asyncio
 import importlib
 import os
 import re
@@ -8,7 +9,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 
 import pytest
 
@@ -100,6 +101,19 @@ def run_benchmark(*args: str, env: dict[str, str] | None = None) -> subprocess.C
     )
 
 
+def require_redis() -> None:
+    if shutil.which("redis-server") is None:
+        pytest.fail("redis-server not found (Debian package: redis-server); the fleet needs it")
+
+
+def smoke_section(script: str, tmp_path: Path) -> tuple[str, str]:
+    """Runs a benchmark's --smoke writing its section: (its output, the Markdown file)."""
+    output = tmp_path / "benchmarks.md"
+    result = run_benchmark(f"benchmarks/{script}", "--smoke", "--output", str(output))
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout, output.read_text()
+
+
 def require_wrk() -> None:
     if shutil.which("wrk") is None:
         pytest.fail("wrk not found (Debian package: wrk); the load benchmark needs it")
@@ -171,13 +185,9 @@ def test_load_benchmark_smoke(tmp_path):
 @pytest.mark.slow
 @pytest.mark.integration
 def test_fleet_benchmark_smoke(tmp_path):
-    if shutil.which("redis-server") is None:
-        pytest.fail("redis-server not found (Debian package: redis-server); the fleet needs it")
-    output = tmp_path / "benchmarks.md"
-    result = run_benchmark("benchmarks/fleet.py", "--smoke", "--output", str(output))
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "smoke run: every fleet step ran" in result.stdout
-    text = output.read_text()
+    require_redis()
+    stdout, text = smoke_section("fleet.py", tmp_path)
+    assert "smoke run: every fleet step ran" in stdout
     assert "- Command: `python benchmarks/fleet.py --smoke --output" in text
     # both propagation paths measured every transition, and both stores committed
     assert len(re.findall(r"over 6 transitions \| median [\d.]+ ms, p99", text)) == 2, text
@@ -193,6 +203,62 @@ def test_fleet_benchmark_stops_on_a_transition_that_does_not_commit(monkeypatch)
     manager = driftgate.RolloutManager(at_final)  # advance refused: already at the final stage
     with pytest.raises(fleet.BenchmarkError, match="transition 0 did not commit"):
         fleet.move(manager, 0)
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_scale_benchmark_smoke(tmp_path):
+    require_redis()
+    stdout, text = smoke_section("scale.py", tmp_path)
+    assert "smoke run: every scale step ran" in stdout
+    assert "<!-- begin scale -->" in text and "<!-- end scale -->" in text
+    assert "- Command: `python benchmarks/scale.py --smoke --output" in text
+    # every size of every step measured: the policy columns, the rollouts, the followers
+    assert "| 1 policy | 4 policies | 16 policies | 32 ids, max_policies 16 |" in text
+    timed = r"((?: \| \d+ \([\d.]+x\)){4}) \|"
+    assert re.search(
+        r"\| `Enforcer.decide`, ns per decision, spread over every policy" + timed, text
+    )
+    assert re.search(r"\| the same decisions over 4 of the policies only" + timed, text)
+    assert re.search(
+        r"\| `DriftTracker.record`, ns per call, spread over every policy" + timed, text
+    )
+    assert "| 1 rollout | 3 rollouts | 3 / 1 |" in text
+    assert len(re.findall(r"\| [\d.]+ \| [\d.]+ \| [\d.]+x \|", text)) == 4, text
+    assert "| 1 follower | 3 followers |" in text
+    at_rest = re.search(
+        r"per follower per s \(scripts' own included\) \| ([\d.]+) .*\| ([\d.]+) ", text
+    )
+    assert at_rest is not None and float(at_rest[2]) > 0, text
+    assert text.count("| not judged |") == 5
+
+
+@pytest.fixture
+def scale(monkeypatch) -> ModuleType:
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    return importlib.import_module("scale")
+
+
+def test_scale_benchmark_stops_on_followers_that_do_not_converge(scale):
+    synced = SimpleNamespace(synced=True, version=3)
+    behind = SimpleNamespace(synced=True, version=2)
+    with pytest.raises(scale.BenchmarkError, match="1 of 2 followers did not converge"):
+        scale.converged([synced, behind], timeout=0)
+    scale.converged([synced, synced], timeout=0)  # agreeing followers pass at once
+
+
+def test_scale_benchmark_stops_on_an_answer_that_is_not_200(scale):
+    import httpx
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(503, json={"detail": "STATE_STORE"})
+
+    async def ask() -> float:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as client:
+            return await scale.answers_per_second(client, "http://scale/status", 3)
+
+    with pytest.raises(scale.BenchmarkError, match="GET http://scale/status answered 503"):
+        asyncio.run(ask())
 
 
 def run_load_against(tmp_path: Path, factory: str) -> subprocess.CompletedProcess:
