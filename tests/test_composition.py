@@ -135,6 +135,28 @@ def test_the_dependency_answers_the_service_of_the_requests_app(tmp_path):
     assert current_service  # the function behind CurrentService is public too
 
 
+def test_the_dependency_runs_on_the_event_loop(tmp_path, monkeypatch):
+    """An `async def` handler asking for the service makes no trip through the thread pool
+    (a plain `def` dependency would cost each request one)."""
+    import fastapi.dependencies.utils
+
+    service = Service.from_values(None, state_dir=tmp_path)
+    app = FastAPI()
+
+    @app.get("/which")
+    async def which(dg: CurrentService) -> dict[str, bool]:
+        return {"same": dg is service}
+
+    service.install(app)
+
+    def no_thread_pool(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a dependency went through the thread pool")
+
+    monkeypatch.setattr(fastapi.dependencies.utils, "run_in_threadpool", no_thread_pool)
+    with TestClient(app) as client:
+        assert client.get("/which").json() == {"same": True}
+
+
 def test_an_app_takes_one_service(tmp_path):
     app = FastAPI()
     Service.from_values(None, state_dir=tmp_path).install(app)

@@ -483,9 +483,11 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
         return None
 
 
-def current_service(request: Request) -> Service:
+async def current_service(request: Request) -> Service:
     """The FastAPI dependency that answers the `Service` installed on the request's app:
-    `dg: Annotated[Service, Depends(current_service)]`, or `dg: CurrentService`."""
+    `dg: Annotated[Service, Depends(current_service)]`, or `dg: CurrentService`. A coroutine,
+    so that FastAPI calls it on the event loop: a plain `def` would cost every request that
+    asks for it a trip through the thread pool."""
     service = getattr(request.app.state, "driftgate", None)
     if not isinstance(service, Service):
         raise RuntimeError(
