@@ -54,13 +54,16 @@ class Sizes:
     hintless: int  # and with hints lost
     sync_interval: float  # seconds, for the propagation steps
     quiet_seconds: float  # the interval Redis's commands are counted over, at rest
+    # the stores' sync interval at rest: None, their default (a smoke run's quiet second is
+    # shorter than the default, so it polls faster to see any command at all)
+    rest_sync_interval: float | None = None
 
 
 FULL = Sizes(
     (1, 100, 1_000, 10_000), 20_000, 10_000, 200_000, 7, 3, 100, 20, 200, (3, 30, 100), 100,
     30, 0.5, 15.0,
 )  # fmt: skip
-SMOKE = Sizes((1, 4, 16), 32, 256, 1_024, 1, 1, 3, 2, 4, (1, 3), 3, 2, 0.2, 1.0)
+SMOKE = Sizes((1, 4, 16), 32, 256, 1_024, 1, 1, 3, 2, 4, (1, 3), 3, 2, 0.2, 1.0, 0.2)
 
 
 def count(n: int) -> str:
@@ -315,14 +318,17 @@ def converged(managers: list[driftgate.RolloutManager], timeout: float) -> None:
         time.sleep(0.05)
 
 
-def load_at_rest(url: str, key: str, followers: int, quiet: float) -> tuple[float, float, str]:
+def load_at_rest(
+    url: str, key: str, followers: int, quiet: float, sync_interval: float | None
+) -> tuple[float, float, str]:
     """Commands per follower per second Redis processes while nothing moves, with the store's
     default intervals: all of them (a script's own included), the followers' round trips, and
     the commands that make them up."""
     import redis
 
+    intervals = {} if sync_interval is None else {"sync_interval_seconds": sync_interval}
     managers = [
-        manager_for(RedisStateStore(url, key, replica=f"follower-{i}"), None)
+        manager_for(RedisStateStore(url, key, replica=f"follower-{i}", **intervals), None)
         for i in range(followers)
     ]
     client = redis.Redis.from_url(url, socket_timeout=5)
@@ -369,7 +375,9 @@ def bench_fleet(sizes: Sizes, folder: Path) -> list[FleetFigures]:
             # One writer, which rotates, and n followers of each of its transitions.
             hinted = fleet.propagation(url, f"scale:hints:{n}", profile, True, n + 1)
             hintless = fleet.propagation(url, f"scale:nohints:{n}", lost, False, n + 1)
-            ops, trips, parts = load_at_rest(url, f"scale:rest:{n}", n, sizes.quiet_seconds)
+            ops, trips, parts = load_at_rest(
+                url, f"scale:rest:{n}", n, sizes.quiet_seconds, sizes.rest_sync_interval
+            )
             figures.append(FleetFigures(n, hinted, hintless, ops, trips, parts))
             print(f"fleet, {n} followers: done", flush=True)
     return figures
