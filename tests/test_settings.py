@@ -2,7 +2,7 @@
 
 import pytest
 
-from driftgate.settings import SettingsError, load_settings, parse_settings
+from driftgate.settings import SettingsError, StoreSettings, load_settings, parse_settings
 
 
 def test_defaults_are_shadow_only():
@@ -10,6 +10,39 @@ def test_defaults_are_shadow_only():
     assert settings.enforce.enforce is False
     assert settings.gate.enabled is False
     assert settings.rollout is None
+
+
+def test_every_key_left_out_takes_its_default():
+    settings = parse_settings(
+        {
+            "rollout": {
+                "enabled": True,
+                "stages": [{"name": "a", "percentage": 100}],
+                "prometheus": {"url": "http://prometheus:9090", "query": "up"},
+                "store": {},
+            }
+        }
+    )
+    enforce, gate = settings.enforce, settings.gate
+    assert (enforce.enforce, enforce.rollout_percent, enforce.drift_max_ratio) == (False, 0, 0.005)
+    assert (gate.enabled, gate.window, gate.max_ratio, gate.min_requests) == (
+        False,
+        "5m",
+        0.005,
+        100,
+    )
+    assert (gate.reopen_ratio, gate.confidence, settings.max_unready_replicas) == (None, None, 1)
+    assert (settings.check_interval_seconds, settings.rollout_min_requests) == (900, 0)
+    stage = settings.rollout.stages[0]
+    assert (stage.duration.total_seconds(), stage.max_error_rate) == (0, 0)
+    assert (stage.requires_approval, stage.approvals_required) == (False, 1)
+    assert settings.error_rate_source.timeout == 5
+    assert settings.store == StoreSettings()
+    assert (settings.store.sync_interval_seconds, settings.store.lease_ttl_seconds) == (5, 15)
+    assert (settings.store.max_clock_skew_seconds, settings.store.min_replicas_acked) == (1, 0)
+    assert settings.store.replica_ack_timeout_seconds == 1
+    assert str(settings.state_path) == "driftgate-state/rollout.json"
+    assert settings.log_level == "info"
 
 
 def test_the_seed_values_file(tmp_path):

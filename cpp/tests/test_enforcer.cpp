@@ -3,6 +3,7 @@
 #include <atomic>
 #include <cmath>
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
@@ -282,4 +283,50 @@ TEST_CASE("boundary: 0 % holds no key and 100 % every bucket", "[enforcer][bound
     enforcer.set_rollout_percent(99.99);
     CHECK_FALSE(enforcer.in_rollout(key_in_bucket(9999)));
     CHECK(enforcer.in_rollout(key_in_bucket(9998)));
+}
+
+TEST_CASE("boundary: rollout_percent runs from 0 to 100 and drift_max_ratio from 0 to 1",
+          "[enforcer][boundary]") {
+    auto valid = [](double percent, double ratio) {
+        try {
+            EnforceOptions{true, percent, ratio}.validate();
+            return true;
+        } catch (const std::invalid_argument&) {
+            return false;
+        }
+    };
+    CHECK(valid(0.0, 0.0));
+    CHECK(valid(100.0, 1.0));
+    CHECK_FALSE(valid(std::nextafter(0.0, -1.0), 0.5));
+    CHECK_FALSE(valid(-0.01, 0.5));
+    CHECK_FALSE(valid(100.01, 0.5));
+    CHECK_FALSE(valid(std::nextafter(100.0, 200.0), 0.5));
+    CHECK_FALSE(valid(50.0, std::nextafter(0.0, -1.0)));
+    CHECK_FALSE(valid(50.0, std::nextafter(1.0, 2.0)));
+    CHECK_FALSE(valid(INFINITY, 0.5));
+    CHECK_FALSE(valid(50.0, NAN));
+    CHECK_FALSE(valid(50.0, INFINITY));
+}
+
+TEST_CASE("boundary: a percent is a whole number of hundredths, up to rounding in its sum",
+          "[enforcer][boundary]") {
+    auto valid = [](double percent) {
+        try {
+            EnforceOptions{true, percent, 0.005}.validate();
+            return true;
+        } catch (const std::invalid_argument&) {
+            return false;
+        }
+    };
+    CHECK(valid(0.01));
+    CHECK(valid(0.1 + 0.2));  // 0.30000000000000004: 30 hundredths as a double holds them
+    CHECK(valid(99.99));
+    CHECK_FALSE(valid(0.005));
+    CHECK_FALSE(valid(12.345));
+    // the tolerance is 1e-6 of a hundredth: within it a percent reads as its hundredths
+    CHECK(valid(12.34 + 0.5e-8));
+    CHECK_FALSE(valid(12.34 + 1.5e-8));
+    CHECK((EnforceOptions{true, 0.1 + 0.2, 0.0}.rollout_basis_points()) == 30);
+    CHECK((EnforceOptions{true, 100.0, 0.0}.rollout_basis_points()) == 10000);
+    CHECK((EnforceOptions{true, 0.01, 0.0}.rollout_basis_points()) == 1);
 }
