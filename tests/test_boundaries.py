@@ -19,6 +19,7 @@ from driftgate import (
     RolloutManager,
     RolloutStage,
     Verdict,
+    WindowSpec,
     sampling_bucket,
 )
 from driftgate.settings import Settings, SettingsError, load_settings, parse_settings
@@ -58,6 +59,27 @@ def tracker() -> driftgate.DriftTracker:
 )
 def test_boundary_cohort_bucket_against_basis_points(percent, bucket, inside):
     assert enforcer(percent).in_rollout(key_in_bucket(bucket)) is inside
+
+
+@pytest.mark.parametrize(
+    ("name", "buckets", "accepted"),
+    [
+        ("w" * 32, 1, True),
+        ("w" * 33, 1, False),
+        ("", 1, False),
+        ("azAZ09_", 100_000, True),
+        ("w", 100_001, False),
+        ("w", 0, False),
+    ],
+)
+def test_boundary_a_window_is_named_by_1_to_32_characters_and_has_1_to_100000_buckets(
+    name, buckets, accepted
+):
+    if accepted:
+        assert WindowSpec(name, buckets, 1.0).name == name
+    else:
+        with pytest.raises(ValueError, match=r"invalid window name|buckets="):
+            WindowSpec(name, buckets, 1.0)
 
 
 def record(drift: driftgate.DriftTracker, requests: int, drifts: int) -> None:
@@ -218,9 +240,16 @@ def store_values(**store: object) -> dict:
         ("redis-sentinel:65536", False),
         ("[::1]:26379", True),  # an IPv6 address in brackets
         ("[::1:26379", False),  # a bracket left open
+        # a host is 1 to 253 characters, the brackets around it not counted
+        ("a" * 253 + ":26379", True),
+        ("a" * 254 + ":26379", False),
+        ("[" + "a" * 253 + "]:26379", True),
+        ("[" + "a" * 254 + "]:26379", False),
+        ("[a]:26379", True),
+        (":26379", False),
     ],
 )
-def test_boundary_sentinel_ports_run_from_1_to_65535(sentinel, accepted):
+def test_boundary_sentinels_are_host_port_with_a_port_from_1_to_65535(sentinel, accepted):
     values = store_values(sentinels=[sentinel], sentinel_service="mymaster")
     if accepted:
         assert parse_settings(values).store.sentinels == (sentinel,)

@@ -2,6 +2,8 @@
 
 #include <cmath>
 #include <memory>
+#include <optional>
+#include <stdexcept>
 
 #include "driftgate/readiness_gate.hpp"
 #include "driftgate/statistics.hpp"
@@ -258,4 +260,35 @@ TEST_CASE("boundary: with confidence a lower bound equal to max_ratio keeps the 
     const double lower = driftgate::wilson_bounds(50, 1000, 0.95).lower;
     CHECK(open_with_confidence(lower));
     CHECK_FALSE(open_with_confidence(std::nextafter(lower, 0.0)));
+}
+
+TEST_CASE("boundary: a gate's ratios run from 0 to 1, its reopen ratio up to max_ratio",
+          "[gate][boundary]") {
+    auto valid = [](double max_ratio, std::optional<double> reopen_ratio,
+                    std::optional<double> confidence) {
+        GateConfig config = enabled(max_ratio);
+        config.reopen_ratio = reopen_ratio;
+        config.confidence = confidence;
+        try {
+            config.validate();
+            return true;
+        } catch (const std::invalid_argument&) {
+            return false;
+        }
+    };
+    CHECK(valid(0.0, std::nullopt, std::nullopt));
+    CHECK(valid(1.0, std::nullopt, std::nullopt));
+    CHECK_FALSE(valid(std::nextafter(0.0, -1.0), std::nullopt, std::nullopt));
+    CHECK_FALSE(valid(std::nextafter(1.0, 2.0), std::nullopt, std::nullopt));
+    CHECK(valid(0.1, 0.0, std::nullopt));
+    CHECK(valid(0.1, 0.1, std::nullopt));  // reopening at the limit itself
+    CHECK_FALSE(valid(0.1, std::nextafter(0.1, 1.0), std::nullopt));
+    CHECK_FALSE(valid(0.1, std::nextafter(0.0, -1.0), std::nullopt));
+    CHECK(valid(1.0, 1.0, std::nullopt));
+    CHECK_FALSE(valid(1.0, std::nextafter(1.0, 2.0), std::nullopt));
+    // confidence in [0.5, 1)
+    CHECK(valid(0.1, std::nullopt, 0.5));
+    CHECK(valid(0.1, std::nullopt, std::nextafter(1.0, 0.0)));
+    CHECK_FALSE(valid(0.1, std::nullopt, std::nextafter(0.5, 0.0)));
+    CHECK_FALSE(valid(0.1, std::nullopt, 1.0));
 }

@@ -513,3 +513,33 @@ TEST_CASE("boundary: a stage asks for 1 to 10 approvals, more than 1 only with a
     CHECK(valid_stages({stage(10, 0, 0.1, false, 1)}));
     CHECK_FALSE(valid_stages({stage(10, 0, 0.1, false, 2)}));
 }
+
+TEST_CASE("boundary: a stage index past the last reaches no state",
+          "[rollout_config][stage_plan][boundary]") {
+    const StagePlan plan = default_plan();  // stages 0 to 4
+    CHECK(plan.reachable(4, RolloutState::Completed));
+    for (const auto state :
+         {RolloutState::Active, RolloutState::Aborted, RolloutState::Completed}) {
+        CHECK_FALSE(plan.reachable(5, state));
+    }
+}
+
+TEST_CASE("boundary: a one-stage rollout is complete, and stays so when resumed",
+          "[rollout_config][stage_plan][boundary]") {
+    // The first stage is also the final one: nothing to advance to, and a resumed rollout
+    // enters it completed.
+    const StagePlan plan({{"only", 100, 0, 0.1, false}});
+    CHECK(plan.is_final(0));
+    CHECK_FALSE(plan.advance_target({0, 1.0, RolloutState::Completed}).has_value());
+    CHECK(plan.advance_target({0, 1.0, RolloutState::Aborted}) == std::optional<std::size_t>(0));
+    const RolloutPosition resumed = plan.advanced({0, 1.0, RolloutState::Aborted}, 5.0);
+    CHECK(resumed.state == RolloutState::Completed);
+    CHECK(resumed.started_at == 5.0);
+    CHECK(plan.check_advance({0, 1.0, RolloutState::Completed}, 0.0, 5.0).verdict ==
+          Verdict::FinalStage);
+    // two stages: the first is not final
+    const StagePlan two({{"a", 10, 0, 0.1, false}, {"b", 100, 0, 0.1, false}});
+    CHECK_FALSE(two.is_final(0));
+    CHECK(two.is_final(1));
+    CHECK(two.advanced({0, 1.0, RolloutState::Aborted}, 5.0).state == RolloutState::Active);
+}
