@@ -177,6 +177,18 @@ def test_if_match_compares_entity_tags_strongly(client, manager, header):
     assert manager.version == 1
 
 
+def test_boundary_if_match_names_versions_up_to_the_last_a_state_holds(client, manager):
+    # 2^53 - 1, sixteen digits, is a version a tag may name (the body's expected_version stops
+    # there too): it names no state here, so the move is refused as stale (412), not as a
+    # header that names nothing the body asks for (400)
+    last = 2**53 - 1
+    header = {"If-Match": f'"{manager.get_status()["incarnation"]}.{last}"'}
+    answer = client.post(ADVANCE, headers={**AUTH, **header}, json={"expected_version": last})
+    assert answer.status_code == 412, answer.text
+    assert answer.json() == {"detail": "VERSION_MISMATCH"}
+    assert manager.version == 1
+
+
 @pytest.mark.parametrize("header", ['"7", "1"', '"1", "2"', ' W/"1" , "1" ', ', "1",,'])
 def test_if_match_list_moves_when_one_member_is_the_etag(client, manager, header):
     answer = client.post(ADVANCE, headers={**AUTH, "If-Match": header})

@@ -117,6 +117,20 @@ TEST_CASE("boundary: absurd clock readings share an edge bucket, real ones are e
     CHECK(bucket_index(-1e15, 1.0) < bucket_index(-1e12, 1.0));
 }
 
+TEST_CASE("boundary: a ring counts its own buckets, not the next ring's in the block",
+          "[window][boundary]") {
+    // PolicyWindows lays a policy's rings back to back: a read ends at its ring's last slot.
+    auto block = std::make_unique<driftgate::BucketSlot[]>(6);
+    RollingWindow first(block.get(), 3);
+    RollingWindow second(block.get() + 3, 3);
+    for (std::int64_t k = 10; k < 13; ++k) second.add(0, k, 1, 1);  // every slot of the second
+    CHECK(read(second, 12).total == 3);
+    CHECK(read(first, 12).total == 0);
+    first.add(0, 12, 1, 5);
+    CHECK(read(first, 12).total == 5);
+    CHECK(read(second, 12).total == 3);
+}
+
 TEST_CASE("boundary: a window name is 1 to 32 characters of [A-Za-z0-9_]", "[window][boundary]") {
     auto valid = [](const std::string& name) {
         try {
