@@ -269,6 +269,14 @@ def test_boundary_sentinels_are_1_to_16():
             parse_settings(store_values(sentinels=sentinels, sentinel_service="mymaster"))
 
 
+def test_boundary_a_values_file_names_at_most_16_notification_sinks():
+    sinks = [{"kind": "slack", "url_env": f"SLACK_{i}"} for i in range(16)]
+    assert len(parse_settings({"notifications": sinks}).notifications) == 16
+    sinks.append({"kind": "slack", "url_env": "SLACK_16"})
+    with pytest.raises(SettingsError, match=r"^notifications: list should have at most 16"):
+        parse_settings({"notifications": sinks})
+
+
 def test_boundary_a_rollout_has_at_most_100_stages():
     stages = [{"name": f"s{i}", "percentage": i} for i in range(1, 101)]
     settings = parse_settings({"rollout": {"enabled": True, "stages": stages}})

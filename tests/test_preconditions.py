@@ -196,6 +196,19 @@ def test_if_match_list_moves_when_one_member_is_the_etag(client, manager, header
     assert manager.version == 2
 
 
+@pytest.mark.parametrize("order", ["bare first", "bare last", "among others"])
+def test_if_match_may_name_a_version_both_bare_and_with_its_incarnation(client, manager, order):
+    # Two tags of one version, one from a client older than incarnations: both name it.
+    tags = {
+        "bare first": ['"1"', tag(manager)],
+        "bare last": [tag(manager), '"1"'],
+        "among others": ['"7"', '"1"', tag(manager), '"0"'],
+    }[order]
+    answer = client.post(ADVANCE, headers={**AUTH, "If-Match": ", ".join(tags)})
+    assert answer.status_code == 200, answer.text
+    assert manager.version == 2
+
+
 def test_if_match_list_without_the_etag_is_412(client, manager):
     assert client.post(ADVANCE, headers=AUTH).status_code == 200
     answer = client.post(ADVANCE, headers={**AUTH, "If-Match": '"1", W/"2", "02", "3"'})

@@ -325,6 +325,8 @@ TEST_CASE("boundary: a percent is a whole number of hundredths, up to rounding i
     CHECK_FALSE(valid(12.345));
     // the tolerance is 1e-6 of a hundredth: within it a percent reads as its hundredths
     CHECK(valid(12.34 + 0.5e-8));
+    CHECK(valid(1e-8));  // 1e-6 of a hundredth exactly, as a double too: still 0 hundredths
+    CHECK((EnforceOptions{true, 1e-8, 0.0}.rollout_basis_points()) == 0);
     CHECK_FALSE(valid(12.34 + 1.5e-8));
     CHECK((EnforceOptions{true, 0.1 + 0.2, 0.0}.rollout_basis_points()) == 30);
     CHECK((EnforceOptions{true, 100.0, 0.0}.rollout_basis_points()) == 10000);
