@@ -1140,3 +1140,54 @@ TEST_CASE("boundary: a stage for one approval takes a credential that is nobody"
     CHECK(moved.action == DecisionAction::Advanced);
     CHECK(moved.to_stage == "b");
 }
+
+TEST_CASE("boundary: an aborted rollout holds whatever it is shown, until a person resumes it",
+          "[rollout][boundary]") {
+    Fixture f;
+    RolloutManager::Options options;
+    options.min_requests = 100;
+    auto manager = f.make(options, day_then_final(0.1));
+    REQUIRE(manager.manual_rollback("ops").action == DecisionAction::Aborted);
+    const auto version = manager.version();
+    f.clock->advance(24 * kHour);
+    // a high error rate cannot abort it again, too few requests are not what it waits for
+    for (const auto& [rate, requests] :
+         {std::pair{1.0, std::uint64_t{1000}}, std::pair{0.0, std::uint64_t{1000}},
+          std::pair{0.0, std::uint64_t{3}}}) {
+        const Decision held = manager.evaluate(rate, requests);
+        CHECK(held.action == DecisionAction::Held);
+        CHECK(held.message == "Rollout aborted at 0%: a manual advance resumes it");
+    }
+    CHECK(manager.version() == version);
+    CHECK(manager.snapshot().judgement().waiting_for == driftgate::WaitingFor::Resume);
+}
+
+TEST_CASE("boundary: a high error rate is judged an abort at the first stage, a rollback later",
+          "[rollout][boundary]") {
+    // What the status says the next check does, before it runs.
+    Fixture f;
+    auto manager = f.make({}, three_stages());
+    REQUIRE(manager.adopt_evidence(manager.snapshot().position, {0.5, 100, 50}));
+    CHECK(manager.snapshot().judgement().action == DecisionAction::Aborted);
+    REQUIRE(manager.manual_advance("ops").to_stage == "b");  // stage 1
+    REQUIRE(manager.adopt_evidence(manager.snapshot().position, {0.5, 100, 50}));
+    CHECK(manager.snapshot().judgement().action == DecisionAction::RolledBack);
+}
+
+TEST_CASE("boundary: a new manager on a config another one left aborted starts aborted",
+          "[rollout][boundary]") {
+    Fixture f;
+    const RolloutConfig config = three_stages();
+    {
+        RolloutManager::Options options;
+        options.state_path = f.dir + "/first.json";
+        auto first = f.make(options, config);
+        REQUIRE(first.manual_rollback("ops").action == DecisionAction::Aborted);
+    }
+    REQUIRE(config.position().state == RolloutState::Aborted);
+    RolloutManager::Options options;
+    options.state_path = f.dir + "/second.json";  // nothing saved: a fresh rollout
+    auto second = f.make(options, config);
+    CHECK(second.snapshot().position.state == RolloutState::Aborted);
+    CHECK(second.enforced_percentage() == 0);
+}
