@@ -328,9 +328,12 @@ class Replica:
         return int(self.status()["version"])
 
     def metric(self, name: str) -> float | None:
-        """The value of an unlabelled series at /api/v1/metrics (None: not exposed)."""
+        """The value of a series at /api/v1/metrics with no label, or only the default
+        rollout's (None: not exposed)."""
         text = self.http.get("/api/v1/metrics").text
-        match = re.search(rf"^{re.escape(name)}(?:{{}})? (\S+)$", text, re.MULTILINE)
+        match = re.search(
+            rf'^{re.escape(name)}(?:{{}}|{{rollout="default"}})? (\S+)$', text, re.MULTILINE
+        )
         return None if match is None else float(match.group(1))
 
     def enforced_percent(self) -> float | None:

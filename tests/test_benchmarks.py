@@ -23,7 +23,7 @@ BROKEN_APPS = '''
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from load_apps import bare
+from load_apps import bare, status_document
 
 
 def answers_500() -> FastAPI:
@@ -53,12 +53,20 @@ def fails_after_first() -> FastAPI:
 
 
 def old_answer() -> FastAPI:
-    """The demo's answer before it carried a solution signature."""
+    """The demo's answer before it carried a solution signature (and the other baselines as
+    they are, so that only /verify differs)."""
     app = FastAPI()
+    status = status_document()
 
     @app.get("/api/v1/readyz")
+    @app.get("/included/api/v1/readyz")
+    @app.get("/sync/api/v1/readyz")
     def readyz():
         return {"status": "ready"}
+
+    @app.get("/api/guardian/rollout/status")
+    def rollout_status():
+        return status
 
     @app.post("/verify")
     def verify():
@@ -137,8 +145,9 @@ def test_core_benchmarks_smoke(tmp_path):
     text = output.read_text()
     assert "- Command: `python benchmarks/run.py --smoke --output" in text
     rows = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line]
-    assert len(rows) == 1 + 23  # the header and every figure
+    assert len(rows) == 1 + 26  # the header and every figure
     assert "`Enforcer.decide` with two callables" in text
+    assert "`Enforcer.decide` of a rollout's policy with 100 rollouts on the enforcer" in text
     assert "`/api/v1/metrics` body, OpenMetrics, 8 policies" in text
 
 
@@ -151,8 +160,12 @@ def test_load_benchmark_smoke(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     text = output.read_text()
     answered = [int(n) for n in re.findall(r"all (\d+) answers 2xx", text)]
-    assert len(answered) == 2 and min(answered) > 0, text
-    assert "`GET /api/v1/metrics` with 8 policies" in text
+    assert len(answered) == 5 and min(answered) > 0, text
+    # every baseline of the probe, named, and the scrape's rows
+    assert "declared on the app (`@app.get`)" in text
+    assert "in an included `APIRouter`" in text
+    assert "plain `def`" in text
+    assert text.count("`GET /api/v1/metrics`, 8 policies") == 3
 
 
 @pytest.mark.slow

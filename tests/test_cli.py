@@ -409,6 +409,13 @@ def test_the_service_commands_need_no_extra(tmp_path, service):
     assert hashed.stdout.startswith("alice  sha256:")
 
 
+def test_a_url_without_the_routers_prefix_is_told_about_the_prefix(service):
+    result = run("status", "--url", f"{service}/elsewhere")
+    assert result.returncode == 2
+    assert "the service answered 404" in result.stderr
+    assert "is its router under a prefix? give it in --url" in result.stderr
+
+
 def test_serve_without_the_fastapi_extra_says_which_to_install(tmp_path):
     result = run("serve", "--check", env=without_extras(tmp_path))
     assert_usage_error(result, "pip install 'driftgate[fastapi]'")
@@ -577,7 +584,12 @@ def test_status_and_advance_against_a_service_that_is_not_driftgate():
         return 200, {"unrelated": [1, 2]}
 
     with json_server(reply) as url:
-        assert_usage_error(run("status", "--url", url), "answered without a rollout status")
+        # the list of a service's rollouts, asked for first, is not there
+        assert_usage_error(run("status", "--url", url), "answered without a list of rollouts")
+        assert_usage_error(
+            run("status", "--url", url, "--rollout", "default"),
+            "answered without a rollout status",
+        )
         # An advance reads the rollout's version first, and finds none.
         assert_usage_error(
             run("advance", "--url", url, env={"DRIFTGATE_ADMIN_TOKEN": TOKEN}),
@@ -614,3 +626,22 @@ def test_a_bad_reason_is_refused_before_anything_is_sent(service, command, reaso
     assert "x" * 50 not in refused.stderr  # the text is not echoed back
     after = json.loads(run("status", "--url", service, "--json").stdout)
     assert after["version"] == before["version"]  # nothing was sent
+
+
+def test_the_status_text_says_when_enforcement_is_off():
+    from driftgate.cli import _status_text
+
+    status = {
+        "current_stage": {"name": "canary", "max_error_rate": 0.005},
+        "stage_index": 0,
+        "total_stages": 5,
+        "state": "active",
+        "enforced_percentage": 10,
+        "started_at": "2026-12-07T00:00:00Z",
+        "elapsed_time": "0:00:01",
+        "min_duration": "1 day, 0:00:00",
+    }
+    assert "enforced   10%\n" in _status_text({**status, "enforcing": True})
+    assert "enforced   10% (enforce_enabled is off: shadow only)" in _status_text(
+        {**status, "enforcing": False}
+    )

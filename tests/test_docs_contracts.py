@@ -70,7 +70,7 @@ def test_the_documented_jwt_decoding_reads_what_driftgate_reads(capsys):
     # The example exercises both scope claims and the actor claim.
     assert isinstance(claims["scope"], str) and isinstance(claims["scp"], list)
     assert "preferred_username" in claims and "sub" in claims
-    read = sorted(scope.value for scope in _claimed_scopes(claims))
+    read = sorted(scope.value for scope in _claimed_scopes(claims)[0])
     assert read == ["rollout:advance", "rollout:read"]
     assert capsys.readouterr().out == f"actor: alice\nscopes driftgate uses: {read}\n"
     assert namespace["driftgate_scopes"] == {scope.value for scope in Scope}

@@ -43,6 +43,11 @@ SKIPPED_BLOCKS = {
         "h      = MurmurHash3_x86_32(key_bytes, seed)          # unsigned 32-bit",
     ): ("pseudo-code of the bucket rule; tests/test_sampling.py checks the rule itself"),
     (
+        "docs/sampling.md",
+        'cohort_seed = seed                                        # rollout "default", or '
+        'cohort="shared"',
+    ): "pseudo-code of a rollout's cohort; tests/test_sampling.py checks it against mmh3",
+    (
         "docs/runbook_rollout.md",
         "driftgate probe --url http://127.0.0.1:8000/api/v1/schedule --body canary.json --count 3",
     ): "a solver service's endpoint and request file, which the demo service does not have",
@@ -118,6 +123,32 @@ def fenced_blocks(path: Path) -> list[Block]:
 BLOCKS = [block for path in DOCUMENTS for block in fenced_blocks(path)]
 
 
+# A block whose first line names a file (`# app.py`, `# values.yaml`, `# tests/test_app.py`) is
+# that file of a project the document builds: its blocks run beside all of its files, and a
+# `tests/` file runs under pytest, the way its reader runs it.
+FILE_NAME = re.compile(r"^# ((?:tests/)?[a-z_]+\.(?:py|yaml))$")
+
+
+def file_name(block: Block) -> str | None:
+    match = FILE_NAME.match(block.first_line)
+    return match.group(1) if match else None
+
+
+def project_files(document: str) -> dict[str, str]:
+    """The files the document's named blocks make up."""
+    return {
+        name: block.code
+        for block in BLOCKS
+        if block.document == document and (name := file_name(block)) is not None
+    }
+
+
+def write_project(document: str, folder: Path) -> None:
+    for name, code in project_files(document).items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(code)
+
+
 def blocks_of(language: str) -> list[Block]:
     return [
         b
@@ -150,7 +181,12 @@ def test_every_block_is_run_or_skipped_with_a_reason() -> None:
 
 
 def is_fastapi_app(code: str) -> bool:
-    return re.search(r"^app = FastAPI\(", code, re.MULTILINE) is not None
+    return re.search(r"^app = FastAPI\(", code, re.MULTILINE) is not None or is_app_factory(code)
+
+
+def is_app_factory(code: str) -> bool:
+    """A module with `def create_app(...)`, served with `uvicorn --factory`."""
+    return re.search(r"^def create_app\(", code, re.MULTILINE) is not None
 
 
 @pytest.fixture
@@ -173,6 +209,21 @@ def test_python_block_runs(
     restored_logging: None,
 ) -> None:
     monkeypatch.chdir(tmp_path)
+    write_project(block.document, tmp_path)
+    name = file_name(block)
+    if name is not None and name.startswith("tests/"):
+        result = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", name],
+            cwd=tmp_path,
+            env={**os.environ, "PYTHONPATH": str(tmp_path)},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-3000:]
+        assert " passed" in result.stdout and "failed" not in result.stdout, result.stdout
+        return
+    monkeypatch.syspath_prepend(str(tmp_path))
     namespace: dict[str, object] = {"__name__": "__main__"}
     if "RedisStateStore" in block.code:
         with redis_server(tmp_path / "redis") as url:
@@ -180,6 +231,8 @@ def test_python_block_runs(
             exec(compile(block.code, block.id, "exec"), namespace)
     else:
         exec(compile(block.code, block.id, "exec"), namespace)
+    if is_app_factory(block.code):
+        namespace["app"] = namespace["create_app"]()  # type: ignore[operator]
     if is_fastapi_app(block.code):
         assert type(namespace["app"]).__name__ == "FastAPI"
 
@@ -188,10 +241,13 @@ def test_python_block_runs(
     "block", [pytest.param(b, id=b.id) for b in blocks_of("python") if is_fastapi_app(b.code)]
 )
 def test_fastapi_block_serves_under_uvicorn(block: Block, tmp_path: Path) -> None:
+    write_project(block.document, tmp_path)
     (tmp_path / "documented_app.py").write_text(block.code)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    command = [sys.executable, "-m", "uvicorn", "documented_app:app"]
+    command = [sys.executable, "-m", "uvicorn"]
+    command += ["--factory", "documented_app:create_app"] if is_app_factory(block.code) else []
+    command += [] if is_app_factory(block.code) else ["documented_app:app"]
     command += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
     process = subprocess.Popen(command, cwd=tmp_path)
     try:
@@ -216,11 +272,13 @@ def test_fastapi_block_serves_under_uvicorn(block: Block, tmp_path: Path) -> Non
 
 
 def test_readme_programs_pass_mypy_strict(tmp_path: Path) -> None:
-    files = []
+    write_project("README.md", tmp_path)
+    files = [name for name in project_files("README.md") if name.endswith(".py")]
     for n, block in enumerate(b for b in blocks_of("python") if b.document == "README.md"):
-        file = tmp_path / f"readme_block_{n}.py"
-        file.write_text(block.code)
-        files.append(str(file))
+        if file_name(block) is None:
+            file = tmp_path / f"readme_block_{n}.py"
+            file.write_text(block.code)
+            files.append(str(file))
     assert files
     result = subprocess.run(
         [sys.executable, "-m", "mypy", "--strict", "--no-incremental", *files],

@@ -143,6 +143,32 @@ def test_record_batch_rejects_bad_codes_and_records_nothing(tracker):
     assert tracker.counts() == (1, 1)
 
 
+def test_record_batch_counts_what_numpy_counts_at_any_length_and_alignment(tracker):
+    rng = np.random.default_rng(3)
+    codes = rng.integers(0, 3, (2, 300), dtype=np.uint8)
+    recorded = 0
+    for n in [*range(0, 70), 127, 128, 129, 255, 256, 257]:
+        for offset in (0, 1, 7, 31):  # views that start anywhere in their buffer
+            shadow, enforced = codes[0, offset : offset + n], codes[1, 3 : 3 + n]
+            assert tracker.record_batch("p", shadow, enforced) == np.count_nonzero(
+                shadow != enforced
+            )
+            recorded += n
+    assert tracker.counts("5m", "p")[1] == recorded
+
+
+def test_record_batch_with_a_bad_code_anywhere_records_nothing(tracker):
+    for n in (1, 16, 33, 100):
+        for at in range(n):
+            for side in ("shadow", "enforced"):
+                buffers = {"shadow": bytearray(n), "enforced": bytearray(b"\x01" * n)}
+                buffers[side][at] = 255
+                with pytest.raises(ValueError, match=rf"code 255 in {side}\[{at}\]"):
+                    tracker.record_batch("p", buffers["shadow"], buffers["enforced"])
+    assert tracker.counts() == (0, 0)
+    assert tracker.policies() == []
+
+
 def test_record_batch_rejects_wrong_buffer_types(tracker):
     with pytest.raises(TypeError, match="uint8 verdict codes, got format 'i'"):
         tracker.record_batch("p", np.zeros(3, dtype=np.int32), np.zeros(3, dtype=np.int32))

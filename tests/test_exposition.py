@@ -2,6 +2,7 @@
 prometheus_client's default registry together: checked by prometheus_client's parsers and by
 Prometheus's own promtool."""
 
+import gzip
 import shutil
 import subprocess
 
@@ -22,7 +23,7 @@ from driftgate import (
     RolloutManager,
     SignatureLRU,
 )
-from driftgate.exposition import render
+from driftgate.exposition import accepts_gzip, render, scrape
 
 OPENMETRICS = "application/openmetrics-text; version=1.0.0"
 
@@ -150,3 +151,62 @@ def test_family_names_follow_what_the_registry_exposes(clock, registry):
     exposed = set(type_lines(registry.exposition()))
     assert exposed <= names
     del tracker
+
+
+@pytest.mark.parametrize(
+    ("header", "accepted"),
+    [
+        ("gzip", True),
+        ("GZip", True),
+        ("gzip, deflate", True),
+        ("deflate, br", False),
+        ("x-gzip", True),
+        ("gzip;q=0.001", True),
+        ("gzip;q=0", False),
+        ("gzip; q=0.000", False),
+        ("gzip;q=abc", False),
+        ("*", True),
+        ("*;q=0", False),
+        ("*, gzip;q=0", False),  # named beats the wildcard
+        ("gzip;q=0, *", False),
+        ("br;q=1, gzip;q=0.5", True),
+        ("identity", False),
+        ("", False),
+        (None, False),  # no header: the identity, as prometheus_client's server answers
+    ],
+)
+def test_gzip_is_accepted_when_named_or_covered_by_a_wildcard_above_quality_0(header, accepted):
+    assert accepts_gzip(header) is accepted
+
+
+@pytest.mark.parametrize("accept", [None, OPENMETRICS])
+def test_a_gzipped_scrape_is_the_exposition_render_writes(populated, accept):
+    registry, _ = populated
+    plain, content_type = render(registry, accept, include_default=False)
+    answer = scrape(registry, accept, "gzip", include_default=False)
+    assert answer.gzipped
+    assert answer.body[:2] == b"\x1f\x8b"  # a gzip stream, not a bare deflate one
+    assert gzip.decompress(answer.body) == plain
+    assert answer.content_type == content_type
+    assert answer.headers == {"Vary": "Accept, Accept-Encoding", "Content-Encoding": "gzip"}
+
+
+def test_a_scrape_that_does_not_accept_gzip_gets_the_plain_body(populated):
+    registry, _ = populated
+    answer = scrape(registry, OPENMETRICS, "gzip;q=0", include_default=False)
+    assert not answer.gzipped
+    assert answer.body == render(registry, OPENMETRICS, include_default=False)[0]
+    assert answer.headers == {"Vary": "Accept, Accept-Encoding"}
+
+
+def test_the_gzipped_body_of_many_policies_is_a_fifth_of_the_plain_one_or_less(clock, registry):
+    tracker = DriftTracker(clock=clock, registry=registry, max_policies=300)
+    enforcer = Enforcer(EnforceOptions(enforce=True, rollout_percent=50), tracker)
+    for i in range(256):
+        enforcer.decide(f"policy-{i:04d}", f"key-{i}", "ok", "fail" if i % 3 else "ok")
+    plain = scrape(registry, None, None)
+    gzipped = scrape(registry, None, "gzip")
+    assert len(plain.body) > 50_000
+    assert len(gzipped.body) <= 0.2 * len(plain.body)
+    # the default registry's part is compressed with the core's, in one stream
+    assert b"python_info" in gzip.decompress(gzipped.body)

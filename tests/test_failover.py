@@ -210,8 +210,8 @@ def test_with_no_acknowledgement_a_lost_move_is_reported_and_restore_repairs_it(
         replicas = _fleet(tmp_path, stack, cluster, acked=0)
         first, second = replicas
         assert first.move("advance").status_code == 200
-        with cluster.primary.client() as client:
-            assert client.execute_command("WAIT", 1, 2000) == 1  # the standby has version 2
+        with cluster.primary.client(socket_timeout=15) as client:  # a loaded machine syncs slowly
+            assert client.execute_command("WAIT", 1, 10_000) == 1  # the standby has version 2
         for replica in replicas:
             until(lambda r=replica: r.version() == 2, f"{replica.name} at version 2", 10)
         etag = _stored_etag(cluster.primary)
@@ -276,8 +276,8 @@ def _standby_manager(tmp_path: Path, stack: ExitStack, **options: object) -> Rol
     manager = RolloutManager(driftgate.RolloutConfig(stages), store=store)
     stack.callback(manager.close)
     assert manager.version == 1
-    with primary.client() as client:
-        assert client.execute_command("WAIT", 1, 2000) == 1
+    with primary.client(socket_timeout=15) as client:  # a loaded machine syncs slowly
+        assert client.execute_command("WAIT", 1, 10_000) == 1
     process = standby.process
     assert process is not None
     process.send_signal(signal.SIGSTOP)
@@ -321,7 +321,7 @@ def test_acknowledgement_values_that_cannot_work_are_refused_naming_them(store, 
 
 
 def test_acknowledgement_values_reach_the_store(tmp_path, monkeypatch):
-    from driftgate.demo import _redis_store
+    from driftgate.service.stores import build_store
 
     settings = parse_settings(
         {
@@ -344,6 +344,6 @@ def test_acknowledgement_values_reach_the_store(tmp_path, monkeypatch):
         stack.callback(server.stop)
         server.start()
         monkeypatch.setenv("DRIFTGATE_REDIS_URL", server.url)
-        store = _redis_store(settings.store)
+        store = build_store(settings.store)
         stack.callback(store.close)
         assert (store.min_replicas_acked, store.replica_ack_timeout) == (2, 0.25)

@@ -25,11 +25,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from driftgate.cli import main
-from driftgate.demo import _redis_store, check_environment, create_demo_app, required_environment
+from driftgate.demo import create_demo_app
 from driftgate.fastapi.auth import approvers_from_settings
 from driftgate.identity import TokenFile, TokenFileError, token_digest, token_file_line
 from driftgate.readiness_budget import MAX_UNREADY_REPLICAS
 from driftgate.rollout import RolloutManager
+from driftgate.service import check_environment, required_environment
+from driftgate.service.stores import build_store
 from driftgate.settings import (
     MAX_CHECK_INTERVAL_SECONDS,
     MAX_STAGE_SECONDS,
@@ -257,10 +259,12 @@ def signature(settings: Settings) -> tuple:
 def assert_usable(settings: Settings, folder: Path) -> None:
     """The demo service built from `settings` starts (its monitor included) and answers its
     status and readiness without a server error."""
-    # the state in its own folder; the error rate from this process, not from the network
-    app = create_demo_app(
-        replace(settings, state_path=folder / "rollout.json", error_rate_source=None)
-    )
+    # the state in its own folder; the error rate from this process, not from the network;
+    # the variables the values name set, as serve needs them
+    with mock.patch.dict(os.environ, SERVE_ENVIRONMENT):
+        app = create_demo_app(
+            replace(settings, state_path=folder / "rollout.json", error_rate_source=None)
+        )
     with TestClient(app, raise_server_exceptions=False) as client:
         status = client.get("/api/guardian/rollout/status")
         assert status.status_code == (200 if settings.rollout is not None else 404), status.text
@@ -556,7 +560,7 @@ def _assert_store_usable_or_refused(loaded: Settings) -> None:
     with mock.patch.dict(os.environ, environ):
         try:
             check_environment(loaded)
-            store = _redis_store(loaded.store)
+            store = build_store(loaded.store)
         except SettingsError as error:
             assert one_line(str(error)).startswith("rollout.store."), error
         else:

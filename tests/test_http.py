@@ -1,5 +1,6 @@
 """The FastAPI router and the demo service, through FastAPI's test client."""
 
+import gzip
 import json
 
 import pytest
@@ -20,6 +21,7 @@ from driftgate import (
 )
 from driftgate.demo import create_demo_app
 from driftgate.fastapi import MAX_BODY_BYTES, create_router
+from driftgate.fastapi.router import READY
 from driftgate.settings import parse_settings
 
 TOKEN = "s3cret-token"
@@ -131,6 +133,43 @@ def test_metrics_negotiates_openmetrics(client):
     assert response.text.rstrip().endswith("# EOF")
 
 
+def raw_metrics(client, **headers: str) -> tuple[int, dict[str, str], bytes]:
+    """A scrape's status, headers and body as sent: the test client would undo gzip."""
+    with client.stream("GET", "/api/v1/metrics", headers=headers) as response:
+        return response.status_code, dict(response.headers), b"".join(response.iter_raw())
+
+
+@pytest.mark.parametrize("accept", ["text/plain", "application/openmetrics-text; version=1.0.0"])
+def test_metrics_are_gzipped_only_when_the_scraper_accepts_gzip(parts, accept):
+    app = FastAPI()
+    # Without prometheus_client's process metrics, two scrapes in a row answer the same body.
+    app.include_router(create_router(**parts, include_process_metrics=False))
+    client = TestClient(app)
+    parts["tracker"].record("lksg.v1", "ok", "fail")
+    status, plain_headers, plain = raw_metrics(
+        client, **{"Accept": accept, "Accept-Encoding": "identity"}
+    )
+    assert status == 200
+    assert "content-encoding" not in plain_headers
+    assert plain.startswith(b"# HELP ")
+    status, headers, gzipped = raw_metrics(
+        client, **{"Accept": accept, "Accept-Encoding": "deflate, gzip"}
+    )
+    assert status == 200
+    assert headers["content-encoding"] == "gzip"
+    assert gzip.decompress(gzipped) == plain  # the same exposition
+    assert int(headers["content-length"]) == len(gzipped)
+    assert headers["content-type"] == plain_headers["content-type"]
+    assert headers["content-type"].startswith(accept.split(";")[0])
+    for answer in (headers, plain_headers):
+        assert {"accept", "accept-encoding"} <= {
+            v.strip().lower() for v in answer["vary"].split(",")
+        }
+    _, refused, body = raw_metrics(client, **{"Accept": accept, "Accept-Encoding": "gzip;q=0"})
+    assert "content-encoding" not in refused
+    assert body == plain
+
+
 def test_metrics_without_process_metrics(parts):
     app = FastAPI()
     app.include_router(create_router(**parts, include_process_metrics=False))
@@ -145,6 +184,24 @@ def test_rollout_status(client):
     assert body["total_stages"] == 5
     assert body["state"] == "active"
     assert body["transitions"][0]["to"] == "canary"
+
+
+def test_rollout_status_answers_the_managers_report_as_json_with_its_etag(client, parts):
+    manager = parts["manager"]
+    manager.manual_advance("alice", "first look")
+    response = client.get("/api/guardian/rollout/status")
+    assert response.headers["content-type"] == "application/json"
+    report = json.loads(json.dumps(manager.get_status()))  # as JSON values: enums by name
+    assert response.json() == report
+    assert response.headers["etag"] == report["etag"]
+
+
+def test_the_probes_answer_what_their_models_say(client):
+    for path, body in (("/api/v1/healthz", {"status": "ok"}), ("/api/v1/readyz", READY)):
+        response = client.get(path)
+        assert (response.status_code, response.json()) == (200, body)
+        assert response.headers["content-type"] == "application/json"
+        assert response.content == json.dumps(body, separators=(",", ":")).encode()
 
 
 def test_rollout_status_without_a_manager(parts):

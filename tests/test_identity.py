@@ -430,6 +430,94 @@ def test_a_bad_token_file_is_refused_naming_the_line(tmp_path, text, message):
     assert ALICE not in str(raised.value)  # a pasted token is never echoed
 
 
+@pytest.mark.parametrize(
+    ("mode", "who"),
+    [
+        (0o664, "its group"),
+        (0o646, "others"),
+        (0o666, "its group and others"),
+        (0o620, "its group"),
+    ],
+)
+def test_a_token_file_others_may_write_is_refused(tmp_path, token_file, mode, who):
+    token_file.chmod(mode)
+    with pytest.raises(TokenFileError) as raised:
+        TokenFile.load(token_file)
+    assert str(raised.value) == (
+        f"{token_file}: writable by {who} (mode {mode:04o}), who could make themselves "
+        "approvers: chmod go-w it (a Kubernetes Secret's default mode, 0644, is fine)"
+    )
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o600, 0o640, 0o444, 0o400, 0o755])
+def test_a_token_file_only_its_owner_may_write_is_read(tmp_path, token_file, mode):
+    token_file.chmod(mode)
+    assert TokenFile.load(token_file).names == ["alice", "bob", "carol"]
+
+
+def test_a_group_writable_token_file_stops_the_start_naming_the_key(tmp_path, token_file):
+    from driftgate.fastapi.auth import configured_approvers
+
+    token_file.chmod(0o664)
+    settings = parse_settings({"admin": {"token_file": str(token_file)}})
+    with pytest.raises(SettingsError) as raised:
+        configured_approvers(settings)
+    assert str(raised.value).startswith(f"admin.token_file: {token_file}: writable by its group")
+
+
+def test_a_byte_order_mark_at_the_start_is_skipped():
+    text = "\ufeff" + token_file_line("alice", ALICE, ["rollout:advance"]) + "\n"
+    assert TokenFile.parse(text.encode()).names == ["alice"]
+    commented = "\ufeff# approvers\n" + token_file_line("bob", BOB, ["rollout:read"]) + "\n"
+    assert TokenFile.parse(commented.encode()).names == ["bob"]
+
+
+def test_a_byte_order_mark_inside_the_file_is_refused_naming_it():
+    text = "# approvers\n\ufeff" + token_file_line("alice", ALICE, ["rollout:advance"])
+    with pytest.raises(TokenFileError) as raised:
+        TokenFile.parse(text.encode(), "t.tokens")
+    assert str(raised.value) == (
+        "t.tokens:2: contains U+FEFF (ZERO WIDTH NO-BREAK SPACE): fields are separated by "
+        "spaces and tabs only"
+    )
+
+
+@pytest.mark.parametrize(
+    ("space", "name"),
+    [
+        ("\u00a0", "U+00A0 (NO-BREAK SPACE)"),
+        ("\u2003", "U+2003 (EM SPACE)"),
+        ("\u3000", "U+3000 (IDEOGRAPHIC SPACE)"),
+        ("\u200b", "U+200B (ZERO WIDTH SPACE)"),
+        ("\u2028", "U+2028 (LINE SEPARATOR)"),
+    ],
+)
+def test_a_unicode_space_between_fields_is_refused_naming_the_line(space, name):
+    line = f"alice{space}{token_digest(ALICE)} rollout:advance"
+    text = f"# approvers\n{token_file_line('bob', BOB, ['rollout:read'])}\n{line}\n"
+    with pytest.raises(TokenFileError) as raised:
+        TokenFile.parse(text.encode(), "t.tokens")
+    assert str(raised.value) == (
+        f"t.tokens:3: contains {name}: fields are separated by spaces and tabs only"
+    )
+    assert ALICE not in str(raised.value) and token_digest(ALICE) not in str(raised.value)
+
+
+@pytest.mark.parametrize("character", ["\x0b", "\x0c", "\x1f", "\x7f", "\x85"])
+def test_a_control_character_is_refused_naming_the_line(character):
+    text = f"alice{character}{token_digest(ALICE)} rollout:advance\n"
+    with pytest.raises(TokenFileError, match=r"^t.tokens:1: contains a control character$"):
+        TokenFile.parse(text.encode(), "t.tokens")
+
+
+def test_spaces_and_tabs_separate_fields_and_comments_may_be_any_text():
+    text = (
+        "# Genehmigende Personen \u2013 J\u00fcrgens Team\u00a0\n"
+        f"alice \t  {token_digest(ALICE)}\t\trollout:advance  \n"
+    )
+    assert TokenFile.parse(text.encode()).names == ["alice"]
+
+
 def test_an_unreadable_token_file_names_it(tmp_path):
     with pytest.raises(TokenFileError, match=r"missing.tokens: cannot read"):
         TokenFile.load(tmp_path / "missing.tokens")

@@ -103,7 +103,7 @@ def test_a_policy_recorded_only_by_the_tracker_has_its_drift_counter_at_zero(clo
     assert policy_series(registry, "p") == {("adapt_drift_events_total", None): 1}
 
 
-def test_labels_carry_only_policy_ids_modes_and_windows(clock, registry):
+def test_labels_carry_only_policy_ids_modes_windows_and_rollouts(clock, registry):
     tracker = DriftTracker(clock=clock, registry=registry)
     enforcer = Enforcer(EnforceOptions(True, 50), tracker)
     enforcer.decide("p", "customer-4711@example.com", "ok", "warn")
@@ -115,7 +115,7 @@ def test_labels_carry_only_policy_ids_modes_and_windows(clock, registry):
         for sample in family.samples
         for label in sample.labels
     }
-    assert label_names <= {"policy_id", "mode", "window", "le"}
+    assert label_names <= {"policy_id", "mode", "window", "le", "rollout"}
 
 
 def test_window_gauges_are_fresh_at_every_scrape(clock, registry):

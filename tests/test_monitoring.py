@@ -26,7 +26,17 @@ PROMQL_WORDS = {
     "bool", "offset", "le", "inf", "nan", "sum", "min", "max", "avg", "rate", "increase",
     "time", "clamp_min", "histogram_quantile", "label_values",
 }  # fmt: skip
-LABELS = {"job", "instance", "window", "mode", "policy_id", "stage_name", "to_stage", "from_stage"}
+LABELS = {
+    "job",
+    "instance",
+    "window",
+    "mode",
+    "policy_id",
+    "rollout",
+    "stage_name",
+    "to_stage",
+    "from_stage",
+}
 
 
 def promtool(*args: str) -> subprocess.CompletedProcess[str]:

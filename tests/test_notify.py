@@ -370,10 +370,13 @@ def test_outcomes_are_counted_in_the_managers_registry(tmp_path):
     notifier.publish(manager._notification(manager.manual_advance("bob"), Event.ADVANCED, "x"))
     notifier.join()
     text = registry.exposition()
-    assert 'driftgate_notifications_total{event="advanced",outcome="sent",sink="collect"} 2' in text
     assert (
-        'driftgate_notifications_total{event="advanced",outcome="duplicate",sink="collect"} 1'
-        in text
+        'driftgate_notifications_total{event="advanced",outcome="sent",rollout="default",'
+        'sink="collect"} 2' in text
+    )
+    assert (
+        'driftgate_notifications_total{event="advanced",outcome="duplicate",rollout="default",'
+        'sink="collect"} 1' in text
     )
     notifier.close()
 
@@ -450,8 +453,9 @@ def test_the_demo_service_sends_signed_webhooks_named_in_its_values(tmp_path):
     )
     assert (sent["actor"], sent["reason"], sent["version"]) == ("admin-token", "manual", 2)
     assert sent["status_url"] == "https://ops.example/status"
-    assert 'driftgate_notifications_total{event="advanced",outcome="sent",sink="webhook"} 1' in (
-        metrics
+    assert (
+        'driftgate_notifications_total{event="advanced",outcome="sent",rollout="default",'
+        'sink="webhook"} 1' in metrics
     )
 
 

@@ -322,3 +322,93 @@ def test_a_reload_by_a_service_dependency_logs_only_a_checked_name(tmp_path, rol
     assert triggers == []
     assert app_answering("bob").post("/api/v1/admin/reload").status_code == 200
     assert triggers == ["admin:bob"]
+
+
+@pytest.mark.parametrize(
+    ("answer", "status"),
+    [
+        ("alice@example.com", 403),
+        ("a" * 65, 403),
+        ("a" * 64, 200),  # the actor rule's boundary, both sides
+        ("bob\nERROR driftgate.reload: forged", 403),
+    ],
+)
+def test_the_reload_log_names_only_a_checked_actor(tmp_path, rollout_clock, caplog, answer, status):
+    from driftgate.reload import ConfigReloader
+
+    path = tmp_path / "values.yaml"
+    path.write_text("drift_max_ratio: 0.01\n")
+    reloader = ConfigReloader(
+        path, lambda settings: [], registry=driftgate.MetricsRegistry(), sleep=lambda s: None
+    )
+
+    def who() -> str:
+        return answer
+
+    app = FastAPI()
+    app.include_router(
+        create_router(
+            tracker=driftgate.DriftTracker(clock=rollout_clock), admin=who, reload=reloader.reload
+        )
+    )
+    with caplog.at_level(logging.INFO, logger="driftgate"):
+        response = TestClient(app).post("/api/v1/admin/reload")
+    assert response.status_code == status, response.text
+    if status == 403:
+        assert response.json() == {"detail": "INVALID_ACTOR"}
+        assert "configuration reload" not in caplog.text  # refused before any reload
+        assert answer not in caplog.text and "forged" not in caplog.text
+    else:
+        assert f"configuration reload (admin:{answer}): {path}: applied (no change)" in (
+            caplog.text
+        )
+
+
+def test_a_reload_trigger_outside_the_rule_is_logged_quoted_on_one_line(tmp_path, caplog):
+    from driftgate.reload import ConfigReloader
+
+    path = tmp_path / "values.yaml"
+    path.write_text("drift_max_ratio: 0.01\n")
+    reloader = ConfigReloader(
+        path, lambda settings: [], registry=driftgate.MetricsRegistry(), sleep=lambda s: None
+    )
+    with caplog.at_level(logging.INFO, logger="driftgate.reload"):
+        result = reloader.reload("admin:bob\nERROR driftgate: forged")
+    assert result.trigger == "'admin:bob\\nERROR driftgate: forged'"
+    assert len(caplog.records) == 1
+    assert "\n" not in caplog.records[0].getMessage()
+
+
+def test_every_refused_admin_request_is_logged_by_reason_and_never_by_token(tmp_path, caplog):
+    import logging
+
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from driftgate.fastapi import create_router
+    from driftgate.fastapi.auth import Approvers
+    from driftgate.identity import TokenFile, token_file_line
+
+    reader_token = "reader-" + "r" * 40
+    line = token_file_line("reader", reader_token, ["rollout:read"])
+    approvers = Approvers(token_file=TokenFile.parse(line.encode()))
+    tracker = driftgate.DriftTracker(registry=driftgate.MetricsRegistry())
+    enforcer = driftgate.Enforcer(driftgate.EnforceOptions(enforce=True), tracker)
+    manager = driftgate.RolloutManager(
+        driftgate.RolloutConfig.default(), enforcer=enforcer, state_path=tmp_path / "r.json"
+    )
+    app = FastAPI()
+    app.include_router(create_router(tracker=tracker, manager=manager, admin=approvers))
+    advance = "/api/guardian/rollout/advance"
+    with caplog.at_level(logging.INFO, logger="driftgate.auth"), TestClient(app) as client:
+        assert client.post(advance).status_code == 401
+        assert (
+            client.post(advance, headers={"Authorization": "Bearer " + "x" * 40}).status_code == 403
+        )
+        headers = {"Authorization": f"Bearer {reader_token}"}
+        assert client.post(advance, headers=headers).status_code == 403
+    logged = [r.getMessage() for r in caplog.records if r.name == "driftgate.auth"]
+    assert logged[0] == "admin request refused: MISSING_CREDENTIALS"
+    assert logged[1].startswith("admin request refused: INVALID_CREDENTIALS")
+    assert logged[2] == "admin request refused: MISSING_SCOPE rollout:advance for reader"
+    assert not any(reader_token in message for message in logged)

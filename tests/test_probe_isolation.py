@@ -187,6 +187,31 @@ def test_the_probes_and_the_status_never_need_the_shared_thread_pool(manager):
     run(app, scenario)
 
 
+def test_the_probes_and_the_status_are_coroutines_with_no_dependency_that_needs_a_thread(
+    manager,
+):
+    """FastAPI runs a plain `def` endpoint or dependency in its thread pool: none of these may
+    be one, so each answers on the event loop without a hop to a thread."""
+    tracker = manager.enforcer.tracker
+    router = create_router(
+        tracker=tracker,
+        manager=manager,
+        gate=ReadinessGate(GateConfig(enabled=True, min_requests=10), tracker),
+        admin=bearer_token_admin(TOKEN),
+    )
+    routes = {route.path: route for route in router.routes if hasattr(route, "dependant")}
+
+    def calls(dependant: Any) -> Iterator[Any]:
+        yield dependant.call
+        for dependency in dependant.dependencies:
+            yield from calls(dependency)
+
+    for path in PROBES:
+        route = routes[path]
+        for call in calls(route.dependant):
+            assert asyncio.iscoroutinefunction(call), (path, call)
+
+
 def test_a_reload_waits_its_turn_with_the_moves(manager):
     reloads: list[str] = []
 

@@ -122,6 +122,24 @@ def test_the_traffic_is_what_the_test_means(fleet):
     assert (b.requests, b.enforced, b.drift) == (100, 40, 0)
 
 
+def test_prometheus_scrapes_the_gzipped_exposition(fleet):
+    """Prometheus asks for gzip on every scrape (scrape configs compress by default); the
+    replicas answer it gzipped, and the server reads it: both targets up, no scrape error."""
+    prometheus, a, b = fleet
+    for replica in (a, b):
+        with replica.client.stream(
+            "GET", "/api/v1/metrics", headers={"Accept-Encoding": "gzip"}
+        ) as response:
+            assert response.headers["content-encoding"] == "gzip"
+            assert b"".join(response.iter_raw())[:2] == b"\x1f\x8b"
+    targets = httpx.get(f"{prometheus.url}/api/v1/targets", timeout=5).json()["data"]
+    active = {t["labels"]["instance"]: t for t in targets["activeTargets"]}
+    assert set(active) == {a.instance, b.instance}
+    for target in active.values():
+        assert (target["health"], target["lastError"]) == ("up", "")
+    assert prometheus.value('min(up{job="verifier"})') == 1
+
+
 def test_the_server_loaded_every_rule_group(fleet):
     prometheus, _, _ = fleet
     groups = httpx.get(f"{prometheus.url}/api/v1/rules", timeout=5).json()["data"]["groups"]
@@ -137,7 +155,8 @@ def test_the_server_loaded_every_rule_group(fleet):
 def dashboard_queries() -> list[tuple[str, str]]:
     board = json.loads(DASHBOARD.read_text())
     return [
-        (panel["title"], target["expr"].replace("$job", "verifier"))
+        # the fleet's replicas serve one rollout, which is named default
+        (panel["title"], target["expr"].replace("$job", "verifier").replace("$rollout", "default"))
         for panel in board["panels"]
         if panel["type"] != "row"
         for target in panel["targets"]
@@ -249,4 +268,7 @@ def test_with_prometheus_stopped_the_manager_holds_and_counts(fleet, tmp_path):
     assert not advanced
     assert message == "Holding: error-rate source failed (ConnectError)"
     assert manager.get_status()["current_stage"]["name"] == "quarter"
-    assert "guardian_rollout_analysis_errors_total 1" in manager.registry.exposition()
+    assert (
+        'guardian_rollout_analysis_errors_total{rollout="default"} 1'
+        in manager.registry.exposition()
+    )

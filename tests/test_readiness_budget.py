@@ -42,6 +42,10 @@ class FakeSlots:
         return "replica-a"
 
     @property
+    def rollout(self) -> str:
+        return "orders"
+
+    @property
     def slot_ttl_seconds(self) -> float:
         return TTL
 
@@ -85,8 +89,9 @@ def budget_on(
 
 
 def gauge(registry: MetricsRegistry, name: str) -> float:
+    """The value of the budget's series, labelled with its slots' rollout."""
     for line in registry.exposition().splitlines():
-        if line.startswith(f"{name} ") or line.startswith(f"{name}{{}} "):
+        if line.startswith(f'{name}{{rollout="orders"}} '):
             return float(line.rsplit(" ", 1)[1])
     raise AssertionError(f"{name} is not exposed")
 

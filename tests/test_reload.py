@@ -4,12 +4,15 @@ endpoint), a bad one never takes effect, and a request sees one configuration or
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import os
 import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -18,9 +21,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import driftgate
-from driftgate.reload import ConfigReloader, LiveSettings
+from driftgate.identity import token_digest, token_file_line
+from driftgate.reload import SETTLE_READS, SETTLE_SECONDS, ConfigReloader, LiveSettings
 from driftgate.rollout import RolloutManager, run_rollout_monitor
-from driftgate.settings import load_settings
+from driftgate.settings import Settings, load_settings, values_key
 from servers import free_port, wait_for
 
 TOKEN = "reload-token"
@@ -55,30 +59,31 @@ class ConfigMapFolder:
     writes a new timestamped folder and renames a new `..data` over the old one (one atomic
     step), then removes the old folder."""
 
-    def __init__(self, folder: Path, text: str):
+    def __init__(self, folder: Path, text: str, name: str = "values.yaml"):
         self.folder = folder
+        self.name = name
         folder.mkdir(parents=True)
         self.generation = 0
         self._current = self._write(text)
         os.symlink(self._current, folder / "..data")
-        os.symlink("..data/values.yaml", folder / "values.yaml")
+        os.symlink(f"..data/{name}", folder / name)
 
     @property
     def values_file(self) -> Path:
-        return self.folder / "values.yaml"
+        return self.folder / self.name
 
     def _write(self, text: str) -> str:
         self.generation += 1
         name = f"..2026_01_01_00_00_00.{self.generation:06d}"
         (self.folder / name).mkdir()
-        (self.folder / name / "values.yaml").write_text(text)
+        (self.folder / name / self.name).write_text(text)
         return name
 
     def swap(self, text: str) -> None:
         old, self._current = self._current, self._write(text)
         os.symlink(self._current, self.folder / "..data_tmp")
         os.rename(self.folder / "..data_tmp", self.folder / "..data")
-        (self.folder / old / "values.yaml").unlink()
+        (self.folder / old / self.name).unlink()
         (self.folder / old).rmdir()
 
 
@@ -121,14 +126,22 @@ class Service:
 
 
 @contextmanager
-def serve(config: Path, state_dir: Path) -> Iterator[Service]:
-    """`driftgate serve --config CONFIG` on 127.0.0.1, its log in a file; stopped on exit."""
+def serve(
+    config: Path,
+    state_dir: Path,
+    *,
+    launcher: Sequence[str] = ("-m", "driftgate.cli"),
+    log_level: str = "warning",
+    starting: Callable[[subprocess.Popen[bytes]], None] | None = None,
+) -> Iterator[Service]:
+    """`driftgate serve --config CONFIG` on 127.0.0.1 (`python LAUNCHER serve ...`), its log
+    in a file; stopped on exit. `starting(process)` is called while it is not serving yet."""
     port = free_port()
     env = {**os.environ, "DRIFTGATE_ADMIN_TOKEN": TOKEN}
     log = state_dir.parent / f"serve-{port}.log"
     command = [
-        *(sys.executable, "-m", "driftgate.cli", "serve", "--config", str(config)),
-        *("--state-dir", str(state_dir), "--port", str(port), "--log-level", "warning"),
+        *(sys.executable, *launcher, "serve", "--config", str(config)),
+        *("--state-dir", str(state_dir), "--port", str(port), "--log-level", log_level),
     ]
     with log.open("wb") as output:
         process = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT)
@@ -137,6 +150,8 @@ def serve(config: Path, state_dir: Path) -> Iterator[Service]:
     def up() -> bool | None:
         if process.poll() is not None:
             raise RuntimeError(f"serve exited with {process.returncode}: {log.read_text()}")
+        if starting is not None:
+            starting(process)
         try:
             return httpx.get(f"{base}/api/v1/healthz", timeout=1).status_code == 200 or None
         except httpx.TransportError:
@@ -164,6 +179,52 @@ def test_a_configmap_swap_changes_the_drift_limit_within_two_seconds(tmp_path):
         assert metric(exposition, RELOADS, outcome="success") == 2
         assert metric(exposition, RELOADS, outcome="failure") == 0
         assert metric(exposition, SUCCESSFUL) == 1
+
+
+ALICE = "alice-" + "a" * 40
+BOB = "bob-" + "b" * 40
+
+
+def approvers(*names: str) -> str:
+    tokens = {"alice": ALICE, "bob": BOB}
+    return "".join(
+        token_file_line(name, tokens[name], ["rollout:read", "rollout:advance"]) + "\n"
+        for name in names
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_a_token_removed_from_a_mounted_secret_is_refused_within_seconds(tmp_path):
+    # The token file is a Secret mounted apart from the values' ConfigMap: a change of its
+    # own folder reloads, and the revoked token is refused from the next request.
+    secret = ConfigMapFolder(tmp_path / "secret", approvers("alice", "bob"), "approvers.tokens")
+    token_file = json.dumps(str(secret.values_file))
+    config = ConfigMapFolder(
+        tmp_path / "config",
+        values(0.01)
+        + "rollout: {enabled: true}\n"
+        + f"admin: {{token_file: {token_file}, protect_status: true}}\n",
+    )
+
+    def status(token: str) -> int:
+        url = f"{service.base}/api/guardian/rollout/status"
+        return httpx.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=5).status_code
+
+    with serve(config.values_file, tmp_path / "state") as service:
+        assert (status(ALICE), status(BOB)) == (200, 200)
+        secret.swap(approvers("bob"))
+        wait_for(lambda: True if status(ALICE) == 403 else None, "alice refused", 5.0)
+        assert status(BOB) == 200
+        assert service.value(RELOADS, outcome="success") == 1
+        # a token file that cannot be used keeps the approvers in force
+        secret.swap(approvers("bob").replace("bob  ", "carol\u00a0", 1) + approvers("alice"))
+        service.wait_for_value(RELOADS, 1, outcome="failure")
+        assert service.value(SUCCESSFUL) == 0
+        assert (status(ALICE), status(BOB)) == (403, 200)
+    log = service.log.read_text()
+    assert f"admin.token_file: {secret.values_file}:1: contains U+00A0 (NO-BREAK SPACE)" in log
+    assert ALICE not in log and token_digest(ALICE).removeprefix("sha256:") not in log
 
 
 BAD_FILES = {
@@ -230,6 +291,68 @@ def test_sighup_and_the_admin_endpoint_reload(tmp_path):
         )
         assert service.value(SUCCESSFUL) == 0
         assert service.process.poll() is None  # SIGHUP did not end the service
+
+
+# A values file is built, the store and the state file are read, uvicorn is imported: a SIGHUP
+# in those seconds, before the reloader's handler exists, once ended the service.
+SIGHUP_WHILE_THE_APP_IS_BUILT = """
+import os, signal, sys
+import driftgate.demo
+from driftgate.cli import main
+build = driftgate.demo.create_demo_app
+def build_after_a_sighup(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGHUP)
+    return build(*args, **kwargs)
+driftgate.demo.create_demo_app = build_after_a_sighup
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_a_sighup_while_serve_builds_the_app_is_a_reload_once_it_runs(tmp_path):
+    config = tmp_path / "values.yaml"
+    config.write_text(values(0.01))
+    launcher = ("-c", SIGHUP_WHILE_THE_APP_IS_BUILT)
+    with serve(config, tmp_path / "state", launcher=launcher, log_level="info") as service:
+        service.wait_for_value(RELOADS, 1, outcome="success")
+        assert service.process.poll() is None
+    log = service.log.read_text()
+    assert f"configuration reload (SIGHUP): {config}: applied (no change)" in log
+
+
+def sighup_caught(pid: int) -> bool:
+    """Whether the process has a handler for SIGHUP now, as the kernel says (SigCgt)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    line = next(line for line in status.splitlines() if line.startswith("SigCgt:"))
+    return bool(int(line.split()[1], 16) & (1 << (signal.SIGHUP - 1)))
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc/PID/status")
+@pytest.mark.parametrize("attempt", range(3))
+def test_sighups_while_serve_starts_never_end_it(tmp_path, attempt):
+    # A SIGHUP before the interpreter runs any of driftgate's code ends any Python process, so
+    # the first one goes out as soon as the kernel reports SIGHUP caught (the first thing serve
+    # does), then one every 0.1 s until the service answers.
+    config = tmp_path / "values.yaml"
+    config.write_text(values(0.01))
+    sent: list[float] = []
+
+    def hang_up(process: subprocess.Popen[bytes]) -> None:
+        while not sent and not sighup_caught(process.pid):
+            if process.poll() is not None:
+                return  # serve's own check reports how it ended
+            time.sleep(0.002)
+        process.send_signal(signal.SIGHUP)
+        sent.append(time.monotonic())
+
+    with serve(config, tmp_path / "state", log_level="info", starting=hang_up) as service:
+        assert service.process.poll() is None
+        assert httpx.get(f"{service.base}/api/v1/healthz", timeout=5).status_code == 200
+    assert sent
+    assert "configuration reload (SIGHUP)" in service.log.read_text()
 
 
 def cohort_bucket(key: str) -> float:
@@ -320,7 +443,7 @@ def test_a_stage_list_the_state_file_was_not_written_for_is_refused(tmp_path):
         service.wait_for_value(RELOADS, 1, outcome="failure")
         assert service.value(SUCCESSFUL) == 0
         assert service.value("adapt_drift_max_ratio") == 0.01  # nothing of the file applied
-        assert service.value("adapt_enforce_rollout_percent") == 10
+        assert service.value("adapt_enforce_rollout_percent", rollout="default") == 10
         assert state.read_bytes() == before
         response = service.reload()
         assert response.status_code == 400
@@ -379,8 +502,14 @@ def live_service(tmp_path: Path, text: str, rollout: bool = False):
             min_requests=settings.rollout_min_requests,
         )
     live = LiveSettings(settings, tracker=tracker, enforcer=enforcer, manager=manager)
-    reloader = ConfigReloader(path, live.apply, registry=registry, wall=lambda: 1234.0)
+    reloader = ConfigReloader(
+        path, live.apply, registry=registry, wall=lambda: 1234.0, sleep=no_wait
+    )
     return path, registry, enforcer, manager, live, reloader
+
+
+def no_wait(seconds: float) -> None:
+    """The pause between the two reads of a values file: nobody writes it meanwhile."""
 
 
 def test_a_reload_applies_the_live_keys_and_says_which_changed(tmp_path):
@@ -457,6 +586,66 @@ def test_a_key_that_changes_only_with_a_restart_is_refused(tmp_path):
     )
     path.write_text(values(0.02, rollout="{enabled: true}"))
     assert "rollout.enabled: true differs" in reloader.reload("test").message
+    assert live.current is before
+
+
+# Every Settings field, the values that change it from RESTART_BASE, and whether a reload
+# applies them where the service hands over neither a notifier nor its approvers.
+RESTART_BASE = "rollout: {enabled: true}\n"
+EVERY_FIELD = {
+    "enforce": (RESTART_BASE + "enforce_enabled: true\n", "live"),
+    "gate": (RESTART_BASE + "enforce_readiness_gate: {enabled: true}\n", "live"),
+    "rollout": ("rollout: {enabled: false}\n", "restart"),
+    "state_path": ("rollout: {enabled: true, state_path: elsewhere.json}\n", "restart"),
+    "check_interval_seconds": ("rollout: {enabled: true, check_interval_seconds: 60}\n", "live"),
+    "rollout_min_requests": ("rollout: {enabled: true, min_requests: 5}\n", "live"),
+    "error_rate_source": (
+        "rollout: {enabled: true, prometheus: {url: 'http://127.0.0.1:9', query: up}}\n",
+        "live",
+    ),
+    "admin_token_env": (RESTART_BASE + "admin: {token_env: OTHER_TOKEN}\n", "restart"),
+    # read at start only (whether the variable must be set): a reload takes no notice
+    "admin_token_required": (RESTART_BASE + "admin: {token_env: DRIFTGATE_ADMIN_TOKEN}\n", "live"),
+    "store": ("rollout: {enabled: true, store: {key: 'other:rollout'}}\n", "restart"),
+    "notifications": (RESTART_BASE + "notifications: [{kind: slack, url_env: HOOK}]\n", "restart"),
+    "status_url": ("rollout: {enabled: true, status_url: 'https://ops.example'}\n", "restart"),
+    "admin_token_file": (RESTART_BASE + "admin: {token_file: approvers.tokens}\n", "restart"),
+    "admin_oidc": (
+        RESTART_BASE + "admin: {oidc: {issuer: 'https://id.example', audience: a, "
+        "jwks_url: 'https://id.example/certs'}}\n",
+        "restart",
+    ),
+    "admin_protect_status": (RESTART_BASE + "admin: {protect_status: true}\n", "restart"),
+    "admin_people": (RESTART_BASE + "admin: {people: {alice: [token_file:alice]}}\n", "restart"),
+    "max_unready_replicas": (
+        RESTART_BASE + "enforce_readiness_gate: {max_unready_replicas: 2}\n",
+        "live",
+    ),
+    "log_level": (RESTART_BASE + "log_level: debug\n", "restart"),
+    # from the one rollout to several: a restart (within rollouts:, see test_rollouts)
+    "rollouts": ("rollouts: {orders: {policies: [orders.v2]}}\n", "restart"),
+}
+
+
+def test_every_settings_field_is_covered_by_the_reload_cases():
+    assert set(EVERY_FIELD) == {field.name for field in dataclasses.fields(Settings)}
+
+
+@pytest.mark.parametrize("field", sorted(EVERY_FIELD))
+def test_a_refusal_names_the_values_key_as_written_in_the_file(tmp_path, field):
+    text, outcome = EVERY_FIELD[field]
+    path, _, _, _, live, reloader = live_service(tmp_path, RESTART_BASE, rollout=True)
+    before = live.current
+    path.write_text(text)
+    assert load_settings(path) != before.settings  # the case changes the field
+    result = reloader.reload("test")
+    if outcome == "live":
+        assert result.success, result.message
+        return
+    assert not result.success
+    keys = values_key(field).split(", ")
+    named = [key for key in keys if result.message.startswith(f"{path}: {key}: ")]
+    assert named, f"{field}: {result.message!r} names none of {keys}"
     assert live.current is before
 
 
@@ -553,6 +742,78 @@ def test_the_polling_fallback_reloads_a_changed_file(tmp_path):
     assert metric(registry.exposition(), RELOADS, outcome="success") == 1
 
 
+# -- a file written in place --------------------------------------------------------------
+
+
+WHOLE = b"enforce_enabled: true\nenforce_rollout_percent: 100\n"
+HALF = WHOLE[:-2]  # "enforce_rollout_percent: 10": half of the file, and it parses
+
+
+def test_a_file_read_half_written_is_applied_once_two_reads_agree(tmp_path):
+    path, registry, enforcer, _, live, _ = live_service(tmp_path, "enforce_enabled: true\n")
+    reads = iter([HALF, WHOLE, WHOLE])
+    waits: list[float] = []
+    reloader = ConfigReloader(
+        path, live.apply, registry=registry, read=lambda _: next(reads), sleep=waits.append
+    )
+    result = reloader.reload("test")
+    assert result.success, result.message
+    assert enforcer.options.rollout_percent == 100
+    assert waits == [SETTLE_SECONDS, SETTLE_SECONDS]  # half != whole, then whole == whole
+
+
+def test_two_reads_that_agree_at_once_apply_after_one_pause(tmp_path):
+    path, registry, enforcer, _, live, _ = live_service(tmp_path, "enforce_enabled: true\n")
+    reads = iter([HALF, HALF])
+    waits: list[float] = []
+    reloader = ConfigReloader(
+        path, live.apply, registry=registry, read=lambda _: next(reads), sleep=waits.append
+    )
+    assert reloader.reload("test").success
+    assert enforcer.options.rollout_percent == 10  # what held still is the file
+    assert waits == [SETTLE_SECONDS]
+
+
+def test_a_file_that_keeps_changing_is_not_applied(tmp_path):
+    path, registry, enforcer, _, live, _ = live_service(tmp_path, "enforce_enabled: true\n")
+    reads = iter([HALF, WHOLE] * SETTLE_READS)
+    waits: list[float] = []
+    reloader = ConfigReloader(
+        path, live.apply, registry=registry, read=lambda _: next(reads), sleep=waits.append
+    )
+    result = reloader.reload("test")
+    assert not result.success
+    assert result.message == (
+        f"{path}: changed between each of {SETTLE_READS + 1} reads {SETTLE_SECONDS:g} s apart: "
+        "not applied until it holds still"
+    )
+    assert len(waits) == SETTLE_READS
+    assert enforcer.options.rollout_percent == 0
+    assert metric(registry.exposition(), SUCCESSFUL) == 0
+
+
+def test_a_values_file_written_in_place_is_applied_whole(tmp_path):
+    path, registry, enforcer, _, live, _ = live_service(tmp_path, "enforce_enabled: true\n")
+    waits: list[float] = []
+    inode = path.stat().st_ino
+    with open(path, "wb") as file:  # in place: the same file, truncated, written in two parts
+        file.write(HALF)
+        file.flush()
+
+        def writer_finishes(seconds: float) -> None:  # the pause between the two reads
+            waits.append(seconds)
+            if not file.closed:
+                file.write(WHOLE[len(HALF) :])
+                file.close()
+
+        reloader = ConfigReloader(path, live.apply, registry=registry, sleep=writer_finishes)
+        result = reloader.reload("test")
+    assert path.stat().st_ino == inode
+    assert result.success, result.message
+    assert enforcer.options.rollout_percent == 100
+    assert waits == [SETTLE_SECONDS, SETTLE_SECONDS]
+
+
 def test_python_sets_gauges_and_counters_in_the_core_registry(registry):
     registry.set_gauge("x_value", "A value.", 2.5)
     registry.increment_counter("x_events_total", "Events.", {"kind": "a"}, 0)
@@ -571,7 +832,7 @@ def test_python_sets_gauges_and_counters_in_the_core_registry(registry):
 def test_notification_sinks_change_live_and_an_unset_variable_refuses_the_file(
     tmp_path, monkeypatch
 ):
-    from driftgate.demo import _notifier
+    from driftgate.service.sinks import build_notifier
 
     text = "rollout: {enabled: true, check_interval_seconds: 60}\n"
     path = tmp_path / "values.yaml"
@@ -585,7 +846,7 @@ def test_notification_sinks_change_live_and_an_unset_variable_refuses_the_file(
         tracker=tracker,
         enforcer=enforcer,
         manager=manager,
-        notifier=lambda new: _notifier(new, None),
+        notifier=lambda new: build_notifier(new),
     )
     reloader = ConfigReloader(path, live.apply, registry=driftgate.MetricsRegistry())
     assert manager.notifier is None

@@ -179,8 +179,11 @@ def test_rollout_manager_rollback_on_error(make_manager, enforcer, registry):
     assert manager.config.current_stage().name == "canary"
     assert enforcer.options.rollout_percent == 10
     text = registry.exposition()
-    assert 'guardian_rollout_rollback_total{from_stage="quarter",to_stage="canary"} 1' in text
-    assert "guardian_rollout_error_rate 0.01" in text
+    assert (
+        'guardian_rollout_rollback_total{from_stage="quarter",rollout="default",'
+        'to_stage="canary"} 1' in text
+    )
+    assert 'guardian_rollout_error_rate{rollout="default"} 0.01' in text
 
 
 def test_no_rollback_when_rollback_on_error_is_off(make_manager):
@@ -194,7 +197,10 @@ def test_manual_advance_enters_an_approval_stage(make_manager, registry):
     manager = make_manager()
     assert manager.manual_advance("ops") == (True, "Manually advanced to stage quarter")
     assert manager.config.current_stage().name == "quarter"
-    assert 'guardian_rollout_advancement_total{to_stage="quarter"} 1' in registry.exposition()
+    assert (
+        'guardian_rollout_advancement_total{rollout="default",to_stage="quarter"} 1'
+        in registry.exposition()
+    )
 
 
 def test_rollback_from_first_stage_aborts(make_manager, enforcer, registry):
@@ -209,7 +215,9 @@ def test_rollback_from_first_stage_aborts(make_manager, enforcer, registry):
     assert enforcer.options.rollout_percent == 0
     assert manager.evaluate(0.0)[0] is False
     assert manager.manual_rollback("ops") == (False, "Rollout already aborted")
-    assert 'guardian_rollout_stage{stage_name="aborted"} -1' in registry.exposition()
+    assert (
+        'guardian_rollout_stage{rollout="default",stage_name="aborted"} -1' in registry.exposition()
+    )
 
 
 def test_manual_advance_resumes_an_aborted_rollout(make_manager, enforcer):
@@ -396,7 +404,7 @@ def test_nonsense_readings_hold_and_count(make_manager, registry, reading):
     advanced, message = asyncio.run(manager.check_and_advance())
     assert (advanced, message) == (False, "Holding: error-rate source failed (ValueError)")
     assert manager.get_status()["version"] == 1
-    assert "guardian_rollout_analysis_errors_total 1" in registry.exposition()
+    assert 'guardian_rollout_analysis_errors_total{rollout="default"} 1' in registry.exposition()
 
 
 def test_failing_source_holds_and_counts(make_manager, registry):
@@ -410,7 +418,7 @@ def test_failing_source_holds_and_counts(make_manager, registry):
         "Holding: error-rate source failed (ConnectionError)",
     )
     assert manager.get_status()["current_stage"]["name"] == "quarter"
-    assert "guardian_rollout_analysis_errors_total 1" in registry.exposition()
+    assert 'guardian_rollout_analysis_errors_total{rollout="default"} 1' in registry.exposition()
 
 
 def test_slow_source_times_out_and_holds(make_manager, registry):
@@ -424,7 +432,7 @@ def test_slow_source_times_out_and_holds(make_manager, registry):
         "Holding: error-rate source failed (TimeoutError)",
     )
     assert manager.get_status()["current_stage"]["name"] == "quarter"
-    assert "guardian_rollout_analysis_errors_total 1" in registry.exposition()
+    assert 'guardian_rollout_analysis_errors_total{rollout="default"} 1' in registry.exposition()
 
 
 def test_blocking_source_runs_off_the_event_loop(make_manager):

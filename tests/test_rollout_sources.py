@@ -137,7 +137,7 @@ def test_a_slow_prometheus_means_hold(prometheus, manager, registry):
     advanced, message = asyncio.run(rollout.check_and_advance())
     assert (advanced, message) == (False, "Holding: error-rate source failed (ReadTimeout)")
     assert rollout.get_status()["current_stage"]["name"] == "quarter"
-    assert "guardian_rollout_analysis_errors_total 1" in registry.exposition()
+    assert 'guardian_rollout_analysis_errors_total{rollout="default"} 1' in registry.exposition()
 
 
 def test_a_stopped_prometheus_means_hold(prometheus, manager, registry):
@@ -148,7 +148,7 @@ def test_a_stopped_prometheus_means_hold(prometheus, manager, registry):
     advanced, message = asyncio.run(rollout.check_and_advance())
     assert (advanced, message) == (False, "Holding: error-rate source failed (ConnectError)")
     assert rollout.get_status()["current_stage"]["name"] == "quarter"
-    assert "guardian_rollout_analysis_errors_total 1" in registry.exposition()
+    assert 'guardian_rollout_analysis_errors_total{rollout="default"} 1' in registry.exposition()
 
 
 @pytest.mark.parametrize(
@@ -195,7 +195,7 @@ def test_a_window_under_the_minimum_is_insufficient_data_and_asks_nothing(
     assert decision.action == driftgate.DecisionAction.INSUFFICIENT_DATA
     assert decision.message == "Holding: insufficient data (the stage's window is 59 s, under 60 s)"
     assert prometheus.queries == []
-    assert "guardian_rollout_analysis_errors_total 0" in registry.exposition()
+    assert 'guardian_rollout_analysis_errors_total{rollout="default"} 0' in registry.exposition()
     rollout.manual_clock.advance(0.1)
     assert asyncio.run(rollout.check_and_advance()).action == driftgate.DecisionAction.ABORTED
 

@@ -472,3 +472,17 @@ def test_serve_refuses_a_bad_config_with_exit_2(tmp_path, capsys):
     assert capsys.readouterr().err == (
         f"driftgate serve: --config {bad}: drift_max_ratio: expected a number in [0, 1], got 3\n"
     )
+
+
+def test_every_settings_field_names_the_values_keys_it_is_read_from():
+    import dataclasses
+
+    from driftgate.settings import Settings, _section_at, values_key
+
+    for field in dataclasses.fields(Settings):
+        for key in values_key(field.name).split(", "):
+            *parents, name = key.split(".")
+            section = _section_at(tuple(parents))
+            assert section is not None and name in section.model_fields, (field.name, key)
+    with pytest.raises(KeyError):
+        values_key("admin.token_file")  # a key, not a field

@@ -210,7 +210,7 @@ def test_a_refused_state_file_serves_shadow_only(tmp_path):
         assert (ready.status_code, ready.json()["reason"]) == (503, "STATE_FILE")
         assert client.get("/api/guardian/rollout/status").status_code == 404
         metrics = client.get("/api/v1/metrics").text
-        assert "adapt_enforce_rollout_percent 0" in metrics
+        assert 'adapt_enforce_rollout_percent{rollout=""} 0' in metrics  # no rollout sets it
 
 
 # -- fuzzed: 2,000 mutations of real files ------------------------------------------------------

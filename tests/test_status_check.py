@@ -40,7 +40,7 @@ def service(manager: RolloutManager) -> Iterator[str]:
     """A status endpoint on 127.0.0.1 answering the manager's status; yields its URL."""
 
     def answer(method: str, path: str, body: bytes) -> tuple[int, Any]:
-        return 200, manager.get_status()
+        return status_of(path, manager)
 
     with json_server(answer) as base:
         yield base
@@ -143,9 +143,16 @@ def test_without_check_the_exit_is_0_whatever_the_state(service, manager, capsys
     assert main(["status", "--url", service]) == EXIT_OK
 
 
+def status_of(path: str, manager: RolloutManager) -> tuple[int, Any]:
+    """What a service of one rollout answers: its status, and 404 for the list of several."""
+    if path == "/api/guardian/rollouts":
+        return 404, {"detail": "Not Found"}
+    return 200, manager.get_status()
+
+
 def test_the_status_sends_the_token_when_one_is_set(monkeypatch, manager):
     def answer(method: str, path: str, body: bytes) -> tuple[int, Any]:
-        return 200, manager.get_status()
+        return status_of(path, manager)
 
     with json_server(answer) as base:
         monkeypatch.setenv("DRIFTGATE_ADMIN_TOKEN", "reader-" + "r" * 40)
@@ -322,7 +329,7 @@ def test_status_check_exits_by_what_the_last_decision_left(
     assert decision.action.name == action
 
     def answer(method: str, path: str, body: bytes) -> tuple[int, Any]:
-        return 200, manager.get_status()
+        return status_of(path, manager)
 
     with json_server(answer) as url:
         code, _ = check(url, capsys)

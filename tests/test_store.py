@@ -476,7 +476,7 @@ def test_a_follower_on_a_foreign_lease_stays_up_and_does_not_reconnect(
     manager = manager_on(store, managers, registry=registry)
     store.campaign(True)
     until(lambda: renewals >= 5, "five renewals against the foreign lease", 5)
-    assert "driftgate_state_store_up 1" in registry.exposition()
+    assert 'driftgate_state_store_up{rollout="default"} 1' in registry.exposition()
     assert connections == 1, "the follower reconnected: it took the foreign lease for an outage"
     assert not store.holds_lease and manager.synced
     with redis_server.client() as client:

@@ -253,7 +253,7 @@ def test_a_manager_two_days_ahead_times_its_stage_by_redis_and_holds_without_its
         # The follower's first reading is in (it publishes the skew), so no later one moves
         # the clock while this test moves it.
         until(lambda: CLOCK_SKEW in manager.registry.exposition(), "the first reading", 5)
-        assert manager.registry.exposition().count(f"{CLOCK_SKEW} 172") == 1
+        assert manager.registry.exposition().count(f'{CLOCK_SKEW}{{rollout="default"}} 172') == 1
         snapshot = manager._snapshot()
         assert abs(snapshot["started_at"] - redis_time(redis_server)) < 2
         base.advance(10.0)

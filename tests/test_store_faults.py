@@ -341,7 +341,7 @@ def test_a_flushed_store_is_reported_by_every_replica_and_nothing_is_rebuilt(
         with pytest.raises(driftgate.StateRegressed):
             manager.manual_rollback("bob")
     text = fleet[0].registry.exposition()
-    assert "driftgate_state_store_regressed 1" in text
+    assert 'driftgate_state_store_regressed{rollout="default"} 1' in text
     with redis_server.client() as client:
         assert not client.exists(key)  # recreated by nobody
 

@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families as parse_text
 
 import driftgate
 from driftgate import DriftTracker
@@ -28,6 +29,53 @@ def test_records_from_many_threads_are_exact(tracker):
     assert sum(tracker.counts("60m", p)[1] for p in tracker.policies()) == 6 * per_thread
 
 
+def test_decisions_from_many_threads_are_counted_exactly(tracker, registry, short_switch_interval):
+    """Each thread counts its own decisions; a scrape sums them into counters that equal what
+    the tracker and the enforcer's error windows counted."""
+    enforcer = driftgate.Enforcer(
+        driftgate.EnforceOptions(enforce=True, rollout_percent=50), tracker
+    )
+    per_thread = 3_000
+
+    def raises() -> driftgate.Verdict:
+        raise RuntimeError("evaluation failed")
+
+    def work(t: int) -> None:
+        for i in range(per_thread):
+            shadow = raises if i % 11 == 0 else "ok"
+            enforcer.decide(f"p{t % 3}", f"key-{t}-{i}", shadow, raises if i % 7 == 0 else "warn")
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in parse_text(registry.exposition())
+        for s in family.samples
+    }
+    for policy in ("p0", "p1", "p2"):
+        failed, enforced = enforcer.lifetime_error_counts(policy)
+        drift, decided = tracker.counts("60m", policy)
+        assert decided == 2 * per_thread
+        assert 0 < enforced < decided
+
+        def counted(name: str, mode: str | None = None, policy: str = policy) -> float:
+            labels = {"policy_id": policy, **({"mode": mode} if mode else {})}
+            return samples[(name, tuple(sorted(labels.items())))]
+
+        assert counted("adapt_requests_total", "shadow") == decided
+        assert counted("adapt_requests_total", "enforced") == enforced
+        assert counted("guardian_enforcement_total") == enforced
+        assert counted("adapt_evaluation_errors_total", "enforced") == failed
+        assert counted("guardian_enforcement_failed_total") == failed
+        assert counted("adapt_evaluation_errors_total", "shadow") == 2 * len(
+            range(0, per_thread, 11)
+        )
+        assert counted("adapt_drift_events_total") == drift
+
+
 @pytest.fixture
 def short_switch_interval():
     old = sys.getswitchinterval()
@@ -37,18 +85,20 @@ def short_switch_interval():
 
 
 def test_python_thread_progresses_inside_record_batch(clock, registry, short_switch_interval):
-    """While one thread is inside record_batch on 10 M pairs, another keeps running Python.
+    """While one thread is inside record_batch on 30 M pairs, another keeps running Python.
 
     Without the release, the main thread could not run a single bytecode until the batch
-    returned, so none of its iterations would fall inside a batch call."""
+    returned, so none of its iterations would fall inside a batch call. (The batches are large
+    so that each call lasts a millisecond or more even with a vector scan: long enough for the
+    other thread to be woken and scheduled on a busy machine.)"""
     tracker = DriftTracker(clock=clock, registry=registry)
-    shadow = np.zeros(10_000_000, dtype=np.uint8)
-    enforced = np.ones(10_000_000, dtype=np.uint8)
+    shadow = np.zeros(30_000_000, dtype=np.uint8)
+    enforced = np.ones(30_000_000, dtype=np.uint8)
     intervals: list[tuple[float, float]] = []
     done = threading.Event()
 
     def batches():
-        for _ in range(5):
+        for _ in range(10):
             start = time.perf_counter()
             tracker.record_batch("p", shadow, enforced)
             intervals.append((start, time.perf_counter()))
@@ -61,7 +111,7 @@ def test_python_thread_progresses_inside_record_batch(clock, registry, short_swi
         ticks.append(time.perf_counter())
     worker.join()
 
-    assert tracker.counts("5m", "p") == (50_000_000, 50_000_000)
+    assert tracker.counts("5m", "p") == (300_000_000, 300_000_000)
     # Only the middle of each call counts: its start and end run Python code of the worker.
     inside = 0
     for start, end in intervals:

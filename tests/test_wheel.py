@@ -33,16 +33,8 @@ print(registry.exposition())
 
 
 @pytest.fixture(scope="module")
-def wheel(tmp_path_factory) -> Path:
-    out_dir = tmp_path_factory.mktemp("dist")
-    result = subprocess.run(
-        ["bash", str(ROOT / "scripts" / "build_wheel.sh"), str(out_dir)],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHON": sys.executable},
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return Path(result.stdout.splitlines()[-1])
+def wheel(built_wheel) -> Path:
+    return built_wheel
 
 
 @pytest.fixture(scope="module")

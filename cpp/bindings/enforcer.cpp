@@ -11,30 +11,41 @@ namespace driftgate::bindings {
 
 namespace {
 
+/// Calls a Python callable through vectorcall, without an argument tuple: its verdict, or
+/// nullopt when it raised an Exception or returned something else. BaseExceptions such as
+/// KeyboardInterrupt propagate.
+std::optional<Verdict> call_verdict(void* callable) {
+    PyObject* result = PyObject_CallNoArgs(static_cast<PyObject*>(callable));
+    if (result == nullptr) {
+        if (!PyErr_ExceptionMatches(PyExc_Exception)) throw py::error_already_set();
+        PyErr_Clear();
+        return std::nullopt;
+    }
+    std::optional<Verdict> verdict = verdict_member(result);
+    if (!verdict) verdict = try_verdict(result);
+    Py_DECREF(result);
+    return verdict;
+}
+
 /// A verdict argument of decide(): a verdict, or a zero-argument callable evaluated only when
 /// needed. A callable that raises an Exception, or returns something that is not a verdict,
 /// is a failed evaluation (FAIL). BaseExceptions such as KeyboardInterrupt propagate.
-VerdictSource verdict_source(py::handle value, const char* argument) {
-    if (auto verdict = try_verdict(value)) return *verdict;
-    if (!PyCallable_Check(value.ptr())) {
+inline VerdictSource verdict_source(py::handle value, const char* argument) {
+    if (auto verdict = verdict_member(value)) return *verdict;
+    // A verdict's name is looked for only in a str: the common case, a callable, skips it.
+    const bool text = PyUnicode_Check(value.ptr());
+    if (text) {
+        if (auto verdict = try_verdict(value)) return *verdict;
+    }
+    if (text || PyCallable_Check(value.ptr()) == 0) {
         throw py::value_error(std::string("invalid verdict for ") + argument + ": " +
                               short_repr(value) +
                               "; expected a Verdict, 'ok'/'warn'/'fail', or a callable "
                               "returning one");
     }
     // The callable is borrowed: decide() evaluates it before it returns, while the caller's
-    // arguments still hold it. Called through vectorcall, without an argument tuple.
-    return Evaluator([callable = value.ptr()]() -> std::optional<Verdict> {
-        PyObject* result = PyObject_CallNoArgs(callable);
-        if (result == nullptr) {
-            if (!PyErr_ExceptionMatches(PyExc_Exception)) throw py::error_already_set();
-            PyErr_Clear();
-            return std::nullopt;
-        }
-        const std::optional<Verdict> verdict = try_verdict(result);
-        Py_DECREF(result);
-        return verdict;
-    });
+    // arguments still hold it.
+    return Evaluator(&call_verdict, value.ptr());
 }
 
 /// VerdictPair is immutable and has 18 possible values (drift follows from the verdicts), so
@@ -156,10 +167,19 @@ void register_enforcer(py::module_& m) {
              py::arg("seed") = 0)
         .def(
             "in_rollout",
-            [](const Enforcer& enforcer, py::handle key) {
-                return enforcer.in_rollout(text_arg(key, "key"));
+            [](const Enforcer& enforcer, py::handle key, std::optional<std::string> policy_id) {
+                const std::string_view key_text = text_arg(key, "key");
+                return policy_id ? enforcer.in_rollout(key_text, *policy_id)
+                                 : enforcer.in_rollout(key_text);
             },
-            py::arg("key"), "Whether the key (str or UTF-8 bytes) is in the enforced cohort.")
+            py::arg("key"), py::arg("policy_id") = py::none(),
+            "Whether the key (str or UTF-8 bytes) is in the enforced cohort: of the policy's "
+            "rollout share when one holds it, else the global one.")
+        .def("rollout_percent_of", &Enforcer::rollout_percent_of, py::arg("policy_id"),
+             "The percent the policy is enforced at now: its rollout share's, else the global "
+             "rollout percent; 0 while enforce is off.")
+        .def("share_policies", &Enforcer::share_policies, py::arg("rollout"),
+             "The policies the share of `rollout` holds, or None when it holds none.")
         .def_property_readonly("options", &Enforcer::options)
         .def(
             "set_options",
@@ -213,6 +233,19 @@ void register_enforcer(py::module_& m) {
         },
         py::arg("key"), py::arg("seed") = 0,
         "The key's bucket in [0, 10000): floor(murmur3_x86_32(key, seed) * 10000 / 2**32).");
+    m.def(
+        "cohort_seed",
+        [](const std::string& rollout, std::uint32_t seed) {
+            validate_rollout_name(rollout);
+            return cohort_seed(rollout, seed);
+        },
+        py::arg("rollout"), py::arg("seed") = 0,
+        "The seed of a rollout's own cohort: murmur3_x86_32(rollout, seed), or `seed` itself "
+        "for the rollout named 'default'. A key is in it iff sampling_bucket(key, "
+        "cohort_seed(rollout, seed)) is below the share's basis points.");
+    m.def("validate_rollout_name", &validate_rollout_name, py::arg("rollout"),
+          "ValueError unless the name is 1-64 characters of [A-Za-z0-9_.:-].");
+    m.attr("DEFAULT_ROLLOUT") = std::string(kDefaultRollout);
 }
 
 }  // namespace driftgate::bindings

@@ -124,6 +124,7 @@ void register_metrics(py::module_& m) {
             py::arg("labels") = std::map<std::string, std::string>{}, py::arg("amount") = 1.0,
             "Adds `amount` to a counter series (0 creates it), creating the family on first use.");
 
+    m.attr("ROLLOUT_LABEL") = metrics::kRolloutLabel;
     m.def("default_registry", &MetricsRegistry::default_registry,
           "The process-wide registry that components use when given none.");
 }

@@ -2,6 +2,7 @@
 #include <pybind11/stl.h>
 
 #include <cmath>
+#include <unordered_map>
 
 #include "bindings.hpp"
 #include "driftgate/rollout_manager.hpp"
@@ -45,14 +46,26 @@ py::object utc_datetime(double unix_seconds) {
         .attr("fromtimestamp")(unix_seconds, datetime.attr("timezone").attr("utc"));
 }
 
+/// `name`, a string literal, as an interned str made once: the snapshot is read on every status
+/// request, and making each of its keys anew would cost about as much as its value.
+py::handle key(const char* name) {
+    static std::unordered_map<const char*, PyObject*> keys;  // under the GIL, for the process
+    PyObject*& interned = keys[name];
+    if (interned == nullptr) {
+        interned = PyUnicode_InternFromString(name);
+        if (interned == nullptr) throw py::error_already_set();
+    }
+    return interned;
+}
+
 py::dict transition_dict(const Transition& t) {
     py::dict out;
-    out["time"] = t.time;  // unix seconds: driftgate.status formats every time
-    out["actor"] = t.actor;
-    out["from"] = t.from;
-    out["to"] = t.to;
-    out["reason"] = t.reason;
-    out["op"] = t.op;
+    out[key("time")] = t.time;  // unix seconds: driftgate.status formats every time
+    out[key("actor")] = t.actor;
+    out[key("from")] = t.from;
+    out[key("to")] = t.to;
+    out[key("reason")] = t.reason;
+    out[key("op")] = t.op;
     return out;
 }
 
@@ -411,7 +424,8 @@ void register_rollout(py::module_& m) {
                          std::shared_ptr<MetricsRegistry> registry,
                          std::optional<std::string> state_path, std::shared_ptr<Clock> clock,
                          long long min_requests, std::optional<double> confidence,
-                         std::shared_ptr<SharedStateStore> store) {
+                         std::shared_ptr<SharedStateStore> store, std::string rollout,
+                         py::object policies, const std::string& cohort) {
                  RolloutManager::Options options;
                  options.enforcer = std::move(enforcer);
                  options.registry = std::move(registry);
@@ -420,13 +434,25 @@ void register_rollout(py::module_& m) {
                  options.clock = std::move(clock);
                  options.min_requests = size_arg(min_requests, "min_requests");
                  options.confidence = confidence;
+                 options.rollout = std::move(rollout);
+                 options.cohort = parse_cohort(cohort);
+                 if (!policies.is_none()) {
+                     // One string is not a list of one policy.
+                     if (py::isinstance<py::str>(policies) || py::isinstance<py::bytes>(policies)) {
+                         throw py::type_error("policies=" + short_repr(policies) +
+                                              ": expected a list of policy ids or None");
+                     }
+                     options.policies = policies.cast<std::vector<std::string>>();
+                 }
                  py::gil_scoped_release release;  // reads the state file
                  return std::make_shared<RolloutManager>(config, std::move(options));
              }),
              py::arg("config"), py::arg("enforcer") = py::none(), py::arg("registry") = py::none(),
              py::arg("state_path") = py::none(), py::arg("clock") = py::none(),
              py::arg("min_requests") = 0, py::arg("confidence") = py::none(),
-             py::arg("store") = py::none())
+             py::arg("store") = py::none(), py::kw_only(),
+             py::arg("rollout") = std::string(kDefaultRollout), py::arg("policies") = py::none(),
+             py::arg("cohort") = "independent")
         .def("evaluate", &RolloutManager::evaluate, py::arg("error_rate"),
              py::arg("requests") = py::none(), py::kw_only(), py::arg("read_at") = py::none(),
              py::call_guard<py::gil_scoped_release>(),
@@ -549,6 +575,16 @@ void register_rollout(py::module_& m) {
             },
             "Requests a decision needs before it may advance; settable while the rollout runs.")
         .def_property_readonly("confidence", &RolloutManager::confidence)
+        .def_property_readonly("rollout", &RolloutManager::rollout,
+                               "The rollout's name: its metrics' `rollout` label.")
+        .def_property_readonly("policies", &RolloutManager::policies,
+                               "The policies this rollout governs; None: every policy no other "
+                               "rollout names (the enforcer's global percent).")
+        .def_property_readonly(
+            "cohort",
+            [](const RolloutManager& manager) { return std::string(to_string(manager.cohort())); },
+            "'independent' (keys hashed with the rollout's own seed) or 'shared' (the "
+            "enforcer's); a rollout without policies samples the enforcer's own cohort.")
         .def_property_readonly("enforcer", &RolloutManager::enforcer)
         .def_property_readonly("registry", &RolloutManager::registry)
         .def(
@@ -580,47 +616,49 @@ void register_rollout(py::module_& m) {
                 s = manager.snapshot();
             }
             py::dict out;
-            out["stages"] = s.plan->stages();
-            out["stage_index"] = s.position.stage_index;
-            out["started_at"] = s.position.started_at.value_or(s.now);
-            out["now"] = s.now;
-            out["state"] = std::string(to_string(s.position.state));
-            out["version"] = s.version;
-            out["enforced_percentage"] = s.enforced_percentage;
-            out["last_error_rate"] = s.last_error_rate;
+            out[key("stages")] = s.plan->stages();
+            out[key("stage_index")] = s.position.stage_index;
+            out[key("started_at")] = s.position.started_at.value_or(s.now);
+            out[key("now")] = s.now;
+            out[key("state")] = std::string(to_string(s.position.state));
+            out[key("version")] = s.version;
+            out[key("enforced_percentage")] = s.enforced_percentage;
+            out[key("last_error_rate")] = s.last_error_rate;
             const Judgement judgement = s.judgement();
-            out["next_action"] = std::string(to_string(judgement.action));
-            out["waiting_for"] = std::string(to_string(judgement.waiting_for));
-            out["waiting_reason"] = judgement.reason;
-            out["min_requests"] = s.min_requests;
-            out["advance_target"] = s.plan->advance_target(s.position);
+            out[key("next_action")] = std::string(to_string(judgement.action));
+            out[key("waiting_for")] = std::string(to_string(judgement.waiting_for));
+            out[key("waiting_reason")] = judgement.reason;
+            out[key("min_requests")] = s.min_requests;
+            out[key("advance_target")] = s.plan->advance_target(s.position);
             if (s.evidence && s.evidence->requests) {
-                out["stage_requests"] = *s.evidence->requests;
+                out[key("stage_requests")] = *s.evidence->requests;
             } else {
-                out["stage_requests"] = py::none();
+                out[key("stage_requests")] = py::none();
             }
             if (s.evidence) {
                 py::dict evidence;
                 evidence["error_rate"] = s.evidence->error_rate;
                 evidence["requests"] = s.evidence->requests;
                 evidence["failed"] = s.evidence->failed;
-                out["evidence"] = evidence;
+                out[key("evidence")] = evidence;
             } else {
-                out["evidence"] = py::none();
+                out[key("evidence")] = py::none();
             }
             py::list transitions;
             for (const auto& t : s.transitions) transitions.append(transition_dict(t));
-            out["transitions"] = transitions;
-            out["state_path"] = s.state_path;
-            out["synced"] = s.synced;
-            out["approvals"] = s.approvals;
-            out["incarnation"] = s.incarnation;
-            out["restore_generation"] = s.restore_generation;
-            out["regressed"] =
+            out[key("transitions")] = transitions;
+            out[key("state_path")] = s.state_path;
+            out[key("synced")] = s.synced;
+            out[key("approvals")] = s.approvals;
+            out[key("incarnation")] = s.incarnation;
+            out[key("restore_generation")] = s.restore_generation;
+            out[key("regressed")] =
                 s.regressed.empty() ? py::object(py::none()) : py::object(py::str(s.regressed));
-            out["store"] = manager.store() ? py::object(py::str(manager.store()->describe()))
-                                           : py::object(py::none());
-            out["rollback_on_error"] = s.plan->rollback_on_error();
+            out[key("store")] = manager.store() ? py::object(py::str(manager.store()->describe()))
+                                                : py::object(py::none());
+            out[key("rollback_on_error")] = s.plan->rollback_on_error();
+            out[key("rollout")] = manager.rollout();
+            out[key("policies")] = manager.policies();
             return out;
         });
 }

@@ -6,18 +6,8 @@
 
 namespace driftgate::bindings {
 
-namespace {
-
-// The three members, borrowed from the enum class, which the module keeps alive. Compared by
-// identity first: that is the hot path of every record().
-std::array<PyObject*, 3> members{};
-
-}  // namespace
-
 std::optional<Verdict> try_verdict(py::handle value) {
-    for (std::size_t code = 0; code < members.size(); ++code) {
-        if (value.ptr() == members[code]) return static_cast<Verdict>(code);
-    }
+    if (auto verdict = verdict_member(value)) return verdict;
     if (PyUnicode_Check(value.ptr())) {
         Py_ssize_t size = 0;
         const char* text = PyUnicode_AsUTF8AndSize(value.ptr(), &size);
@@ -30,7 +20,7 @@ std::optional<Verdict> try_verdict(py::handle value) {
     return std::nullopt;
 }
 
-Verdict verdict_arg(py::handle value, const char* argument) {
+Verdict verdict_arg_other(py::handle value, const char* argument) {
     if (auto verdict = try_verdict(value)) return *verdict;
     throw py::value_error(std::string("invalid verdict for ") + argument + ": " +
                           short_repr(value) +
@@ -39,7 +29,7 @@ Verdict verdict_arg(py::handle value, const char* argument) {
 }
 
 py::object verdict_object(Verdict verdict) {
-    return py::reinterpret_borrow<py::object>(members[static_cast<std::size_t>(verdict)]);
+    return py::reinterpret_borrow<py::object>(verdict_members[static_cast<std::size_t>(verdict)]);
 }
 
 std::string short_repr(py::handle value) {
@@ -49,7 +39,7 @@ std::string short_repr(py::handle value) {
     return text;
 }
 
-std::string_view text_arg(py::handle value, const char* argument, bool allow_bytes) {
+std::string_view text_arg_other(py::handle value, const char* argument, bool allow_bytes) {
     Py_ssize_t size = 0;
     if (PyUnicode_Check(value.ptr())) {
         const char* text = PyUnicode_AsUTF8AndSize(value.ptr(), &size);
@@ -82,7 +72,7 @@ void register_verdict(py::module_& m) {
         .value("FAIL", Verdict::Fail)
         .finalize();
     py::object cls = m.attr("Verdict");
-    members = {cls.attr("OK").ptr(), cls.attr("WARN").ptr(), cls.attr("FAIL").ptr()};
+    verdict_members = {cls.attr("OK").ptr(), cls.attr("WARN").ptr(), cls.attr("FAIL").ptr()};
 
     m.def(
         "parse_verdict",

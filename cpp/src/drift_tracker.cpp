@@ -1,10 +1,11 @@
 #include "driftgate/drift_tracker.hpp"
 
-#include <algorithm>
 #include <mutex>
 #include <stdexcept>
 #include <string>
 #include <utility>
+
+#include "driftgate/verdict_batch.hpp"
 
 namespace driftgate {
 
@@ -21,8 +22,9 @@ class DriftTracker::WindowExport final : public WindowSource, public ScrapeHook 
 
     void before_scrape() override {
         std::lock_guard lock(mutex_);
+        const std::vector<WindowCounts> lifetimes = windows_->lifetimes();
         for (std::uint32_t slot = 0; slot < published_.size(); ++slot) {
-            const WindowCounts lifetime = windows_->lifetime(slot);
+            const WindowCounts& lifetime = lifetimes[slot];
             if (lifetime.total == 0) continue;  // never recorded: no series yet
             prometheus::Counter& events = *drift_events_.at(slot)[0];
             if (lifetime.events > published_[slot]) {
@@ -74,11 +76,12 @@ bool DriftTracker::record(std::string_view policy_id, Verdict shadow, Verdict en
     return drift;
 }
 
+void DriftTracker::throw_not_held(std::uint32_t slot) {
+    throw std::out_of_range("slot " + std::to_string(slot) + " is held by no policy id");
+}
+
 bool DriftTracker::record_slot(std::uint32_t slot, Verdict shadow, Verdict enforced) {
-    // A slot no id holds yet would count for whichever id takes it later.
-    if (!index_->holds(slot)) {
-        throw std::out_of_range("slot " + std::to_string(slot) + " is held by no policy id");
-    }
+    check_held(slot);
     const bool drift = shadow != enforced;
     add(slot, drift ? 1 : 0, 1);
     return drift;
@@ -93,21 +96,10 @@ std::uint64_t DriftTracker::record_batch(std::string_view policy_id,
                                     std::to_string(shadow.size()) + " and enforced of " +
                                     std::to_string(enforced.size()));
     }
-    // One branch-free pass the compiler vectorises: byte-wide counters over blocks of 255
-    // (they cannot overflow), widened once per block. Nothing is recorded until the whole batch
-    // has been checked, so a bad code records nothing.
-    std::uint8_t highest = 0;
-    std::uint64_t drift = 0;
-    for (std::size_t base = 0; base < shadow.size(); base += 255) {
-        const std::size_t end = std::min(shadow.size(), base + 255);
-        std::uint8_t block_drift = 0;
-        for (std::size_t i = base; i < end; ++i) {
-            highest = std::max(highest, std::max(shadow[i], enforced[i]));
-            block_drift = static_cast<std::uint8_t>(block_drift + (shadow[i] != enforced[i]));
-        }
-        drift += block_drift;
-    }
-    if (highest >= kVerdictCodeLimit) {
+    // One pass counts the drift and checks every code; nothing is recorded until the whole
+    // batch has been checked, so a bad code records nothing.
+    const BatchScan scan = scan_batch(shadow, enforced);
+    if (!scan.valid) {
         for (std::size_t i = 0; i < shadow.size(); ++i) {
             for (auto [side, code] : {std::pair{"shadow", shadow[i]}, {"enforced", enforced[i]}}) {
                 if (code >= kVerdictCodeLimit) {
@@ -119,6 +111,7 @@ std::uint64_t DriftTracker::record_batch(std::string_view policy_id,
             }
         }
     }
+    const std::uint64_t drift = scan.drift;
     if (!shadow.empty()) add(index_->slot_for(policy_id), drift, shadow.size());
     return drift;
 }

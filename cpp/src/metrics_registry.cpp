@@ -8,7 +8,72 @@
 
 namespace driftgate {
 
-MetricsRegistry::MetricsRegistry() : registry_(std::make_shared<prometheus::Registry>()) {}
+/// The series hold_* gave out, by family and labels: each with its holders' count kept by a
+/// shared_ptr, and a generation, so that a series held anew while its last holder was letting
+/// go is not removed by that late release.
+struct MetricsRegistry::HeldSeries {
+    template <typename T>
+    struct Entry {
+        std::weak_ptr<T> series;
+        std::uint64_t generation = 0;
+    };
+    template <typename T>
+    using Book = std::map<std::pair<prometheus::Family<T>*, prometheus::Labels>, Entry<T>>;
+
+    template <typename T>
+    Book<T>& book();
+
+    std::mutex mutex;
+    Book<prometheus::Gauge> gauges;
+    Book<prometheus::Counter> counters;
+    std::uint64_t generations = 0;
+    // The families live in the registry: kept alive while any held series is.
+    std::shared_ptr<prometheus::Registry> registry;
+};
+
+template <>
+MetricsRegistry::HeldSeries::Book<prometheus::Gauge>&
+MetricsRegistry::HeldSeries::book<prometheus::Gauge>() {
+    return gauges;
+}
+
+template <>
+MetricsRegistry::HeldSeries::Book<prometheus::Counter>&
+MetricsRegistry::HeldSeries::book<prometheus::Counter>() {
+    return counters;
+}
+
+namespace {
+
+template <typename T, typename Held>
+std::shared_ptr<T> hold(const std::shared_ptr<Held>& held, prometheus::Family<T>& family,
+                        const prometheus::Labels& labels) {
+    std::lock_guard lock(held->mutex);
+    auto key = std::make_pair(&family, labels);
+    auto& entry = held->template book<T>()[key];
+    if (auto series = entry.series.lock()) return series;
+    const std::uint64_t generation = ++held->generations;
+    entry.generation = generation;
+    T* series = &family.Add(labels);
+    std::shared_ptr<T> out(series, [held, key = std::move(key), generation](T* gone) {
+        std::lock_guard release(held->mutex);
+        auto& book = held->template book<T>();
+        const auto found = book.find(key);
+        // Held again since the count reached 0: the new holders have it now.
+        if (found == book.end() || found->second.generation != generation) return;
+        book.erase(found);
+        key.first->Remove(gone);
+    });
+    entry.series = out;
+    return out;
+}
+
+}  // namespace
+
+MetricsRegistry::MetricsRegistry()
+    : registry_(std::make_shared<prometheus::Registry>()), held_(std::make_shared<HeldSeries>()) {
+    held_->registry = registry_;
+}
 
 std::shared_ptr<MetricsRegistry> MetricsRegistry::default_registry() {
     static const auto registry = std::make_shared<MetricsRegistry>();
@@ -33,6 +98,16 @@ prometheus::Family<prometheus::Gauge>& MetricsRegistry::gauge(const MetricName& 
 prometheus::Family<prometheus::Histogram>& MetricsRegistry::histogram(const MetricName& metric) {
     add_name(metric.name);
     return prometheus::BuildHistogram().Name(metric.name).Help(metric.help).Register(*registry_);
+}
+
+std::shared_ptr<prometheus::Gauge> MetricsRegistry::hold_gauge(const MetricName& metric,
+                                                               const prometheus::Labels& labels) {
+    return hold(held_, gauge(metric), labels);
+}
+
+std::shared_ptr<prometheus::Counter> MetricsRegistry::hold_counter(
+    const MetricName& metric, const prometheus::Labels& labels) {
+    return hold(held_, counter(metric), labels);
 }
 
 void MetricsRegistry::add_window_source(std::weak_ptr<const WindowSource> source) {
@@ -242,6 +317,33 @@ std::string to_openmetrics(std::vector<prometheus::MetricFamily> families) {
     }
     out += "# EOF\n";
     return out;
+}
+
+prometheus::Gauge& SeriesHolder::gauge(const MetricName& metric, const prometheus::Labels& labels) {
+    std::lock_guard lock(mutex_);
+    auto& held = gauges_[{metric.name, labels}];
+    if (!held) held = registry_->hold_gauge(metric, labels);
+    return *held;
+}
+
+prometheus::Counter& SeriesHolder::counter(const MetricName& metric,
+                                           const prometheus::Labels& labels) {
+    std::lock_guard lock(mutex_);
+    auto& held = counters_[{metric.name, labels}];
+    if (!held) held = registry_->hold_counter(metric, labels);
+    return *held;
+}
+
+void SeriesHolder::release_gauge(const MetricName& metric, const prometheus::Labels& labels) {
+    std::shared_ptr<prometheus::Gauge> gone;
+    {
+        std::lock_guard lock(mutex_);
+        const auto found = gauges_.find({metric.name, labels});
+        if (found == gauges_.end()) return;
+        gone = std::move(found->second);
+        gauges_.erase(found);
+    }
+    // Let go outside the holder's lock: the last release takes the registry's.
 }
 
 SlotCounters::SlotCounters(std::vector<Series> series, std::shared_ptr<const PolicyIndex> index)

@@ -55,8 +55,8 @@ void PolicyIndex::validate(std::string_view id) {
     }
 }
 
-const PolicyIndex::Entry* PolicyIndex::lookup(std::string_view id,
-                                              std::uint64_t hash) const noexcept {
+inline const PolicyIndex::Entry* PolicyIndex::lookup(std::string_view id,
+                                                     std::uint64_t hash) const noexcept {
     for (std::size_t i = hash & table_mask_;; i = (i + 1) & table_mask_) {
         const Entry* entry = table_[i].load(std::memory_order_acquire);
         if (entry == nullptr || (entry->hash == hash && equal_bytes(entry->id(), id))) return entry;
@@ -67,11 +67,7 @@ std::uint32_t PolicyIndex::slot_for(std::string_view id) {
     if (id.size() > kMaxIdLength) validate(id);  // never hash an unbounded string
     const std::uint64_t hash = hash_bytes(id);
     if (const Entry* entry = lookup(id, hash)) return entry->slot;
-    validate(id);
-    if (id == kOverflowLabel) {
-        throw std::invalid_argument(
-            "policy_id '__overflow__' is reserved: it labels the ids counted past max_policies");
-    }
+    validate_admissible(id);
     // Full for good: ids are never forgotten, so this needs no lock. The id may have been
     // admitted since the lookup above, though (it took the last slot): the acquire load makes
     // every admitted entry visible, so a second lookup settles it.
@@ -81,8 +77,38 @@ std::uint32_t PolicyIndex::slot_for(std::string_view id) {
     }
     std::lock_guard lock(mutex_);
     if (const Entry* entry = lookup(id, hash)) return entry->slot;
+    if (admitted_.load(std::memory_order_relaxed) >= max_policies_) return mark_overflow();
+    return admit_locked(id, hash);
+}
+
+void PolicyIndex::validate_admissible(std::string_view id) {
+    validate(id);
+    if (id == kOverflowLabel) {
+        throw std::invalid_argument(
+            "policy_id '__overflow__' is reserved: it labels the ids counted past max_policies");
+    }
+}
+
+std::optional<std::vector<std::uint32_t>> PolicyIndex::admit_all(
+    const std::vector<std::string>& ids) {
+    for (const std::string& id : ids) validate_admissible(id);
+    std::lock_guard lock(mutex_);
+    // Under the mutex, so no other admission can take the room counted here.
+    std::size_t unknown = 0;
+    for (const std::string& id : ids) unknown += lookup(id, hash_bytes(id)) == nullptr ? 1 : 0;
+    if (admitted_.load(std::memory_order_relaxed) + unknown > max_policies_) return std::nullopt;
+    std::vector<std::uint32_t> slots;
+    slots.reserve(ids.size());
+    for (const std::string& id : ids) {
+        const std::uint64_t hash = hash_bytes(id);
+        const Entry* entry = lookup(id, hash);
+        slots.push_back(entry != nullptr ? entry->slot : admit_locked(id, hash));
+    }
+    return slots;
+}
+
+std::uint32_t PolicyIndex::admit_locked(std::string_view id, std::uint64_t hash) {
     const std::size_t admitted = admitted_.load(std::memory_order_relaxed);
-    if (admitted >= max_policies_) return mark_overflow();
     Entry& entry = entries_.emplace_back();
     entry.hash = hash;
     entry.slot = static_cast<std::uint32_t>(admitted);

@@ -19,6 +19,7 @@ RolloutManager::Options with_defaults(RolloutManager::Options options) {
             options.enforcer ? options.enforcer->registry() : MetricsRegistry::default_registry();
     }
     if (options.confidence) validate_confidence(*options.confidence);
+    validate_rollout_name(options.rollout);
     return options;
 }
 
@@ -157,18 +158,16 @@ Judgement RolloutManager::Snapshot::judgement() const {
     return judge(*plan, position, evidence, min_requests, confidence, now);
 }
 
+prometheus::Labels RolloutManager::labelled(prometheus::Labels labels) const {
+    labels.emplace(metrics::kRolloutLabel, options_.rollout);
+    return labels;
+}
+
 RolloutManager::RolloutManager(const RolloutConfig& config, Options options)
     : options_(with_defaults(std::move(options))),
+      series_(options_.registry),
       plan_(config.plan_),
-      view_(config.shared_),
-      stage_family_(options_.registry->gauge(metrics::kRolloutStage)),
-      started_at_family_(options_.registry->gauge(metrics::kRolloutStageStartedAt)),
-      error_rate_gauge_(options_.registry->gauge(metrics::kRolloutErrorRate).Add({})),
-      advancements_(options_.registry->counter(metrics::kRolloutAdvancements)),
-      rollbacks_(options_.registry->counter(metrics::kRolloutRollbacks)),
-      analysis_errors_(options_.registry->counter(metrics::kRolloutAnalysisErrors).Add({})),
-      version_gauge_(options_.registry->gauge(metrics::kStateVersion).Add({})),
-      notifications_(options_.registry->counter(metrics::kNotifications)) {
+      view_(config.shared_) {
     if (options_.store && options_.state_path) {
         throw std::invalid_argument("give a RolloutManager a state_path or a store, not both");
     }
@@ -189,18 +188,25 @@ RolloutManager::RolloutManager(const RolloutConfig& config, Options options)
         view_->owned = false;
     };
     try {
-        if (options_.enforcer) options_.enforcer->claim_rollout_percent();
+        if (options_.enforcer && options_.policies) {
+            options_.enforcer->claim_share(options_.rollout, *options_.policies, options_.cohort);
+        } else if (options_.enforcer) {
+            options_.enforcer->claim_rollout_percent(options_.rollout);
+        }
     } catch (...) {
         release_config();
         throw;
     }
     try {
+        error_rate_gauge_ = &series_.gauge(metrics::kRolloutErrorRate, labelled());
+        analysis_errors_ = &series_.counter(metrics::kRolloutAnalysisErrors, labelled());
+        version_gauge_ = &series_.gauge(metrics::kStateVersion, labelled());
         declare_transition_counters();
         std::lock_guard lock(mutex_);
         if (options_.store) {
-            store_up_gauge_ = &options_.registry->gauge(metrics::kStateStoreUp).Add({});
-            sync_age_gauge_ = &options_.registry->gauge(metrics::kStateSyncAge).Add({});
-            regressed_gauge_ = &options_.registry->gauge(metrics::kStateStoreRegressed).Add({});
+            store_up_gauge_ = &series_.gauge(metrics::kStateStoreUp, labelled());
+            sync_age_gauge_ = &series_.gauge(metrics::kStateSyncAge, labelled());
+            regressed_gauge_ = &series_.gauge(metrics::kStateStoreRegressed, labelled());
             start_shared_locked(start);
         } else if (options_.state_path) {
             state_file_.emplace(*options_.state_path, plan_);
@@ -216,7 +222,7 @@ RolloutManager::RolloutManager(const RolloutConfig& config, Options options)
             persist_and_apply_locked(fresh_start(start), "system", "rollout started", true);
         }
     } catch (...) {
-        if (options_.enforcer) options_.enforcer->release_rollout_percent();
+        release_enforcer();
         release_config();
         throw;
     }
@@ -232,7 +238,16 @@ RolloutManager::~RolloutManager() {
         view_->owned = false;
         view_->clock = view_clock_;
     }
-    if (options_.enforcer) options_.enforcer->release_rollout_percent();
+    release_enforcer();
+}
+
+void RolloutManager::release_enforcer() {
+    if (!options_.enforcer) return;
+    if (options_.policies) {
+        options_.enforcer->release_share(options_.rollout);
+    } else {
+        options_.enforcer->release_rollout_percent();
+    }
 }
 
 RolloutPosition RolloutManager::fresh_start(RolloutPosition start) const {
@@ -443,8 +458,10 @@ void RolloutManager::count_notification(std::string_view sink, std::string_view 
     auto label = [](std::string_view value) {
         return std::string(PolicyIndex::is_valid(value) ? value : "other");
     };
-    notifications_
-        .Add({{"sink", label(sink)}, {"event", label(event)}, {"outcome", label(outcome)}})
+    series_
+        .counter(
+            metrics::kNotifications,
+            labelled({{"sink", label(sink)}, {"event", label(event)}, {"outcome", label(outcome)}}))
         .Increment();
 }
 
@@ -477,9 +494,10 @@ double RolloutManager::wall_now() const {
 void RolloutManager::declare_transition_counters() {
     const auto& stages = plan_->stages();
     for (std::size_t i = 0; i < stages.size(); ++i) {
-        advancements_.Add({{"to_stage", stages[i].name}});
+        series_.counter(metrics::kRolloutAdvancements, labelled({{"to_stage", stages[i].name}}));
         const std::string to = i == 0 ? std::string("aborted") : stages[i - 1].name;
-        rollbacks_.Add({{"from_stage", stages[i].name}, {"to_stage", to}});
+        series_.counter(metrics::kRolloutRollbacks,
+                        labelled({{"from_stage", stages[i].name}, {"to_stage", to}}));
     }
 }
 
@@ -576,15 +594,17 @@ void RolloutManager::transition_locked(const RolloutPosition& next, std::string_
             return;
         }
         const std::string from = plan_->stage(before.stage_index).name;
+        const MetricName* counted = &metrics::kRolloutRollbacks;
+        prometheus::Labels labels;
         if (next.state == RolloutState::Aborted) {
-            rollbacks_.Add({{"from_stage", from}, {"to_stage", "aborted"}}).Increment();
+            labels = {{"from_stage", from}, {"to_stage", "aborted"}};
         } else if (before.state != RolloutState::Aborted && next.stage_index < before.stage_index) {
-            rollbacks_
-                .Add({{"from_stage", from}, {"to_stage", plan_->stage(next.stage_index).name}})
-                .Increment();
+            labels = {{"from_stage", from}, {"to_stage", plan_->stage(next.stage_index).name}};
         } else {
-            advancements_.Add({{"to_stage", plan_->stage(next.stage_index).name}}).Increment();
+            counted = &metrics::kRolloutAdvancements;
+            labels = {{"to_stage", plan_->stage(next.stage_index).name}};
         }
+        series_.counter(*counted, labelled(std::move(labels))).Increment();
     };
     try {
         persist_and_apply_locked(next, actor, std::move(reason), false, mover, {}, operation);
@@ -598,22 +618,28 @@ void RolloutManager::transition_locked(const RolloutPosition& next, std::string_
 void RolloutManager::publish_locked() {
     // Unsynced, a replica enforces nothing: it does not know where the fleet stands.
     const double percentage = synced_ ? plan_->percentage(position_) : 0.0;
-    version_gauge_.Set(static_cast<double>(version_));
-    if (options_.enforcer) options_.enforcer->set_rollout_percent(percentage);
+    version_gauge_->Set(static_cast<double>(version_));
+    if (options_.enforcer && options_.policies) {
+        options_.enforcer->set_share_percent(options_.rollout, percentage);
+    } else if (options_.enforcer) {
+        options_.enforcer->set_rollout_percent(percentage);
+    }
     {
         std::lock_guard lock(view_->mutex);
         view_->position = position_;
     }
     const std::string name = plan_->position_name(position_);
-    // One series each: the old stage's is removed, so dashboards never see two current stages.
-    if (stage_gauge_) stage_family_.Remove(stage_gauge_);
-    if (started_at_gauge_) started_at_family_.Remove(started_at_gauge_);
-    stage_gauge_ = &stage_family_.Add({{"stage_name", name}});
-    stage_gauge_->Set(position_.state == RolloutState::Aborted
-                          ? -1.0
-                          : static_cast<double>(position_.stage_index));
-    started_at_gauge_ = &started_at_family_.Add({{"stage_name", name}});
-    started_at_gauge_->Set(position_.started_at.value_or(0.0));
+    // One series each: the old stage's is let go, so dashboards never see two current stages.
+    prometheus::Labels labels = labelled({{"stage_name", name}});
+    if (stage_labels_ && *stage_labels_ != labels) {
+        series_.release_gauge(metrics::kRolloutStage, *stage_labels_);
+        series_.release_gauge(metrics::kRolloutStageStartedAt, *stage_labels_);
+    }
+    series_.gauge(metrics::kRolloutStage, labels)
+        .Set(position_.state == RolloutState::Aborted ? -1.0
+                                                      : static_cast<double>(position_.stage_index));
+    series_.gauge(metrics::kRolloutStageStartedAt, labels).Set(position_.started_at.value_or(0.0));
+    stage_labels_ = std::move(labels);
     publish_snapshot_locked();
 }
 
@@ -673,7 +699,7 @@ Decision RolloutManager::decide_locked(const Evidence& evidence,
                                position_, "");
     }
     last_error_rate_ = evidence.error_rate;
-    error_rate_gauge_.Set(evidence.error_rate);
+    error_rate_gauge_->Set(evidence.error_rate);
     evidence_ = evidence;
     // Published on every way out, a failed write included: the status shows this reading.
     struct PublishOnExit {
@@ -1011,7 +1037,7 @@ Decision RolloutManager::hold(std::string message, DecisionAction action) const 
     return decision_locked(false, action, std::move(message), position_, "");
 }
 
-void RolloutManager::record_analysis_error() { analysis_errors_.Increment(); }
+void RolloutManager::record_analysis_error() { analysis_errors_->Increment(); }
 
 RolloutConfig RolloutManager::config() const { return RolloutConfig(plan_, view_); }
 

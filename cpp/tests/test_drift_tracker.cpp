@@ -127,6 +127,28 @@ TEST_CASE("record_batch counts drift and rejects bad codes whole", "[drift_track
     CHECK(f.tracker.counts("5m").events == 2);
 }
 
+TEST_CASE("record_batch with a bad code at any position names it and records nothing",
+          "[drift_tracker]") {
+    Fixture f;
+    for (const std::size_t n : {1, 15, 16, 17, 31, 32, 33, 64, 100, 255}) {
+        std::vector<std::uint8_t> shadow(n, 1);
+        std::vector<std::uint8_t> enforced(n, 2);
+        for (std::size_t at = 0; at < n; ++at) {
+            for (auto* side : {&shadow, &enforced}) {
+                const std::uint8_t kept = (*side)[at];
+                (*side)[at] = 3;
+                const std::string where =
+                    (side == &shadow ? "shadow[" : "enforced[") + std::to_string(at) + "]";
+                CHECK_THROWS_WITH(f.tracker.record_batch("p", shadow, enforced),
+                                  Catch::Contains("code 3 in " + where));
+                (*side)[at] = kept;
+            }
+        }
+        CHECK(f.tracker.record_batch("p", shadow, enforced) == n);
+    }
+    CHECK(f.tracker.counts("5m").total == 1 + 15 + 16 + 17 + 31 + 32 + 33 + 64 + 100 + 255);
+}
+
 TEST_CASE("unknown windows are rejected", "[drift_tracker]") {
     Fixture f;
     CHECK_THROWS_AS(f.tracker.counts("1h"), std::invalid_argument);

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "driftgate/drift_tracker.hpp"
@@ -151,4 +152,82 @@ TEST_CASE("family names cover registered and scrape-time families", "[metrics]")
     }
     const auto names = registry->family_names();  // the tracker's window gauges went with it
     CHECK(std::find(names.begin(), names.end(), "adapt_drift_ratio") == names.end());
+}
+
+namespace {
+
+constexpr driftgate::MetricName kHeldMetric{"held_gauge", "A gauge several owners hold."};
+
+}  // namespace
+
+TEST_CASE("a held gauge stays while anyone holds it and goes with the last", "[metrics]") {
+    MetricsRegistry registry;
+    auto first = registry.hold_gauge(kHeldMetric, {{"rollout", ""}});
+    auto second = registry.hold_gauge(kHeldMetric, {{"rollout", ""}});
+    CHECK(first.get() == second.get());
+    first->Set(3);
+    first.reset();
+    // Still held: the series is there and the remaining holder writes to it safely.
+    second->Set(4);
+    CHECK_THAT(registry.exposition(), Catch::Contains("held_gauge{rollout=\"\"} 4"));
+    second.reset();
+    CHECK_THAT(registry.exposition(), !Catch::Contains("held_gauge{rollout=\"\"}"));
+    // Held anew after it went: a fresh series at 0.
+    auto again = registry.hold_gauge(kHeldMetric, {{"rollout", ""}});
+    CHECK_THAT(registry.exposition(), Catch::Contains("held_gauge{rollout=\"\"} 0"));
+}
+
+TEST_CASE("gauges held and let go from many threads never lose a holder's series",
+          "[metrics][threads]") {
+    MetricsRegistry registry;
+    std::vector<std::thread> threads;
+    for (int t = 0; t < 4; ++t) {
+        threads.emplace_back([&registry] {
+            for (int i = 0; i < 2000; ++i) {
+                auto held = registry.hold_gauge(kHeldMetric, {{"rollout", "r"}});
+                held->Set(i);  // would touch freed memory if another thread removed it
+            }
+        });
+    }
+    auto kept = registry.hold_gauge(kHeldMetric, {{"rollout", "kept"}});
+    for (auto& thread : threads) thread.join();
+    kept->Set(1);
+    const std::string text = registry.exposition();
+    CHECK_THAT(text, Catch::Contains("held_gauge{rollout=\"kept\"} 1"));
+    CHECK_THAT(text, !Catch::Contains("rollout=\"r\""));
+}
+
+TEST_CASE("a held counter counts on while anyone holds it", "[metrics]") {
+    MetricsRegistry registry;
+    const driftgate::MetricName counted{"held_total", "Counted by several owners."};
+    auto first = registry.hold_counter(counted, {{"rollout", "r"}});
+    first->Increment();
+    auto second = registry.hold_counter(counted, {{"rollout", "r"}});
+    second->Increment();
+    first.reset();
+    CHECK_THAT(registry.exposition(), Catch::Contains("held_total{rollout=\"r\"} 2"));
+    second.reset();
+    CHECK_THAT(registry.exposition(), !Catch::Contains("held_total{rollout=\"r\"}"));
+}
+
+TEST_CASE("a holder's series leave with it, and only those no other holder has", "[metrics]") {
+    auto registry = std::make_shared<MetricsRegistry>();
+    auto& gauges = registry->gauge(kHeldMetric);
+    gauges.Add({{"rollout", "other"}}).Set(7);  // not held: nobody lets it go
+    driftgate::SeriesHolder shared(registry);
+    shared.gauge(kHeldMetric, {{"rollout", "both"}}).Set(2);
+    {
+        driftgate::SeriesHolder mine(registry);
+        mine.gauge(kHeldMetric, {{"rollout", "mine"}}).Set(1);
+        mine.counter({"owned_total", "Counted by one owner."}, {{"rollout", "mine"}}).Increment();
+        mine.gauge(kHeldMetric, {{"rollout", "both"}}).Set(3);
+        mine.gauge(kHeldMetric, {{"rollout", "mine"}, {"stage", "a"}});
+        mine.release_gauge(kHeldMetric, {{"rollout", "mine"}, {"stage", "a"}});
+        CHECK_THAT(registry->exposition(), !Catch::Contains("stage=\"a\""));
+        CHECK_THAT(registry->exposition(), Catch::Contains("owned_total{rollout=\"mine\"} 1"));
+    }
+    const std::string text = registry->exposition();
+    CHECK_THAT(text, !Catch::Contains("rollout=\"mine\""));
+    CHECK_THAT(text, Catch::Contains("held_gauge{rollout=\"both\"} 3"));
+    CHECK_THAT(text, Catch::Contains("held_gauge{rollout=\"other\"} 7"));
 }

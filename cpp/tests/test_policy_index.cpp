@@ -87,3 +87,23 @@ TEST_CASE("concurrent admission gives every id one slot", "[policy_index][thread
     CHECK(slots.size() == 101);  // 100 admitted ids and the overflow slot
     CHECK(index.ids().size() == 101);
 }
+
+TEST_CASE("admit_all admits every new id or none of them", "[policy_index]") {
+    PolicyIndex index(3);
+    CHECK(index.slot_for("a") == 0);
+    const auto slots = index.admit_all({"b", "a"});
+    REQUIRE(slots.has_value());
+    CHECK(*slots == std::vector<std::uint32_t>{1, 0});
+    CHECK(index.admitted() == 2);
+    // Two new ids, one place left: nothing is admitted.
+    CHECK_FALSE(index.admit_all({"c", "d"}).has_value());
+    CHECK(index.admitted() == 2);
+    CHECK_FALSE(index.find("c").has_value());
+    // Exactly filling the cap is fine.
+    CHECK(index.admit_all({"c", "b"}) == std::vector<std::uint32_t>{2, 1});
+    CHECK(index.admitted() == 3);
+    CHECK(index.admit_all({"a"}) == std::vector<std::uint32_t>{0});
+    CHECK_FALSE(index.admit_all({"e"}).has_value());
+    CHECK_THROWS_WITH(index.admit_all({"ok", "bad id"}), Catch::Contains("'bad id'"));
+    CHECK_THROWS_WITH(index.admit_all({"__overflow__"}), Catch::Contains("reserved"));
+}

@@ -48,6 +48,47 @@ TEST_CASE("a clock that steps back neither loses nor double-counts", "[policy_wi
     CHECK(f.windows.counts(0).total == 0);
 }
 
+TEST_CASE("an add in a bucket that a read has moved past counts in the read's bucket",
+          "[policy_windows]") {
+    Fixture f;
+    f.windows.add(0, 0, 1);  // t = 1000: bucket 100 of "short"; the cursor rests there
+    f.clock->set(1035.0);
+    CHECK(f.windows.counts(0).total == 0);  // the read moves "short" on to bucket 103
+    f.clock->set(1000.0);                   // a reading inside the writer's resting bucket...
+    f.windows.add(0, 0, 1);                 // ...still counts at the highest time seen
+    f.clock->set(1035.0);
+    CHECK(f.windows.counts(0).total == 1);
+    CHECK(f.windows.counts(0, 0).total == 1);
+}
+
+TEST_CASE("an add at a reading the caller took is an add at that time", "[policy_windows]") {
+    Fixture f;
+    PolicyWindows::Shard& shard = f.windows.local_shard();
+    f.windows.add(shard, 1, 1, 1, 1000.0);
+    f.windows.add(1, 0, 1, 1010.0);
+    f.clock->set(1020.0);
+    CHECK(f.windows.counts(0).total == 2);  // buckets 100 and 101, both within 3
+    f.clock->set(1030.0);
+    CHECK(f.windows.counts(0).total == 1);  // bucket 100 has left
+    f.windows.add(shard, 1, 0, 1, 990.0);   // older than the highest time seen: counts at 1030
+    CHECK(f.windows.counts(0, 1).total == 2);
+    CHECK(f.windows.lifetime(1).total == 3);
+    CHECK(f.windows.lifetime(1).events == 1);
+}
+
+TEST_CASE("lifetimes answer every slot in one pass", "[policy_windows]") {
+    Fixture f;
+    f.windows.add(0, 1, 2);
+    std::thread([&] { f.windows.add(3, 2, 5); }).join();
+    std::thread([&] { f.windows.add(0, 0, 1); }).join();
+    const auto lifetimes = f.windows.lifetimes();
+    REQUIRE(lifetimes.size() == 4);
+    CHECK((lifetimes[0].events == 1 && lifetimes[0].total == 3));
+    CHECK((lifetimes[1].total == 0 && lifetimes[2].total == 0));
+    CHECK((lifetimes[3].events == 2 && lifetimes[3].total == 5));
+    CHECK(f.windows.lifetime().total == 8);
+}
+
 TEST_CASE("reset empties every window", "[policy_windows]") {
     Fixture f;
     f.windows.add(2, 3, 3);

@@ -91,13 +91,21 @@ TEST_CASE("every reachable transition counter exists at 0 from the start", "[rol
     Fixture f;
     auto manager = f.make();
     const auto text = f.registry->exposition();
-    CHECK_THAT(text, Catch::Contains("guardian_rollout_advancement_total{to_stage=\"canary\"} 0"));
-    CHECK_THAT(text, Catch::Contains("guardian_rollout_advancement_total{to_stage=\"full\"} 0"));
-    CHECK_THAT(text, Catch::Contains("guardian_rollout_rollback_total{from_stage=\"canary\","
-                                     "to_stage=\"aborted\"} 0"));
-    CHECK_THAT(text, Catch::Contains("guardian_rollout_rollback_total{from_stage=\"full\","
-                                     "to_stage=\"most\"} 0"));
-    CHECK_THAT(text, !Catch::Contains("from_stage=\"quarter\",to_stage=\"half\""));
+    CHECK_THAT(
+        text, Catch::Contains(
+                  "guardian_rollout_advancement_total{rollout=\"default\",to_stage=\"canary\"} 0"));
+    CHECK_THAT(text,
+               Catch::Contains(
+                   "guardian_rollout_advancement_total{rollout=\"default\",to_stage=\"full\"} 0"));
+    CHECK_THAT(
+        text,
+        Catch::Contains("guardian_rollout_rollback_total{from_stage=\"canary\",rollout=\"default\","
+                        "to_stage=\"aborted\"} 0"));
+    CHECK_THAT(text, Catch::Contains(
+                         "guardian_rollout_rollback_total{from_stage=\"full\",rollout=\"default\","
+                         "to_stage=\"most\"} 0"));
+    CHECK_THAT(text,
+               !Catch::Contains("from_stage=\"quarter\",rollout=\"default\",to_stage=\"half\""));
 }
 
 TEST_CASE("auto-advance waits for the duration and stops before approval", "[rollout]") {
@@ -130,10 +138,10 @@ TEST_CASE("a high error rate rolls back, and from the first stage aborts", "[rol
     CHECK(f.enforcer->options().rollout_percent == 0);
     CHECK(manager.evaluate(0.0).message.find("aborted") != std::string::npos);
     const auto text = f.registry->exposition();
-    CHECK_THAT(text, Catch::Contains("guardian_rollout_stage{stage_name=\"aborted\"} -1"));
-    CHECK_THAT(
-        text, Catch::Contains(
-                  "guardian_rollout_rollback_total{from_stage=\"canary\",to_stage=\"aborted\"} 1"));
+    CHECK_THAT(text, Catch::Contains(
+                         "guardian_rollout_stage{rollout=\"default\",stage_name=\"aborted\"} -1"));
+    CHECK_THAT(text, Catch::Contains("guardian_rollout_rollback_total{from_stage=\"canary\","
+                                     "rollout=\"default\",to_stage=\"aborted\"} 1"));
 }
 
 TEST_CASE("a manual advance resumes an aborted rollout at the first stage", "[rollout]") {
@@ -604,7 +612,8 @@ TEST_CASE("an advance whose write fails is not applied", "[rollout][state_file]"
     CHECK(f.enforcer->options().rollout_percent == 25);
     CHECK(manager.config().current_stage().name == "quarter");
     CHECK_THAT(f.registry->exposition(),
-               Catch::Contains("guardian_rollout_advancement_total{to_stage=\"half\"} 0"));
+               Catch::Contains(
+                   "guardian_rollout_advancement_total{rollout=\"default\",to_stage=\"half\"} 0"));
 }
 
 TEST_CASE("a rollback whose write fails is applied and still reported", "[rollout][state_file]") {
@@ -624,8 +633,9 @@ TEST_CASE("a rollback whose write fails is applied and still reported", "[rollou
     CHECK_THROWS_AS(manager.evaluate(0.5), StateError);
     CHECK(manager.snapshot().position.state == RolloutState::Aborted);
     CHECK(f.enforcer->options().rollout_percent == 0);
-    CHECK_THAT(f.registry->exposition(),
-               Catch::Contains("guardian_rollout_stage{stage_name=\"aborted\"} -1"));
+    CHECK_THAT(
+        f.registry->exposition(),
+        Catch::Contains("guardian_rollout_stage{rollout=\"default\",stage_name=\"aborted\"} -1"));
 }
 
 namespace {
@@ -679,8 +689,9 @@ TEST_CASE("a move past the last version a state holds is refused and nothing cha
     CHECK(snapshot.transitions.size() == 1);
     CHECK(f.enforcer->options().rollout_percent == 25);
     CHECK_THAT(f.registry->exposition(),
-               Catch::Contains("guardian_rollout_rollback_total{from_stage=\"quarter\","
-                               "to_stage=\"canary\"} 0"));
+               Catch::Contains(
+                   "guardian_rollout_rollback_total{from_stage=\"quarter\",rollout=\"default\","
+                   "to_stage=\"canary\"} 0"));
 }
 
 TEST_CASE("a move that would write a time past the year 9999 is refused and nothing changes",
@@ -726,10 +737,14 @@ TEST_CASE("a rollback applied despite a failed write is counted", "[rollout][sta
     CHECK_THROWS_AS(manager.manual_rollback("ops"), StateError);
     CHECK_THROWS_AS(manager.manual_rollback("ops"), StateError);
     const auto text = f.registry->exposition();
-    CHECK_THAT(text, Catch::Contains("guardian_rollout_rollback_total{from_stage=\"quarter\","
-                                     "to_stage=\"canary\"} 1"));
-    CHECK_THAT(text, Catch::Contains("guardian_rollout_rollback_total{from_stage=\"canary\","
-                                     "to_stage=\"aborted\"} 1"));
+    CHECK_THAT(text,
+               Catch::Contains(
+                   "guardian_rollout_rollback_total{from_stage=\"quarter\",rollout=\"default\","
+                   "to_stage=\"canary\"} 1"));
+    CHECK_THAT(
+        text,
+        Catch::Contains("guardian_rollout_rollback_total{from_stage=\"canary\",rollout=\"default\","
+                        "to_stage=\"aborted\"} 1"));
 }
 
 // -- Four eyes -------------------------------------------------------------------------------
@@ -981,6 +996,313 @@ TEST_CASE("an approval's reason is kept within what a state file accepts", "[rol
     // the state file written with it loads again
     auto reopened = f.make(RolloutManager::Options{}, RolloutConfig(stages));
     CHECK(reopened.snapshot().approvals == std::vector<std::string>{"alice"});
+}
+
+// -- Several rollouts on one enforcer and one registry -----------------------------------------
+
+namespace {
+
+using driftgate::Cohort;
+using driftgate::cohort_seed;
+using driftgate::sampling_bucket;
+
+RolloutManager::Options rollout_of(std::string name, std::vector<std::string> policies,
+                                   const std::string& dir) {
+    RolloutManager::Options options;
+    options.state_path = dir + "/" + name + ".json";
+    options.rollout = std::move(name);
+    options.policies = std::move(policies);
+    return options;
+}
+
+/// The sample lines of `metric` (the name exactly, then its labels) carrying `rollout`.
+std::vector<std::string> samples(const std::string& text, const std::string& metric,
+                                 const std::string& rollout) {
+    std::vector<std::string> out;
+    std::size_t at = 0;
+    while (at < text.size()) {
+        std::size_t end = text.find('\n', at);
+        if (end == std::string::npos) end = text.size();
+        const std::string line = text.substr(at, end - at);
+        at = end + 1;
+        if (line.rfind(metric + "{", 0) == 0 &&
+            line.find("rollout=\"" + rollout + "\"") != std::string::npos) {
+            out.push_back(line);
+        }
+    }
+    return out;
+}
+
+/// The value of the one sample of `metric` whose labels contain every one of `labels`.
+double value_of(const std::string& text, const std::string& metric, const std::string& rollout,
+                const std::vector<std::string>& labels = {}) {
+    std::optional<double> found;
+    for (const std::string& line : samples(text, metric, rollout)) {
+        bool all = true;
+        for (const std::string& label : labels) all = all && line.find(label) != std::string::npos;
+        if (!all) continue;
+        REQUIRE_FALSE(found.has_value());
+        found = std::stod(line.substr(line.rfind(' ') + 1));
+    }
+    REQUIRE(found.has_value());
+    return *found;
+}
+
+}  // namespace
+
+TEST_CASE("two rollouts on one enforcer move their own policies only", "[rollout][shares]") {
+    Fixture f;
+    auto orders = f.make(rollout_of("orders", {"orders.v2", "orders.v3"}, f.dir));
+    auto checkout = f.make(rollout_of("checkout", {"checkout"}, f.dir));
+    CHECK(f.enforcer->rollout_percent_of("orders.v2") == 10);
+    CHECK(f.enforcer->rollout_percent_of("checkout") == 10);
+    CHECK(f.enforcer->rollout_percent_of("search") == 0);  // the global percent, unclaimed
+    CHECK_FALSE(f.enforcer->rollout_percent_claimed());
+
+    orders.manual_advance("ops");
+    orders.manual_advance("ops");
+    CHECK(f.enforcer->rollout_percent_of("orders.v3") == 50);
+    CHECK(f.enforcer->rollout_percent_of("checkout") == 10);
+    checkout.manual_rollback("ops");  // aborts checkout alone
+    CHECK(checkout.snapshot().position.state == RolloutState::Aborted);
+    CHECK(f.enforcer->rollout_percent_of("checkout") == 0);
+    CHECK(f.enforcer->rollout_percent_of("orders.v2") == 50);
+    orders.manual_rollback("ops");
+    CHECK(f.enforcer->rollout_percent_of("orders.v2") == 25);
+    CHECK(checkout.snapshot().position.state == RolloutState::Aborted);
+
+    // Each cohort is its own: orders' keys at 25 % of its own hash.
+    const std::uint32_t seed = cohort_seed("orders", 0);
+    for (int i = 0; i < 2000; ++i) {
+        const std::string key = "u" + std::to_string(i);
+        REQUIRE(f.enforcer->in_rollout(key, "orders.v2") == (sampling_bucket(key, seed) < 2500));
+        REQUIRE_FALSE(f.enforcer->in_rollout(key, "checkout"));
+    }
+    const std::string text = f.registry->exposition();
+    CHECK(value_of(text, "guardian_rollout_stage", "orders", {"stage_name=\"quarter\""}) == 1);
+    CHECK(value_of(text, "guardian_rollout_stage", "checkout", {"stage_name=\"aborted\""}) == -1);
+    CHECK(samples(text, "guardian_rollout_stage", "orders").size() == 1);
+    CHECK(samples(text, "guardian_rollout_stage", "checkout").size() == 1);
+    CHECK(value_of(text, "adapt_enforce_rollout_percent", "orders") == 25);
+    CHECK(value_of(text, "adapt_enforce_rollout_percent", "checkout") == 0);
+    CHECK(value_of(text, "adapt_enforce_rollout_percent", "") == 0);
+    CHECK(samples(text, "guardian_rollout_stage", "default").empty());
+}
+
+TEST_CASE("three rollouts advance, roll back and abort independently", "[rollout][shares]") {
+    Fixture f;
+    auto a = f.make(rollout_of("a", {"pa"}, f.dir), three_stages());
+    auto b = f.make(rollout_of("b", {"pb"}, f.dir), three_stages());
+    auto c = f.make(rollout_of("c", {"pc"}, f.dir), three_stages());
+    f.clock->advance(2 * kHour);
+    // Each judged on its own error rate: a advances, b rolls back (aborts), c holds.
+    CHECK(a.evaluate(0.0).action == DecisionAction::Advanced);
+    CHECK(b.evaluate(0.5).action == DecisionAction::Aborted);
+    CHECK(c.evaluate_counts(0, 10).action == DecisionAction::Advanced);
+    CHECK(c.manual_rollback("ops").action == DecisionAction::RolledBack);
+    CHECK(f.enforcer->rollout_percent_of("pa") == 20);
+    CHECK(f.enforcer->rollout_percent_of("pb") == 0);
+    CHECK(f.enforcer->rollout_percent_of("pc") == 10);
+    CHECK(b.manual_advance("ops").action == DecisionAction::Resumed);
+    CHECK(f.enforcer->rollout_percent_of("pb") == 10);
+    CHECK(f.enforcer->rollout_percent_of("pa") == 20);
+    const std::string text = f.registry->exposition();
+    CHECK(value_of(text, "guardian_rollout_error_rate", "a") == 0.0);
+    CHECK(value_of(text, "guardian_rollout_error_rate", "b") == 0.5);
+    CHECK(value_of(text, "guardian_rollout_rollback_total", "b",
+                   {"from_stage=\"a\"", "to_stage=\"aborted\""}) == 1);
+    CHECK(value_of(text, "guardian_rollout_rollback_total", "a",
+                   {"from_stage=\"a\"", "to_stage=\"aborted\""}) == 0);
+    CHECK(value_of(text, "guardian_rollout_rollback_total", "c",
+                   {"from_stage=\"b\"", "to_stage=\"a\""}) == 1);
+    CHECK(value_of(text, "guardian_rollout_advancement_total", "c", {"to_stage=\"b\""}) == 1);
+    CHECK(value_of(text, "driftgate_state_version", "b") == 3);
+}
+
+TEST_CASE("two rollouts on one registry keep their series right through 100 moves each",
+          "[rollout][shares][metrics]") {
+    Fixture f;
+    auto orders = f.make(rollout_of("orders", {"orders"}, f.dir));
+    auto checkout = f.make(rollout_of("checkout", {"checkout"}, f.dir));
+    struct Tally {
+        int advances = 0;
+        int rollbacks = 0;
+    };
+    Tally orders_moves;
+    Tally checkout_moves;
+    auto move = [](RolloutManager& manager, Tally& tally, int i) {
+        const Decision decision =
+            (i % 3 == 2) ? manager.manual_rollback("ops") : manager.manual_advance("ops");
+        if (!decision.moved()) return;
+        if (decision.action == DecisionAction::RolledBack ||
+            decision.action == DecisionAction::Aborted) {
+            ++tally.rollbacks;
+        } else {
+            ++tally.advances;
+        }
+    };
+    for (int i = 0; i < 100; ++i) {
+        move(orders, orders_moves, i);
+        move(checkout, checkout_moves, i * 7 + 1);
+    }
+    const std::string text = f.registry->exposition();
+    for (auto* pair : {&orders, &checkout}) {
+        RolloutManager& manager = *pair;
+        const Tally& tally = &manager == &orders ? orders_moves : checkout_moves;
+        const std::string& name = manager.rollout();
+        const auto snapshot = manager.snapshot();
+        const std::string stage = stage_name(snapshot);
+        INFO(name << " at " << stage);
+        REQUIRE(samples(text, "guardian_rollout_stage", name).size() == 1);
+        REQUIRE(samples(text, "guardian_rollout_stage_started_at", name).size() == 1);
+        CHECK(value_of(text, "guardian_rollout_stage", name, {"stage_name=\"" + stage + "\""}) ==
+              (snapshot.position.state == RolloutState::Aborted
+                   ? -1.0
+                   : static_cast<double>(snapshot.position.stage_index)));
+        CHECK(value_of(text, "driftgate_state_version", name) ==
+              static_cast<double>(snapshot.version));
+        CHECK(value_of(text, "adapt_enforce_rollout_percent", name) ==
+              snapshot.plan->percentage(snapshot.position));
+        double advances = 0;
+        for (const std::string& line : samples(text, "guardian_rollout_advancement_total", name)) {
+            advances += std::stod(line.substr(line.rfind(' ') + 1));
+        }
+        double rollbacks = 0;
+        for (const std::string& line : samples(text, "guardian_rollout_rollback_total", name)) {
+            rollbacks += std::stod(line.substr(line.rfind(' ') + 1));
+        }
+        CHECK(advances == tally.advances);
+        CHECK(rollbacks == tally.rollbacks);
+        CHECK(f.enforcer->rollout_percent_of(manager.policies()->front()) ==
+              snapshot.plan->percentage(snapshot.position));
+    }
+    CHECK(orders_moves.advances + orders_moves.rollbacks > 50);
+}
+
+TEST_CASE("a rollout gone takes its series and gives its policies back", "[rollout][shares]") {
+    Fixture f;
+    f.enforcer->set_rollout_percent(30);
+    auto checkout = f.make(rollout_of("checkout", {"checkout"}, f.dir));
+    {
+        auto orders = f.make(rollout_of("orders", {"orders"}, f.dir));
+        orders.manual_advance("ops");
+        orders.count_notification("slack", "advanced", "sent");
+        CHECK(f.enforcer->rollout_percent_of("orders") == 25);
+        CHECK_THAT(f.registry->exposition(), Catch::Contains("rollout=\"orders\""));
+    }
+    const std::string text = f.registry->exposition();
+    CHECK_THAT(text, !Catch::Contains("rollout=\"orders\""));
+    CHECK(samples(text, "guardian_rollout_stage", "checkout").size() == 1);
+    CHECK(f.enforcer->rollout_percent_of("orders") == 30);
+    // Its name and its policies are free again.
+    auto again = f.make(rollout_of("orders", {"orders"}, f.dir));
+    CHECK(again.snapshot().position.stage_index == 1);  // resumed from its state file
+    CHECK(f.enforcer->rollout_percent_of("orders") == 25);
+}
+
+TEST_CASE("two managers of one rollout name on one registry never remove each other's series",
+          "[rollout][shares][metrics]") {
+    Fixture f;
+    auto first = f.make(rollout_of("orders", {"orders"}, f.dir));
+    auto other_tracker =
+        std::make_shared<DriftTracker>(driftgate::default_windows(), f.clock, f.registry);
+    auto other_enforcer = std::make_shared<Enforcer>(EnforceOptions{true, 0, 0.005}, other_tracker);
+    RolloutManager::Options options = rollout_of("orders", {"orders"}, f.dir);
+    options.state_path = f.dir + "/second.json";
+    options.enforcer = other_enforcer;
+    options.registry = f.registry;
+    options.clock = f.clock;
+    {
+        RolloutManager second(RolloutConfig::default_config(), options);
+        // Both at canary: one series, held by both.
+        CHECK(samples(f.registry->exposition(), "guardian_rollout_stage", "orders").size() == 1);
+        first.manual_advance("ops");
+        // The first left canary; the second still stands there, so its series stays.
+        const std::string text = f.registry->exposition();
+        CHECK(value_of(text, "guardian_rollout_stage", "orders", {"stage_name=\"canary\""}) == 0);
+        CHECK(value_of(text, "guardian_rollout_stage", "orders", {"stage_name=\"quarter\""}) == 1);
+        second.manual_rollback("ops");
+        second.manual_advance("ops");
+    }
+    // The second is gone: what only it held went with it; what the first holds stays.
+    const std::string text = f.registry->exposition();
+    CHECK(samples(text, "guardian_rollout_stage", "orders").size() == 1);
+    CHECK(value_of(text, "guardian_rollout_stage", "orders", {"stage_name=\"quarter\""}) == 1);
+    CHECK(value_of(text, "guardian_rollout_advancement_total", "orders",
+                   {"to_stage=\"quarter\""}) == 1);
+    first.manual_advance("ops");
+    CHECK(value_of(f.registry->exposition(), "guardian_rollout_stage", "orders",
+                   {"stage_name=\"half\""}) == 2);
+}
+
+TEST_CASE("claims that conflict are refused naming both rollouts", "[rollout][shares]") {
+    Fixture f;
+    auto orders = f.make(rollout_of("orders", {"orders.v2", "orders.v3"}, f.dir));
+    CHECK_THROWS_WITH(f.make(rollout_of("checkout", {"orders.v3"}, f.dir)),
+                      Catch::Contains("policy 'orders.v3' already belongs to rollout 'orders', "
+                                      "so rollout 'checkout' cannot claim it"));
+    RolloutManager::Options every;
+    every.state_path = f.dir + "/every.json";
+    CHECK_THROWS_WITH(f.make(every), Catch::Contains("rollout 'default' has no policies"));
+    auto no_policies = rollout_of("empty", {}, f.dir);
+    CHECK_THROWS_WITH(f.make(no_policies), Catch::Contains("names no policies"));
+    auto bad_name = rollout_of("bad name", {"p"}, f.dir);
+    CHECK_THROWS_WITH(f.make(bad_name), Catch::Contains("invalid rollout name 'bad name'"));
+    // None of the refused managers kept anything.
+    CHECK_FALSE(f.enforcer->share_policies("checkout").has_value());
+    CHECK_THAT(f.registry->exposition(), !Catch::Contains("rollout=\"checkout\""));
+    CHECK_THAT(f.registry->exposition(), !Catch::Contains("rollout=\"default\""));
+}
+
+TEST_CASE("the global percent's manager names its series, default in one rollout's service",
+          "[rollout][metrics]") {
+    Fixture f;
+    {
+        auto manager = f.make();
+        CHECK(manager.rollout() == "default");
+        const std::string text = f.registry->exposition();
+        CHECK(value_of(text, "adapt_enforce_rollout_percent", "default") == 10);
+        CHECK(samples(text, "adapt_enforce_rollout_percent", "").empty());
+    }
+    CHECK(samples(f.registry->exposition(), "adapt_enforce_rollout_percent", "").size() == 1);
+    RolloutManager::Options named;
+    named.rollout = "main";
+    auto manager = f.make(named);
+    CHECK(value_of(f.registry->exposition(), "adapt_enforce_rollout_percent", "main") == 10);
+    // The global percent always samples the enforcer's own cohort, whatever its rollout's name.
+    for (int i = 0; i < 2000; ++i) {
+        const std::string key = "u" + std::to_string(i);
+        REQUIRE(f.enforcer->in_rollout(key, "any") == (sampling_bucket(key, 0) < 1000));
+    }
+}
+
+TEST_CASE("decisions racing rollouts that come, move and go", "[rollout][shares][threads]") {
+    Fixture f;
+    std::atomic<bool> stop{false};
+    std::vector<std::thread> deciders;
+    for (int t = 0; t < 2; ++t) {
+        deciders.emplace_back([&, t] {
+            for (int i = 0; !stop.load(); ++i) {
+                const std::string key = "k" + std::to_string(t * 1000000 + i);
+                f.enforcer->decide(i % 2 == 0 ? "orders" : "checkout", key, driftgate::Verdict::Ok,
+                                   driftgate::Verdict::Fail);
+            }
+        });
+    }
+    auto checkout = f.make(rollout_of("checkout", {"checkout"}, f.dir), three_stages());
+    for (int round = 0; round < 20; ++round) {
+        auto orders = f.make(rollout_of("orders", {"orders"}, f.dir), three_stages());
+        orders.manual_advance("ops");
+        checkout.manual_advance("ops");
+        orders.manual_rollback("ops");
+        checkout.manual_rollback("ops");
+        (void)f.registry->exposition();
+    }
+    stop = true;
+    for (auto& thread : deciders) thread.join();
+    const auto counts = f.tracker->counts("5m", "orders");
+    CHECK(f.enforcer->error_counts("5m", "orders").total == counts.events);
+    CHECK(counts.events > 0);
 }
 
 // -- Boundaries: each rule at its limit, on both sides ---------------------------------------

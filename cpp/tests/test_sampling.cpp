@@ -48,3 +48,26 @@ TEST_CASE("buckets spread evenly enough for percentages", "[sampling]") {
     CHECK(below_2500 > 24300);
     CHECK(below_2500 < 25700);
 }
+
+// The salted vectors of docs/sampling.md ("Several rollouts"); tests/test_sampling.py checks the
+// same table against mmh3.
+TEST_CASE("a rollout's cohort seed is murmur3 of its name, and default keeps the seed",
+          "[sampling]") {
+    using driftgate::cohort_seed;
+    CHECK(cohort_seed("orders", 0) == 0x75184c89u);
+    CHECK(cohort_seed("orders", 0) == murmur3_x86_32("orders", 0));
+    CHECK(cohort_seed("checkout", 0) == 0x440d57d7u);
+    CHECK(cohort_seed("orders", 7) == 0x16d7bad2u);
+    CHECK(cohort_seed("payments.v2", 0x9747b28cu) == 0x0bb8a411u);
+    CHECK(cohort_seed("orders", 1) == 0x15a362b5u);
+    CHECK(cohort_seed("default", 0) == 0u);
+    CHECK(cohort_seed("default", 7) == 7u);
+    CHECK(sampling_bucket("user-42", cohort_seed("orders", 0)) == 25);
+    CHECK(sampling_bucket("user-42", cohort_seed("checkout", 0)) == 9860);
+    CHECK(sampling_bucket("user-42", cohort_seed("orders", 7)) == 7640);
+    CHECK(sampling_bucket("hello", cohort_seed("payments.v2", 0x9747b28cu)) == 4100);
+    CHECK(sampling_bucket("", cohort_seed("orders", 0)) == 3306);
+    CHECK(sampling_bucket("\xc3\xbc", cohort_seed("orders", 1)) == 8270);
+    CHECK(sampling_bucket("user-42", cohort_seed("default", 0)) == 7244);
+    CHECK(sampling_bucket("user-42", cohort_seed("default", 7)) == 3752);
+}

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import reprlib
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,12 +45,22 @@ def one_line(text: str) -> str:
     return ""
 
 
-def read_capped(path: str | Path, limit: int, error: type[Exception], what: str = "") -> bytes:
+def read_capped(
+    path: str | Path,
+    limit: int,
+    error: type[Exception],
+    what: str = "",
+    *,
+    opened: Callable[[os.stat_result], None] | None = None,
+) -> bytes:
     """The bytes of a small file, read whole only up to `limit`: an unreadable file or a larger
     one raises `error` naming the path (and `what` the file should have been), never an
-    OSError with a traceback or a file read into memory whatever its size."""
+    OSError with a traceback or a file read into memory whatever its size. `opened`, if given,
+    sees the status of the file as opened (its mode, say) before it is read, and may raise."""
     try:
         with open(path, "rb") as file:
+            if opened is not None:
+                opened(os.fstat(file.fileno()))
             raw = file.read(limit + 1)
     except OSError as problem:
         raise error(f"{path}: cannot read ({problem.strerror})") from None

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 if TYPE_CHECKING:  # imported when a command needs it, for a quick --help
     from driftgate._core import EnforceOptions
 
+from driftgate import _sighup
 from driftgate._http import Answer, BodyTooLarge, Unreached, exchange
 from driftgate._messages import one_line, printable, shown
 from driftgate.identity import Scope
@@ -292,21 +293,29 @@ def _log_to_stderr(level: str) -> None:
 def _state_source(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     """(rollout config, Redis store or None, state file path) from --config's values."""
     try:
-        from driftgate.demo import _redis_store as redis_store
+        from driftgate.service.stores import build_store
         from driftgate.settings import SettingsError, load_settings
     except ImportError as error:
         raise _fastapi_extra(error) from None
     try:
         settings = load_settings(args.config)
-        if settings.rollout is None:
+        rollouts = {each.name: each for each in settings.all_rollouts()}
+        if not rollouts:
             raise CommandError(f"--config {args.config}: the values configure no rollout")
-        store = None if settings.store is None else redis_store(settings.store)
+        name = args.rollout or ("default" if "default" in rollouts or len(rollouts) > 1 else "")
+        chosen = rollouts.get(name) if name else next(iter(rollouts.values()))
+        if chosen is None:
+            raise CommandError(
+                f"--rollout {name}: the values configure no such rollout "
+                f"(they have {', '.join(sorted(rollouts))})"
+            )
+        store = None if chosen.store is None else build_store(chosen.store)
     except (SettingsError, ValueError) as error:
         raise CommandError(f"--config {error}") from None
-    state_path = settings.state_path
+    state_path = chosen.state_path
     if args.state_dir is not None:
         state_path = args.state_dir / state_path.name
-    return settings.rollout, store, state_path
+    return chosen.config, store, state_path
 
 
 def _read_state(store: Any, state_path: Path) -> str | None:
@@ -332,9 +341,7 @@ def _where(store: Any, state_path: Path) -> str:
 
 def _exported_by_service(args: argparse.Namespace) -> tuple[str, str, str]:
     """(document, its ETag unquoted, where) as a running service holds it."""
-    response = _request(
-        "GET", f"{args.url}/api/guardian/rollout/state", args.timeout, headers=_auth_headers()
-    )
+    response = _request("GET", f"{_rollout_url(args)}/state", args.timeout, headers=_auth_headers())
     if response.status != 200:
         raise _refusal(response)
     document = response.text
@@ -419,6 +426,9 @@ def _state_restore(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    # First: a SIGHUP from now on is a reload the reloader makes once it runs, not the end of
+    # a service that is still starting (its default action).
+    _sighup.hold()
     try:
         from driftgate.settings import SettingsError, load_settings
     except ImportError as error:
@@ -428,7 +438,7 @@ def _serve(args: argparse.Namespace) -> int:
     except SettingsError as error:
         raise CommandError(f"--config {error}") from None
     try:  # every variable the values name, before anything is made, with or without --check
-        from driftgate.demo import check_environment
+        from driftgate.service import check_environment
 
         check_environment(settings)
     except SettingsError as error:
@@ -437,9 +447,9 @@ def _serve(args: argparse.Namespace) -> int:
         raise _fastapi_extra(error) from None
     if args.check:
         try:  # the approvers too: a token file that cannot be read stops a start
-            from driftgate.demo import demo_approvers
+            from driftgate.fastapi.auth import configured_approvers
 
-            demo_approvers(settings)
+            configured_approvers(settings)
         except SettingsError as error:
             raise CommandError(f"--config {error}") from None
         except ImportError as error:
@@ -590,6 +600,8 @@ def _refusal(response: Answer, *, move: bool = False) -> CommandError:
         hint = f" (the approver of {TOKEN_ENV} does not hold that scope)"
     if code in _ADVICE:
         hint = f": {_ADVICE[code]}"
+    elif response.status == 404 and reason != ReasonCode.NO_ROLLOUT.value:
+        hint = " (no driftgate endpoint there: is its router under a prefix? give it in --url)"
     said = "" if detail is None else f" {detail}"
     return CommandError(f"the service answered {response.status}{said}{hint}", code)
 
@@ -599,7 +611,8 @@ def _status_text(status: dict[str, Any]) -> str:
     lines = [
         f"stage      {stage['name']} ({status['stage_index'] + 1} of {status['total_stages']}), "
         f"{status['state']}",
-        f"enforced   {status['enforced_percentage']:g}%",
+        f"enforced   {status['enforced_percentage']:g}%"
+        + ("" if status.get("enforcing", True) else " (enforce_enabled is off: shadow only)"),
         f"started    {status['started_at']}",
         f"elapsed    {status['elapsed_time']} (minimum {status['min_duration']})",
         f"max error  {_percent_text(stage['max_error_rate'])}",
@@ -669,26 +682,92 @@ def _annotation(code: int, message: str) -> str | None:
     return f"::{level} title=driftgate rollout::{escaped}"
 
 
-def _status(args: argparse.Namespace) -> int:
-    response = _request(
-        "GET", f"{args.url}/api/guardian/rollout/status", args.timeout, headers=_auth_headers()
-    )
+def _rollout_url(args: argparse.Namespace) -> str:
+    """Where the rollout's endpoints are: `--rollout NAME`'s, else the default one's."""
+    name = getattr(args, "rollout", None)
+    if name is None:
+        return f"{args.url}/api/guardian/rollout"
+    return f"{args.url}/api/guardian/rollouts/{name}"
+
+
+def _rollout_status(url: str, timeout: float) -> tuple[dict[str, Any], str]:
+    response = _request("GET", f"{url}/status", timeout, headers=_auth_headers())
     if response.status != 200:
         raise _refusal(response)
-    status = _json_answer(response)
+    return _json_answer(response), response.url
+
+
+def _rollout_names(args: argparse.Namespace) -> list[str] | None:
+    """The names the service lists (GET /api/guardian/rollouts), or None when it lists none:
+    a service of one rollout only, or one from before several."""
+    response = _request(
+        "GET", f"{args.url}/api/guardian/rollouts", args.timeout, headers=_auth_headers()
+    )
+    if response.status == 404:
+        return None
+    if response.status != 200:
+        raise _refusal(response)
     try:
-        text = json.dumps(status, indent=2) if args.json else _status_text(status)
-        code, verdict = _check(status) if args.check else (EXIT_OK, "")
-    except (KeyError, TypeError, ValueError, IndexError, AttributeError):
-        raise CommandError(f"{response.url} answered without a rollout status") from None
-    print(printable(text))
-    if args.check:
-        if not args.json:
-            print(printable(f"check      {verdict}"))
-        annotation = _annotation(code, verdict) if os.environ.get("GITHUB_ACTIONS") else None
-        if annotation is not None:
-            print(printable(annotation))
-    return code
+        names = [line["name"] for line in _json_answer(response)["rollouts"]]
+    except (KeyError, TypeError):
+        raise CommandError(f"{response.url} answered without a list of rollouts") from None
+    if names == ["default"] or not all(isinstance(n, str) and _NAME.fullmatch(n) for n in names):
+        return None if names == ["default"] else _no_list(response.url)
+    return names
+
+
+def _no_list(url: str) -> NoReturn:
+    raise CommandError(f"{url} answered names that are no rollout's")
+
+
+_URGENCY = {EXIT_OK: 0, EXIT_AWAITING_APPROVAL: 1, EXIT_NEEDS_ATTENTION: 2}
+
+
+def _status(args: argparse.Namespace) -> int:
+    names = None if args.rollout is not None else _rollout_names(args)
+    if names is None:  # one rollout: its whole status
+        status, url = _rollout_status(_rollout_url(args), args.timeout)
+        try:
+            text = json.dumps(status, indent=2) if args.json else _status_text(status)
+            code, verdict = _check(status) if args.check else (EXIT_OK, "")
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError):
+            raise CommandError(f"{url} answered without a rollout status") from None
+        print(printable(text))
+        if args.check:
+            if not args.json:
+                print(printable(f"check      {verdict}"))
+            _annotate(code, verdict)
+        return code
+    # several: one line each, and the most urgent check of them all
+    statuses: dict[str, Any] = {}
+    lines, worst, verdicts = [], EXIT_OK, []
+    for name in names:
+        status, url = _rollout_status(f"{args.url}/api/guardian/rollouts/{name}", args.timeout)
+        statuses[name] = status
+        try:
+            stage = status["current_stage"]
+            line = (
+                f"{name:<16} {stage['name']} ({status['stage_index'] + 1} of "
+                f"{status['total_stages']}), {status['state']}, enforced "
+                f"{status['enforced_percentage']:g}%"
+            )
+            code, verdict = _check(status) if args.check else (EXIT_OK, "")
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError):
+            raise CommandError(f"{url} answered without a rollout status") from None
+        lines.append(f"{line}: {verdict}" if args.check else line)
+        verdicts.append((code, f"rollout {name}: {verdict}"))
+        worst = max(worst, code, key=_URGENCY.__getitem__)
+    print(printable(json.dumps(statuses, indent=2) if args.json else "\n".join(lines)))
+    for code, verdict in verdicts:
+        if args.check:
+            _annotate(code, verdict)
+    return worst
+
+
+def _annotate(code: int, verdict: str) -> None:
+    annotation = _annotation(code, verdict) if os.environ.get("GITHUB_ACTIONS") else None
+    if annotation is not None:
+        print(printable(annotation))
 
 
 def _token_hash(args: argparse.Namespace) -> int:
@@ -751,7 +830,7 @@ def _move(args: argparse.Namespace) -> int:
     # both ask to advance move the rollout once, and the second is told.
     expected = args.expected_version
     if expected is None:
-        status = _request("GET", f"{args.url}/api/guardian/rollout/status", args.timeout)
+        status = _request("GET", f"{_rollout_url(args)}/status", args.timeout)
         if status.status != 200:
             raise _refusal(status)
         expected, tag = _precondition_of(status)
@@ -760,7 +839,7 @@ def _move(args: argparse.Namespace) -> int:
     try:
         response = _request(
             "POST",
-            f"{args.url}/api/guardian/rollout/{args.command}",
+            f"{_rollout_url(args)}/{args.command}",
             args.timeout,
             move=True,
             headers={"Authorization": f"Bearer {token}", "If-Match": tag, "Idempotency-Key": key},
@@ -876,6 +955,27 @@ def _probe(args: argparse.Namespace) -> int:
 # -- the parser ------------------------------------------------------------------------------
 
 
+_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+
+
+def _rollout_name(value: str) -> str:
+    if _NAME.fullmatch(value) is None:
+        raise argparse.ArgumentTypeError(
+            f"{shown(value)}: expected a rollout's name, 1-64 characters of [A-Za-z0-9_.:-]"
+        )
+    return value
+
+
+def _add_rollout_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--rollout",
+        type=_rollout_name,
+        metavar="NAME",
+        help="the rollout of a service that runs several (default: the default one; status "
+        "without it lists them all)",
+    )
+
+
 def _add_service_flags(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument("--url", type=_url, help=f"{what} (default: ${URL_ENV})")
     parser.add_argument("--timeout", type=_seconds, default=10.0, help="seconds (default: 10)")
@@ -959,6 +1059,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="replace even a state that is not behind the export",
     )
     for action in (export, restore):
+        _add_rollout_flag(action)
         action.add_argument("--config", type=Path, help="the service's values file (YAML)")
         action.add_argument(
             "--state-dir", type=Path, help="the state file's folder, as given to serve"
@@ -976,6 +1077,7 @@ def build_parser() -> argparse.ArgumentParser:
         "failed; with GITHUB_ACTIONS set, also as a ::warning:: or ::error:: annotation.",
     )
     _add_service_flags(status, "the service's base URL")
+    _add_rollout_flag(status)
     status.add_argument(
         "--check",
         action="store_true",
@@ -987,6 +1089,7 @@ def build_parser() -> argparse.ArgumentParser:
             name, help=f"{text} (admin; token from ${TOKEN_ENV})", description=f"{text}."
         )
         _add_service_flags(move, "the service's base URL")
+        _add_rollout_flag(move)
         move.add_argument(
             "--reason",
             type=_reason,

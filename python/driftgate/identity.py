@@ -7,6 +7,12 @@ A token file holds one approver per line, `NAME  sha256:HEX  SCOPE[,SCOPE...]`:
     alice  sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08  rollout:advance
     bob    sha256:60303ae22b998861bce3b28f33eec1be758a213c86c93c076dbe9f558c11c752  rollout:rollback
 
+Fields are separated by spaces and tabs (a no-break space or another Unicode space is refused,
+naming the line); `#` starts a comment line; a UTF-8 byte order mark at the start is skipped,
+as in the values file. Whoever can write the file decides who approves, so, as ssh's
+StrictModes does, a file writable by its group or by others is refused (a Kubernetes Secret's
+default mode, 0644, is fine; `defaultMode: 0664` or `0666` is not).
+
 The file holds SHA-256 digests, never the tokens. A fast hash is the right one here: the tokens
 are random and long (at least 32 characters, e.g. `secrets.token_urlsafe(32)`, 256 bits), so
 nobody recovers one from its digest by guessing, however fast each guess is; a deliberately
@@ -23,16 +29,22 @@ from __future__ import annotations
 import enum
 import hashlib
 import hmac
+import os
 import re
-import threading
+import stat
 import time
+import unicodedata
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from driftgate._messages import read_capped, shown
 from driftgate.reasons import ReasonCode
+
+if TYPE_CHECKING:
+    from driftgate._core import MetricsRegistry
+    from driftgate._jwks import IssuerKeys
 
 __all__ = [
     "ACTOR_PATTERN",
@@ -46,6 +58,7 @@ __all__ = [
     "TokenFile",
     "TokenFileError",
     "oidc_person",
+    "parse_grants",
     "token_digest",
     "token_file_line",
 ]
@@ -93,6 +106,11 @@ class Scope(str, enum.Enum):
 
 ALL_SCOPES = frozenset(Scope)
 _SCOPES_BY_NAME = {scope.value: scope for scope in Scope}
+# The scopes a grant may limit to one rollout: `rollout:advance:orders` (NAME by the actor rule).
+_LIMITABLE = (Scope.ADVANCE, Scope.ROLLBACK, Scope.READ)
+_LIMITED = re.compile(
+    "(" + "|".join(re.escape(s.value) for s in _LIMITABLE) + r"):([A-Za-z0-9_.:-]{1,64})"
+)
 
 
 @dataclass(frozen=True)
@@ -111,9 +129,15 @@ class Identity:
     method: str
     subject: str = ""
     person: str = ""
+    # Scopes held for one rollout only, as granted: `rollout:advance:orders`.
+    rollout_scopes: frozenset[str] = frozenset()
 
-    def allows(self, scope: Scope | str) -> bool:
-        return Scope(scope) in self.scopes
+    def allows(self, scope: Scope | str, rollout: str | None = None) -> bool:
+        """Whether this approver holds `scope`: everywhere, or for `rollout` alone."""
+        held = Scope(scope)
+        return held in self.scopes or (
+            rollout is not None and f"{held.value}:{rollout}" in self.rollout_scopes
+        )
 
 
 TOKEN_FILE_SUBJECT = "token_file:"
@@ -182,15 +206,31 @@ def token_digest(token: str) -> str:
 
 def parse_scopes(text: str) -> frozenset[Scope]:
     """`rollout:advance,rollout:rollback` as scopes; ValueError naming an unknown or repeated
-    one."""
+    one, or one limited to a rollout (see `parse_grants`)."""
+    scopes, limited = parse_grants(text)
+    if limited:
+        raise ValueError(f"scope {shown(sorted(limited)[0])} is limited to one rollout")
+    return scopes
+
+
+def parse_grants(text: str) -> tuple[frozenset[Scope], frozenset[str]]:
+    """`rollout:advance,rollout:read:orders` as (scopes held everywhere, scopes held for one
+    rollout): a rollout scope followed by `:NAME` holds it for the rollout NAME only.
+    ValueError naming an unknown or repeated one."""
     names = text.split(",")
-    unknown = [name for name in names if name not in _SCOPES_BY_NAME]
+    unknown = [n for n in names if n not in _SCOPES_BY_NAME and _LIMITED.fullmatch(n) is None]
     if unknown:
         known = ", ".join(_SCOPES_BY_NAME)
-        raise ValueError(f"unknown scope {shown(unknown[0])} (known: {known})")
+        raise ValueError(
+            f"unknown scope {shown(unknown[0])} (known: {known}; a rollout scope may name one "
+            "rollout: rollout:advance:NAME)"
+        )
     if len(set(names)) != len(names):
         raise ValueError(f"scope listed twice in {shown(text)}")
-    return frozenset(_SCOPES_BY_NAME[name] for name in names)
+    return (
+        frozenset(_SCOPES_BY_NAME[n] for n in names if n in _SCOPES_BY_NAME),
+        frozenset(n for n in names if n not in _SCOPES_BY_NAME),
+    )
 
 
 def token_file_line(name: str, token: str, scopes: Iterable[Scope | str]) -> str:
@@ -209,7 +249,7 @@ def token_file_line(name: str, token: str, scopes: Iterable[Scope | str]) -> str
     listed = [Scope(s).value if isinstance(s, Scope) else s for s in scopes]
     if not listed:
         raise ValueError("no scope: expected at least one of " + ", ".join(_SCOPES_BY_NAME))
-    parse_scopes(",".join(listed))
+    parse_grants(",".join(listed))
     return f"{name}  {token_digest(token)}  {','.join(listed)}"
 
 
@@ -219,6 +259,7 @@ class TokenFileError(ValueError):
 
 
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+_FIELD_SEPARATOR = re.compile(r"[ \t]+")
 
 
 @dataclass(frozen=True)
@@ -226,15 +267,59 @@ class _Entry:
     name: str
     digest: bytes
     scopes: frozenset[Scope]
+    rollout_scopes: frozenset[str] = frozenset()
+
+
+def _odd_character(content: str) -> str | None:
+    """What a line must not hold, said without the line itself: a control character, or a
+    Unicode space or invisible character (it would separate fields, or hide inside one)."""
+    if content.isascii():
+        if any((ord(ch) < 32 and ch != "\t") or ch == "\x7f" for ch in content):
+            return "a control character"
+        return None
+    for ch in content:
+        category = unicodedata.category(ch)
+        if category == "Cc" and ch != "\t":
+            return "a control character"
+        if ch.isspace() or category in ("Zs", "Zl", "Zp", "Cf"):
+            name = unicodedata.name(ch, "a Unicode space")
+            return f"U+{ord(ch):04X} ({name}): fields are separated by spaces and tabs only"
+    return None
+
+
+_WRITERS = ((stat.S_IWGRP, "its group"), (stat.S_IWOTH, "others"))
+
+
+def _refuse_writable_by_others(path: str) -> Callable[[os.stat_result], None]:
+    """A check of the token file as opened: whoever may write it decides who approves."""
+
+    def check(status: os.stat_result) -> None:
+        mode = stat.S_IMODE(status.st_mode)
+        writable = [who for bit, who in _WRITERS if mode & bit]
+        if os.name == "posix" and writable:
+            raise TokenFileError(
+                f"{path}: writable by {' and '.join(writable)} (mode {mode:04o}), who could make "
+                "themselves approvers: chmod go-w it (a Kubernetes Secret's default mode, 0644, "
+                "is fine)"
+            )
+
+    return check
 
 
 class TokenFile:
     """Named approvers read from a token file (see the module's docstring). Immutable once
-    read, so any number of threads may look tokens up at once."""
+    read, so any number of threads may look tokens up at once. Two token files are equal when
+    they hold the same approvers with the same tokens and scopes (comments, order and spacing
+    aside)."""
 
     def __init__(self, entries: Sequence[_Entry], path: str = "<token file>"):
         self._entries = tuple(entries)
         self.path = path
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, TokenFile):
+            return NotImplemented
+        return set(self._entries) == set(other._entries)
 
     @property
     def names(self) -> list[str]:
@@ -242,12 +327,16 @@ class TokenFile:
 
     @classmethod
     def load(cls, path: str | Path) -> TokenFile:
-        return cls.parse(read_capped(path, MAX_TOKEN_FILE_BYTES, TokenFileError), str(path))
+        """The token file at `path`; TokenFileError naming the file (and the line) when it
+        cannot be read or used, or when its group or others may write it."""
+        check = _refuse_writable_by_others(str(path))
+        raw = read_capped(path, MAX_TOKEN_FILE_BYTES, TokenFileError, opened=check)
+        return cls.parse(raw, str(path))
 
     @classmethod
     def parse(cls, raw: bytes, path: str = "<token file>") -> TokenFile:
         try:
-            text = raw.decode("utf-8")
+            text = raw.decode("utf-8-sig")  # a byte order mark at the start is skipped
         except UnicodeDecodeError as error:
             at = raw.count(b"\n", 0, error.start) + 1
             raise TokenFileError(f"{path}:{at}: not UTF-8") from None
@@ -259,9 +348,10 @@ class TokenFile:
             if not content or content.startswith("#"):
                 continue
             where = f"{path}:{number}"
-            if any(ord(ch) < 32 and ch != "\t" for ch in content):
-                raise TokenFileError(f"{where}: contains a control character")
-            fields = content.split()
+            odd = _odd_character(content)
+            if odd is not None:
+                raise TokenFileError(f"{where}: contains {odd}")
+            fields = _FIELD_SEPARATOR.split(content)
             if len(fields) != 3:
                 raise TokenFileError(
                     f"{where}: expected 3 fields 'NAME sha256:HEX SCOPE[,SCOPE...]', "
@@ -287,11 +377,11 @@ class TokenFile:
                     f"{where}: {name} has the token of line {digests[digest]}: one token, one name"
                 )
             try:
-                parsed = parse_scopes(scopes)
+                parsed, limited = parse_grants(scopes)
             except ValueError as error:
                 raise TokenFileError(f"{where}: {name}: {error}") from None
             names[name] = digests[digest] = number
-            entries.append(_Entry(name, digest.encode(), parsed))
+            entries.append(_Entry(name, digest.encode(), parsed, limited))
         return cls(entries, path)
 
     def identify(self, token: str) -> Identity | None:
@@ -305,7 +395,12 @@ class TokenFile:
         if found is None:
             return None
         return Identity(
-            found.name, found.scopes, "token_file", TOKEN_FILE_SUBJECT + found.name, found.name
+            found.name,
+            found.scopes,
+            "token_file",
+            TOKEN_FILE_SUBJECT + found.name,
+            found.name,
+            found.rollout_scopes,
         )
 
 
@@ -325,10 +420,21 @@ class OIDCVerifier:
     `algorithms` (a subset of ALLOWED_ALGORITHMS). The actor is the `actor_claim` claim, else
     `sub`; scopes come from `scope` (space-separated) or `scp` (a list).
 
-    The key set is fetched on first use and cached (`cache_seconds`); a token whose `kid` is
-    not in the cached set makes one refetch (a rotated key), at most once per
-    `refresh_interval` seconds, so tokens with made-up `kid`s cannot turn the service into a
-    flood of requests at the issuer. Thread-safe."""
+    The key set (`keys`, a `driftgate._jwks.IssuerKeys`) is fetched on first use, on a thread
+    of its own, one fetch at a time, and used for `cache_seconds`; then it is refreshed in the
+    background while tokens go on being checked against it, for up to `max_stale_seconds`
+    past its expiry while refreshes fail, after which JWTs are refused with
+    IDENTITY_PROVIDER until a fetch succeeds. A failed fetch is not retried for
+    `failure_cache_seconds`. A token whose `kid` is not in the set makes one refetch (a
+    rotated key), at most once per `refresh_interval` seconds in this process, so tokens with
+    made-up `kid`s cannot turn the service into a flood of requests at the issuer. A token
+    waits for a fetch only when there is no key to check it with (no set yet, one past its
+    stale bound, a `kid` being refetched), for `max_wait_seconds` at most; a token whose key
+    is held never waits. Each fetch has one deadline of `timeout` seconds and reads at most
+    1 MiB. With `registry`, fetches by outcome and the set's age are exported there.
+    Thread-safe."""
+
+    keys: IssuerKeys
 
     def __init__(
         self,
@@ -343,9 +449,15 @@ class OIDCVerifier:
         refresh_interval: float = 30.0,
         timeout: float = 5.0,
         monotonic: Callable[[], float] = time.monotonic,
+        failure_cache_seconds: float = 10.0,
+        max_stale_seconds: float = 3600.0,
+        max_wait_seconds: float = 1.0,
+        registry: MetricsRegistry | None = None,
     ):
         try:
             import jwt
+
+            from driftgate._jwks import IssuerKeys
         except ImportError:
             raise ImportError("OIDC approvers need PyJWT: pip install 'driftgate[oidc]'") from None
         refused = [a for a in algorithms if a not in ALLOWED_ALGORITHMS]
@@ -362,43 +474,28 @@ class OIDCVerifier:
         self.leeway_seconds = leeway_seconds
         self.refresh_interval = refresh_interval
         self._jwt = jwt
-        self._client = jwt.PyJWKClient(
-            jwks_url, cache_jwk_set=True, lifespan=max(cache_seconds, 1), timeout=timeout
+        self.keys = IssuerKeys(
+            jwks_url,
+            cache_seconds=cache_seconds,
+            refresh_interval=refresh_interval,
+            failure_cache_seconds=failure_cache_seconds,
+            max_stale_seconds=max_stale_seconds,
+            timeout=timeout,
+            max_wait_seconds=max_wait_seconds,
+            monotonic=monotonic,
+            registry=registry,
         )
-        self._monotonic = monotonic
-        self._lock = threading.Lock()
-        self._last_fetch: float | None = None
-
-    def _keys(self, refresh: bool) -> Mapping[str, Any]:
-        jwt = self._jwt
-        try:
-            keys = self._client.get_signing_keys(refresh=refresh)
-        except jwt.PyJWKClientConnectionError as error:
-            raise IdentityError(
-                ReasonCode.IDENTITY_PROVIDER, f"the key set cannot be fetched: {error}"
-            ) from None
-        except (jwt.PyJWTError, ValueError, OSError) as error:  # no keys, not JSON, ...
-            raise IdentityError(
-                ReasonCode.IDENTITY_PROVIDER, f"the key set is not usable: {error}"
-            ) from None
-        return {key.key_id: key for key in keys if key.key_id}
 
     def _signing_key(self, kid: str) -> Any:
-        with self._lock:
-            first = self._last_fetch is None
-            keys = self._keys(refresh=False)
-            if first:
-                self._last_fetch = self._monotonic()
-            if kid in keys:
-                return keys[kid]
-            now = self._monotonic()
-            assert self._last_fetch is not None
-            if not first and now - self._last_fetch >= self.refresh_interval:
-                self._last_fetch = now
-                keys = self._keys(refresh=True)
-                if kid in keys:
-                    return keys[kid]
-        raise IdentityError(ReasonCode.INVALID_CREDENTIALS, "no published key has this kid")
+        from driftgate._jwks import KeySetUnavailable
+
+        try:
+            key = self.keys.key(kid)
+        except KeySetUnavailable as error:
+            raise IdentityError(ReasonCode.IDENTITY_PROVIDER, str(error)) from None
+        if key is None:
+            raise IdentityError(ReasonCode.INVALID_CREDENTIALS, "no published key has this kid")
+        return key
 
     def identify(self, token: str) -> Identity:
         """The approver a JWT names, or IdentityError with the reason to answer."""
@@ -435,12 +532,14 @@ class OIDCVerifier:
         if not isinstance(sub, str) or not sub or len(sub) > 255:
             # the subject is who approves: a token without one names nobody in particular
             raise IdentityError(ReasonCode.INVALID_ACTOR, "no usable sub claim")
+        scopes, limited = _claimed_scopes(claims)
         return Identity(
             self._actor(claims),
-            _claimed_scopes(claims),
+            scopes,
             "oidc",
             OIDC_SUBJECT + sub,
             oidc_person(self.issuer, sub),
+            limited,
         )
 
     def _actor(self, claims: Mapping[str, Any]) -> str:
@@ -456,9 +555,10 @@ class OIDCVerifier:
         return actor
 
 
-def _claimed_scopes(claims: Mapping[str, Any]) -> frozenset[Scope]:
-    """The rollout scopes a token holds: `scope` as a space-separated string (RFC 8693,
-    RFC 9068) or `scp` as a list or string (Azure AD, Okta); other scopes are ignored."""
+def _claimed_scopes(claims: Mapping[str, Any]) -> tuple[frozenset[Scope], frozenset[str]]:
+    """The rollout scopes a token holds, everywhere and for one rollout: `scope` as a
+    space-separated string (RFC 8693, RFC 9068) or `scp` as a list or string (Azure AD,
+    Okta); other scopes are ignored."""
     names: list[str] = []
     for claim in ("scope", "scp"):
         value = claims.get(claim)
@@ -466,4 +566,7 @@ def _claimed_scopes(claims: Mapping[str, Any]) -> frozenset[Scope]:
             names += value.split()
         elif isinstance(value, list):
             names += [v for v in value if isinstance(v, str)]
-    return frozenset(_SCOPES_BY_NAME[n] for n in names if n in _SCOPES_BY_NAME)
+    return (
+        frozenset(_SCOPES_BY_NAME[n] for n in names if n in _SCOPES_BY_NAME),
+        frozenset(n for n in names if _LIMITED.fullmatch(n) is not None),
+    )

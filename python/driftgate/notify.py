@@ -37,6 +37,7 @@ from typing import Any, Protocol
 from driftgate._http import Unreached, exchange
 
 __all__ = [
+    "Claim",
     "Event",
     "Notification",
     "Notifier",
@@ -413,12 +414,14 @@ class Notifier:
         self._stopping = threading.Event()
         self._sleep: Callable[[float], object] = sleep or self._stopping.wait
         self._rng = rng or random.Random()
-        self._thread = threading.Thread(target=self._run, name="driftgate-notify", daemon=True)
-        self._thread.start()
+        # The worker starts with the first notification, and again after a close.
+        self._worker_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
 
     def publish(self, notification: Notification) -> bool:
         """Queues `notification` unless another replica (or an earlier call) claimed it;
-        never blocks. False when it was a duplicate or the queue was full."""
+        never blocks, but for the moment of a `close` under way. False when it was a
+        duplicate or the queue was full."""
         wanted = [s for s in self.sinks if notification.event in s.events]
         if not wanted:
             return False
@@ -434,6 +437,7 @@ class Notifier:
             return False
         try:
             self._queue.put_nowait(notification)
+            self._start_worker()
         except queue.Full:
             for sink in wanted:
                 self._counted(sink.name, notification.event.value, "dropped")
@@ -445,12 +449,26 @@ class Notifier:
         if self.count is not None:
             self.count(sink, event, outcome)
 
+    def _start_worker(self) -> None:
+        with self._worker_lock:
+            if self._thread is None:
+                self._stopping.clear()
+                self._thread = threading.Thread(
+                    target=self._run, name="driftgate-notify", daemon=True
+                )
+                self._thread.start()
+
     def close(self, timeout: float = 5.0) -> None:
-        """Sends what is queued (within `timeout`), then stops the worker."""
-        with contextlib.suppress(queue.Full):  # still full: stop without the rest
-            self._queue.put(None, timeout=timeout)
-        self._thread.join(timeout)
-        self._stopping.set()
+        """Sends what is queued (within `timeout`), then stops the worker; a notification
+        published later starts it again."""
+        with self._worker_lock:
+            thread, self._thread = self._thread, None
+            if thread is None:
+                return
+            with contextlib.suppress(queue.Full):  # still full: stop without the rest
+                self._queue.put(None, timeout=timeout)
+            thread.join(timeout)
+            self._stopping.set()
 
     def join(self) -> None:
         """Waits until everything queued so far was delivered or given up (for tests)."""

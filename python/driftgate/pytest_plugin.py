@@ -13,13 +13,17 @@ change. Each fixture builds fresh objects for one test::
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 import driftgate
+from driftgate.testing import Approver, ApproverFile, ServiceFactory
+
+if TYPE_CHECKING:
+    from driftgate.service import Service
 
 #: Where `driftgate_clock` starts: a realistic unix time, so rollout timestamps read as dates.
 CLOCK_START = 1_700_000_000.0
@@ -115,3 +119,41 @@ def driftgate_client(driftgate_app: Any) -> Iterator[Any]:
     )
     with testclient.TestClient(driftgate_app) as client:
         yield client
+
+
+@pytest.fixture
+def driftgate_approvers(tmp_path: Path) -> ApproverFile:
+    """This test's approvers, in a token file of their own that the services
+    `driftgate_service` builds accept: ``driftgate_approvers.make("alice", "rollout:advance")``
+    (`driftgate_approver` is that call)."""
+    return ApproverFile(tmp_path / "driftgate-approvers.tokens")
+
+
+@pytest.fixture
+def driftgate_approver(driftgate_approvers: ApproverFile) -> Callable[..., Approver]:
+    """Makes a named approver with the scopes given: ``alice = driftgate_approver("alice",
+    "rollout:advance")``, then ``client.post(..., headers=alice.headers)``. Make them before
+    `driftgate_service` builds the service that should accept them."""
+    return driftgate_approvers.make
+
+
+@pytest.fixture
+def driftgate_service(
+    driftgate_clock: driftgate.ManualClock, driftgate_approvers: ApproverFile, tmp_path: Path
+) -> Iterator[Callable[..., Service]]:
+    """Builds your service's driftgate `Service` from your values (a file, a mapping of its
+    keys, or Settings), on `driftgate_clock`, its state in `tmp_path`, with a fresh registry
+    and the approvers `driftgate_approver` made; closed after the test. ``service =
+    driftgate_service("values.yaml", stages=[{"name": "canary", "percentage": 10}])``, then
+    ``create_app(service)``. Needs the fastapi extra (skips without it)."""
+    pytest.importorskip(
+        "fastapi",
+        reason="driftgate_service needs the fastapi extra: pip install 'driftgate[fastapi]'",
+    )
+    factory = ServiceFactory(
+        clock=driftgate_clock, state_dir=tmp_path / "driftgate-state", approvers=driftgate_approvers
+    )
+    try:
+        yield factory.build
+    finally:
+        factory.close()

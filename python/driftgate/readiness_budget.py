@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from driftgate._core import Clock, MetricsRegistry, StateStoreError, SystemClock
+from driftgate._core import ROLLOUT_LABEL, Clock, MetricsRegistry, StateStoreError, SystemClock
 from driftgate.reasons import ReasonCode
 from driftgate.status import BudgetStatus
 
@@ -77,6 +77,12 @@ class UnreadySlots(Protocol):
     @property
     def replica(self) -> str:
         """This replica's name, as the slots list it."""
+        ...
+
+    @property
+    def rollout(self) -> str:
+        """The name of the rollout whose replicas these are: the `rollout` label of the
+        budget's metrics."""
         ...
 
     @property
@@ -201,19 +207,24 @@ class ReadinessBudget:
             "this_replica_unready": self.holds_slot(),
         }
 
+    def _labels(self) -> dict[str, str]:
+        # Read each time: a store learns its rollout's name when a manager takes it.
+        return {ROLLOUT_LABEL: self._slots.rollout}
+
     def _drop(self) -> None:
         self._confirmed = None
         if self._registry is not None:
-            self._registry.set_gauge(*SLOT_HELD, 0.0)
+            self._registry.set_gauge(*SLOT_HELD, 0.0, self._labels())
 
     def _report(self, grant: SlotGrant, limit: int) -> None:
         registry = self._registry
         if registry is None:
             return
-        registry.set_gauge(*SLOT_HELD, 1.0 if grant.granted else 0.0)
-        registry.set_gauge(*UNREADY_REPLICAS, float(len(grant.holders)))
-        registry.set_gauge(*REPLICAS, float(grant.replicas))
-        registry.set_gauge(*MAX_UNREADY, float(limit))
+        labels = self._labels()
+        registry.set_gauge(*SLOT_HELD, 1.0 if grant.granted else 0.0, labels)
+        registry.set_gauge(*UNREADY_REPLICAS, float(len(grant.holders)), labels)
+        registry.set_gauge(*REPLICAS, float(grant.replicas), labels)
+        registry.set_gauge(*MAX_UNREADY, float(limit), labels)
 
     def __repr__(self) -> str:
         return f"ReadinessBudget(replica={self.replica!r}, max_unready={self._max_unready!r})"

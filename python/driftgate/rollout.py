@@ -12,11 +12,13 @@ import os
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import timedelta
-from typing import Any, Union
+from typing import Any, Literal, Union
 
 from driftgate._core import (
+    DEFAULT_ROLLOUT,
     Clock,
     ConfigOwnedError,
     Decision,
@@ -31,11 +33,15 @@ from driftgate._core import (
     StateRegressed,
     StateStoreError,
     _RolloutManager,
+    cohort_seed,
+    validate_rollout_name,
 )
-from driftgate.notify import Event, Notification, Notifier
+from driftgate.notify import Count, Event, Notification, Notifier
 from driftgate.status import RolloutState, RolloutStatus, WaitingFor, build_status
 
 __all__ = [
+    "DEFAULT_ROLLOUT",
+    "Cohort",
     "ConfigOwnedError",
     "Decision",
     "DecisionAction",
@@ -54,8 +60,11 @@ __all__ = [
     "StateRegressed",
     "StateStoreError",
     "WaitingFor",
+    "cohort_seed",
     "rollout_lifespan",
+    "rollout_monitor",
     "run_rollout_monitor",
+    "validate_rollout_name",
 ]
 
 logger = logging.getLogger("driftgate.rollout")
@@ -69,6 +78,24 @@ ErrorRateSource = (
 )
 
 _POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+
+#: Which keys a rollout of some policies enforces on: "independent" (its own cohort, the
+#: keys' hash salted by the rollout's name) or "shared" (the enforcer's, nested with every
+#: other shared rollout's). docs/sampling.md has the rule.
+Cohort = Literal["independent", "shared"]
+
+
+def _policy_list(policies: Sequence[str] | None) -> list[str] | None:
+    """`policies` as a list of ids, None staying None; TypeError for one string or for
+    anything that is not a sequence of strings (the ids themselves are checked by the core)."""
+    if policies is None:
+        return None
+    if isinstance(policies, (str, bytes)) or not isinstance(policies, Sequence):
+        raise TypeError(f"policies={policies!r}: expected a list of policy ids, or None")
+    for policy in policies:
+        if not isinstance(policy, str):
+            raise TypeError(f"policies={policies!r}: {policy!r} is not a policy id (a str)")
+    return list(policies)
 
 
 class InsufficientData(Exception):
@@ -102,35 +129,52 @@ def _takes_window(source: Any) -> bool:
 class LocalErrorRate:
     """The enforced cohort's evaluation-error rate, from this process's own counts:
     (failed enforced evaluations, enforced decisions) in `window`, and never from before the
-    current stage was entered. A manager calls `stage_entered()` whenever its stage changes;
+    current stage was entered; with `policies`, of those policies' decisions only (a rollout's
+    own), else of every policy. A manager calls `stage_entered()` whenever its stage changes;
     until `window` has passed since then, the counts are those made since it."""
 
-    def __init__(self, enforcer: Enforcer, window: str = "60m", policy_id: str | None = None):
-        enforcer.error_counts(window, policy_id)  # a bad window or policy id fails here, not later
+    def __init__(
+        self, enforcer: Enforcer, window: str = "60m", policies: Sequence[str] | None = None
+    ):
+        self._policies: list[str | None] = [None]
+        listed = _policy_list(policies)
+        if listed is not None:
+            if not listed:
+                raise ValueError("policies=[]: expected at least one policy id, or None for all")
+            self._policies = list(listed)
+        for policy in self._policies:  # a bad window or policy id fails here, not later
+            enforcer.error_counts(window, policy)
         self._enforcer = enforcer
         self._window = window
-        self._policy_id = policy_id
+        self.policies: tuple[str, ...] | None = None if listed is None else tuple(listed)
         tracker = enforcer.tracker
         self._clock = tracker.clock
         self._span = next(w.span_seconds for w in tracker.windows if w.name == window)
         # (clock reading, failed, total) when the current stage was entered
         self._entered: tuple[float, int, int] | None = None
 
+    def _lifetime(self) -> tuple[int, int]:
+        counts = [self._enforcer.lifetime_error_counts(p) for p in self._policies]
+        return sum(c[0] for c in counts), sum(c[1] for c in counts)
+
     def stage_entered(self) -> None:
         """Starts counting afresh: what was counted before belongs to another stage."""
-        failed, total = self._enforcer.lifetime_error_counts(self._policy_id)
+        failed, total = self._lifetime()
         self._entered = (self._clock.now(), failed, total)
 
     def __call__(self) -> tuple[int, int]:
         entered = self._entered
         if entered is not None and self._clock.now() - entered[0] < self._span:
-            failed, total = self._enforcer.lifetime_error_counts(self._policy_id)
+            failed, total = self._lifetime()
             return failed - entered[1], total - entered[2]
         # The window holds nothing older than the stage.
-        return self._enforcer.error_counts(self._window, self._policy_id)
+        counts = [self._enforcer.error_counts(self._window, p) for p in self._policies]
+        return sum(c[0] for c in counts), sum(c[1] for c in counts)
 
     def __repr__(self) -> str:
-        return f"LocalErrorRate(window={self._window!r})"
+        if self.policies is None:
+            return f"LocalErrorRate(window={self._window!r})"
+        return f"LocalErrorRate(window={self._window!r}, policies={list(self.policies)!r})"
 
 
 WINDOW_PLACEHOLDER = "$window"
@@ -227,10 +271,22 @@ class RolloutManager(_RolloutManager):
     a shared `store` (e.g. `RedisStateStore`) that every replica of a service follows.
 
     The manager alone moves the rollout: the `config` it is given becomes a live, read-only
-    view of where it stands, and the enforcer's rollout percent is the manager's to set. Every
+    view of where it stands, and its part of the enforcer is the manager's to set. Without
+    `policies` that is the enforcer's rollout percent, which every policy no other rollout
+    names is enforced at; with `policies`, a share of its own: those policies are enforced at
+    this rollout's percent, on the keys of its `cohort` ("independent": hashed with a seed
+    derived from the rollout's name; "shared": the enforcer's own). A policy belongs to one
+    rollout, and a rollout without policies cannot share an enforcer with rollouts that have
+    some (ValueError naming them). `rollout` names it: every metric it exports carries the
+    label `rollout=<name>` (docs/metrics.md). Every
     decision is a `Decision`, which unpacks as `(success, message)`. `error_rate_source` is
-    called as `source()` or, if it takes one argument, `source(analysis_window)`.
-    Thread-safe."""
+    called as `source()` or, if it takes one argument, `source(analysis_window)`; without one,
+    a manager with an enforcer reads `LocalErrorRate` over its policies. A shared store is
+    followed from the start, or, with `follow=False`, once `store.follow(manager)` is called (a
+    `driftgate.service.Service` does that while its app runs). `name` is the rollout's name in
+    notifications: by default the rollout's, or for the rollout named "default" the store's
+    key (else "rollout"). The enforcer's share and the name are given back when the manager is
+    garbage collected. Thread-safe."""
 
     def __init__(
         self,
@@ -248,6 +304,11 @@ class RolloutManager(_RolloutManager):
         notifier: Notifier | None = None,
         name: str | None = None,
         analysis_failures_to_notify: int = 3,
+        follow: bool = True,
+        *,
+        rollout: str = DEFAULT_ROLLOUT,
+        policies: Sequence[str] | None = None,
+        cohort: Cohort = "independent",
     ):
         if isinstance(store, FileStateStore):
             if state_path is not None:
@@ -265,10 +326,12 @@ class RolloutManager(_RolloutManager):
         # (version, (stage index, state, started_at)) of the stage last marked entered
         self._stage: tuple[int, tuple[Any, ...]] | None = None
         self.error_rate_source = error_rate_source  # checked before anything is started
+        listed = _policy_list(policies)
+        validate_rollout_name(rollout)
         # A shared store's replicas all date and time the rollout by the store's clock.
         clock_for = getattr(store, "clock_for", None)
         if callable(clock_for):
-            clock = clock_for(clock)
+            clock = clock_for(clock, rollout=rollout)
         super().__init__(
             config,
             enforcer=enforcer,
@@ -278,12 +341,16 @@ class RolloutManager(_RolloutManager):
             min_requests=min_requests,
             confidence=confidence,
             store=store,
+            rollout=rollout,
+            policies=listed,
+            cohort=cohort,
         )
         self._store = store
         self.notifier = notifier
         if notifier is not None and notifier.count is None:
-            notifier.count = self._count_notification
-        self.name = name or getattr(store, "key", None) or "rollout"
+            notifier.count = self._notification_count()
+        named = None if rollout == DEFAULT_ROLLOUT else rollout
+        self.name = name or named or getattr(store, "key", None) or "rollout"
         if not 1 <= analysis_failures_to_notify <= 1000:
             raise ValueError(
                 f"analysis_failures_to_notify={analysis_failures_to_notify!r}: expected 1 to 1000"
@@ -294,16 +361,30 @@ class RolloutManager(_RolloutManager):
         self._wall: Callable[[], float] = time.time if clock is None else clock.wall
         self._last_check: tuple[float, Decision] | None = None
         if error_rate_source is None and enforcer is not None:
-            self.error_rate_source = LocalErrorRate(enforcer)
+            self.error_rate_source = LocalErrorRate(enforcer, policies=listed)
         self._note_stage()
-        follow = getattr(store, "follow", None)
-        if callable(follow):
-            follow(self)
+        follow_store = getattr(store, "follow", None)
+        if follow and callable(follow_store):
+            follow_store(self)
 
     @property
     def store(self) -> SharedStateStore | None:
         """The shared state store, or None for a local state file (or none)."""
         return self._store
+
+    def _notification_count(self) -> Count:
+        """The hook a notifier of this manager counts its outcomes with
+        (driftgate_notifications_total). It holds the manager weakly: a notifier must not keep
+        a manager that was dropped alive, since a dropped manager gives its enforcer's share
+        back at once (a reload that refuses the rollouts it built drops them)."""
+        manager = weakref.ref(self)
+
+        def count(sink: str, event: str, outcome: str) -> None:
+            alive = manager()
+            if alive is not None:
+                alive._count_notification(sink, event, outcome)
+
+        return count
 
     def close(self) -> None:
         """Stops following a shared store and gives up its evaluation lease, and sends what
@@ -527,7 +608,9 @@ class RolloutManager(_RolloutManager):
         """Where the rollout stands: the current stage, its index, elapsed and minimum time,
         `state`, the enforced percentage, the version and the last `transitions` transitions
         (oldest first)."""
-        return build_status(self._snapshot(), transitions, self._store, self._last_check)
+        enforcer = self.enforcer
+        enforcing = enforcer is not None and enforcer.options.enforce
+        return build_status(self._snapshot(), transitions, self._store, self._last_check, enforcing)
 
     async def check_and_advance(self) -> Decision:
         """Reads the error-rate source (a blocking one in a worker thread, with
@@ -737,17 +820,30 @@ def rollout_lifespan(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
-        task = asyncio.create_task(run_rollout_monitor(manager, check_interval))
         try:
-            yield
+            async with rollout_monitor(manager, check_interval):
+                yield
         finally:
-            # Cancelled again until it ends: on Python 3.10, asyncio.wait_for inside a check
-            # can swallow one cancellation.
-            while not task.done():
-                task.cancel()
-                await asyncio.wait({task}, timeout=1.0)
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
             await asyncio.to_thread(manager.close)
 
     return lifespan
+
+
+@contextlib.asynccontextmanager
+async def rollout_monitor(
+    manager: RolloutManager, check_interval: CheckInterval = timedelta(minutes=15)
+) -> AsyncIterator[None]:
+    """Runs `run_rollout_monitor` while inside, and cancels it (waiting until it has ended)
+    on the way out; unlike `rollout_lifespan` it leaves the manager open."""
+    _seconds(check_interval)
+    task = asyncio.create_task(run_rollout_monitor(manager, check_interval))
+    try:
+        yield
+    finally:
+        # Cancelled again until it ends: on Python 3.10, asyncio.wait_for inside a check can
+        # swallow one cancellation.
+        while not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=1.0)
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

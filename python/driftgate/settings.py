@@ -34,6 +34,7 @@ naming the file, and the line or the key.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 from collections.abc import Callable, Mapping
@@ -53,21 +54,33 @@ from pydantic import (
     model_validator,
 )
 
-from driftgate._core import EnforceOptions, GateConfig, RolloutConfig, RolloutStage
+from driftgate._core import (
+    DEFAULT_ROLLOUT,
+    EnforceOptions,
+    GateConfig,
+    RolloutConfig,
+    RolloutStage,
+)
 from driftgate._messages import one_line, read_capped, shown
 from driftgate.identity import ALLOWED_ALGORITHMS, People
 from driftgate.readiness_budget import MAX_UNREADY_REPLICAS
 from driftgate.rollout import PrometheusErrorRate
 
 __all__ = [
+    "DEFAULT_ROLLOUT",
     "LOG_LEVELS",
     "MAX_CHECK_INTERVAL_SECONDS",
+    "MAX_ROLLOUTS",
     "MAX_STAGE_SECONDS",
     "MAX_VALUES_BYTES",
+    "RolloutSettings",
     "Settings",
     "SettingsError",
     "load_settings",
     "parse_settings",
+    "parse_values_file",
+    "read_values_file",
+    "values_key",
 ]
 
 MAX_VALUES_BYTES = 64 << 10
@@ -100,6 +113,7 @@ class StoreSettings:
     """Where a fleet shares its rollout state: Redis at the URL in the environment variable
     `url_env` (it may carry a password, so it never sits in the values file)."""
 
+    kind: str = "redis"  # driftgate.service.stores.STORE_KINDS
     url_env: str = "DRIFTGATE_REDIS_URL"
     key: str = "driftgate:rollout"
     sync_interval_seconds: float = 5.0
@@ -142,30 +156,119 @@ class OIDCSettings:
     algorithms: tuple[str, ...] = ALLOWED_ALGORITHMS
 
 
+def _key(key: str) -> dict[str, str]:
+    return {"key": key}
+
+
+MAX_ROLLOUTS = 100
+"""More rollouts than a service runs at once: past this `rollouts:` is refused."""
+
+
 @dataclass(frozen=True)
-class Settings:
-    enforce: EnforceOptions = field(default_factory=EnforceOptions)
-    gate: GateConfig = field(default_factory=GateConfig)
-    rollout: RolloutConfig | None = None
+class RolloutSettings:
+    """One rollout of `rollouts:` (or the `default` one `rollout:` describes): its stages, the
+    policies it governs (None: every policy no other rollout governs, the `default` one's),
+    where its state is kept, and how it is checked and announced."""
+
+    name: str
+    config: RolloutConfig
+    policies: tuple[str, ...] | None = None
+    # "independent": a cohort salted by the rollout's name; "shared": the unsalted one
+    cohort: str = "independent"
     state_path: Path = Path("driftgate-state/rollout.json")
     check_interval_seconds: float = 900.0
-    rollout_min_requests: int = 0
+    min_requests: int = 0
     error_rate_source: PrometheusErrorRate | None = None
-    admin_token_env: str = "DRIFTGATE_ADMIN_TOKEN"
+    store: StoreSettings | None = None
+    status_url: str | None = None
+    notify_events: tuple[str, ...] = ()  # empty: every event the sinks take
+
+    @property
+    def key(self) -> str:
+        """Its values-file key: `rollout` for the default one, else `rollouts.NAME`."""
+        return "rollout" if self.policies is None else f"rollouts.{self.name}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What a values file says, validated. Each field's metadata `key` is the values-file key
+    it is read from, as written in the file (several, comma-separated, for a field built from
+    more than one): messages about a field name that key (`values_key`)."""
+
+    enforce: EnforceOptions = field(
+        default_factory=EnforceOptions,
+        metadata=_key("enforce_enabled, enforce_rollout_percent, drift_max_ratio"),
+    )
+    gate: GateConfig = field(default_factory=GateConfig, metadata=_key("enforce_readiness_gate"))
+    rollout: RolloutConfig | None = field(
+        default=None, metadata=_key("rollout.enabled, rollout.stages")
+    )
+    state_path: Path = field(
+        default=Path("driftgate-state/rollout.json"), metadata=_key("rollout.state_path")
+    )
+    check_interval_seconds: float = field(
+        default=900.0, metadata=_key("rollout.check_interval_seconds")
+    )
+    rollout_min_requests: int = field(default=0, metadata=_key("rollout.min_requests"))
+    error_rate_source: PrometheusErrorRate | None = field(
+        default=None, metadata=_key("rollout.prometheus")
+    )
+    admin_token_env: str = field(default="DRIFTGATE_ADMIN_TOKEN", metadata=_key("admin.token_env"))
     # The values name admin.token_env: its variable must hold the token, else the service
     # refuses to start. Not named, an unset variable only leaves the admin token out.
-    admin_token_required: bool = False
-    store: StoreSettings | None = None  # None: the local state file at state_path
-    notifications: tuple[NotificationSettings, ...] = ()
-    status_url: str | None = None  # linked from notifications
-    admin_token_file: Path | None = None  # None: $DRIFTGATE_TOKEN_FILE, if set
-    admin_oidc: OIDCSettings | None = None
-    admin_protect_status: bool = False
+    admin_token_required: bool = field(default=False, metadata=_key("admin.token_env"))
+    # None: the local state file at state_path
+    store: StoreSettings | None = field(default=None, metadata=_key("rollout.store"))
+    notifications: tuple[NotificationSettings, ...] = field(
+        default=(), metadata=_key("notifications")
+    )
+    # linked from notifications
+    status_url: str | None = field(default=None, metadata=_key("rollout.status_url"))
+    # None: $DRIFTGATE_TOKEN_FILE, if set
+    admin_token_file: Path | None = field(default=None, metadata=_key("admin.token_file"))
+    admin_oidc: OIDCSettings | None = field(default=None, metadata=_key("admin.oidc"))
+    admin_protect_status: bool = field(default=False, metadata=_key("admin.protect_status"))
     # person -> the credentials that are theirs (token_file:NAME, oidc:SUB)
-    admin_people: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    admin_people: Mapping[str, tuple[str, ...]] = field(
+        default_factory=dict, metadata=_key("admin.people")
+    )
     # With a shared store: how many replicas may fail readiness for drift at once.
-    max_unready_replicas: int = 1
-    log_level: str = "info"  # of the driftgate loggers and uvicorn's, under driftgate serve
+    max_unready_replicas: int = field(
+        default=1, metadata=_key("enforce_readiness_gate.max_unready_replicas")
+    )
+    # of the driftgate loggers and uvicorn's, under driftgate serve
+    log_level: str = field(default="info", metadata=_key("log_level"))
+    # `rollouts:`, each governing its policies (empty with `rollout:`, whose fields are above)
+    rollouts: tuple[RolloutSettings, ...] = field(default=(), metadata=_key("rollouts"))
+
+    def all_rollouts(self) -> tuple[RolloutSettings, ...]:
+        """Every rollout the values describe: the `default` one of `rollout:`, or those of
+        `rollouts:`."""
+        if self.rollouts:
+            return self.rollouts
+        if self.rollout is None:
+            return ()
+        return (
+            RolloutSettings(
+                DEFAULT_ROLLOUT,
+                self.rollout,
+                state_path=self.state_path,
+                check_interval_seconds=self.check_interval_seconds,
+                min_requests=self.rollout_min_requests,
+                error_rate_source=self.error_rate_source,
+                store=self.store,
+                status_url=self.status_url,
+            ),
+        )
+
+
+def values_key(field_name: str) -> str:
+    """The values-file key a Settings field is read from, as written in the file; KeyError for
+    a name that is no field."""
+    for each in dataclasses.fields(Settings):
+        if each.name == field_name:
+            return str(each.metadata["key"])
+    raise KeyError(field_name)
 
 
 # -- the schema ------------------------------------------------------------------------------
@@ -249,6 +352,7 @@ _SECRET_STORE_KEYS = {
 
 
 class _Store(_Section):
+    kind: Literal["redis"] = "redis"
     url_env: _EnvName = "DRIFTGATE_REDIS_URL"
     key: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:{}/-]{1,200}$")] = "driftgate:rollout"
     sync_interval_seconds: Annotated[float, Field(ge=0.05, le=3600, allow_inf_nan=False)] = 5.0
@@ -323,6 +427,9 @@ class _Notification(_Section):
         return self
 
 
+_EventList = Annotated[list[_EventName], Field(min_length=1, max_length=6)]
+
+
 class _Rollout(_Section):
     enabled: bool = False
     status_url: AnyHttpUrl | None = None
@@ -332,6 +439,15 @@ class _Rollout(_Section):
     stages: Annotated[list[_Stage], Field(min_length=1, max_length=MAX_STAGES)] | None = None
     prometheus: _Prometheus | None = None
     store: _Store | None = None
+
+
+class _NamedRollout(_Rollout):
+    """One entry of `rollouts:`: what `rollout:` holds, and the policies it governs."""
+
+    enabled: bool = True
+    policies: Annotated[list[_Name], Field(min_length=1, max_length=1000)]
+    cohort: Literal["independent", "shared"] = "independent"
+    notify_events: _EventList | None = None
 
 
 def _issuer_url(url: str) -> str:
@@ -400,6 +516,29 @@ class _Values(_Section):
     admin: _Admin | None = None
     notifications: Annotated[list[_Notification], Field(max_length=16)] | None = None
     log_level: Literal[LOG_LEVELS] = "info"  # type: ignore[valid-type]
+    rollouts: (
+        Annotated[dict[_Name, _NamedRollout], Field(min_length=1, max_length=MAX_ROLLOUTS)] | None
+    ) = None
+
+    @model_validator(mode="after")
+    def _one_kind_of_rollout(self) -> _Values:
+        if self.rollout is not None and self.rollouts is not None:
+            raise ValueError(
+                "rollout and rollouts together: rollout is the one rollout governing every "
+                "policy; name it default under rollouts instead"
+            )
+        governed: dict[str, str] = {}
+        for name, entry in (self.rollouts or {}).items():
+            for policy in entry.policies:
+                if policy in governed:
+                    first = governed[policy]
+                    where = "twice" if first == name else f"by rollouts.{first} too"
+                    raise ValueError(
+                        f"rollouts.{name}.policies: {policy} is governed {where}: a policy "
+                        "belongs to one rollout at most"
+                    )
+                governed[policy] = name
+        return self
 
 
 # -- one line per problem --------------------------------------------------------------------
@@ -498,11 +637,18 @@ def _problem(error: Mapping[str, Any]) -> str:
         return f"{_key_path(loc[:-1])}: key {shown(loc[-1])} is not a string"
     if kind == "missing":
         return f"{_key_path(loc)}: missing (required)"
+    if loc and loc[-1] == "[key]" and kind == "string_pattern_mismatch":  # a mapping's key
+        return (
+            f"{_key_path(loc[:-2])}: name {shown(loc[-2])} is not 1-64 characters of "
+            "[A-Za-z0-9_.:-]"
+        )
     expected = _number_range(loc) if kind in _NUMERIC else _EXPECTED.get(kind)
     if expected is not None:
         message = f"expected {expected}"
     elif kind == "value_error":
         message = str(error.get("ctx", {}).get("error", error["msg"]))
+        if not loc:  # a rule across keys: the message names them
+            return message
         if isinstance(error.get("input"), Mapping):
             # A whole section was refused: it may hold a secret someone pasted, never echoed.
             return f"{_key_path(loc)}: {message}"
@@ -568,46 +714,21 @@ def parse_settings(values: Any) -> Settings:
         ),
     )
     rollout_values = checked.rollout or _Rollout()
-    rollout = None
-    if rollout_values.stages is not None:  # checked even while disabled: it will be enabled
-        stages = [
-            _build(
-                f"rollout.stages[{i}]",
-                functools.partial(
-                    RolloutStage,
-                    stage.name,
-                    stage.percentage,
-                    stage.duration_seconds,
-                    stage.max_error_rate,
-                    stage.requires_approval,
-                    approvals_required=stage.approvals_required,
-                ),
-            )
-            for i, stage in enumerate(rollout_values.stages)
-        ]
-        rollout = _build("rollout.stages", lambda: RolloutConfig(stages))
-    if not rollout_values.enabled:
-        rollout = None
-    elif rollout is None:
-        rollout = RolloutConfig.default()
-    source = None
-    if rollout_values.prometheus is not None:
-        prometheus = rollout_values.prometheus
-        source = _build(
-            "rollout.prometheus",
-            lambda: PrometheusErrorRate(
-                str(prometheus.url), prometheus.query, timeout=prometheus.timeout_seconds
-            ),
-        )
+    default = _rollout_settings(DEFAULT_ROLLOUT, rollout_values, "rollout", None)
+    rollouts = tuple(
+        each
+        for name, entry in (checked.rollouts or {}).items()
+        if (each := _rollout_settings(name, entry, f"rollouts.{name}", entry)) is not None
+    )
     admin = checked.admin or _Admin()
     return Settings(
         enforce=enforce,
         gate=gate,
-        rollout=rollout,
+        rollout=None if default is None else default.config,
         state_path=Path(rollout_values.state_path),
         check_interval_seconds=rollout_values.check_interval_seconds,
         rollout_min_requests=rollout_values.min_requests,
-        error_rate_source=source,
+        error_rate_source=None if default is None else default.error_rate_source,
         admin_token_env=admin.token_env,
         admin_token_required="token_env" in admin.model_fields_set,
         store=None if rollout_values.store is None else _store_settings(rollout_values.store),
@@ -635,6 +756,71 @@ def parse_settings(values: Any) -> Settings:
         admin_people={person: tuple(subjects) for person, subjects in (admin.people or {}).items()},
         max_unready_replicas=gate_values.max_unready_replicas,
         log_level=checked.log_level,
+        rollouts=rollouts,
+    )
+
+
+def _rollout_settings(
+    name: str, values: _Rollout, key: str, named: _NamedRollout | None
+) -> RolloutSettings | None:
+    """The rollout `values` describe at `key` (None while it is not enabled; its stages and
+    error-rate source are checked all the same: it will be). A `rollouts:` entry (`named`)
+    without a state_path or a store key gets its own, derived from its name; the one named
+    default keeps the defaults."""
+    config = None
+    if values.stages is not None:
+        stages = [
+            _build(
+                f"{key}.stages[{i}]",
+                functools.partial(
+                    RolloutStage,
+                    stage.name,
+                    stage.percentage,
+                    stage.duration_seconds,
+                    stage.max_error_rate,
+                    stage.requires_approval,
+                    approvals_required=stage.approvals_required,
+                ),
+            )
+            for i, stage in enumerate(values.stages)
+        ]
+        config = _build(f"{key}.stages", lambda: RolloutConfig(stages))
+    source = None
+    if values.prometheus is not None:
+        prometheus = values.prometheus
+        source = _build(
+            f"{key}.prometheus",
+            lambda: PrometheusErrorRate(
+                str(prometheus.url), prometheus.query, timeout=prometheus.timeout_seconds
+            ),
+        )
+    if not values.enabled:
+        return None
+    state_path = Path(values.state_path)
+    store = None if values.store is None else _store_settings(values.store)
+    if named is not None and name != DEFAULT_ROLLOUT:
+        if "state_path" not in values.model_fields_set:
+            state_path = state_path.with_name(f"rollout-{name}.json")
+        if (
+            store is not None
+            and values.store is not None
+            and "key" not in values.store.model_fields_set
+        ):
+            # a hash tag: all of one rollout's keys in one Redis Cluster slot
+            assert store is not None
+            store = dataclasses.replace(store, key=f"{store.key}:{{{name}}}")
+    return RolloutSettings(
+        name,
+        config or RolloutConfig.default(),
+        policies=None if named is None else tuple(named.policies),
+        cohort="independent" if named is None else named.cohort,
+        state_path=state_path,
+        check_interval_seconds=values.check_interval_seconds,
+        min_requests=values.min_requests,
+        error_rate_source=source,
+        store=store,
+        status_url=None if values.status_url is None else str(values.status_url),
+        notify_events=() if named is None else tuple(named.notify_events or ()),
     )
 
 
@@ -721,7 +907,17 @@ def load_settings(path: str | Path | None) -> Settings:
     """Settings from a YAML values file; the defaults when `path` is None."""
     if path is None:
         return Settings()
-    raw = read_capped(path, MAX_VALUES_BYTES, SettingsError, ": not a values file")
+    return parse_values_file(read_values_file(path), path)
+
+
+def read_values_file(path: str | Path) -> bytes:
+    """The bytes of a values file, or a SettingsError naming it (unreadable, or too large to
+    be one)."""
+    return read_capped(path, MAX_VALUES_BYTES, SettingsError, ": not a values file")
+
+
+def parse_values_file(raw: bytes, path: str | Path) -> Settings:
+    """Settings from the bytes of the values file at `path` (named in every message)."""
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as error:

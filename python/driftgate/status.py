@@ -4,6 +4,7 @@ and `driftgate status`, and the one place where its times and durations are form
 from __future__ import annotations
 
 import enum
+import functools
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -149,6 +150,9 @@ class RolloutStatus(TypedDict):
     started_at: str
     state: RolloutState
     enforced_percentage: float
+    # False while enforce_enabled is off (the kill switch): every request is shadow only,
+    # whatever the stage's percentage says.
+    enforcing: bool
     last_error_rate: float | None
     version: int
     etag: str
@@ -176,6 +180,9 @@ def entity_tag(incarnation: str, version: int) -> str:
     return f'"{incarnation}.{version}"' if incarnation else f'"{version}"'
 
 
+# Remembered: a status names the same few times (the stage's start, the transitions) on every
+# read, and formatting one costs more than the rest of its entry.
+@functools.lru_cache(maxsize=512)
 def format_time(unix_seconds: float) -> str:
     """Unix seconds as ISO 8601 UTC ("2026-11-23T12:00:00+00:00"); a reading outside the years
     1 to 9999 (only a test clock can give one) as "unix:<seconds>" rather than an error."""
@@ -184,10 +191,21 @@ def format_time(unix_seconds: float) -> str:
     return datetime.fromtimestamp(unix_seconds, timezone.utc).isoformat()
 
 
+_LONGEST_SECONDS = timedelta.max.total_seconds() - 1
+
+
+# Remembered too: a stage's minimum duration repeats on every read (the time elapsed does not,
+# and the least recently used entries make room for it).
+@functools.lru_cache(maxsize=512)
 def format_duration(seconds: float) -> str:
     """Seconds as Python's str(timedelta) ("23:00:00", "2 days, 0:00:00"); negative durations
     read as 0:00:00, and the longest is timedelta.max's."""
-    return str(timedelta(seconds=min(max(0.0, seconds), timedelta.max.total_seconds() - 1)))
+    return str(timedelta(seconds=min(max(0.0, seconds), _LONGEST_SECONDS)))
+
+
+# The members by wire name, looked up as a dict is: calling the enum class costs more.
+_STATES = {state.value: state for state in RolloutState}
+_WAITING_FOR = {reason.value: reason for reason in WaitingFor}
 
 
 def _stage(stage: Any) -> StageStatus:
@@ -209,10 +227,11 @@ def build_status(
     transitions: int,
     store: Any = None,
     last_check: tuple[float, Any] | None = None,
+    enforcing: bool = True,
 ) -> RolloutStatus:
     """The status from a manager's snapshot, with the last `transitions` transitions; `store`
-    is the manager's shared store, if any, and `last_check` its last check, `(wall time,
-    Decision)`, if any."""
+    is the manager's shared store, if any, `last_check` its last check, `(wall time,
+    Decision)`, if any, and `enforcing` whether its enforcer enforces at all."""
     stages = snapshot["stages"]
     index = snapshot["stage_index"]
     stage = stages[index]
@@ -220,7 +239,7 @@ def build_status(
     target = snapshot["advance_target"]
     waiting = None if target is None else stages[target]
     history = snapshot["transitions"][-transitions:] if transitions > 0 else []
-    waiting_for = WaitingFor(snapshot["waiting_for"])
+    waiting_for = _WAITING_FOR[snapshot["waiting_for"]]
     check: LastCheck | None = None
     if last_check is not None:
         when, decision = last_check
@@ -238,8 +257,9 @@ def build_status(
         "elapsed_time": format_duration(snapshot["now"] - snapshot["started_at"]),
         "min_duration": format_duration(stage.duration_seconds),
         "started_at": format_time(snapshot["started_at"]),
-        "state": RolloutState(snapshot["state"]),
+        "state": _STATES[snapshot["state"]],
         "enforced_percentage": snapshot["enforced_percentage"],
+        "enforcing": enforcing,
         "last_error_rate": snapshot["last_error_rate"],
         "version": snapshot["version"],
         "etag": entity_tag(snapshot["incarnation"], snapshot["version"]),

@@ -36,6 +36,8 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from driftgate._core import (
+    DEFAULT_ROLLOUT,
+    ROLLOUT_LABEL,
     Clock,
     MetricsRegistry,
     SharedStateStore,
@@ -45,6 +47,7 @@ from driftgate._core import (
     StateStoreError,
     StoreClock,
     SystemClock,
+    validate_rollout_name,
 )
 from driftgate._messages import one_line
 from driftgate.readiness_budget import ReadinessBudget, SlotGrant
@@ -599,6 +602,8 @@ class RedisStateStore(SharedStateStore):
         self._evaluator: str | None = None
         self._lease_lock = threading.Lock()
         self._follower: _Follower | None = None
+        self._served = False  # a manager took this store's clock: it serves that one only
+        self._rollout = DEFAULT_ROLLOUT  # the name of the rollout it serves
         # Auxiliary keys holding what driftgate did not write ("lease", "last_check"): what is
         # wrong now, and its log lines (once, then at most once a minute).
         self._foreign: dict[str, str] = {}
@@ -999,11 +1004,22 @@ class RedisStateStore(SharedStateStore):
 
     def follow(self, manager: RolloutManager) -> None:
         """Starts following the shared state for `manager` in a background thread (the
-        manager does this itself)."""
+        manager does this itself, unless made with `follow=False`); after `unfollow`, again."""
         if self._follower is not None:
             raise ValueError("this store already serves a RolloutManager; give each its own")
         self._follower = _Follower(self, manager)
         self._follower.start()
+
+    def unfollow(self) -> None:
+        """Stops following, and gives up the lease and the unready slot, so that another
+        replica takes over at once; the connections stay and `follow` may start again (a
+        service whose app stops and runs again)."""
+        follower, self._follower = self._follower, None
+        if follower is not None:
+            follower.stop()
+        self.release_lease()
+        if self._budget is not None:
+            self._budget.release()
 
     def campaign(self, enabled: bool) -> None:
         """Whether this replica competes for the evaluation lease (its monitor runs)."""
@@ -1013,22 +1029,22 @@ class RedisStateStore(SharedStateStore):
     def close(self) -> None:
         """Stops following, gives up the lease and the unready slot, and closes the
         connections."""
-        if self._follower is not None:
-            self._follower.stop()
-        self.release_lease()
-        if self._budget is not None:
-            self._budget.release()
+        self.unfollow()
         self._client.close()
 
     # -- the fleet's clock --------------------------------------------------------------------
 
-    def clock_for(self, clock: Clock | None) -> Clock:
-        """The clock for the manager that follows this store (the manager asks for it): for
-        the system clock (None), a `StoreClock` on Redis's time, read now and at every poll, so
-        that stage start times and durations do not depend on this machine's wall clock; a
-        StoreClock given is the one read; any other clock (a test's) is kept as it is."""
-        if self._follower is not None:
+    def clock_for(self, clock: Clock | None, rollout: str = DEFAULT_ROLLOUT) -> Clock:
+        """The clock for the manager of `rollout` that follows this store (the manager asks
+        for it, and the store then serves that manager only): for the system clock (None), a
+        `StoreClock` on Redis's time, read now and at every poll, so that stage start times and
+        durations do not depend on this machine's wall clock; a StoreClock given is the one
+        read; any other clock (a test's) is kept as it is."""
+        if self._served or self._follower is not None:
             raise ValueError("this store already serves a RolloutManager; give each its own")
+        validate_rollout_name(rollout)
+        self._served = True
+        self._rollout = rollout
         if clock is None or isinstance(clock, SystemClock):
             clock = StoreClock(clock)
         if not isinstance(clock, StoreClock):
@@ -1037,6 +1053,13 @@ class RedisStateStore(SharedStateStore):
         with contextlib.suppress(StateStoreError):  # Redis away: the follower reads it later
             self.read_clock()
         return clock
+
+    @property
+    def rollout(self) -> str:
+        """The name of the rollout whose state this store holds: the one of the manager it
+        serves ("default" until one asks for its clock). The store's metrics (clock skew,
+        readiness budget) carry it as their `rollout` label."""
+        return self._rollout
 
     @property
     def clock_current_seconds(self) -> float:
@@ -1523,7 +1546,9 @@ class _Follower:
         """Reads Redis's clock into the manager's, and publishes this machine's skew."""
         skew = self._store.read_clock()
         if skew is not None:
-            manager.registry.set_gauge(CLOCK_SKEW, CLOCK_SKEW_HELP, skew)
+            manager.registry.set_gauge(
+                CLOCK_SKEW, CLOCK_SKEW_HELP, skew, {ROLLOUT_LABEL: manager.rollout}
+            )
 
     def _update_budget(self) -> None:
         """Renews the readiness budget's slot; the store away raises StateStoreError (an

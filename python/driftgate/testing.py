@@ -1,14 +1,23 @@
 """Helpers for tests of services that use driftgate: read one metric sample, walk a rollout to a
-named stage, record decisions with a known drift ratio.
+named stage, record decisions with a known drift ratio, run a rollout check from a plain test,
+make named approvers and build your own service's driftgate `Service` for a test.
 
 The pytest fixtures that build the objects these take live in `driftgate.pytest_plugin`.
-`metric_value` needs prometheus_client (``pip install 'driftgate[pytest]'``)."""
+`metric_value` needs prometheus_client (``pip install 'driftgate[pytest]'``); `ServiceFactory`
+the fastapi extra."""
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import dataclasses
 import difflib
-from collections.abc import Mapping
-from typing import Any
+import os
+import secrets
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from driftgate import (
     Decision,
@@ -17,10 +26,24 @@ from driftgate import (
     Enforcer,
     ManualClock,
     MetricsRegistry,
+    RolloutConfig,
     RolloutManager,
+    RolloutStage,
 )
+from driftgate.identity import Scope, token_file_line
 
-__all__ = ["advance_to_stage", "metric_value", "record_decisions"]
+if TYPE_CHECKING:
+    from driftgate.service import Service, ValuesSource
+
+__all__ = [
+    "Approver",
+    "ApproverFile",
+    "ServiceFactory",
+    "advance_to_stage",
+    "check_now",
+    "metric_value",
+    "record_decisions",
+]
 
 
 def _exposition(source: Any) -> str:
@@ -196,3 +219,151 @@ def record_decisions(
         enforcer.decide(policy_id, f"{policy_id}-decision-{key_number}", "ok", "ok")
         key_number += 1
     return drifting
+
+
+def check_now(manager: RolloutManager) -> Decision:
+    """`await manager.check_and_advance()` from a plain (sync) test: the check a running
+    monitor makes, on an event loop of its own (in another thread when the caller is inside
+    one already), so no async test plugin is needed::
+
+        assert check_now(service.rollout).action == DecisionAction.INSUFFICIENT_DATA
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(manager.check_and_advance())
+    with concurrent.futures.ThreadPoolExecutor(1) as other:
+        return other.submit(asyncio.run, manager.check_and_advance()).result()
+
+
+# -- approvers and services of your own --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Approver:
+    """A named approver of a test, with its scopes and bearer token (never shown in a repr):
+    ``client.post("/api/guardian/rollout/advance", headers=alice.headers)``."""
+
+    name: str
+    scopes: frozenset[Scope]
+    token: str = field(repr=False)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The `Authorization` header that names this approver."""
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+class ApproverFile:
+    """The approvers of one test, in a token file of their own at `path`: each `make` adds a
+    line (a random token, hashed). A service reads the file when it is built, so make the
+    approvers first; one made after a service was built from the file is refused."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._lines: dict[str, str] = {}
+        self._approvers: dict[str, Approver] = {}
+        self.read = False  # a service was built on the file
+
+    def make(self, name: str, *scopes: Scope | str) -> Approver:
+        """A new approver `name` holding `scopes` (at least one: rollout:advance,
+        rollout:rollback, rollout:read; "rollout:*" is every one of them)."""
+        if name in self._approvers:
+            raise ValueError(f"approver {name!r} exists already in this test")
+        if self.read:
+            raise RuntimeError(
+                f"approver {name!r} made after a service read the approvers: make every "
+                "approver before driftgate_service builds the service"
+            )
+        token = secrets.token_urlsafe(32)
+        line = token_file_line(name, token, scopes)  # ValueError for a bad name or scope
+        approver = Approver(name, frozenset(Scope(s) for s in line.split()[2].split(",")), token)
+        self._lines[name] = line
+        self._approvers[name] = approver
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text("".join(f"{entry}\n" for entry in self._lines.values()))
+        return approver
+
+    def __len__(self) -> int:
+        return len(self._approvers)
+
+
+def _stages(stages: Sequence[RolloutStage | Mapping[str, Any]]) -> RolloutConfig:
+    """A stage list from RolloutStages or mappings of the values file's stage keys."""
+    if all(isinstance(stage, RolloutStage) for stage in stages):
+        return RolloutConfig(list(stages))  # type: ignore[arg-type]
+    from driftgate.settings import parse_settings
+
+    values = [stage if isinstance(stage, Mapping) else _stage_values(stage) for stage in stages]
+    config = parse_settings({"rollout": {"enabled": True, "stages": values}}).rollout
+    assert config is not None
+    return config
+
+
+def _stage_values(stage: RolloutStage) -> dict[str, Any]:
+    return {
+        "name": stage.name,
+        "percentage": stage.percentage,
+        "duration_seconds": stage.duration_seconds,
+        "max_error_rate": stage.max_error_rate,
+        "requires_approval": stage.requires_approval,
+        "approvals_required": stage.approvals_required,
+    }
+
+
+class ServiceFactory:
+    """Builds driftgate `Service`s for tests (what the `driftgate_service` fixture calls): on
+    `clock`, each with a fresh registry, its rollout state under `state_dir`, and the
+    approvers of `approvers` when any were made; `close()` closes every one it built."""
+
+    def __init__(
+        self,
+        *,
+        clock: ManualClock,
+        state_dir: str | os.PathLike[str],
+        approvers: ApproverFile | None = None,
+    ) -> None:
+        self.clock = clock
+        self.state_dir = Path(state_dir)
+        self.approvers = approvers
+        self._built: list[Service] = []
+
+    def build(
+        self,
+        values: ValuesSource = None,
+        *,
+        stages: Iterable[RolloutStage | Mapping[str, Any]] | None = None,
+        **options: Any,
+    ) -> Service:
+        """The service `values` describe (a values file's path, a mapping of its keys,
+        Settings, or None for the defaults), with `stages` as its rollout when given (which
+        enables the rollout). `options` are `Service`'s (environ=, admin=,
+        error_rate_source=, ...). A values file is read once: the service does not reload."""
+        from driftgate.service import Service
+        from driftgate.settings import Settings, load_settings, parse_settings
+
+        if values is None or isinstance(values, Settings):
+            settings = values or Settings()
+        elif isinstance(values, Mapping):
+            settings = parse_settings(dict(values))
+        else:
+            settings = load_settings(Path(values))
+        if stages is not None:
+            settings = dataclasses.replace(settings, rollout=_stages(list(stages)))
+        if self.approvers is not None and len(self.approvers):
+            # this test's approvers only: none of the values' token file or issuer
+            settings = dataclasses.replace(
+                settings, admin_token_file=self.approvers.path, admin_oidc=None
+            )
+            self.approvers.read = True
+        options.setdefault("clock", self.clock)
+        options.setdefault("state_dir", self.state_dir)
+        options.setdefault("watch", False)
+        service = Service(settings, **options)
+        self._built.append(service)
+        return service
+
+    def close(self) -> None:
+        """Closes every service built here (a lifespan that ran has closed its own)."""
+        while self._built:
+            self._built.pop().close()

@@ -39,6 +39,18 @@ class DriftTracker {
     /// record() for a caller that already holds the id's slot in index(): the Enforcer looks
     /// the id up once per decision. std::out_of_range for a slot the index gave no id.
     bool record_slot(std::uint32_t slot, Verdict shadow, Verdict enforced);
+    /// record_slot() for a caller on the hot path: at `now`, a reading of clock() it took, and
+    /// to `shard`, this thread's local_shard() that it keeps (see PolicyWindows), so that a
+    /// decision that also writes windows of its own reads the clock once and looks up nothing.
+    bool record_slot(PolicyWindows::Shard& shard, std::uint32_t slot, Verdict shadow,
+                     Verdict enforced, double now) {
+        check_held(slot);
+        const bool drift = shadow != enforced;
+        windows_->add(shard, slot, drift ? 1 : 0, 1, now);
+        return drift;
+    }
+    /// This thread's shard of the tracker's windows.
+    PolicyWindows::Shard& local_shard() { return windows_->local_shard(); }
 
     /// Records pairs of verdict codes (0 ok, 1 warn, 2 fail) and returns the drift count. The
     /// spans must be of equal length and every code valid, else std::invalid_argument naming
@@ -72,6 +84,11 @@ class DriftTracker {
 
   private:
     void add(std::uint32_t slot, std::uint64_t drift, std::uint64_t total);
+    void check_held(std::uint32_t slot) const {
+        // A slot no id holds yet would count for whichever id takes it later.
+        if (!index_->holds(slot)) throw_not_held(slot);
+    }
+    [[noreturn]] static void throw_not_held(std::uint32_t slot);
 
     class WindowExport;
 

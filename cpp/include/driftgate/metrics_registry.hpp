@@ -8,6 +8,7 @@
 #include <prometheus/registry.h>
 
 #include <atomic>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <set>
@@ -29,8 +30,12 @@ struct MetricName {
 };
 
 namespace metrics {
-inline constexpr MetricName kRolloutPercent{"adapt_enforce_rollout_percent",
-                                            "Percent of requests in the enforced cohort."};
+/// The label every rollout series carries: the name of the rollout it belongs to.
+inline constexpr const char* kRolloutLabel = "rollout";
+inline constexpr MetricName kRolloutPercent{
+    "adapt_enforce_rollout_percent",
+    "Percent of requests in the enforced cohort, by the rollout that sets it (\"\": the "
+    "enforcer's own, set by no rollout)."};
 inline constexpr MetricName kDriftMaxRatio{
     "adapt_drift_max_ratio",
     "The drift ratio this service accepts (EnforceOptions.drift_max_ratio)."};
@@ -46,8 +51,9 @@ inline constexpr MetricName kWindowEvents{"adapt_drift_window_events",
                                           "Drift events in the rolling window."};
 inline constexpr MetricName kEvaluationErrors{"adapt_evaluation_errors_total",
                                               "Verdict evaluations that raised; counted as FAIL."};
-inline constexpr MetricName kSelectionLatency{"adapt_selection_latency_seconds",
-                                              "Time spent in Enforcer.decide."};
+inline constexpr MetricName kSelectionLatency{
+    "adapt_selection_latency_seconds",
+    "Time spent in Enforcer.decide, of a sample of the decisions."};
 inline constexpr MetricName kReadinessGateOpen{
     "adapt_readiness_gate_open", "1 while the drift readiness gate is open, 0 while closed."};
 inline constexpr MetricName kEnforcement{"guardian_enforcement_total",
@@ -118,6 +124,14 @@ class MetricsRegistry {
     /// Runs before every collect; held weakly, like window sources.
     void add_scrape_hook(std::weak_ptr<ScrapeHook> hook);
 
+    /// A series that several owners may hold at once (two enforcers on one registry, or two
+    /// managers of one rollout's name): created by the first holder, removed from its family
+    /// when the last one lets go, so no holder is ever left with a series removed under it.
+    std::shared_ptr<prometheus::Gauge> hold_gauge(const MetricName& metric,
+                                                  const prometheus::Labels& labels);
+    std::shared_ptr<prometheus::Counter> hold_counter(const MetricName& metric,
+                                                      const prometheus::Labels& labels);
+
     std::vector<prometheus::MetricFamily> collect() const;
     /// Everything registered, written by prometheus-cpp's TextSerializer: the Prometheus text
     /// format 0.0.4, or OpenMetrics (see to_openmetrics).
@@ -128,9 +142,11 @@ class MetricsRegistry {
     std::vector<std::string> family_names() const;
 
   private:
+    struct HeldSeries;
     void add_name(const char* name);
 
     std::shared_ptr<prometheus::Registry> registry_;
+    std::shared_ptr<HeldSeries> held_;
     mutable std::mutex names_mutex_;  // guards names_
     std::set<std::string> names_;
     mutable std::mutex sources_mutex_;  // guards window_sources_ and scrape_hooks_
@@ -148,6 +164,30 @@ std::string_view type_name(prometheus::MetricType type);
 /// one gets it), HELP escapes `"`, `untyped` is `unknown`, NaN is spelled `NaN`, and the
 /// exposition ends with `# EOF`.
 std::string to_openmetrics(std::vector<prometheus::MetricFamily> families);
+
+/// The series one owner (a RolloutManager) holds, by metric and labels: held through
+/// MetricsRegistry::hold_*, so they leave the registry when the owner goes, unless another
+/// owner holds them too. Thread-safe.
+class SeriesHolder {
+  public:
+    explicit SeriesHolder(std::shared_ptr<MetricsRegistry> registry)
+        : registry_(std::move(registry)) {}
+    SeriesHolder(const SeriesHolder&) = delete;
+    SeriesHolder& operator=(const SeriesHolder&) = delete;
+
+    /// The series, held from now until release_gauge() or the holder's end.
+    prometheus::Gauge& gauge(const MetricName& metric, const prometheus::Labels& labels);
+    prometheus::Counter& counter(const MetricName& metric, const prometheus::Labels& labels);
+    /// Lets one gauge go now.
+    void release_gauge(const MetricName& metric, const prometheus::Labels& labels);
+
+  private:
+    using Key = std::pair<std::string, prometheus::Labels>;
+    std::shared_ptr<MetricsRegistry> registry_;
+    std::mutex mutex_;
+    std::map<Key, std::shared_ptr<prometheus::Gauge>> gauges_;
+    std::map<Key, std::shared_ptr<prometheus::Counter>> counters_;
+};
 
 /// Per policy slot, one counter of each of several families, labelled with the slot's policy
 /// id. A slot's counters are all created together, at 0, on its first use, so `rate()` sees a

@@ -35,6 +35,14 @@ class PolicyIndex {
     /// ever admitted, so a hit is valid. "__overflow__" is reserved (std::invalid_argument).
     std::uint32_t slot_for(std::string_view id);
 
+    /// The slots of every id in `ids`, admitting the new ones, all or none: nullopt (nothing
+    /// admitted) when the new ones do not fit under max_policies. Validates every id first
+    /// (std::invalid_argument; "__overflow__" is reserved).
+    std::optional<std::vector<std::uint32_t>> admit_all(const std::vector<std::string>& ids);
+
+    /// How many ids are admitted.
+    std::size_t admitted() const noexcept { return admitted_.load(std::memory_order_acquire); }
+
     /// The slot of an admitted id, without admitting it; "__overflow__" names the overflow
     /// slot. nullopt for any other id: never seen, or counted past the cap under
     /// "__overflow__" only.
@@ -67,6 +75,9 @@ class PolicyIndex {
     };
 
     const Entry* lookup(std::string_view id, std::uint64_t hash) const noexcept;
+    /// Adds a new id (the caller holds mutex_ and has checked there is room).
+    std::uint32_t admit_locked(std::string_view id, std::uint64_t hash);
+    static void validate_admissible(std::string_view id);
     std::uint32_t mark_overflow() noexcept;
 
     std::size_t max_policies_;

@@ -9,6 +9,7 @@
 
 #include "driftgate/clock.hpp"
 #include "driftgate/rolling_window.hpp"
+#include "driftgate/thread_shards.hpp"
 
 namespace driftgate {
 
@@ -31,6 +32,20 @@ class PolicyWindows {
     /// Counts `total` requests of which `events` were events, for `slot` and globally, at the
     /// clock's current time.
     void add(std::uint32_t slot, std::uint64_t events, std::uint64_t total);
+    /// The same at `now`, a reading of clock() the caller took: a caller that writes several
+    /// windows of one clock for one request reads the clock once. Time still never runs
+    /// backwards: an older reading counts at the highest time seen.
+    void add(std::uint32_t slot, std::uint64_t events, std::uint64_t total, double now);
+
+    /// One writing thread's rings (see ShardPool).
+    struct Shard;
+    /// This thread's shard. A caller that adds on every request may keep it, to skip the
+    /// lookup, in state of its own that only this thread uses and that forgets it when another
+    /// thread takes that state over: the shard is this thread's until the thread ends.
+    Shard& local_shard();
+    /// add() to this thread's shard, as local_shard() gave it.
+    void add(Shard& shard, std::uint32_t slot, std::uint64_t events, std::uint64_t total,
+             double now);
 
     /// Across all policies; the sum of the last read while no add completed since.
     WindowCounts counts(std::size_t window) const;
@@ -45,6 +60,8 @@ class PolicyWindows {
     WindowCounts lifetime(std::uint32_t slot) const;
     /// Everything ever added, for every slot.
     WindowCounts lifetime() const;
+    /// lifetime(slot) of every slot, indexed by slot, in one pass over the shards.
+    std::vector<WindowCounts> lifetimes() const;
 
     /// A read that finds nothing to count still reads the clock: it moves every window's time
     /// to the clock's reading (the high-water mark), and returns `window`'s bucket.
@@ -59,12 +76,12 @@ class PolicyWindows {
     void reset();
 
   private:
-    struct Shard;
-    struct ShardPool;
+    struct CachedCounts;
 
-    Shard& local_shard();
-    /// Points a shard's cursors at the buckets of clock reading `now`.
-    void move_cursors(Shard& shard, double now, std::uint32_t generation) const;
+    /// Points a shard's cursors at the buckets of clock reading `now`, as of `moves`.
+    void move_cursors(Shard& shard, double now, std::uint32_t generation,
+                      std::uint64_t moves) const;
+    [[noreturn]] static void throw_bad_slot(std::uint32_t slot);
     /// The read or write bucket of `window` at clock reading `now`: max(k(now), highest k seen).
     std::int64_t advance_to(std::size_t window, double now) const;
     std::int64_t advance_to_bucket(std::size_t window, std::int64_t bucket) const;
@@ -78,10 +95,13 @@ class PolicyWindows {
     std::uint32_t lifetime_slot_ = 0;
     std::shared_ptr<const Clock> clock_;
     std::size_t slot_count_;
-    std::uint64_t owner_id_;
     std::unique_ptr<std::atomic<std::int64_t>[]> highest_bucket_;
+    // How many times any window's highest bucket moved: a writer checks this one word instead of
+    // every window's highest bucket.
+    mutable std::atomic<std::uint64_t> moves_{0};
     std::atomic<std::uint32_t> generation_{0};
-    std::shared_ptr<ShardPool> pool_;
+    ShardPool<Shard> shards_;
+    mutable std::vector<CachedCounts> global_counts_;  // per window; guarded by the pool's mutex
 };
 
 }  // namespace driftgate

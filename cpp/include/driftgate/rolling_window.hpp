@@ -100,8 +100,10 @@ class RollingWindow {
         // total before events, so a reader that sees an event also sees its request.
         slot.total.store(slot.total.load(std::memory_order_relaxed) + total,
                          std::memory_order_release);
-        slot.events.store(slot.events.load(std::memory_order_relaxed) + events,
-                          std::memory_order_release);
+        if (events != 0) {  // most requests are no event: one store fewer
+            slot.events.store(slot.events.load(std::memory_order_relaxed) + events,
+                              std::memory_order_release);
+        }
     }
 
     /// Adds to `out` what a read at bucket `now_bucket` of `generation` sees.

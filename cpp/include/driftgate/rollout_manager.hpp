@@ -110,9 +110,10 @@ struct Decision {
 /// Walks a staged rollout: advances after a stage's minimum time while the error rate is low,
 /// rolls back by itself when it is high, waits for a human where a stage asks for approval,
 /// and aborts to 0 % when rolled back from the first stage. It alone owns the rollout's
-/// position: the RolloutConfig it was given becomes a read-only view of it, and the enforcer's
-/// rollout percent is its to set. Every transition sets that percent, updates the
-/// guardian_rollout_* metrics and is persisted before the call returns.
+/// position: the RolloutConfig it was given becomes a read-only view of it, and its part of
+/// the enforcer is its to set: the global rollout percent (no policies), or a share of the
+/// policies it names. Every transition sets that percent, updates the guardian_rollout_*
+/// metrics (labelled with the rollout's name) and is persisted before the call returns.
 /// Thread-safe: one mutex serialises decisions and transitions.
 class RolloutManager {
   public:
@@ -124,6 +125,13 @@ class RolloutManager {
         std::shared_ptr<const Clock> clock;         // default: SystemClock; wall() is used
         std::uint64_t min_requests = 0;             // hold below this many requests
         std::optional<double> confidence;           // Wilson bounds for count-based rates
+        /// The rollout's name: the `rollout` label of its metrics, and its cohort's salt.
+        std::string rollout = std::string(kDefaultRollout);
+        /// The policies it governs (a share of the enforcer); nullopt: every policy no share
+        /// holds (the enforcer's global percent).
+        std::optional<std::vector<std::string>> policies;
+        /// The keys a share enforces on; the global percent always samples the enforcer's own.
+        Cohort cohort = Cohort::Independent;
     };
 
     /// Everything a status report needs, read at one instant.
@@ -156,8 +164,11 @@ class RolloutManager {
     /// state, or stores the fresh one when nothing is stored; a store that cannot be reached,
     /// or holds something that is not this rollout (it is never overwritten), leaves the
     /// manager unsynced (0 % enforced, moves refused with StateStoreError) until
-    /// follow() gives it the state. std::invalid_argument when the config or the enforcer
+    /// follow() gives it the state. std::invalid_argument when the config or the enforcer's part
+    /// it claims (Enforcer::claim_rollout_percent, Enforcer::claim_share)
     /// already belongs to another manager, or when both a state path and a store are given.
+    /// Gone, it gives them back, and lets go of the series it exported (they leave the registry
+    /// unless another manager of the same rollout's name holds them too).
     RolloutManager(const RolloutConfig& config, Options options);
     ~RolloutManager();
 
@@ -252,6 +263,9 @@ class RolloutManager {
     /// configuration reload).
     void set_min_requests(std::uint64_t min_requests);
     std::optional<double> confidence() const { return options_.confidence; }
+    const std::string& rollout() const { return options_.rollout; }
+    const std::optional<std::vector<std::string>>& policies() const { return options_.policies; }
+    Cohort cohort() const { return options_.cohort; }
     const std::shared_ptr<Enforcer>& enforcer() const { return options_.enforcer; }
     const std::shared_ptr<MetricsRegistry>& registry() const { return options_.registry; }
     const std::shared_ptr<const Clock>& clock() const { return options_.clock; }
@@ -317,8 +331,14 @@ class RolloutManager {
     /// sees the first advance or rollback as a step from 0 rather than a new series.
     void declare_transition_counters();
     double wall_now() const;
+    /// `labels` and this rollout's.
+    prometheus::Labels labelled(prometheus::Labels labels = {}) const;
+    /// Gives back the enforcer's part this manager claimed: its share, or the global percent.
+    void release_enforcer();
 
     Options options_;
+    // Every series the manager exports, labelled with its rollout: let go when it goes.
+    SeriesHolder series_;
     std::shared_ptr<const StagePlan> plan_;
     std::shared_ptr<RolloutConfig::Shared> view_;
     std::shared_ptr<const Clock> view_clock_;  // the config's own clock, given back at the end
@@ -338,16 +358,10 @@ class RolloutManager {
     mutable SpinMutex published_mutex_;  // held only to copy or swap the pointer
     std::shared_ptr<const Snapshot> published_;
 
-    prometheus::Family<prometheus::Gauge>& stage_family_;
-    prometheus::Family<prometheus::Gauge>& started_at_family_;
-    prometheus::Gauge* stage_gauge_ = nullptr;
-    prometheus::Gauge* started_at_gauge_ = nullptr;
-    prometheus::Gauge& error_rate_gauge_;
-    prometheus::Family<prometheus::Counter>& advancements_;
-    prometheus::Family<prometheus::Counter>& rollbacks_;
-    prometheus::Counter& analysis_errors_;
-    prometheus::Gauge& version_gauge_;
-    prometheus::Family<prometheus::Counter>& notifications_;
+    std::optional<prometheus::Labels> stage_labels_;  // of the stage series held now
+    prometheus::Gauge* error_rate_gauge_ = nullptr;
+    prometheus::Counter* analysis_errors_ = nullptr;
+    prometheus::Gauge* version_gauge_ = nullptr;
     prometheus::Gauge* store_up_gauge_ = nullptr;  // only with a shared store
     prometheus::Gauge* sync_age_gauge_ = nullptr;
     prometheus::Gauge* regressed_gauge_ = nullptr;

@@ -21,4 +21,16 @@ inline std::uint32_t sampling_bucket(std::string_view key, std::uint32_t seed) n
         (static_cast<std::uint64_t>(murmur3_x86_32(key, seed)) * kBasisPoints) >> 32);
 }
 
+/// The rollout a single-rollout service has.
+inline constexpr std::string_view kDefaultRollout = "default";
+
+/// The seed of a rollout's own cohort: murmur3_x86_32(rollout, seed), so that two rollouts
+/// sampling with one enforcer's `seed` pick independent cohorts (a feature-flag service salts
+/// each flag's hash with its name the same way). Derived once, when the rollout claims its
+/// share, so a decision hashes the key alone. The rollout named "default" keeps `seed`
+/// itself: a service that had one rollout keeps its cohort when it names more.
+inline std::uint32_t cohort_seed(std::string_view rollout, std::uint32_t seed) noexcept {
+    return rollout == kDefaultRollout ? seed : murmur3_x86_32(rollout, seed);
+}
+
 }  // namespace driftgate

@@ -2,6 +2,7 @@
 
 import asyncio
 import concurrent.futures
+import contextlib
 import functools
 import json
 import logging
@@ -9,14 +10,15 @@ import math
 import os
 import re
 import threading
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from typing import Annotated, Any, Protocol, TypeVar
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from driftgate._core import (
+    DEFAULT_ROLLOUT,
     DriftTracker,
     MetricsRegistry,
     StateError,
@@ -24,13 +26,14 @@ from driftgate._core import (
     StateRegressed,
     StateStoreError,
 )
-from driftgate.exposition import render
+from driftgate.exposition import scrape
 from driftgate.fastapi.auth import (
     TOKEN_ENV,
     AdminDependency,
     bearer_token_admin,
     identified,
     scoped,
+    status_declared_protected,
     status_guard,
 )
 from driftgate.identity import Identity, Scope
@@ -50,6 +53,29 @@ _OPERATION = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 UNKNOWN_RETRY_AFTER = "5"
 READY = {"status": "ready"}
 READY_WITHIN_BUDGET = {"status": "ready", "reason": ReasonCode.DRIFT_GATE_BUDGET.value}
+HEALTHY = {"status": "ok"}
+
+
+def _encoded(document: Any) -> bytes:
+    """A JSON body as Starlette's JSONResponse writes it."""
+    return json.dumps(
+        document, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")
+    ).encode()
+
+
+def _json_response(body: bytes, status_code: int = 200, **headers: str) -> Response:
+    """An answer of JSON bytes written before: the probes answer the same few bodies over and
+    over, and skipping FastAPI's response-model pass and the encoding keeps them as cheap as an
+    endpoint that returns a dict can be."""
+    return Response(body, status_code=status_code, media_type="application/json", headers=headers)
+
+
+# The status's own serializer (pydantic's, as the response model would use it): the report is
+# built by the manager, so it is written without being validated again.
+_STATUS: TypeAdapter[RolloutStatus] = TypeAdapter(RolloutStatus)
+_HEALTHY_BODY = _encoded(HEALTHY)
+_READY_BODY = _encoded(READY)
+_READY_WITHIN_BUDGET_BODY = _encoded(READY_WITHIN_BUDGET)
 
 ReadinessCheck = Callable[[], str | None]
 
@@ -134,6 +160,45 @@ class MoveRequest(BaseModel):
 
 # Kept under its old name for code that imported it.
 RollbackRequest = MoveRequest
+
+
+class RolloutLine(BaseModel):
+    """One rollout of a service, as `GET /api/guardian/rollouts` lists it."""
+
+    name: str
+    stage: str
+    stage_index: int
+    total_stages: int
+    percentage: float = Field(description="The enforced share of its policies now.")
+    state: str
+    version: int
+    etag: str
+    waiting_for: str = Field(description="What the next step waits for, as the status says.")
+    policies: list[str] | None = Field(
+        description="The policies it governs; null: every policy no other rollout governs."
+    )
+
+
+class RolloutList(BaseModel):
+    rollouts: list[RolloutLine]
+
+
+def summary(name: str, rollout: RolloutManager) -> dict[str, Any]:
+    """A rollout's line of the list: from its published snapshot, no lock, no store call."""
+    report = rollout.get_status(transitions=0)
+    policies = rollout.policies
+    return {
+        "name": name,
+        "stage": report["current_stage"]["name"],
+        "stage_index": report["stage_index"],
+        "total_stages": report["total_stages"],
+        "percentage": report["enforced_percentage"],
+        "state": report["state"],
+        "version": report["version"],
+        "etag": report["etag"],
+        "waiting_for": report["waiting_for"],
+        "policies": None if policies is None else list(policies),
+    }
 
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -278,6 +343,33 @@ def _checked_wait(value: object) -> float:
     return float(value)
 
 
+class Workers:
+    """A thread pool of the router's own, started at its first task and stopped by the
+    router's lifespan at the app's end (and started again should the app run again), so an
+    app that has stopped leaves no thread of driftgate's behind. Thread-safe."""
+
+    def __init__(self, max_workers: int, name: str) -> None:
+        self._max_workers = max_workers
+        self._name = name
+        self._lock = threading.Lock()
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+
+    def executor(self) -> concurrent.futures.ThreadPoolExecutor:
+        with self._lock:
+            if self._executor is None:
+                self._executor = concurrent.futures.ThreadPoolExecutor(
+                    max_workers=self._max_workers, thread_name_prefix=self._name
+                )
+            return self._executor
+
+    def stop(self) -> None:
+        """Waits for the tasks under way, then ends the threads."""
+        with self._lock:
+            executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)
+
+
 class MoveQueue:
     """The admin moves of one router (and its configuration reloads): run one at a time on a
     thread of their own, never in the thread pool that serves the application's other sync
@@ -293,9 +385,7 @@ class MoveQueue:
         self.max_pending = _checked_pending(max_pending)
         self.max_wait_seconds = _checked_wait(max_wait_seconds)
         self._free = threading.BoundedSemaphore(self.max_pending)
-        self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="driftgate-moves"
-        )
+        self.workers = Workers(1, "driftgate-moves")
 
     @property
     def retry_after(self) -> int:
@@ -319,7 +409,7 @@ class MoveQueue:
             )
             raise self._full()
         try:
-            future = self._executor.submit(work)
+            future = self.workers.executor().submit(work)
         except BaseException:
             self._free.release()
             raise
@@ -352,21 +442,30 @@ def create_router(
     readiness_checks: Sequence[ReadinessCheck] = (),
     probe_prefix: str = "/api/v1",
     rollout_prefix: str = "/api/guardian/rollout",
+    rollouts: Mapping[str, RolloutManager] | None = None,
+    rollouts_prefix: str = "/api/guardian/rollouts",
     reload: Callable[[str], Any] | None = None,
     readiness_budget: ReadinessBudget | None = None,
     max_pending_moves: int = MAX_PENDING_MOVES,
     max_move_wait_seconds: float = MAX_MOVE_WAIT_SECONDS,
+    lifespan: Callable[[Any], contextlib.AbstractAsyncContextManager[Any]] | None = None,
 ) -> APIRouter:
     """The driftgate endpoints as a bare APIRouter.
 
     `admin` is a FastAPI dependency returning the actor's name, or an `Approvers`, which asks
-    each endpoint's scope (rollout:advance, rollout:rollback, rollout:read for a protected
-    status); without one, a bearer token
-    from DRIFTGATE_ADMIN_TOKEN (read now, not at import) guards the admin endpoints, and with
-    neither they refuse every request. `readiness_checks` are extra callables returning a
-    reason code while the service must not be ready (e.g. ReasonCode.STATE_FILE), None otherwise.
+    each endpoint's scope (rollout:advance, rollout:rollback, rollout:read while the status is
+    protected) of the approvers in force at each request (a reload swaps them); without one, a
+    bearer token from DRIFTGATE_ADMIN_TOKEN (read now, not at import) guards the admin
+    endpoints, and with neither they refuse every request. `readiness_checks` are extra
+    callables returning a reason code while the service must not be ready (e.g.
+    ReasonCode.STATE_FILE), None otherwise.
     `probe_prefix` places healthz, readyz and metrics (`""` serves `/healthz`, `/readyz`,
-    `/metrics`); `rollout_prefix` places status, advance and rollback. With `reload` (e.g.
+    `/metrics`); `rollout_prefix` places status, state, advance and rollback of `manager`.
+    `rollouts` (a mapping from name to manager, read at every request, so a service may add
+    one while it runs) serves each under `{rollouts_prefix}/{name}/...`, lists them all at
+    `GET {rollouts_prefix}` and answers 404 UNKNOWN_ROLLOUT for a name it does not hold;
+    its `default` one (or `manager`) is the one under `rollout_prefix`. A scope limited to one
+    rollout (`rollout:advance:orders`) holds there only. With `reload` (e.g.
     `ConfigReloader.reload`), `POST {probe_prefix}/admin/reload` reloads the configuration.
     With `readiness_budget` (`RedisStateStore.readiness_budget`), drift (DRIFT_GATE, from the
     gate or a readiness check) fails readiness only while this replica holds one of the fleet's
@@ -379,23 +478,39 @@ def create_router(
     snapshot on the event loop. Advance, rollback and reload run one at a time on a thread of
     their own: at most `max_pending_moves` (default 16) in flight plus queued, and a move not
     started within `max_move_wait_seconds` (default 5, under the command line's 10 s timeout)
-    is refused; either way 503 MOVE_QUEUE_FULL with Retry-After, nothing moved."""
+    is refused; either way 503 MOVE_QUEUE_FULL with Retry-After, nothing moved.
+
+    The router has a lifespan, which FastAPI runs inside the app's own once the router is
+    included: it runs `lifespan` (if given) and at the end stops the router's threads."""
     probes = _prefix(probe_prefix, "probe_prefix")
     moves = MoveQueue(max_pending_moves, max_move_wait_seconds)
     # Scrapes render off the event loop but never in the shared pool, which stalled sync
     # endpoints of the application may hold; two, for a pair of Prometheus servers.
-    renderer = concurrent.futures.ThreadPoolExecutor(
-        max_workers=2, thread_name_prefix="driftgate-metrics"
-    )
+    renderer = Workers(2, "driftgate-metrics")
     rollout_path = _prefix(rollout_prefix, "rollout_prefix")
+    rollouts_path = _prefix(rollouts_prefix, "rollouts_prefix")
     registry = registry or tracker.registry
     require_admin = admin or bearer_token_admin(os.environ.get(TOKEN_ENV) or None)
-    read_guard = status_guard(require_admin)  # rollout:read, when the status is protected
-    router = APIRouter()
+    read_guard = status_guard(require_admin)  # rollout:read, while the status is protected
+    read_declared = status_declared_protected(require_admin)  # in the OpenAPI: as at start
+
+    @contextlib.asynccontextmanager
+    async def router_lifespan(app: Any) -> AsyncIterator[None]:
+        try:
+            if lifespan is None:
+                yield
+            else:
+                async with lifespan(app):
+                    yield
+        finally:
+            await asyncio.to_thread(moves.workers.stop)
+            await asyncio.to_thread(renderer.stop)
+
+    router = APIRouter(lifespan=router_lifespan)
 
     @router.get(f"{probes}/healthz", response_model=HealthBody, name="driftgate:healthz")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    async def healthz() -> Response:
+        return _json_response(_HEALTHY_BODY)
 
     # On the event loop: the gate's check reads counters and the readiness budget a confirmed
     # grant, in microseconds, taking neither the manager's lock nor the store, so readiness
@@ -407,9 +522,9 @@ def create_router(
         responses={503: {"model": ReadyBody}},
         name="driftgate:readyz",
     )
-    async def readyz() -> JSONResponse:
-        # Answered as a ready-made JSONResponse: probes hit this often, and skipping the
-        # response-model pass keeps it as cheap as a bare endpoint. The schema is documented.
+    async def readyz() -> Response:
+        # The ready answers are bodies written once (see _json_response); the schema is
+        # documented by the response model.
         excused = False  # drift that the fleet's readiness budget answers as ready
         for check in readiness_checks:
             reason = check()
@@ -422,13 +537,13 @@ def create_router(
             ready, reason = gate.check()
             if not ready:
                 if readiness_budget is not None and readiness_budget.excuses(reason):
-                    return JSONResponse(READY_WITHIN_BUDGET)
+                    return _json_response(_READY_WITHIN_BUDGET_BODY)
                 body: dict[str, Any] = {"status": "not_ready", "reason": reason}
                 reopens = gate.reopens_within()
                 if reopens is not None:
                     body["reopens_within_seconds"] = math.ceil(reopens)
                 return JSONResponse(body, status_code=503)
-        return JSONResponse(READY_WITHIN_BUDGET if excused else READY)
+        return _json_response(_READY_WITHIN_BUDGET_BODY if excused else _READY_BODY)
 
     @router.get(
         f"{probes}/metrics",
@@ -437,65 +552,48 @@ def create_router(
         name="driftgate:metrics",
     )
     async def metrics(request: Request) -> Response:
-        accept = request.headers.get("accept")
-        body, content_type = await asyncio.get_running_loop().run_in_executor(
-            renderer, render, registry, accept, include_process_metrics
+        headers = request.headers
+        answer = await asyncio.get_running_loop().run_in_executor(
+            renderer.executor(),
+            scrape,
+            registry,
+            headers.get("accept"),
+            headers.get("accept-encoding"),
+            include_process_metrics,
         )
-        return Response(body, media_type=content_type)
+        return Response(answer.body, media_type=answer.content_type, headers=answer.headers)
 
     # async: a sync dependency would take a token of the shared thread pool.
     async def require_manager() -> RolloutManager:
-        if manager is None:
+        default = manager if rollouts is None else rollouts.get(DEFAULT_ROLLOUT, manager)
+        if default is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, ReasonCode.NO_ROLLOUT.value)
-        return manager
+        return default
+
+    async def require_named(rollout: str) -> RolloutManager:
+        named = None if rollouts is None else rollouts.get(rollout)
+        if named is None and rollout == DEFAULT_ROLLOUT:
+            named = manager
+        if named is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, ReasonCode.UNKNOWN_ROLLOUT.value)
+        return named
+
+    def every_rollout() -> dict[str, RolloutManager]:
+        found = dict(rollouts or {})
+        if manager is not None:
+            found.setdefault(DEFAULT_ROLLOUT, manager)
+        return dict(sorted(found.items()))
 
     @router.get(
-        f"{rollout_path}/status",
-        response_model=RolloutStatus,
-        responses={
-            **STATUS_ERRORS,
-            **(_errors(401, 403, 503) if read_guard else {}),
-            304: {"description": "Not modified: If-None-Match names the current ETag."},
-        },
-        name="driftgate:rollout_status",
+        rollouts_path,
+        response_model=RolloutList,
+        responses={**(_errors(401, 403, 503) if read_declared else {})},
+        name="driftgate:rollouts",
         dependencies=read_guard,
     )
-    async def rollout_status(
-        request: Request,
-        response: Response,
-        rollout: Annotated[RolloutManager, Depends(require_manager)],
-    ) -> Any:
-        # The published snapshot: no manager lock and no store call, so on the event loop.
-        report = rollout.get_status()
-        tag = report["etag"]
-        if _none_match(request.headers.get("if-none-match"), tag):
-            return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": tag})
-        response.headers["ETag"] = tag
-        return report
-
-    @router.get(
-        f"{rollout_path}/state",
-        response_class=Response,
-        responses={
-            **STATUS_ERRORS,
-            **_errors(503),
-            **(_errors(401, 403) if read_guard else {}),
-            200: {"content": {"application/json": {}}},
-        },
-        name="driftgate:rollout_state",
-        dependencies=read_guard,
-    )
-    async def rollout_state(
-        rollout: Annotated[RolloutManager, Depends(require_manager)],
-    ) -> Response:
-        """The whole rollout document this replica holds (what `driftgate state export`
-        saves): position, history, version, incarnation. As public as the status."""
-        document = rollout._document()  # from the published snapshot: no lock, no store call
-        if document is None:
-            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, ReasonCode.STATE_STORE.value)
-        held = json.loads(document)
-        tag = entity_tag(held.get("incarnation", ""), held["version"])
-        return Response(document, media_type="application/json", headers={"ETag": tag})
+    async def rollout_list() -> dict[str, Any]:
+        """Every rollout of this service, one line each: from the published snapshots."""
+        return {"rollouts": [summary(name, each) for name, each in every_rollout().items()]}
 
     def expected_state(
         request: Request, body: MoveRequest, rollout: RolloutManager
@@ -544,6 +642,7 @@ def create_router(
     def moved(
         move: Callable[[tuple[int, str | None] | None], Decision],
         precondition: Callable[[], tuple[int, str | None] | None],
+        rollout: RolloutManager,
     ) -> dict[str, Any]:
         try:
             expected = precondition()
@@ -567,20 +666,18 @@ def create_router(
         except StateError as error:
             # A shared store that is away, or holds what is not this rollout, is the store's
             # problem; a state file that cannot be written is the file's.
-            shared = isinstance(error, StateStoreError) or (
-                manager is not None and manager.store is not None
-            )
+            shared = isinstance(error, StateStoreError) or rollout.store is not None
             code = ReasonCode.STATE_STORE if shared else ReasonCode.STATE_FILE
             # The answer is a fixed code; the log says which value or step was at fault (a
             # store's description never carries its password).
             logger.warning("rollout move refused (%s): %s", code.value, error)
             raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, code.value) from None
         if decision.action == DecisionAction.CONFLICT:
-            if expected is not None and manager is not None:
+            if expected is not None:
                 raise HTTPException(
                     status.HTTP_412_PRECONDITION_FAILED,
                     ReasonCode.VERSION_MISMATCH.value,
-                    headers={"ETag": etag(*current_tag(manager))},
+                    headers={"ETag": etag(*current_tag(rollout))},
                 )
             raise HTTPException(status.HTTP_409_CONFLICT, ReasonCode.STATE_CONFLICT.value)
         if not decision.success:
@@ -620,40 +717,107 @@ def create_router(
                     operation=operation,
                 ),
                 lambda: expected_state(request, body, rollout),
+                rollout,
             )
         )
 
-    @router.post(
-        f"{rollout_path}/advance",
-        response_model=MoveBody,
-        responses=ADMIN_ERRORS,
-        name="driftgate:rollout_advance",
-        openapi_extra=json_body_schema(MoveRequest, required=False),
-    )
-    async def rollout_advance(
-        request: Request,
-        approver: Annotated[Identity, Depends(identified(require_admin, Scope.ADVANCE))],
-        rollout: Annotated[RolloutManager, Depends(require_manager)],
-        body: Annotated[MoveRequest, Depends(move_body)],
-    ) -> dict[str, Any]:
-        # The approvals of a stage needing several count people, not the names they use.
-        advance = functools.partial(rollout.manual_advance, person=approver.person)
-        return await admin_move(advance, request, approver.name, rollout, body)
+    def status_answer(request: Request, rollout: RolloutManager) -> Response:
+        report = rollout.get_status()
+        tag = report["etag"]
+        if _none_match(request.headers.get("if-none-match"), tag):
+            return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": tag})
+        return _json_response(_STATUS.dump_json(report), ETag=tag)
 
-    @router.post(
-        f"{rollout_path}/rollback",
-        response_model=MoveBody,
-        responses=ADMIN_ERRORS,
-        name="driftgate:rollout_rollback",
-        openapi_extra=json_body_schema(MoveRequest, required=False),
-    )
-    async def rollout_rollback(
-        request: Request,
-        actor: Annotated[str, Depends(scoped(require_admin, Scope.ROLLBACK))],
-        rollout: Annotated[RolloutManager, Depends(require_manager)],
-        body: Annotated[MoveRequest, Depends(move_body)],
-    ) -> dict[str, Any]:
-        return await admin_move(rollout.manual_rollback, request, actor, rollout, body)
+    def rollout_routes(path: str, find: Callable[..., Any], route: str) -> None:
+        """Status, state, advance and rollback of the rollout `find` answers, under `path`;
+        `route` names them (`driftgate:{route}_status`, ...)."""
+
+        # The published snapshot: no manager lock and no store call, so on the event loop.
+        # The manager is looked up here, not through a dependency, and the report is written
+        # as JSON here, not by FastAPI's response-model pass: status pollers (dashboards, the
+        # command line, each replica's neighbours) ask often. The response model documents it.
+        if route == "rollout":
+
+            async def rollout_status(request: Request) -> Response:
+                return status_answer(request, await find())
+
+        else:
+
+            async def rollout_status(request: Request, rollout: str) -> Response:  # type: ignore[misc]
+                return status_answer(request, await find(rollout))
+
+        router.get(
+            f"{path}/status",
+            response_model=RolloutStatus,
+            responses={
+                **STATUS_ERRORS,
+                **(_errors(401, 403, 503) if read_declared else {}),
+                304: {"description": "Not modified: If-None-Match names the current ETag."},
+            },
+            name=f"driftgate:{route}_status",
+            dependencies=read_guard,
+        )(rollout_status)
+
+        @router.get(
+            f"{path}/state",
+            response_class=Response,
+            responses={
+                **STATUS_ERRORS,
+                **_errors(503),
+                **(_errors(401, 403) if read_declared else {}),
+                200: {"content": {"application/json": {}}},
+            },
+            name=f"driftgate:{route}_state",
+            dependencies=read_guard,
+        )
+        async def rollout_state(
+            rollout: Annotated[RolloutManager, Depends(find)],
+        ) -> Response:
+            """The whole rollout document this replica holds (what `driftgate state export`
+            saves): position, history, version, incarnation. As public as the status."""
+            document = rollout._document()  # the published snapshot: no lock, no store call
+            if document is None:
+                raise HTTPException(
+                    status.HTTP_503_SERVICE_UNAVAILABLE, ReasonCode.STATE_STORE.value
+                )
+            held = json.loads(document)
+            tag = entity_tag(held.get("incarnation", ""), held["version"])
+            return Response(document, media_type="application/json", headers={"ETag": tag})
+
+        @router.post(
+            f"{path}/advance",
+            response_model=MoveBody,
+            responses=ADMIN_ERRORS,
+            name=f"driftgate:{route}_advance",
+            openapi_extra=json_body_schema(MoveRequest, required=False),
+        )
+        async def rollout_advance(
+            request: Request,
+            approver: Annotated[Identity, Depends(identified(require_admin, Scope.ADVANCE))],
+            rollout: Annotated[RolloutManager, Depends(find)],
+            body: Annotated[MoveRequest, Depends(move_body)],
+        ) -> dict[str, Any]:
+            # The approvals of a stage needing several count people, not the names they use.
+            advance = functools.partial(rollout.manual_advance, person=approver.person)
+            return await admin_move(advance, request, approver.name, rollout, body)
+
+        @router.post(
+            f"{path}/rollback",
+            response_model=MoveBody,
+            responses=ADMIN_ERRORS,
+            name=f"driftgate:{route}_rollback",
+            openapi_extra=json_body_schema(MoveRequest, required=False),
+        )
+        async def rollout_rollback(
+            request: Request,
+            actor: Annotated[str, Depends(scoped(require_admin, Scope.ROLLBACK))],
+            rollout: Annotated[RolloutManager, Depends(find)],
+            body: Annotated[MoveRequest, Depends(move_body)],
+        ) -> dict[str, Any]:
+            return await admin_move(rollout.manual_rollback, request, actor, rollout, body)
+
+    rollout_routes(rollout_path, require_manager, "rollout")
+    rollout_routes(f"{rollouts_path}/{{rollout}}", require_named, "rollouts")
 
     if reload is not None:
         from driftgate.fastapi.admin import create_admin_router
