@@ -123,9 +123,6 @@ class Enforcer {
     static constexpr std::uint32_t kTimedEvery = 64;
     static constexpr double kTimedAfterSeconds = 1.0;
 
-    Enforcer(const Enforcer&) = delete;
-    Enforcer& operator=(const Enforcer&) = delete;
-
     /// options.enforce and sampling_bucket(key, seed) < rollout percent: the global cohort.
     bool in_rollout(std::string_view key) const noexcept;
     /// The cohort of `policy_id`: its share's (bucket of the share's seed below the share's
