@@ -83,6 +83,8 @@ RULES: dict[str, tuple[str, ...]] = {
         "DriftTracker::record_batch",
         "DriftTracker::counts",
     ),
+    # the batch's scan: drift counted and every code checked, in each SIMD width
+    "cpp/src/verdict_batch.cpp": ("scan_scalar", "scan_sse2", "scan_avx2"),
     # the gate and its statistics
     "cpp/src/readiness_gate.cpp": (
         "require_ratio",
@@ -98,6 +100,10 @@ RULES: dict[str, tuple[str, ...]] = {
         "EnforceOptions::rollout_basis_points",
         "Enforcer::pack",
         "Enforcer::in_rollout",
+        "Enforcer::in_cohort",
+        "Enforcer::rollout_percent_of",
+        "Enforcer::claim_share",
+        "share_word",
         "Enforcer::evaluate",
         "Enforcer::decide",
         "Enforcer::update_options",
@@ -190,6 +196,7 @@ CATCH2_FIRST: dict[str, tuple[str, ...]] = {
     "rolling_window": ("test_rolling_window", "test_policy_windows"),
     "policy_windows": ("test_policy_windows", "test_drift_tracker"),
     "drift_tracker": ("test_drift_tracker",),
+    "verdict_batch": ("test_verdict_batch", "test_drift_tracker"),
     "readiness_gate": ("test_readiness_gate",),
     "statistics": ("test_statistics", "test_readiness_gate"),
     "enforcer": ("test_enforcer",),
@@ -202,6 +209,7 @@ PYTEST_FIRST: dict[str, tuple[str, ...]] = {
     "rolling_window": ("test_boundaries.py", "test_bucket_rule_model.py", "test_drift_tracker.py"),
     "policy_windows": ("test_boundaries.py", "test_bucket_rule_model.py", "test_drift_tracker.py"),
     "drift_tracker": ("test_boundaries.py", "test_drift_tracker.py", "test_fuzz_inputs.py"),
+    "verdict_batch": ("test_drift_tracker.py", "test_boundaries.py"),
     "readiness_gate": ("test_boundaries.py", "test_readiness_budget.py"),
     "statistics": ("test_boundaries.py", "test_stage_analysis.py"),
     "enforcer": ("test_boundaries.py", "test_enforcer.py"),
