@@ -216,7 +216,7 @@ PYTEST_FIRST: dict[str, tuple[str, ...]] = {
     "rollout_config": ("test_boundaries.py", "test_rollout.py"),
     "rollout_manager": ("test_boundaries.py", "test_rollout.py", "test_stage_analysis.py"),
     "rollout_state": ("test_boundaries.py", "test_state_file.py"),
-    "settings": ("test_boundaries.py", "test_settings.py"),
+    "settings": ("test_boundaries.py", "test_settings.py", "test_rollouts_values.py"),
     "identity": ("test_people.py", "test_four_eyes.py"),
     "router": ("test_preconditions.py", "test_http.py"),
     "notify": ("test_notify.py",),
