@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what driftgate needs and runs every test: the C++ core's Catch2 tests through
-# ctest (a plain build, an ASan/UBSan build and a TSan build, all with -Werror), then pytest.
+# ctest (a plain build, then the mutation smoke run in that build, then an ASan/UBSan build and
+# a TSan build, all with -Werror), then pytest.
 # DRIFTGATE_TEST_SCOPE=plain-ctest stops after the plain build's tests (default: all).
 source "$(dirname "$0")/setup.sh"
 cd "$DRIFTGATE_ROOT"
@@ -40,6 +41,10 @@ if [ "$scope" = plain-ctest ]; then
     echo "==> DRIFTGATE_TEST_SCOPE=plain-ctest: done after the plain C++ tests"
     exit 0
 fi
+# Do the tests still pin the rules? A fixed subset of the mutants (tests/mutation_smoke.txt),
+# each of which a test must kill; the whole mutation run is docs/testing.md's.
+echo "==> mutation smoke run"
+"$VENV_PYTHON" scripts/mutation.py --smoke --build-dir build/ctest-plain --jobs "$jobs"
 ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 run_ctest asan "address,undefined"
 TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" run_ctest tsan thread
 

@@ -20,6 +20,7 @@ from driftgate.notify import (
     Notifier,
     SlackSink,
     WebhookSink,
+    _LocalClaims,
     verify_signature,
 )
 
@@ -221,6 +222,17 @@ def test_the_same_rollout_version_and_event_is_sent_once():
         notifier.close()
     assert len(receiver.requests) == 2
     assert ("slack", "advanced", "duplicate") in counts.seen
+
+
+def test_boundary_a_process_remembers_exactly_its_capacity_of_notifications():
+    # Within one process claims are kept for the last `capacity` keys: the oldest is forgotten
+    # only when one more arrives.
+    claim = _LocalClaims(capacity=2)
+    assert claim("a") and claim("b")
+    assert not claim("a") and not claim("b")  # two keys: both still remembered
+    assert claim("c")  # a third: "a", the oldest, is forgotten
+    assert not claim("b") and not claim("c")
+    assert claim("a")
 
 
 def test_sinks_get_only_the_events_they_asked_for():

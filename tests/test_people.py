@@ -213,6 +213,15 @@ def test_people_maps_subjects_to_their_person():
     assert people.person(nobody).person == ""
 
 
+def test_people_built_in_code_refuses_a_person_that_is_no_actor_name():
+    # the values file refuses such a key first; a People made in code checks it itself
+    with pytest.raises(ValueError, match="person 'al ice': expected 1-64 characters"):
+        People({"al ice": ["token_file:a"]})
+    assert len(People({"a" * 64: ["token_file:a"]})) == 1
+    # the same subject twice under one person is still one credential of that person
+    assert len(People({"alice": ["token_file:a", "token_file:a"]})) == 1
+
+
 @pytest.mark.parametrize(
     ("people", "message"),
     [

@@ -177,9 +177,34 @@ def test_if_match_compares_entity_tags_strongly(client, manager, header):
     assert manager.version == 1
 
 
+def test_boundary_if_match_names_versions_up_to_the_last_a_state_holds(client, manager):
+    # 2^53 - 1, sixteen digits, is a version a tag may name (the body's expected_version stops
+    # there too): it names no state here, so the move is refused as stale (412), not as a
+    # header that names nothing the body asks for (400)
+    last = 2**53 - 1
+    header = {"If-Match": f'"{manager.get_status()["incarnation"]}.{last}"'}
+    answer = client.post(ADVANCE, headers={**AUTH, **header}, json={"expected_version": last})
+    assert answer.status_code == 412, answer.text
+    assert answer.json() == {"detail": "VERSION_MISMATCH"}
+    assert manager.version == 1
+
+
 @pytest.mark.parametrize("header", ['"7", "1"', '"1", "2"', ' W/"1" , "1" ', ', "1",,'])
 def test_if_match_list_moves_when_one_member_is_the_etag(client, manager, header):
     answer = client.post(ADVANCE, headers={**AUTH, "If-Match": header})
+    assert answer.status_code == 200, answer.text
+    assert manager.version == 2
+
+
+@pytest.mark.parametrize("order", ["bare first", "bare last", "among others"])
+def test_if_match_may_name_a_version_both_bare_and_with_its_incarnation(client, manager, order):
+    # Two tags of one version, one from a client older than incarnations: both name it.
+    tags = {
+        "bare first": ['"1"', tag(manager)],
+        "bare last": [tag(manager), '"1"'],
+        "among others": ['"7"', '"1"', tag(manager), '"0"'],
+    }[order]
+    answer = client.post(ADVANCE, headers={**AUTH, "If-Match": ", ".join(tags)})
     assert answer.status_code == 200, answer.text
     assert manager.version == 2
 
@@ -304,3 +329,120 @@ def test_the_state_endpoint_answers_the_whole_document_with_its_etag(client, man
     assert document["version"] == 2 and document["stage_name"] == "quarter"
     assert [t["to"] for t in document["transitions"]] == ["canary", "quarter"]
     assert document == json.loads(Path(manager.state_path).read_text())
+
+
+# -- A replica behind the store ----------------------------------------------------------------
+
+
+class MemoryStore(driftgate.SharedStateStore):
+    """One rollout document in memory, committed by compare-and-set on its version: what the
+    replicas of a fleet share, without Redis. Nobody hints a commit: a replica learns of
+    another's only when it reads the store."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.document: str | None = None
+
+    def describe(self) -> str:
+        return "memory"
+
+    def load(self) -> str | None:
+        return self.document
+
+    def commit(self, version: int, document: str, automatic: bool) -> tuple[str, str | None]:
+        held = 0 if self.document is None else json.loads(self.document)["version"]
+        if held != version - 1:
+            return ("conflict", self.document)
+        self.document = document
+        return ("committed", None)
+
+
+@pytest.fixture
+def fleet(monkeypatch):
+    """(store, the replica answering HTTP, its client, another replica)."""
+    monkeypatch.setenv("DRIFTGATE_ADMIN_TOKEN", TOKEN)
+    store = MemoryStore()
+
+    def replica() -> driftgate.RolloutManager:
+        clock = ManualClock(1_700_000_000.0)
+        tracker = DriftTracker(clock=clock, registry=driftgate.MetricsRegistry())
+        return driftgate.RolloutManager(
+            RolloutConfig.default(),
+            enforcer=Enforcer(EnforceOptions(enforce=True), tracker),
+            clock=clock,
+            store=store,
+        )
+
+    behind, other = replica(), replica()
+    app = FastAPI()
+    app.include_router(create_router(tracker=behind.enforcer.tracker, manager=behind))
+    return store, behind, TestClient(app), other
+
+
+def test_a_replica_behind_the_store_answers_a_412_with_the_stored_etag(fleet):
+    store, behind, client, other = fleet
+    assert other.manual_advance("ops").version == 2  # the replica answering has not heard
+    assert behind.version == 1
+    # A header naming no state at all: the 412 names the state the store holds, not the one
+    # this replica last saw.
+    answer = client.post(ADVANCE, headers={**AUTH, "If-Match": f"W/{tag(other)}"})
+    assert answer.status_code == 412
+    assert answer.headers["etag"] == tag(other)
+    assert json.loads(store.document)["version"] == 2
+
+
+def test_a_replica_behind_the_store_moves_on_a_list_naming_the_stored_state(fleet):
+    store, behind, client, other = fleet
+    stale = tag(behind)
+    other.manual_advance("ops")
+    assert behind.version == 1
+    # The list names this replica's old state and the stored one: the stored one holds.
+    answer = client.post(ADVANCE, headers={**AUTH, "If-Match": f"{stale}, {tag(other)}"})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["version"] == 3
+    assert json.loads(store.document)["version"] == 3
+
+
+def test_a_move_a_shared_store_cannot_hold_is_503_state_store(fleet):
+    store, behind, client, _ = fleet
+    # A state at the last version a state holds: one more move cannot be written anywhere.
+    held = json.loads(store.document)
+    held["version"] = 2**53 - 1
+    store.document = json.dumps(held)
+    behind.refresh()
+    answer = client.post(ADVANCE, headers=AUTH)
+    assert answer.status_code == 503
+    assert answer.json() == {"detail": "STATE_STORE"}
+    assert json.loads(store.document)["version"] == 2**53 - 1
+
+
+class ContestedStore(MemoryStore):
+    """A store on which every commit after the first loses to another replica's."""
+
+    def commit(self, version: int, document: str, automatic: bool) -> tuple[str, str | None]:
+        if self.document is None:
+            return super().commit(version, document, automatic)
+        return ("conflict", self.document)
+
+
+def test_a_move_that_keeps_losing_to_other_replicas_is_409_or_412_when_conditional(monkeypatch):
+    monkeypatch.setenv("DRIFTGATE_ADMIN_TOKEN", TOKEN)
+    clock = ManualClock(1_700_000_000.0)
+    manager = driftgate.RolloutManager(
+        RolloutConfig.default(),
+        clock=clock,
+        registry=driftgate.MetricsRegistry(),
+        store=ContestedStore(),
+    )
+    app = FastAPI()
+    app.include_router(create_router(tracker=DriftTracker(clock=clock), manager=manager))
+    client = TestClient(app)
+    # Without a precondition the move is tried again and again, then given up as a conflict...
+    unconditional = client.post(ADVANCE, headers=AUTH)
+    assert unconditional.status_code == 409
+    assert unconditional.json() == {"detail": "STATE_CONFLICT"}
+    # ...with one, the state it names is gone as soon as another replica commits
+    conditional = client.post(ADVANCE, headers={**AUTH, "If-Match": tag(manager)})
+    assert conditional.status_code == 412
+    assert conditional.json() == {"detail": "VERSION_MISMATCH"}
+    assert manager.version == 1

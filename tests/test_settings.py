@@ -2,7 +2,7 @@
 
 import pytest
 
-from driftgate.settings import SettingsError, load_settings, parse_settings
+from driftgate.settings import SettingsError, StoreSettings, load_settings, parse_settings
 
 
 def test_defaults_are_shadow_only():
@@ -10,6 +10,39 @@ def test_defaults_are_shadow_only():
     assert settings.enforce.enforce is False
     assert settings.gate.enabled is False
     assert settings.rollout is None
+
+
+def test_every_key_left_out_takes_its_default():
+    settings = parse_settings(
+        {
+            "rollout": {
+                "enabled": True,
+                "stages": [{"name": "a", "percentage": 100}],
+                "prometheus": {"url": "http://prometheus:9090", "query": "up"},
+                "store": {},
+            }
+        }
+    )
+    enforce, gate = settings.enforce, settings.gate
+    assert (enforce.enforce, enforce.rollout_percent, enforce.drift_max_ratio) == (False, 0, 0.005)
+    assert (gate.enabled, gate.window, gate.max_ratio, gate.min_requests) == (
+        False,
+        "5m",
+        0.005,
+        100,
+    )
+    assert (gate.reopen_ratio, gate.confidence, settings.max_unready_replicas) == (None, None, 1)
+    assert (settings.check_interval_seconds, settings.rollout_min_requests) == (900, 0)
+    stage = settings.rollout.stages[0]
+    assert (stage.duration.total_seconds(), stage.max_error_rate) == (0, 0)
+    assert (stage.requires_approval, stage.approvals_required) == (False, 1)
+    assert settings.error_rate_source.timeout == 5
+    assert settings.store == StoreSettings()
+    assert (settings.store.sync_interval_seconds, settings.store.lease_ttl_seconds) == (5, 15)
+    assert (settings.store.max_clock_skew_seconds, settings.store.min_replicas_acked) == (1, 0)
+    assert settings.store.replica_ack_timeout_seconds == 1
+    assert str(settings.state_path) == "driftgate-state/rollout.json"
+    assert settings.log_level == "info"
 
 
 def test_the_seed_values_file(tmp_path):
@@ -273,6 +306,33 @@ def test_bad_values_name_the_key(values, message):
         parse_settings(values)
     assert message in str(refused.value)
     assert "\n" not in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    "store, named",
+    [
+        ({"sentinels": ["h:0"], "sentinel_service": "m"}, "rollout.store.sentinels[0]: expected"),
+        ({"sentinels": ["h"], "sentinel_service": "m"}, "got 'h'"),
+        ({"sentinels": "h:1", "sentinel_service": "m"}, "rollout.store.sentinels: expected a list"),
+        ({"sentinels": [], "sentinel_service": "m"}, "rollout.store.sentinels: list should"),
+        ({"sentinels": ["h:1"]}, "sentinels needs sentinel_service"),
+        ({"sentinel_service": "m"}, "sentinel_service is set but sentinels is not"),
+        ({"sentinels": ["h:1"], "sentinel_service": "a b"}, "rollout.store.sentinel_service:"),
+        ({"sentinel_password_env": "1x"}, "rollout.store.sentinel_password_env:"),
+        ({"sentinel_password": "hunter2"}, "sentinel_password is never read"),
+        ({"password": "hunter2"}, "password is never read"),
+        ({"url": "redis://:hunter2@h"}, "url is never read"),
+        ({"tls_ca_file": ""}, "rollout.store.tls_ca_file: string should have at least 1"),
+        ({"tls_ca_file": 5}, "rollout.store.tls_ca_file: expected a string, got 5"),
+        ({"tls_key_file": "k"}, "tls_cert_file and tls_key_file"),
+        ({"tls_verify": False}, "rollout.store: unknown key 'tls_verify'"),
+    ],
+)
+def test_store_values_that_cannot_work_are_refused_naming_them(store, named):
+    with pytest.raises(SettingsError) as refused:
+        parse_settings({"rollout": {"enabled": True, "store": store}})
+    assert named in str(refused.value)
+    assert "hunter2" not in str(refused.value)
 
 
 def test_bounds_are_inclusive():

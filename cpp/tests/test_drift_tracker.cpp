@@ -4,6 +4,7 @@
 #include <memory>
 #include <span>
 #include <stdexcept>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -197,4 +198,45 @@ TEST_CASE("record is exact under many threads", "[drift_tracker][threads]") {
     std::uint64_t sum = 0;
     for (const auto& id : f.tracker.policies()) sum += f.tracker.counts("5m", id).total;
     CHECK(sum == kThreads * kPerThread);
+}
+
+// -- Boundaries: each rule at its limit, on both sides ---------------------------------------
+
+TEST_CASE("boundary: a batch counts every drift across its blocks of 255 codes",
+          "[drift_tracker][boundary]") {
+    // Drift is counted per block of 255 codes in a byte: a block that drifts throughout is
+    // the most it holds, and the codes on either side of a block's edge count once each.
+    for (std::size_t size :
+         {std::size_t{255}, std::size_t{256}, std::size_t{510}, std::size_t{511}}) {
+        Fixture f;
+        const std::vector<std::uint8_t> shadow(size, 0);
+        const std::vector<std::uint8_t> enforced(size, 2);
+        CHECK(f.tracker.record_batch("p", shadow, enforced) == size);
+        CHECK(f.tracker.counts("5m").events == size);
+        CHECK(f.tracker.counts("5m").total == size);
+    }
+    Fixture f;
+    std::vector<std::uint8_t> shadow(600, 1);
+    std::vector<std::uint8_t> enforced(600, 1);
+    for (std::size_t i : {0, 254, 255, 509, 510, 599}) enforced[i] = 0;
+    CHECK(f.tracker.record_batch("p", shadow, enforced) == 6);
+}
+
+TEST_CASE("boundary: verdict code 2 is the last valid one, wherever a bad one sits",
+          "[drift_tracker][boundary]") {
+    Fixture f;
+    const std::vector<std::uint8_t> fails(300, 2);
+    CHECK(f.tracker.record_batch("p", fails, fails) == 0);
+    for (std::size_t at : {std::size_t{0}, std::size_t{299}}) {
+        std::vector<std::uint8_t> bad = fails;
+        bad[at] = 3;
+        CHECK_THROWS_WITH(f.tracker.record_batch("p", bad, fails),
+                          Catch::Contains("code 3 in shadow[" + std::to_string(at) + "]"));
+        CHECK_THROWS_WITH(f.tracker.record_batch("p", fails, bad),
+                          Catch::Contains("code 3 in enforced[" + std::to_string(at) + "]"));
+    }
+    CHECK(f.tracker.counts("5m").total == 300);  // nothing of a refused batch
+    // an empty batch records nothing, not even its policy id
+    CHECK(f.tracker.record_batch("fresh", {}, {}) == 0);
+    CHECK(f.tracker.policies() == std::vector<std::string>{"p"});
 }

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <map>
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
@@ -784,4 +785,52 @@ TEST_CASE("the counts of policies in every chunk of slots are published", "[enfo
               1 + i % 3);
         CHECK(sample(scrape, "guardian_enforcement_total", {{"policy_id", policy}}) == 1 + i % 3);
     }
+}
+
+TEST_CASE("boundary: rollout_percent runs from 0 to 100 and drift_max_ratio from 0 to 1",
+          "[enforcer][boundary]") {
+    auto valid = [](double percent, double ratio) {
+        try {
+            EnforceOptions{true, percent, ratio}.validate();
+            return true;
+        } catch (const std::invalid_argument&) {
+            return false;
+        }
+    };
+    CHECK(valid(0.0, 0.0));
+    CHECK(valid(100.0, 1.0));
+    CHECK_FALSE(valid(std::nextafter(0.0, -1.0), 0.5));
+    CHECK_FALSE(valid(-0.01, 0.5));
+    CHECK_FALSE(valid(100.01, 0.5));
+    CHECK_FALSE(valid(std::nextafter(100.0, 200.0), 0.5));
+    CHECK_FALSE(valid(50.0, std::nextafter(0.0, -1.0)));
+    CHECK_FALSE(valid(50.0, std::nextafter(1.0, 2.0)));
+    CHECK_FALSE(valid(INFINITY, 0.5));
+    CHECK_FALSE(valid(50.0, NAN));
+    CHECK_FALSE(valid(50.0, INFINITY));
+}
+
+TEST_CASE("boundary: a percent is a whole number of hundredths, up to rounding in its sum",
+          "[enforcer][boundary]") {
+    auto valid = [](double percent) {
+        try {
+            EnforceOptions{true, percent, 0.005}.validate();
+            return true;
+        } catch (const std::invalid_argument&) {
+            return false;
+        }
+    };
+    CHECK(valid(0.01));
+    CHECK(valid(0.1 + 0.2));  // 0.30000000000000004: 30 hundredths as a double holds them
+    CHECK(valid(99.99));
+    CHECK_FALSE(valid(0.005));
+    CHECK_FALSE(valid(12.345));
+    // the tolerance is 1e-6 of a hundredth: within it a percent reads as its hundredths
+    CHECK(valid(12.34 + 0.5e-8));
+    CHECK(valid(1e-8));  // 1e-6 of a hundredth exactly, as a double too: still 0 hundredths
+    CHECK((EnforceOptions{true, 1e-8, 0.0}.rollout_basis_points()) == 0);
+    CHECK_FALSE(valid(12.34 + 1.5e-8));
+    CHECK((EnforceOptions{true, 0.1 + 0.2, 0.0}.rollout_basis_points()) == 30);
+    CHECK((EnforceOptions{true, 100.0, 0.0}.rollout_basis_points()) == 10000);
+    CHECK((EnforceOptions{true, 0.01, 0.0}.rollout_basis_points()) == 1);
 }

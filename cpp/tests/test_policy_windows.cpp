@@ -2,6 +2,7 @@
 
 #include <atomic>
 #include <memory>
+#include <stdexcept>
 #include <thread>
 #include <vector>
 
@@ -194,4 +195,44 @@ TEST_CASE("a reader polling between writers' adds ends on the exact counts",
     reader.join();
     CHECK(f.windows.counts(1).total == kThreads * kPerThread);
     CHECK(f.windows.counts(1).events == kThreads * kPerThread / 4);
+}
+
+// -- Boundaries: each rule at its limit, on both sides ---------------------------------------
+
+TEST_CASE("boundary: a window index past the last is out of range", "[policy_windows][boundary]") {
+    Fixture f;  // two windows: 0 and 1
+    CHECK_NOTHROW(f.windows.counts(1));
+    CHECK_NOTHROW(f.windows.newest_event_leaves_in(1));
+    CHECK_THROWS_AS(f.windows.counts(2), std::out_of_range);
+    CHECK_THROWS_AS(f.windows.counts(2, 0), std::out_of_range);
+    CHECK_THROWS_AS(f.windows.newest_event_leaves_in(2), std::out_of_range);
+    CHECK_THROWS_AS(f.windows.counts(0, 4), std::out_of_range);  // four slots: 0 to 3
+    CHECK_THROWS_AS(f.windows.add(4, 0, 1), std::out_of_range);
+}
+
+TEST_CASE("boundary: after the clock steps back, an event leaves at the high-water mark's time",
+          "[policy_windows][boundary]") {
+    Fixture f;             // "short": 3 x 10 s
+    f.clock->set(1025.0);  // bucket 102: the event counts until t = 1050
+    f.windows.add(0, 1, 1);
+    CHECK(f.windows.newest_event_leaves_in(0) == Approx(25.0));
+    f.clock->set(900.0);  // back: the windows' time stays in bucket 102, which starts at 1020
+    CHECK(f.windows.newest_event_leaves_in(0) == Approx(30.0));
+    f.clock->set(1049.0);
+    CHECK(f.windows.newest_event_leaves_in(0) == Approx(1.0));
+    f.clock->set(1050.0);
+    CHECK_FALSE(f.windows.newest_event_leaves_in(0).has_value());
+}
+
+TEST_CASE("boundary: a read moves every window to the clock's time, not only its own",
+          "[policy_windows][boundary]") {
+    Fixture f;
+    f.clock->set(2000.0);
+    f.windows.counts(1);  // "long" is read; "short" moves to bucket 200 with it
+    f.clock->set(1000.0);
+    f.windows.add(0, 1, 1);  // lands in "short"'s bucket 200, at the high-water mark
+    f.clock->set(2029.0);
+    CHECK(f.windows.counts(0).total == 1);
+    f.clock->set(2030.0);
+    CHECK(f.windows.counts(0).total == 0);
 }

@@ -2,6 +2,9 @@
 
 #include <cmath>
 #include <memory>
+#include <optional>
+#include <stdexcept>
+#include <string>
 
 #include "driftgate/readiness_gate.hpp"
 #include "driftgate/statistics.hpp"
@@ -151,6 +154,18 @@ TEST_CASE("with confidence a window with no drift left opens the gate", "[gate]"
     CHECK(gate.check().first);
 }
 
+TEST_CASE("boundary: a closed gate whose drift has left reopens at the next check, in 0 s",
+          "[gate][boundary]") {
+    Fixture f;
+    ReadinessGate gate(enabled(), f.tracker);
+    f.record(200, 100);
+    CHECK_FALSE(gate.check().first);
+    f.clock->advance(301);  // no check since: still closed, nothing left to wait for
+    CHECK_FALSE(gate.is_open());
+    CHECK(gate.reopens_within() == 0.0);
+    CHECK(gate.check().first);
+}
+
 TEST_CASE("an open gate has no reopening time", "[gate]") {
     Fixture f;
     ReadinessGate gate(enabled(), f.tracker);
@@ -258,4 +273,57 @@ TEST_CASE("boundary: with confidence a lower bound equal to max_ratio keeps the 
     const double lower = driftgate::wilson_bounds(50, 1000, 0.95).lower;
     CHECK(open_with_confidence(lower));
     CHECK_FALSE(open_with_confidence(std::nextafter(lower, 0.0)));
+}
+
+TEST_CASE("boundary: a gate's ratios run from 0 to 1, its reopen ratio up to max_ratio",
+          "[gate][boundary]") {
+    auto valid = [](double max_ratio, std::optional<double> reopen_ratio,
+                    std::optional<double> confidence) {
+        GateConfig config = enabled(max_ratio);
+        config.reopen_ratio = reopen_ratio;
+        config.confidence = confidence;
+        try {
+            config.validate();
+            return true;
+        } catch (const std::invalid_argument&) {
+            return false;
+        }
+    };
+    CHECK(valid(0.0, std::nullopt, std::nullopt));
+    CHECK(valid(1.0, std::nullopt, std::nullopt));
+    CHECK_FALSE(valid(std::nextafter(0.0, -1.0), std::nullopt, std::nullopt));
+    CHECK_FALSE(valid(std::nextafter(1.0, 2.0), std::nullopt, std::nullopt));
+    CHECK(valid(0.1, 0.0, std::nullopt));
+    CHECK(valid(0.1, 0.1, std::nullopt));  // reopening at the limit itself
+    CHECK_FALSE(valid(0.1, std::nextafter(0.1, 1.0), std::nullopt));
+    CHECK_FALSE(valid(0.1, std::nextafter(0.0, -1.0), std::nullopt));
+    CHECK(valid(1.0, 1.0, std::nullopt));
+    CHECK_FALSE(valid(1.0, std::nextafter(1.0, 2.0), std::nullopt));
+    // confidence in [0.5, 1)
+    CHECK(valid(0.1, std::nullopt, 0.5));
+    CHECK(valid(0.1, std::nullopt, std::nextafter(1.0, 0.0)));
+    CHECK_FALSE(valid(0.1, std::nullopt, std::nextafter(0.5, 0.0)));
+    CHECK_FALSE(valid(0.1, std::nullopt, 1.0));
+}
+
+TEST_CASE("boundary: adapt_readiness_gate_open is 1 while open and disabled, 0 while closed",
+          "[gate][boundary]") {
+    Fixture f;
+    auto sample = [&f] {
+        const std::string text = f.registry->exposition();
+        const std::string name = "\nadapt_readiness_gate_open ";
+        const auto at = text.find(name);
+        REQUIRE(at != std::string::npos);
+        return text.substr(at + name.size(), text.find('\n', at + 1) - at - name.size());
+    };
+    ReadinessGate disabled(GateConfig{}, f.tracker);
+    CHECK(disabled.check().first);
+    CHECK(sample() == "1");
+    ReadinessGate gate(enabled(), f.tracker);
+    f.record(200, 100);
+    CHECK_FALSE(gate.check().first);
+    CHECK(sample() == "0");
+    f.clock->advance(301);  // the drift has left the window
+    CHECK(gate.check().first);
+    CHECK(sample() == "1");
 }

@@ -1,6 +1,10 @@
 #include <catch2/catch.hpp>
 
+#include <cmath>
+#include <limits>
 #include <memory>
+#include <stdexcept>
+#include <string>
 
 #include "driftgate/rolling_window.hpp"
 
@@ -96,4 +100,74 @@ TEST_CASE("default windows are 5m, 15m and 60m of 60 buckets", "[window]") {
     CHECK(windows[0].span_seconds() == 300.0);
     CHECK(windows[1].span_seconds() == 900.0);
     CHECK(windows[2].span_seconds() == 3600.0);
+}
+
+// -- Boundaries: each rule at its limit, on both sides ---------------------------------------
+
+TEST_CASE("boundary: absurd clock readings share an edge bucket, real ones are exact",
+          "[window][boundary]") {
+    // A trillion seconds (31,700 years) still has its own bucket...
+    CHECK(bucket_index(1e12, 1.0) == 1'000'000'000'000);
+    CHECK(bucket_index(-1e12, 1.0) == -1'000'000'000'000);
+    // ...while readings far past any clock clamp to one edge bucket each, never wrapping
+    CHECK(bucket_index(1e15, 1.0) == bucket_index(1e300, 1.0));
+    CHECK(bucket_index(1e15, 1.0) > bucket_index(1e12, 1.0));
+    CHECK(bucket_index(std::numeric_limits<double>::quiet_NaN(), 1.0) == bucket_index(1e300, 1.0));
+    CHECK(bucket_index(-1e15, 1.0) == bucket_index(-1e300, 1.0));
+    CHECK(bucket_index(-1e15, 1.0) < bucket_index(-1e12, 1.0));
+}
+
+TEST_CASE("boundary: a ring counts its own buckets, not the next ring's in the block",
+          "[window][boundary]") {
+    // PolicyWindows lays a policy's rings back to back: a read ends at its ring's last slot.
+    auto block = std::make_unique<driftgate::BucketSlot[]>(6);
+    RollingWindow first(block.get(), 3);
+    RollingWindow second(block.get() + 3, 3);
+    for (std::int64_t k = 10; k < 13; ++k) second.add(0, k, 1, 1);  // every slot of the second
+    CHECK(read(second, 12).total == 3);
+    CHECK(read(first, 12).total == 0);
+    first.add(0, 12, 1, 5);
+    CHECK(read(first, 12).total == 5);
+    CHECK(read(second, 12).total == 3);
+}
+
+TEST_CASE("boundary: a window name is 1 to 32 characters of [A-Za-z0-9_]", "[window][boundary]") {
+    auto valid = [](const std::string& name) {
+        try {
+            driftgate::validate_windows({{name, 1, 1.0}});
+            return true;
+        } catch (const std::invalid_argument&) {
+            return false;
+        }
+    };
+    CHECK(valid("a"));
+    CHECK(valid(std::string(32, 'w')));
+    CHECK_FALSE(valid(""));
+    CHECK_FALSE(valid(std::string(33, 'w')));
+    // the ends of each range, and the characters just outside them
+    CHECK(valid("azAZ09_"));
+    for (const char* outside : {"`", "{", "@", "[", "/", ":", "-", " "}) {
+        CHECK_FALSE(valid(std::string("w") + outside));
+    }
+}
+
+TEST_CASE("boundary: a window has 1 to 100000 buckets of a finite step above 0",
+          "[window][boundary]") {
+    auto valid = [](std::uint32_t buckets, double step) {
+        try {
+            driftgate::validate_windows({{"w", buckets, step}});
+            return true;
+        } catch (const std::invalid_argument&) {
+            return false;
+        }
+    };
+    CHECK(valid(1, 1.0));
+    CHECK(valid(100000, 1.0));
+    CHECK_FALSE(valid(0, 1.0));
+    CHECK_FALSE(valid(100001, 1.0));
+    CHECK(valid(1, std::nextafter(0.0, 1.0)));
+    CHECK_FALSE(valid(1, 0.0));
+    CHECK_FALSE(valid(1, -1.0));
+    CHECK_FALSE(valid(1, std::numeric_limits<double>::infinity()));
+    CHECK_FALSE(valid(1, std::numeric_limits<double>::quiet_NaN()));
 }

@@ -3,6 +3,9 @@
 #include <cmath>
 #include <limits>
 #include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
 
 #include "driftgate/rollout_manager.hpp"
 
@@ -440,4 +443,103 @@ TEST_CASE("a second manager on the same enforcer is refused until the first is g
     RolloutManager second(second_config, f.options(enforcer));
     CHECK(enforcer->rollout_percent_claimed());
     CHECK(enforcer->options().rollout_percent == 50);
+}
+
+// -- Boundaries: each rule at its limit, on both sides ---------------------------------------
+
+namespace {
+
+/// Whether validate_stages takes the list.
+bool valid_stages(std::vector<RolloutStage> stages) {
+    try {
+        driftgate::validate_stages(stages);
+        return true;
+    } catch (const std::invalid_argument&) {
+        return false;
+    }
+}
+
+RolloutStage stage(double percentage, double duration = 0, double max_error_rate = 0.1,
+                   bool requires_approval = true, std::uint32_t approvals = 1) {
+    return {"s" + std::to_string(static_cast<int>(percentage * 100)),
+            percentage,
+            duration,
+            max_error_rate,
+            requires_approval,
+            approvals};
+}
+
+}  // namespace
+
+TEST_CASE("boundary: a stage's percentage runs from 0 to 100 and rises strictly",
+          "[rollout_config][boundary]") {
+    CHECK(valid_stages({stage(0), stage(100)}));
+    CHECK_FALSE(valid_stages({stage(std::nextafter(0.0, -1.0))}));
+    CHECK_FALSE(valid_stages({stage(100.01)}));
+    CHECK(valid_stages({stage(10), stage(10.01)}));  // one step above the previous
+    CHECK_FALSE(valid_stages({stage(10), {"again", 10, 0, 0.1, false}}));  // equal is not above
+}
+
+TEST_CASE("boundary: a stage lasts at least 0 s", "[rollout_config][boundary]") {
+    // the upper end, ten years: "a stage duration over ten years is refused"
+    CHECK(valid_stages({stage(10, 0.0)}));
+    CHECK_FALSE(valid_stages({stage(10, std::nextafter(0.0, -1.0))}));
+}
+
+TEST_CASE("boundary: a stage's max_error_rate runs from 0 to 1", "[rollout_config][boundary]") {
+    CHECK(valid_stages({stage(10, 0, 0.0)}));
+    CHECK(valid_stages({stage(10, 0, 1.0)}));
+    CHECK_FALSE(valid_stages({stage(10, 0, std::nextafter(0.0, -1.0))}));
+    CHECK_FALSE(valid_stages({stage(10, 0, std::nextafter(1.0, 2.0))}));
+}
+
+TEST_CASE("boundary: an error rate to judge runs from 0 to 1", "[rollout_config][boundary]") {
+    const StagePlan plan = default_plan();
+    const RolloutPosition canary{0, 0.0, RolloutState::Active};
+    CHECK_NOTHROW(plan.check_advance(canary, 0.0, 0));
+    CHECK_NOTHROW(plan.check_advance(canary, 1.0, 0));
+    CHECK_THROWS_AS(plan.check_advance(canary, std::nextafter(0.0, -1.0), 0),
+                    std::invalid_argument);
+    CHECK_THROWS_AS(plan.check_advance(canary, std::nextafter(1.0, 2.0), 0), std::invalid_argument);
+}
+
+TEST_CASE("boundary: a stage asks for 1 to 10 approvals, more than 1 only with approval",
+          "[rollout_config][boundary]") {
+    CHECK(valid_stages({stage(10, 0, 0.1, true, 1)}));
+    CHECK(valid_stages({stage(10, 0, 0.1, true, driftgate::kMaxApprovals)}));
+    CHECK(driftgate::kMaxApprovals == 10);
+    CHECK_FALSE(valid_stages({stage(10, 0, 0.1, true, 0)}));
+    CHECK_FALSE(valid_stages({stage(10, 0, 0.1, true, driftgate::kMaxApprovals + 1)}));
+    CHECK(valid_stages({stage(10, 0, 0.1, false, 1)}));
+    CHECK_FALSE(valid_stages({stage(10, 0, 0.1, false, 2)}));
+}
+
+TEST_CASE("boundary: a stage index past the last reaches no state",
+          "[rollout_config][stage_plan][boundary]") {
+    const StagePlan plan = default_plan();  // stages 0 to 4
+    CHECK(plan.reachable(4, RolloutState::Completed));
+    for (const auto state :
+         {RolloutState::Active, RolloutState::Aborted, RolloutState::Completed}) {
+        CHECK_FALSE(plan.reachable(5, state));
+    }
+}
+
+TEST_CASE("boundary: a one-stage rollout is complete, and stays so when resumed",
+          "[rollout_config][stage_plan][boundary]") {
+    // The first stage is also the final one: nothing to advance to, and a resumed rollout
+    // enters it completed.
+    const StagePlan plan({{"only", 100, 0, 0.1, false}});
+    CHECK(plan.is_final(0));
+    CHECK_FALSE(plan.advance_target({0, 1.0, RolloutState::Completed}).has_value());
+    CHECK(plan.advance_target({0, 1.0, RolloutState::Aborted}) == std::optional<std::size_t>(0));
+    const RolloutPosition resumed = plan.advanced({0, 1.0, RolloutState::Aborted}, 5.0);
+    CHECK(resumed.state == RolloutState::Completed);
+    CHECK(resumed.started_at == 5.0);
+    CHECK(plan.check_advance({0, 1.0, RolloutState::Completed}, 0.0, 5.0).verdict ==
+          Verdict::FinalStage);
+    // two stages: the first is not final
+    const StagePlan two({{"a", 10, 0, 0.1, false}, {"b", 100, 0, 0.1, false}});
+    CHECK_FALSE(two.is_final(0));
+    CHECK(two.is_final(1));
+    CHECK(two.advanced({0, 1.0, RolloutState::Aborted}, 5.0).state == RolloutState::Active);
 }

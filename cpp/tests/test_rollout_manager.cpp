@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -11,6 +12,7 @@
 #include <vector>
 
 #include "driftgate/rollout_manager.hpp"
+#include "driftgate/statistics.hpp"
 
 using driftgate::Decision;
 using driftgate::DecisionAction;
@@ -1301,4 +1303,213 @@ TEST_CASE("decisions racing rollouts that come, move and go", "[rollout][shares]
     const auto counts = f.tracker->counts("5m", "orders");
     CHECK(f.enforcer->error_counts("5m", "orders").total == counts.events);
     CHECK(counts.events > 0);
+}
+
+// -- Boundaries: each rule at its limit, on both sides ---------------------------------------
+
+namespace {
+
+/// One stage of a day at `max_error_rate`, then the final stage.
+RolloutConfig day_then_final(double max_error_rate) {
+    return RolloutConfig(std::vector<RolloutStage>{{"first", 10, 24 * kHour, max_error_rate, false},
+                                                   {"final", 100, 0, max_error_rate, false}});
+}
+
+}  // namespace
+
+TEST_CASE("boundary: an error rate at the stage maximum advances, one above it rolls back",
+          "[rollout][boundary]") {
+    for (const auto& [rate, action] :
+         {std::pair{0.1, DecisionAction::Advanced},
+          std::pair{std::nextafter(0.1, 1.0), DecisionAction::Aborted}}) {
+        Fixture f;
+        auto manager = f.make({}, day_then_final(0.1));
+        f.clock->advance(24 * kHour);
+        CHECK(manager.evaluate(rate).action == action);
+    }
+}
+
+TEST_CASE("boundary: with confidence a lower bound at the maximum holds, above it rolls back",
+          "[rollout][boundary]") {
+    const double lower = driftgate::wilson_bounds(30, 1000, 0.95).lower;
+    for (const auto& [max_error_rate, action] :
+         {std::pair{lower, DecisionAction::Held},
+          std::pair{std::nextafter(lower, 0.0), DecisionAction::Aborted}}) {
+        Fixture f;
+        RolloutManager::Options options;
+        options.confidence = 0.95;
+        auto manager = f.make(options, day_then_final(max_error_rate));
+        f.clock->advance(24 * kHour);
+        CHECK(manager.evaluate_counts(30, 1000).action == action);
+    }
+}
+
+TEST_CASE("boundary: with confidence an upper bound at the maximum advances, above it holds",
+          "[rollout][boundary]") {
+    const double upper = driftgate::wilson_bounds(0, 1000, 0.95).upper;
+    for (const auto& [max_error_rate, action] :
+         {std::pair{upper, DecisionAction::Advanced},
+          std::pair{std::nextafter(upper, 0.0), DecisionAction::Held}}) {
+        Fixture f;
+        RolloutManager::Options options;
+        options.confidence = 0.95;
+        auto manager = f.make(options, day_then_final(max_error_rate));
+        f.clock->advance(24 * kHour);
+        CHECK(manager.evaluate_counts(0, 1000).action == action);
+    }
+}
+
+TEST_CASE("boundary: with confidence the final stage is done before any reading",
+          "[rollout][boundary]") {
+    Fixture f;
+    RolloutManager::Options options;
+    options.confidence = 0.95;
+    auto config = day_then_final(0.1);
+    config.set_current_stage_index(1);
+    auto manager = f.make(options, config);
+    CHECK(manager.snapshot().judgement().action == DecisionAction::AtFinalStage);
+    // at the first stage, no reading is no evidence either way
+    Fixture g;
+    auto first = g.make(options, day_then_final(0.1));
+    CHECK(first.snapshot().judgement().action == DecisionAction::InsufficientData);
+}
+
+TEST_CASE("boundary: a min_requests of 1 needs a count, one of 0 does not", "[rollout][boundary]") {
+    for (const std::uint64_t min_requests : {0, 1}) {
+        Fixture f;
+        RolloutManager::Options options;
+        options.min_requests = min_requests;
+        auto manager = f.make(options, day_then_final(0.1));
+        f.clock->advance(24 * kHour);
+        const Decision bare = manager.evaluate(0.0);  // a rate without a count
+        CHECK(bare.action ==
+              (min_requests == 0 ? DecisionAction::Advanced : DecisionAction::InsufficientData));
+    }
+    Fixture f;
+    RolloutManager::Options options;
+    options.min_requests = 1;
+    auto manager = f.make(options, day_then_final(0.1));
+    f.clock->advance(24 * kHour);
+    CHECK(manager.evaluate(0.0, 1).action == DecisionAction::Advanced);
+}
+
+TEST_CASE("boundary: no request counted is no error, one failed of one is all",
+          "[rollout][boundary]") {
+    Fixture f;
+    auto manager = f.make({}, day_then_final(0.1));
+    f.clock->advance(24 * kHour);
+    CHECK(manager.evaluate_counts(0, 0).action == DecisionAction::Advanced);
+    Fixture g;
+    auto failing = g.make({}, day_then_final(0.1));
+    CHECK(failing.evaluate_counts(1, 1).action == DecisionAction::Aborted);
+    CHECK_THROWS_WITH(failing.evaluate_counts(2, 1), Catch::Contains("failed=2 exceeds total=1"));
+}
+
+TEST_CASE("boundary: a fresh manager keeps the stage start its config gives",
+          "[rollout][boundary]") {
+    Fixture f;
+    auto config = day_then_final(0.1);
+    config.set_current_stage_started_at(f.clock->wall() - kHour);
+    auto manager = f.make({}, config);
+    CHECK(manager.snapshot().position.started_at == f.clock->wall() - kHour);
+    f.clock->advance(23 * kHour);  // a day since the given start
+    CHECK(manager.evaluate(0.0).action == DecisionAction::Advanced);
+}
+
+TEST_CASE("boundary: adopted evidence may have every request failed, not more",
+          "[rollout][boundary]") {
+    Fixture f;
+    auto manager = f.make({}, day_then_final(0.1));
+    const auto at = manager.snapshot().position;
+    CHECK_THROWS_AS(manager.adopt_evidence(at, {1.0, 3, 4}), std::invalid_argument);
+    CHECK_THROWS_AS(manager.adopt_evidence(at, {1.0, std::nullopt, 1}), std::invalid_argument);
+    CHECK(manager.adopt_evidence(at, {1.0, 3, 3}));
+    CHECK(manager.snapshot().evidence->failed == 3u);
+}
+
+TEST_CASE("boundary: a manager's wall time runs from 1970 to the end of 9999",
+          "[rollout][boundary]") {
+    Fixture f;
+    f.clock->set(0.0);
+    auto manager = f.make({}, day_then_final(0.1));
+    CHECK(manager.snapshot().position.started_at == 0.0);
+    f.clock->set(driftgate::StateFile::kEndOfTime);
+    CHECK_THROWS_WITH(manager.manual_advance("ops"), Catch::Contains("outside the years 1970"));
+    CHECK(manager.version() == 1);
+    f.clock->set(std::nextafter(driftgate::StateFile::kEndOfTime, 0.0));
+    CHECK(manager.manual_advance("ops").action == DecisionAction::Advanced);
+}
+
+TEST_CASE("boundary: an approval whose write fails is not recorded", "[rollout][boundary]") {
+    Fixture f;
+    RolloutManager::Options options;
+    options.state_path = f.dir + "/state/rollout.json";
+    std::filesystem::create_directory(f.dir + "/state");
+    auto manager = f.make(options, four_eyes());
+    std::filesystem::remove_all(f.dir + "/state");
+    CHECK_THROWS_AS(manager.manual_advance("alice"), StateError);
+    CHECK(manager.snapshot().approvals.empty());
+    CHECK(manager.version() == 1);
+}
+
+TEST_CASE("boundary: a stage for one approval takes a credential that is nobody",
+          "[rollout][boundary]") {
+    // Only a stage asking for several approvals counts people.
+    Fixture f;
+    auto manager = f.make({}, three_stages());
+    const Decision moved =
+        manager.manual_advance("admin-token", "", std::nullopt, std::nullopt, "", std::string());
+    CHECK(moved.action == DecisionAction::Advanced);
+    CHECK(moved.to_stage == "b");
+}
+
+TEST_CASE("boundary: an aborted rollout holds whatever it is shown, until a person resumes it",
+          "[rollout][boundary]") {
+    Fixture f;
+    RolloutManager::Options options;
+    options.min_requests = 100;
+    auto manager = f.make(options, day_then_final(0.1));
+    REQUIRE(manager.manual_rollback("ops").action == DecisionAction::Aborted);
+    const auto version = manager.version();
+    f.clock->advance(24 * kHour);
+    // a high error rate cannot abort it again, too few requests are not what it waits for
+    for (const auto& [rate, requests] :
+         {std::pair{1.0, std::uint64_t{1000}}, std::pair{0.0, std::uint64_t{1000}},
+          std::pair{0.0, std::uint64_t{3}}}) {
+        const Decision held = manager.evaluate(rate, requests);
+        CHECK(held.action == DecisionAction::Held);
+        CHECK(held.message == "Rollout aborted at 0%: a manual advance resumes it");
+    }
+    CHECK(manager.version() == version);
+    CHECK(manager.snapshot().judgement().waiting_for == driftgate::WaitingFor::Resume);
+}
+
+TEST_CASE("boundary: a high error rate is judged an abort at the first stage, a rollback later",
+          "[rollout][boundary]") {
+    // What the status says the next check does, before it runs.
+    Fixture f;
+    auto manager = f.make({}, three_stages());
+    REQUIRE(manager.adopt_evidence(manager.snapshot().position, {0.5, 100, 50}));
+    CHECK(manager.snapshot().judgement().action == DecisionAction::Aborted);
+    REQUIRE(manager.manual_advance("ops").to_stage == "b");  // stage 1
+    REQUIRE(manager.adopt_evidence(manager.snapshot().position, {0.5, 100, 50}));
+    CHECK(manager.snapshot().judgement().action == DecisionAction::RolledBack);
+}
+
+TEST_CASE("boundary: a new manager on a config another one left aborted starts aborted",
+          "[rollout][boundary]") {
+    Fixture f;
+    const RolloutConfig config = three_stages();
+    {
+        RolloutManager::Options options;
+        options.state_path = f.dir + "/first.json";
+        auto first = f.make(options, config);
+        REQUIRE(first.manual_rollback("ops").action == DecisionAction::Aborted);
+    }
+    REQUIRE(config.position().state == RolloutState::Aborted);
+    RolloutManager::Options options;
+    options.state_path = f.dir + "/second.json";  // nothing saved: a fresh rollout
+    auto second = f.make(options, config);
+    CHECK(second.snapshot().position.state == RolloutState::Aborted);
+    CHECK(second.enforced_percentage() == 0);
 }

@@ -658,3 +658,106 @@ TEST_CASE("incarnation, restore generation and operation ids round-trip and are 
     refused(R"("op": "op-7")", R"("op": "")");
     refused(R"("op": "op-7")", R"("op": 7)");
 }
+
+// -- Boundaries: each rule at its limit, on both sides ---------------------------------------
+
+TEST_CASE("boundary: a state holds times from the first instant of 1970 on",
+          "[rollout_state][boundary]") {
+    const auto plan = default_plan();
+    PersistedRollout rollout = half_rollout();
+    rollout.started_at = 0.0;
+    rollout.transitions.front().time = 0.0;
+    const std::string text = driftgate::encode_rollout(rollout, *plan);
+    CHECK(text.find("\"started_at\": \"1970-01-01T00:00:00.000000Z\"") != std::string::npos);
+    CHECK(driftgate::decode_rollout(text, *plan, "doc", "fix it").started_at == 0.0);
+    rollout.started_at = std::nextafter(0.0, -1.0);
+    CHECK_THROWS_AS(driftgate::encode_rollout(rollout, *plan), StateError);
+}
+
+TEST_CASE("boundary: the times checked before a write are those of the last 100 steps",
+          "[rollout_state][boundary]") {
+    const auto plan = default_plan();
+    PersistedRollout rollout = half_rollout();
+    rollout.version = 150;
+    rollout.transitions.clear();
+    for (int i = 0; i < 150; ++i) {
+        rollout.transitions.push_back({1700000000.0 + i, "ops", "half", "half", "r", ""});
+    }
+    // The 50 oldest are not written, so their times do not matter...
+    rollout.transitions[49].time = -1.0;
+    const auto back =
+        driftgate::decode_rollout(driftgate::encode_rollout(rollout, *plan), *plan, "doc", "x");
+    REQUIRE(back.transitions.size() == 100);
+    CHECK(back.transitions.front().time == 1700000050.0);
+    // ...while each of the 100 written is checked, the oldest of them and the newest.
+    for (std::size_t at : {std::size_t{50}, std::size_t{149}}) {
+        PersistedRollout bad = rollout;
+        bad.transitions[at].time = StateFile::kEndOfTime;
+        CHECK_THROWS_WITH(driftgate::encode_rollout(bad, *plan),
+                          Catch::Contains("a transition time 253402300800"));
+    }
+    // A short history is checked from its first step.
+    PersistedRollout short_one = half_rollout();
+    short_one.transitions.front().time = -1.0;
+    CHECK_THROWS_WITH(driftgate::encode_rollout(short_one, *plan),
+                      Catch::Contains("a transition time -1"));
+}
+
+TEST_CASE("boundary: a state written with exactly 100 steps keeps all of them",
+          "[rollout_state][boundary]") {
+    const auto plan = default_plan();
+    PersistedRollout rollout = half_rollout();
+    rollout.version = 100;
+    rollout.transitions.clear();
+    for (int i = 0; i < 100; ++i) {
+        rollout.transitions.push_back(
+            {1700000000.0 + i, "ops", "half", "half", std::to_string(i), ""});
+    }
+    const auto back =
+        driftgate::decode_rollout(driftgate::encode_rollout(rollout, *plan), *plan, "doc", "x");
+    REQUIRE(back.transitions.size() == 100);
+    CHECK(back.transitions.front().reason == "0");
+    CHECK(back.transitions.back().reason == "99");
+}
+
+TEST_CASE("boundary: a restore generation runs up to the last version a state holds",
+          "[rollout_state][boundary]") {
+    const auto plan = default_plan();
+    PersistedRollout rollout = half_rollout();
+    rollout.incarnation = "0123456789abcdef";
+    rollout.restore_generation = StateFile::kMaxVersion;
+    const std::string text = driftgate::encode_rollout(rollout, *plan);
+    CHECK(driftgate::decode_rollout(text, *plan, "doc", "x").restore_generation ==
+          StateFile::kMaxVersion);
+    std::string past = text;
+    const std::string last = std::to_string(StateFile::kMaxVersion);
+    past.replace(past.find(last), last.size(), std::to_string(StateFile::kMaxVersion + 1));
+    CHECK_THROWS_WITH(driftgate::decode_rollout(past, *plan, "doc", "x"),
+                      Catch::Contains("restore_generation '9007199254740992'"));
+}
+
+TEST_CASE("boundary: approvals are fewer than the next stage requires, none at the final stage",
+          "[rollout_state][boundary]") {
+    auto stages = StagePlan::default_stages();
+    stages[1].approvals_required = 3;  // quarter: three people
+    const StagePlan plan(stages);
+    PersistedRollout canary;
+    canary.stage_index = 0;
+    canary.started_at = 1700000000.0;
+    canary.version = 1;
+    auto decoded = [&](PersistedRollout rollout) {
+        return driftgate::decode_rollout(driftgate::encode_rollout(rollout, plan), plan, "doc",
+                                         "x");
+    };
+    canary.approvals = {"alice", "bob"};  // two of three
+    CHECK(decoded(canary).approvals.size() == 2);
+    canary.approvals = {"alice", "bob", "carol"};  // three would have entered the stage
+    CHECK_THROWS_WITH(decoded(canary), Catch::Contains("fewer than the 3"));
+    PersistedRollout full;
+    full.stage_index = 4;
+    full.started_at = 1700000000.0;
+    full.state = RolloutState::Completed;
+    full.version = 5;
+    full.approvals = {"alice"};  // nothing left to approve
+    CHECK_THROWS_WITH(decoded(full), Catch::Contains("approvals"));
+}

@@ -601,3 +601,83 @@ TEST_CASE("a lost step replaced by another at the same version is a regression",
     CHECK_FALSE(a.manager->regressed().empty());
     CHECK(a.manager->version() == 2);
 }
+
+// -- Boundaries: each rule at its limit, on both sides ---------------------------------------
+
+TEST_CASE("boundary: another incarnation is named as such, at a higher version too",
+          "[store][boundary]") {
+    // A store started afresh and moved past the version this replica saw: the incarnation
+    // tells it from this replica's rollout, not the version or the history.
+    auto store = std::make_shared<MemoryStore>();
+    auto clock = fleet_clock();
+    Replica a(store, clock);
+    REQUIRE(a.manager->manual_advance("alice").success);  // version 2
+    const std::string seen = a.manager->snapshot().incarnation;
+    store->forget();
+    Replica fresh(store, clock);
+    for (int i = 0; i < 3; ++i) REQUIRE(fresh.manager->manual_advance("bob").success);
+    REQUIRE(fresh.manager->version() == 4);
+    const std::string other = fresh.manager->snapshot().incarnation;
+    CHECK_FALSE(a.manager->follow(*store->stored()));
+    CHECK_THAT(a.manager->regressed(), Catch::Contains("holds incarnation " + other) &&
+                                           Catch::Contains("not incarnation " + seen));
+    CHECK(a.manager->version() == 2);
+}
+
+TEST_CASE("boundary: a step that has left the kept history cannot be told, and is not asked",
+          "[store][boundary]") {
+    // A replica at version 2 learns of a state 99 or 100 moves on. At 99 its own step is the
+    // oldest of the 100 kept, and is checked; at 100 it has just left them, so nothing is
+    // left to check it against, and the state is taken.
+    for (const int moves : {99, 100}) {
+        auto store = std::make_shared<MemoryStore>();
+        auto clock = fleet_clock();
+        Replica a(store, clock, quick_stages());
+        REQUIRE(a.manager->manual_advance("alice").success);  // version 2
+        Replica b(store, clock, quick_stages());
+        for (int i = 0; i < moves; ++i) {
+            const bool up = b.manager->snapshot().position.stage_index == 0;
+            REQUIRE((up ? b.manager->manual_advance("bob") : b.manager->manual_rollback("bob"))
+                        .success);
+        }
+        REQUIRE(b.manager->version() == 2u + static_cast<std::uint64_t>(moves));
+        CHECK(a.manager->follow(*store->stored()));
+        CHECK(a.manager->version() == b.manager->version());
+        CHECK(a.manager->regressed().empty());
+    }
+}
+
+TEST_CASE("boundary: a history without operation ids has nothing to tell, and is taken",
+          "[store][boundary]") {
+    // Written by a release before operation ids: a replica holding such a step cannot tell
+    // whether the next state's history is its own, so it takes it.
+    auto store = std::make_shared<MemoryStore>();
+    auto clock = fleet_clock();
+    { Replica first(store, clock, quick_stages()); }  // stores version 1
+    auto legacy = nlohmann::json::parse(*store->stored());
+    for (auto& step : legacy["transitions"]) step.erase("op");
+    store->put(1, legacy.dump());
+    Replica a(store, clock, quick_stages());  // starts on the step without an id
+    Replica b(store, clock, quick_stages());
+    REQUIRE(b.manager->manual_advance("bob").success);  // version 2, its own step with an op
+    auto next = nlohmann::json::parse(*store->stored());
+    next["transitions"][0]["op"] = "another-op";  // the step at version 1, as told by others
+    store->put(2, next.dump());
+    CHECK(a.manager->follow(*store->stored()));
+    CHECK(a.manager->version() == 2);
+    CHECK(a.manager->regressed().empty());
+}
+
+TEST_CASE("boundary: only a manager with a shared store follows one", "[store][boundary]") {
+    auto store = std::make_shared<MemoryStore>();
+    auto clock = fleet_clock();
+    Replica a(store, clock);
+    const std::string document = *store->stored();
+    RolloutManager::Options options;
+    options.clock = clock;
+    options.registry = std::make_shared<MetricsRegistry>();
+    RolloutManager local(RolloutConfig::default_config(), options);  // no store, no file
+    CHECK_THROWS_AS(local.follow(document), std::logic_error);
+    CHECK_THROWS_AS(local.refresh(), std::logic_error);
+    CHECK(a.manager->follow(document) == false);  // its own version: nothing new
+}
