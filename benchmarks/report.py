@@ -7,7 +7,7 @@ TITLE = (
     "# Benchmarks\n\n"
     "Every figure is measured against a baseline in the same run, on the same machine. Each\n"
     "script rewrites its own section below. With `--smoke`, a script runs every step once on\n"
-    "tiny inputs and judges no target; the tests run both scripts that way\n"
+    "tiny inputs and judges no target; the tests run every script that way\n"
     "(`tests/test_benchmarks.py`), so a benchmark that breaks fails the test command.\n"
 )
 
