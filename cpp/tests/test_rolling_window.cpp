@@ -171,3 +171,11 @@ TEST_CASE("boundary: a window has 1 to 100000 buckets of a finite step above 0",
     CHECK_FALSE(valid(1, std::numeric_limits<double>::infinity()));
     CHECK_FALSE(valid(1, std::numeric_limits<double>::quiet_NaN()));
 }
+
+TEST_CASE("boundary: an empty window's ratio is 0, one request makes it events / total",
+          "[window][boundary]") {
+    CHECK(WindowCounts{0, 0}.ratio() == 0.0);
+    CHECK(WindowCounts{0, 1}.ratio() == 0.0);
+    CHECK(WindowCounts{1, 1}.ratio() == 1.0);
+    CHECK(WindowCounts{1, 4}.ratio() == 0.25);
+}
