@@ -394,7 +394,8 @@ TEST_CASE("a file over 1 MiB is refused even when it is valid JSON", "[rollout_s
     TempDir dir;
     const std::string path = dir.file("state.json");
     std::string text = RawState{}.text();
-    text.append(StateFile::kMaxFileBytes + 1 - text.size(), ' ');
+    // The limit as documented, not the constant: a changed constant must fail here.
+    text.append(std::size_t{1048576} + 1 - text.size(), ' ');
     write(path, text);
     const StateFile file(path, default_plan());
     CHECK_THROWS_WITH(file.load(), Catch::Contains(path) && Catch::Contains("larger than"));
