@@ -843,30 +843,3 @@ def test_a_problem_met_by_two_threads_at_once_is_logged_once():
     finally:
         store_logger.removeHandler(handler)
     assert lines == [message]
-
-
-@pytest.mark.parametrize(
-    ("ttl", "sync", "holder", "budget", "tick"),
-    [
-        (15.0, 60.0, False, False, 5.0),  # a third of the TTL, the sync interval being longer
-        (15.0, 4.0, False, False, 4.0),  # the sync interval, inside a third of the TTL
-        (15.0, 5.0, False, False, 5.0),  # both the same
-        (1.0, 0.1, False, False, 0.2),  # never faster than the holder's renewals
-        (15.0, 60.0, True, False, 1.0),  # the holder renews a fifth of the TTL, at most 1 s
-        (0.5, 60.0, True, False, 0.1),
-        (15.0, 60.0, False, True, 1.0),  # a readiness budget's slot lives as long as the lease
-    ],
-)
-def test_boundary_only_the_holder_and_a_budget_keeper_look_at_the_lease_every_renewal(
-    make, ttl, sync, holder, budget, tick
-):
-    """At rest a replica that neither holds the lease nor keeps a readiness budget looks at
-    the lease once per sync interval (at least three times per TTL), not every renewal tick:
-    a fleet of followers asks Redis a few calls a minute each."""
-    store = make(lease_ttl_seconds=ttl, sync_interval_seconds=sync)
-    if holder:
-        assert store.renew_lease()
-    if budget:
-        store.readiness_budget(lambda: (True, "open"))
-    assert store.holds_lease == holder
-    assert store._follow_tick == pytest.approx(tick)

@@ -1255,19 +1255,8 @@ class RedisStateStore(SharedStateStore):
 
     @property
     def _lease_tick(self) -> float:
-        """How often the lease is renewed: well inside its TTL."""
+        """How often the lease is renewed or sought: well inside its TTL."""
         return min(self.lease_ttl_seconds / 5, 1.0)
-
-    @property
-    def _follow_tick(self) -> float:
-        """How often the follower renews, seeks or looks at the lease. The holder renews it
-        every lease tick, and so does a replica keeping a readiness budget (its slot lives as
-        long as the lease); any other replica looks at the sync interval's pace, but at least
-        three times a TTL, so that a lease left by a replica that died is taken within a third
-        of its TTL after it expires. At rest that is one script call a sync interval."""
-        if self.holds_lease or self._budget is not None:
-            return self._lease_tick
-        return max(self._lease_tick, min(self.lease_ttl_seconds / 3, self.sync_interval_seconds))
 
     def _lease_is_foreign(self, answer: Any) -> bool:
         """Whether a lease script found a foreign value; the lease is then dropped."""
@@ -1606,7 +1595,7 @@ class _Follower:
                     else:
                         store.observe_lease()
                     self._update_budget()
-                    next_lease = now + store._follow_tick
+                    next_lease = now + store._lease_tick
                 if now >= next_poll:
                     self._read_clock(manager)
                     held, synced, regressed = _held(manager)
