@@ -1,5 +1,6 @@
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <memory>
@@ -14,6 +15,7 @@
 
 #include "driftgate/rollout_manager.hpp"
 
+using driftgate::Decision;
 using driftgate::DecisionAction;
 using driftgate::DriftTracker;
 using driftgate::EnforceOptions;
@@ -680,4 +682,143 @@ TEST_CASE("boundary: only a manager with a shared store follows one", "[store][b
     CHECK_THROWS_AS(local.follow(document), std::logic_error);
     CHECK_THROWS_AS(local.refresh(), std::logic_error);
     CHECK(a.manager->follow(document) == false);  // its own version: nothing new
+}
+
+namespace {
+
+/// Loses the next `losses` commits to another replica that committed first (the stored state
+/// one version on), and counts what the replica asks.
+class LosingStore : public MemoryStore {
+  public:
+    std::optional<std::string> load() override {
+        ++loads;
+        return MemoryStore::load();
+    }
+    CommitResult commit(std::uint64_t version, const std::string& document,
+                        bool automatic) override {
+        ++attempts;
+        if (losses > 0) {
+            --losses;
+            auto moved = nlohmann::json::parse(*stored());
+            const auto on = moved["version"].get<std::uint64_t>() + 1;
+            moved["version"] = on;
+            moved["transitions"].push_back(moved["transitions"].back());
+            moved["transitions"].back()["op"] = "other-" + std::to_string(on);
+            put(on, moved.dump());
+        }
+        return MemoryStore::commit(version, document, automatic);
+    }
+    int losses = 0;
+    int attempts = 0;
+    int loads = 0;
+};
+
+/// Commits another replica's attempt of the same operation instead, and answers as a store that
+/// lost the answer and read it back: the same version, told by that replica.
+class OtherAttemptStore : public MemoryStore {
+  public:
+    CommitResult commit(std::uint64_t version, const std::string& document,
+                        bool automatic) override {
+        if (!other_attempt) return MemoryStore::commit(version, document, automatic);
+        auto theirs = nlohmann::json::parse(document);
+        theirs["transitions"].back()["actor"] = "bob";
+        auto result = MemoryStore::commit(version, theirs.dump(), automatic);
+        if (result.status == CommitStatus::Committed) result.current = theirs.dump();
+        return result;
+    }
+    bool other_attempt = false;
+};
+
+}  // namespace
+
+TEST_CASE("boundary: a move without a precondition is decided again up to 8 times",
+          "[store][boundary]") {
+    // Lost to other replicas 7 times, the 8th attempt commits; lost 8 times, the move answers
+    // a conflict and changes nothing. Only a lost commit makes the replica read the store.
+    for (const bool advance : {true, false}) {
+        for (const int losses : {0, 7, 8}) {
+            INFO((advance ? "advance, " : "rollback, ") << losses << " losses");
+            auto store = std::make_shared<LosingStore>();
+            auto clock = fleet_clock();
+            Replica a(store, clock, quick_stages());
+            REQUIRE(a.manager->manual_advance("alice").success);  // b, so both moves can go
+            const auto before = a.manager->snapshot().position.stage_index;
+            store->attempts = store->loads = 0;
+            store->losses = losses;
+            const Decision decision =
+                advance ? a.manager->manual_advance("alice") : a.manager->manual_rollback("alice");
+            CHECK(store->attempts == std::min(losses + 1, 8));
+            CHECK(store->loads == std::min(losses, 7));
+            if (losses < 8) {
+                CHECK(decision.success);
+                CHECK(a.manager->snapshot().position.stage_index != before);
+            } else {
+                CHECK(decision.action == DecisionAction::Conflict);
+                CHECK_THAT(decision.message, Catch::StartsWith("Conflict: the rollout moved on"));
+                CHECK(a.manager->snapshot().position.stage_index == before);
+            }
+        }
+    }
+}
+
+TEST_CASE("boundary: a move with a precondition that loses its commit is not decided again",
+          "[store][boundary]") {
+    for (const bool advance : {true, false}) {
+        INFO((advance ? "advance" : "rollback"));
+        auto store = std::make_shared<LosingStore>();
+        auto clock = fleet_clock();
+        Replica a(store, clock, quick_stages());
+        REQUIRE(a.manager->manual_advance("alice").success);
+        store->attempts = 0;
+        store->losses = 1;
+        const Decision decision = advance ? a.manager->manual_advance("alice", "", 2)
+                                          : a.manager->manual_rollback("alice", "", 2);
+        CHECK(store->attempts == 1);
+        CHECK(decision.action == DecisionAction::Conflict);
+        CHECK_THAT(decision.message, Catch::StartsWith("Conflict: the rollout moved on"));
+        CHECK(a.manager->version() == 3);  // what the other replica committed, followed
+    }
+}
+
+TEST_CASE("boundary: a read taken before this replica's own commit counts when newer and its own",
+          "[store][boundary]") {
+    auto store = std::make_shared<MemoryStore>();
+    auto clock = fleet_clock();
+    Replica a(store, clock, quick_stages());
+    Replica b(store, clock, quick_stages());
+    REQUIRE(a.manager->manual_advance("alice").success);  // version 2, held by a
+    const std::string own = *store->stored();
+    // Read at version 1: the same version with another last step is not judged...
+    auto other_step = nlohmann::json::parse(own);
+    other_step["transitions"].back()["op"] = "another-op";
+    CHECK_FALSE(a.manager->follow(other_step.dump(), 1));
+    CHECK(a.manager->regressed().empty());
+    // ... nor another incarnation further on ...
+    auto foreign = nlohmann::json::parse(own);
+    foreign["incarnation"] = "0000000000000000";
+    foreign["version"] = 5;
+    CHECK_FALSE(a.manager->follow(foreign.dump(), 1));
+    CHECK(a.manager->regressed().empty());
+    CHECK(a.manager->version() == 2);
+    // ... but a newer state of its own lineage is taken.
+    REQUIRE(b.manager->manual_advance("bob").success);  // version 3
+    CHECK(a.manager->follow(*store->stored(), 1));
+    CHECK(a.manager->version() == 3);
+    CHECK(a.manager->regressed().empty());
+}
+
+TEST_CASE("boundary: a commit read back at its own version holds the attempt that is stored",
+          "[store][boundary]") {
+    auto store = std::make_shared<OtherAttemptStore>();
+    auto clock = fleet_clock();
+    Replica a(store, clock);
+    store->other_attempt = true;
+    const auto decision = a.manager->manual_advance("alice", "", std::nullopt, std::nullopt, "op");
+    CHECK(decision.success);
+    CHECK(a.manager->version() == 2);
+    CHECK(a.manager->snapshot().transitions.back().actor == "bob");
+    CHECK(a.manager->snapshot().transitions.back().op == "op");
+    store->other_attempt = false;
+    REQUIRE(a.manager->manual_advance("alice").success);  // answered without a read back
+    CHECK(a.manager->snapshot().transitions.back().actor == "alice");
 }
