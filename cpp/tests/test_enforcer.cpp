@@ -834,3 +834,20 @@ TEST_CASE("boundary: a percent is a whole number of hundredths, up to rounding i
     CHECK((EnforceOptions{true, 100.0, 0.0}.rollout_basis_points()) == 10000);
     CHECK((EnforceOptions{true, 0.01, 0.0}.rollout_basis_points()) == 1);
 }
+
+TEST_CASE("boundary: a share's policy ids are checked first, the first of them too",
+          "[enforcer][shares][boundary]") {
+    // Each id is named when it is bad, before the enforcer's own state is looked at: even the
+    // first one, on an enforcer where the rollout's name is taken.
+    Fixture f;
+    Enforcer enforcer = f.make(true, 0.0);
+    enforcer.claim_share("orders", {"orders"});
+    CHECK_THROWS_WITH(enforcer.claim_share("orders", {"bad id"}),
+                      Catch::Contains("invalid policy_id 'bad id'"));
+    CHECK_THROWS_WITH(enforcer.claim_share("orders", {"search", "bad id"}),
+                      Catch::Contains("invalid policy_id 'bad id'"));
+    CHECK_THROWS_WITH(enforcer.claim_share("orders", {"search"}),
+                      Catch::Contains("already holds a share"));
+    CHECK_THROWS_WITH(enforcer.claim_share("search", {"search", "search"}),
+                      Catch::Contains("names policy 'search' twice"));
+}

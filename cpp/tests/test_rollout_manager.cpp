@@ -228,6 +228,21 @@ TEST_CASE("min_requests holds, and too few counted requests never roll back", "[
     CHECK(manager.evaluate(0.5).action == DecisionAction::RolledBack);
 }
 
+TEST_CASE("boundary: counted evidence is judged at failed / total against the threshold",
+          "[rollout][boundary]") {
+    Fixture f;
+    auto manager = f.make();
+    manager.manual_advance("ops");  // quarter, max 0.4 %
+    // 4 of 1,000 is 0.4 %: at the threshold, not above it.
+    const Decision at = manager.evaluate_counts(4, 1000);
+    CHECK(at.action != DecisionAction::RolledBack);
+    CHECK(at.error_rate == 0.004);
+    CHECK(manager.snapshot().position.stage_index == 1);
+    const Decision above = manager.evaluate_counts(5, 1000);  // 0.5 %
+    CHECK(above.action == DecisionAction::RolledBack);
+    CHECK(above.error_rate == 0.005);
+}
+
 TEST_CASE("a changed min_requests applies from the next decision", "[rollout]") {
     Fixture f;
     RolloutManager::Options options;
