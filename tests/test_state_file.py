@@ -323,9 +323,11 @@ WRITER = textwrap.dedent("""
 needs_strace = pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
 
 
-def write_under_fault(tmp_path: Path, *strace_args: str) -> tuple[str, dict]:
+def write_under_fault(tmp_path: Path, *strace_args: str) -> tuple[str, dict, int]:
+    """What the writer printed, the state before the write and the inode of its file."""
     path = tmp_path / "rollout.json"
     valid_state(path)
+    inode = path.stat().st_ino
     state = json.loads(path.read_text())
     # The manager's start writes nothing (the file exists); its advance is the write faulted.
     out = subprocess.run(
@@ -335,13 +337,13 @@ def write_under_fault(tmp_path: Path, *strace_args: str) -> tuple[str, dict]:
         timeout=60,
         check=True,
     ).stdout
-    return out, state
+    return out, state, inode
 
 
 @pytest.mark.integration
 @needs_strace
 def test_a_failed_file_fsync_is_reported_and_keeps_the_old_state(tmp_path):
-    out, before = write_under_fault(tmp_path, "-e", "inject=fsync:error=EIO:when=1")
+    out, before, _ = write_under_fault(tmp_path, "-e", "inject=fsync:error=EIO:when=1")
     assert "(fsync: Input/output error); the previous state is kept" in out
     assert f"stage: {before['stage_name']}" in out  # the advance was not applied
     assert json.loads((tmp_path / "rollout.json").read_text()) == before
@@ -350,7 +352,7 @@ def test_a_failed_file_fsync_is_reported_and_keeps_the_old_state(tmp_path):
 @pytest.mark.integration
 @needs_strace
 def test_a_failed_folder_fsync_is_reported_not_ignored(tmp_path):
-    out, before = write_under_fault(tmp_path, "-e", "inject=fsync:error=EIO:when=2")
+    out, before, _ = write_under_fault(tmp_path, "-e", "inject=fsync:error=EIO:when=2")
     assert "(fsync folder: Input/output error)" in out
     assert f"stage: {before['stage_name']}" in out  # the advance was not applied
     # ... and the acknowledged state was written back over the unacknowledged one.
@@ -361,7 +363,7 @@ def test_a_failed_folder_fsync_is_reported_not_ignored(tmp_path):
 @pytest.mark.integration
 @needs_strace
 def test_a_folder_that_cannot_be_opened_for_fsync_fails_the_write(tmp_path):
-    out, before = write_under_fault(
+    out, before, _ = write_under_fault(
         tmp_path, "-P", str(tmp_path), "-e", "inject=openat:error=EACCES:when=2"
     )
     assert "(open folder for fsync: Permission denied)" in out
@@ -372,9 +374,13 @@ def test_a_folder_that_cannot_be_opened_for_fsync_fails_the_write(tmp_path):
 @needs_strace
 def test_a_failed_write_and_rename_keep_the_old_file(tmp_path):
     for fault, step in (("write", "write"), ("rename", "rename")):
-        out, before = write_under_fault(tmp_path, "-e", f"inject={fault}:error=ENOSPC:when=1")
+        out, before, inode = write_under_fault(
+            tmp_path, "-e", f"inject={fault}:error=ENOSPC:when=1"
+        )
         assert f"({step}: No space left on device); the previous state is kept" in out
         assert json.loads((tmp_path / "rollout.json").read_text()) == before
+        # Untouched, not written again: the same file, not a copy renamed over it.
+        assert (tmp_path / "rollout.json").stat().st_ino == inode
         assert sorted(p.name for p in tmp_path.iterdir()) == ["rollout.json"]
 
 
