@@ -264,12 +264,15 @@ PersistedRollout decode_rollout(std::string_view text, const StagePlan& plan,
                      " but stands at " + detail::quote(plan.position_name(position)));
     }
     if (const auto approvals = json.find("approvals"); approvals != json.end()) {
-        // Approvals to enter the next stage: distinct people, fewer than that stage requires.
+        // Approvals to enter the next stage: distinct people, fewer than that stage requires;
+        // none at the final stage, which has no next stage to enter.
         const auto target = plan.advance_target(position);
-        const std::uint32_t required = target ? plan.stage(*target).approvals_required : 0;
+        const std::uint32_t required = target ? plan.stage(*target).approvals_required : 1;
         if (!approvals->is_array() || approvals->size() >= std::max<std::uint32_t>(required, 1)) {
-            throw refuse("has approvals that are not a list of fewer than the " +
-                         std::to_string(required) + " the next stage requires");
+            throw refuse(target ? "has approvals that are not a list of fewer than the " +
+                                      std::to_string(required) + " the next stage requires"
+                                : std::string("has approvals at the final stage, which has no "
+                                              "next stage to enter"));
         }
         std::set<std::string> seen;
         for (const Json& actor : *approvals) {

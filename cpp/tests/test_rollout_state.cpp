@@ -16,6 +16,8 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "driftgate/rollout_state.hpp"
 
 using driftgate::PersistedRollout;
@@ -760,5 +762,29 @@ TEST_CASE("boundary: approvals are fewer than the next stage requires, none at t
     full.state = RolloutState::Completed;
     full.version = 5;
     full.approvals = {"alice"};  // nothing left to approve
-    CHECK_THROWS_WITH(decoded(full), Catch::Contains("approvals"));
+    CHECK_THROWS_WITH(decoded(full), Catch::Contains("has approvals at the final stage"));
+    full.approvals.clear();
+    CHECK(decoded(full).approvals.empty());
+}
+
+TEST_CASE("boundary: a document or a step that is not a JSON object is named as such",
+          "[rollout_state][boundary]") {
+    // Refused by its shape before any field is looked for, so the message says what it is
+    // rather than naming a field it lacks.
+    const auto plan = default_plan();
+    for (const char* text : {"[]", "[1]", "3", "\"x\"", "null", "true"}) {
+        INFO(text);
+        CHECK_THROWS_WITH(driftgate::decode_rollout(text, *plan, "doc", "x"),
+                          Catch::Contains("does not hold a JSON object"));
+    }
+    const std::string object = driftgate::encode_rollout(half_rollout(), *plan);
+    CHECK_NOTHROW(driftgate::decode_rollout(object, *plan, "doc", "x"));
+    for (const char* step : {"3", "[]", "\"half\"", "null"}) {
+        INFO(step);
+        auto json = nlohmann::json::parse(object);
+        json["transitions"].push_back(nlohmann::json::parse(step));
+        json["version"] = 10;
+        CHECK_THROWS_WITH(driftgate::decode_rollout(json.dump(), *plan, "doc", "x"),
+                          Catch::Contains("has a transition that is not an object"));
+    }
 }
