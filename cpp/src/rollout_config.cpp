@@ -287,8 +287,7 @@ std::pair<bool, std::string> RolloutConfig::can_advance(double error_rate) const
 void RolloutConfig::advance(double now) {
     std::lock_guard lock(shared_->mutex);
     require_unowned_locked("advance", "manual_advance");
-    if (plan_->is_final(shared_->position.stage_index)) return;
-    shared_->position = plan_->advanced(shared_->position, now);
+    shared_->position = plan_->advanced(shared_->position, now);  // the final stage stays put
 }
 
 void RolloutConfig::advance() { advance(wall_now()); }

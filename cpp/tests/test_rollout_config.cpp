@@ -214,6 +214,13 @@ TEST_CASE("check_advance tests error rate, duration, final stage, then approval"
     CHECK(check.verdict == Verdict::FinalStage);
     CHECK(check.reason == "Already at final stage");
     CHECK_FALSE(check.ready());
+    // An aborted rollout is judged by nothing else: only a manual advance resumes it.
+    check = plan.check_advance({0, 0.0, RolloutState::Aborted}, 0.0, 48 * kHour);
+    CHECK(check.verdict == Verdict::Aborted);
+    CHECK(check.reason == "Rollout aborted at 0%: a manual advance resumes it");
+    CHECK_FALSE(check.ready());
+    CHECK(plan.check_advance({0, 0.0, RolloutState::Aborted}, 0.5, 0.0).verdict ==
+          Verdict::Aborted);
 }
 
 TEST_CASE("check_advance skips the duration while the start is unknown",
