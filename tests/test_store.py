@@ -815,6 +815,67 @@ def test_a_shared_reading_parses_to_the_adopt_arguments():
     assert _evidence(json.dumps(whole).encode()) == {**whole, "started_at": 1_700_000_000.0}
 
 
+@pytest.mark.parametrize(
+    ("data", "announced"),
+    [
+        (b"2 0123456789abcdef 0 op-1", (2, "0123456789abcdef", 0, "op-1")),
+        (b"999999999999999 i 3 ", (999_999_999_999_999, "i", 3, "")),  # 15 digits: the most
+        (b"1000000000000000 i 0 op", None),  # 16 digits
+        (b"2 i 1000000000000000 op", None),
+        (b"evidence", None),  # the evaluator's reading
+        (b"2", None),  # an older release's hint: the version alone
+        (b"2 i 0", None),
+        (b"2 i 0 op extra", None),
+        (b"-2 i 0 op", None),
+        (b"2 i x op", None),
+        (b"2 \xc3\xa9 0 op", None),
+        (b"2 i 0 " + b"o" * 251, None),  # 257 bytes
+        ("2 i 0 op", None),  # not what Redis sends
+    ],
+)
+def test_a_hint_names_the_commit_it_announces_and_anything_else_names_none(data, announced):
+    from driftgate.store import _announced
+
+    assert _announced(data) == announced
+
+
+def test_a_commit_hint_names_what_the_commit_wrote(make, managers, redis_server, key):
+    leader = manager_on(make(), managers)
+    with redis_server.client() as client, client.pubsub() as pubsub:
+        pubsub.subscribe(f"{key}:changed")
+        until(lambda: pubsub.get_message(timeout=0.1) is not None, "subscribed", 5)
+        assert leader.manual_advance("alice", operation="op-2").success
+        message = pubsub.get_message(timeout=5)
+    status = leader.get_status()
+    assert message["data"] == f"2 {status['incarnation']} 0 op-2".encode()
+
+
+def test_hints_left_on_a_broken_connection_are_heard_before_it_is_closed(make, managers):
+    """The store died right after a commit: its hint waits in this replica's socket, behind
+    a call that failed. It is read before the connection is dropped, so the commit it
+    announced is known to be lost when the store comes back without it."""
+    store = make()
+    manager = manager_on(store, managers)
+    hint = f"2 {manager.get_status()['incarnation']} 0 lost-op".encode()
+
+    class BrokenPubSub:
+        def __init__(self) -> None:
+            self.messages = [
+                {"type": "message", "data": b"evidence"},
+                {"type": "message", "data": hint},
+            ]
+
+        def get_message(self, timeout: float = 0.0) -> dict[str, object] | None:
+            if self.messages:
+                return self.messages.pop(0)
+            raise ConnectionError("Connection closed by server.")
+
+    assert store._follower is not None
+    store._follower._drain(BrokenPubSub())
+    assert manager.refresh() == 1
+    assert "older than version 2 whose commit it announced" in manager.regressed
+
+
 def test_a_problem_met_by_two_threads_at_once_is_logged_once():
     """The follower and a request can meet the same foreign key at the same instant."""
     inside = threading.Event()

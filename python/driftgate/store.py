@@ -2,7 +2,8 @@
 
 One hash holds the rollout document (the same JSON as a state file) and its version; every
 transition is a compare-and-set on that version in one Lua script, so it commits only if
-nobody committed since it was decided. A commit publishes the new version as a hint; every
+nobody committed since it was decided. A commit publishes what it wrote as a hint (a replica
+that hears it knows of the commit, even if Redis fails over before it can read it); every
 replica also polls the version every `sync_interval_seconds` and reloads fully after each
 reconnect, so lost hints cost at most one interval. One replica at a time evaluates the
 automatic rules: it holds a lease (a token with a TTL, renewed while it lives) whose fencing
@@ -87,7 +88,10 @@ return {'ok', fields[1], fields[2]}
 # onto one of its own incarnation (or one written before incarnations) and restore generation,
 # so a replica that missed a restore cannot write over it. The hash keeps the newest step's
 # operation, incarnation and generation beside the version, for the followers' poll. The hint
-# is published before anything is written: a refused PUBLISH leaves the state as it was.
+# names them too ("<version> <incarnation> <generation> <operation>"), so that a follower that
+# hears it knows of the commit even when Redis fails over before it can read it. It is sent
+# once the state is written, so it never announces a write Redis refused (out of memory); a
+# refused PUBLISH costs the hint only (the followers' poll finds the commit), never the commit.
 _COMMIT = """
 local kind = redis.call('TYPE', KEYS[1])['ok']
 if kind ~= 'none' and kind ~= 'hash' then return {'foreign', kind} end
@@ -109,10 +113,10 @@ if tonumber(stored or '0') ~= tonumber(ARGV[1]) or (incarnation and incarnation 
     or generation ~= tonumber(ARGV[9]) then
   return {'conflict', redis.call('HGET', KEYS[1], 'doc')}
 end
-redis.call('PUBLISH', KEYS[3], ARGV[2])
 redis.call('HSET', KEYS[1], 'version', ARGV[2], 'doc', ARGV[3], 'incarnation', ARGV[7],
   'generation', ARGV[9], 'op', ARGV[10])
 if ARGV[4] == '1' then redis.call('HSET', KEYS[1], 'fence', ARGV[6]) end
+redis.pcall('PUBLISH', KEYS[3], ARGV[2] .. ' ' .. ARGV[7] .. ' ' .. ARGV[9] .. ' ' .. ARGV[10])
 return {'committed'}
 """
 
@@ -144,7 +148,7 @@ return {'abandoned'}
 
 # A restore: writes ARGV[1] (version ARGV[2], incarnation ARGV[3], restore generation ARGV[6],
 # newest operation ARGV[7]) if the stored document is still ARGV[4] (ARGV[5] == '1'), or
-# nothing is stored (ARGV[5] == '0'). KEYS: state, channel.
+# nothing is stored (ARGV[5] == '0'). KEYS: state, channel. Its hint is sent as a commit's.
 _REPLACE = """
 local kind = redis.call('TYPE', KEYS[1])['ok']
 if kind ~= 'none' and kind ~= 'hash' then return {'foreign', kind} end
@@ -154,9 +158,9 @@ if kind == 'hash' then
   doc = redis.call('HGET', KEYS[1], 'doc')
 end
 if (ARGV[5] == '1' and doc ~= ARGV[4]) or (ARGV[5] == '0' and doc) then return {'changed'} end
-redis.call('PUBLISH', KEYS[2], ARGV[2])
 redis.call('HSET', KEYS[1], 'version', ARGV[2], 'doc', ARGV[1], 'incarnation', ARGV[3],
   'generation', ARGV[6], 'op', ARGV[7])
+redis.pcall('PUBLISH', KEYS[2], ARGV[2] .. ' ' .. ARGV[3] .. ' ' .. ARGV[6] .. ' ' .. ARGV[7])
 return {'replaced'}
 """
 
@@ -1353,6 +1357,24 @@ def _commit_ids(document: str) -> tuple[str, str, int]:
     return (str(incarnation), str(operation), generation)
 
 
+def _announced(data: Any) -> tuple[int, str, int, str] | None:
+    """What a commit's hint names: version, incarnation, restore generation and newest step's
+    operation; None for any other message (the evidence's hint, an older release's bare
+    version, anything else on the channel)."""
+    if not isinstance(data, bytes) or len(data) > 256:
+        return None
+    parts = data.split(b" ")
+    if len(parts) != 4 or not all(parts[i].isdigit() and len(parts[i]) <= 15 for i in (0, 2)):
+        return None
+    try:
+        incarnation, operation = parts[1].decode("ascii"), parts[3].decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    return (int(parts[0]), incarnation, int(parts[2]), operation)
+
+
+_DRAINED_HINTS = 64  # read off a broken connection at most: a commit sends one
+
 _EVIDENCE_FIELDS: dict[str, type | tuple[type, ...]] = {
     "stage_index": int,
     "state": str,
@@ -1531,6 +1553,27 @@ class _Follower:
             if shared is not None:
                 manager._adopt_evidence(**shared)
 
+    def _heard(self, manager: RolloutManager, message: dict[str, Any]) -> None:
+        """Notes the commit a hint announces, before the read it calls for: should the store
+        fail over before that read, the manager still knows what the store acknowledged."""
+        announced = _announced(message.get("data"))
+        if announced is not None:
+            manager._note_announced(*announced)
+
+    def _drain(self, pubsub: Any) -> None:
+        """Notes the hints that reached this replica before the store broke off (its kernel
+        holds them after the server died), so that a commit announced just before a failover
+        is not forgotten with the connection."""
+        manager = self._manager()
+        if manager is None:
+            return
+        with contextlib.suppress(Exception):  # the broken connection ends it
+            for _ in range(_DRAINED_HINTS):
+                message = pubsub.get_message(timeout=0)
+                if message is None:
+                    return
+                self._heard(manager, message)
+
     def _note_regressed(self, manager: RolloutManager) -> None:
         problem = manager._snapshot()["regressed"]
         if problem is None:
@@ -1614,6 +1657,7 @@ class _Follower:
                 if manager is None:
                     break
                 if message is not None:
+                    self._heard(manager, message)
                     self._sync(manager)
                 backoff = 0.05
                 up = True
@@ -1630,6 +1674,7 @@ class _Follower:
                 if store.budget is not None:
                     store.budget.lose()  # a replica that cannot reach the store stays ready
                 if pubsub is not None:
+                    self._drain(pubsub)
                     with contextlib.suppress(Exception):  # a broken connection may fail to close
                         pubsub.close()
                     pubsub = None
