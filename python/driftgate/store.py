@@ -1028,7 +1028,7 @@ class RedisStateStore(SharedStateStore):
     def campaign(self, enabled: bool) -> None:
         """Whether this replica competes for the evaluation lease (its monitor runs)."""
         if self._follower is not None:
-            self._follower.campaigning = enabled  # the follower releases the lease when off
+            self._follower.campaign(enabled)
 
     def close(self) -> None:
         """Stops following, gives up the lease and the unready slot, and closes the
@@ -1259,8 +1259,21 @@ class RedisStateStore(SharedStateStore):
 
     @property
     def _lease_tick(self) -> float:
-        """How often the lease is renewed or sought: well inside its TTL."""
+        """How often the holder renews the lease: well inside its TTL."""
         return min(self.lease_ttl_seconds / 5, 1.0)
+
+    @property
+    def _follow_tick(self) -> float:
+        """How often the follower renews, seeks or looks at the lease. The holder renews it
+        every lease tick, and so does a replica keeping a readiness budget (its slot lives as
+        long as the lease); any other replica seeks or looks at it once a sync interval, but at
+        least three times a TTL, so that a lease left by a replica that died is taken within a
+        third of its TTL after it expires. At rest that is one script call a sync interval,
+        beside the poll. (The lease has no part in following the state: a store that lost
+        commits is found by the hints, the poll and the reload after a reconnect.)"""
+        if self.holds_lease or self._budget is not None:
+            return self._lease_tick
+        return max(self._lease_tick, min(self.lease_ttl_seconds / 3, self.sync_interval_seconds))
 
     def _lease_is_foreign(self, answer: Any) -> bool:
         """Whether a lease script found a foreign value; the lease is then dropped."""
@@ -1497,6 +1510,7 @@ class _Follower:
             target=self._run, name=f"driftgate-follow-{store.key}", daemon=True
         )
         self.campaigning = False
+        self._next_lease = self._next_poll = 0.0  # when each is due (monotonic seconds)
         self._last_sync: float | None = None
         self._started = time.monotonic()
         self._outage = _RecurringProblem(store.describe(), "answers again")
@@ -1512,6 +1526,14 @@ class _Follower:
 
     def start(self) -> None:
         self._thread.start()
+
+    def campaign(self, enabled: bool) -> None:
+        """Whether to seek the lease (the monitor runs); a change is acted on at the next
+        round rather than the next follow tick: a monitor that starts seeks the lease at once,
+        one that stops gives it up."""
+        if enabled != self.campaigning:
+            self.campaigning = enabled
+            self._next_lease = 0.0
 
     def stop(self) -> None:
         self._stop.set()
@@ -1612,10 +1634,36 @@ class _Follower:
         else:
             self._budget_failing.ended()
 
+    def _tend(self, manager: RolloutManager, now: float) -> float:
+        """Does what is due at `now` (monotonic seconds): the lease (renewed, sought or looked
+        at) and the readiness budget's heartbeat every follow tick, the poll every sync
+        interval; returns when the next is due. Raises what the store raises."""
+        store = self._store
+        if not self.campaigning and store.holds_lease:
+            store.release_lease()
+        if now >= self._next_lease:
+            if self.campaigning:
+                store.renew_lease()
+            else:
+                store.observe_lease()
+            self._update_budget()
+            self._next_lease = now + store._follow_tick
+        if now >= self._next_poll:
+            self._read_clock(manager)
+            held, synced, regressed = _held(manager)
+            # Regressed, the state it saw may be back.
+            if store.stored_tag() != held or not synced or regressed:
+                self._sync(manager)
+            else:
+                # The version this replica holds is stored (again): readable.
+                self._unreadable.ended()
+                self._last_sync = time.monotonic()
+            self._next_poll = now + store.sync_interval_seconds
+        return min(self._next_poll, self._next_lease)
+
     def _run(self) -> None:
         store = self._store
         pubsub: Any = None
-        next_poll = next_lease = 0.0
         backoff = 0.05
         failures: tuple[type[BaseException], ...] = (StateStoreError, *store._errors)
         while not self._stop.is_set():
@@ -1629,28 +1677,9 @@ class _Follower:
                     pubsub.subscribe(store._channel)
                     self._read_clock(manager)
                     self._sync(manager)  # a reconnect may have missed hints: reload fully
-                    next_poll = now + store.sync_interval_seconds
-                if not self.campaigning and store.holds_lease:
-                    store.release_lease()
-                if now >= next_lease:
-                    if self.campaigning:
-                        store.renew_lease()
-                    else:
-                        store.observe_lease()
-                    self._update_budget()
-                    next_lease = now + store._lease_tick
-                if now >= next_poll:
-                    self._read_clock(manager)
-                    held, synced, regressed = _held(manager)
-                    # Regressed, the state it saw may be back.
-                    if store.stored_tag() != held or not synced or regressed:
-                        self._sync(manager)
-                    else:
-                        # The version this replica holds is stored (again): readable.
-                        self._unreadable.ended()
-                        self._last_sync = time.monotonic()
-                    next_poll = now + store.sync_interval_seconds
-                wait = max(0.0, min(next_poll, next_lease) - time.monotonic())
+                    self._next_poll = now + store.sync_interval_seconds
+                    self._next_lease = now  # and looks at the lease at once
+                wait = max(0.0, self._tend(manager, now) - time.monotonic())
                 del manager  # not kept alive while waiting
                 message = pubsub.get_message(timeout=min(wait, 1.0))
                 manager = self._manager()
