@@ -1037,3 +1037,24 @@ def test_a_monitor_that_starts_seeks_the_lease_at_once_and_one_that_stops_gives_
     tend_until(1.2)
     assert not store.holds_lease
     assert calls["observe_lease"] == [0.0, 1.1]
+
+
+def test_what_a_follower_at_rest_sends_each_sync_interval_costs_redis_a_few_commands(
+    make, redis_server
+):
+    """Counted as Redis counts them (`total_commands_processed`, a script's own commands
+    included), with a holder and a fence in place: a look at the lease is the script and a GET
+    of each key and the lease's PTTL; the poll is the script and one HMGET; the clock a TIME."""
+    holder, follower = make(), make()
+    assert holder.renew_lease()
+    follower.observe_lease(), follower.stored_tag()  # the scripts are loaded
+    with redis_server.client() as client:
+
+        def cost(call) -> int:
+            before = int(client.info("stats")["total_commands_processed"])
+            call()
+            return int(client.info("stats")["total_commands_processed"]) - before - 1  # INFO
+
+        assert cost(follower.observe_lease) == 4
+        assert cost(follower.stored_tag) == 2
+        assert cost(lambda: follower._client.time()) == 1

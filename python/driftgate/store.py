@@ -165,22 +165,31 @@ return {'replaced'}
 """
 
 # What tells one stored state from another, for the follower's poll: version, incarnation,
-# restore generation and newest operation (a key of another type: all nil).
+# restore generation and newest operation (a key of another type: all nil). One command: the
+# poll is most of what a follower at rest sends.
 _POLL = """
-if redis.call('TYPE', KEYS[1])['ok'] ~= 'hash' then return {false, false, false, false} end
-return redis.call('HMGET', KEYS[1], 'version', 'incarnation', 'generation', 'op')
+local fields = redis.pcall('HMGET', KEYS[1], 'version', 'incarnation', 'generation', 'op')
+if fields['err'] then return {false, false, false, false} end
+return fields
 """
 
 # Whether the lease and fence keys hold what the lease script writes: the lease a string
 # "<fence>:<holder>" with an expiry, the fence a string of at most 15 digits (a number Lua's
 # doubles hold exactly). Anything else was put there by something else: it is reported and
-# never overwritten, and nobody evaluates until it is gone. KEYS: lease, fence.
+# never overwritten, and nobody evaluates until it is gone. KEYS: lease, fence. Each key is
+# read with one GET (its TYPE asked only when the GET is refused), since every follower runs
+# this once a sync interval; `held` is the lease's value (false: none).
 _FOREIGN_LEASE = """
+local function read(key)
+  local value = redis.pcall('GET', key)
+  if type(value) == 'table' and value['err'] then return nil, redis.call('TYPE', key)['ok'] end
+  return value
+end
+local held, kind = read(KEYS[1])
 local function foreign_lease()
-  local kind = redis.call('TYPE', KEYS[1])['ok']
-  if kind ~= 'none' and kind ~= 'string' then return {'foreign', KEYS[1], 'a Redis ' .. kind} end
-  if kind == 'string' then
-    local number = string.match(redis.call('GET', KEYS[1]), '^(%d+):.')
+  if held == nil then return {'foreign', KEYS[1], 'a Redis ' .. kind} end
+  if held then
+    local number = string.match(held, '^(%d+):.')
     if not number or #number > 15 then
       return {'foreign', KEYS[1], 'a string that is not an evaluation lease'}
     end
@@ -188,13 +197,10 @@ local function foreign_lease()
       return {'foreign', KEYS[1], 'a lease that never expires'}
     end
   end
-  kind = redis.call('TYPE', KEYS[2])['ok']
-  if kind ~= 'none' and kind ~= 'string' then return {'foreign', KEYS[2], 'a Redis ' .. kind} end
-  if kind == 'string' then
-    local fence = redis.call('GET', KEYS[2])
-    if not string.match(fence, '^%d+$') or #fence > 15 then
-      return {'foreign', KEYS[2], 'a string that is not a fencing number'}
-    end
+  local fence, fence_kind = read(KEYS[2])
+  if fence == nil then return {'foreign', KEYS[2], 'a Redis ' .. fence_kind} end
+  if fence and (not string.match(fence, '^%d+$') or #fence > 15) then
+    return {'foreign', KEYS[2], 'a string that is not a fencing number'}
   end
   return nil
 end
@@ -208,7 +214,6 @@ if foreign then return foreign end
 _LEASE = (
     _FOREIGN_LEASE
     + """
-local held = redis.call('GET', KEYS[1])
 if held then
   local holder = string.sub(held, string.find(held, ':', 1, true) + 1)
   if holder == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
@@ -225,7 +230,7 @@ return {'held', held}
 _OBSERVE = (
     _FOREIGN_LEASE
     + """
-return {'held', redis.call('GET', KEYS[1])}
+return {'held', held}
 """
 )
 
