@@ -576,8 +576,8 @@ of them run in one Python process and take turns on its interpreter lock, so the
 last grows with the followers (replicas in processes of their own read side by side). With \
 hints lost each follower finds the commit at its next poll, so the last of more followers comes \
 nearer the whole interval. At rest each follower sends the same reads on its own timers, so \
-Redis's load grows linearly at a flat rate per follower, most of it the lease looked at every \
-second (an EVALSHA running two TYPEs and a GET).
+Redis's load grows linearly at a flat rate per follower: each sync interval a poll (the clock \
+and the stored version) and one look at the lease; only the lease's holder renews it more often.
 
 ### Targets
 
@@ -613,8 +613,8 @@ rotates, `fleet.propagation`), and the time runs from its call to the last follo
 new version. Propagation polls every {sizes.sync_interval:g} s; the p99 of \
 {sizes.hinted} transitions with hints is {ordinal_from_top(sizes.hinted, 0.99)}, of \
 {sizes.hintless} with hints lost {ordinal_from_top(sizes.hintless, 0.99)}. At rest the stores \
-keep their defaults (a poll every 5 s, the lease looked at \
-every 1 s); Redis's commands are counted over {sizes.quiet_seconds:g} s of quiet, from `INFO \
+keep their defaults (a poll every 5 s, and the lease looked at as often by a follower not \
+holding it); Redis's commands are counted over {sizes.quiet_seconds:g} s of quiet, from `INFO \
 stats` (`total_commands_processed`, which counts the commands a script runs too) and `INFO \
 commandstats` for the parts; round trips are the EVALSHA and TIME calls the followers send.
 """

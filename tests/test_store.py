@@ -822,6 +822,67 @@ def test_a_shared_reading_parses_to_the_adopt_arguments():
     assert _evidence(json.dumps(whole).encode()) == {**whole, "started_at": 1_700_000_000.0}
 
 
+@pytest.mark.parametrize(
+    ("data", "announced"),
+    [
+        (b"2 0123456789abcdef 0 op-1", (2, "0123456789abcdef", 0, "op-1")),
+        (b"999999999999999 i 3 ", (999_999_999_999_999, "i", 3, "")),  # 15 digits: the most
+        (b"1000000000000000 i 0 op", None),  # 16 digits
+        (b"2 i 1000000000000000 op", None),
+        (b"evidence", None),  # the evaluator's reading
+        (b"2", None),  # an older release's hint: the version alone
+        (b"2 i 0", None),
+        (b"2 i 0 op extra", None),
+        (b"-2 i 0 op", None),
+        (b"2 i x op", None),
+        (b"2 \xc3\xa9 0 op", None),
+        (b"2 i 0 " + b"o" * 251, None),  # 257 bytes
+        ("2 i 0 op", None),  # not what Redis sends
+    ],
+)
+def test_a_hint_names_the_commit_it_announces_and_anything_else_names_none(data, announced):
+    from driftgate.store import _announced
+
+    assert _announced(data) == announced
+
+
+def test_a_commit_hint_names_what_the_commit_wrote(make, managers, redis_server, key):
+    leader = manager_on(make(), managers)
+    with redis_server.client() as client, client.pubsub() as pubsub:
+        pubsub.subscribe(f"{key}:changed")
+        until(lambda: pubsub.get_message(timeout=0.1) is not None, "subscribed", 5)
+        assert leader.manual_advance("alice", operation="op-2").success
+        message = pubsub.get_message(timeout=5)
+    status = leader.get_status()
+    assert message["data"] == f"2 {status['incarnation']} 0 op-2".encode()
+
+
+def test_hints_left_on_a_broken_connection_are_heard_before_it_is_closed(make, managers):
+    """The store died right after a commit: its hint waits in this replica's socket, behind
+    a call that failed. It is read before the connection is dropped, so the commit it
+    announced is known to be lost when the store comes back without it."""
+    store = make()
+    manager = manager_on(store, managers)
+    hint = f"2 {manager.get_status()['incarnation']} 0 lost-op".encode()
+
+    class BrokenPubSub:
+        def __init__(self) -> None:
+            self.messages = [
+                {"type": "message", "data": b"evidence"},
+                {"type": "message", "data": hint},
+            ]
+
+        def get_message(self, timeout: float = 0.0) -> dict[str, object] | None:
+            if self.messages:
+                return self.messages.pop(0)
+            raise ConnectionError("Connection closed by server.")
+
+    assert store._follower is not None
+    store._follower._drain(BrokenPubSub())
+    assert manager.refresh() == 1
+    assert "older than version 2 whose commit it announced" in manager.regressed
+
+
 def test_a_problem_met_by_two_threads_at_once_is_logged_once():
     """The follower and a request can meet the same foreign key at the same instant."""
     inside = threading.Event()
@@ -850,3 +911,157 @@ def test_a_problem_met_by_two_threads_at_once_is_logged_once():
     finally:
         store_logger.removeHandler(handler)
     assert lines == [message]
+
+
+# -- the follower's cadence at rest ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("ttl", "sync", "holder", "budget", "tick"),
+    [
+        (15.0, 60.0, False, False, 5.0),  # a third of the TTL, the sync interval being longer
+        (15.0, 4.0, False, False, 4.0),  # the sync interval, inside a third of the TTL
+        (15.0, 5.0, False, False, 5.0),  # both the same (the defaults)
+        (1.0, 0.1, False, False, 0.2),  # never faster than the holder's renewals
+        (15.0, 60.0, True, False, 1.0),  # the holder renews a fifth of the TTL, at most 1 s
+        (0.5, 60.0, True, False, 0.1),
+        (15.0, 60.0, False, True, 1.0),  # a readiness budget's slot lives as long as the lease
+    ],
+)
+def test_boundary_only_the_holder_and_a_budget_keeper_tend_the_lease_every_renewal(
+    make, ttl, sync, holder, budget, tick
+):
+    """At rest a replica that neither holds the lease nor keeps a readiness budget looks at
+    the lease (or seeks it) once per sync interval, at least three times per TTL, not every
+    renewal tick: a fleet of followers asks Redis little."""
+    store = make(lease_ttl_seconds=ttl, sync_interval_seconds=sync)
+    if holder:
+        assert store.renew_lease()
+    if budget:
+        store.readiness_budget(lambda: (True, "open"))
+    assert store.holds_lease == holder
+    assert store._follow_tick == pytest.approx(tick)
+
+
+def _resting(store: RedisStateStore, managers: list[RolloutManager]):
+    """A manager on `store` and its follower, not started: the test calls its `_tend` at the
+    times it chooses, and counts the store's calls by name."""
+    from driftgate.store import _Follower
+
+    manager = manager_on(store, managers, follow=False)
+    follower = _Follower(store, manager)
+    calls: dict[str, list[float]] = {}
+    at = [0.0]
+    for name in ("observe_lease", "renew_lease", "stored_tag"):
+        method = getattr(store, name)
+
+        def counted(*args, _name=name, _method=method, **kwargs):
+            calls.setdefault(_name, []).append(at[0])
+            return _method(*args, **kwargs)
+
+        setattr(store, name, counted)
+
+    def tend_until(end: float, step: float = 0.1) -> None:
+        while at[0] < end - 1e-9:
+            follower._tend(manager, at[0])
+            at[0] = round(at[0] + step, 6)
+
+    return manager, follower, calls, tend_until
+
+
+@pytest.mark.parametrize(("campaigning", "holds"), [(False, False), (True, False), (True, True)])
+def test_at_rest_a_follower_tends_the_lease_three_times_a_ttl_and_the_holder_every_second(
+    make, managers, redis_server, key, campaigning, holds
+):
+    """The defaults (TTL 15 s, a poll every 5 s), over one TTL: a follower that does not hold
+    the lease looks at it (or, with its monitor running, seeks it) 3 times, as often as it
+    polls; the holder renews it 15 times."""
+    if campaigning and not holds:
+        assert make().renew_lease()  # another replica holds it
+    store = make(lease_ttl_seconds=15, sync_interval_seconds=5)
+    manager, follower, calls, tend_until = _resting(store, managers)
+    follower.campaign(campaigning)
+    tend_until(15.0)
+    lease_calls = calls.get("renew_lease" if campaigning else "observe_lease", [])
+    expected = [float(t) for t in range(15)] if holds else [0.0, 5.0, 10.0]
+    assert lease_calls == expected
+    assert calls["stored_tag"] == [0.0, 5.0, 10.0]
+    assert store.holds_lease == holds
+    assert manager.regressed is None
+
+
+def test_at_rest_a_store_that_lost_commits_is_reported_at_the_next_poll(
+    make, managers, redis_server, key
+):
+    """No hint, no reconnect (the store lost the commit behind the follower's back): the poll
+    finds it one sync interval later at the latest, whatever the lease's cadence."""
+    store = make(lease_ttl_seconds=15, sync_interval_seconds=5)
+    manager, _, calls, tend_until = _resting(store, managers)
+    with redis_server.client() as client:
+        before = client.hgetall(key)
+    assert manager.manual_advance("alice").success
+    tend_until(0.2)  # polls at 0: the state it holds
+    with redis_server.client() as client:
+        client.hset(key, mapping=before)  # lost at 0.2 s
+    tend_until(5.0)
+    assert manager.regressed is None
+    tend_until(5.1)  # the poll at 5 s
+    assert "older than version 2 this replica has seen" in manager.regressed
+    assert calls["stored_tag"] == [0.0, 5.0]
+
+
+def test_a_lease_left_by_a_dead_holder_is_taken_within_a_third_of_its_ttl(
+    make, managers, redis_server, key
+):
+    """The holder died and its lease expired at 5.1 s: a follower whose monitor runs seeks it
+    every 5 s (a third of the TTL, the sync interval too), and takes it at 10 s, not before."""
+    assert make().renew_lease()
+    store = make(lease_ttl_seconds=15, sync_interval_seconds=5)
+    _, follower, calls, tend_until = _resting(store, managers)
+    follower.campaign(True)
+    tend_until(5.2)
+    with redis_server.client() as client:
+        client.delete(f"{key}:lease")  # expired
+    tend_until(10.0)
+    assert not store.holds_lease
+    tend_until(10.1)
+    assert store.holds_lease
+    tend_until(12.0)  # held now: renewed every second
+    assert calls["renew_lease"] == [0.0, 5.0, 10.0, 11.0]
+
+
+def test_a_monitor_that_starts_seeks_the_lease_at_once_and_one_that_stops_gives_it_up(
+    make, managers
+):
+    store = make(lease_ttl_seconds=15, sync_interval_seconds=5)
+    _, follower, calls, tend_until = _resting(store, managers)
+    tend_until(1.0)  # looked at it at 0 s; the next look is due at 5 s
+    assert calls["observe_lease"] == [0.0]
+    follower.campaign(True)
+    tend_until(1.1)
+    assert calls["renew_lease"] == [1.0] and store.holds_lease
+    follower.campaign(False)
+    tend_until(1.2)
+    assert not store.holds_lease
+    assert calls["observe_lease"] == [0.0, 1.1]
+
+
+def test_what_a_follower_at_rest_sends_each_sync_interval_costs_redis_a_few_commands(
+    make, redis_server
+):
+    """Counted as Redis counts them (`total_commands_processed`, a script's own commands
+    included), with a holder and a fence in place: a look at the lease is the script and a GET
+    of each key and the lease's PTTL; the poll is the script and one HMGET; the clock a TIME."""
+    holder, follower = make(), make()
+    assert holder.renew_lease()
+    follower.observe_lease(), follower.stored_tag()  # the scripts are loaded
+    with redis_server.client() as client:
+
+        def cost(call) -> int:
+            before = int(client.info("stats")["total_commands_processed"])
+            call()
+            return int(client.info("stats")["total_commands_processed"]) - before - 1  # INFO
+
+        assert cost(follower.observe_lease) == 4
+        assert cost(follower.stored_tag) == 2
+        assert cost(lambda: follower._client.time()) == 1

@@ -442,6 +442,57 @@ def test_a_failover_that_lost_commits_is_a_regression_until_they_are_back(
     until(lambda: manager.regressed is None, "the state is back", 5)
 
 
+def test_a_replica_that_heard_a_commit_it_could_not_read_reports_its_loss(
+    redis_server, key, replicas, monkeypatch
+):
+    """Redis fails over right after a commit: the listener heard the commit's hint, but its
+    reads failed until the new primary, which lacks the commit, answered. It reports the store
+    regressed all the same, as the replica that committed does."""
+    committer = replica(redis_server, key, replicas)
+    # Polls once a minute: the hint is all it hears of the commit.
+    listener = replica(redis_server, key, replicas, sync_interval_seconds=60)
+    with redis_server.client() as client:
+        before = client.hgetall(key)
+    store = listener.store
+    assert isinstance(store, RedisStateStore) and store._follower is not None
+    follower = store._follower
+
+    def listening() -> bool:
+        with redis_server.client() as client:
+            subscribed = dict(client.pubsub_numsub(f"{key}:changed"))[f"{key}:changed".encode()]
+        return follower._last_sync is not None and subscribed == 2
+
+    until(listening, "the listener subscribed and read the state", 5)
+    reads_fail = threading.Event()
+    load = store.load
+
+    def failing_load() -> str | None:
+        if reads_fail.is_set():
+            raise StateStoreError(f"{store.describe()}: read failed (ConnectionError)")
+        return load()
+
+    monkeypatch.setattr(store, "load", failing_load)
+    reads_fail.set()
+    assert committer.manual_advance("alice").success
+    with redis_server.client() as client:
+        after = client.hgetall(key)
+        client.hset(key, mapping=before)  # the new primary never had version 2
+    reads_fail.clear()
+    until(lambda: listener.regressed is not None, "the listener reports the loss", 5)
+    assert "older than version 2 whose commit it announced" in listener.regressed
+    assert listener.version == 1
+    until(lambda: committer.regressed is not None, "the committer reports it", 5)
+    with pytest.raises(driftgate.StateRegressed):
+        listener.manual_advance("bob")
+    # The commit is back (the old primary rejoined with it): both take it, the listener at
+    # its next read.
+    with redis_server.client() as client:
+        client.hset(key, mapping=after)
+    assert listener.refresh() == 2
+    assert listener.regressed is None
+    until(lambda: committer.regressed is None, "the committer sees it back", 5)
+
+
 def test_a_document_an_older_release_wrote_is_followed_and_gets_an_incarnation(
     redis_server, key, replicas
 ):

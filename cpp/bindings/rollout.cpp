@@ -504,6 +504,18 @@ void register_rollout(py::module_& m) {
             "Adopts a stored document if it is newer than what this manager holds.")
         .def("refresh", &RolloutManager::refresh, py::call_guard<py::gil_scoped_release>(),
              "Re-reads the shared store and follows it; returns the version held.")
+        .def(
+            "_note_announced",
+            [](RolloutManager& manager, long long version, const std::string& incarnation,
+               long long restore_generation, const std::string& operation) {
+                const auto at = size_arg(version, "version");
+                const auto generation = size_arg(restore_generation, "restore_generation");
+                py::gil_scoped_release release;
+                return manager.note_announced(at, incarnation, generation, operation);
+            },
+            py::arg("version"), py::arg("incarnation"), py::arg("restore_generation"),
+            py::arg("operation"),
+            "Notes a commit the shared store announced (its hint), which a later read must find.")
         .def_property_readonly(
             "regressed",
             [](const RolloutManager& manager) -> std::optional<std::string> {

@@ -312,9 +312,11 @@ void RolloutManager::adopt_locked(PersistedRollout saved) {
 
 bool RolloutManager::adopt_if_newer_locked(PersistedRollout saved) {
     if (!synced_) {
+        announced_.reset();
         adopt_locked(std::move(saved));
         return true;
     }
+    bool same = false;  // the state this replica holds
     std::string problem;
     if (saved.restore_generation > restore_generation_) {
         // Restored from an export: whatever this replica saw before, this is the state now.
@@ -339,25 +341,67 @@ bool RolloutManager::adopt_if_newer_locked(PersistedRollout saved) {
                   " on a history without the step this replica saw at version " +
                   std::to_string(version_) + " (the store lost it, and others moved since)";
     } else if (saved.version == version_) {
-        clear_regressed_locked();  // the state this replica saw is back
-        return false;
+        same = true;
     }
+    if (problem.empty()) problem = lost_announced_locked(saved);
     if (!problem.empty()) {
         note_regressed_locked("the rollout state in " + options_.store->describe() + " " + problem);
         return false;
     }
-    clear_regressed_locked();
+    clear_regressed_locked();  // when the state this replica saw is back, too
+    if (same) return false;
     adopt_locked(std::move(saved));
     return true;
 }
 
 bool RolloutManager::continues_history(const PersistedRollout& saved) const {
-    if (transitions_.empty() || transitions_.back().op.empty()) return true;  // nothing to tell
-    // Every version adds one step: the step this replica holds last sits this far back.
-    const std::uint64_t back = saved.version - version_;
+    if (transitions_.empty()) return true;
+    return holds_step(saved, version_, transitions_.back().op);
+}
+
+bool RolloutManager::holds_step(const PersistedRollout& saved, std::uint64_t version,
+                                std::string_view operation) {
+    if (operation.empty()) return true;  // nothing to tell
+    // Every version adds one step: the step of `version` sits this far back.
+    const std::uint64_t back = saved.version - version;
     if (back >= saved.transitions.size()) return true;  // no longer in the kept history
     const Transition& step = saved.transitions[saved.transitions.size() - 1 - back];
-    return step.op.empty() || step.op == transitions_.back().op;
+    return step.op.empty() || step.op == operation;
+}
+
+bool RolloutManager::note_announced(std::uint64_t version, std::string_view incarnation,
+                                    std::uint64_t restore_generation, std::string_view operation) {
+    std::lock_guard lock(mutex_);
+    if (!synced_ || incarnation.empty() || incarnation != incarnation_ ||
+        restore_generation != restore_generation_ || version <= version_ ||
+        (announced_ && version <= announced_->version)) {
+        return false;
+    }
+    announced_ =
+        Announced{version, std::string(incarnation), restore_generation, std::string(operation)};
+    return true;
+}
+
+std::string RolloutManager::lost_announced_locked(const PersistedRollout& saved) {
+    if (!announced_) return {};
+    const Announced& announced = *announced_;
+    if (saved.incarnation != announced.incarnation ||
+        saved.restore_generation != announced.restore_generation) {
+        announced_.reset();  // restored since: whatever was announced before, this is the state
+        return {};
+    }
+    if (saved.version < announced.version) {
+        return "holds version " + std::to_string(saved.version) + ", older than version " +
+               std::to_string(announced.version) +
+               " whose commit it announced to this replica (the store lost its newest commits)";
+    }
+    if (!holds_step(saved, announced.version, announced.operation)) {
+        return "holds version " + std::to_string(saved.version) +
+               " on a history without the step it announced to this replica at version " +
+               std::to_string(announced.version) + " (the store lost it, and others moved since)";
+    }
+    announced_.reset();
+    return {};
 }
 
 void RolloutManager::note_regressed_locked(const std::string& problem) {

@@ -524,6 +524,111 @@ TEST_CASE("an older version of the same incarnation is a regression until it cat
     CHECK(a.manager->regressed().empty());
 }
 
+TEST_CASE("a commit announced but never read is a regression while the store lacks it", "[store]") {
+    // The store fails over right after a's commit: b heard the commit's hint but never read
+    // the state, and the new primary holds the version before it.
+    auto store = std::make_shared<MemoryStore>();
+    auto clock = fleet_clock();
+    Replica a(store, clock);
+    Replica b(store, clock);
+    const std::string version1 = *store->stored();
+    REQUIRE(a.manager->manual_advance("alice").success);
+    const std::string version2 = *store->stored();
+    const auto seen = a.manager->snapshot();
+    CHECK(b.manager->note_announced(2, seen.incarnation, 0, seen.transitions.back().op));
+    store->put(1, version1);
+    CHECK_FALSE(b.manager->follow(*store->stored()));
+    CHECK_THAT(b.manager->regressed(),
+               Catch::Contains("holds version 1, older than version 2 whose commit it announced"));
+    CHECK_THROWS_AS(b.manager->manual_advance("bob"), StateRegressed);
+    CHECK(b.manager->version() == 1);
+    CHECK(b.enforcer->options().rollout_percent == 10);  // serving the state it holds
+    // The commit is back: b takes it.
+    store->put(2, version2);
+    CHECK(b.manager->follow(*store->stored()));
+    CHECK(b.manager->regressed().empty());
+    CHECK(b.manager->version() == 2);
+}
+
+TEST_CASE("a commit announced and lost for another at its version is a regression", "[store]") {
+    auto store = std::make_shared<MemoryStore>();
+    auto clock = fleet_clock();
+    Replica a(store, clock);
+    Replica b(store, clock);
+    Replica c(store, clock);
+    const std::string version1 = *store->stored();
+    REQUIRE(a.manager->manual_advance("alice").success);
+    const auto seen = a.manager->snapshot();
+    REQUIRE(b.manager->note_announced(2, seen.incarnation, 0, seen.transitions.back().op));
+    store->put(1, version1);                               // a failover loses it
+    REQUIRE(c.manager->manual_rollback("carol").success);  // c never saw it: version 2 too
+    CHECK_FALSE(b.manager->follow(*store->stored()));
+    CHECK_THAT(b.manager->regressed(),
+               Catch::Contains("holds version 2 on a history without the step it announced"));
+    CHECK(b.manager->version() == 1);
+}
+
+TEST_CASE("a restore forgets the commits announced before it", "[store]") {
+    auto store = std::make_shared<MemoryStore>();
+    auto clock = fleet_clock();
+    Replica a(store, clock);
+    Replica b(store, clock);
+    const std::string version1 = *store->stored();
+    REQUIRE(a.manager->manual_advance("alice").success);
+    const auto seen = a.manager->snapshot();
+    REQUIRE(b.manager->note_announced(2, seen.incarnation, 0, seen.transitions.back().op));
+    store->put(1, version1);
+    CHECK_FALSE(b.manager->follow(*store->stored()));
+    CHECK_FALSE(b.manager->regressed().empty());
+    auto restored = nlohmann::json::parse(version1);
+    restored["restore_generation"] = 1;
+    store->put(1, restored.dump());
+    CHECK(b.manager->follow(*store->stored()));
+    CHECK(b.manager->regressed().empty());
+    CHECK(b.manager->follow(*store->stored()) == false);  // the same state: nothing pending
+    CHECK(b.manager->regressed().empty());
+}
+
+TEST_CASE("boundary: a commit is announced only ahead of the state held, in its lineage",
+          "[store][boundary]") {
+    auto store = std::make_shared<MemoryStore>();
+    auto clock = fleet_clock();
+    Replica a(store, clock);
+    const std::string incarnation = a.manager->snapshot().incarnation;
+    const std::string other(16, '0');
+    CHECK_FALSE(a.manager->note_announced(1, incarnation, 0, "op"));  // the version held
+    CHECK_FALSE(a.manager->note_announced(2, other, 0, "op"));        // another incarnation
+    CHECK_FALSE(a.manager->note_announced(2, "", 0, "op"));           // none named
+    CHECK_FALSE(a.manager->note_announced(2, incarnation, 1, "op"));  // a restore's
+    CHECK(a.manager->note_announced(2, incarnation, 0, "op"));        // one ahead
+    CHECK_FALSE(a.manager->note_announced(2, incarnation, 0, "op"));  // announced already
+    CHECK(a.manager->note_announced(3, incarnation, 0, "op-3"));      // the next one
+    // A replica that never read the state has nothing an announcement could be lost from.
+    store->down = true;
+    Replica unsynced(store, clock);
+    REQUIRE_FALSE(unsynced.manager->synced());
+    CHECK_FALSE(unsynced.manager->note_announced(5, incarnation, 0, "op"));
+}
+
+TEST_CASE("boundary: an announced commit found at its version, or under later ones, is held",
+          "[store][boundary]") {
+    // At the announced version with its step, and one version on with the step below it: the
+    // store has the commit, nothing regressed; the version before it is the loss.
+    for (const int later : {0, 1}) {
+        auto store = std::make_shared<MemoryStore>();
+        auto clock = fleet_clock();
+        Replica a(store, clock);
+        Replica b(store, clock);
+        REQUIRE(a.manager->manual_advance("alice").success);
+        const auto seen = a.manager->snapshot();
+        if (later) REQUIRE(a.manager->manual_advance("alice").success);
+        REQUIRE(b.manager->note_announced(2, seen.incarnation, 0, seen.transitions.back().op));
+        CHECK(b.manager->follow(*store->stored()));
+        CHECK(b.manager->regressed().empty());
+        CHECK(b.manager->version() == 2u + static_cast<std::uint64_t>(later));
+    }
+}
+
 TEST_CASE("a precondition with an incarnation holds only for that incarnation", "[store]") {
     auto store = std::make_shared<MemoryStore>();
     auto clock = fleet_clock();

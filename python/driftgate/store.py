@@ -2,7 +2,8 @@
 
 One hash holds the rollout document (the same JSON as a state file) and its version; every
 transition is a compare-and-set on that version in one Lua script, so it commits only if
-nobody committed since it was decided. A commit publishes the new version as a hint; every
+nobody committed since it was decided. A commit publishes what it wrote as a hint (a replica
+that hears it knows of the commit, even if Redis fails over before it can read it); every
 replica also polls the version every `sync_interval_seconds` and reloads fully after each
 reconnect, so lost hints cost at most one interval. One replica at a time evaluates the
 automatic rules: it holds a lease (a token with a TTL, renewed while it lives) whose fencing
@@ -87,7 +88,10 @@ return {'ok', fields[1], fields[2]}
 # onto one of its own incarnation (or one written before incarnations) and restore generation,
 # so a replica that missed a restore cannot write over it. The hash keeps the newest step's
 # operation, incarnation and generation beside the version, for the followers' poll. The hint
-# is published before anything is written: a refused PUBLISH leaves the state as it was.
+# names them too ("<version> <incarnation> <generation> <operation>"), so that a follower that
+# hears it knows of the commit even when Redis fails over before it can read it. It is sent
+# once the state is written, so it never announces a write Redis refused (out of memory); a
+# refused PUBLISH costs the hint only (the followers' poll finds the commit), never the commit.
 _COMMIT = """
 local kind = redis.call('TYPE', KEYS[1])['ok']
 if kind ~= 'none' and kind ~= 'hash' then return {'foreign', kind} end
@@ -109,10 +113,10 @@ if tonumber(stored or '0') ~= tonumber(ARGV[1]) or (incarnation and incarnation 
     or generation ~= tonumber(ARGV[9]) then
   return {'conflict', redis.call('HGET', KEYS[1], 'doc')}
 end
-redis.call('PUBLISH', KEYS[3], ARGV[2])
 redis.call('HSET', KEYS[1], 'version', ARGV[2], 'doc', ARGV[3], 'incarnation', ARGV[7],
   'generation', ARGV[9], 'op', ARGV[10])
 if ARGV[4] == '1' then redis.call('HSET', KEYS[1], 'fence', ARGV[6]) end
+redis.pcall('PUBLISH', KEYS[3], ARGV[2] .. ' ' .. ARGV[7] .. ' ' .. ARGV[9] .. ' ' .. ARGV[10])
 return {'committed'}
 """
 
@@ -144,7 +148,7 @@ return {'abandoned'}
 
 # A restore: writes ARGV[1] (version ARGV[2], incarnation ARGV[3], restore generation ARGV[6],
 # newest operation ARGV[7]) if the stored document is still ARGV[4] (ARGV[5] == '1'), or
-# nothing is stored (ARGV[5] == '0'). KEYS: state, channel.
+# nothing is stored (ARGV[5] == '0'). KEYS: state, channel. Its hint is sent as a commit's.
 _REPLACE = """
 local kind = redis.call('TYPE', KEYS[1])['ok']
 if kind ~= 'none' and kind ~= 'hash' then return {'foreign', kind} end
@@ -154,29 +158,38 @@ if kind == 'hash' then
   doc = redis.call('HGET', KEYS[1], 'doc')
 end
 if (ARGV[5] == '1' and doc ~= ARGV[4]) or (ARGV[5] == '0' and doc) then return {'changed'} end
-redis.call('PUBLISH', KEYS[2], ARGV[2])
 redis.call('HSET', KEYS[1], 'version', ARGV[2], 'doc', ARGV[1], 'incarnation', ARGV[3],
   'generation', ARGV[6], 'op', ARGV[7])
+redis.pcall('PUBLISH', KEYS[2], ARGV[2] .. ' ' .. ARGV[3] .. ' ' .. ARGV[6] .. ' ' .. ARGV[7])
 return {'replaced'}
 """
 
 # What tells one stored state from another, for the follower's poll: version, incarnation,
-# restore generation and newest operation (a key of another type: all nil).
+# restore generation and newest operation (a key of another type: all nil). One command: the
+# poll is most of what a follower at rest sends.
 _POLL = """
-if redis.call('TYPE', KEYS[1])['ok'] ~= 'hash' then return {false, false, false, false} end
-return redis.call('HMGET', KEYS[1], 'version', 'incarnation', 'generation', 'op')
+local fields = redis.pcall('HMGET', KEYS[1], 'version', 'incarnation', 'generation', 'op')
+if fields['err'] then return {false, false, false, false} end
+return fields
 """
 
 # Whether the lease and fence keys hold what the lease script writes: the lease a string
 # "<fence>:<holder>" with an expiry, the fence a string of at most 15 digits (a number Lua's
 # doubles hold exactly). Anything else was put there by something else: it is reported and
-# never overwritten, and nobody evaluates until it is gone. KEYS: lease, fence.
+# never overwritten, and nobody evaluates until it is gone. KEYS: lease, fence. Each key is
+# read with one GET (its TYPE asked only when the GET is refused), since every follower runs
+# this once a sync interval; `held` is the lease's value (false: none).
 _FOREIGN_LEASE = """
+local function read(key)
+  local value = redis.pcall('GET', key)
+  if type(value) == 'table' and value['err'] then return nil, redis.call('TYPE', key)['ok'] end
+  return value
+end
+local held, kind = read(KEYS[1])
 local function foreign_lease()
-  local kind = redis.call('TYPE', KEYS[1])['ok']
-  if kind ~= 'none' and kind ~= 'string' then return {'foreign', KEYS[1], 'a Redis ' .. kind} end
-  if kind == 'string' then
-    local number = string.match(redis.call('GET', KEYS[1]), '^(%d+):.')
+  if held == nil then return {'foreign', KEYS[1], 'a Redis ' .. kind} end
+  if held then
+    local number = string.match(held, '^(%d+):.')
     if not number or #number > 15 then
       return {'foreign', KEYS[1], 'a string that is not an evaluation lease'}
     end
@@ -184,13 +197,10 @@ local function foreign_lease()
       return {'foreign', KEYS[1], 'a lease that never expires'}
     end
   end
-  kind = redis.call('TYPE', KEYS[2])['ok']
-  if kind ~= 'none' and kind ~= 'string' then return {'foreign', KEYS[2], 'a Redis ' .. kind} end
-  if kind == 'string' then
-    local fence = redis.call('GET', KEYS[2])
-    if not string.match(fence, '^%d+$') or #fence > 15 then
-      return {'foreign', KEYS[2], 'a string that is not a fencing number'}
-    end
+  local fence, fence_kind = read(KEYS[2])
+  if fence == nil then return {'foreign', KEYS[2], 'a Redis ' .. fence_kind} end
+  if fence and (not string.match(fence, '^%d+$') or #fence > 15) then
+    return {'foreign', KEYS[2], 'a string that is not a fencing number'}
   end
   return nil
 end
@@ -204,7 +214,6 @@ if foreign then return foreign end
 _LEASE = (
     _FOREIGN_LEASE
     + """
-local held = redis.call('GET', KEYS[1])
 if held then
   local holder = string.sub(held, string.find(held, ':', 1, true) + 1)
   if holder == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
@@ -221,7 +230,7 @@ return {'held', held}
 _OBSERVE = (
     _FOREIGN_LEASE
     + """
-return {'held', redis.call('GET', KEYS[1])}
+return {'held', held}
 """
 )
 
@@ -1024,7 +1033,7 @@ class RedisStateStore(SharedStateStore):
     def campaign(self, enabled: bool) -> None:
         """Whether this replica competes for the evaluation lease (its monitor runs)."""
         if self._follower is not None:
-            self._follower.campaigning = enabled  # the follower releases the lease when off
+            self._follower.campaign(enabled)
 
     def close(self) -> None:
         """Stops following, gives up the lease and the unready slot, and closes the
@@ -1255,8 +1264,21 @@ class RedisStateStore(SharedStateStore):
 
     @property
     def _lease_tick(self) -> float:
-        """How often the lease is renewed or sought: well inside its TTL."""
+        """How often the holder renews the lease: well inside its TTL."""
         return min(self.lease_ttl_seconds / 5, 1.0)
+
+    @property
+    def _follow_tick(self) -> float:
+        """How often the follower renews, seeks or looks at the lease. The holder renews it
+        every lease tick, and so does a replica keeping a readiness budget (its slot lives as
+        long as the lease); any other replica seeks or looks at it once a sync interval, but at
+        least three times a TTL, so that a lease left by a replica that died is taken within a
+        third of its TTL after it expires. At rest that is one script call a sync interval,
+        beside the poll. (The lease has no part in following the state: a store that lost
+        commits is found by the hints, the poll and the reload after a reconnect.)"""
+        if self.holds_lease or self._budget is not None:
+            return self._lease_tick
+        return max(self._lease_tick, min(self.lease_ttl_seconds / 3, self.sync_interval_seconds))
 
     def _lease_is_foreign(self, answer: Any) -> bool:
         """Whether a lease script found a foreign value; the lease is then dropped."""
@@ -1352,6 +1374,24 @@ def _commit_ids(document: str) -> tuple[str, str, int]:
         return ("", "", 0)
     return (str(incarnation), str(operation), generation)
 
+
+def _announced(data: Any) -> tuple[int, str, int, str] | None:
+    """What a commit's hint names: version, incarnation, restore generation and newest step's
+    operation; None for any other message (the evidence's hint, an older release's bare
+    version, anything else on the channel)."""
+    if not isinstance(data, bytes) or len(data) > 256:
+        return None
+    parts = data.split(b" ")
+    if len(parts) != 4 or not all(parts[i].isdigit() and len(parts[i]) <= 15 for i in (0, 2)):
+        return None
+    try:
+        incarnation, operation = parts[1].decode("ascii"), parts[3].decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    return (int(parts[0]), incarnation, int(parts[2]), operation)
+
+
+_DRAINED_HINTS = 64  # read off a broken connection at most: a commit sends one
 
 _EVIDENCE_FIELDS: dict[str, type | tuple[type, ...]] = {
     "stage_index": int,
@@ -1475,6 +1515,7 @@ class _Follower:
             target=self._run, name=f"driftgate-follow-{store.key}", daemon=True
         )
         self.campaigning = False
+        self._next_lease = self._next_poll = 0.0  # when each is due (monotonic seconds)
         self._last_sync: float | None = None
         self._started = time.monotonic()
         self._outage = _RecurringProblem(store.describe(), "answers again")
@@ -1490,6 +1531,14 @@ class _Follower:
 
     def start(self) -> None:
         self._thread.start()
+
+    def campaign(self, enabled: bool) -> None:
+        """Whether to seek the lease (the monitor runs); a change is acted on at the next
+        round rather than the next follow tick: a monitor that starts seeks the lease at once,
+        one that stops gives it up."""
+        if enabled != self.campaigning:
+            self.campaigning = enabled
+            self._next_lease = 0.0
 
     def stop(self) -> None:
         self._stop.set()
@@ -1531,6 +1580,27 @@ class _Follower:
             if shared is not None:
                 manager._adopt_evidence(**shared)
 
+    def _heard(self, manager: RolloutManager, message: dict[str, Any]) -> None:
+        """Notes the commit a hint announces, before the read it calls for: should the store
+        fail over before that read, the manager still knows what the store acknowledged."""
+        announced = _announced(message.get("data"))
+        if announced is not None:
+            manager._note_announced(*announced)
+
+    def _drain(self, pubsub: Any) -> None:
+        """Notes the hints that reached this replica before the store broke off (its kernel
+        holds them after the server died), so that a commit announced just before a failover
+        is not forgotten with the connection."""
+        manager = self._manager()
+        if manager is None:
+            return
+        with contextlib.suppress(Exception):  # the broken connection ends it
+            for _ in range(_DRAINED_HINTS):
+                message = pubsub.get_message(timeout=0)
+                if message is None:
+                    return
+                self._heard(manager, message)
+
     def _note_regressed(self, manager: RolloutManager) -> None:
         problem = manager._snapshot()["regressed"]
         if problem is None:
@@ -1569,10 +1639,36 @@ class _Follower:
         else:
             self._budget_failing.ended()
 
+    def _tend(self, manager: RolloutManager, now: float) -> float:
+        """Does what is due at `now` (monotonic seconds): the lease (renewed, sought or looked
+        at) and the readiness budget's heartbeat every follow tick, the poll every sync
+        interval; returns when the next is due. Raises what the store raises."""
+        store = self._store
+        if not self.campaigning and store.holds_lease:
+            store.release_lease()
+        if now >= self._next_lease:
+            if self.campaigning:
+                store.renew_lease()
+            else:
+                store.observe_lease()
+            self._update_budget()
+            self._next_lease = now + store._follow_tick
+        if now >= self._next_poll:
+            self._read_clock(manager)
+            held, synced, regressed = _held(manager)
+            # Regressed, the state it saw may be back.
+            if store.stored_tag() != held or not synced or regressed:
+                self._sync(manager)
+            else:
+                # The version this replica holds is stored (again): readable.
+                self._unreadable.ended()
+                self._last_sync = time.monotonic()
+            self._next_poll = now + store.sync_interval_seconds
+        return min(self._next_poll, self._next_lease)
+
     def _run(self) -> None:
         store = self._store
         pubsub: Any = None
-        next_poll = next_lease = 0.0
         backoff = 0.05
         failures: tuple[type[BaseException], ...] = (StateStoreError, *store._errors)
         while not self._stop.is_set():
@@ -1586,34 +1682,16 @@ class _Follower:
                     pubsub.subscribe(store._channel)
                     self._read_clock(manager)
                     self._sync(manager)  # a reconnect may have missed hints: reload fully
-                    next_poll = now + store.sync_interval_seconds
-                if not self.campaigning and store.holds_lease:
-                    store.release_lease()
-                if now >= next_lease:
-                    if self.campaigning:
-                        store.renew_lease()
-                    else:
-                        store.observe_lease()
-                    self._update_budget()
-                    next_lease = now + store._lease_tick
-                if now >= next_poll:
-                    self._read_clock(manager)
-                    held, synced, regressed = _held(manager)
-                    # Regressed, the state it saw may be back.
-                    if store.stored_tag() != held or not synced or regressed:
-                        self._sync(manager)
-                    else:
-                        # The version this replica holds is stored (again): readable.
-                        self._unreadable.ended()
-                        self._last_sync = time.monotonic()
-                    next_poll = now + store.sync_interval_seconds
-                wait = max(0.0, min(next_poll, next_lease) - time.monotonic())
+                    self._next_poll = now + store.sync_interval_seconds
+                    self._next_lease = now  # and looks at the lease at once
+                wait = max(0.0, self._tend(manager, now) - time.monotonic())
                 del manager  # not kept alive while waiting
                 message = pubsub.get_message(timeout=min(wait, 1.0))
                 manager = self._manager()
                 if manager is None:
                     break
                 if message is not None:
+                    self._heard(manager, message)
                     self._sync(manager)
                 backoff = 0.05
                 up = True
@@ -1630,6 +1708,7 @@ class _Follower:
                 if store.budget is not None:
                     store.budget.lose()  # a replica that cannot reach the store stays ready
                 if pubsub is not None:
+                    self._drain(pubsub)
                     with contextlib.suppress(Exception):  # a broken connection may fail to close
                         pubsub.close()
                     pubsub = None

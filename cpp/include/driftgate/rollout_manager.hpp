@@ -231,6 +231,16 @@ class RolloutManager {
     /// start; a synced one reports the store regressed (StateRegressed) and recreates nothing.
     /// StateStoreError when the store cannot be reached.
     std::uint64_t refresh();
+    /// Notes a commit the shared store announced (the hint its commit script publishes: the
+    /// version, incarnation, restore generation and newest step's operation it wrote), which
+    /// this replica may not get to read: the store can fail over right after the commit. A
+    /// later document of that incarnation and generation that lacks it (an older version, or
+    /// another step at its version) is then a regression, as if this replica had read the
+    /// commit, until the store holds it again or a restore comes. Ignored (false) while
+    /// unsynced, for another incarnation or generation than the one held, and for a version
+    /// not newer than the one held or already announced.
+    bool note_announced(std::uint64_t version, std::string_view incarnation,
+                        std::uint64_t restore_generation, std::string_view operation);
     /// Why the shared store is behind what this manager has seen; empty while it is not.
     std::string regressed() const;
     /// Adopts a reading the fleet's evaluator made of the stage at `at`, so every replica's
@@ -302,6 +312,14 @@ class RolloutManager {
     /// step this replica holds last where it belongs; true when that cannot be told (legacy
     /// steps without operation ids, or a step no longer in the kept history).
     bool continues_history(const PersistedRollout& saved) const;
+    /// Whether `saved` (at `version` or later) holds the step `operation` at `version`; true
+    /// when that cannot be told, as for continues_history.
+    static bool holds_step(const PersistedRollout& saved, std::uint64_t version,
+                           std::string_view operation);
+    /// Why `saved` (adoptable by what this replica holds) lacks the commit the store
+    /// announced, or empty; forgets the announcement once a state of its lineage holds it, or
+    /// one of another lineage (a restore) is read.
+    std::string lost_announced_locked(const PersistedRollout& saved);
     void note_regressed_locked(const std::string& problem);
     void clear_regressed_locked();
     void refresh_locked();
@@ -352,6 +370,14 @@ class RolloutManager {
     std::string incarnation_;  // of the state held; kept when a state without one is adopted
     std::uint64_t restore_generation_ = 0;
     std::string regressed_;  // why the shared store is behind this replica; empty if it is not
+    /// The newest commit the store announced that this replica has not read (note_announced).
+    struct Announced {
+        std::uint64_t version = 0;
+        std::string incarnation;
+        std::uint64_t restore_generation = 0;
+        std::string operation;
+    };
+    std::optional<Announced> announced_;
     std::optional<StateFile> state_file_;
     bool synced_ = true;                 // false while a shared store's state has not been read
     RolloutPosition unsynced_start_;     // where an unsynced manager starts once it can
