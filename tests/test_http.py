@@ -204,6 +204,24 @@ def test_the_probes_answer_what_their_models_say(client):
         assert response.content == json.dumps(body, separators=(",", ":")).encode()
 
 
+def test_the_routes_asked_most_often_come_first(parts):
+    # FastAPI tries an included router's routes in order, and each one passed over costs
+    # every request that comes after it.
+    names = [route.name for route in create_router(**parts).routes]
+    assert names[:3] == ["driftgate:rollout_status", "driftgate:readyz", "driftgate:healthz"]
+    assert names.index("driftgate:rollouts_status") > names.index("driftgate:rollout_rollback")
+
+
+def test_the_status_first_takes_no_probes_request_under_one_prefix(parts):
+    app = FastAPI()
+    app.include_router(create_router(**parts, probe_prefix="/ops", rollout_prefix="/ops"))
+    client = TestClient(app)
+    assert client.get("/ops/healthz").json() == {"status": "ok"}
+    assert client.get("/ops/readyz").json() == READY
+    assert client.get("/ops/metrics").text.startswith("# HELP ")
+    assert client.get("/ops/status").json()["current_stage"]["name"] == "canary"
+
+
 def test_rollout_status_without_a_manager(parts):
     app = FastAPI()
     app.include_router(create_router(tracker=parts["tracker"]))

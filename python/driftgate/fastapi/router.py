@@ -511,9 +511,68 @@ def create_router(
 
     router = APIRouter(lifespan=router_lifespan)
 
-    @router.get(f"{probes}/healthz", response_model=HealthBody, name="driftgate:healthz")
-    async def healthz() -> Response:
-        return _json_response(_HEALTHY_BODY)
+    # async: a sync dependency would take a token of the shared thread pool.
+    async def require_manager() -> RolloutManager:
+        default = manager if rollouts is None else rollouts.get(DEFAULT_ROLLOUT, manager)
+        if default is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, ReasonCode.NO_ROLLOUT.value)
+        return default
+
+    async def require_named(rollout: str) -> RolloutManager:
+        named = None if rollouts is None else rollouts.get(rollout)
+        if named is None and rollout == DEFAULT_ROLLOUT:
+            named = manager
+        if named is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, ReasonCode.UNKNOWN_ROLLOUT.value)
+        return named
+
+    def status_answer(request: Request, rollout: RolloutManager) -> Response:
+        report = rollout.get_status()
+        tag = report["etag"]
+        if _none_match(request.headers.get("if-none-match"), tag):
+            return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": tag})
+        return _json_response(_STATUS.dump_json(report), ETag=tag)
+
+    def status_route(path: str, find: Callable[..., Any], route: str) -> None:
+        """The status of the rollout `find` answers, at `{path}/status`, named
+        `driftgate:{route}_status`."""
+
+        # The published snapshot: no manager lock and no store call, so on the event loop.
+        # The manager is looked up here, not through a dependency, and the report is written
+        # as JSON here, not by FastAPI's response-model pass: status pollers (dashboards, the
+        # command line, each replica's neighbours) ask often. The response model documents it.
+        if route == "rollout":
+
+            async def rollout_status(request: Request) -> Response:
+                if read_check is not None:  # before the lookup: no name told to a stranger
+                    await read_check(request)
+                return status_answer(request, await find())
+
+        else:
+
+            async def rollout_status(request: Request, rollout: str) -> Response:  # type: ignore[misc]
+                if read_check is not None:
+                    await read_check(request)
+                return status_answer(request, await find(rollout))
+
+        router.get(
+            f"{path}/status",
+            response_model=RolloutStatus,
+            responses={
+                **STATUS_ERRORS,
+                **(_errors(401, 403, 503) if read_declared else {}),
+                304: {"description": "Not modified: If-None-Match names the current ETag."},
+            },
+            name=f"driftgate:{route}_status",
+            dependencies=read_guard if read_check is None else [],
+        )(rollout_status)
+
+    # FastAPI tries an included router's routes in the order they were added, twice for each
+    # request (about a microsecond for each route passed over): the routes asked most often
+    # come first, the rollout's status (pollers) and readiness (the orchestrator), then
+    # liveness. The status's path ends in /status and no probe's does, so coming first it
+    # takes no request of theirs.
+    status_route(rollout_path, require_manager, "rollout")
 
     # On the event loop: the gate's check reads counters and the readiness budget a confirmed
     # grant, in microseconds, taking neither the manager's lock nor the store, so readiness
@@ -548,6 +607,10 @@ def create_router(
                 return JSONResponse(body, status_code=503)
         return _json_response(_READY_WITHIN_BUDGET_BODY if excused else _READY_BODY)
 
+    @router.get(f"{probes}/healthz", response_model=HealthBody, name="driftgate:healthz")
+    async def healthz() -> Response:
+        return _json_response(_HEALTHY_BODY)
+
     @router.get(
         f"{probes}/metrics",
         response_class=Response,
@@ -565,21 +628,6 @@ def create_router(
             include_process_metrics,
         )
         return Response(answer.body, media_type=answer.content_type, headers=answer.headers)
-
-    # async: a sync dependency would take a token of the shared thread pool.
-    async def require_manager() -> RolloutManager:
-        default = manager if rollouts is None else rollouts.get(DEFAULT_ROLLOUT, manager)
-        if default is None:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, ReasonCode.NO_ROLLOUT.value)
-        return default
-
-    async def require_named(rollout: str) -> RolloutManager:
-        named = None if rollouts is None else rollouts.get(rollout)
-        if named is None and rollout == DEFAULT_ROLLOUT:
-            named = manager
-        if named is None:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, ReasonCode.UNKNOWN_ROLLOUT.value)
-        return named
 
     def every_rollout() -> dict[str, RolloutManager]:
         found = dict(rollouts or {})
@@ -724,46 +772,9 @@ def create_router(
             )
         )
 
-    def status_answer(request: Request, rollout: RolloutManager) -> Response:
-        report = rollout.get_status()
-        tag = report["etag"]
-        if _none_match(request.headers.get("if-none-match"), tag):
-            return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": tag})
-        return _json_response(_STATUS.dump_json(report), ETag=tag)
-
     def rollout_routes(path: str, find: Callable[..., Any], route: str) -> None:
-        """Status, state, advance and rollback of the rollout `find` answers, under `path`;
-        `route` names them (`driftgate:{route}_status`, ...)."""
-
-        # The published snapshot: no manager lock and no store call, so on the event loop.
-        # The manager is looked up here, not through a dependency, and the report is written
-        # as JSON here, not by FastAPI's response-model pass: status pollers (dashboards, the
-        # command line, each replica's neighbours) ask often. The response model documents it.
-        if route == "rollout":
-
-            async def rollout_status(request: Request) -> Response:
-                if read_check is not None:  # before the lookup: no name told to a stranger
-                    await read_check(request)
-                return status_answer(request, await find())
-
-        else:
-
-            async def rollout_status(request: Request, rollout: str) -> Response:  # type: ignore[misc]
-                if read_check is not None:
-                    await read_check(request)
-                return status_answer(request, await find(rollout))
-
-        router.get(
-            f"{path}/status",
-            response_model=RolloutStatus,
-            responses={
-                **STATUS_ERRORS,
-                **(_errors(401, 403, 503) if read_declared else {}),
-                304: {"description": "Not modified: If-None-Match names the current ETag."},
-            },
-            name=f"driftgate:{route}_status",
-            dependencies=read_guard if read_check is None else [],
-        )(rollout_status)
+        """State, advance and rollback of the rollout `find` answers, under `path`; `route`
+        names them (`driftgate:{route}_state`, ...)."""
 
         @router.get(
             f"{path}/state",
@@ -824,6 +835,7 @@ def create_router(
             return await admin_move(rollout.manual_rollback, request, actor, rollout, body)
 
     rollout_routes(rollout_path, require_manager, "rollout")
+    status_route(f"{rollouts_path}/{{rollout}}", require_named, "rollouts")
     rollout_routes(f"{rollouts_path}/{{rollout}}", require_named, "rollouts")
 
     if reload is not None:
