@@ -10,12 +10,14 @@ import math
 import os
 import re
 import threading
+import weakref
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from typing import Annotated, Any, Protocol, TypeVar
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+from pydantic_core import to_json
 
 from driftgate._core import (
     DEFAULT_ROLLOUT,
@@ -40,8 +42,8 @@ from driftgate.fastapi.auth import (
 from driftgate.identity import Identity, Scope
 from driftgate.readiness_budget import ReadinessBudget
 from driftgate.reasons import ReasonCode
-from driftgate.rollout import Decision, DecisionAction, RolloutManager
-from driftgate.status import RolloutStatus, entity_tag
+from driftgate.rollout import Decision, DecisionAction, RolloutManager, StatusKey
+from driftgate.status import RolloutStatus, elapsed_time, entity_tag
 
 logger = logging.getLogger("driftgate.http")
 
@@ -74,6 +76,43 @@ def _json_response(body: bytes, status_code: int = 200, **headers: str) -> Respo
 # The status's own serializer (pydantic's, as the response model would use it): the report is
 # built by the manager, so it is written without being validated again.
 _STATUS: TypeAdapter[RolloutStatus] = TypeAdapter(RolloutStatus)
+# Written in place of the two fields that the clock alone changes, to find where they go.
+_ELAPSED = "\x00elapsed_time\x00"
+_REASON = "\x00waiting_reason\x00"
+_ELAPSED_JSON = to_json(_ELAPSED)
+_REASON_JSON = to_json(_REASON)
+
+
+class WrittenStatus:
+    """A status as JSON, kept in three pieces around its `elapsed_time` and `waiting_reason`
+    with the key of what it was built from but the clock (RolloutManager._status_now): while
+    a manager's key stays the same, its status is these pieces with those two fields written
+    anew, byte for byte what writing it whole would give."""
+
+    __slots__ = ("etag", "head", "key", "middle", "tail")
+
+    def __init__(self, key: StatusKey, etag: str, head: bytes, middle: bytes, tail: bytes):
+        self.key = key
+        self.etag = etag
+        self.head = head
+        self.middle = middle
+        self.tail = tail
+
+    @classmethod
+    def of(cls, report: RolloutStatus, key: StatusKey) -> "WrittenStatus | None":
+        """None when the two fields cannot be told apart from the rest (some text of the
+        status holds what marks them)."""
+        marked = _STATUS.dump_json({**report, "elapsed_time": _ELAPSED, "waiting_reason": _REASON})
+        if marked.count(_ELAPSED_JSON) != 1 or marked.count(_REASON_JSON) != 1:
+            return None
+        head, _, rest = marked.partition(_ELAPSED_JSON)
+        middle, found, tail = rest.partition(_REASON_JSON)
+        return cls(key, report["etag"], head, middle, tail) if found else None
+
+    def body(self, elapsed: str, reason: str) -> bytes:
+        return b"".join((self.head, to_json(elapsed), self.middle, to_json(reason), self.tail))
+
+
 _HEALTHY_BODY = _encoded(HEALTHY)
 _READY_BODY = _encoded(READY)
 _READY_WITHIN_BUDGET_BODY = _encoded(READY_WITHIN_BUDGET)
@@ -526,12 +565,30 @@ def create_router(
             raise HTTPException(status.HTTP_404_NOT_FOUND, ReasonCode.UNKNOWN_ROLLOUT.value)
         return named
 
+    # Each manager's status as last written: see WrittenStatus.
+    written: weakref.WeakKeyDictionary[RolloutManager, WrittenStatus] = weakref.WeakKeyDictionary()
+
+    def status_body(rollout: RolloutManager) -> tuple[bytes, str]:
+        """The status as JSON, and its ETag: the pieces written last when nothing but the
+        clock can have changed what it says, else written whole (and kept)."""
+        now = rollout._status_now()
+        if now is not None:
+            key, at, started_at, reason = now
+            last = written.get(rollout)
+            if last is not None and last.key == key:
+                return last.body(elapsed_time(at, started_at), reason), last.etag
+        report, built_from = rollout._status_and_key()
+        if built_from is not None:
+            pieces = WrittenStatus.of(report, built_from)
+            if pieces is not None:
+                written[rollout] = pieces
+        return _STATUS.dump_json(report), report["etag"]
+
     def status_answer(request: Request, rollout: RolloutManager) -> Response:
-        report = rollout.get_status()
-        tag = report["etag"]
+        body, tag = status_body(rollout)
         if _none_match(request.headers.get("if-none-match"), tag):
             return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": tag})
-        return _json_response(_STATUS.dump_json(report), ETag=tag)
+        return _json_response(body, ETag=tag)
 
     def status_route(path: str, find: Callable[..., Any], route: str) -> None:
         """The status of the rollout `find` answers, at `{path}/status`, named
