@@ -1,5 +1,6 @@
 """The FastAPI router and the demo service, through FastAPI's test client."""
 
+import asyncio
 import gzip
 import json
 
@@ -7,6 +8,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
+from pydantic_core import to_json
 
 import driftgate
 from driftgate import (
@@ -21,7 +23,8 @@ from driftgate import (
 )
 from driftgate.demo import create_demo_app
 from driftgate.fastapi import MAX_BODY_BYTES, create_router
-from driftgate.fastapi.router import READY
+from driftgate.fastapi import router as router_module
+from driftgate.fastapi.router import _STATUS, READY
 from driftgate.settings import parse_settings
 
 TOKEN = "s3cret-token"
@@ -196,12 +199,121 @@ def test_rollout_status_answers_the_managers_report_as_json_with_its_etag(client
     assert response.headers["etag"] == report["etag"]
 
 
+def status_as_sent(client) -> tuple[bytes, str]:
+    response = client.get("/api/guardian/rollout/status")
+    assert response.status_code == 200
+    return response.content, response.headers["etag"]
+
+
+def written_whole(manager) -> tuple[bytes, str]:
+    """The manager's status now, written as the router writes a report it has just built."""
+    report = manager.get_status()
+    return _STATUS.dump_json(report), report["etag"]
+
+
+def failing_source() -> float:
+    raise RuntimeError("the error-rate source is away")
+
+
+def test_the_status_is_written_anew_whenever_what_it_says_may_have_changed(client, parts):
+    # The clock stands still between the request and the status written whole, so every
+    # answer must be that status byte for byte: a piece kept from before a change would show.
+    manager, enforcer, clock = parts["manager"], parts["manager"].enforcer, parts["tracker"].clock
+    answers = []
+
+    def answer() -> dict:
+        sent = status_as_sent(client)
+        assert sent == written_whole(manager)
+        answers.append(sent[0])
+        return json.loads(sent[0])
+
+    first = answer()
+    assert answer() == first  # nothing changed
+    clock.advance(3600)  # the clock alone: the time elapsed, the time that remains
+    assert answer()["elapsed_time"] == "1:00:00"
+    clock.advance(86400)  # past the stage's minimum: it waits for something else now
+    assert answer()["waiting_for"] != first["waiting_for"]
+    manager.evaluate_counts(0, 40)  # new counts of the stage's requests
+    assert answer()["stage_requests"] == 40
+    manager.evaluate_counts(0, 90)
+    assert answer()["stage_requests"] == 90
+    manager.error_rate_source = lambda: 0.001
+    asyncio.run(manager.check_and_advance())  # a check, which the status shows
+    assert answer()["last_check"]["action"] == "waiting_for_approval"
+    manager.error_rate_source = failing_source
+    asyncio.run(manager.check_and_advance())  # a failed check, which moves nothing
+    assert answer()["last_check"]["failed"] is True
+    manager.manual_advance("alice")  # a move
+    assert answer()["current_stage"]["name"] == "quarter"
+    enforcer.set_options(enforce=False)  # as a reload of enforce_enabled does
+    assert answer()["enforcing"] is False
+    manager.min_requests = 500  # as a reload of rollout.min_requests does
+    assert answer()["min_requests"] == 500
+    manager.manual_rollback("alice", "too early")
+    assert answer()["current_stage"]["name"] == "canary"
+    assert len(set(answers)) == len(answers) - 1  # only the second answer repeated the first
+
+
+def test_a_status_that_has_not_changed_is_not_built_again(client, parts, monkeypatch):
+    manager = parts["manager"]
+    manager.error_rate_source = lambda: 0.001
+    asyncio.run(manager.check_and_advance())  # the status shows a last check
+    status_as_sent(client)
+    built = []
+    snapshot = manager._snapshot
+    monkeypatch.setattr(manager, "_snapshot", lambda: built.append(1) or snapshot())
+    for _ in range(3):
+        parts["tracker"].clock.advance(1)
+        assert status_as_sent(client) == written_whole(manager)
+    assert len(built) == 3  # the status written whole to compare, never the answer's
+    manager.manual_advance("alice")
+    built.clear()
+    assert status_as_sent(client) == written_whole(manager)
+    assert len(built) == 2  # the move: built again for the answer
+
+
+@pytest.mark.parametrize("field", ["_ELAPSED", "_REASON"])
+def test_a_status_whose_text_holds_the_mark_of_a_piece_is_written_whole(
+    client, parts, monkeypatch, field
+):
+    # A reason cannot hold the marks themselves (its control characters are replaced): one
+    # that a reason can hold stands in for them.
+    mark = "marked here"
+    monkeypatch.setattr(router_module, field, mark)
+    monkeypatch.setattr(router_module, f"{field}_JSON", to_json(mark))
+    manager, clock = parts["manager"], parts["tracker"].clock
+    manager.manual_advance("alice", mark)
+    for _ in range(2):
+        clock.advance(60)
+        body, tag = status_as_sent(client)
+        assert (body, tag) == written_whole(manager)
+        assert json.loads(body)["transitions"][-1]["reason"] == mark
+
+
 def test_the_probes_answer_what_their_models_say(client):
     for path, body in (("/api/v1/healthz", {"status": "ok"}), ("/api/v1/readyz", READY)):
         response = client.get(path)
         assert (response.status_code, response.json()) == (200, body)
         assert response.headers["content-type"] == "application/json"
         assert response.content == json.dumps(body, separators=(",", ":")).encode()
+
+
+def test_the_routes_asked_most_often_come_first(parts):
+    # FastAPI tries an included router's routes in order, and each one passed over costs
+    # every request that comes after it.
+    names = [route.name for route in create_router(**parts).routes]
+    assert names[:3] == ["driftgate:rollout_status", "driftgate:readyz", "driftgate:healthz"]
+    assert names.index("driftgate:rollouts_status") > names.index("driftgate:rollout_rollback")
+
+
+def test_the_status_first_takes_no_probes_request_under_one_prefix(parts):
+    app = FastAPI()
+    app.include_router(create_router(**parts, probe_prefix="/ops", rollout_prefix="/ops"))
+    client = TestClient(app)
+    assert client.get("/ops/healthz").json() == {"status": "ok"}
+    assert client.get("/ops/readyz").json() == READY
+    assert client.get("/ops/metrics").text.startswith("# HELP ")
+    assert client.get("/ops/status").json()["current_stage"]["name"] == "canary"
 
 
 def test_rollout_status_without_a_manager(parts):

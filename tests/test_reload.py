@@ -18,9 +18,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 import driftgate
+from driftgate.fastapi import create_router
 from driftgate.identity import token_digest, token_file_line
 from driftgate.reload import SETTLE_READS, SETTLE_SECONDS, ConfigReloader, LiveSettings
 from driftgate.rollout import RolloutManager, run_rollout_monitor
@@ -667,6 +670,32 @@ def test_the_rollout_keeps_the_percentage_and_takes_the_new_minimum(tmp_path, ca
     assert "enforce_rollout_percent: 80 is not applied: the rollout sets the percentage" in (
         caplog.text
     )
+
+
+def test_the_status_says_what_a_reload_changed_from_the_next_request_on(tmp_path):
+    text = "enforce_enabled: %s\nrollout: {enabled: true, min_requests: %d}\n"
+    path, registry, _, manager, _, reloader = live_service(
+        tmp_path, text % ("true", 10), rollout=True
+    )
+    app = FastAPI()
+    app.include_router(
+        create_router(tracker=driftgate.DriftTracker(registry=registry), manager=manager)
+    )
+    client = TestClient(app)
+
+    def status() -> dict:
+        return client.get("/api/guardian/rollout/status").json()
+
+    before = status()
+    assert (before["enforcing"], before["min_requests"]) == (True, 10)
+    assert status()["enforcing"] is True  # asked again, nothing changed
+    path.write_text(text % ("false", 50))
+    assert reloader.reload("test").success
+    after = status()
+    assert (after["enforcing"], after["min_requests"]) == (False, 50)
+    path.write_text(text % ("true", 50))
+    assert reloader.reload("test").success
+    assert status()["enforcing"] is True
 
 
 def test_decisions_during_reloads_see_one_configuration_or_the_other(tmp_path):

@@ -621,6 +621,20 @@ void register_rollout(py::module_& m) {
             },
             "The rollout document of the state held (as a state file or store holds it), or None "
             "before the state has been read.")
+        .def(
+            "_moment",
+            [](const RolloutManager& manager) {
+                RolloutManager::Moment m;
+                {
+                    py::gil_scoped_release release;
+                    m = manager.moment();
+                }
+                return py::make_tuple(m.publication, m.now, m.started_at,
+                                      std::string(to_string(m.judgement.waiting_for)),
+                                      m.judgement.reason);
+            },
+            "(publication, now, stage started at, waiting for, waiting reason) of the snapshot "
+            "published now, without copying it.")
         .def("_snapshot", [](const RolloutManager& manager) {
             RolloutManager::Snapshot s;
             {
@@ -671,6 +685,7 @@ void register_rollout(py::module_& m) {
             out[key("rollback_on_error")] = s.plan->rollback_on_error();
             out[key("rollout")] = manager.rollout();
             out[key("policies")] = manager.policies();
+            out[key("publication")] = s.publication;
             return out;
         });
 }

@@ -148,14 +148,14 @@ Judgement judge(const StagePlan& plan, const RolloutPosition& position,
     return {DecisionAction::Advanced, WaitingFor::Check, std::move(check.reason)};
 }
 
-Judgement RolloutManager::Snapshot::judgement() const {
+Judgement RolloutManager::Snapshot::judgement_at(double at) const {
     if (!synced) {
         return {DecisionAction::Held, WaitingFor::Store,
                 "Holding: the shared rollout state has not been read yet"};
     }
     if (!regressed.empty())
         return {DecisionAction::Held, WaitingFor::Store, "Holding: " + regressed};
-    return judge(*plan, position, evidence, min_requests, confidence, now);
+    return judge(*plan, position, evidence, min_requests, confidence, at);
 }
 
 prometheus::Labels RolloutManager::labelled(prometheus::Labels labels) const {
@@ -704,6 +704,7 @@ void RolloutManager::publish_snapshot_locked() {
     next->incarnation = incarnation_;
     next->restore_generation = restore_generation_;
     next->regressed = regressed_;
+    next->publication = ++publications_;
     std::shared_ptr<const Snapshot> old;
     std::lock_guard lock(published_mutex_);
     old.swap(published_);
@@ -1093,6 +1094,20 @@ RolloutManager::Snapshot RolloutManager::snapshot() const {
     }
     Snapshot out = *published;
     out.now = options_.clock->wall();
+    return out;
+}
+
+RolloutManager::Moment RolloutManager::moment() const {
+    std::shared_ptr<const Snapshot> published;
+    {
+        std::lock_guard lock(published_mutex_);
+        published = published_;
+    }
+    Moment out;
+    out.publication = published->publication;
+    out.now = options_.clock->wall();
+    out.started_at = published->position.started_at.value_or(out.now);
+    out.judgement = published->judgement_at(out.now);
     return out;
 }
 

@@ -120,6 +120,38 @@ TEST_CASE("auto-advance waits for the duration and stops before approval", "[rol
     CHECK(manager.snapshot().position.stage_index == 0);
 }
 
+TEST_CASE("a moment is the published snapshot's at the time read, with its publication",
+          "[rollout]") {
+    Fixture f;
+    auto manager = f.make();
+    const auto first = manager.moment();
+    const auto snapshot = manager.snapshot();
+    CHECK(first.publication == snapshot.publication);
+    CHECK(first.now == snapshot.now);
+    CHECK(first.started_at == *snapshot.position.started_at);
+    CHECK(first.judgement.reason == snapshot.judgement().reason);
+    CHECK(first.judgement.waiting_for == snapshot.judgement().waiting_for);
+
+    // The clock alone: the same publication, judged at the new time.
+    f.clock->advance(kHour);
+    const auto later = manager.moment();
+    CHECK(later.publication == first.publication);
+    CHECK(later.now == first.now + kHour);
+    CHECK(later.judgement.reason != first.judgement.reason);
+    CHECK(later.judgement.reason == manager.snapshot().judgement().reason);
+
+    // Every change is a new publication: a reading, a minimum, a move.
+    manager.evaluate(0.001);
+    const auto read = manager.moment().publication;
+    CHECK(read > later.publication);
+    manager.set_min_requests(40);
+    const auto reloaded = manager.moment().publication;
+    CHECK(reloaded > read);
+    manager.manual_advance("ops");
+    CHECK(manager.moment().publication > reloaded);
+    CHECK(manager.snapshot().publication == manager.moment().publication);
+}
+
 TEST_CASE("a high error rate rolls back, and from the first stage aborts", "[rollout]") {
     Fixture f;
     auto manager = f.make();

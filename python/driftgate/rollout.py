@@ -39,6 +39,9 @@ from driftgate._core import (
 from driftgate.notify import Count, Event, Notification, Notifier
 from driftgate.status import RolloutState, RolloutStatus, WaitingFor, build_status
 
+# What a status was built from but the clock: see RolloutManager._status_now.
+StatusKey = tuple[int, float, str, bool, tuple[float, Decision] | None, int]
+
 __all__ = [
     "DEFAULT_ROLLOUT",
     "Cohort",
@@ -608,9 +611,52 @@ class RolloutManager(_RolloutManager):
         """Where the rollout stands: the current stage, its index, elapsed and minimum time,
         `state`, the enforced percentage, the version and the last `transitions` transitions
         (oldest first)."""
+        return self._status_and_key(transitions)[0]
+
+    def _enforcing(self) -> bool:
         enforcer = self.enforcer
-        enforcing = enforcer is not None and enforcer.options.enforce
-        return build_status(self._snapshot(), transitions, self._store, self._last_check, enforcing)
+        return enforcer is not None and enforcer.options.enforce
+
+    def _status_and_key(self, transitions: int = 10) -> tuple[RolloutStatus, StatusKey | None]:
+        """get_status(), and the key of what it was built from but the clock (see
+        `_status_now`); None with a shared store, whose own fields (its replicas, its budget,
+        its problems) no key holds."""
+        snapshot = self._snapshot()
+        last_check = self._last_check
+        enforcing = self._enforcing()
+        report = build_status(snapshot, transitions, self._store, last_check, enforcing)
+        if self._store is not None:
+            return report, None
+        key = (
+            snapshot["publication"],
+            snapshot["started_at"],
+            snapshot["waiting_for"],
+            enforcing,
+            last_check,
+            transitions,
+        )
+        return report, key
+
+    def _status_now(self, transitions: int = 10) -> tuple[StatusKey, float, float, str] | None:
+        """Without building the status: the key of what it would be built from but the clock,
+        and the time, the stage's start and the waiting reason now (None with a shared store).
+        Two statuses of equal keys differ in `elapsed_time` and `waiting_reason` alone: the
+        key holds the publication of the manager's state (a new one at every change: a move,
+        a reading of the stage, a new minimum of requests, an adopted state), the stage's
+        start, what the rollout waits for (which the clock alone can change), whether the
+        enforcer enforces, the last check and the number of transitions."""
+        if self._store is not None:
+            return None
+        publication, now, started_at, waiting_for, reason = self._moment()
+        key = (
+            publication,
+            started_at,
+            waiting_for,
+            self._enforcing(),
+            self._last_check,
+            transitions,
+        )
+        return key, now, started_at, reason
 
     async def check_and_advance(self) -> Decision:
         """Reads the error-rate source (a blocking one in a worker thread, with

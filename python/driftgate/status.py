@@ -26,6 +26,7 @@ __all__ = [
     "TransitionStatus",
     "WaitingFor",
     "build_status",
+    "elapsed_time",
     "entity_tag",
     "format_duration",
     "format_time",
@@ -203,6 +204,11 @@ def format_duration(seconds: float) -> str:
     return str(timedelta(seconds=min(max(0.0, seconds), _LONGEST_SECONDS)))
 
 
+def elapsed_time(now: float, started_at: float) -> str:
+    """A status's `elapsed_time`: the stage's time so far, as format_duration writes it."""
+    return format_duration(now - started_at)
+
+
 # The members by wire name, looked up as a dict is: calling the enum class costs more.
 _STATES = {state.value: state for state in RolloutState}
 _WAITING_FOR = {reason.value: reason for reason in WaitingFor}
@@ -254,7 +260,7 @@ def build_status(
         "current_stage": _stage(stage),
         "stage_index": snapshot["stage_index"],
         "total_stages": len(snapshot["stages"]),
-        "elapsed_time": format_duration(snapshot["now"] - snapshot["started_at"]),
+        "elapsed_time": elapsed_time(snapshot["now"], snapshot["started_at"]),
         "min_duration": format_duration(stage.duration_seconds),
         "started_at": format_time(snapshot["started_at"]),
         "state": _STATES[snapshot["state"]],

@@ -152,10 +152,24 @@ class RolloutManager {
         std::string incarnation;             // empty until the state's first write
         std::uint64_t restore_generation = 0;
         std::string regressed;  // why the shared store is behind this replica; empty if not
+        /// Which publication this is: each one has a greater number than the one before, so
+        /// two snapshots of the same number differ in `now` alone.
+        std::uint64_t publication = 0;
 
         /// What the next automatic decision would make of this snapshot at `now`: judge()
         /// on the position and the last reading, or WaitingFor::Store while unsynced.
-        Judgement judgement() const;
+        Judgement judgement() const { return judgement_at(now); }
+        Judgement judgement_at(double at) const;
+    };
+
+    /// What a status says of the snapshot published now that changes with the clock alone,
+    /// read without copying the snapshot: its publication, the time, the stage's start (the
+    /// time itself while the position has none) and the judgement at that time.
+    struct Moment {
+        std::uint64_t publication = 0;
+        double now = 0;
+        double started_at = 0;
+        Judgement judgement;
     };
 
     /// Resumes from the state file when there is one (StateError when it cannot be used; it is
@@ -267,6 +281,7 @@ class RolloutManager {
     /// Published after every change, so a status read never waits for a decision or a store
     /// call in progress: it copies the last published state under a lock held for a pointer.
     Snapshot snapshot() const;
+    Moment moment() const;
     double enforced_percentage() const;
     std::uint64_t min_requests() const;
     /// Changes the minimum number of requests a decision needs, from the next decision on (a
@@ -383,6 +398,7 @@ class RolloutManager {
     RolloutPosition unsynced_start_;     // where an unsynced manager starts once it can
     mutable SpinMutex published_mutex_;  // held only to copy or swap the pointer
     std::shared_ptr<const Snapshot> published_;
+    std::uint64_t publications_ = 0;  // under mutex_, as publish_snapshot_locked() runs
 
     std::optional<prometheus::Labels> stage_labels_;  // of the stage series held now
     prometheus::Gauge* error_rate_gauge_ = nullptr;

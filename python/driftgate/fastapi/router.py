@@ -10,12 +10,14 @@ import math
 import os
 import re
 import threading
+import weakref
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from typing import Annotated, Any, Protocol, TypeVar
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+from pydantic_core import to_json
 
 from driftgate._core import (
     DEFAULT_ROLLOUT,
@@ -40,8 +42,8 @@ from driftgate.fastapi.auth import (
 from driftgate.identity import Identity, Scope
 from driftgate.readiness_budget import ReadinessBudget
 from driftgate.reasons import ReasonCode
-from driftgate.rollout import Decision, DecisionAction, RolloutManager
-from driftgate.status import RolloutStatus, entity_tag
+from driftgate.rollout import Decision, DecisionAction, RolloutManager, StatusKey
+from driftgate.status import RolloutStatus, elapsed_time, entity_tag
 
 logger = logging.getLogger("driftgate.http")
 
@@ -74,6 +76,43 @@ def _json_response(body: bytes, status_code: int = 200, **headers: str) -> Respo
 # The status's own serializer (pydantic's, as the response model would use it): the report is
 # built by the manager, so it is written without being validated again.
 _STATUS: TypeAdapter[RolloutStatus] = TypeAdapter(RolloutStatus)
+# Written in place of the two fields that the clock alone changes, to find where they go.
+_ELAPSED = "\x00elapsed_time\x00"
+_REASON = "\x00waiting_reason\x00"
+_ELAPSED_JSON = to_json(_ELAPSED)
+_REASON_JSON = to_json(_REASON)
+
+
+class WrittenStatus:
+    """A status as JSON, kept in three pieces around its `elapsed_time` and `waiting_reason`
+    with the key of what it was built from but the clock (RolloutManager._status_now): while
+    a manager's key stays the same, its status is these pieces with those two fields written
+    anew, byte for byte what writing it whole would give."""
+
+    __slots__ = ("etag", "head", "key", "middle", "tail")
+
+    def __init__(self, key: StatusKey, etag: str, head: bytes, middle: bytes, tail: bytes):
+        self.key = key
+        self.etag = etag
+        self.head = head
+        self.middle = middle
+        self.tail = tail
+
+    @classmethod
+    def of(cls, report: RolloutStatus, key: StatusKey) -> "WrittenStatus | None":
+        """None when the two fields cannot be told apart from the rest (some text of the
+        status holds what marks them)."""
+        marked = _STATUS.dump_json({**report, "elapsed_time": _ELAPSED, "waiting_reason": _REASON})
+        if marked.count(_ELAPSED_JSON) != 1 or marked.count(_REASON_JSON) != 1:
+            return None
+        head, _, rest = marked.partition(_ELAPSED_JSON)
+        middle, found, tail = rest.partition(_REASON_JSON)
+        return cls(key, report["etag"], head, middle, tail) if found else None
+
+    def body(self, elapsed: str, reason: str) -> bytes:
+        return b"".join((self.head, to_json(elapsed), self.middle, to_json(reason), self.tail))
+
+
 _HEALTHY_BODY = _encoded(HEALTHY)
 _READY_BODY = _encoded(READY)
 _READY_WITHIN_BUDGET_BODY = _encoded(READY_WITHIN_BUDGET)
@@ -511,9 +550,86 @@ def create_router(
 
     router = APIRouter(lifespan=router_lifespan)
 
-    @router.get(f"{probes}/healthz", response_model=HealthBody, name="driftgate:healthz")
-    async def healthz() -> Response:
-        return _json_response(_HEALTHY_BODY)
+    # async: a sync dependency would take a token of the shared thread pool.
+    async def require_manager() -> RolloutManager:
+        default = manager if rollouts is None else rollouts.get(DEFAULT_ROLLOUT, manager)
+        if default is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, ReasonCode.NO_ROLLOUT.value)
+        return default
+
+    async def require_named(rollout: str) -> RolloutManager:
+        named = None if rollouts is None else rollouts.get(rollout)
+        if named is None and rollout == DEFAULT_ROLLOUT:
+            named = manager
+        if named is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, ReasonCode.UNKNOWN_ROLLOUT.value)
+        return named
+
+    # Each manager's status as last written: see WrittenStatus.
+    written: weakref.WeakKeyDictionary[RolloutManager, WrittenStatus] = weakref.WeakKeyDictionary()
+
+    def status_body(rollout: RolloutManager) -> tuple[bytes, str]:
+        """The status as JSON, and its ETag: the pieces written last when nothing but the
+        clock can have changed what it says, else written whole (and kept)."""
+        now = rollout._status_now()
+        if now is not None:
+            key, at, started_at, reason = now
+            last = written.get(rollout)
+            if last is not None and last.key == key:
+                return last.body(elapsed_time(at, started_at), reason), last.etag
+        report, built_from = rollout._status_and_key()
+        if built_from is not None:
+            pieces = WrittenStatus.of(report, built_from)
+            if pieces is not None:
+                written[rollout] = pieces
+        return _STATUS.dump_json(report), report["etag"]
+
+    def status_answer(request: Request, rollout: RolloutManager) -> Response:
+        body, tag = status_body(rollout)
+        if _none_match(request.headers.get("if-none-match"), tag):
+            return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": tag})
+        return _json_response(body, ETag=tag)
+
+    def status_route(path: str, find: Callable[..., Any], route: str) -> None:
+        """The status of the rollout `find` answers, at `{path}/status`, named
+        `driftgate:{route}_status`."""
+
+        # The published snapshot: no manager lock and no store call, so on the event loop.
+        # The manager is looked up here, not through a dependency, and the report is written
+        # as JSON here, not by FastAPI's response-model pass: status pollers (dashboards, the
+        # command line, each replica's neighbours) ask often. The response model documents it.
+        if route == "rollout":
+
+            async def rollout_status(request: Request) -> Response:
+                if read_check is not None:  # before the lookup: no name told to a stranger
+                    await read_check(request)
+                return status_answer(request, await find())
+
+        else:
+
+            async def rollout_status(request: Request, rollout: str) -> Response:  # type: ignore[misc]
+                if read_check is not None:
+                    await read_check(request)
+                return status_answer(request, await find(rollout))
+
+        router.get(
+            f"{path}/status",
+            response_model=RolloutStatus,
+            responses={
+                **STATUS_ERRORS,
+                **(_errors(401, 403, 503) if read_declared else {}),
+                304: {"description": "Not modified: If-None-Match names the current ETag."},
+            },
+            name=f"driftgate:{route}_status",
+            dependencies=read_guard if read_check is None else [],
+        )(rollout_status)
+
+    # FastAPI tries an included router's routes in the order they were added, twice for each
+    # request (about a microsecond for each route passed over): the routes asked most often
+    # come first, the rollout's status (pollers) and readiness (the orchestrator), then
+    # liveness. The status's path ends in /status and no probe's does, so coming first it
+    # takes no request of theirs.
+    status_route(rollout_path, require_manager, "rollout")
 
     # On the event loop: the gate's check reads counters and the readiness budget a confirmed
     # grant, in microseconds, taking neither the manager's lock nor the store, so readiness
@@ -548,6 +664,10 @@ def create_router(
                 return JSONResponse(body, status_code=503)
         return _json_response(_READY_WITHIN_BUDGET_BODY if excused else _READY_BODY)
 
+    @router.get(f"{probes}/healthz", response_model=HealthBody, name="driftgate:healthz")
+    async def healthz() -> Response:
+        return _json_response(_HEALTHY_BODY)
+
     @router.get(
         f"{probes}/metrics",
         response_class=Response,
@@ -565,21 +685,6 @@ def create_router(
             include_process_metrics,
         )
         return Response(answer.body, media_type=answer.content_type, headers=answer.headers)
-
-    # async: a sync dependency would take a token of the shared thread pool.
-    async def require_manager() -> RolloutManager:
-        default = manager if rollouts is None else rollouts.get(DEFAULT_ROLLOUT, manager)
-        if default is None:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, ReasonCode.NO_ROLLOUT.value)
-        return default
-
-    async def require_named(rollout: str) -> RolloutManager:
-        named = None if rollouts is None else rollouts.get(rollout)
-        if named is None and rollout == DEFAULT_ROLLOUT:
-            named = manager
-        if named is None:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, ReasonCode.UNKNOWN_ROLLOUT.value)
-        return named
 
     def every_rollout() -> dict[str, RolloutManager]:
         found = dict(rollouts or {})
@@ -724,46 +829,9 @@ def create_router(
             )
         )
 
-    def status_answer(request: Request, rollout: RolloutManager) -> Response:
-        report = rollout.get_status()
-        tag = report["etag"]
-        if _none_match(request.headers.get("if-none-match"), tag):
-            return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": tag})
-        return _json_response(_STATUS.dump_json(report), ETag=tag)
-
     def rollout_routes(path: str, find: Callable[..., Any], route: str) -> None:
-        """Status, state, advance and rollback of the rollout `find` answers, under `path`;
-        `route` names them (`driftgate:{route}_status`, ...)."""
-
-        # The published snapshot: no manager lock and no store call, so on the event loop.
-        # The manager is looked up here, not through a dependency, and the report is written
-        # as JSON here, not by FastAPI's response-model pass: status pollers (dashboards, the
-        # command line, each replica's neighbours) ask often. The response model documents it.
-        if route == "rollout":
-
-            async def rollout_status(request: Request) -> Response:
-                if read_check is not None:  # before the lookup: no name told to a stranger
-                    await read_check(request)
-                return status_answer(request, await find())
-
-        else:
-
-            async def rollout_status(request: Request, rollout: str) -> Response:  # type: ignore[misc]
-                if read_check is not None:
-                    await read_check(request)
-                return status_answer(request, await find(rollout))
-
-        router.get(
-            f"{path}/status",
-            response_model=RolloutStatus,
-            responses={
-                **STATUS_ERRORS,
-                **(_errors(401, 403, 503) if read_declared else {}),
-                304: {"description": "Not modified: If-None-Match names the current ETag."},
-            },
-            name=f"driftgate:{route}_status",
-            dependencies=read_guard if read_check is None else [],
-        )(rollout_status)
+        """State, advance and rollback of the rollout `find` answers, under `path`; `route`
+        names them (`driftgate:{route}_state`, ...)."""
 
         @router.get(
             f"{path}/state",
@@ -824,6 +892,7 @@ def create_router(
             return await admin_move(rollout.manual_rollback, request, actor, rollout, body)
 
     rollout_routes(rollout_path, require_manager, "rollout")
+    status_route(f"{rollouts_path}/{{rollout}}", require_named, "rollouts")
     rollout_routes(f"{rollouts_path}/{{rollout}}", require_named, "rollouts")
 
     if reload is not None:
