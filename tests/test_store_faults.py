@@ -114,17 +114,32 @@ def stall(redis_server: RedisServer, seconds: float) -> threading.Thread:
 def stop_as_commits_are_sent(
     redis_server: RedisServer, manager: RolloutManager, monkeypatch: pytest.MonkeyPatch
 ) -> subprocess.Popen[bytes]:
-    """Makes the manager's store stop the server (SIGSTOP) just before it sends a commit;
-    the caller sends SIGCONT to the process returned."""
+    """Makes the manager's store stop the server (SIGSTOP) just before it sends a commit, once
+    the commit's connection is open (opening one to a stopped server fails before anything is
+    sent, and the pool opens one whenever its idle one is busy with the lease or a poll); the
+    caller sends SIGCONT to the process returned."""
     process = redis_server.process
     store = manager.store
     assert process is not None and isinstance(store, RedisStateStore)
     send = store._send_commit
+    pool = store._client.connection_pool
+    get_connection = pool.get_connection
+    committing = threading.local()
+
+    def connected_then_stopped(*args, **kwargs):
+        connection = get_connection(*args, **kwargs)
+        if getattr(committing, "now", False):
+            process.send_signal(signal.SIGSTOP)
+        return connection
 
     def stopped_as_it_is_sent(keys, args, operation):
-        process.send_signal(signal.SIGSTOP)
-        return send(keys, args, operation)
+        committing.now = True
+        try:
+            return send(keys, args, operation)
+        finally:
+            committing.now = False
 
+    monkeypatch.setattr(pool, "get_connection", connected_then_stopped)
     monkeypatch.setattr(store, "_send_commit", stopped_as_it_is_sent)
     return process
 
