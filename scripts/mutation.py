@@ -1099,6 +1099,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="only the mutants that survived in an earlier run's results file",
     )
     parser.add_argument(
+        "--shard",
+        type=_shard,
+        metavar="K/N",
+        help="only every N-th of the mutants selected, from the K-th on (1 <= K <= N): N runs, "
+        "each in a clone of its own, share the work",
+    )
+    parser.add_argument(
         "--results",
         type=Path,
         help="each mutant's outcome, one JSON object a line (default: results.jsonl in the "
@@ -1144,6 +1151,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         earlier = [json.loads(line) for line in args.survivors_of.read_text().splitlines() if line]
         again = {r["id"] for r in earlier if r["status"] == "survived"}
         selected = [m for m in selected if m.id in again]
+    if args.shard:
+        k, n = args.shard
+        selected = selected[k - 1 :: n]
     if unknown:
         print(
             f"no such mutant: {', '.join(unknown)} (its rule's line changed? "
@@ -1174,7 +1184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         pytest_scope=args.pytest_scope or ("first" if args.smoke else "quick"),
         results=args.results or workspace.build_dir / "results.jsonl",
         # a partial run cannot tell that a listed mutant no longer exists
-        every_mutant=len(selected) == len(mutants),
+        every_mutant=len(selected) == len(mutants) or args.shard is not None,
         known=set(by_id),
     )
     started = time.monotonic()
@@ -1185,6 +1195,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     finally:
         print(f"==> mutation run: {time.monotonic() - started:.0f} s", flush=True)
+
+
+def _shard(text: str) -> tuple[int, int]:
+    """K/N as --shard takes it: (K, N) with 1 <= K <= N."""
+    m = re.fullmatch(r"(\d+)/(\d+)", text.strip())
+    if not m or not 1 <= int(m.group(1)) <= int(m.group(2)):
+        raise argparse.ArgumentTypeError(f"{text!r} is not K/N with 1 <= K <= N")
+    return int(m.group(1)), int(m.group(2))
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -209,3 +209,18 @@ def test_the_smoke_and_equivalent_lists_name_existing_mutants():
     paths = {m.path for m in mutation.all_mutants() if m.id in smoke}
     assert {p for p in mutation.RULES if p.endswith((".cpp", ".py"))} <= paths
     assert not set(smoke) & set(mutation.read_id_list(mutation.EQUIVALENT_FILE))
+
+
+def test_shards_split_the_mutants_without_overlap_or_gap(capsys):
+    def listed(*args: str) -> list[str]:
+        assert mutation.main(["--list", *args]) == 0
+        return [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+
+    every = listed()
+    shards = [listed("--shard", f"{k}/3") for k in (1, 2, 3)]
+    assert sorted(sum(shards, [])) == sorted(every)
+    assert all(abs(len(shard) - len(every) / 3) < 1 for shard in shards)
+    for bad in ("0/3", "4/3", "1/0", "1-3"):
+        with pytest.raises(SystemExit):
+            mutation.main(["--list", "--shard", bad])
+        assert f"{bad!r} is not K/N with 1 <= K <= N" in capsys.readouterr().err
