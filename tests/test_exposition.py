@@ -5,6 +5,8 @@ Prometheus's own promtool."""
 import gzip
 import shutil
 import subprocess
+import sys
+import zlib
 
 import pytest
 from prometheus_client import REGISTRY, Counter
@@ -22,6 +24,7 @@ from driftgate import (
     RolloutConfig,
     RolloutManager,
     SignatureLRU,
+    exposition,
 )
 from driftgate.exposition import accepts_gzip, render, scrape
 
@@ -179,8 +182,23 @@ def test_gzip_is_accepted_when_named_or_covered_by_a_wildcard_above_quality_0(he
     assert accepts_gzip(header) is accepted
 
 
+def test_scrapes_are_gzipped_by_isa_l_where_it_is_installed():
+    # the fastapi extra installs it; zlib is what a platform without its wheel falls back to
+    from isal import isal_zlib
+
+    assert exposition._DEFLATE is isal_zlib
+
+
+def test_without_isa_l_zlib_gzips(monkeypatch):
+    monkeypatch.setitem(sys.modules, "isal", None)  # `from isal import ...` fails
+    assert exposition._deflater() is zlib
+
+
 @pytest.mark.parametrize("accept", [None, OPENMETRICS])
-def test_a_gzipped_scrape_is_the_exposition_render_writes(populated, accept):
+@pytest.mark.parametrize("deflate", ["isal", "zlib"])
+def test_a_gzipped_scrape_is_the_exposition_render_writes(populated, accept, deflate, monkeypatch):
+    if deflate == "zlib":
+        monkeypatch.setattr(exposition, "_DEFLATE", zlib)
     registry, _ = populated
     plain, content_type = render(registry, accept, include_default=False)
     answer = scrape(registry, accept, "gzip", include_default=False)
