@@ -1010,6 +1010,59 @@ def test_at_rest_a_store_that_lost_commits_is_reported_at_the_next_poll(
     assert calls["stored_tag"] == [0.0, 5.0]
 
 
+def test_at_rest_a_commit_heard_of_and_lost_is_reported_at_the_next_poll(
+    make, managers, redis_server, key
+):
+    """The replica heard another's commit, whose read failed, and the store then lost it: the
+    stored state is the very one the replica holds, yet the poll reads it (a commit is pending)
+    and reports the loss; without a pending commit, an equal tag is not read."""
+    store = make(lease_ttl_seconds=15, sync_interval_seconds=5)
+    manager, _, calls, tend_until = _resting(store, managers)
+    other = manager_on(make(), managers, follow=False)
+    with redis_server.client() as client:
+        before = client.hgetall(key)
+    tend_until(0.2)  # polls at 0: the state it holds
+    assert other.manual_advance("alice").success
+    snapshot = other._snapshot()
+    announced = (2, snapshot["incarnation"], 0, snapshot["transitions"][-1]["op"])
+    with redis_server.client() as client:
+        client.hset(key, mapping=before)  # the commit is lost...
+    assert manager._note_announced(*announced)  # ...after its hint reached this replica
+    assert manager._snapshot()["announced"] == 2
+    assert manager.regressed is None
+    loads = []
+    load = store.load
+    store.load = lambda: loads.append(True) or load()
+    tend_until(5.1)  # the poll at 5 s
+    assert "older than version 2 whose commit it announced" in manager.regressed
+    assert loads == [True]
+    assert calls["stored_tag"] == [0.0, 5.0]
+    with pytest.raises(driftgate.StateRegressed):
+        manager.manual_advance("bob")
+    with redis_server.client() as client:
+        assert int(client.hget(key, "version")) == 1  # nothing committed over the lost one
+
+
+def test_a_monitor_started_while_the_lease_is_looked_at_seeks_it_at_the_next_round(
+    make, managers, redis_server, key
+):
+    """campaign(True) lands on the event loop while the follower's thread is inside its look
+    at the lease: the lease is sought at the next round, not a follow tick (5 s) later."""
+    store = make(lease_ttl_seconds=15, sync_interval_seconds=5)
+    _, follower, calls, tend_until = _resting(store, managers)
+    observe = store.observe_lease
+
+    def observed_while_the_monitor_starts():
+        follower.campaign(True)
+        return observe()
+
+    store.observe_lease = observed_while_the_monitor_starts
+    tend_until(0.2)
+    assert calls["observe_lease"] == [0.0]
+    assert calls["renew_lease"] == [0.1]
+    assert store.holds_lease
+
+
 def test_a_lease_left_by_a_dead_holder_is_taken_within_a_third_of_its_ttl(
     make, managers, redis_server, key
 ):

@@ -321,6 +321,24 @@ def test_a_fleet_under_the_documented_acl_user_moves_follows_and_is_never_refuse
             replica.stop()
 
 
+def test_a_lease_key_the_user_may_not_read_is_named_as_refused_not_as_foreign(acl_redis):
+    """Redis checks a script's keys against the ACL before it runs it: the lease script never
+    reads a key it may not, and the refusal is Redis's own."""
+    key = "acl:lease"
+    grants = documented_acl(key)
+    grants[grants.index(f"~{key}*")] = f"~{key}"  # the state, not its lease or fence
+    with acl_redis.client() as admin:
+        admin.execute_command(*grants)
+    store = RedisStateStore(_user_url(acl_redis, "driftgate"), key=key)
+    try:
+        with pytest.raises(StateStoreError) as refused:
+            store.observe_lease()
+        assert "NOPERM" in str(refused.value) or "permission" in str(refused.value).lower()
+        assert "did not write" not in str(refused.value)
+    finally:
+        store.close()
+
+
 @pytest.mark.parametrize("taken", ["+publish", "+zadd", "~acl:missing*"])
 def test_a_user_missing_one_grant_stops_serve_with_one_line_naming_it(acl_redis, tmp_path, taken):
     key = "acl:missing"

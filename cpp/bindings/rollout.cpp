@@ -686,6 +686,7 @@ void register_rollout(py::module_& m) {
             out[key("rollout")] = manager.rollout();
             out[key("policies")] = manager.policies();
             out[key("publication")] = s.publication;
+            out[key("announced")] = s.announced;
             return out;
         });
 }

@@ -312,7 +312,7 @@ void RolloutManager::adopt_locked(PersistedRollout saved) {
 
 bool RolloutManager::adopt_if_newer_locked(PersistedRollout saved) {
     if (!synced_) {
-        announced_.reset();
+        forget_announced_locked();
         adopt_locked(std::move(saved));
         return true;
     }
@@ -379,15 +379,24 @@ bool RolloutManager::note_announced(std::uint64_t version, std::string_view inca
     }
     announced_ =
         Announced{version, std::string(incarnation), restore_generation, std::string(operation)};
+    publish_snapshot_locked();  // the follower's poll reads the store while one is pending
     return true;
+}
+
+void RolloutManager::forget_announced_locked() {
+    if (!announced_) return;
+    announced_.reset();
+    publish_snapshot_locked();
 }
 
 std::string RolloutManager::lost_announced_locked(const PersistedRollout& saved) {
     if (!announced_) return {};
     const Announced& announced = *announced_;
-    if (saved.incarnation != announced.incarnation ||
+    // A state without an incarnation (an older release wrote it) is of the lineage held, as
+    // for adopting it; only another incarnation or a restore forgets the announcement.
+    if ((!saved.incarnation.empty() && saved.incarnation != announced.incarnation) ||
         saved.restore_generation != announced.restore_generation) {
-        announced_.reset();  // restored since: whatever was announced before, this is the state
+        forget_announced_locked();  // restored since: whatever was announced before, this is it
         return {};
     }
     if (saved.version < announced.version) {
@@ -400,7 +409,7 @@ std::string RolloutManager::lost_announced_locked(const PersistedRollout& saved)
                " on a history without the step it announced to this replica at version " +
                std::to_string(announced.version) + " (the store lost it, and others moved since)";
     }
-    announced_.reset();
+    forget_announced_locked();
     return {};
 }
 
@@ -704,6 +713,7 @@ void RolloutManager::publish_snapshot_locked() {
     next->incarnation = incarnation_;
     next->restore_generation = restore_generation_;
     next->regressed = regressed_;
+    next->announced = announced_ ? announced_->version : 0;
     next->publication = ++publications_;
     std::shared_ptr<const Snapshot> old;
     std::lock_guard lock(published_mutex_);
@@ -736,6 +746,9 @@ Decision RolloutManager::decision_locked(bool success, DecisionAction action, st
 
 Decision RolloutManager::decide_locked(const Evidence& evidence,
                                        std::optional<std::uint64_t> read_at) {
+    // A commit announced and not read: read it first, so that the move is judged from it (or
+    // the replica finds the store lost it, and holds), never from the version before it.
+    if (announced_ && options_.store) refresh_locked();
     if (read_at && *read_at != version_) {
         return decision_locked(false, DecisionAction::Conflict,
                                "Holding: the rollout moved to version " + std::to_string(version_) +
@@ -827,8 +840,9 @@ std::optional<Decision> RolloutManager::precondition_locked(
     const std::optional<std::string>& expected_incarnation) {
     if (options_.store) {
         require_synced_locked();
-        if (!regressed_.empty()) {
-            refresh_locked();  // restored meanwhile?
+        // Restored meanwhile? Or the commit announced and not read: read it before moving.
+        if (!regressed_.empty() || announced_) {
+            refresh_locked();
             if (!regressed_.empty()) {
                 throw StateRegressed(regressed_ +
                                      "; nothing was changed (restore it with "

@@ -41,6 +41,7 @@ class MemoryStore : public SharedStateStore {
   public:
     std::optional<std::string> load() override {
         std::lock_guard lock(mutex_);
+        ++loads;
         if (down) throw StateStoreError("memory store is down");
         return document_;
     }
@@ -85,6 +86,7 @@ class MemoryStore : public SharedStateStore {
     std::atomic<bool> down{false};
     std::atomic<bool> lease_held{true};
     std::atomic<int> commits{0};
+    std::atomic<int> loads{0};
 
   private:
     std::mutex mutex_;
@@ -548,6 +550,88 @@ TEST_CASE("a commit announced but never read is a regression while the store lac
     CHECK(b.manager->follow(*store->stored()));
     CHECK(b.manager->regressed().empty());
     CHECK(b.manager->version() == 2);
+}
+
+TEST_CASE("a replica reads a commit it heard of before it moves, and holds if it is lost",
+          "[store]") {
+    // b heard of a's commit, then the store failed over to a primary without it, before b's
+    // follower read anything: b must not commit its own version 2 over the one it knows of.
+    auto store = std::make_shared<MemoryStore>();
+    auto clock = fleet_clock();
+    Replica a(store, clock, quick_stages());
+    Replica b(store, clock, quick_stages());
+    const std::string version1 = *store->stored();
+    REQUIRE(a.manager->manual_advance("alice").success);
+    const std::string version2 = *store->stored();
+    const auto seen = a.manager->snapshot();
+    REQUIRE(b.manager->note_announced(2, seen.incarnation, 0, seen.transitions.back().op));
+    CHECK(b.manager->snapshot().announced == 2);  // pending: the follower's poll reads
+    store->put(1, version1);
+    const int commits = store->commits;
+
+    CHECK_THROWS_AS(b.manager->manual_advance("bob"), StateRegressed);
+    CHECK_THAT(b.manager->regressed(),
+               Catch::Contains("holds version 1, older than version 2 whose commit it announced"));
+    const auto held = b.manager->evaluate_counts(0, 1000);  // would advance
+    CHECK(held.action == DecisionAction::Held);
+    CHECK_THAT(held.message, Catch::Contains("whose commit it announced"));
+    CHECK(store->commits == commits);  // nothing committed over the lost commit
+    CHECK(nlohmann::json::parse(*store->stored())["version"] == 1);
+    CHECK(b.manager->version() == 1);
+    CHECK(b.manager->snapshot().announced == 2);  // still pending until the store holds it
+
+    store->put(2, version2);  // the commit is back: the next move reads it and goes on from it
+    CHECK(b.manager->manual_advance("bob").success);
+    CHECK(b.manager->version() == 3);
+    CHECK(b.manager->regressed().empty());
+    CHECK(b.manager->snapshot().announced == 0);
+}
+
+TEST_CASE("boundary: a replica reads the store before a move only while a commit is announced",
+          "[store][boundary]") {
+    auto store = std::make_shared<MemoryStore>();
+    auto clock = fleet_clock();
+    Replica a(store, clock, quick_stages());
+    Replica b(store, clock, quick_stages());
+    // Nothing announced: an automatic decision commits without reading first.
+    int loads = store->loads;
+    REQUIRE(b.manager->evaluate_counts(0, 1000).action == DecisionAction::Advanced);
+    CHECK(store->loads == loads);
+    CHECK(b.manager->snapshot().announced == 0);
+    a.manager->refresh();
+
+    // Announced and stored: read once, then moved on from it (version 3 to 4).
+    REQUIRE(a.manager->manual_advance("alice").success);
+    const auto seen = a.manager->snapshot();
+    REQUIRE(seen.version == 3);
+    REQUIRE(b.manager->note_announced(3, seen.incarnation, 0, seen.transitions.back().op));
+    loads = store->loads;
+    CHECK(b.manager->manual_rollback("bob").success);
+    CHECK(store->loads == loads + 1);
+    CHECK(b.manager->version() == 4);
+    CHECK(b.manager->regressed().empty());
+    CHECK(b.manager->snapshot().announced == 0);  // read: nothing pending any more
+}
+
+TEST_CASE("a commit announced and lost is a regression in a state an older release wrote too",
+          "[store]") {
+    // After the loss, a replica of an older release (which writes no incarnation) committed:
+    // its state is of the same lineage, and it lacks the announced commit all the same.
+    auto store = std::make_shared<MemoryStore>();
+    auto clock = fleet_clock();
+    Replica a(store, clock);
+    Replica b(store, clock);
+    auto older = nlohmann::json::parse(*store->stored());
+    REQUIRE(a.manager->manual_advance("alice").success);
+    const auto seen = a.manager->snapshot();
+    REQUIRE(b.manager->note_announced(2, seen.incarnation, 0, seen.transitions.back().op));
+    older.erase("incarnation");
+    older.erase("restore_generation");
+    store->put(1, older.dump());
+    CHECK_FALSE(b.manager->follow(*store->stored()));
+    CHECK_THAT(b.manager->regressed(),
+               Catch::Contains("holds version 1, older than version 2 whose commit it announced"));
+    CHECK(b.manager->snapshot().announced == 2);
 }
 
 TEST_CASE("a commit announced and lost for another at its version is a regression", "[store]") {

@@ -178,7 +178,9 @@ return fields
 # doubles hold exactly). Anything else was put there by something else: it is reported and
 # never overwritten, and nobody evaluates until it is gone. KEYS: lease, fence. Each key is
 # read with one GET (its TYPE asked only when the GET is refused), since every follower runs
-# this once a sync interval; `held` is the lease's value (false: none).
+# this once a sync interval; `held` is the lease's value (false: none). An ACL that refuses a
+# key refuses the script before it runs (Redis checks the KEYS first), so a GET refused here is
+# refused for the key's type.
 _FOREIGN_LEASE = """
 local function read(key)
   local value = redis.pcall('GET', key)
@@ -1490,7 +1492,8 @@ class _RecurringProblem:
 def _held(manager: RolloutManager) -> tuple[tuple[int, str, int, str], bool, bool]:
     """What the manager holds, from its published snapshot (never waiting for a move in
     progress): the tag `stored_tag` compares it with, whether it is synced, and whether it
-    reports the store regressed."""
+    reports the store regressed or waits to read a commit the store announced (either way, a
+    stored tag equal to the one held tells nothing: the state must be read)."""
     snapshot = manager._snapshot()
     steps = snapshot["transitions"]
     tag = (
@@ -1499,7 +1502,8 @@ def _held(manager: RolloutManager) -> tuple[tuple[int, str, int, str], bool, boo
         snapshot["restore_generation"],
         steps[-1]["op"] if steps else "",
     )
-    return tag, snapshot["synced"], snapshot["regressed"] is not None
+    unsettled = snapshot["regressed"] is not None or snapshot["announced"] != 0
+    return tag, snapshot["synced"], unsettled
 
 
 class _Follower:
@@ -1647,17 +1651,21 @@ class _Follower:
         if not self.campaigning and store.holds_lease:
             store.release_lease()
         if now >= self._next_lease:
-            if self.campaigning:
+            campaigning = self.campaigning
+            if campaigning:
                 store.renew_lease()
             else:
                 store.observe_lease()
             self._update_budget()
-            self._next_lease = now + store._follow_tick
+            # A monitor started or stopped meanwhile (on the event loop) is acted on at the next
+            # round, as campaign() promises, not a follow tick later.
+            changed = campaigning != self.campaigning
+            self._next_lease = 0.0 if changed else now + store._follow_tick
         if now >= self._next_poll:
             self._read_clock(manager)
-            held, synced, regressed = _held(manager)
-            # Regressed, the state it saw may be back.
-            if store.stored_tag() != held or not synced or regressed:
+            held, synced, unsettled = _held(manager)
+            # Regressed, the state it saw may be back; a commit announced, it may be lost.
+            if store.stored_tag() != held or not synced or unsettled:
                 self._sync(manager)
             else:
                 # The version this replica holds is stored (again): readable.

@@ -152,6 +152,9 @@ class RolloutManager {
         std::string incarnation;             // empty until the state's first write
         std::uint64_t restore_generation = 0;
         std::string regressed;  // why the shared store is behind this replica; empty if not
+        /// The version of a commit the store announced that this replica has not read yet
+        /// (note_announced); 0 when none is pending.
+        std::uint64_t announced = 0;
         /// Which publication this is: each one has a greater number than the one before, so
         /// two snapshots of the same number differ in `now` alone.
         std::uint64_t publication = 0;
@@ -250,9 +253,11 @@ class RolloutManager {
     /// this replica may not get to read: the store can fail over right after the commit. A
     /// later document of that incarnation and generation that lacks it (an older version, or
     /// another step at its version) is then a regression, as if this replica had read the
-    /// commit, until the store holds it again or a restore comes. Ignored (false) while
-    /// unsynced, for another incarnation or generation than the one held, and for a version
-    /// not newer than the one held or already announced.
+    /// commit, until the store holds it again or a restore comes. While it is pending, a move
+    /// (human or automatic) reads the store before it commits anything: a replica never moves
+    /// from a version older than one it knows was committed. Ignored (false) while unsynced,
+    /// for another incarnation or generation than the one held, and for a version not newer
+    /// than the one held or already announced.
     bool note_announced(std::uint64_t version, std::string_view incarnation,
                         std::uint64_t restore_generation, std::string_view operation);
     /// Why the shared store is behind what this manager has seen; empty while it is not.
@@ -335,6 +340,8 @@ class RolloutManager {
     /// announced, or empty; forgets the announcement once a state of its lineage holds it, or
     /// one of another lineage (a restore) is read.
     std::string lost_announced_locked(const PersistedRollout& saved);
+    /// Forgets the announced commit, and publishes that nothing is pending.
+    void forget_announced_locked();
     void note_regressed_locked(const std::string& problem);
     void clear_regressed_locked();
     void refresh_locked();
