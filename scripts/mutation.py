@@ -129,6 +129,10 @@ RULES: dict[str, tuple[str, ...]] = {
         "RolloutManager::adopt_if_newer_locked",
         "RolloutManager::continues_history",
         "RolloutManager::follow",
+        # a store that lost commits: told from the history, and from the commits announced
+        "RolloutManager::holds_step",
+        "RolloutManager::note_announced",
+        "RolloutManager::lost_announced_locked",
         "RolloutManager::adopt_evidence",
         "RolloutManager::wall_now",
         "RolloutManager::persist_and_apply_locked",
