@@ -6,6 +6,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "driftgate/ring_blocks.hpp"
 #include "format.hpp"
 
 namespace driftgate {
@@ -47,31 +48,27 @@ struct PolicyWindows::Shard {
     Shard(const std::vector<WindowSpec>& windows, std::uint32_t block_slots, std::size_t slots)
         : global(std::make_unique<BucketSlot[]>(block_slots)),
           per_slot(std::make_unique<std::atomic<BucketSlot*>[]>(slots)),
-          slot_count(slots) {
+          blocks(block_slots) {
         cursors.reserve(windows.size());
         for (const auto& w : windows) cursors.emplace_back(w.step_seconds);
     }
 
-    ~Shard() {
-        for (std::size_t i = 0; i < slot_count; ++i) delete[] per_slot[i].load();
-    }
-
-    BucketSlot* block_for(std::uint32_t slot, std::uint32_t block_slots) {
+    BucketSlot* block_for(std::uint32_t slot) {
         BucketSlot* block = per_slot[slot].load(std::memory_order_relaxed);
-        return block != nullptr ? block : new_block(slot, block_slots);
+        return block != nullptr ? block : new_block(slot);
     }
 
     // Allocated on a slot's first record in this shard, so memory follows use. Out of line, so
     // the add that finds its block holds no call.
-    [[gnu::noinline]] BucketSlot* new_block(std::uint32_t slot, std::uint32_t block_slots) {
-        auto* block = new BucketSlot[block_slots];
+    [[gnu::noinline]] BucketSlot* new_block(std::uint32_t slot) {
+        BucketSlot* block = blocks.allocate();
         per_slot[slot].store(block, std::memory_order_release);
         return block;
     }
 
     std::unique_ptr<BucketSlot[]> global;
     std::unique_ptr<std::atomic<BucketSlot*>[]> per_slot;
-    std::size_t slot_count;
+    RingBlocks blocks;  // owns every block per_slot points at
     std::vector<WindowCursor> cursors;
     // Clock readings in [steady_low, steady_high) of generation steady_generation fall in every
     // cursor's bucket, so a write there skips the per-window bucket arithmetic.
@@ -166,7 +163,7 @@ void PolicyWindows::add(Shard& shard, std::uint32_t slot, std::uint64_t events, 
         move_cursors(shard, now, generation, moves);
     }
     BucketSlot* const global = shard.global.get();
-    BucketSlot* const policy = shard.block_for(slot, block_slots_);
+    BucketSlot* const policy = shard.block_for(slot);
     for (const WindowCursor& cursor : shard.cursors) {
         RollingWindow::add(global[cursor.block_slot], cursor.tag, events, total);
         RollingWindow::add(policy[cursor.block_slot], cursor.tag, events, total);
