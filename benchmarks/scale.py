@@ -17,6 +17,7 @@ import gc
 import multiprocessing
 import os
 import platform
+import re
 import statistics
 import sys
 import tempfile
@@ -523,6 +524,16 @@ def fleet_table(figures: list[FleetFigures]) -> tuple[str, list[Figure]]:
     return table(head, rows), targets
 
 
+def transparent_huge_pages() -> str:
+    """The kernel's transparent huge page mode ("always", "madvise" or "never"), or "unknown"."""
+    try:
+        modes = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+    except OSError:
+        return "unknown"
+    chosen = re.search(r"\[(\w+)\]", modes)
+    return chosen.group(1) if chosen else "unknown"
+
+
 def section(
     sizes: Sizes,
     policies: tuple[str, list[Figure], float],
@@ -539,6 +550,7 @@ def section(
     ]
     base, top = count(sizes.policies[1]), count(sizes.policies[-1])
     kib = policies[2] / 1024
+    thp = transparent_huge_pages()
     return f"""## Scale
 
 - Command: `{command}`
@@ -554,7 +566,9 @@ A decision or a record does the same work at any number of policies (the id's sl
 hash table, then that policy's counters in this thread's shard), but every policy holds about \
 {kib:.0f} KiB, so decisions spread evenly over thousands of policies reach memory the CPU's \
 caches no longer keep, and each costs more; the same decisions over {base} of them cost about \
-what they cost with {base} policies. A scrape writes every admitted policy's series and memory \
+what they cost with {base} policies. Past a huge page's worth of policies, a thread's rings \
+are cut from 2 MiB chunks advised for huge pages (transparent huge pages, "madvise" or \
+"always"; this machine: {thp}), so that what remains is the caches' cost and not the TLB's. A scrape writes every admitted policy's series and memory \
 holds every policy's rings and series, both linear in the policies; past `max_policies` the \
 other ids share the `__overflow__` series and add neither.
 
