@@ -568,9 +568,10 @@ hash table, then that policy's counters in this thread's shard), but every polic
 caches no longer keep, and each costs more; the same decisions over {base} of them cost about \
 what they cost with {base} policies. Past a huge page's worth of policies, a thread's rings \
 are cut from 2 MiB chunks advised for huge pages (transparent huge pages, "madvise" or \
-"always"; this machine: {thp}), so that what remains is the caches' cost and not the TLB's. A scrape writes every admitted policy's series and memory \
-holds every policy's rings and series, both linear in the policies; past `max_policies` the \
-other ids share the `__overflow__` series and add neither.
+"always"; this machine: {thp}), so that what remains is the caches' cost and not the TLB's. \
+A scrape writes every admitted policy's series and memory holds every policy's rings and \
+series, both linear in the policies; past `max_policies` the other ids share the \
+`__overflow__` series and add neither.
 
 ### Rollouts on one enforcer
 
