@@ -694,6 +694,80 @@ TEST_CASE("boundary: a commit is announced only ahead of the state held, in its 
     CHECK_FALSE(unsynced.manager->note_announced(5, incarnation, 0, "op"));
 }
 
+TEST_CASE("boundary: a state without transitions is continued by any newer one",
+          "[store][boundary]") {
+    // An older release's state may hold no transition: there is no step to look for, and a
+    // newer state is taken.
+    auto store = std::make_shared<MemoryStore>();
+    auto clock = fleet_clock();
+    Replica a(store, clock);
+    auto bare = nlohmann::json::parse(*store->stored());
+    bare["transitions"] = nlohmann::json::array();
+    store->put(1, bare.dump());
+    Replica b(store, clock);
+    REQUIRE(b.manager->snapshot().transitions.empty());
+    a.manager->refresh();
+    REQUIRE(a.manager->manual_advance("alice").success);
+    CHECK(b.manager->follow(*store->stored()));
+    CHECK(b.manager->version() == 2);
+    CHECK(b.manager->regressed().empty());
+}
+
+TEST_CASE(
+    "boundary: a read taken before this replica's commit is of its lineage without an "
+    "incarnation on either side",
+    "[store][boundary]") {
+    // A newer state counts when either side has no incarnation (an older release's), and
+    // only then or when the two match.
+    auto store = std::make_shared<MemoryStore>();
+    auto clock = fleet_clock();
+    Replica a(store, clock);
+    Replica b(store, clock);
+    REQUIRE(b.manager->manual_advance("bob").success);  // b's own commit: version 2
+    a.manager->refresh();
+    REQUIRE(a.manager->manual_advance("alice").success);  // version 3, b has not read it
+    auto newer = nlohmann::json::parse(*store->stored());
+    newer.erase("incarnation");
+    newer.erase("restore_generation");
+    CHECK(b.manager->follow(newer.dump(), 1));  // read at version 1, before b's commit
+    CHECK(b.manager->version() == 3);
+    CHECK(b.manager->regressed().empty());
+
+    // And the other way round: the replica holds a state without an incarnation.
+    auto older_store = std::make_shared<MemoryStore>();
+    Replica first(older_store, clock);
+    auto plain = nlohmann::json::parse(*older_store->stored());
+    plain.erase("incarnation");
+    plain.erase("restore_generation");
+    older_store->put(1, plain.dump());
+    Replica holder(older_store, clock);
+    REQUIRE(holder.manager->snapshot().incarnation.empty());
+    REQUIRE(holder.manager->manual_advance("bob").success);  // writes version 2, and one
+    const std::string chosen = holder.manager->snapshot().incarnation;
+    REQUIRE_FALSE(chosen.empty());
+    auto other_lineage = nlohmann::json::parse(*older_store->stored());
+    other_lineage["version"] = 3;
+    other_lineage["incarnation"] = std::string(16, 'f');
+    CHECK_FALSE(holder.manager->follow(other_lineage.dump(), 1));  // another incarnation
+    CHECK(holder.manager->version() == 2);
+}
+
+TEST_CASE("boundary: a hint without an incarnation is ignored by a replica that holds none",
+          "[store][boundary]") {
+    auto store = std::make_shared<MemoryStore>();
+    auto clock = fleet_clock();
+    Replica a(store, clock);
+    auto plain = nlohmann::json::parse(*store->stored());
+    plain.erase("incarnation");
+    plain.erase("restore_generation");
+    store->put(1, plain.dump());
+    Replica b(store, clock);
+    REQUIRE(b.manager->synced());
+    REQUIRE(b.manager->snapshot().incarnation.empty());
+    CHECK_FALSE(b.manager->note_announced(2, "", 0, "op"));  // names no lineage
+    CHECK(b.manager->snapshot().announced == 0);
+}
+
 TEST_CASE("boundary: an announced commit found at its version, or under later ones, is held",
           "[store][boundary]") {
     // At the announced version with its step, and one version on with the step below it: the
