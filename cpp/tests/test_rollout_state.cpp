@@ -614,6 +614,12 @@ TEST_CASE("a path with a NUL character is refused", "[rollout_state]") {
     CHECK_THROWS_AS(StateFile("", default_plan()), std::invalid_argument);
 }
 
+TEST_CASE("boundary: a reason keeps the printable ASCII from space to tilde, nothing past them",
+          "[rollout_state][boundary]") {
+    // 31 and 127 (DEL) are the control characters on either side of the printable range.
+    CHECK(driftgate::clean_reason(std::string("\x1f \x7e\x7f", 4)) == "? ~?");
+}
+
 TEST_CASE("reasons are cut to 200 printable characters", "[rollout_state]") {
     CHECK(driftgate::clean_reason("bad\ncanary\x01") == "bad?canary?");
     CHECK(driftgate::clean_reason(std::string(300, 'x')).size() == 200);
