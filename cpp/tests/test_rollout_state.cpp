@@ -371,6 +371,23 @@ TEST_CASE("files no rollout could have written are refused by name and left unto
     }
 }
 
+TEST_CASE("boundary: a file without one of its fields is refused naming that field",
+          "[rollout_state][boundary]") {
+    TempDir dir;
+    const std::string path = dir.file("state.json");
+    const StateFile file(path, default_plan());
+    for (const std::string name : {"schema_version", "stage_index", "stage_name", "started_at",
+                                   "state", "version", "stages_fingerprint", "transitions"}) {
+        INFO(name);
+        auto document = nlohmann::json::parse(RawState().text());
+        REQUIRE(document.erase(name) == 1);
+        const std::string text = document.dump();
+        write(path, text);
+        CHECK_THROWS_WITH(file.load(), Catch::Contains("has no field '" + name + "'"));
+        CHECK(read(path) == text);
+    }
+}
+
 TEST_CASE("a file with bytes that are not UTF-8 is refused with a printable message",
           "[rollout_state]") {
     TempDir dir;
