@@ -124,6 +124,21 @@ RolloutConfig quick_stages() {
         {"a", 10, 0, 0.1, false}, {"b", 20, 0, 0.1, false}, {"c", 30, 0, 0.1, false}});
 }
 
+/// Tells `listener` of the commit that `seen` (another replica's snapshot) holds, as the
+/// commit's hint does.
+bool announce(RolloutManager& listener, const RolloutManager::Snapshot& seen) {
+    return listener.note_announced(seen.version, seen.incarnation, seen.restore_generation,
+                                   seen.transitions.back().op);
+}
+
+/// `document` as a release before incarnations wrote it.
+nlohmann::json without_incarnation(const std::string& document) {
+    auto json = nlohmann::json::parse(document);
+    json.erase("incarnation");
+    json.erase("restore_generation");
+    return json;
+}
+
 }  // namespace
 
 TEST_CASE("the first replica stores the fresh rollout, the next one resumes it", "[store]") {
@@ -537,7 +552,7 @@ TEST_CASE("a commit announced but never read is a regression while the store lac
     REQUIRE(a.manager->manual_advance("alice").success);
     const std::string version2 = *store->stored();
     const auto seen = a.manager->snapshot();
-    CHECK(b.manager->note_announced(2, seen.incarnation, 0, seen.transitions.back().op));
+    CHECK(announce(*b.manager, seen));
     store->put(1, version1);
     CHECK_FALSE(b.manager->follow(*store->stored()));
     CHECK_THAT(b.manager->regressed(),
@@ -564,7 +579,7 @@ TEST_CASE("a replica reads a commit it heard of before it moves, and holds if it
     REQUIRE(a.manager->manual_advance("alice").success);
     const std::string version2 = *store->stored();
     const auto seen = a.manager->snapshot();
-    REQUIRE(b.manager->note_announced(2, seen.incarnation, 0, seen.transitions.back().op));
+    REQUIRE(announce(*b.manager, seen));
     CHECK(b.manager->snapshot().announced == 2);  // pending: the follower's poll reads
     store->put(1, version1);
     const int commits = store->commits;
@@ -604,7 +619,7 @@ TEST_CASE("boundary: a replica reads the store before a move only while a commit
     REQUIRE(a.manager->manual_advance("alice").success);
     const auto seen = a.manager->snapshot();
     REQUIRE(seen.version == 3);
-    REQUIRE(b.manager->note_announced(3, seen.incarnation, 0, seen.transitions.back().op));
+    REQUIRE(announce(*b.manager, seen));
     loads = store->loads;
     CHECK(b.manager->manual_rollback("bob").success);
     CHECK(store->loads == loads + 1);
@@ -621,12 +636,10 @@ TEST_CASE("a commit announced and lost is a regression in a state an older relea
     auto clock = fleet_clock();
     Replica a(store, clock);
     Replica b(store, clock);
-    auto older = nlohmann::json::parse(*store->stored());
+    const auto older = without_incarnation(*store->stored());
     REQUIRE(a.manager->manual_advance("alice").success);
     const auto seen = a.manager->snapshot();
-    REQUIRE(b.manager->note_announced(2, seen.incarnation, 0, seen.transitions.back().op));
-    older.erase("incarnation");
-    older.erase("restore_generation");
+    REQUIRE(announce(*b.manager, seen));
     store->put(1, older.dump());
     CHECK_FALSE(b.manager->follow(*store->stored()));
     CHECK_THAT(b.manager->regressed(),
@@ -643,7 +656,7 @@ TEST_CASE("a commit announced and lost for another at its version is a regressio
     const std::string version1 = *store->stored();
     REQUIRE(a.manager->manual_advance("alice").success);
     const auto seen = a.manager->snapshot();
-    REQUIRE(b.manager->note_announced(2, seen.incarnation, 0, seen.transitions.back().op));
+    REQUIRE(announce(*b.manager, seen));
     store->put(1, version1);                               // a failover loses it
     REQUIRE(c.manager->manual_rollback("carol").success);  // c never saw it: version 2 too
     CHECK_FALSE(b.manager->follow(*store->stored()));
@@ -660,7 +673,7 @@ TEST_CASE("a restore forgets the commits announced before it", "[store]") {
     const std::string version1 = *store->stored();
     REQUIRE(a.manager->manual_advance("alice").success);
     const auto seen = a.manager->snapshot();
-    REQUIRE(b.manager->note_announced(2, seen.incarnation, 0, seen.transitions.back().op));
+    REQUIRE(announce(*b.manager, seen));
     store->put(1, version1);
     CHECK_FALSE(b.manager->follow(*store->stored()));
     CHECK_FALSE(b.manager->regressed().empty());
@@ -726,9 +739,7 @@ TEST_CASE(
     REQUIRE(b.manager->manual_advance("bob").success);  // b's own commit: version 2
     a.manager->refresh();
     REQUIRE(a.manager->manual_advance("alice").success);  // version 3, b has not read it
-    auto newer = nlohmann::json::parse(*store->stored());
-    newer.erase("incarnation");
-    newer.erase("restore_generation");
+    const auto newer = without_incarnation(*store->stored());
     CHECK(b.manager->follow(newer.dump(), 1));  // read at version 1, before b's commit
     CHECK(b.manager->version() == 3);
     CHECK(b.manager->regressed().empty());
@@ -736,10 +747,7 @@ TEST_CASE(
     // And the other way round: the replica holds a state without an incarnation.
     auto older_store = std::make_shared<MemoryStore>();
     Replica first(older_store, clock);
-    auto plain = nlohmann::json::parse(*older_store->stored());
-    plain.erase("incarnation");
-    plain.erase("restore_generation");
-    older_store->put(1, plain.dump());
+    older_store->put(1, without_incarnation(*older_store->stored()).dump());
     Replica holder(older_store, clock);
     REQUIRE(holder.manager->snapshot().incarnation.empty());
     REQUIRE(holder.manager->manual_advance("bob").success);  // writes version 2, and one
@@ -757,10 +765,7 @@ TEST_CASE("boundary: a hint without an incarnation is ignored by a replica that 
     auto store = std::make_shared<MemoryStore>();
     auto clock = fleet_clock();
     Replica a(store, clock);
-    auto plain = nlohmann::json::parse(*store->stored());
-    plain.erase("incarnation");
-    plain.erase("restore_generation");
-    store->put(1, plain.dump());
+    store->put(1, without_incarnation(*store->stored()).dump());
     Replica b(store, clock);
     REQUIRE(b.manager->synced());
     REQUIRE(b.manager->snapshot().incarnation.empty());
@@ -780,7 +785,7 @@ TEST_CASE("boundary: an announced commit found at its version, or under later on
         REQUIRE(a.manager->manual_advance("alice").success);
         const auto seen = a.manager->snapshot();
         if (later) REQUIRE(a.manager->manual_advance("alice").success);
-        REQUIRE(b.manager->note_announced(2, seen.incarnation, 0, seen.transitions.back().op));
+        REQUIRE(announce(*b.manager, seen));
         CHECK(b.manager->follow(*store->stored()));
         CHECK(b.manager->regressed().empty());
         CHECK(b.manager->version() == 2u + static_cast<std::uint64_t>(later));
